@@ -1,0 +1,1 @@
+//! open_clip ViT image encoder: the global conditioning vector of the released model.

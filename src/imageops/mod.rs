@@ -1,0 +1,121 @@
+//! Image handling: the planar float image type the model works on, PyTorch-exact resizing,
+//! and decoding/encoding of files.
+
+pub mod io;
+pub mod resize;
+
+use anyhow::{ensure, Result};
+use candle_core::{Device, Tensor};
+
+/// A planar (CHW) float image. The pipeline keeps images in this layout on the host so that
+/// only the blocks being computed ever move to the compute device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planar {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+impl Planar {
+    pub fn new(channels: usize, height: usize, width: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), channels * height * width, "planar buffer size");
+        Self { channels, height, width, data }
+    }
+
+    pub fn zeros(channels: usize, height: usize, width: usize) -> Self {
+        Self::new(channels, height, width, vec![0.0; channels * height * width])
+    }
+
+    pub fn plane(&self, c: usize) -> &[f32] {
+        let n = self.height * self.width;
+        &self.data[c * n..(c + 1) * n]
+    }
+
+    pub fn at(&self, c: usize, y: usize, x: usize) -> f32 {
+        self.data[(c * self.height + y) * self.width + x]
+    }
+
+    /// Applies `f` to every sample.
+    pub fn map(mut self, f: impl Fn(f32) -> f32) -> Self {
+        self.data.iter_mut().for_each(|v| *v = f(*v));
+        self
+    }
+
+    /// Copies the window `[y0, y0+h) × [x0, x0+w)`; coordinates outside the image are
+    /// clamped to the nearest edge (edge padding).
+    pub fn crop_clamped(&self, y0: isize, x0: isize, h: usize, w: usize) -> Planar {
+        let mut out = Vec::with_capacity(self.channels * h * w);
+        for c in 0..self.channels {
+            for y in 0..h {
+                let sy = (y0 + y as isize).clamp(0, self.height as isize - 1) as usize;
+                let row = &self.data[(c * self.height + sy) * self.width..][..self.width];
+                for x in 0..w {
+                    let sx = (x0 + x as isize).clamp(0, self.width as isize - 1) as usize;
+                    out.push(row[sx]);
+                }
+            }
+        }
+        Planar::new(self.channels, h, w, out)
+    }
+
+    /// torchvision `CenterCrop`: offsets use Python's `round` (half to even).
+    pub fn center_crop(&self, h: usize, w: usize) -> Planar {
+        let top = round_half_even((self.height as f64 - h as f64) / 2.0);
+        let left = round_half_even((self.width as f64 - w as f64) / 2.0);
+        self.crop_clamped(top as isize, left as isize, h, w)
+    }
+
+    /// `[1, C, H, W]` f32 tensor on `device`.
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_slice(&self.data, (1, self.channels, self.height, self.width), device)?)
+    }
+
+    /// Reads a `[1, C, H, W]` or `[C, H, W]` tensor back to the host as f32.
+    pub fn from_tensor(t: &Tensor) -> Result<Planar> {
+        let t = t.to_dtype(candle_core::DType::F32)?;
+        let t = if t.rank() == 4 {
+            ensure!(t.dim(0)? == 1, "expected batch size 1, got {:?}", t.shape());
+            t.squeeze(0)?
+        } else {
+            t
+        };
+        let (c, h, w) = t.dims3()?;
+        Ok(Planar::new(c, h, w, t.flatten_all()?.to_vec1()?))
+    }
+}
+
+/// Python's `round` for non-negative halves: ties go to the even neighbour.
+pub fn round_half_even(v: f64) -> i64 {
+    let f = v.floor();
+    let diff = v - f;
+    let fi = f as i64;
+    if diff > 0.5 || (diff == 0.5 && fi % 2 != 0) {
+        fi + 1
+    } else {
+        fi
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_half_even_matches_python() {
+        assert_eq!(round_half_even(0.5), 0);
+        assert_eq!(round_half_even(1.5), 2);
+        assert_eq!(round_half_even(2.5), 2);
+        assert_eq!(round_half_even(37.0), 37);
+        assert_eq!(round_half_even(2.6), 3);
+    }
+
+    #[test]
+    fn center_crop_offsets() {
+        let img = Planar::new(1, 1, 7, (0..7).map(|v| v as f32).collect());
+        // (7-4)/2 = 1.5 -> 2
+        assert_eq!(img.center_crop(1, 4).data, vec![2.0, 3.0, 4.0, 5.0]);
+        // (7-2)/2 = 2.5 -> 2
+        assert_eq!(img.center_crop(1, 2).data, vec![2.0, 3.0]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Training: EDM objective, data, degradations.
