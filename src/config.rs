@@ -1,1 +1,172 @@
-//! todo
+//! Model hyper-parameters, read from a `config.json` or taken from the released preset.
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+fn default_time_max_period() -> f64 {
+    10000.0
+}
+
+/// Everything the denoiser's shapes and numerics depend on. Field names follow the
+/// reference `config.json`; unknown fields in that file are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    pub mlp_inner_size: usize,
+    pub patch_size: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Side of one attention block in HR pixels (128: 32×32 tokens).
+    pub image_block_size_px: usize,
+    /// Width of the global image-condition vector (768 for CLIP ViT-L/14; 0 = none).
+    pub vector_dim: usize,
+    pub layernorm_eps: f64,
+    /// Side of the RoPE table (8·image_size/patch in the official code).
+    pub rope_table_size: usize,
+    /// Token positions wrap modulo this value.
+    pub rope_position_modulus: usize,
+    /// HR:LR ratio the model was trained at (4).
+    pub sr_scale: usize,
+    /// LR pixels per cross-attention token side (2).
+    pub lr_patch_size: usize,
+    pub time_embed_channels: usize,
+    pub sigma_data: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(
+        default = "default_time_max_period",
+        alias = "time_embed_max_positions"
+    )]
+    pub time_embed_max_period: f64,
+}
+
+impl ModelConfig {
+    /// The released Inf-DiT (NOTES §1).
+    pub fn released() -> Self {
+        Self {
+            num_layers: 28,
+            hidden_size: 1280,
+            num_attention_heads: 16,
+            mlp_inner_size: 5120,
+            patch_size: 4,
+            in_channels: 6,
+            out_channels: 3,
+            image_block_size_px: 128,
+            vector_dim: 768,
+            layernorm_eps: 1e-6,
+            rope_table_size: 1024,
+            rope_position_modulus: 1024,
+            sr_scale: 4,
+            lr_patch_size: 2,
+            time_embed_channels: 192,
+            sigma_data: 0.5,
+            rope_theta: 10000.0,
+            time_embed_max_period: 10000.0,
+        }
+    }
+
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Self =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid model config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
+            "hidden_size {} is not divisible by num_attention_heads {}",
+            self.hidden_size,
+            self.num_attention_heads
+        );
+        ensure!(
+            self.head_dim() % 4 == 0,
+            "head dim {} must be a multiple of 4 for 2D RoPE",
+            self.head_dim()
+        );
+        ensure!(
+            self.in_channels == 2 * self.out_channels,
+            "in_channels must be noisy image + LR image channels (2·out_channels)"
+        );
+        ensure!(
+            self.patch_size > 0 && self.image_block_size_px % self.patch_size == 0,
+            "image_block_size_px must be a multiple of patch_size"
+        );
+        ensure!(
+            self.sr_scale > 0
+                && self.image_block_size_px % (self.sr_scale * self.lr_patch_size) == 0,
+            "image_block_size_px must be a multiple of sr_scale·lr_patch_size"
+        );
+        ensure!(
+            self.rope_position_modulus > 0 && self.rope_position_modulus <= self.rope_table_size,
+            "rope_position_modulus must be in 1..=rope_table_size"
+        );
+        ensure!(
+            self.time_embed_channels % 2 == 0,
+            "time_embed_channels must be even"
+        );
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Tokens per block side (32).
+    pub fn block_tokens(&self) -> usize {
+        self.image_block_size_px / self.patch_size
+    }
+
+    /// Pixels of the LR image under one block side (32 at 4×).
+    pub fn lr_block_px(&self) -> usize {
+        self.image_block_size_px / self.sr_scale
+    }
+
+    /// LR tokens per block side (16).
+    pub fn lr_block_tokens(&self) -> usize {
+        self.lr_block_px() / self.lr_patch_size
+    }
+
+    /// Number of weights (parameters the forward pass uses).
+    pub fn parameter_count(&self) -> usize {
+        crate::checkpoint::expected_shapes(self)
+            .values()
+            .map(|s| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_reference_tiny_config() {
+        let cfg =
+            ModelConfig::from_json_file(Path::new("tests/fixtures/tiny/config.json")).unwrap();
+        assert_eq!(cfg.num_layers, 2);
+        assert_eq!(cfg.hidden_size, 64);
+        assert_eq!(cfg.head_dim(), 16);
+        assert_eq!(cfg.block_tokens(), 32);
+        assert_eq!(cfg.lr_block_tokens(), 16);
+        assert_eq!(cfg.vector_dim, 768);
+    }
+
+    #[test]
+    fn released_preset_is_valid() {
+        let cfg = ModelConfig::released();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.head_dim(), 80);
+        // NOTES §2: DiT proper minus unused position_embeddings and k_layer_norm.
+        assert_eq!(cfg.parameter_count(), 753_762_928 - 332_160);
+    }
+}

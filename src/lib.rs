@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod imageops;
 pub mod model;
+pub mod parity;
 pub mod pipeline;
 pub mod sampler;
 pub mod train;

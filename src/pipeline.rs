@@ -1,1 +1,1 @@
-//! todo
+//! High-level upscaling pipeline.

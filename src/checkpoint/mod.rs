@@ -1,1 +1,276 @@
-//! todo
+//! Reading Inf-DiT checkpoints: safetensors with the official key names, and PyTorch
+//! zip-pickle files (plain state dicts or DeepSpeed checkpoints under `module`).
+//!
+//! Pickles are parsed by candle's reader, which interprets the opcode stream as data and
+//! never imports or calls anything, so a checkpoint cannot run code.
+
+mod keys;
+
+pub use keys::{expected_shapes, is_ignored_key};
+
+use crate::config::ModelConfig;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// All tensors of a checkpoint file, on the CPU in their stored dtype.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// Prefixes under which training frameworks nest a state dict, tried in order.
+const PICKLE_ROOT_KEYS: [&str; 3] = ["module", "state_dict", "model"];
+
+impl Checkpoint {
+    /// Reads `.safetensors`, or `.pt`/`.pth`/`.bin`/`.ckpt` (PyTorch zip format).
+    pub fn open(path: &Path) -> Result<Self> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let tensors = match ext.as_str() {
+            "safetensors" => {
+                candle_core::safetensors::load(path, &Device::Cpu).with_context(|| {
+                    format!("{} is not a readable safetensors file", path.display())
+                })?
+            }
+            "pt" | "pth" | "bin" | "ckpt" => read_pickle(path)?,
+            _ => bail!(
+                "{}: unknown checkpoint type (expected .safetensors, .pt, .pth, .bin or .ckpt)",
+                path.display()
+            ),
+        };
+        if tensors.is_empty() {
+            bail!("{}: no tensors found", path.display());
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    /// Shapes of every tensor, sorted by name.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+            .collect()
+    }
+
+    /// Checks the checkpoint against `cfg`: every missing or mis-shaped key is reported
+    /// at once. Keys the forward pass never reads are ignored when on the explicit list;
+    /// any other extra key is returned so the caller can warn about it.
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<Vec<String>> {
+        let expected = expected_shapes(cfg);
+        let mut problems = Vec::new();
+        for (name, shape) in &expected {
+            match self.tensors.get(name) {
+                None => problems.push(format!("missing {name} (expected shape {shape:?})")),
+                Some(t) if t.dims() != shape.as_slice() => problems.push(format!(
+                    "{name} has shape {:?}, expected {shape:?}",
+                    t.dims()
+                )),
+                Some(_) => {}
+            }
+        }
+        if !problems.is_empty() {
+            bail!(
+                "{} does not match the model config ({} problem{}):\n  {}",
+                self.path.display(),
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" },
+                problems.join("\n  ")
+            );
+        }
+        let mut unknown: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !expected.contains_key(*k) && !is_ignored_key(k))
+            .cloned()
+            .collect();
+        unknown.sort();
+        Ok(unknown)
+    }
+
+    /// Tensors the model reads, converted to `dtype` on `device`.
+    pub fn model_tensors(
+        &self,
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>> {
+        let unknown = self.validate(cfg)?;
+        if !unknown.is_empty() {
+            tracing::warn!(
+                "ignoring {} unexpected tensors, e.g. {}",
+                unknown.len(),
+                unknown[0]
+            );
+        }
+        expected_shapes(cfg)
+            .keys()
+            .map(|k| {
+                Ok((
+                    k.clone(),
+                    self.tensors[k].to_dtype(dtype)?.to_device(device)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Infers the model config from tensor shapes, so a bare checkpoint file is usable.
+    /// Values that leave no trace in the weights (eps, RoPE table, σ_data, sr scale) take
+    /// the released model's values; the RoPE table side is read from its buffer if present.
+    pub fn infer_config(&self) -> Result<ModelConfig> {
+        let dims = |name: &str| -> Result<Vec<usize>> {
+            Ok(self
+                .tensors
+                .get(name)
+                .with_context(|| {
+                    format!(
+                        "{}: missing {name}; not an Inf-DiT checkpoint",
+                        self.path.display()
+                    )
+                })?
+                .dims()
+                .to_vec())
+        };
+        let re_pos = dims("mixins.adaln_layer.re_pos_embed")?;
+        let [num_layers, _, heads, head_dim] = re_pos[..] else {
+            bail!("re_pos_embed has unexpected rank: {re_pos:?}")
+        };
+        let patch = dims("mixins.patch_embed.proj.weight")?;
+        let mlp = dims("transformer.layers.0.mlp.dense_h_to_4h.weight")?;
+        let time = dims("time_embed.mlp.0.weight")?;
+        let lr_q = dims("mixins.adaln_layer.lr_query_position_embedding")?;
+        let proj_lr = dims("mixins.adaln_layer.proj_lr.weight")?;
+        let lr_k = dims("mixins.adaln_layer.lr_key_position_embedding")?;
+        let vector_dim = match self.tensors.get("cond_embed.map_vector.0.weight") {
+            Some(t) => t.dim(1)?,
+            None => 0,
+        };
+        let block_tokens = isqrt(lr_q[1]);
+        let lr_window_tokens = isqrt(lr_k[1]);
+        let mut cfg = ModelConfig::released();
+        cfg.num_layers = num_layers;
+        cfg.hidden_size = heads * head_dim;
+        cfg.num_attention_heads = heads;
+        cfg.mlp_inner_size = mlp[0];
+        cfg.patch_size = patch[2];
+        cfg.in_channels = patch[1];
+        cfg.out_channels = patch[1] / 2;
+        cfg.image_block_size_px = block_tokens * patch[2];
+        cfg.vector_dim = vector_dim;
+        cfg.time_embed_channels = time[1];
+        cfg.lr_patch_size = proj_lr[2];
+        // The LR window is 3 blocks wide: lr_block_tokens = window / 3.
+        let lr_block_px = lr_window_tokens / 3 * proj_lr[2];
+        cfg.sr_scale = cfg.image_block_size_px / lr_block_px.max(1);
+        if let Some(t) = self.tensors.get("mixins.adaln_layer.rope.freqs_cos") {
+            cfg.rope_table_size = t.dim(0)?;
+            cfg.rope_position_modulus = t.dim(0)?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn isqrt(n: usize) -> usize {
+    (n as f64).sqrt().round() as usize
+}
+
+fn read_pickle(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let open_err = || format!("{} is not a readable PyTorch checkpoint", path.display());
+    for key in PICKLE_ROOT_KEYS.iter().map(Some).chain([None]) {
+        match candle_core::pickle::PthTensors::new(path, key.copied()) {
+            Ok(pth) if !pth.tensor_infos().is_empty() => {
+                let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
+                let mut out = HashMap::with_capacity(names.len());
+                for name in names {
+                    let t = pth
+                        .get(&name)
+                        .with_context(open_err)?
+                        .with_context(|| format!("{}: tensor {name} vanished", path.display()))?;
+                    out.insert(name, t);
+                }
+                return Ok(out);
+            }
+            Ok(_) => continue,
+            Err(e) if key.is_some() => {
+                tracing::debug!("no state dict under {key:?}: {e}");
+                continue;
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context(open_err())),
+        }
+    }
+    bail!(
+        "{}: the pickle holds no tensors (only tensor data is read; any code in a pickle is never run)",
+        path.display()
+    )
+}
+
+/// A model directory (`config.json` + weights) or a single checkpoint file.
+pub struct ModelSource {
+    pub config: ModelConfig,
+    pub checkpoint: Checkpoint,
+}
+
+impl ModelSource {
+    /// Loads `path`: a directory holding `config.json` and `weights.safetensors` (or one
+    /// other checkpoint file), or a checkpoint file whose config is read from a
+    /// `config.json` beside it or inferred from its shapes.
+    pub fn open(path: &Path) -> Result<Self> {
+        let (config_path, weights) = if path.is_dir() {
+            (path.join("config.json"), find_weights(path)?)
+        } else if path.is_file() {
+            (path.with_file_name("config.json"), path.to_path_buf())
+        } else {
+            bail!("model {} does not exist", path.display());
+        };
+        let checkpoint = Checkpoint::open(&weights)?;
+        let config = if config_path.is_file() {
+            ModelConfig::from_json_file(&config_path)?
+        } else {
+            checkpoint.infer_config()?
+        };
+        checkpoint.validate(&config)?;
+        Ok(Self { config, checkpoint })
+    }
+}
+
+fn find_weights(dir: &Path) -> Result<PathBuf> {
+    let preferred = dir.join("weights.safetensors");
+    if preferred.is_file() {
+        return Ok(preferred);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("safetensors" | "pt" | "pth" | "bin" | "ckpt")
+            )
+        })
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => bail!(
+            "{} holds no weights file (weights.safetensors, *.pt, *.bin)",
+            dir.display()
+        ),
+        1 => Ok(found.remove(0)),
+        _ => bail!(
+            "{} holds several weights files ({}); name one with the model path",
+            dir.display(),
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}

@@ -1,1 +1,258 @@
-//! todo
+//! The block engine: evaluates the denoiser `D(x, σ)` over an image of any size, a batch
+//! of blocks at a time, with a K/V cache holding only the blocks later batches still read.
+//!
+//! Blocks are visited along the image's long side (row-major for tall images,
+//! column-major for wide ones), so the cache holds about one short-side line of blocks
+//! per layer: memory grows with the shorter side, not the area. Any contiguous run of
+//! that order is a valid batch, because every neighbour a block reads (left, top,
+//! left-top) comes earlier in both orders and is either cached or in the same batch.
+//! With one batch holding every block this is exactly the whole-image ("full") forward.
+
+mod inputs;
+pub mod memory;
+
+pub use inputs::{Conditioning, Positions};
+
+use crate::imageops::Planar;
+use crate::model::{BatchPlan, BlockId, InfDit, KvCache, Precond, Tap};
+use anyhow::{ensure, Result};
+use std::collections::{HashMap, HashSet};
+
+/// Visiting order of the blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Order {
+    /// Along the long side, so the cache spans the short side.
+    #[default]
+    Auto,
+    RowMajor,
+    ColumnMajor,
+}
+
+/// How many blocks go through the network together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// Every block in one forward: the reference "full" mode.
+    Full,
+    /// At most this many blocks per forward.
+    Blocks(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    pub batching: Batching,
+    pub order: Order,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            batching: Batching::Blocks(4),
+            order: Order::Auto,
+        }
+    }
+}
+
+/// The block visiting schedule for an `rows × cols` block grid.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub rows: usize,
+    pub cols: usize,
+    pub order: Vec<(usize, usize)>,
+    /// Index in `order` of the last block that reads each block's K/V (None: no reader).
+    last_reader: HashMap<(usize, usize), Option<usize>>,
+}
+
+impl Schedule {
+    pub fn new(rows: usize, cols: usize, order: Order) -> Self {
+        let row_major = match order {
+            Order::RowMajor => true,
+            Order::ColumnMajor => false,
+            Order::Auto => cols <= rows,
+        };
+        let order: Vec<(usize, usize)> = if row_major {
+            (0..rows)
+                .flat_map(|i| (0..cols).map(move |j| (i, j)))
+                .collect()
+        } else {
+            (0..cols)
+                .flat_map(|j| (0..rows).map(move |i| (i, j)))
+                .collect()
+        };
+        let pos: HashMap<(usize, usize), usize> =
+            order.iter().enumerate().map(|(k, b)| (*b, k)).collect();
+        let last_reader = order
+            .iter()
+            .map(|&(i, j)| {
+                let readers = [(i, j + 1), (i + 1, j), (i + 1, j + 1)];
+                (
+                    ((i, j)),
+                    readers.iter().filter_map(|r| pos.get(r).copied()).max(),
+                )
+            })
+            .collect();
+        Self {
+            rows,
+            cols,
+            order,
+            last_reader,
+        }
+    }
+
+    /// Cache blocks the schedule holds at most per layer with batches of `batch` blocks.
+    pub fn peak_cached_blocks(&self, batch: usize) -> usize {
+        let mut cached: HashSet<(usize, usize)> = HashSet::new();
+        let mut peak = 0;
+        for (start, chunk) in self
+            .order
+            .chunks(batch.max(1))
+            .enumerate()
+            .map(|(k, c)| (k * batch.max(1), c))
+        {
+            let end = start + chunk.len() - 1;
+            cached.extend(
+                chunk
+                    .iter()
+                    .filter(|b| self.last_reader[b].is_some_and(|r| r > end)),
+            );
+            peak = peak.max(cached.len());
+            cached.retain(|b| self.last_reader[b].is_some_and(|r| r > end));
+        }
+        peak
+    }
+}
+
+/// Evaluates `D(x, σ)` block by block.
+pub struct Engine<'m> {
+    model: &'m InfDit,
+    options: EngineOptions,
+}
+
+impl<'m> Engine<'m> {
+    pub fn new(model: &'m InfDit, options: EngineOptions) -> Self {
+        Self { model, options }
+    }
+
+    pub fn model(&self) -> &InfDit {
+        self.model
+    }
+
+    /// Blocks per side for an HR image of `height × width`.
+    pub fn block_grid(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let s = self.model.config().image_block_size_px;
+        ensure!(
+            height % s == 0 && width % s == 0 && height > 0 && width > 0,
+            "image {width}×{height} is not a whole number of {s}-px blocks"
+        );
+        Ok((height / s, width / s))
+    }
+
+    /// The denoised image `D(x, σ) = F·c_out + x·c_skip`. `on_blocks` is told how many
+    /// blocks each finished batch held.
+    pub fn denoise(
+        &self,
+        x: &Planar,
+        sigma: f32,
+        cond: &Conditioning,
+        on_blocks: &mut dyn FnMut(usize),
+    ) -> Result<Planar> {
+        let (f, pre) = self.network_output(x, sigma, cond, on_blocks)?;
+        let data = f
+            .data
+            .iter()
+            .zip(&x.data)
+            .map(|(f, x)| f * pre.c_out + x * pre.c_skip)
+            .collect();
+        Ok(Planar::new(x.channels, x.height, x.width, data))
+    }
+
+    /// The raw network output F (before the c_out/c_skip mix) and the preconditioning.
+    pub fn network_output(
+        &self,
+        x: &Planar,
+        sigma: f32,
+        cond: &Conditioning,
+        on_blocks: &mut dyn FnMut(usize),
+    ) -> Result<(Planar, Precond)> {
+        self.network_output_tapped(x, sigma, cond, on_blocks, &mut |_, _| Ok(()))
+    }
+
+    /// [`Self::network_output`], passing every batch's intermediates to `tap`.
+    pub fn network_output_tapped(
+        &self,
+        x: &Planar,
+        sigma: f32,
+        cond: &Conditioning,
+        on_blocks: &mut dyn FnMut(usize),
+        tap: Tap,
+    ) -> Result<(Planar, Precond)> {
+        let cfg = self.model.config();
+        let (rows, cols) = self.block_grid(x.height, x.width)?;
+        cond.check(cfg, x)?;
+        let pre = Precond::new(sigma, cfg.sigma_data as f32);
+        let emb_act = self.model.emb_act(&[pre.c_noise], cond.vector.as_ref())?;
+        let schedule = Schedule::new(rows, cols, self.options.order);
+        let batch = match self.options.batching {
+            Batching::Full => schedule.order.len(),
+            Batching::Blocks(b) => b.clamp(1, schedule.order.len()),
+        };
+        let mut out = Planar::zeros(cfg.out_channels, x.height, x.width);
+        let mut cache = KvCache::new(cfg.num_layers);
+        let mut cached: HashSet<(usize, usize)> = HashSet::new();
+        for (k, chunk) in schedule.order.chunks(batch).enumerate() {
+            let end = k * batch + chunk.len() - 1;
+            let live = |b: &(usize, usize)| schedule.last_reader[b].is_some_and(|r| r > end);
+            let retain: Vec<bool> = chunk.iter().map(live).collect();
+            let evict: Vec<BlockId> = cached
+                .iter()
+                .filter(|b| !live(b))
+                .map(|&(i, j)| BlockId::new(0, i, j))
+                .collect();
+            cached.retain(live);
+            cached.extend(chunk.iter().filter(|b| live(b)));
+            cache.set_plan(BatchPlan { retain, evict });
+            let blocks = inputs::build_batch(self.model, chunk, x, cond, pre.c_in, &emb_act)?;
+            let f = self.model.forward_blocks_tapped(&blocks, &mut cache, tap)?;
+            inputs::scatter_blocks(&f, chunk, cfg.image_block_size_px, &mut out)?;
+            on_blocks(chunk.len());
+        }
+        debug_assert!(cache.is_empty(), "every cached block must be consumed");
+        Ok((out, pre))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_follows_long_side_and_bounds_cache() {
+        let wide = Schedule::new(2, 8, Order::Auto);
+        assert_eq!(wide.order[..3], [(0, 0), (1, 0), (0, 1)]);
+        let tall = Schedule::new(8, 2, Order::Auto);
+        assert_eq!(tall.order[..3], [(0, 0), (0, 1), (1, 0)]);
+        // One short-side line plus one block, whatever the long side.
+        assert_eq!(Schedule::new(3, 40, Order::Auto).peak_cached_blocks(1), 4);
+        assert_eq!(Schedule::new(40, 3, Order::Auto).peak_cached_blocks(1), 4);
+        assert_eq!(
+            Schedule::new(40, 3, Order::ColumnMajor).peak_cached_blocks(1),
+            41
+        );
+    }
+
+    #[test]
+    fn every_block_is_read_after_it_is_written() {
+        for (r, c, o) in [
+            (3, 5, Order::RowMajor),
+            (5, 3, Order::ColumnMajor),
+            (1, 6, Order::Auto),
+        ] {
+            let s = Schedule::new(r, c, o);
+            let pos: HashMap<_, _> = s.order.iter().enumerate().map(|(k, b)| (*b, k)).collect();
+            for (&b, &k) in &pos {
+                for nb in BlockId::new(0, b.0, b.1).slots() {
+                    assert!(pos[&(nb.row, nb.col)] <= k);
+                }
+            }
+        }
+    }
+}

@@ -20,11 +20,21 @@ pub struct Planar {
 impl Planar {
     pub fn new(channels: usize, height: usize, width: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), channels * height * width, "planar buffer size");
-        Self { channels, height, width, data }
+        Self {
+            channels,
+            height,
+            width,
+            data,
+        }
     }
 
     pub fn zeros(channels: usize, height: usize, width: usize) -> Self {
-        Self::new(channels, height, width, vec![0.0; channels * height * width])
+        Self::new(
+            channels,
+            height,
+            width,
+            vec![0.0; channels * height * width],
+        )
     }
 
     pub fn plane(&self, c: usize) -> &[f32] {
@@ -68,7 +78,11 @@ impl Planar {
 
     /// `[1, C, H, W]` f32 tensor on `device`.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
-        Ok(Tensor::from_slice(&self.data, (1, self.channels, self.height, self.width), device)?)
+        Ok(Tensor::from_slice(
+            &self.data,
+            (1, self.channels, self.height, self.width),
+            device,
+        )?)
     }
 
     /// Reads a `[1, C, H, W]` or `[C, H, W]` tensor back to the host as f32.

@@ -27,15 +27,20 @@ fn cubic(x: f32, a: f32) -> f32 {
 /// border taps are dropped and the rest renormalised.
 fn taps_antialias(n_in: usize, n_out: usize) -> Taps {
     let scale = n_in as f32 / n_out as f32;
-    let (support, inv) = if scale >= 1.0 { (2.0 * scale, 1.0 / scale) } else { (2.0, 1.0) };
+    let (support, inv) = if scale >= 1.0 {
+        (2.0 * scale, 1.0 / scale)
+    } else {
+        (2.0, 1.0)
+    };
     let mut start = Vec::with_capacity(n_out);
     let mut weights = Vec::with_capacity(n_out);
     for i in 0..n_out {
         let center = scale * (i as f32 + 0.5);
         let lo = ((center - support + 0.5) as isize).max(0) as usize;
         let hi = ((center + support + 0.5) as isize).min(n_in as isize) as usize;
-        let mut w: Vec<f32> =
-            (lo..hi).map(|j| cubic((j as f32 - center + 0.5) * inv, -0.5)).collect();
+        let mut w: Vec<f32> = (lo..hi)
+            .map(|j| cubic((j as f32 - center + 0.5) * inv, -0.5))
+            .collect();
         let sum: f32 = w.iter().sum();
         if sum != 0.0 {
             w.iter_mut().for_each(|v| *v /= sum);
@@ -58,7 +63,12 @@ fn taps_plain(n_in: usize, n_out: usize) -> Taps {
         let i0 = src.floor();
         let t = src - i0;
         let i0 = i0 as isize;
-        let k = [cubic(t + 1.0, -0.75), cubic(t, -0.75), cubic(1.0 - t, -0.75), cubic(2.0 - t, -0.75)];
+        let k = [
+            cubic(t + 1.0, -0.75),
+            cubic(t, -0.75),
+            cubic(1.0 - t, -0.75),
+            cubic(2.0 - t, -0.75),
+        ];
         let lo = (i0 - 1).clamp(0, last);
         let hi = (i0 + 2).clamp(0, last);
         let mut w = vec![0.0f32; (hi - lo + 1) as usize];
@@ -90,7 +100,11 @@ pub fn resize_bicubic(img: &Planar, out_h: usize, out_w: usize, antialias: bool)
     for (row_in, row_out) in img.data.chunks_exact(w).zip(tmp.chunks_exact_mut(out_w)) {
         for (x, o) in row_out.iter_mut().enumerate() {
             let s = tw.start[x];
-            *o = tw.weights[x].iter().zip(&row_in[s..]).map(|(a, b)| a * b).sum();
+            *o = tw.weights[x]
+                .iter()
+                .zip(&row_in[s..])
+                .map(|(a, b)| a * b)
+                .sum();
         }
     }
     let mut out = vec![0.0f32; c * out_h * out_w];
@@ -101,7 +115,10 @@ pub fn resize_bicubic(img: &Planar, out_h: usize, out_w: usize, antialias: bool)
             let s = th.start[y];
             for (k, wk) in th.weights[y].iter().enumerate() {
                 let row_in = &src[(s + k) * out_w..(s + k + 1) * out_w];
-                row_out.iter_mut().zip(row_in).for_each(|(o, v)| *o += wk * v);
+                row_out
+                    .iter_mut()
+                    .zip(row_in)
+                    .for_each(|(o, v)| *o += wk * v);
             }
         }
     }
@@ -139,7 +156,10 @@ mod tests {
         for aa in [true, false] {
             for (h, w) in [(20, 28), (2, 3), (5, 7)] {
                 let out = resize_bicubic(&img, h, w, aa);
-                assert!(out.data.iter().all(|v| (v - 0.25).abs() < 1e-6), "{aa} {h}x{w}");
+                assert!(
+                    out.data.iter().all(|v| (v - 0.25).abs() < 1e-6),
+                    "{aa} {h}x{w}"
+                );
             }
         }
     }

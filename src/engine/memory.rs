@@ -1,0 +1,1 @@
+//! Memory estimates that pick the block batch size for a budget.

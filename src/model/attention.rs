@@ -1,0 +1,221 @@
+//! Unidirectional block self-attention (NOTES §5.7) and the neighbour K/V store it reads.
+//!
+//! Each 32×32-token block attends to four key/value slots: [self, left-top, left, top],
+//! missing neighbours at the top/left border replaced by the clamped block. The store
+//! lets a batch of blocks find neighbour K/V computed in earlier batches, which is what
+//! makes block-by-block inference identical to whole-image inference.
+
+use super::ops::{attention, rope_interleaved, LayerNorm};
+use crate::config::ModelConfig;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+use std::collections::HashMap;
+
+/// A block of one image: `(image, block row, block column)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockId {
+    pub image: usize,
+    pub row: usize,
+    pub col: usize,
+}
+
+impl BlockId {
+    pub fn new(image: usize, row: usize, col: usize) -> Self {
+        Self { image, row, col }
+    }
+
+    /// The four key/value slots in the trained order: self, left-top, left, top, with
+    /// missing neighbours clamped to the border (duplicates are kept).
+    pub fn slots(&self) -> [BlockId; 4] {
+        let up = self.row.saturating_sub(1);
+        let left = self.col.saturating_sub(1);
+        let b = |row, col| BlockId::new(self.image, row, col);
+        [*self, b(up, left), b(self.row, left), b(up, self.col)]
+    }
+}
+
+/// Post-QK-norm, post-RoPE keys and values of single blocks, `[1, heads, T, hd]`.
+type BlockKv = (Tensor, Tensor);
+
+/// Keys and values of blocks, per layer, kept only while a later batch needs them.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<HashMap<BlockId, BlockKv>>,
+    plan: BatchPlan,
+}
+
+/// What the current batch keeps and drops (set by the scheduler before each forward).
+#[derive(Debug, Default, Clone)]
+pub struct BatchPlan {
+    /// Batch blocks whose K/V later batches read.
+    pub retain: Vec<bool>,
+    /// Cached blocks no later batch reads; dropped once this batch has read them.
+    pub evict: Vec<BlockId>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: (0..num_layers).map(|_| HashMap::new()).collect(),
+            plan: BatchPlan::default(),
+        }
+    }
+
+    pub fn set_plan(&mut self, plan: BatchPlan) {
+        self.plan = plan;
+    }
+
+    /// Blocks held for `layer`.
+    pub fn len(&self, layer: usize) -> usize {
+        self.layers.get(layer).map_or(0, |l| l.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.iter().all(|l| l.is_empty())
+    }
+
+    /// Bytes held over all layers.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.values())
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// Gathers `[n, heads, 4·T, hd]` keys (slot embeddings added) and values for the
+    /// batch `ids`, whose own K/V are `k`, `v` (`[n, heads, T, hd]`); then stores the
+    /// retained blocks and evicts the expired ones for this layer.
+    fn neighbour_kv(
+        &mut self,
+        layer: usize,
+        ids: &[BlockId],
+        k: &Tensor,
+        v: &Tensor,
+        slot_embed: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let store = &mut self.layers[layer];
+        let in_batch: HashMap<BlockId, usize> =
+            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut extra: Vec<BlockId> = Vec::new();
+        let mut extra_pos: HashMap<BlockId, usize> = HashMap::new();
+        let mut index: [Vec<u32>; 4] = Default::default();
+        for id in ids {
+            for (s, nb) in id.slots().iter().enumerate() {
+                let pos = match in_batch.get(nb) {
+                    Some(&i) => i,
+                    None => {
+                        if !store.contains_key(nb) {
+                            candle_core::bail!(
+                                "block {nb:?} needed by {id:?} is not cached (scheduler bug)"
+                            );
+                        }
+                        let next = ids.len() + extra.len();
+                        *extra_pos.entry(*nb).or_insert_with(|| {
+                            extra.push(*nb);
+                            next
+                        })
+                    }
+                };
+                index[s].push(pos as u32);
+            }
+        }
+        let (kp, vp) = if extra.is_empty() {
+            (k.clone(), v.clone())
+        } else {
+            let mut ks = vec![k.clone()];
+            let mut vs = vec![v.clone()];
+            for nb in &extra {
+                let (ck, cv) = &store[nb];
+                ks.push(ck.clone());
+                vs.push(cv.clone());
+            }
+            (Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)
+        };
+        let dev = k.device();
+        let mut keys = Vec::with_capacity(4);
+        let mut vals = Vec::with_capacity(4);
+        for (s, idx) in index.iter().enumerate() {
+            let idx = Tensor::new(idx.as_slice(), dev)?;
+            let emb = slot_embed.get(s)?.unsqueeze(1)?; // [heads, 1, hd]
+            keys.push(kp.index_select(&idx, 0)?.broadcast_add(&emb)?);
+            vals.push(vp.index_select(&idx, 0)?);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            if self.plan.retain.get(i).copied().unwrap_or(false) {
+                store.insert(
+                    *id,
+                    (
+                        k.get(i)?.unsqueeze(0)?.contiguous()?,
+                        v.get(i)?.unsqueeze(0)?.contiguous()?,
+                    ),
+                );
+            }
+        }
+        for id in &self.plan.evict {
+            store.remove(id);
+        }
+        Ok((Tensor::cat(&keys, 2)?, Tensor::cat(&vals, 2)?))
+    }
+}
+
+/// `attention.query_key_value` / `attention.dense` with QK-LayerNorm, RoPE and the
+/// per-slot key embedding `re_pos_embed[layer]`.
+#[derive(Debug, Clone)]
+pub struct SelfAttention {
+    query_key_value: Linear,
+    dense: Linear,
+    /// `q_layer_norm[layer]`, applied to queries **and** keys (the reference never
+    /// reads `k_layer_norm`).
+    qk_norm: LayerNorm,
+    /// `[4, heads, hd]`
+    slot_embed: Tensor,
+    layer: usize,
+    heads: usize,
+}
+
+impl SelfAttention {
+    pub fn new(cfg: &ModelConfig, layer: usize, vb: VarBuilder, adaln: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let re = adaln.get(
+            (cfg.num_layers, 4, cfg.num_attention_heads, hd),
+            "re_pos_embed",
+        )?;
+        Ok(Self {
+            query_key_value: linear(d, 3 * d, vb.pp("query_key_value"))?,
+            dense: linear(d, d, vb.pp("dense"))?,
+            qk_norm: LayerNorm::new(
+                hd,
+                cfg.layernorm_eps,
+                adaln.pp(format!("q_layer_norm.{layer}")),
+            )?,
+            slot_embed: re.get(layer)?,
+            layer,
+            heads: cfg.num_attention_heads,
+        })
+    }
+
+    /// `x`: `[n, T, D]` tokens of the blocks `ids`; `rope`: `[n, T, hd/2]` tables.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ids: &[BlockId],
+        rope: (&Tensor, &Tensor),
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (n, t, d) = x.dims3()?;
+        let hd = d / self.heads;
+        let qkv = self.query_key_value.forward(x)?;
+        let heads = |i: usize| -> Result<Tensor> {
+            let y = qkv.narrow(2, i * d, d)?.reshape((n, t, self.heads, hd))?;
+            y.transpose(1, 2)
+        };
+        let q = rope_interleaved(&self.qk_norm.forward(&heads(0)?)?, rope.0, rope.1)?;
+        let k = rope_interleaved(&self.qk_norm.forward(&heads(1)?)?, rope.0, rope.1)?;
+        let v = heads(2)?.contiguous()?;
+        let (k_all, v_all) = cache.neighbour_kv(self.layer, ids, &k, &v, &self.slot_embed)?;
+        let y = attention(&q, &k_all, &v_all)?;
+        self.dense.forward(&y.transpose(1, 2)?.reshape((n, t, d))?)
+    }
+}

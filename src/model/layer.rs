@@ -1,0 +1,155 @@
+//! One transformer layer (NOTES §5.6) and the final layer (§5.9).
+
+use super::attention::{BlockId, KvCache, SelfAttention};
+use super::cross_attention::LrCrossAttention;
+use super::ops::{modulate, split_last, LayerNorm};
+use super::Tap;
+use crate::config::ModelConfig;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+
+/// `dense_h_to_4h` → tanh-GELU → `dense_4h_to_h`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    dense_h_to_4h: Linear,
+    dense_4h_to_h: Linear,
+}
+
+impl Mlp {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            dense_h_to_4h: linear(cfg.hidden_size, cfg.mlp_inner_size, vb.pp("dense_h_to_4h"))?,
+            dense_4h_to_h: linear(cfg.mlp_inner_size, cfg.hidden_size, vb.pp("dense_4h_to_h"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.dense_4h_to_h
+            .forward(&self.dense_h_to_4h.forward(x)?.gelu()?)
+    }
+}
+
+/// Layer-0 extras: the LR cross-attention and its affine LayerNorm before the MLP.
+#[derive(Debug, Clone)]
+struct CrossBranch {
+    attn: LrCrossAttention,
+    post_cross_ln: LayerNorm,
+}
+
+/// Inputs every layer shares for one batch of blocks.
+pub struct LayerInputs<'a> {
+    pub ids: &'a [BlockId],
+    /// `SiLU(emb)`: `[n or 1, 1, D]` (each adaLN head applies SiLU to the already-SiLU'd emb).
+    pub emb_act: &'a Tensor,
+    pub rope: (&'a Tensor, &'a Tensor),
+    /// `[n, W, D]` LR window tokens (read by layer 0 only).
+    pub lr_tokens: &'a Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct DitLayer {
+    adaln_modulation: Linear,
+    attention: SelfAttention,
+    mlp: Mlp,
+    /// The affine-free pre-LayerNorm used before attention, cross-attention and MLP.
+    ln: LayerNorm,
+    cross: Option<CrossBranch>,
+}
+
+impl DitLayer {
+    pub fn new(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let adaln = vb.pp("mixins.adaln_layer");
+        let t = vb.pp(format!("transformer.layers.{layer}"));
+        let cross = if layer == 0 {
+            Some(CrossBranch {
+                attn: LrCrossAttention::new(cfg, adaln.clone())?,
+                post_cross_ln: LayerNorm::new(
+                    d,
+                    cfg.layernorm_eps,
+                    adaln.pp("post_cross_attention_layernorm"),
+                )?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            adaln_modulation: linear(d, 4 * d, adaln.pp(format!("adaLN_modulations.{layer}.1")))?,
+            attention: SelfAttention::new(cfg, layer, t.pp("attention"), adaln.clone())?,
+            mlp: Mlp::new(cfg, t.pp("mlp"))?,
+            ln: LayerNorm::no_affine(d, cfg.layernorm_eps, vb.dtype(), vb.device())?,
+            cross,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        h: &Tensor,
+        inp: &LayerInputs,
+        cache: &mut KvCache,
+        layer: usize,
+        tap: Tap,
+    ) -> Result<Tensor> {
+        let m = self.adaln_modulation.forward(inp.emb_act)?;
+        tap(&format!("layer{layer}_adaln_mod"), &m)?;
+        let m = split_last(&m, 4)?;
+        let (shift_msa, scale_msa, shift_mlp, scale_mlp) = (&m[0], &m[1], &m[2], &m[3]);
+        let a = modulate(&self.ln.forward(h)?, shift_msa, scale_msa)?;
+        let attn = self.attention.forward(&a, inp.ids, inp.rope, cache)?;
+        tap(&format!("layer{layer}_attn_out"), &attn)?;
+        let h = (h + attn)?;
+        let (h, mlp_in) = match &self.cross {
+            Some(cross) => {
+                let c = self.ln.forward(&h)?;
+                let out = cross.attn.forward(&c, inp.lr_tokens)?;
+                tap(&format!("layer{layer}_cross_out"), &out)?;
+                let h = (&h + out)?;
+                let mlp_in = cross.post_cross_ln.forward(&h)?;
+                (h, mlp_in)
+            }
+            None => {
+                let mlp_in = self.ln.forward(&h)?;
+                (h, mlp_in)
+            }
+        };
+        h + self
+            .mlp
+            .forward(&modulate(&mlp_in, shift_mlp, scale_mlp)?)?
+    }
+
+    /// Layer 0's LR cross-attention, which also turns LR pixels into tokens.
+    pub fn cross_attention(&self) -> Option<&LrCrossAttention> {
+        self.cross.as_ref().map(|c| &c.attn)
+    }
+}
+
+/// `final_layernorm`, then adaLN (shift first, scale second) on a second non-affine LN,
+/// then the linear map to `P·P·C` values per token.
+#[derive(Debug, Clone)]
+pub struct FinalLayer {
+    adaln_modulation: Linear,
+    linear: Linear,
+    ln: LayerNorm,
+}
+
+impl FinalLayer {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let p = cfg.patch_size;
+        Ok(Self {
+            adaln_modulation: linear(d, 2 * d, vb.pp("adaLN_modulation.1"))?,
+            linear: linear(d, p * p * cfg.out_channels, vb.pp("linear"))?,
+            ln: LayerNorm::no_affine(d, cfg.layernorm_eps, vb.dtype(), vb.device())?,
+        })
+    }
+
+    pub fn forward(&self, h: &Tensor, emb_act: &Tensor, tap: Tap) -> Result<Tensor> {
+        let m = self.adaln_modulation.forward(emb_act)?;
+        tap("final_adaln_mod", &m)?;
+        let m = split_last(&m, 2)?;
+        let y = self.ln.forward(&self.ln.forward(h)?)?;
+        self.linear.forward(&modulate(&y, &m[0], &m[1])?)
+    }
+}

@@ -1,0 +1,168 @@
+//! Small numeric building blocks shared by the denoiser and the trainer. Each uses
+//! candle's fused kernel at inference and a differentiable composition when gradients
+//! are tracked (candle's fused LayerNorm and RoPE kernels have no backward pass).
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// LayerNorm over the last dimension; the non-affine variant uses unit weight and zero bias.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    pub fn no_affine(size: usize, eps: f64, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: Tensor::ones(size, dtype, device)?,
+            bias: Tensor::zeros(size, dtype, device)?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.track_op() && !self.weight.track_op() {
+            return candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            );
+        }
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_sub(&mean)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .to_dtype(dtype)?;
+        x.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// adaLN modulation: `x·(1 + scale) + shift`, broadcast over tokens.
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+}
+
+/// Interleaved rotary embedding: pairs `(2i, 2i+1)` rotate by the angle whose cosine
+/// and sine are `cos[.., i]`, `sin[.., i]`. `x`: `[n, heads, T, hd]`, tables `[n, T, hd/2]`.
+pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return candle_nn::rotary_emb::rope_i(&x.contiguous()?, cos, sin);
+    }
+    let (n, h, t, d) = x.dims4()?;
+    let x = x.reshape((n, h, t, d / 2, 2))?;
+    let x0 = x.narrow(4, 0, 1)?;
+    let x1 = x.narrow(4, 1, 1)?;
+    let cos = cos.reshape((n, 1, t, d / 2, 1))?;
+    let sin = sin.reshape((n, 1, t, d / 2, 1))?;
+    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::cat(&[y0, y1], 4)?.reshape((n, h, t, d))
+}
+
+/// softmax(q·kᵀ/√d)·v for `[n, heads, Tq, d]` × `[n, heads, Tk, d]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
+}
+
+/// Splits a `[.., k·d]` tensor into `k` chunks of `d` along the last dimension.
+pub fn split_last(x: &Tensor, k: usize) -> Result<Vec<Tensor>> {
+    let d = x.dim(D::Minus1)? / k;
+    (0..k).map(|i| x.narrow(D::Minus1, i * d, d)).collect()
+}
+
+/// Cuts `[n, c, S, S]` into non-overlapping `p×p` patches, row-major:
+/// `[n, (S/p)², c·p·p]` with each patch's values ordered (c, y, x) as a Conv2d weight is.
+pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h / p, p, w / p, p))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .reshape((n, (h / p) * (w / p), c * p * p))
+}
+
+/// A Conv2d with kernel = stride = `p`, as a Linear over patches (same numbers, no im2col).
+pub fn patch_linear(
+    size_out: usize,
+    c_in: usize,
+    p: usize,
+    vb: VarBuilder,
+) -> Result<candle_nn::Linear> {
+    let w = vb
+        .get((size_out, c_in, p, p), "weight")?
+        .reshape((size_out, c_in * p * p))?;
+    let b = vb.get(size_out, "bias")?;
+    Ok(candle_nn::Linear::new(w, Some(b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differentiable_paths_match_fused_kernels() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev)?;
+        let cos = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;
+        let sin = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;
+        let fused = rope_interleaved(&x, &cos, &sin)?;
+        let var = candle_core::Var::from_tensor(&x)?;
+        let slow = rope_interleaved(var.as_tensor(), &cos, &sin)?;
+        let diff = (fused - slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "rope {diff}");
+
+        let ln = LayerNorm::new(
+            8,
+            1e-6,
+            VarBuilder::from_tensors(
+                [
+                    ("weight".to_string(), Tensor::randn(1f32, 0.1, 8, &dev)?),
+                    ("bias".to_string(), Tensor::randn(0f32, 0.1, 8, &dev)?),
+                ]
+                .into(),
+                DType::F32,
+                &dev,
+            ),
+        )?;
+        let fused = ln.forward(&x)?;
+        let slow = ln.forward(var.as_tensor())?;
+        let diff = (fused - slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "layer norm {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn patchify_matches_conv2d() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 8, 12), &dev)?;
+        let w = Tensor::randn(0f32, 1., (5, 3, 4, 4), &dev)?;
+        let conv = x.conv2d(&w, 0, 4, 1, 1)?; // [2,5,2,3]
+        let lin = patchify(&x, 4)?.matmul(
+            &w.reshape((5, 48))?
+                .t()?
+                .unsqueeze(0)?
+                .broadcast_as((2, 48, 5))?
+                .contiguous()?,
+        )?;
+        let conv = conv.flatten_from(2)?.transpose(1, 2)?;
+        let diff = (conv - lin)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "{diff}");
+        Ok(())
+    }
+}

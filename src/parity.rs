@@ -1,0 +1,128 @@
+//! Runs the reference fixtures' cases through the port: the backing of `infdit parity`,
+//! used by the tests and by outside checkers.
+
+use crate::engine::{Conditioning, Engine, EngineOptions, Positions};
+use crate::imageops::Planar;
+use crate::model::InfDit;
+use crate::sampler::{sample, SamplerConfig};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Tensors of a safetensors case file.
+pub struct Case(pub HashMap<String, Tensor>);
+
+impl Case {
+    pub fn open(path: &Path) -> Result<Self> {
+        let t = candle_core::safetensors::load(path, &Device::Cpu)
+            .with_context(|| format!("reading case {}", path.display()))?;
+        Ok(Self(t))
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.0
+            .get(name)
+            .with_context(|| format!("case has no tensor `{name}`"))
+    }
+
+    pub fn planar(&self, name: &str) -> Result<Planar> {
+        Planar::from_tensor(self.get(name)?)
+    }
+
+    pub fn scalar(&self, name: &str) -> Result<f32> {
+        Ok(self
+            .get(name)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .get(0)?
+            .to_scalar()?)
+    }
+
+    /// Conditioning from `concat_lr`, `lr`, `vector` and optional `rope_position_ids`.
+    pub fn conditioning(&self, model: &InfDit) -> Result<Conditioning> {
+        let concat_lr = self.planar("concat_lr")?;
+        let vector = match self.0.get("vector") {
+            Some(v) if model.config().vector_dim > 0 => {
+                Some(v.to_dtype(DType::F32)?.to_device(model.device())?)
+            }
+            _ => None,
+        };
+        let positions = match self.0.get("rope_position_ids") {
+            Some(ids) => {
+                let ids = ids.to_dtype(DType::I64)?.squeeze(0)?.to_vec2::<i64>()?;
+                let width = concat_lr.width / model.config().patch_size;
+                Positions::Explicit {
+                    width,
+                    ids: ids.iter().map(|p| (p[0] as usize, p[1] as usize)).collect(),
+                }
+            }
+            None => Positions::Grid,
+        };
+        Ok(Conditioning {
+            concat_lr,
+            lr: self.planar("lr")?,
+            vector,
+            positions,
+        })
+    }
+}
+
+/// Writes f32 tensors to a safetensors file (atomically).
+pub fn write_tensors(path: &Path, tensors: &[(&str, Tensor)]) -> Result<()> {
+    let map: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.to_string(), t.to_dtype(DType::F32)?)))
+        .collect::<Result<_>>()?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    candle_core::safetensors::save(&map, tmp.path())?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// One denoiser call: returns `(denoised, net_out_F)`.
+pub fn denoise(model: &InfDit, case: &Case, opts: EngineOptions) -> Result<(Planar, Planar)> {
+    let cond = case.conditioning(model)?;
+    let x = case.planar("x")?;
+    let sigma = case.scalar("sigma")?;
+    let engine = Engine::new(model, opts);
+    let (f, pre) = engine.network_output(&x, sigma, &cond, &mut |_| {})?;
+    let den = f
+        .data
+        .iter()
+        .zip(&x.data)
+        .map(|(f, x)| f * pre.c_out + x * pre.c_skip)
+        .collect();
+    Ok((Planar::new(x.channels, x.height, x.width, den), f))
+}
+
+/// A sampler run from `init_noise`: returns `(sample, x_after_step0)`.
+pub fn sample_case(
+    model: &InfDit,
+    case: &Case,
+    sampler: &SamplerConfig,
+    opts: EngineOptions,
+) -> Result<(Planar, Planar)> {
+    let cond = case.conditioning(model)?;
+    let noise = case.planar("init_noise")?;
+    let engine = Engine::new(model, opts);
+    let mut first = None;
+    let out = sample(
+        sampler,
+        &cond.concat_lr,
+        &noise,
+        &mut |x, s| engine.denoise(x, s, &cond, &mut |_| {}),
+        &mut |i, x| {
+            if i == 0 {
+                first = Some(x.clone());
+            }
+        },
+    )?;
+    Ok((out, first.context("sampler ran no step")?))
+}
