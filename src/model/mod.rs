@@ -172,3 +172,17 @@ impl InfDit {
         Ok(Self::new(&src.config, vb)?)
     }
 }
+
+impl InfDit {
+    /// A model with seeded random weights (tests, benchmarks).
+    pub fn random(
+        cfg: &ModelConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let tensors = crate::checkpoint::random_weights(cfg, seed)?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        Ok(Self::new(cfg, vb)?)
+    }
+}
