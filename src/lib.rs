@@ -6,9 +6,11 @@
 //! [`imageops`] for image I/O and exact resizing and [`clip`] for the image condition.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod clip;
 pub mod config;
 pub mod engine;
+pub mod fsutil;
 pub mod imageops;
 pub mod model;
 pub mod parity;

@@ -1,0 +1,147 @@
+//! `infdit inspect` and `infdit convert`.
+
+use super::DTypeArg;
+use crate::checkpoint::{expected_shapes, is_ignored_key, Checkpoint};
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+use clap::Args;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Checkpoint file (.safetensors, .pt, .pth, .bin) or model directory.
+    pub checkpoint: PathBuf,
+    /// Print every tensor, not only the summary.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl InspectArgs {
+    pub fn run(self) -> Result<()> {
+        let path = if self.checkpoint.is_dir() {
+            crate::checkpoint::ModelSource::open(&self.checkpoint)?
+                .checkpoint
+                .path
+        } else {
+            self.checkpoint.clone()
+        };
+        let ck = Checkpoint::open(&path)?;
+        let shapes = ck.shapes();
+        let mut groups: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+        let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
+        for (name, t) in &ck.tensors {
+            let group = if name.starts_with("image_encoder.model.visual.") {
+                "image encoder (CLIP visual)"
+            } else if name.starts_with("image_encoder.") {
+                "image encoder (unused text leftovers)"
+            } else if name.contains("rope.freqs_") {
+                "RoPE buffers (recomputed)"
+            } else if is_ignored_key(name) {
+                "unused by the forward pass"
+            } else {
+                "denoiser"
+            };
+            let e = groups.entry(group).or_default();
+            e.0 += 1;
+            e.1 += t.elem_count();
+            *dtypes.entry(format!("{:?}", t.dtype())).or_default() += 1;
+        }
+        println!("{}: {} tensors", path.display(), shapes.len());
+        for (g, (n, p)) in &groups {
+            println!("  {g:<40} {n:>5} tensors {p:>14} values");
+        }
+        println!(
+            "  dtypes: {}",
+            dtypes
+                .iter()
+                .map(|(d, n)| format!("{d} ×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if self.all {
+            for (name, shape) in &shapes {
+                println!("  {name:<70} {shape:?} {:?}", ck.tensors[name].dtype());
+            }
+        }
+        match ck.infer_config() {
+            Ok(cfg) => {
+                let preset = if cfg == crate::config::ModelConfig::released() {
+                    " (the released Inf-DiT)"
+                } else {
+                    ""
+                };
+                println!(
+                    "config{preset}: {} layers, hidden {}, {} heads, MLP {}, patch {}, block {} px, vector {}, sr ×{}",
+                    cfg.num_layers,
+                    cfg.hidden_size,
+                    cfg.num_attention_heads,
+                    cfg.mlp_inner_size,
+                    cfg.patch_size,
+                    cfg.image_block_size_px,
+                    cfg.vector_dim,
+                    cfg.sr_scale
+                );
+                match ck.validate(&cfg) {
+                    Ok(unknown) => {
+                        println!(
+                            "all {} denoiser tensors present with the right shapes",
+                            expected_shapes(&cfg).len()
+                        );
+                        if !unknown.is_empty() {
+                            println!(
+                                "{} unexpected tensors (ignored): {}",
+                                unknown.len(),
+                                unknown.join(", ")
+                            );
+                        }
+                    }
+                    Err(e) => println!("{e:#}"),
+                }
+            }
+            Err(e) => println!("not an Inf-DiT denoiser checkpoint: {e:#}"),
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Input checkpoint (.pt, .pth, .bin, .safetensors).
+    pub input: PathBuf,
+    /// Output .safetensors file.
+    pub output: PathBuf,
+    /// Store tensors in this dtype (default: as stored).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+    /// Keep the RoPE table buffers (deterministic, 2×84 M values in the released model;
+    /// dropped by default because they are recomputed).
+    #[arg(long)]
+    pub keep_rope_buffers: bool,
+}
+
+impl ConvertArgs {
+    pub fn run(self) -> Result<()> {
+        let ck = Checkpoint::open(&self.input)?;
+        let dtype: Option<DType> = self.dtype.map(Into::into);
+        let tensors: HashMap<String, Tensor> = ck
+            .tensors
+            .iter()
+            .filter(|(k, _)| self.keep_rope_buffers || !k.contains("rope.freqs_"))
+            .map(|(k, t)| {
+                let t = match dtype {
+                    Some(d) if t.dtype().is_float() => t.to_dtype(d)?,
+                    _ => t.clone(),
+                };
+                Ok((k.clone(), t))
+            })
+            .collect::<Result<_>>()?;
+        crate::fsutil::save_safetensors(&self.output, &tensors)?;
+        println!(
+            "wrote {} tensors to {}",
+            tensors.len(),
+            self.output.display()
+        );
+        Ok(())
+    }
+}

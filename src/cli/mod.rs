@@ -1,0 +1,74 @@
+//! The `infdit` command line.
+
+mod checkpoint_tools;
+mod parity;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "infdit",
+    version,
+    about = "Inf-DiT: upscale images of any size with a memory-bounded diffusion transformer"
+)]
+pub struct Cli {
+    /// Log more (-v: debug, -vv: trace). INFDIT_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List a checkpoint's tensors, parameter counts and the config it matches.
+    Inspect(checkpoint_tools::InspectArgs),
+    /// Convert a checkpoint (.pt/.pth/.bin/.safetensors) to safetensors.
+    Convert(checkpoint_tools::ConvertArgs),
+    /// Run reference cases through the port (for parity checks).
+    #[command(subcommand)]
+    Parity(parity::ParityCommand),
+}
+
+impl Cli {
+    pub fn run(self) -> Result<std::process::ExitCode> {
+        match self.command {
+            Command::Inspect(a) => a.run(),
+            Command::Convert(a) => a.run(),
+            Command::Parity(c) => c.run(),
+        }?;
+        Ok(std::process::ExitCode::SUCCESS)
+    }
+}
+
+/// `cpu`, `cuda`, `cuda:N` or `metal`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    Ok(match s {
+        "cpu" => Device::Cpu,
+        "metal" => Device::new_metal(0)?,
+        "cuda" => Device::new_cuda(0)?,
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Device::new_cuda(i)?,
+            _ => bail!("unknown device `{s}` (expected cpu, cuda, cuda:N or metal)"),
+        },
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl From<DTypeArg> for DType {
+    fn from(d: DTypeArg) -> Self {
+        match d {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::Bf16 => DType::BF16,
+            DTypeArg::F16 => DType::F16,
+        }
+    }
+}

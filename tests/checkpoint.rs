@@ -1,0 +1,108 @@
+//! Checkpoint loading: safetensors and PyTorch pickles, validation errors, and the
+//! guarantee that pickle code is never run.
+
+mod common;
+use common::*;
+use infdit::checkpoint::{Checkpoint, ModelSource};
+use infdit::config::ModelConfig;
+
+fn reference() -> Checkpoint {
+    Checkpoint::open(&fixture("tiny/weights.safetensors")).unwrap()
+}
+
+fn assert_same_tensors(a: &Checkpoint, b: &Checkpoint) {
+    assert_eq!(a.shapes(), b.shapes());
+    for (k, t) in &a.tensors {
+        assert_eq!(
+            max_abs_diff(&tensor_vec(t), &tensor_vec(&b.tensors[k])),
+            0.0,
+            "{k}"
+        );
+    }
+}
+
+#[test]
+fn pytorch_state_dict_and_deepspeed_checkpoints_load() {
+    let want = reference();
+    for f in ["tiny_state_dict.pt", "tiny_deepspeed.pt"] {
+        let ck = Checkpoint::open(&fixture(&format!("pickles/{f}"))).unwrap();
+        assert_same_tensors(&ck, &want);
+    }
+}
+
+#[test]
+fn malicious_pickle_is_refused_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    std::env::set_current_dir(dir.path()).unwrap();
+    let res = Checkpoint::open(&fixture("pickles/malicious.pt"));
+    std::env::set_current_dir(cwd).unwrap();
+    let err = format!(
+        "{:#}",
+        res.err().expect("a pickle without tensors must be refused")
+    );
+    assert!(err.contains("no tensors"), "{err}");
+    assert!(
+        !dir.path().join("infdit-pwned-marker").exists(),
+        "pickle code ran"
+    );
+}
+
+#[test]
+fn config_is_inferred_from_shapes() {
+    let inferred = reference().infer_config().unwrap();
+    let cfg = ModelConfig::from_json_file(&fixture("tiny/config.json")).unwrap();
+    assert_eq!(inferred, cfg);
+}
+
+#[test]
+fn every_missing_or_misshapen_key_is_named() {
+    let mut ck = reference();
+    ck.tensors.remove("mixins.final_layer.linear.bias");
+    ck.tensors.remove("time_embed.mlp.0.weight");
+    let t = ck.tensors["mixins.adaln_layer.re_pos_embed"]
+        .narrow(0, 0, 1)
+        .unwrap();
+    ck.tensors
+        .insert("mixins.adaln_layer.re_pos_embed".into(), t);
+    let cfg = ModelConfig::from_json_file(&fixture("tiny/config.json")).unwrap();
+    let err = format!("{:#}", ck.validate(&cfg).unwrap_err());
+    assert!(err.contains("3 problems"), "{err}");
+    assert!(
+        err.contains("missing mixins.final_layer.linear.bias (expected shape [48])"),
+        "{err}"
+    );
+    assert!(
+        err.contains("missing time_embed.mlp.0.weight (expected shape [64, 192])"),
+        "{err}"
+    );
+    assert!(
+        err.contains("re_pos_embed has shape [1, 4, 4, 16], expected [2, 4, 4, 16]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unused_official_keys_are_accepted_unknown_ones_reported() {
+    let mut ck = reference();
+    let cfg = ModelConfig::from_json_file(&fixture("tiny/config.json")).unwrap();
+    assert!(ck
+        .tensors
+        .contains_key("mixins.adaln_layer.k_layer_norm.0.weight"));
+    assert!(ck.validate(&cfg).unwrap().is_empty());
+    let t = ck.tensors["mixins.final_layer.linear.bias"].clone();
+    ck.tensors.insert("something.else".into(), t);
+    assert_eq!(
+        ck.validate(&cfg).unwrap(),
+        vec!["something.else".to_string()]
+    );
+}
+
+#[test]
+fn model_directory_and_bare_files_open() {
+    let dir = ModelSource::open(&fixture("tiny")).unwrap();
+    let file = ModelSource::open(&fixture("pickles/tiny_deepspeed.pt")).unwrap();
+    assert_eq!(dir.config, file.config);
+    let err = ModelSource::open(&fixture("does-not-exist")).err().unwrap();
+    assert!(format!("{err:#}").contains("does not exist"));
+}

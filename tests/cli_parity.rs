@@ -1,0 +1,121 @@
+//! The `infdit parity` commands, run through the binary as outside checkers do.
+
+mod common;
+use common::*;
+use infdit::parity::Case;
+use std::process::Command;
+
+fn infdit(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "infdit {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn parity_denoise_full_and_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = fixture("case_a_sigma0p05.safetensors");
+    let want = Case::open(&case).unwrap();
+    let model = fixture("tiny");
+    for mode in [
+        &["--mode", "full"][..],
+        &["--mode", "blocks", "--block-batch", "2"][..],
+    ] {
+        let out = dir.path().join("out.safetensors");
+        let mut args = vec![
+            "parity",
+            "denoise",
+            "--model",
+            model.to_str().unwrap(),
+            "--case",
+            case.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(mode);
+        infdit(&args);
+        let got = Case::open(&out).unwrap();
+        let d = planar_diff(
+            &got.planar("denoised").unwrap(),
+            &want.planar("denoised").unwrap(),
+        );
+        assert!(d < 1e-4, "{mode:?}: {d}");
+        assert!(got.0.contains_key("net_out_F"));
+    }
+}
+
+#[test]
+fn parity_resize_reproduces_torchvision() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = fixture("resize_cases.safetensors");
+    let out = dir.path().join("resize.safetensors");
+    infdit(&[
+        "parity",
+        "resize",
+        "--case",
+        case.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let want = Case::open(&case).unwrap();
+    let got = Case::open(&out).unwrap();
+    let names = [
+        "up_x4_tv_antialias_true",
+        "up_x4_tv_antialias_false",
+        "up_x4_F_interpolate_bicubic_alignFalse",
+        "dn_resize224_tv_antialias_true",
+        "dn_resize224_tv_antialias_false",
+        "dn_resize224_centercrop224_tv_antialias_true",
+    ];
+    for n in names {
+        let d = planar_diff(&got.planar(n).unwrap(), &want.planar(n).unwrap());
+        assert!(d < 1e-5, "{n}: {d}");
+    }
+}
+
+#[test]
+fn inspect_reports_the_config_and_convert_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = infdit(&[
+        "inspect",
+        fixture("pickles/tiny_deepspeed.pt").to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2 layers, hidden 64, 4 heads"), "{text}");
+    assert!(text.contains("all 55 denoiser tensors present"), "{text}");
+    let st = dir.path().join("tiny.safetensors");
+    infdit(&[
+        "convert",
+        fixture("pickles/tiny_deepspeed.pt").to_str().unwrap(),
+        st.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]);
+    let ck = infdit::checkpoint::Checkpoint::open(&st).unwrap();
+    assert!(ck
+        .tensors
+        .values()
+        .all(|t| t.dtype() == candle_core::DType::BF16));
+    assert_eq!(ck.tensors.len(), 60);
+}
+
+#[test]
+fn bad_checkpoint_gives_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("weights.pt");
+    std::fs::write(&bad, b"this is not a zip file").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .args(["inspect", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a readable PyTorch checkpoint"), "{err}");
+}
