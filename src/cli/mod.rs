@@ -1,5 +1,6 @@
 //! The `infdit` command line.
 
+mod bench;
 mod checkpoint_tools;
 mod parity;
 
@@ -30,6 +31,9 @@ pub enum Command {
     /// Run reference cases through the port (for parity checks).
     #[command(subcommand)]
     Parity(parity::ParityCommand),
+    /// Benchmarks (speed and memory).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 impl Cli {
@@ -38,6 +42,7 @@ impl Cli {
             Command::Inspect(a) => a.run(),
             Command::Convert(a) => a.run(),
             Command::Parity(c) => c.run(),
+            Command::Bench(c) => c.run(),
         }?;
         Ok(std::process::ExitCode::SUCCESS)
     }

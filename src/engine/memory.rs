@@ -1,1 +1,194 @@
-//! Memory estimates that pick the block batch size for a budget.
+//! Memory estimates that choose the block batch for a budget (`--max-memory`).
+//!
+//! The estimate counts the weights, the K/V cache at its peak for the schedule, the
+//! per-block activations of one layer (attention scores dominate), and, on the CPU
+//! where they share the memory, the host image buffers of the sampler.
+
+use super::{Order, Schedule};
+use crate::config::ModelConfig;
+use anyhow::{bail, Context, Result};
+
+/// Parses `8G`, `512M`, `1.5GiB`, `2000000000`.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid size `{s}` (e.g. 8G, 512M)"))?;
+    if !(v > 0.0) {
+        bail!("invalid size `{s}`: must be positive");
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+pub fn format_size(bytes: u64) -> String {
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    if gib >= 1.0 {
+        format!("{gib:.1} GiB")
+    } else {
+        format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// The parts of the estimate for one image and batch size, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryEstimate {
+    pub weights: u64,
+    pub cache: u64,
+    pub activations: u64,
+    pub host_images: u64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.weights + self.cache + self.activations + self.host_images
+    }
+}
+
+/// Sizes an evaluation of an `height × width` HR image with `batch` blocks per forward.
+pub struct MemoryModel<'a> {
+    pub cfg: &'a ModelConfig,
+    /// Bytes per value of the compute dtype.
+    pub dtype_bytes: u64,
+    /// Count host image buffers (true when the compute device is the CPU).
+    pub include_host: bool,
+}
+
+impl MemoryModel<'_> {
+    pub fn estimate(
+        &self,
+        height: usize,
+        width: usize,
+        order: Order,
+        batch: usize,
+    ) -> MemoryEstimate {
+        let cfg = self.cfg;
+        let s = cfg.image_block_size_px;
+        let schedule = Schedule::new(height / s, width / s, order);
+        let e = self.dtype_bytes;
+        let t = (cfg.block_tokens() * cfg.block_tokens()) as u64;
+        let (d, m, nh) = (
+            cfg.hidden_size as u64,
+            cfg.mlp_inner_size as u64,
+            cfg.num_attention_heads as u64,
+        );
+        let per_block_layer_kv = 2 * t * d * e;
+        let cache_blocks = schedule.peak_cached_blocks(batch) as u64;
+        // Residual, LN, qkv, q/k/v, 4-slot K/V, output; MLP hidden twice.
+        let per_block_tokens = t * (d * 17 + 2 * m) * e;
+        // Scores, scaled scores and softmax (f32), for the blocks of one attention chunk.
+        let per_block_scores = 3 * nh * t * 4 * t * 4;
+        let chunk_blocks =
+            (crate::model::ops::MAX_SCORE_BYTES as u64 / (per_block_scores / 3)).max(1);
+        let batch = batch.min(schedule.order.len()) as u64;
+        let activations = batch * per_block_tokens + batch.min(chunk_blocks) * per_block_scores;
+        MemoryEstimate {
+            weights: cfg.parameter_count() as u64 * e,
+            cache: cache_blocks * cfg.num_layers as u64 * per_block_layer_kv,
+            activations,
+            host_images: if self.include_host {
+                10 * 3 * (height * width) as u64 * 4
+            } else {
+                0
+            },
+        }
+    }
+
+    /// The largest batch (capped at `cap`) whose estimate fits `budget`; an error naming
+    /// the smallest budget that works when even one block does not fit.
+    pub fn choose_batch(
+        &self,
+        height: usize,
+        width: usize,
+        order: Order,
+        budget: u64,
+        cap: usize,
+    ) -> Result<usize> {
+        let one = self.estimate(height, width, order, 1);
+        if one.total() > budget {
+            bail!(
+                "a {width}×{height} output needs at least {} (weights {}, K/V cache {}, activations {}, images {}) but the memory budget is {}; raise --max-memory",
+                format_size(one.total()),
+                format_size(one.weights),
+                format_size(one.cache),
+                format_size(one.activations),
+                format_size(one.host_images),
+                format_size(budget)
+            );
+        }
+        let s = self.cfg.image_block_size_px;
+        let blocks = (height / s) * (width / s);
+        let mut best = 1;
+        for b in 2..=cap.min(blocks) {
+            if self.estimate(height, width, order, b).total() <= budget {
+                best = b;
+            } else {
+                break;
+            }
+        }
+        Ok(best)
+    }
+}
+
+/// Available physical memory (Linux `MemAvailable`), if known.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Peak resident set size of this process so far (Linux `VmHWM`), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("8G").unwrap(), 8 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1G").is_err());
+    }
+
+    #[test]
+    fn budget_picks_batches_and_refuses_clearly() {
+        let cfg = ModelConfig::released();
+        let mm = MemoryModel {
+            cfg: &cfg,
+            dtype_bytes: 2,
+            include_host: false,
+        };
+        let b = mm
+            .choose_batch(4096, 4096, Order::Auto, 8 << 30, 64)
+            .unwrap();
+        assert!(b >= 1);
+        assert!(mm.estimate(4096, 4096, Order::Auto, b).total() <= 8 << 30);
+        let err = mm
+            .choose_batch(4096, 4096, Order::Auto, 1 << 30, 64)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs at least"), "{err}");
+        // The cache follows the short side: a 4096×512 strip caches far less than 4096².
+        let strip = mm.estimate(512, 4096, Order::Auto, 1).cache;
+        let square = mm.estimate(4096, 4096, Order::Auto, 1).cache;
+        assert!(strip * 4 < square);
+    }
+}

@@ -125,11 +125,21 @@ impl Schedule {
 pub struct Engine<'m> {
     model: &'m InfDit,
     options: EngineOptions,
+    peak_cache_bytes: std::cell::Cell<usize>,
 }
 
 impl<'m> Engine<'m> {
     pub fn new(model: &'m InfDit, options: EngineOptions) -> Self {
-        Self { model, options }
+        Self {
+            model,
+            options,
+            peak_cache_bytes: Default::default(),
+        }
+    }
+
+    /// Largest K/V cache held so far, in bytes.
+    pub fn peak_cache_bytes(&self) -> usize {
+        self.peak_cache_bytes.get()
     }
 
     pub fn model(&self) -> &InfDit {
@@ -213,6 +223,8 @@ impl<'m> Engine<'m> {
             let blocks = inputs::build_batch(self.model, chunk, x, cond, pre.c_in, &emb_act)?;
             let f = self.model.forward_blocks_tapped(&blocks, &mut cache, tap)?;
             inputs::scatter_blocks(&f, chunk, cfg.image_block_size_px, &mut out)?;
+            self.peak_cache_bytes
+                .set(self.peak_cache_bytes.get().max(cache.bytes()));
             on_blocks(chunk.len());
         }
         debug_assert!(cache.is_empty(), "every cached block must be consumed");

@@ -75,8 +75,35 @@ pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor
     Tensor::cat(&[y0, y1], 4)?.reshape((n, h, t, d))
 }
 
+/// Largest attention-score tensor materialised at once; bigger batches are split
+/// along the block dimension so whole-image evaluation does not hold every block's
+/// scores at the same time.
+pub const MAX_SCORE_BYTES: usize = 256 << 20;
+
 /// softmax(q·kᵀ/√d)·v for `[n, heads, Tq, d]` × `[n, heads, Tk, d]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (n, h, tq, _) = q.dims4()?;
+    let tk = k.dim(2)?;
+    let per_block = h * tq * tk * 4;
+    let chunk = (MAX_SCORE_BYTES / per_block.max(1)).clamp(1, n.max(1));
+    if chunk >= n {
+        return attention_dense(q, k, v);
+    }
+    let parts = (0..n)
+        .step_by(chunk)
+        .map(|s| {
+            let len = chunk.min(n - s);
+            attention_dense(
+                &q.narrow(0, s, len)?,
+                &k.narrow(0, s, len)?,
+                &v.narrow(0, s, len)?,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
+}
+
+fn attention_dense(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
     candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)

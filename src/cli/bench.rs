@@ -1,0 +1,260 @@
+//! `infdit bench engine`: seconds per network evaluation and peak memory of the block
+//! engine, for a config with random weights. Each case runs in a child process so its
+//! peak RSS is its own.
+
+use super::{parse_device, DTypeArg};
+use crate::config::ModelConfig;
+use crate::engine::memory::{format_size, peak_rss};
+use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
+use crate::imageops::Planar;
+use crate::model::InfDit;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time D(x, σ) in block and full mode over image sizes and batch sizes.
+    Engine(EngineBenchArgs),
+    /// One case in this process (used by `engine`).
+    #[command(hide = true)]
+    EngineOne(OneArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// `released`, `tiny` (the reference test config) or a config.json path.
+    #[arg(long, default_value = "tiny")]
+    config: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    dtype: DTypeArg,
+    #[arg(long, value_enum, default_value_t = Order::Auto)]
+    order: Order,
+    /// Timed evaluations per case (after one untimed warm-up when > 1).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct EngineBenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Output sizes, `N` for N×N or `WxH`.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024")]
+    sizes: Vec<String>,
+    /// Blocks per forward; `full` is the whole image at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,full")]
+    batches: Vec<String>,
+    /// Write all results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct OneArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    size: String,
+    #[arg(long)]
+    batch: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub width: usize,
+    pub height: usize,
+    pub batch: String,
+    pub seconds_per_nfe: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub peak_kv_cache_bytes: usize,
+    pub device: String,
+    pub dtype: String,
+}
+
+fn load_config(name: &str) -> Result<ModelConfig> {
+    match name {
+        "released" => Ok(ModelConfig::released()),
+        "tiny" => {
+            let mut c = ModelConfig::released();
+            (
+                c.num_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.mlp_inner_size,
+            ) = (2, 64, 4, 256);
+            Ok(c)
+        }
+        path => ModelConfig::from_json_file(std::path::Path::new(path)),
+    }
+}
+
+fn parse_wh(s: &str) -> Result<(usize, usize)> {
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .with_context(|| format!("invalid size `{s}`"))
+    };
+    match s.split_once(['x', 'X']) {
+        Some((w, h)) => Ok((parse(w)?, parse(h)?)),
+        None => Ok((parse(s)?, parse(s)?)),
+    }
+}
+
+impl BenchCommand {
+    pub fn run(self) -> Result<()> {
+        match self {
+            BenchCommand::Engine(a) => a.run(),
+            BenchCommand::EngineOne(a) => {
+                let r = a.run()?;
+                println!("{}", serde_json::to_string(&r)?);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl EngineBenchArgs {
+    fn run(self) -> Result<()> {
+        let exe = std::env::current_exe()?;
+        let c = &self.common;
+        let mut results = Vec::new();
+        println!(
+            "{:>11} {:>6} {:>10} {:>12} {:>12}",
+            "size", "batch", "s/NFE", "peak RSS", "K/V cache"
+        );
+        for size in &self.sizes {
+            for batch in &self.batches {
+                let out = std::process::Command::new(&exe)
+                    .args([
+                        "bench",
+                        "engine-one",
+                        "--config",
+                        &c.config,
+                        "--device",
+                        &c.device,
+                    ])
+                    .args([
+                        "--dtype",
+                        &format!("{:?}", c.dtype).to_lowercase(),
+                        "--order",
+                        &format!("{:?}", c.order)
+                            .to_lowercase()
+                            .replace("major", "-major"),
+                    ])
+                    .args([
+                        "--repeat",
+                        &c.repeat.to_string(),
+                        "--size",
+                        size,
+                        "--batch",
+                        batch,
+                    ])
+                    .output()?;
+                if !out.status.success() {
+                    println!(
+                        "{size:>11} {batch:>6} failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                    continue;
+                }
+                let r: CaseResult =
+                    serde_json::from_slice(&out.stdout).context("reading a bench case result")?;
+                println!(
+                    "{:>11} {:>6} {:>10.3} {:>12} {:>12}",
+                    format!("{}x{}", r.width, r.height),
+                    r.batch,
+                    r.seconds_per_nfe,
+                    r.peak_rss_bytes
+                        .map(format_size)
+                        .unwrap_or_else(|| "n/a".into()),
+                    format_size(r.peak_kv_cache_bytes as u64)
+                );
+                results.push(r);
+            }
+        }
+        if let Some(p) = &self.json {
+            crate::fsutil::write_atomically(p, |tmp| {
+                Ok(std::fs::write(tmp, serde_json::to_vec_pretty(&results)?)?)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl OneArgs {
+    fn run(self) -> Result<CaseResult> {
+        let c = &self.common;
+        let cfg = load_config(&c.config)?;
+        let device = parse_device(&c.device)?;
+        let (w, h) = parse_wh(&self.size)?;
+        let s = cfg.image_block_size_px;
+        if w % s != 0 || h % s != 0 {
+            bail!("bench sizes must be multiples of {s} px");
+        }
+        let batching = match self.batch.as_str() {
+            "full" => Batching::Full,
+            b => Batching::Blocks(b.parse().with_context(|| format!("invalid batch `{b}`"))?),
+        };
+        let model = InfDit::random(&cfg, 1, c.dtype.into(), &device)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut img = |c, h, w| {
+            Planar::new(
+                c,
+                h,
+                w,
+                (0..c * h * w)
+                    .map(|_| rng.gen_range(-1.0f32..1.0))
+                    .collect(),
+            )
+        };
+        let x = img(3, h, w);
+        let concat_lr = img(3, h, w);
+        let lr = img(3, h / cfg.sr_scale, w / cfg.sr_scale);
+        let vector = if cfg.vector_dim > 0 {
+            Some(candle_core::Tensor::ones(
+                (1, cfg.vector_dim),
+                candle_core::DType::F32,
+                &device,
+            )?)
+        } else {
+            None
+        };
+        let cond = Conditioning {
+            concat_lr,
+            lr,
+            vector,
+            positions: Positions::Grid,
+        };
+        let engine = Engine::new(
+            &model,
+            EngineOptions {
+                batching,
+                order: c.order,
+            },
+        );
+        if c.repeat > 1 {
+            engine.denoise(&x, 1.0, &cond, &mut |_| {})?;
+        }
+        let start = Instant::now();
+        for _ in 0..c.repeat.max(1) {
+            engine.denoise(&x, 1.0, &cond, &mut |_| {})?;
+        }
+        device.synchronize()?;
+        Ok(CaseResult {
+            width: w,
+            height: h,
+            batch: self.batch.clone(),
+            seconds_per_nfe: start.elapsed().as_secs_f64() / c.repeat.max(1) as f64,
+            peak_rss_bytes: peak_rss(),
+            peak_kv_cache_bytes: engine.peak_cache_bytes(),
+            device: format!("{device:?}"),
+            dtype: format!("{:?}", c.dtype).to_lowercase(),
+        })
+    }
+}
