@@ -1,1 +1,1124 @@
 //! Decoding and encoding image files.
+//!
+//! Decoding turns PNG, JPEG, WebP, TIFF and BMP files into [`Planar`] images in `[0, 1]`,
+//! upright (EXIF orientation applied), with alpha split off and 16-bit precision kept, and
+//! reports what the caller needs to write a faithful result back: bit depth, grayness and the
+//! ICC profile. Encoding writes PNG, JPEG, WebP or TIFF atomically, so an interrupted or failed
+//! run never leaves a truncated output file behind.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Cursor, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, tiff::TiffEncoder, webp::WebPEncoder};
+use image::{
+    DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageFormat,
+    ImageReader, ImageResult,
+};
+
+use super::Planar;
+
+/// A decoded image file, split into the parts the pipeline treats differently.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedImage {
+    /// Colour, 3 channels in `[0, 1]`. Grayscale files are expanded to three equal channels
+    /// because the model only takes RGB.
+    pub rgb: Planar,
+    /// Opacity, 1 channel in `[0, 1]`, when the file has an alpha channel.
+    pub alpha: Option<Planar>,
+    /// The file stored more than 8 bits per sample, so the output should too.
+    pub sixteen_bit: bool,
+    /// The file was grayscale, so the output can be written as grayscale again.
+    pub grayscale: bool,
+    /// The embedded ICC profile, to be attached to the output unchanged: the model works on
+    /// the encoded values and does no colour management.
+    pub icc_profile: Option<Vec<u8>>,
+    /// The format detected from the file's contents (not its extension).
+    pub format: ImageFormat,
+}
+
+/// Bounds checked before any pixel data is decoded, so that a small malicious file
+/// (a "decompression bomb") cannot make us allocate unbounded memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted width in pixels, as stored (before EXIF rotation).
+    pub max_width: u32,
+    /// Largest accepted height in pixels, as stored (before EXIF rotation).
+    pub max_height: u32,
+    /// Budget in bytes for the decoder's pixel buffer plus the float planes built from it.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 32768×32768 pixels and 4 GiB: far beyond any photo, small enough for a workstation.
+    fn default() -> Self {
+        Self {
+            max_width: 32768,
+            max_height: 32768,
+            max_alloc: 4 << 30,
+        }
+    }
+}
+
+/// Everything that can go wrong reading or writing an image file; each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageIoError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}: unsupported image format: {detail}", path.display())]
+    Unsupported { path: PathBuf, detail: String },
+    #[error("{}: corrupt or truncated image data: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{}: image too large: {detail}", path.display())]
+    TooLarge { path: PathBuf, detail: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot encode {}: {detail}", path.display())]
+    Encode { path: PathBuf, detail: String },
+}
+
+impl ImageIoError {
+    fn from_decode(path: &Path, e: ImageError) -> Self {
+        let path = path.to_path_buf();
+        match e {
+            ImageError::Limits(e) => Self::TooLarge {
+                path,
+                detail: one_line(e),
+            },
+            ImageError::Unsupported(e) => Self::Unsupported {
+                path,
+                detail: one_line(e),
+            },
+            // Running out of input mid-image is a property of the file, not of the disk.
+            ImageError::IoError(source)
+                if !matches!(
+                    source.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+                ) =>
+            {
+                Self::Read { path, source }
+            }
+            e => Self::Corrupt {
+                path,
+                detail: one_line(e),
+            },
+        }
+    }
+
+    fn from_encode(path: &Path, e: ImageError) -> Self {
+        let path = path.to_path_buf();
+        match e {
+            ImageError::IoError(source) => Self::Write { path, source },
+            e => Self::Encode {
+                path,
+                detail: one_line(e),
+            },
+        }
+    }
+}
+
+/// Some decoder messages end in a newline; ours are single lines.
+fn one_line(e: impl fmt::Display) -> String {
+    e.to_string().trim().replace('\n', "; ")
+}
+
+/// Decodes an image file. The format is detected from the contents, so a misnamed file
+/// still decodes.
+pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<DecodedImage, ImageIoError> {
+    let file = File::open(path).map_err(|source| ImageIoError::Read {
+        path: path.into(),
+        source,
+    })?;
+    decode_reader(BufReader::new(file), path, limits)
+}
+
+/// Decodes an image held in memory; errors name the file as `<memory>`.
+pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, ImageIoError> {
+    decode_reader(Cursor::new(bytes), Path::new("<memory>"), limits)
+}
+
+/// Detects and vets the format, then decodes.
+fn decode_reader(
+    reader: impl BufRead + Seek,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
+    let reader = ImageReader::new(reader)
+        .with_guessed_format()
+        .map_err(|source| ImageIoError::Read {
+            path: path.into(),
+            source,
+        })?;
+    // Other formats the `image` crate knows (GIF, EXR, HDR, ...) are refused rather than
+    // half-supported: they bring animation or values outside [0, 1].
+    let format = match reader.format() {
+        Some(
+            f @ (ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::WebP
+            | ImageFormat::Tiff
+            | ImageFormat::Bmp),
+        ) => f,
+        other => {
+            let what = other.map_or("unrecognised contents".to_string(), |f| format!("{f:?}"));
+            let detail = format!("{what} (supported: PNG, JPEG, WebP, TIFF, BMP)");
+            return Err(ImageIoError::Unsupported {
+                path: path.into(),
+                detail,
+            });
+        }
+    };
+    if format == ImageFormat::Jpeg {
+        // The JPEG decoder reads the whole file into memory anyway, so this copy is cheap.
+        let mut data = Vec::new();
+        reader
+            .into_inner()
+            .read_to_end(&mut data)
+            .map_err(|source| ImageIoError::Read {
+                path: path.into(),
+                source,
+            })?;
+        if !jpeg_is_complete(&data) {
+            return Err(ImageIoError::Corrupt {
+                path: path.into(),
+                detail: "JPEG ends before its end-of-image marker (truncated file?)".into(),
+            });
+        }
+        return decode_with(
+            ImageReader::with_format(Cursor::new(data), format),
+            format,
+            path,
+            limits,
+        );
+    }
+    decode_with(reader, format, path, limits)
+}
+
+/// Decodes once the format is known and accepted.
+fn decode_with<R: BufRead + Seek>(
+    mut reader: ImageReader<R>,
+    format: ImageFormat,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
+    let err = |e| ImageIoError::from_decode(path, e);
+    let mut image_limits = image::Limits::default();
+    image_limits.max_image_width = Some(limits.max_width);
+    image_limits.max_image_height = Some(limits.max_height);
+    image_limits.max_alloc = Some(limits.max_alloc);
+    reader.limits(image_limits);
+
+    let mut decoder = reader.into_decoder().map_err(err)?;
+    let (w, h) = decoder.dimensions();
+    let orientation = decoder.orientation().map_err(err)?;
+    // Not every decoder enforces the limits itself, so check them here before any pixel
+    // buffer exists. Rotations copy the decoded buffer once more.
+    let too_large = |detail| ImageIoError::TooLarge {
+        path: path.into(),
+        detail,
+    };
+    if w > limits.max_width || h > limits.max_height {
+        let (mw, mh) = (limits.max_width, limits.max_height);
+        return Err(too_large(format!("{w}x{h} exceeds the {mw}x{mh} limit")));
+    }
+    let copies = if orientation == image::metadata::Orientation::NoTransforms {
+        1
+    } else {
+        2
+    };
+    let float_planes = if decoder.color_type().has_alpha() {
+        4
+    } else {
+        3
+    };
+    let needed = decoder
+        .total_bytes()
+        .saturating_mul(copies)
+        .saturating_add(u64::from(w) * u64::from(h) * float_planes * 4);
+    if needed > limits.max_alloc {
+        let max = limits.max_alloc;
+        return Err(too_large(format!(
+            "{w}x{h} needs {needed} bytes, over the {max}-byte limit"
+        )));
+    }
+    // A damaged profile should not cost the user the image; it only loses colour metadata.
+    let icc_profile = decoder.icc_profile().unwrap_or_else(|e| {
+        tracing::warn!("{}: ignoring unreadable ICC profile: {e}", path.display());
+        None
+    });
+
+    let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
+    img.apply_orientation(orientation);
+    let color = img.color();
+    let (rgb, alpha) = to_planes(&img);
+    Ok(DecodedImage {
+        rgb,
+        alpha,
+        sixteen_bit: color.bytes_per_pixel() > color.channel_count(),
+        grayscale: !color.has_color(),
+        icc_profile,
+        format,
+    })
+}
+
+/// Whether a JPEG stream reaches its end-of-image marker. The `image` crate decodes JPEG
+/// leniently and fills a truncated scan with gray instead of failing, which would silently
+/// upscale a half-downloaded photo. Segments are skipped by their length (so an embedded
+/// thumbnail's marker does not count) and anything after the marker is ignored (so appended
+/// trailers are fine).
+fn jpeg_is_complete(data: &[u8]) -> bool {
+    let mut i = 2; // past SOI
+    while i + 1 < data.len() {
+        if data[i] != 0xFF {
+            i += 1; // entropy-coded data
+            continue;
+        }
+        match data[i + 1] {
+            0xD9 => return true,
+            0xFF => i += 1,                      // fill byte
+            0x00 | 0x01 | 0xD0..=0xD7 => i += 2, // stuffed 0xFF, TEM, restart: no length
+            _ if i + 3 < data.len() => {
+                i += 2 + usize::from(u16::from_be_bytes([data[i + 2], data[i + 3]]))
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Splits an interleaved image into RGB and alpha planes, scaled to `[0, 1]`.
+fn to_planes(img: &DynamicImage) -> (Planar, Option<Planar>) {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    match img {
+        DynamicImage::ImageLuma8(b) => split(b.as_raw(), 1, h, w, 255.0),
+        DynamicImage::ImageLumaA8(b) => split(b.as_raw(), 2, h, w, 255.0),
+        DynamicImage::ImageRgb8(b) => split(b.as_raw(), 3, h, w, 255.0),
+        DynamicImage::ImageRgba8(b) => split(b.as_raw(), 4, h, w, 255.0),
+        DynamicImage::ImageLuma16(b) => split(b.as_raw(), 1, h, w, 65535.0),
+        DynamicImage::ImageLumaA16(b) => split(b.as_raw(), 2, h, w, 65535.0),
+        DynamicImage::ImageRgb16(b) => split(b.as_raw(), 3, h, w, 65535.0),
+        DynamicImage::ImageRgba16(b) => split(b.as_raw(), 4, h, w, 65535.0),
+        DynamicImage::ImageRgb32F(b) => split(b.as_raw(), 3, h, w, 1.0),
+        DynamicImage::ImageRgba32F(b) => split(b.as_raw(), 4, h, w, 1.0),
+        other => split(other.to_rgba32f().as_raw(), 4, h, w, 1.0),
+    }
+}
+
+/// `channels` is 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA); luma is copied into all three colour
+/// planes. Samples are divided by `max` directly from their integer values, so 16-bit data
+/// keeps all of its precision.
+fn split<T: Copy + Into<f32>>(
+    raw: &[T],
+    channels: usize,
+    h: usize,
+    w: usize,
+    max: f32,
+) -> (Planar, Option<Planar>) {
+    let n = h * w;
+    let colour = if channels >= 3 { 3 } else { 1 };
+    let mut rgb = vec![0.0; 3 * n];
+    let mut alpha = (channels % 2 == 0).then(|| vec![0.0; n]);
+    let norm = |v: T| (v.into() / max).clamp(0.0, 1.0);
+    for (i, px) in raw.chunks_exact(channels).enumerate() {
+        for c in 0..3 {
+            rgb[c * n + i] = norm(px[c.min(colour - 1)]);
+        }
+        if let Some(a) = alpha.as_mut() {
+            a[i] = norm(px[channels - 1]);
+        }
+    }
+    (
+        Planar::new(3, h, w, rgb),
+        alpha.map(|a| Planar::new(1, h, w, a)),
+    )
+}
+
+/// Output file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputFormat {
+    Png,
+    Jpeg,
+    /// Lossless only: the `image` crate has no lossy WebP encoder. WebP has no grayscale
+    /// storage, so grayscale output is stored as RGB.
+    Webp,
+    Tiff,
+}
+
+impl OutputFormat {
+    /// Recognises `png`, `jpg`/`jpeg`, `webp`, `tif`/`tiff` in any case, without the dot.
+    pub fn from_extension(ext: &str) -> Option<Self> {
+        match ext.to_ascii_lowercase().as_str() {
+            "png" => Some(Self::Png),
+            "jpg" | "jpeg" => Some(Self::Jpeg),
+            "webp" => Some(Self::Webp),
+            "tif" | "tiff" => Some(Self::Tiff),
+            _ => None,
+        }
+    }
+
+    /// The format named by `path`'s extension.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        path.extension()
+            .and_then(|e| e.to_str())
+            .and_then(Self::from_extension)
+    }
+
+    /// The conventional extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpg",
+            Self::Webp => "webp",
+            Self::Tiff => "tiff",
+        }
+    }
+
+    /// Whether samples can be written with 16 bits.
+    pub fn supports_sixteen_bit(self) -> bool {
+        matches!(self, Self::Png | Self::Tiff)
+    }
+
+    /// Whether an alpha channel can be written.
+    pub fn supports_alpha(self) -> bool {
+        self != Self::Jpeg
+    }
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::from_extension(s.trim_start_matches('.')).ok_or_else(|| {
+            format!("unknown output format '{s}' (expected png, jpeg, webp or tiff)")
+        })
+    }
+}
+
+impl fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.extension())
+    }
+}
+
+/// How [`encode_file`] writes an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeOptions {
+    pub format: OutputFormat,
+    /// JPEG quality, 1–100; ignored by the other (lossless) formats.
+    pub quality: u8,
+    /// Write 16 bits per sample. Honoured by PNG and TIFF; the others fall back to 8 bits.
+    pub sixteen_bit: bool,
+    /// Write a single luma channel (plus alpha). WebP stores it as RGB; TIFF with alpha is
+    /// written as RGBA because the TIFF encoder has no gray+alpha layout.
+    pub grayscale: bool,
+    /// Attached to the output unchanged.
+    pub icc_profile: Option<Vec<u8>>,
+}
+
+impl EncodeOptions {
+    /// 8-bit RGB, JPEG quality 95 (upscaled detail suffers visibly at the usual 75).
+    pub fn new(format: OutputFormat) -> Self {
+        Self {
+            format,
+            quality: 95,
+            sixteen_bit: false,
+            grayscale: false,
+            icc_profile: None,
+        }
+    }
+
+    /// Options that preserve `source`'s bit depth, grayness and ICC profile.
+    pub fn matching(format: OutputFormat, source: &DecodedImage) -> Self {
+        Self {
+            sixteen_bit: source.sixteen_bit,
+            grayscale: source.grayscale,
+            icc_profile: source.icc_profile.clone(),
+            ..Self::new(format)
+        }
+    }
+}
+
+/// Writes `rgb` (3 channels in `[0, 1]`) and optional `alpha` (1 channel, same size) to `path`.
+///
+/// Samples are clamped to `[0, 1]` and quantised by rounding to the nearest level,
+/// `(v * max).round()`: the model's output is continuous, and rounding (unlike truncation)
+/// is unbiased and makes decode → encode reproduce the input exactly. NaN becomes 0.
+/// Alpha is dropped for JPEG.
+///
+/// The file is written to a temporary file in the same directory, synced, and then renamed
+/// over `path`, so `path` either keeps its old contents or gets the complete new image; on
+/// failure the temporary file is removed.
+pub fn encode_file(
+    path: &Path,
+    rgb: &Planar,
+    alpha: Option<&Planar>,
+    opts: &EncodeOptions,
+) -> Result<(), ImageIoError> {
+    let encode_err = |detail: String| ImageIoError::Encode {
+        path: path.into(),
+        detail,
+    };
+    let write_err = |source| ImageIoError::Write {
+        path: path.into(),
+        source,
+    };
+    if rgb.channels != 3 {
+        return Err(encode_err(format!(
+            "expected 3 colour channels, got {}",
+            rgb.channels
+        )));
+    }
+    if let Some(a) = alpha {
+        if a.channels != 1 || (a.height, a.width) != (rgb.height, rgb.width) {
+            let (c, h, w) = (a.channels, a.height, a.width);
+            return Err(encode_err(format!(
+                "alpha is {c}x{h}x{w}, expected 1x{}x{}",
+                rgb.height, rgb.width
+            )));
+        }
+    }
+    let (width, height) = match (u32::try_from(rgb.width), u32::try_from(rgb.height)) {
+        (Ok(w), Ok(h)) => (w, h),
+        _ => {
+            return Err(encode_err(format!(
+                "{}x{} is too large",
+                rgb.width, rgb.height
+            )))
+        }
+    };
+
+    let format = opts.format;
+    let deep = opts.sixteen_bit && format.supports_sixteen_bit();
+    let alpha = alpha.filter(|_| format.supports_alpha());
+    let gray = opts.grayscale && !(format == OutputFormat::Tiff && alpha.is_some());
+    let luma: Vec<f32>;
+    let mut planes: Vec<&[f32]> = if gray {
+        // Rec. 709 weights, as the `image` crate uses; for gray sources the channels agree
+        // anyway and this only averages away the model's small colour noise.
+        let (r, g, b) = (rgb.plane(0), rgb.plane(1), rgb.plane(2));
+        luma = (0..r.len())
+            .map(|i| 0.2126 * r[i] + 0.7152 * g[i] + 0.0722 * b[i])
+            .collect();
+        vec![&luma]
+    } else {
+        (0..3).map(|c| rgb.plane(c)).collect()
+    };
+    planes.extend(alpha.map(|a| a.plane(0)));
+    let color = match (planes.len(), deep) {
+        (1, false) => ExtendedColorType::L8,
+        (2, false) => ExtendedColorType::La8,
+        (3, false) => ExtendedColorType::Rgb8,
+        (4, false) => ExtendedColorType::Rgba8,
+        (1, true) => ExtendedColorType::L16,
+        (2, true) => ExtendedColorType::La16,
+        (3, true) => ExtendedColorType::Rgb16,
+        _ => ExtendedColorType::Rgba16,
+    };
+    let buf = interleave(&planes, deep);
+
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = temp_builder().tempfile_in(dir).map_err(|e| {
+        write_err(io::Error::new(
+            e.kind(),
+            format!("cannot create a file in {}: {e}", dir.display()),
+        ))
+    })?;
+    let mut out = BufWriter::new(tmp.as_file_mut());
+    encode_to(&mut out, &buf, width, height, color, opts)
+        .map_err(|e| ImageIoError::from_encode(path, e))?;
+    out.into_inner().map_err(|e| write_err(e.into_error()))?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    Ok(())
+}
+
+/// Temporary files are hidden and marked as partial, and get the permissions a plainly
+/// created file would (0666 less the umask) rather than tempfile's private 0600, since they
+/// become the output.
+fn temp_builder() -> tempfile::Builder<'static, 'static> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".").suffix(".part");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b
+}
+
+/// Interleaves planes into a native-endian byte buffer, as the encoders expect.
+fn interleave(planes: &[&[f32]], deep: bool) -> Vec<u8> {
+    let quantise = |v: f32, max: f32| (v.clamp(0.0, 1.0) * max).round() as u16;
+    let n = planes[0].len();
+    let mut out = Vec::with_capacity(n * planes.len() * if deep { 2 } else { 1 });
+    for i in 0..n {
+        for p in planes {
+            if deep {
+                out.extend_from_slice(&quantise(p[i], 65535.0).to_ne_bytes());
+            } else {
+                out.push(quantise(p[i], 255.0) as u8);
+            }
+        }
+    }
+    out
+}
+
+fn encode_to(
+    w: impl Write + Seek,
+    buf: &[u8],
+    width: u32,
+    height: u32,
+    color: ExtendedColorType,
+    opts: &EncodeOptions,
+) -> ImageResult<()> {
+    fn run(
+        mut enc: impl ImageEncoder,
+        icc: &Option<Vec<u8>>,
+        buf: &[u8],
+        w: u32,
+        h: u32,
+        color: ExtendedColorType,
+    ) -> ImageResult<()> {
+        if let Some(icc) = icc {
+            enc.set_icc_profile(icc.clone())
+                .map_err(ImageError::Unsupported)?;
+        }
+        enc.write_image(buf, w, h, color)
+    }
+    let icc = &opts.icc_profile;
+    match opts.format {
+        OutputFormat::Png => run(PngEncoder::new(w), icc, buf, width, height, color),
+        OutputFormat::Jpeg => {
+            let enc = JpegEncoder::new_with_quality(w, opts.quality.clamp(1, 100));
+            run(enc, icc, buf, width, height, color)
+        }
+        OutputFormat::Webp => run(WebPEncoder::new_lossless(w), icc, buf, width, height, color),
+        OutputFormat::Tiff => run(TiffEncoder::new(w), icc, buf, width, height, color),
+    }
+}
+
+/// Maps `[0, 1]` image values to the model's `[-1, 1]` range.
+pub fn to_model_range(p: &Planar) -> Planar {
+    p.clone().map(|v| v * 2.0 - 1.0)
+}
+
+/// Maps the model's `[-1, 1]` range back to `[0, 1]`. No clamping: [`encode_file`] clamps
+/// when it quantises, and intermediate consumers may want the raw values.
+pub fn from_model_range(p: &Planar) -> Planar {
+    p.clone().map(|v| (v + 1.0) * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::codecs::bmp::BmpEncoder;
+
+    const ALL: [OutputFormat; 4] = [
+        OutputFormat::Png,
+        OutputFormat::Jpeg,
+        OutputFormat::Webp,
+        OutputFormat::Tiff,
+    ];
+
+    /// A smooth colour gradient (so JPEG stays close) sampled on the 8-bit grid.
+    fn gradient(h: usize, w: usize) -> Planar {
+        let mut data = Vec::with_capacity(3 * h * w);
+        for c in 0..3 {
+            for y in 0..h {
+                for x in 0..w {
+                    let v = (x * 7 + y * 5 + c * 40) % 256;
+                    data.push(v as f32 / 255.0);
+                }
+            }
+        }
+        Planar::new(3, h, w, data)
+    }
+
+    fn ramp(h: usize, w: usize, seed: usize) -> Planar {
+        let data = (0..h * w)
+            .map(|i| ((i * 37 + seed) % 256) as f32 / 255.0)
+            .collect();
+        Planar::new(1, h, w, data)
+    }
+
+    fn max_diff(a: &Planar, b: &Planar) -> f32 {
+        assert_eq!(
+            (a.channels, a.height, a.width),
+            (b.channels, b.height, b.width)
+        );
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    fn limits() -> DecodeLimits {
+        DecodeLimits::default()
+    }
+
+    #[test]
+    fn round_trip_every_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = gradient(12, 20);
+        for fmt in ALL {
+            let path = dir.path().join(format!("out.{}", fmt.extension()));
+            encode_file(&path, &img, None, &EncodeOptions::new(fmt)).unwrap();
+            let d = decode_file(&path, &limits()).unwrap();
+            assert_eq!(d.format, fmt_image(fmt));
+            assert!(!d.sixteen_bit && !d.grayscale && d.alpha.is_none(), "{fmt}");
+            let tol = if fmt == OutputFormat::Jpeg { 0.08 } else { 0.0 };
+            assert!(
+                max_diff(&d.rgb, &img) <= tol,
+                "{fmt}: {}",
+                max_diff(&d.rgb, &img)
+            );
+        }
+        // Only the finished files remain: no temporary leftovers.
+        assert_eq!(files_in(dir.path()).len(), ALL.len());
+    }
+
+    fn fmt_image(f: OutputFormat) -> ImageFormat {
+        ImageFormat::from_extension(f.extension()).unwrap()
+    }
+
+    #[test]
+    fn format_is_detected_from_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("actually_png.jpg");
+        encode_file(
+            &path,
+            &gradient(4, 4),
+            None,
+            &EncodeOptions::new(OutputFormat::Png),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_file(&path, &limits()).unwrap().format,
+            ImageFormat::Png
+        );
+    }
+
+    #[test]
+    fn bmp_decodes() {
+        let (w, h) = (5u32, 3u32);
+        let raw: Vec<u8> = (0..w * h * 3).map(|i| (i * 11 % 256) as u8).collect();
+        let mut bytes = Vec::new();
+        BmpEncoder::new(&mut bytes)
+            .encode(&raw, w, h, ExtendedColorType::Rgb8)
+            .unwrap();
+        let d = decode_bytes(&bytes, &limits()).unwrap();
+        assert_eq!(d.format, ImageFormat::Bmp);
+        assert_eq!((d.rgb.height, d.rgb.width), (3, 5));
+        for (i, &v) in raw.iter().enumerate() {
+            let (p, c) = (i / 3, i % 3);
+            assert_eq!(d.rgb.at(c, p / 5, p % 5), v as f32 / 255.0);
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_png_and_tiff_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, w) = (9, 13);
+        let level = |i: usize| (i * 2971 % 65536) as f32 / 65535.0;
+        let img = Planar::new(3, h, w, (0..3 * h * w).map(level).collect());
+        let alpha = Planar::new(1, h, w, (0..h * w).map(|i| level(i + 7)).collect());
+        for fmt in [OutputFormat::Png, OutputFormat::Tiff] {
+            let path = dir.path().join(format!("deep.{}", fmt.extension()));
+            let opts = EncodeOptions {
+                sixteen_bit: true,
+                ..EncodeOptions::new(fmt)
+            };
+            encode_file(&path, &img, Some(&alpha), &opts).unwrap();
+            let d = decode_file(&path, &limits()).unwrap();
+            assert!(d.sixteen_bit, "{fmt}");
+            assert_eq!(d.rgb, img, "{fmt}");
+            assert_eq!(d.alpha.as_ref(), Some(&alpha), "{fmt}");
+            // Writing back what was read reproduces the file bit for bit.
+            let again = dir.path().join(format!("again.{}", fmt.extension()));
+            encode_file(
+                &again,
+                &d.rgb,
+                d.alpha.as_ref(),
+                &EncodeOptions::matching(fmt, &d),
+            )
+            .unwrap();
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(&again).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_falls_back_to_eight_for_jpeg_and_webp() {
+        let dir = tempfile::tempdir().unwrap();
+        for fmt in [OutputFormat::Jpeg, OutputFormat::Webp] {
+            let path = dir.path().join(format!("x.{}", fmt.extension()));
+            let opts = EncodeOptions {
+                sixteen_bit: true,
+                ..EncodeOptions::new(fmt)
+            };
+            encode_file(&path, &gradient(8, 8), None, &opts).unwrap();
+            assert!(!decode_file(&path, &limits()).unwrap().sixteen_bit);
+        }
+    }
+
+    #[test]
+    fn alpha_is_kept_except_by_jpeg() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, alpha) = (gradient(6, 10), ramp(6, 10, 3));
+        for fmt in ALL {
+            let path = dir.path().join(format!("a.{}", fmt.extension()));
+            encode_file(&path, &img, Some(&alpha), &EncodeOptions::new(fmt)).unwrap();
+            let d = decode_file(&path, &limits()).unwrap();
+            if fmt == OutputFormat::Jpeg {
+                assert!(d.alpha.is_none());
+            } else {
+                assert_eq!(d.alpha.as_ref(), Some(&alpha), "{fmt}");
+                assert_eq!(d.rgb, img, "{fmt}");
+            }
+        }
+    }
+
+    #[test]
+    fn grayscale_stays_grayscale() {
+        let dir = tempfile::tempdir().unwrap();
+        let luma = ramp(7, 9, 0);
+        let rgb = Planar::new(3, 7, 9, luma.data.repeat(3));
+        let alpha = ramp(7, 9, 100);
+        for fmt in [OutputFormat::Png, OutputFormat::Jpeg, OutputFormat::Tiff] {
+            for deep in [false, true] {
+                let path = dir.path().join(format!("g{deep}.{}", fmt.extension()));
+                let opts = EncodeOptions {
+                    grayscale: true,
+                    sixteen_bit: deep,
+                    ..EncodeOptions::new(fmt)
+                };
+                encode_file(&path, &rgb, None, &opts).unwrap();
+                let d = decode_file(&path, &limits()).unwrap();
+                assert!(d.grayscale, "{fmt} deep={deep}");
+                assert_eq!(d.sixteen_bit, deep && fmt.supports_sixteen_bit());
+                assert_eq!(d.rgb.plane(0), d.rgb.plane(2));
+                let tol = if fmt == OutputFormat::Jpeg {
+                    0.05
+                } else {
+                    1e-6
+                };
+                assert!(max_diff(&d.rgb, &rgb) <= tol, "{fmt}");
+            }
+        }
+        // Gray + alpha: PNG keeps LA.
+        let path = dir.path().join("la.png");
+        let opts = EncodeOptions {
+            grayscale: true,
+            ..EncodeOptions::new(OutputFormat::Png)
+        };
+        encode_file(&path, &rgb, Some(&alpha), &opts).unwrap();
+        let d = decode_file(&path, &limits()).unwrap();
+        assert!(d.grayscale);
+        assert_eq!(d.alpha.as_ref(), Some(&alpha));
+    }
+
+    #[test]
+    fn quantisation_rounds_and_clamps() {
+        let planes: [&[f32]; 1] = [&[0.5 / 255.0 + 1e-4, 0.49 / 255.0, -0.3, 1.7, f32::NAN]];
+        assert_eq!(interleave(&planes, false), vec![1, 0, 0, 255, 0]);
+        let planes: [&[f32]; 1] = [&[1.0, 0.5]];
+        let deep = interleave(&planes, true);
+        assert_eq!(
+            deep,
+            [65535u16.to_ne_bytes(), 32768u16.to_ne_bytes()].concat()
+        );
+    }
+
+    /// Inserts an APP1 Exif segment carrying only `Orientation = orientation` after SOI.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec(); // big-endian TIFF header, IFD at 8
+        tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+        tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+        tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0]); // value padding
+        tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+        let mut payload = b"Exif\0\0".to_vec();
+        payload.extend_from_slice(&tiff);
+        assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xff, 0xe1]);
+        out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_rotated_jpeg_decodes_upright() {
+        // 16 wide, 8 high: left half black, right half white.
+        let (h, w) = (8, 16);
+        let data = (0..3 * h * w)
+            .map(|i| if i % w < w / 2 { 0.0 } else { 1.0 })
+            .collect();
+        let img = Planar::new(3, h, w, data);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.jpg");
+        encode_file(&path, &img, None, &EncodeOptions::new(OutputFormat::Jpeg)).unwrap();
+        let rotated = with_exif_orientation(&std::fs::read(&path).unwrap(), 6);
+        let d = decode_bytes(&rotated, &limits()).unwrap();
+        // Orientation 6 = rotate 90° clockwise: the left (black) half ends up on top.
+        assert_eq!((d.rgb.height, d.rgb.width), (16, 8));
+        assert!(d.rgb.at(0, 2, 4) < 0.1 && d.rgb.at(1, 13, 4) > 0.9);
+        // Without the tag the same data stays as stored.
+        let plain = decode_file(&path, &limits()).unwrap();
+        assert_eq!((plain.rgb.height, plain.rgb.width), (8, 16));
+    }
+
+    #[test]
+    fn icc_profile_survives_png_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let icc: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
+        let path = dir.path().join("icc.png");
+        let opts = EncodeOptions {
+            icc_profile: Some(icc.clone()),
+            ..EncodeOptions::new(OutputFormat::Png)
+        };
+        encode_file(&path, &gradient(4, 4), None, &opts).unwrap();
+        assert_eq!(
+            decode_file(&path, &limits()).unwrap().icc_profile,
+            Some(icc)
+        );
+    }
+
+    #[test]
+    fn truncated_and_garbage_files_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.png");
+        encode_file(
+            &path,
+            &gradient(32, 32),
+            None,
+            &EncodeOptions::new(OutputFormat::Png),
+        )
+        .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for cut in [20, 40, bytes.len() / 2, bytes.len() - 12] {
+            let e = decode_bytes(&bytes[..cut], &limits()).unwrap_err();
+            assert!(
+                matches!(e, ImageIoError::Corrupt { .. }),
+                "cut at {cut}: {e}"
+            );
+        }
+        let jpg = dir.path().join("t.jpg");
+        let opts = EncodeOptions::new(OutputFormat::Jpeg);
+        encode_file(&jpg, &gradient(64, 64), None, &opts).unwrap();
+        let bytes = std::fs::read(&jpg).unwrap();
+        for cut in [30, bytes.len() / 2, bytes.len() - 2] {
+            let e = decode_bytes(&bytes[..cut], &limits()).unwrap_err();
+            assert!(
+                matches!(e, ImageIoError::Corrupt { .. }),
+                "jpeg cut at {cut}: {e}"
+            );
+        }
+        // Bytes appended after the end marker are tolerated.
+        let trailer = [bytes.as_slice(), b"\xff\xd8 trailing data"].concat();
+        assert!(decode_bytes(&trailer, &limits()).is_ok());
+        let garbage = dir.path().join("garbage.png");
+        std::fs::write(&garbage, b"this is not an image at all").unwrap();
+        let e = decode_file(&garbage, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("garbage.png"), "{e}");
+        let e = decode_bytes(b"", &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        // A recognised but unsupported format.
+        let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0;", &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.png");
+        let e = decode_file(&path, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("nope.png"), "{e}");
+    }
+
+    #[test]
+    fn oversized_images_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.png");
+        encode_file(
+            &path,
+            &gradient(20, 30),
+            None,
+            &EncodeOptions::new(OutputFormat::Png),
+        )
+        .unwrap();
+        let narrow = DecodeLimits {
+            max_width: 16,
+            ..limits()
+        };
+        let e = decode_file(&path, &narrow).unwrap_err();
+        assert!(matches!(e, ImageIoError::TooLarge { .. }), "{e}");
+        let short = DecodeLimits {
+            max_height: 16,
+            ..limits()
+        };
+        assert!(matches!(
+            decode_file(&path, &short),
+            Err(ImageIoError::TooLarge { .. })
+        ));
+        let tight = DecodeLimits {
+            max_alloc: 1000,
+            ..limits()
+        };
+        assert!(matches!(
+            decode_file(&path, &tight),
+            Err(ImageIoError::TooLarge { .. })
+        ));
+        assert!(decode_file(
+            &path,
+            &DecodeLimits {
+                max_width: 30,
+                max_height: 20,
+                ..limits()
+            }
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn failed_writes_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = gradient(4, 4);
+        let opts = EncodeOptions::new(OutputFormat::Png);
+
+        let missing = dir.path().join("no_such_dir").join("out.png");
+        let e = encode_file(&missing, &img, None, &opts).unwrap_err();
+        assert!(matches!(e, ImageIoError::Write { .. }), "{e}");
+        assert!(e.to_string().contains("out.png"), "{e}");
+
+        // A parent that is a file fails even for privileged users.
+        let file = dir.path().join("plain_file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = encode_file(&file.join("out.png"), &img, None, &opts).unwrap_err();
+        assert!(matches!(e, ImageIoError::Write { .. }), "{e}");
+
+        // An encoder failure (JPEG caps dimensions at 65535) happens after the temporary
+        // file exists; it must be cleaned up and the old target left untouched.
+        let target = dir.path().join("wide.jpg");
+        std::fs::write(&target, b"old").unwrap();
+        let wide = Planar::zeros(3, 1, 70_000);
+        let e = encode_file(
+            &target,
+            &wide,
+            None,
+            &EncodeOptions::new(OutputFormat::Jpeg),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ImageIoError::Encode { .. }), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+
+        let mut names: Vec<_> = files_in(dir.path())
+            .into_iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["plain_file", "wide.jpg"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn read_only_directory_fails_cleanly() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        // Privileged users can write anyway; then there is nothing to test.
+        if std::fs::write(ro.join("probe"), b"").is_ok() {
+            std::fs::remove_file(ro.join("probe")).unwrap();
+        } else {
+            let opts = EncodeOptions::new(OutputFormat::Png);
+            let e = encode_file(&ro.join("out.png"), &gradient(4, 4), None, &opts).unwrap_err();
+            assert!(matches!(e, ImageIoError::Write { .. }), "{e}");
+            assert!(files_in(&ro).is_empty());
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn overwrites_existing_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.webp");
+        std::fs::write(&path, b"stale").unwrap();
+        encode_file(
+            &path,
+            &gradient(5, 5),
+            None,
+            &EncodeOptions::new(OutputFormat::Webp),
+        )
+        .unwrap();
+        assert_eq!(decode_file(&path, &limits()).unwrap().rgb, gradient(5, 5));
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.png");
+        let opts = EncodeOptions::new(OutputFormat::Png);
+        let e = encode_file(&path, &Planar::zeros(1, 4, 4), None, &opts).unwrap_err();
+        assert!(matches!(e, ImageIoError::Encode { .. }), "{e}");
+        let e =
+            encode_file(&path, &gradient(4, 4), Some(&Planar::zeros(1, 4, 5)), &opts).unwrap_err();
+        assert!(matches!(e, ImageIoError::Encode { .. }), "{e}");
+        assert!(files_in(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn output_format_names() {
+        assert_eq!(
+            OutputFormat::from_extension("JPEG"),
+            Some(OutputFormat::Jpeg)
+        );
+        assert_eq!(
+            OutputFormat::from_extension("tif"),
+            Some(OutputFormat::Tiff)
+        );
+        assert_eq!(OutputFormat::from_extension("bmp"), None);
+        assert_eq!("webp".parse::<OutputFormat>(), Ok(OutputFormat::Webp));
+        assert_eq!(".png".parse::<OutputFormat>(), Ok(OutputFormat::Png));
+        assert!("gif".parse::<OutputFormat>().is_err());
+        assert_eq!(
+            OutputFormat::from_path(Path::new("a/b.JPG")),
+            Some(OutputFormat::Jpeg)
+        );
+        for f in ALL {
+            assert_eq!(OutputFormat::from_extension(f.extension()), Some(f));
+        }
+    }
+
+    #[test]
+    fn model_range_round_trip() {
+        let p = gradient(3, 3);
+        let m = to_model_range(&p);
+        assert!(m.data.iter().all(|v| (-1.0..=1.0).contains(v)));
+        assert_eq!(m.data[0], p.data[0] * 2.0 - 1.0);
+        assert!(max_diff(&from_model_range(&m), &p) < 1e-6);
+        let out = from_model_range(&Planar::new(1, 1, 2, vec![-1.5, 1.5]));
+        assert_eq!(out.data, vec![-0.25, 1.25]);
+    }
+}
