@@ -1,38 +1,47 @@
-//! Output files appear whole or not at all: everything is written to a temporary file in
-//! the target directory, synced, then renamed over the destination.
+//! Output files appear whole or not at all: everything is written to a hidden temporary
+//! file in the target directory, synced, then renamed over the destination. A failed or
+//! interrupted write leaves at most that temporary file's removal behind, never a
+//! truncated output.
 
 use anyhow::{Context, Result};
+use std::io;
 use std::path::Path;
+use tempfile::NamedTempFile;
+
+/// A temporary file in `path`'s directory. It gets the permissions a plainly created file
+/// would (0666 less the umask) rather than tempfile's private 0600, since it becomes the
+/// output.
+pub fn temp_beside(path: &Path) -> io::Result<NamedTempFile> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut b = tempfile::Builder::new();
+    b.prefix(".infdit-").suffix(".part");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b.tempfile_in(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create a file in {}: {e}", dir.display())))
+}
+
+/// Syncs `tmp` and renames it to `path`.
+pub fn commit(tmp: NamedTempFile, path: &Path) -> io::Result<()> {
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
 
 /// Runs `write` on a temporary path beside `path`, then renames it to `path`. On error
 /// the temporary file is removed and `path` is untouched.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".infdit-")
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let tmp = temp_beside(path)?;
     write(tmp.path()).with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    commit(tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Saves tensors as safetensors, atomically.
-pub fn save_safetensors(
-    path: &Path,
-    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
-) -> Result<()> {
-    write_atomically(path, |tmp| {
-        Ok(candle_core::safetensors::save(tensors, tmp)?)
-    })
+pub fn save_safetensors(path: &Path, tensors: &std::collections::HashMap<String, candle_core::Tensor>) -> Result<()> {
+    write_atomically(path, |tmp| Ok(candle_core::safetensors::save(tensors, tmp)?))
 }
 
 #[cfg(test)]

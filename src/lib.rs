@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod clip;
 pub mod config;
+pub mod default_model;
 pub mod engine;
 pub mod fsutil;
 pub mod imageops;

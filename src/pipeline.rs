@@ -1,1 +1,245 @@
-//! High-level upscaling pipeline.
+//! The upscaling pipeline: LR image in, upscaled image out, through padding, the exact
+//! bicubic conditioning, the image-condition vector, the sampler and the block engine.
+//! The CLI and other programs share this one path through [`Upscaler`].
+
+use crate::clip::ClipEncoder;
+use crate::engine::memory::{available_memory, MemoryModel};
+use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
+use crate::imageops::resize::resize_bicubic;
+use crate::imageops::Planar;
+use crate::model::InfDit;
+use crate::sampler::{sample, SamplerConfig};
+use anyhow::{bail, Result};
+use candle_core::Device;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// How the batch of blocks per forward is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BatchChoice {
+    /// Largest batch whose estimated memory fits this many bytes.
+    Budget(u64),
+    /// Exactly this many blocks per forward.
+    Fixed(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpscaleOptions {
+    /// Overall factor: 2 or 4 in one pass; 8 = 4·2 and 16 = 4·4 chain passes.
+    pub scale: usize,
+    pub sampler: SamplerConfig,
+    /// Seed of the initial noise (see [`initial_noise`]).
+    pub seed: u64,
+    pub batch: Option<BatchChoice>,
+    pub order: Order,
+}
+
+impl Default for UpscaleOptions {
+    fn default() -> Self {
+        Self { scale: 4, sampler: SamplerConfig::default(), seed: 0, batch: None, order: Order::Auto }
+    }
+}
+
+/// Progress of one image, in block evaluations.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// The per-pass factors for an overall scale.
+pub fn passes(scale: usize) -> Result<Vec<usize>> {
+    Ok(match scale {
+        2 => vec![2],
+        4 => vec![4],
+        8 => vec![4, 2],
+        16 => vec![4, 4],
+        s => bail!("unsupported scale {s} (use 2, 4, 8 or 16)"),
+    })
+}
+
+/// Mirror-reflects index `i` into `0..n` (period 2(n−1)), edge-clamping for n = 1.
+fn reflect(i: usize, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let p = 2 * (n - 1);
+    let m = i % p;
+    if m < n {
+        m
+    } else {
+        p - m
+    }
+}
+
+/// Pads bottom and right to multiples of `multiple` by reflection (`dcb|abcd|cba`),
+/// which continues textures and edges better than repeating the border pixel. The
+/// model's blocks need whole multiples; the padding is cropped from the output, so no
+/// input pixel is lost (the reference instead crops inputs to a multiple of 32).
+pub fn pad_reflect(img: &Planar, multiple: usize) -> Planar {
+    let h = img.height.div_ceil(multiple) * multiple;
+    let w = img.width.div_ceil(multiple) * multiple;
+    if (h, w) == (img.height, img.width) {
+        return img.clone();
+    }
+    let mut data = Vec::with_capacity(img.channels * h * w);
+    for c in 0..img.channels {
+        for y in 0..h {
+            let sy = reflect(y, img.height);
+            for x in 0..w {
+                data.push(img.at(c, sy, reflect(x, img.width)));
+            }
+        }
+    }
+    Planar::new(img.channels, h, w, data)
+}
+
+/// The documented initial noise: a ChaCha-based `StdRng` seeded with `seed`, standard
+/// normal samples (rand_distr's ziggurat), filled in channel-row-column order. The same
+/// seed and size give the same bits on every machine.
+pub fn initial_noise(seed: u64, channels: usize, height: usize, width: usize) -> Planar {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let data = (0..channels * height * width).map(|_| StandardNormal.sample(&mut rng)).collect();
+    Planar::new(channels, height, width, data)
+}
+
+/// Upscales images with one loaded model.
+pub struct Upscaler {
+    model: InfDit,
+    clip: Option<ClipEncoder>,
+    opts: UpscaleOptions,
+}
+
+impl Upscaler {
+    /// `clip` is required when the model has an image-condition vector.
+    pub fn new(model: InfDit, clip: Option<ClipEncoder>, opts: UpscaleOptions) -> Result<Self> {
+        passes(opts.scale)?;
+        if model.config().vector_dim > 0 && clip.is_none() {
+            bail!(
+                "this model is conditioned on a CLIP image embedding ({}-d) but no CLIP weights were given: \
+                 pass --clip with open_clip ViT-L-14 weights (laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K, \
+                 open_clip_pytorch_model.bin or model.safetensors on the Hugging Face hub), or place them \
+                 beside the model as clip.safetensors",
+                model.config().vector_dim
+            );
+        }
+        Ok(Self { model, clip, opts })
+    }
+
+    pub fn options(&self) -> &UpscaleOptions {
+        &self.opts
+    }
+
+    pub fn model(&self) -> &InfDit {
+        &self.model
+    }
+
+    /// Total block evaluations for an LR image, for progress bars.
+    pub fn work(&self, height: usize, width: usize) -> Result<usize> {
+        let cfg = self.model.config();
+        let (mut h, mut w) = (height, width);
+        let mut total = 0;
+        for s in passes(self.opts.scale)? {
+            let m = cfg.image_block_size_px / s;
+            let (ph, pw) = (h.div_ceil(m) * m * s, w.div_ceil(m) * m * s);
+            let blocks = (ph / cfg.image_block_size_px) * (pw / cfg.image_block_size_px);
+            total += blocks * self.opts.sampler.nfe();
+            (h, w) = (h * s, w * s);
+        }
+        Ok(total)
+    }
+
+    /// Upscales an RGB image with values in [0, 1]; returns values in [0, 1].
+    pub fn upscale_rgb(&self, rgb: &Planar, progress: &mut dyn FnMut(Progress)) -> Result<Planar> {
+        let total = self.work(rgb.height, rgb.width)?;
+        let mut done = 0;
+        let mut img = rgb.clone().map(|v| v * 2.0 - 1.0);
+        for (k, s) in passes(self.opts.scale)?.into_iter().enumerate() {
+            img = self.pass(&img, s, k as u64, &mut |n| {
+                done += n;
+                progress(Progress { done, total });
+            })?;
+        }
+        Ok(img.map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)))
+    }
+
+    /// One ×2 or ×4 pass on a [-1, 1] image.
+    fn pass(&self, lr: &Planar, scale: usize, pass: u64, on_blocks: &mut dyn FnMut(usize)) -> Result<Planar> {
+        let cfg = self.model.config();
+        if cfg.sr_scale != 4 && scale != cfg.sr_scale {
+            bail!("this model was trained at ×{}; only that scale is supported", cfg.sr_scale);
+        }
+        let padded = pad_reflect(lr, cfg.image_block_size_px / scale);
+        let (hh, hw) = (padded.height * scale, padded.width * scale);
+        let concat_lr = resize_bicubic(&padded, hh, hw, true).map(|v| v.clamp(-1.0, 1.0));
+        // The model always sees a 4:1 HR:LR ratio; in ×2 mode its LR is the halved input.
+        let model_lr = if scale == cfg.sr_scale {
+            padded
+        } else {
+            resize_bicubic(&padded, hh / cfg.sr_scale, hw / cfg.sr_scale, true)
+        };
+        let vector = match &self.clip {
+            Some(clip) if cfg.vector_dim > 0 => Some(clip.encode(&model_lr)?.to_device(self.model.device())?),
+            _ => None,
+        };
+        let cond = Conditioning { concat_lr, lr: model_lr, vector, positions: Positions::Grid };
+        let batching = Batching::Blocks(self.batch_size(hh, hw)?);
+        let engine = Engine::new(&self.model, EngineOptions { batching, order: self.opts.order });
+        let noise = initial_noise(self.opts.seed.wrapping_add(pass), cfg.out_channels, hh, hw);
+        let out = sample(
+            &self.opts.sampler,
+            &cond.concat_lr,
+            &noise,
+            &mut |x, sigma| engine.denoise(x, sigma, &cond, on_blocks),
+            &mut |_, _| {},
+        )?;
+        Ok(out.crop_clamped(0, 0, lr.height * scale, lr.width * scale))
+    }
+
+    fn batch_size(&self, height: usize, width: usize) -> Result<usize> {
+        let mm = MemoryModel {
+            cfg: self.model.config(),
+            dtype_bytes: self.model.dtype().size_in_bytes() as u64,
+            include_host: matches!(self.model.device(), Device::Cpu),
+        };
+        match self.opts.batch {
+            Some(BatchChoice::Fixed(b)) => Ok(b.max(1)),
+            Some(BatchChoice::Budget(bytes)) => mm.choose_batch(height, width, self.opts.order, bytes, 64),
+            None => {
+                let budget = match self.model.device() {
+                    Device::Cpu => available_memory().map_or(4 << 30, |m| m / 10 * 8),
+                    _ => 8 << 30,
+                };
+                // On the CPU larger batches buy no speed; cap them to keep memory low.
+                let cap = if matches!(self.model.device(), Device::Cpu) { 4 } else { 64 };
+                mm.choose_batch(height, width, self.opts.order, budget, cap)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect_padding_mirrors_without_repeating_the_edge() {
+        let img = Planar::new(1, 1, 3, vec![1.0, 2.0, 3.0]);
+        assert_eq!(pad_reflect(&img, 8).data, vec![1.0, 2.0, 3.0, 2.0, 1.0, 2.0, 3.0, 2.0]);
+        let one = Planar::new(1, 1, 1, vec![5.0]);
+        assert_eq!(pad_reflect(&one, 4).data, vec![5.0; 16]);
+    }
+
+    #[test]
+    fn noise_is_seeded() {
+        assert_eq!(initial_noise(3, 3, 4, 5), initial_noise(3, 3, 4, 5));
+        assert_ne!(initial_noise(3, 3, 4, 5), initial_noise(4, 3, 4, 5));
+    }
+
+    #[test]
+    fn scales_chain_passes() {
+        assert_eq!(passes(16).unwrap(), vec![4, 4]);
+        assert_eq!(passes(8).unwrap(), vec![4, 2]);
+        assert!(passes(3).is_err());
+    }
+}

@@ -3,6 +3,9 @@
 mod bench;
 mod checkpoint_tools;
 mod parity;
+mod upscale;
+
+pub use upscale::SamplingDefaults;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
@@ -24,6 +27,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Upscale images (PNG, JPEG, WebP, TIFF, BMP).
+    Upscale(upscale::UpscaleArgs),
     /// List a checkpoint's tensors, parameter counts and the config it matches.
     Inspect(checkpoint_tools::InspectArgs),
     /// Convert a checkpoint (.pt/.pth/.bin/.safetensors) to safetensors.
@@ -39,6 +44,7 @@ pub enum Command {
 impl Cli {
     pub fn run(self) -> Result<std::process::ExitCode> {
         match self.command {
+            Command::Upscale(a) => return a.run(),
             Command::Inspect(a) => a.run(),
             Command::Convert(a) => a.run(),
             Command::Parity(c) => c.run(),

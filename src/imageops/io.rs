@@ -518,37 +518,13 @@ pub fn encode_file(
     };
     let buf = interleave(&planes, deep);
 
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = temp_builder().tempfile_in(dir).map_err(|e| {
-        write_err(io::Error::new(
-            e.kind(),
-            format!("cannot create a file in {}: {e}", dir.display()),
-        ))
-    })?;
+    let mut tmp = crate::fsutil::temp_beside(path).map_err(write_err)?;
     let mut out = BufWriter::new(tmp.as_file_mut());
     encode_to(&mut out, &buf, width, height, color, opts)
         .map_err(|e| ImageIoError::from_encode(path, e))?;
     out.into_inner().map_err(|e| write_err(e.into_error()))?;
-    tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    crate::fsutil::commit(tmp, path).map_err(write_err)?;
     Ok(())
-}
-
-/// Temporary files are hidden and marked as partial, and get the permissions a plainly
-/// created file would (0666 less the umask) rather than tempfile's private 0600, since they
-/// become the output.
-fn temp_builder() -> tempfile::Builder<'static, 'static> {
-    let mut b = tempfile::Builder::new();
-    b.prefix(".").suffix(".part");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        b.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    b
 }
 
 /// Interleaves planes into a native-endian byte buffer, as the encoders expect.

@@ -1,0 +1,378 @@
+//! `infdit upscale`: files, directories and globs in, upscaled images out.
+
+use super::{parse_device, DTypeArg};
+use crate::checkpoint::ModelSource;
+use crate::clip::{load_clip_file, ClipEncoder, ClipWeights};
+use crate::engine::memory::parse_size;
+use crate::engine::Order;
+use crate::imageops::io::{decode_file, encode_file, DecodeLimits, EncodeOptions, OutputFormat};
+use crate::imageops::resize::resize_bicubic;
+use crate::model::InfDit;
+use crate::pipeline::{BatchChoice, UpscaleOptions, Upscaler};
+use crate::sampler::{SamplerConfig, SamplerKind};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const EXAMPLES: &str = "\
+Examples:
+  infdit upscale photo.jpg                       # → photo_x4.jpg with the built-in model
+  infdit upscale photo.png -o big.png --scale 8  # two passes: ×4 then ×2
+  infdit upscale shots/ -r -o upscaled/ --format webp
+  infdit upscale 'scans/*.tif' --model inf-dit/ --clip open_clip_pytorch_model.bin --device cuda --dtype bf16
+  infdit upscale huge.png --max-memory 8G --steps 10 --seed 7";
+
+const INPUT_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Progress bars on the terminal (stderr).
+    Bar,
+    /// One JSON object per line on stdout, for GUIs and scripts.
+    Json,
+    None,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = EXAMPLES)]
+pub struct UpscaleArgs {
+    /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP).
+    #[arg(required = true)]
+    pub inputs: Vec<String>,
+    /// Output file (one input) or directory (several). Default: beside each input as NAME_xSCALE.EXT.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Upscaling factor: 2 or 4 in one pass; 8 and 16 chain passes.
+    #[arg(long, default_value_t = 4)]
+    pub scale: usize,
+    /// Sampler steps (default: the model's recommendation; 20 for the released model).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
+    /// Starting noise level σ_max (default: the model's recommendation; 40 for the released model).
+    #[arg(long)]
+    pub sigma_max: Option<f32>,
+    /// Seed of the initial noise; the same seed and options give the same output.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Model directory (config.json + weights) or checkpoint file. Default: the built-in model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// CLIP ViT-L/14 weights for models conditioned on an image embedding (open_clip or
+    /// Hugging Face layout). Default: from the checkpoint, or clip.safetensors /
+    /// open_clip_pytorch_model.bin beside the model.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Memory budget that sets how many blocks run together, e.g. 8G (default: 80% of
+    /// free RAM on the CPU, 8G on a GPU).
+    #[arg(long)]
+    pub max_memory: Option<String>,
+    /// Blocks per forward (overrides --max-memory).
+    #[arg(long)]
+    pub block_batch: Option<usize>,
+    /// Block order (auto walks along the long side so memory follows the short side).
+    #[arg(long, value_enum, default_value_t = Order::Auto)]
+    pub order: Order,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute precision (default: f32 on the CPU, bf16 on GPUs).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+    /// Output format (default: the output file's extension, else the input's format).
+    #[arg(long)]
+    pub format: Option<OutputFormat>,
+    /// JPEG quality (1–100).
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: u8,
+    /// Replace existing outputs (default: skip them).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Descend into subdirectories of directory inputs.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// No progress and no per-file messages; errors are still printed.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[arg(long, value_enum, default_value_t = ProgressMode::Bar)]
+    pub progress: ProgressMode,
+    /// Refuse inputs with more pixels per side than this.
+    #[arg(long, default_value_t = 32768)]
+    pub max_input_side: u32,
+}
+
+/// Recommended sampler settings stored beside a model as `sampling.json`.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct SamplingDefaults {
+    pub steps: usize,
+    pub sigma_max: f32,
+    pub sampler: SamplerKind,
+}
+
+impl Default for SamplingDefaults {
+    fn default() -> Self {
+        let s = SamplerConfig::default();
+        Self { steps: s.steps, sigma_max: s.sigma_max, sampler: s.kind }
+    }
+}
+
+/// What became of one input.
+enum Outcome {
+    Written(PathBuf),
+    Skipped(PathBuf),
+}
+
+impl UpscaleArgs {
+    pub fn run(self) -> Result<std::process::ExitCode> {
+        let device = parse_device(&self.device)?;
+        let dtype: DType = match self.dtype {
+            Some(d) => d.into(),
+            None if device.is_cpu() => DType::F32,
+            None => DType::BF16,
+        };
+        let (mut inputs, mut failures) = self.collect_inputs();
+        inputs.dedup();
+        if inputs.is_empty() && failures.is_empty() {
+            bail!("no images found in {}", self.inputs.join(", "));
+        }
+        let upscaler = self.load_upscaler(&device, dtype)?;
+        let json = self.progress == ProgressMode::Json && !self.quiet;
+        let bars = self.progress == ProgressMode::Bar && !self.quiet;
+        let multi = MultiProgress::new();
+        if !bars {
+            multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let total_bar = (inputs.len() > 1).then(|| {
+            let b = multi.add(ProgressBar::new(inputs.len() as u64));
+            b.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} images, ETA {eta}").unwrap().progress_chars("=> "));
+            b.set_prefix("total");
+            b
+        });
+        let (mut written, mut skipped) = (0, 0);
+        for input in &inputs {
+            match self.process(input, inputs.len(), &upscaler, &multi, json) {
+                Ok(Outcome::Written(out)) => {
+                    written += 1;
+                    self.say(&multi, json, "done", input, &format!("\"output\":{}", json_str(&out.display().to_string())), || {
+                        format!("{} → {}", input.display(), out.display())
+                    });
+                }
+                Ok(Outcome::Skipped(out)) => {
+                    skipped += 1;
+                    self.say(&multi, json, "skipped", input, &format!("\"output\":{}", json_str(&out.display().to_string())), || {
+                        format!("{}: skipped, {} exists (use --overwrite)", input.display(), out.display())
+                    });
+                }
+                Err(e) => failures.push((input.display().to_string(), format!("{e:#}"))),
+            }
+            if let Some(b) = &total_bar {
+                b.inc(1);
+            }
+        }
+        if let Some(b) = total_bar {
+            b.finish_and_clear();
+        }
+        for (file, err) in &failures {
+            if json {
+                println!("{{\"event\":\"error\",\"input\":{},\"error\":{}}}", json_str(file), json_str(err));
+            }
+            eprintln!("error: {file}: {err}");
+        }
+        if inputs.len() + failures.len() > 1 && !self.quiet {
+            eprintln!("{written} upscaled, {skipped} skipped, {} failed", failures.len());
+        }
+        Ok(if failures.is_empty() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    }
+
+    fn say(&self, multi: &MultiProgress, json: bool, event: &str, input: &Path, fields: &str, text: impl FnOnce() -> String) {
+        if json {
+            println!("{{\"event\":\"{event}\",\"input\":{},{fields}}}", json_str(&input.display().to_string()));
+        } else if !self.quiet {
+            let _ = multi.println(text());
+        }
+    }
+
+    /// Expands files, directories and globs; unreadable entries become failures.
+    fn collect_inputs(&self) -> (Vec<PathBuf>, Vec<(String, String)>) {
+        let mut files = Vec::new();
+        let mut failures = Vec::new();
+        for arg in &self.inputs {
+            let path = Path::new(arg);
+            if path.is_dir() {
+                let mut found = Vec::new();
+                if let Err(e) = list_images(path, self.recursive, &mut found) {
+                    failures.push((arg.clone(), format!("{e:#}")));
+                }
+                found.sort();
+                files.extend(found);
+            } else if path.exists() {
+                files.push(path.to_path_buf());
+            } else if arg.contains(['*', '?', '[']) {
+                match glob::glob(arg) {
+                    Ok(paths) => {
+                        let mut found: Vec<PathBuf> = paths.filter_map(|p| p.ok()).filter(|p| p.is_file() && has_image_extension(p)).collect();
+                        if found.is_empty() {
+                            failures.push((arg.clone(), "the pattern matches no image".into()));
+                        }
+                        found.sort();
+                        files.extend(found);
+                    }
+                    Err(e) => failures.push((arg.clone(), format!("invalid pattern: {e}"))),
+                }
+            } else {
+                failures.push((arg.clone(), "no such file or directory".into()));
+            }
+        }
+        (files, failures)
+    }
+
+    fn load_upscaler(&self, device: &Device, dtype: DType) -> Result<Upscaler> {
+        let (model, clip, defaults) = match &self.model {
+            Some(path) => {
+                let src = ModelSource::open(path)?;
+                let model = InfDit::from_source(&src, dtype, device)?;
+                let clip = if src.config.vector_dim > 0 { self.find_clip(path, &src, device, dtype)? } else { None };
+                let dir = if path.is_dir() { path.clone() } else { path.parent().map(Path::to_path_buf).unwrap_or_default() };
+                let defaults = match std::fs::read_to_string(dir.join("sampling.json")) {
+                    Ok(text) => serde_json::from_str(&text).context("reading sampling.json beside the model")?,
+                    Err(_) => SamplingDefaults::default(),
+                };
+                (model, clip, defaults)
+            }
+            None => {
+                let (model, defaults) = crate::default_model::load(dtype, device)?;
+                (model, None, defaults)
+            }
+        };
+        let sampler = SamplerConfig {
+            kind: self.sampler.unwrap_or(defaults.sampler),
+            steps: self.steps.unwrap_or(defaults.steps),
+            sigma_max: self.sigma_max.unwrap_or(defaults.sigma_max),
+            ..SamplerConfig::default()
+        };
+        if sampler.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        let batch = match (self.block_batch, &self.max_memory) {
+            (Some(b), _) => Some(BatchChoice::Fixed(b)),
+            (None, Some(m)) => Some(BatchChoice::Budget(parse_size(m)?)),
+            (None, None) => None,
+        };
+        let opts = UpscaleOptions { scale: self.scale, sampler, seed: self.seed, batch, order: self.order };
+        Upscaler::new(model, clip, opts)
+    }
+
+    /// CLIP weights: `--clip`, the checkpoint itself, or a known file beside the model.
+    fn find_clip(&self, model_path: &Path, src: &ModelSource, device: &Device, dtype: DType) -> Result<Option<ClipEncoder>> {
+        if let Some(p) = &self.clip {
+            return Ok(Some(load_clip_file(p, None, device, dtype)?));
+        }
+        if src.checkpoint.tensors.keys().any(|k| k.starts_with("image_encoder.model.visual.")) {
+            let w = ClipWeights::from_tensors(src.checkpoint.tensors.clone())?;
+            return Ok(Some(ClipEncoder::from_weights(None, w, device, dtype)?));
+        }
+        let dir = if model_path.is_dir() { model_path.to_path_buf() } else { model_path.parent().map(Path::to_path_buf).unwrap_or_default() };
+        for name in ["clip.safetensors", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"] {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(Some(load_clip_file(&p, None, device, dtype)?));
+            }
+        }
+        Ok(None)
+    }
+
+    fn output_path(&self, input: &Path, n_inputs: usize, source_format: image::ImageFormat) -> Result<(PathBuf, OutputFormat)> {
+        let by_source = OutputFormat::from_extension(source_format.extensions_str().first().copied().unwrap_or("png")).unwrap_or(OutputFormat::Png);
+        let named = |dir: &Path, format: OutputFormat| {
+            let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+            dir.join(format!("{stem}_x{}.{}", self.scale, format.extension()))
+        };
+        let beside = input.parent().map(Path::to_path_buf).unwrap_or_default();
+        match &self.output {
+            Some(out) if n_inputs == 1 && !out.is_dir() && !out.to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) => {
+                let format = match (self.format, OutputFormat::from_path(out)) {
+                    (Some(f), _) => f,
+                    (None, Some(f)) => f,
+                    (None, None) => bail!("cannot tell the output format from {}: use .png, .jpg, .webp or .tiff, or --format", out.display()),
+                };
+                Ok((out.clone(), format))
+            }
+            Some(dir) => {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+                let format = self.format.unwrap_or(by_source);
+                Ok((named(dir, format), format))
+            }
+            None => {
+                let format = self.format.unwrap_or(by_source);
+                Ok((named(&beside, format), format))
+            }
+        }
+    }
+
+    fn process(&self, input: &Path, n_inputs: usize, up: &Upscaler, multi: &MultiProgress, json: bool) -> Result<Outcome> {
+        let limits = DecodeLimits { max_width: self.max_input_side, max_height: self.max_input_side, ..DecodeLimits::default() };
+        // The output name needs the source format; sniff it cheaply before decoding.
+        let format = image::ImageReader::open(input)
+            .and_then(|r| r.with_guessed_format())
+            .ok()
+            .and_then(|r| r.format())
+            .unwrap_or(image::ImageFormat::Png);
+        let (out, out_format) = self.output_path(input, n_inputs, format)?;
+        if out.exists() && !self.overwrite {
+            return Ok(Outcome::Skipped(out));
+        }
+        let img = decode_file(input, &limits)?;
+        let total = up.work(img.rgb.height, img.rgb.width)?;
+        let bar = multi.add(ProgressBar::new(total as u64));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} blocks {per_sec} ETA {eta} {msg}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        bar.set_prefix("image");
+        bar.set_message(input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let mut last_json = Instant::now() - Duration::from_secs(1);
+        let name = json_str(&input.display().to_string());
+        let rgb = up.upscale_rgb(&img.rgb, &mut |p| {
+            bar.set_position(p.done as u64);
+            if json && (last_json.elapsed() >= Duration::from_millis(250) || p.done == p.total) {
+                last_json = Instant::now();
+                println!("{{\"event\":\"progress\",\"input\":{name},\"done\":{},\"total\":{}}}", p.done, p.total);
+            }
+        });
+        bar.finish_and_clear();
+        multi.remove(&bar);
+        let rgb = rgb?;
+        let alpha = img.alpha.as_ref().map(|a| resize_bicubic(a, rgb.height, rgb.width, true).map(|v| v.clamp(0.0, 1.0)));
+        let mut opts = EncodeOptions::matching(out_format, &img);
+        opts.quality = self.quality;
+        encode_file(&out, &rgb, alpha.as_ref(), &opts)?;
+        Ok(Outcome::Written(out))
+    }
+}
+
+fn has_image_extension(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| INPUT_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn list_images(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read directory {}", dir.display()))? {
+        let p = entry?.path();
+        if p.is_dir() {
+            if recursive {
+                list_images(&p, true, out)?;
+            }
+        } else if has_image_extension(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
