@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod engine;
+pub mod eval;
 pub mod imageops;
 pub mod model;
 pub mod pipeline;
