@@ -11,6 +11,7 @@ pub mod clip;
 pub mod config;
 pub mod default_model;
 pub mod engine;
+pub mod eval;
 pub mod fsutil;
 pub mod imageops;
 pub mod model;

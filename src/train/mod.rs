@@ -1,1 +1,4 @@
 //! Training: EDM objective, data, degradations.
+
+pub mod data;
+pub mod degrade;
