@@ -1,4 +1,8 @@
 use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use infdit::cli::Cli;
 use tracing_subscriber::EnvFilter;
 

@@ -4,7 +4,8 @@
 use crate::imageops::Planar;
 use anyhow::Result;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
     #[default]
     Heun,

@@ -2,7 +2,9 @@
 
 mod bench;
 mod checkpoint_tools;
+mod eval;
 mod parity;
+mod train;
 mod upscale;
 
 pub use upscale::SamplingDefaults;
@@ -36,6 +38,10 @@ pub enum Command {
     /// Run reference cases through the port (for parity checks).
     #[command(subcommand)]
     Parity(parity::ParityCommand),
+    /// Train a model on photos (EDM objective, degraded LR images).
+    Train(train::TrainArgs),
+    /// PSNR/SSIM (Y channel) of upscaled images, or of the model against bicubic.
+    Eval(eval::EvalArgs),
     /// Benchmarks (speed and memory).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -49,6 +55,8 @@ impl Cli {
             Command::Convert(a) => a.run(),
             Command::Parity(c) => c.run(),
             Command::Bench(c) => c.run(),
+            Command::Train(a) => a.run(),
+            Command::Eval(a) => a.run(),
         }?;
         Ok(std::process::ExitCode::SUCCESS)
     }

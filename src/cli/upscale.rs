@@ -127,19 +127,58 @@ enum Outcome {
 }
 
 impl UpscaleArgs {
-    pub fn run(self) -> Result<std::process::ExitCode> {
+    /// Options for scoring an upscaler (`infdit eval --baseline`).
+    pub(super) fn for_eval(
+        model: Option<PathBuf>,
+        steps: Option<usize>,
+        sigma_max: Option<f32>,
+        sampler: Option<SamplerKind>,
+        seed: u64,
+        device: String,
+    ) -> Self {
+        Self {
+            inputs: vec![],
+            output: None,
+            scale: 4,
+            steps,
+            sampler,
+            sigma_max,
+            seed,
+            model,
+            clip: None,
+            max_memory: None,
+            block_batch: None,
+            order: Order::Auto,
+            device,
+            dtype: None,
+            format: None,
+            quality: 95,
+            overwrite: false,
+            recursive: false,
+            quiet: true,
+            progress: ProgressMode::None,
+            max_input_side: 32768,
+        }
+    }
+
+    /// The upscaler these options describe.
+    pub(super) fn build_upscaler(&self) -> Result<Upscaler> {
         let device = parse_device(&self.device)?;
         let dtype: DType = match self.dtype {
             Some(d) => d.into(),
             None if device.is_cpu() => DType::F32,
             None => DType::BF16,
         };
+        self.load_upscaler(&device, dtype)
+    }
+
+    pub fn run(self) -> Result<std::process::ExitCode> {
         let (mut inputs, mut failures) = self.collect_inputs();
         inputs.dedup();
         if inputs.is_empty() && failures.is_empty() {
             bail!("no images found in {}", self.inputs.join(", "));
         }
-        let upscaler = self.load_upscaler(&device, dtype)?;
+        let upscaler = self.build_upscaler()?;
         let json = self.progress == ProgressMode::Json && !self.quiet;
         let bars = self.progress == ProgressMode::Bar && !self.quiet;
         let multi = MultiProgress::new();

@@ -73,9 +73,18 @@ impl Conditioning {
     }
 }
 
-/// Gathers the network inputs of `blocks` (block row, column) from host images.
-pub(super) fn build_batch(
+/// Copies `s×s` blocks out of a host image: `[n, C, s, s]` values.
+pub fn gather_blocks(img: &Planar, blocks: &[(usize, usize)], s: usize, out: &mut Vec<f32>) {
+    for &(i, j) in blocks {
+        out.extend(img.crop_clamped((i * s) as isize, (j * s) as isize, s, s).data);
+    }
+}
+
+/// Gathers the network inputs of `blocks` (block row, column) of image number `image`
+/// from host images.
+pub fn build_batch(
     model: &InfDit,
+    image: usize,
     blocks: &[(usize, usize)],
     x: &Planar,
     cond: &Conditioning,
@@ -97,10 +106,10 @@ pub(super) fn build_batch(
     let mut mask = Vec::with_capacity(n * 9 * lt * lt);
     let mut pos = Vec::with_capacity(n * bt * bt);
     for &(i, j) in blocks {
-        for img in [x, &cond.concat_lr] {
-            let crop = img.crop_clamped((i * s) as isize, (j * s) as isize, s, s);
-            xin.extend(crop.data.iter().map(|v| v * c_in));
-        }
+        let start = xin.len();
+        gather_blocks(x, &[(i, j)], s, &mut xin);
+        gather_blocks(&cond.concat_lr, &[(i, j)], s, &mut xin);
+        xin[start..].iter_mut().for_each(|v| *v *= c_in);
         // 3×3-block LR window; pixels outside the image are zeroed and masked out.
         let (y0, x0) = (i as isize - 1, j as isize - 1);
         let window = cond
@@ -137,7 +146,7 @@ pub(super) fn build_batch(
     let dtype = model.dtype();
     let (rope_cos, rope_sin) = model.rope().tensors(&pos, n, dtype, dev)?;
     Ok(BlockBatch {
-        ids: blocks.iter().map(|&(i, j)| BlockId::new(0, i, j)).collect(),
+        ids: blocks.iter().map(|&(i, j)| BlockId::new(image, i, j)).collect(),
         x: Tensor::from_vec(xin, (n, cfg.in_channels, s, s), dev)?,
         lr: Tensor::from_vec(lr, (n, cond.lr.channels, 3 * l, 3 * l), dev)?,
         lr_mask: Tensor::from_vec(mask, (n, 9 * lt * lt, 1), dev)?,

@@ -11,7 +11,7 @@
 mod inputs;
 pub mod memory;
 
-pub use inputs::{Conditioning, Positions};
+pub use inputs::{build_batch, gather_blocks, Conditioning, Positions};
 
 use crate::imageops::Planar;
 use crate::model::{BatchPlan, BlockId, InfDit, KvCache, Precond, Tap};
@@ -220,7 +220,7 @@ impl<'m> Engine<'m> {
             cached.retain(live);
             cached.extend(chunk.iter().filter(|b| live(b)));
             cache.set_plan(BatchPlan { retain, evict });
-            let blocks = inputs::build_batch(self.model, chunk, x, cond, pre.c_in, &emb_act)?;
+            let blocks = inputs::build_batch(self.model, 0, chunk, x, cond, pre.c_in, &emb_act)?;
             let f = self.model.forward_blocks_tapped(&blocks, &mut cache, tap)?;
             inputs::scatter_blocks(&f, chunk, cfg.image_block_size_px, &mut out)?;
             self.peak_cache_bytes

@@ -1,0 +1,154 @@
+//! `infdit eval`: PSNR and SSIM on the Y channel (4-px border shaved), per image and mean.
+
+use crate::eval::{psnr_y, ssim_y, DEFAULT_SHAVE};
+use crate::imageops::io::{decode_file, DecodeLimits};
+use crate::imageops::resize::resize_bicubic;
+use crate::imageops::Planar;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// Downscale each HR image 4× (bicubic, antialiased), upscale it with the model and
+    /// with bicubic, and score both against the HR image.
+    Bicubic,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Ground-truth image or directory.
+    #[arg(long)]
+    hr: PathBuf,
+    /// Upscaled image or directory (matched to HR files by name stem prefix).
+    #[arg(long, required_unless_present = "baseline")]
+    sr: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// Upscaler options for --baseline (model, steps, seed, …).
+    #[command(flatten)]
+    upscale: UpscaleFlags,
+    /// Pixels shaved from each border before scoring.
+    #[arg(long, default_value_t = DEFAULT_SHAVE)]
+    shave: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct UpscaleFlags {
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    sigma_max: Option<f32>,
+    #[arg(long, value_enum)]
+    sampler: Option<crate::sampler::SamplerKind>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn images_in(p: &Path) -> Result<Vec<PathBuf>> {
+    if p.is_file() {
+        return Ok(vec![p.to_path_buf()]);
+    }
+    let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn load(p: &Path) -> Result<Planar> {
+    Ok(decode_file(p, &DecodeLimits::default())?.rgb)
+}
+
+/// Crops both to their common size (upscalers may round sizes).
+fn common(a: &Planar, b: &Planar) -> (Planar, Planar) {
+    let (h, w) = (a.height.min(b.height), a.width.min(b.width));
+    (a.crop_clamped(0, 0, h, w), b.crop_clamped(0, 0, h, w))
+}
+
+impl EvalArgs {
+    pub fn run(self) -> Result<()> {
+        let hr_files = images_in(&self.hr)?;
+        if hr_files.is_empty() {
+            bail!("no images in {}", self.hr.display());
+        }
+        let mut rows: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        let header: Vec<&str>;
+        match (&self.sr, self.baseline) {
+            (_, Some(Baseline::Bicubic)) => {
+                header = vec!["model", "bicubic"];
+                let args = super::upscale::UpscaleArgs::for_eval(
+                    self.upscale.model.clone(),
+                    self.upscale.steps,
+                    self.upscale.sigma_max,
+                    self.upscale.sampler,
+                    self.upscale.seed,
+                    self.upscale.device.clone(),
+                );
+                let up = args.build_upscaler()?;
+                for f in &hr_files {
+                    let hr = load(f)?;
+                    // Whole multiples of 4 so the LR maps back exactly.
+                    let hr = hr.crop_clamped(0, 0, hr.height / 4 * 4, hr.width / 4 * 4);
+                    let lr = resize_bicubic(&hr, hr.height / 4, hr.width / 4, true).map(|v| v.clamp(0.0, 1.0));
+                    let sr = up.upscale_rgb(&lr, &mut |_| {})?;
+                    let bic = resize_bicubic(&lr, hr.height, hr.width, true).map(|v| v.clamp(0.0, 1.0));
+                    let q = |x: &Planar| x.clone().map(|v| (v * 255.0).round() / 255.0);
+                    let (a, b) = common(&hr, &q(&sr));
+                    let (c, d) = common(&hr, &q(&bic));
+                    rows.push((
+                        f.display().to_string(),
+                        vec![(psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave)), (psnr_y(&c, &d, self.shave), ssim_y(&c, &d, self.shave))],
+                    ));
+                    eprintln!("{}: done", f.display());
+                }
+            }
+            (Some(sr), None) => {
+                header = vec!["sr"];
+                let sr_files = images_in(sr)?;
+                for f in &hr_files {
+                    let stem = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                    let m = if sr.is_file() {
+                        sr.clone()
+                    } else {
+                        sr_files
+                            .iter()
+                            .find(|s| s.file_stem().is_some_and(|x| x.to_string_lossy().starts_with(&stem)))
+                            .with_context(|| format!("no upscaled image for {} in {}", f.display(), sr.display()))?
+                            .clone()
+                    };
+                    let (a, b) = common(&load(f)?, &load(&m)?);
+                    rows.push((f.display().to_string(), vec![(psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave))]));
+                }
+            }
+            (None, None) => bail!("give --sr or --baseline"),
+        }
+        print!("{:<50}", "image");
+        for h in &header {
+            print!(" {:>10} {:>8}", format!("PSNR-{h}"), "SSIM");
+        }
+        println!();
+        for (name, vals) in &rows {
+            print!("{:<50}", name);
+            for (p, s) in vals {
+                print!(" {p:>10.3} {s:>8.4}");
+            }
+            println!();
+        }
+        print!("{:<50}", "mean");
+        for k in 0..header.len() {
+            let n = rows.len() as f64;
+            let p: f64 = rows.iter().map(|r| r.1[k].0).sum::<f64>() / n;
+            let s: f64 = rows.iter().map(|r| r.1[k].1).sum::<f64>() / n;
+            print!(" {p:>10.3} {s:>8.4}");
+        }
+        println!();
+        Ok(())
+    }
+}

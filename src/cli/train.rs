@@ -1,0 +1,85 @@
+//! `infdit train`: trains a model on photos with the EDM objective.
+
+use super::parse_device;
+use crate::config::ModelConfig;
+use crate::train::data::PhotoDataset;
+use crate::train::trainer::{saved_options, small_config, TrainOptions, Trainer};
+use anyhow::Result;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Photo directory (see scripts/fetch-training-photos.sh).
+    #[arg(long, default_value = "data/photos")]
+    data: PathBuf,
+    /// Manifest whose `holdout` photos are kept out of training.
+    #[arg(long, default_value = "scripts/training-photos.manifest.tsv")]
+    manifest: PathBuf,
+    /// Output directory for config.json, weights.safetensors (EMA) and the loss log.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Model config.json (default: the small built-in architecture).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run saved in this directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// HR crop side in pixels (multiple of the block size).
+    #[arg(long)]
+    crop: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    save_every: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    pub fn run(self) -> Result<()> {
+        let device = parse_device(&self.device)?;
+        let mut opts = match &self.resume {
+            Some(dir) => saved_options(dir)?,
+            None => TrainOptions::default(),
+        };
+        macro_rules! set {
+            ($($f:ident <- $a:ident),*) => { $(if let Some(v) = self.$a { opts.$f = v; })* };
+        }
+        set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every);
+        let cfg = match (&self.config, &self.resume) {
+            (Some(p), _) => ModelConfig::from_json_file(p)?,
+            (None, Some(dir)) => ModelConfig::from_json_file(&dir.join("config.json"))?,
+            (None, None) => small_config(),
+        };
+        let manifest = self.manifest.is_file().then_some(self.manifest.as_path());
+        let mut data = PhotoDataset::open(&self.data, manifest)?;
+        let mut trainer = Trainer::new(cfg, opts.clone(), device, self.resume.as_deref())?;
+        let bar = ProgressBar::new(opts.steps as u64);
+        if self.quiet {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        bar.set_style(ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps {per_sec} ETA {eta} {msg}")?.progress_chars("=> "));
+        bar.set_position(trainer.step() as u64);
+        let crops_per_step = opts.batch_size;
+        let mut smooth = None::<f32>;
+        trainer.run(&mut data, &self.out, &mut |step, loss, _| {
+            let s = smooth.map_or(loss, |m| 0.98 * m + 0.02 * loss);
+            smooth = Some(s);
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {s:.4} ({crops_per_step} crops/step)"));
+        })?;
+        bar.finish();
+        println!("saved {} (EMA weights) after {} steps", self.out.join("weights.safetensors").display(), trainer.step());
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! EDM training of Inf-DiT with candle autograd (TRAINING.md): log σ ~ N(P_mean, P_std),
+//! loss weight (σ² + σ_d²)/(σ·σ_d)², random RoPE offsets, LR dropout, AdamW, gradient
+//! clipping and an EMA of the weights, which is what gets saved for inference.
+
+use super::data::PhotoDataset;
+use crate::checkpoint::expected_shapes;
+use crate::config::ModelConfig;
+use crate::engine::{build_batch, gather_blocks, Conditioning, Positions};
+use crate::imageops::resize::resize_bicubic;
+use crate::imageops::Planar;
+use crate::model::{BlockBatch, InfDit, KvCache, Precond};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal, StandardNormal};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+/// Hyper-parameters of a run (saved as `train.json` beside the checkpoints).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub steps: usize,
+    pub batch_size: usize,
+    /// HR crop side in pixels (a multiple of the model's block size).
+    pub crop_px: usize,
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub ema_decay: f64,
+    /// Probability of replacing a sample's LR image by clipped noise.
+    pub lr_dropout: f64,
+    pub p_mean: f64,
+    pub p_std: f64,
+    pub seed: u64,
+    pub save_every: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            steps: 2000,
+            batch_size: 4,
+            crop_px: 128,
+            learning_rate: 3e-4,
+            warmup_steps: 100,
+            weight_decay: 1e-4,
+            grad_clip: 1.0,
+            ema_decay: 0.995,
+            lr_dropout: 0.07,
+            p_mean: -1.0,
+            p_std: 1.4,
+            seed: 0,
+            save_every: 250,
+        }
+    }
+}
+
+/// What a checkpoint directory holds besides the EMA weights, to resume a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    step: usize,
+    options: TrainOptions,
+}
+
+/// Initial weights: Xavier-normal matrices, zero biases, unit LayerNorms, small
+/// position tables, and zero adaLN and output projections so that every layer starts as
+/// an identity and D(x, σ) starts as c_skip·x (as DiT and the reference initialise).
+pub fn init_weights(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    expected_shapes(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let zero = name.contains("adaLN_modulation") || name.starts_with("mixins.final_layer.linear");
+            let data: Vec<f32> = if zero || (name.ends_with(".bias") && !is_norm(&name)) {
+                vec![0.0; n]
+            } else if is_norm(&name) {
+                vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n]
+            } else if shape.len() == 1 || name.contains("position_embedding") || name.contains("re_pos_embed") {
+                normal(&mut rng, n, 0.02)
+            } else {
+                let fan_out = shape[0];
+                let fan_in: usize = shape[1..].iter().product();
+                normal(&mut rng, n, (2.0 / (fan_in + fan_out) as f32).sqrt())
+            };
+            Ok((name, Tensor::from_vec(data, shape, &Device::Cpu)?))
+        })
+        .collect()
+}
+
+fn is_norm(name: &str) -> bool {
+    name.contains("layer_norm") || name.contains("_ln.") || name.contains("layernorm")
+}
+
+fn normal(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
+    (0..n).map(|_| std * <StandardNormal as Distribution<f32>>::sample(&StandardNormal, rng)).collect()
+}
+
+/// One training example, ready for the network.
+struct Example {
+    hr: Planar,
+    x: Planar,
+    cond: Conditioning,
+    sigma: f32,
+}
+
+pub struct Trainer {
+    cfg: ModelConfig,
+    opts: TrainOptions,
+    device: Device,
+    varmap: VarMap,
+    model: InfDit,
+    ema: HashMap<String, Tensor>,
+    step: usize,
+    rng: rand::rngs::StdRng,
+}
+
+impl Trainer {
+    /// A new run, or a resumed one when `resume` names a checkpoint directory.
+    pub fn new(cfg: ModelConfig, opts: TrainOptions, device: Device, resume: Option<&Path>) -> Result<Self> {
+        cfg.validate()?;
+        if opts.crop_px % cfg.image_block_size_px != 0 {
+            bail!("--crop {} must be a multiple of the block size {}", opts.crop_px, cfg.image_block_size_px);
+        }
+        let (weights, ema, step) = match resume {
+            Some(dir) => {
+                let state: TrainState = serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json"))?)
+                    .context("reading train_state.json")?;
+                let raw = candle_core::safetensors::load(dir.join("raw_weights.safetensors"), &Device::Cpu)?;
+                let ema = candle_core::safetensors::load(dir.join("weights.safetensors"), &Device::Cpu)?;
+                (raw, ema, state.step)
+            }
+            None => {
+                let w = init_weights(&cfg, opts.seed)?;
+                (w.clone(), w, 0)
+            }
+        };
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("var map lock");
+            for (name, t) in &weights {
+                data.insert(name.clone(), Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(&device)?)?);
+            }
+        }
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let model = InfDit::new(&cfg, vb)?;
+        let ema = ema.into_iter().map(|(k, t)| Ok((k, t.to_device(&device)?))).collect::<Result<_>>()?;
+        // Each resumed run continues the random stream at a distinct point.
+        let rng = rand::rngs::StdRng::seed_from_u64(opts.seed.wrapping_add(step as u64 * 7919));
+        Ok(Self { cfg, opts, device, varmap, model, ema, step, rng })
+    }
+
+    fn example(&mut self, data: &mut PhotoDataset) -> Result<Example> {
+        let (hr, lr) = data.sample(&mut self.rng, self.opts.crop_px)?;
+        let (h, w) = (hr.height, hr.width);
+        let (lr, concat_lr) = if self.rng.gen_bool(self.opts.lr_dropout) {
+            let noise = |rng: &mut rand::rngs::StdRng, c, h, w| {
+                Planar::new(c, h, w, normal(rng, c * h * w, 1.0)).map(|v| v.clamp(-1.0, 1.0))
+            };
+            (noise(&mut self.rng, 3, lr.height, lr.width), noise(&mut self.rng, 3, h, w))
+        } else {
+            let up = resize_bicubic(&lr, h, w, true).map(|v| v.clamp(-1.0, 1.0));
+            (lr, up)
+        };
+        let log_sigma = Normal::new(self.opts.p_mean, self.opts.p_std)?.sample(&mut self.rng);
+        let sigma = (log_sigma.exp() as f32).max(1e-3);
+        let eps = normal(&mut self.rng, 3 * h * w, 1.0);
+        let x = Planar::new(3, h, w, hr.data.iter().zip(&eps).map(|(a, e)| a + sigma * e).collect());
+        // Random RoPE offsets so the model sees the whole position table (`--random-position`).
+        let tokens = h.max(w) / self.cfg.patch_size;
+        let max_off = self.cfg.rope_position_modulus.saturating_sub(tokens);
+        let positions = Positions::Offset { row: self.rng.gen_range(0..=max_off), col: self.rng.gen_range(0..=max_off) };
+        Ok(Example { hr, x, cond: Conditioning { concat_lr, lr, vector: None, positions }, sigma })
+    }
+
+    /// EDM loss of one batch of examples (differentiable).
+    fn loss(&self, examples: &[Example]) -> Result<Tensor> {
+        let s = self.cfg.image_block_size_px;
+        let sd = self.cfg.sigma_data as f32;
+        let mut batches = Vec::new();
+        let (mut x_blocks, mut hr_blocks) = (Vec::new(), Vec::new());
+        let (mut c_skip, mut c_out, mut weight) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, ex) in examples.iter().enumerate() {
+            let pre = Precond::new(ex.sigma, sd);
+            let blocks: Vec<(usize, usize)> =
+                (0..ex.x.height / s).flat_map(|i| (0..ex.x.width / s).map(move |j| (i, j))).collect();
+            let emb = self.model.emb_act(&[pre.c_noise], None)?;
+            let emb = emb.broadcast_as((blocks.len(), 1, self.cfg.hidden_size))?.contiguous()?;
+            batches.push(build_batch(&self.model, k, &blocks, &ex.x, &ex.cond, pre.c_in, &emb)?);
+            gather_blocks(&ex.x, &blocks, s, &mut x_blocks);
+            gather_blocks(&ex.hr, &blocks, s, &mut hr_blocks);
+            let w = (ex.sigma * ex.sigma + sd * sd) / (ex.sigma * sd).powi(2);
+            for _ in &blocks {
+                c_skip.push(pre.c_skip);
+                c_out.push(pre.c_out);
+                weight.push(w);
+            }
+        }
+        let cat = |f: fn(&BlockBatch) -> &Tensor| Tensor::cat(&batches.iter().map(f).collect::<Vec<_>>(), 0);
+        let batch = BlockBatch {
+            ids: batches.iter().flat_map(|b| b.ids.clone()).collect(),
+            x: cat(|b| &b.x)?,
+            lr: cat(|b| &b.lr)?,
+            lr_mask: cat(|b| &b.lr_mask)?,
+            rope_cos: cat(|b| &b.rope_cos)?,
+            rope_sin: cat(|b| &b.rope_sin)?,
+            emb_act: cat(|b| &b.emb_act)?,
+        };
+        let n = batch.ids.len();
+        let dev = &self.device;
+        let per_block = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), dev);
+        let f = self.model.forward_blocks(&batch, &mut KvCache::new(self.cfg.num_layers))?;
+        let x = Tensor::from_vec(x_blocks, (n, 3, s, s), dev)?;
+        let hr = Tensor::from_vec(hr_blocks, (n, 3, s, s), dev)?;
+        let denoised = (f.broadcast_mul(&per_block(c_out)?)? + x.broadcast_mul(&per_block(c_skip)?)?)?;
+        let err = (denoised - hr)?.sqr()?;
+        Ok(err.broadcast_mul(&per_block(weight)?)?.mean_all()?)
+    }
+
+    /// Runs to `opts.steps`, saving into `out` every `save_every` steps and at the end.
+    pub fn run(&mut self, data: &mut PhotoDataset, out: &Path, on_step: &mut dyn FnMut(usize, f32, f64)) -> Result<()> {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let vars = self.varmap.all_vars();
+        let mut opt = AdamW::new(
+            vars.clone(),
+            ParamsAdamW { lr: self.opts.learning_rate, weight_decay: self.opts.weight_decay, ..Default::default() },
+        )?;
+        let names: Vec<(String, Var)> = self.varmap.data().lock().expect("var map lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let log_path = out.join("loss.csv");
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        if log.metadata()?.len() == 0 {
+            writeln!(log, "step,loss,grad_norm,learning_rate,seconds")?;
+        }
+        let start = Instant::now();
+        while self.step < self.opts.steps {
+            let lr = self.opts.learning_rate * ((self.step + 1) as f64 / self.opts.warmup_steps.max(1) as f64).min(1.0);
+            opt.set_learning_rate(lr);
+            let examples = (0..self.opts.batch_size).map(|_| self.example(data)).collect::<Result<Vec<_>>>()?;
+            let loss = self.loss(&examples)?;
+            let mut grads = loss.backward()?;
+            let mut sq = 0f64;
+            for v in &vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                }
+            }
+            let norm = sq.sqrt();
+            if norm > self.opts.grad_clip {
+                let k = self.opts.grad_clip / norm;
+                for v in &vars {
+                    if let Some(g) = grads.remove(v.as_tensor()) {
+                        grads.insert(v.as_tensor(), (g * k)?);
+                    }
+                }
+            }
+            opt.step(&grads)?;
+            let d = self.opts.ema_decay.min((1 + self.step) as f64 / (10 + self.step) as f64);
+            for (name, var) in &names {
+                let e = &self.ema[name];
+                let updated = ((e * d)? + (var.as_tensor().detach() * (1.0 - d))?)?;
+                self.ema.insert(name.clone(), updated);
+            }
+            self.step += 1;
+            let loss_v = loss.to_scalar::<f32>()?;
+            writeln!(log, "{},{loss_v},{norm},{lr},{:.1}", self.step, start.elapsed().as_secs_f64())?;
+            on_step(self.step, loss_v, norm);
+            if self.step % self.opts.save_every == 0 || self.step == self.opts.steps {
+                self.save(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `config.json`, EMA `weights.safetensors` (the inference model), and the raw
+    /// weights and step for resuming.
+    pub fn save(&self, out: &Path) -> Result<()> {
+        let cfg_json = serde_json::to_string_pretty(&self.cfg)?;
+        crate::fsutil::write_atomically(&out.join("config.json"), |p| Ok(std::fs::write(p, &cfg_json)?))?;
+        crate::fsutil::save_safetensors(&out.join("weights.safetensors"), &self.ema)?;
+        let raw: HashMap<String, Tensor> =
+            self.varmap.data().lock().expect("var map lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        crate::fsutil::save_safetensors(&out.join("raw_weights.safetensors"), &raw)?;
+        let state = serde_json::to_string_pretty(&TrainState { step: self.step, options: self.opts.clone() })?;
+        crate::fsutil::write_atomically(&out.join("train_state.json"), |p| Ok(std::fs::write(p, &state)?))
+    }
+
+    pub fn step(&self) -> usize {
+        self.step
+    }
+}
+
+/// Where a resumed run's options come from.
+pub fn saved_options(dir: &Path) -> Result<TrainOptions> {
+    let state: TrainState = serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json"))?)?;
+    Ok(state.options)
+}
+
+/// The small config the built-in model uses: 64-px blocks (16×16 tokens) keep attention
+/// affordable on a CPU while keeping the block attention and LR cross-attention intact.
+pub fn small_config() -> ModelConfig {
+    ModelConfig {
+        num_layers: 4,
+        hidden_size: 128,
+        num_attention_heads: 4,
+        mlp_inner_size: 512,
+        image_block_size_px: 64,
+        vector_dim: 0,
+        ..ModelConfig::released()
+    }
+}
+
