@@ -1,11 +1,160 @@
 //! open_clip ViT image encoder: the global conditioning vector of the released model.
+//!
+//! The LR image is preprocessed like open_clip's eval transform ([`preprocess`]), run through
+//! the vision tower ([`ClipVisionTransformer`]) and L2-normalised ([`ClipEncoder::encode`]).
+//! Weights can come from an Inf-DiT checkpoint, an open_clip checkpoint or a Hugging Face
+//! CLIP ([`weights`]).
 
-/// Placeholder until the encoder lands.
-pub fn run_parity(
-    _config: &std::path::Path,
-    _weights: &std::path::Path,
-    _case: &std::path::Path,
-    _out: &std::path::Path,
-) -> anyhow::Result<()> {
-    anyhow::bail!("the CLIP encoder is not built yet")
+pub mod config;
+pub mod model;
+pub mod weights;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+pub use config::ClipVisionConfig;
+pub use model::ClipVisionTransformer;
+pub use weights::{load_clip_file, read_clip_tensors, ClipWeightFormat, ClipWeights};
+
+use crate::imageops::resize::resize_short_side;
+use crate::imageops::Planar;
+
+/// open_clip's `OPENAI_DATASET_MEAN`.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// open_clip's `OPENAI_DATASET_STD`. The digits are open_clip's; like torch, they are
+/// rounded to f32.
+#[allow(clippy::excessive_precision)]
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// The encoder's input transform for an RGB image in `[-1, 1]`: `(x+1)/2`, torchvision
+/// `Resize(image_size, BICUBIC)` of the short side (antialiased), `CenterCrop(image_size)`,
+/// then per-channel `(x - mean) / std`. Returns a `3 × image_size × image_size` image.
+pub fn preprocess(lr: &Planar, image_size: usize) -> Result<Planar> {
+    ensure!(
+        lr.channels == 3,
+        "CLIP preprocessing expects an RGB image, got {} channels",
+        lr.channels
+    );
+    ensure!(
+        lr.height > 0 && lr.width > 0 && image_size > 0,
+        "empty image or size"
+    );
+    let x = lr.clone().map(|v| (v + 1.0) / 2.0);
+    // torchvision returns the input untouched when the size already matches.
+    let x = if x.height.min(x.width) == image_size {
+        x
+    } else {
+        resize_short_side(&x, image_size, true)
+    };
+    let mut x = x.center_crop(image_size, image_size);
+    let n = image_size * image_size;
+    for (c, plane) in x.data.chunks_exact_mut(n).enumerate() {
+        let (m, s) = (CLIP_MEAN[c], CLIP_STD[c]);
+        plane.iter_mut().for_each(|v| *v = (*v - m) / s);
+    }
+    Ok(x)
+}
+
+/// `x / max(‖x‖₂, 1e-12)` along the last dimension (`torch.nn.functional.normalize`).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::INFINITY)?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+/// The image-conditioning encoder: preprocessing plus the vision tower.
+#[derive(Debug, Clone)]
+pub struct ClipEncoder {
+    pub cfg: ClipVisionConfig,
+    pub tower: ClipVisionTransformer,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl ClipEncoder {
+    /// Builds the tower from a `VarBuilder` rooted at the tower in open_clip layout.
+    pub fn new(cfg: ClipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let tower = ClipVisionTransformer::new(&cfg, vb.clone())?;
+        Ok(Self {
+            cfg,
+            tower,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// Builds the tower from converted weights, inferring the config from the shapes when
+    /// `cfg` is `None`. Every missing tensor is named in the error.
+    pub fn from_weights(
+        cfg: Option<ClipVisionConfig>,
+        weights: ClipWeights,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let cfg = match cfg {
+            Some(cfg) => {
+                cfg.validate()?;
+                cfg
+            }
+            None => weights
+                .infer_config()
+                .context("inferring the CLIP config from the weights")?,
+        };
+        weights.check(&cfg)?;
+        let format = weights.format;
+        Self::new(cfg, weights.into_var_builder(dtype, device))
+            .with_context(|| format!("building the CLIP tower from {format:?} weights"))
+    }
+
+    /// [`preprocess`] at this tower's input size.
+    pub fn preprocess(&self, lr: &Planar) -> Result<Planar> {
+        preprocess(lr, self.cfg.image_size)
+    }
+
+    /// Tower output for an already preprocessed image: `[1, embed_dim]` f32, not normalised.
+    pub fn visual(&self, pixels: &Planar) -> Result<Tensor> {
+        let x = pixels.to_tensor(&self.device)?.to_dtype(self.dtype)?;
+        Ok(self.tower.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    /// The conditioning vector of an RGB image in `[-1, 1]` of any size: `[1, embed_dim]`,
+    /// f32, unit L2 norm.
+    pub fn encode(&self, lr: &Planar) -> Result<Tensor> {
+        l2_normalize(&self.visual(&self.preprocess(lr)?)?)
+    }
+}
+
+/// Reproduces a CLIP parity case on the CPU in f32: reads `lr_image` ([1,3,H,W], `[-1, 1]`)
+/// from `case` and writes `preprocessed` [1,3,S,S], `visual_out` and `embedding`
+/// ([1, embed_dim]) to the safetensors file `out`.
+pub fn run_parity(config: &Path, weights: &Path, case: &Path, out: &Path) -> Result<()> {
+    let device = Device::Cpu;
+    let cfg = ClipVisionConfig::from_json_file(config)?;
+    let encoder = load_clip_file(weights, Some(&cfg), &device, DType::F32)?;
+    let case_tensors = candle_core::safetensors::load(case, &device)
+        .with_context(|| format!("reading {}", case.display()))?;
+    let lr = case_tensors
+        .get("lr_image")
+        .with_context(|| format!("`lr_image` not found in {}", case.display()))?;
+    let lr = Planar::from_tensor(lr)?;
+    let pixels = encoder.preprocess(&lr)?;
+    let visual = encoder.visual(&pixels)?;
+    let embedding = l2_normalize(&visual)?;
+    let outputs: HashMap<String, Tensor> = [
+        ("preprocessed".to_string(), pixels.to_tensor(&device)?),
+        ("visual_out".to_string(), visual),
+        ("embedding".to_string(), embedding),
+    ]
+    .into_iter()
+    .collect();
+    candle_core::safetensors::save(&outputs, out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
 }
