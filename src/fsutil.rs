@@ -12,7 +12,10 @@ use tempfile::NamedTempFile;
 /// would (0666 less the umask) rather than tempfile's private 0600, since it becomes the
 /// output.
 pub fn temp_beside(path: &Path) -> io::Result<NamedTempFile> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut b = tempfile::Builder::new();
     b.prefix(".infdit-").suffix(".part");
     #[cfg(unix)]
@@ -20,8 +23,12 @@ pub fn temp_beside(path: &Path) -> io::Result<NamedTempFile> {
         use std::os::unix::fs::PermissionsExt;
         b.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    b.tempfile_in(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create a file in {}: {e}", dir.display())))
+    b.tempfile_in(dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot create a file in {}: {e}", dir.display()),
+        )
+    })
 }
 
 /// Syncs `tmp` and renames it to `path`.
@@ -40,8 +47,13 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
 }
 
 /// Saves tensors as safetensors, atomically.
-pub fn save_safetensors(path: &Path, tensors: &std::collections::HashMap<String, candle_core::Tensor>) -> Result<()> {
-    write_atomically(path, |tmp| Ok(candle_core::safetensors::save(tensors, tmp)?))
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    write_atomically(path, |tmp| {
+        Ok(candle_core::safetensors::save(tensors, tmp)?)
+    })
 }
 
 #[cfg(test)]

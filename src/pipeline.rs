@@ -36,7 +36,13 @@ pub struct UpscaleOptions {
 
 impl Default for UpscaleOptions {
     fn default() -> Self {
-        Self { scale: 4, sampler: SamplerConfig::default(), seed: 0, batch: None, order: Order::Auto }
+        Self {
+            scale: 4,
+            sampler: SamplerConfig::default(),
+            seed: 0,
+            batch: None,
+            order: Order::Auto,
+        }
     }
 }
 
@@ -99,7 +105,9 @@ pub fn pad_reflect(img: &Planar, multiple: usize) -> Planar {
 /// seed and size give the same bits on every machine.
 pub fn initial_noise(seed: u64, channels: usize, height: usize, width: usize) -> Planar {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let data = (0..channels * height * width).map(|_| StandardNormal.sample(&mut rng)).collect();
+    let data = (0..channels * height * width)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
     Planar::new(channels, height, width, data)
 }
 
@@ -164,10 +172,19 @@ impl Upscaler {
     }
 
     /// One ×2 or ×4 pass on a [-1, 1] image.
-    fn pass(&self, lr: &Planar, scale: usize, pass: u64, on_blocks: &mut dyn FnMut(usize)) -> Result<Planar> {
+    fn pass(
+        &self,
+        lr: &Planar,
+        scale: usize,
+        pass: u64,
+        on_blocks: &mut dyn FnMut(usize),
+    ) -> Result<Planar> {
         let cfg = self.model.config();
         if cfg.sr_scale != 4 && scale != cfg.sr_scale {
-            bail!("this model was trained at ×{}; only that scale is supported", cfg.sr_scale);
+            bail!(
+                "this model was trained at ×{}; only that scale is supported",
+                cfg.sr_scale
+            );
         }
         let padded = pad_reflect(lr, cfg.image_block_size_px / scale);
         let (hh, hw) = (padded.height * scale, padded.width * scale);
@@ -179,12 +196,25 @@ impl Upscaler {
             resize_bicubic(&padded, hh / cfg.sr_scale, hw / cfg.sr_scale, true)
         };
         let vector = match &self.clip {
-            Some(clip) if cfg.vector_dim > 0 => Some(clip.encode(&model_lr)?.to_device(self.model.device())?),
+            Some(clip) if cfg.vector_dim > 0 => {
+                Some(clip.encode(&model_lr)?.to_device(self.model.device())?)
+            }
             _ => None,
         };
-        let cond = Conditioning { concat_lr, lr: model_lr, vector, positions: Positions::Grid };
+        let cond = Conditioning {
+            concat_lr,
+            lr: model_lr,
+            vector,
+            positions: Positions::Grid,
+        };
         let batching = Batching::Blocks(self.batch_size(hh, hw)?);
-        let engine = Engine::new(&self.model, EngineOptions { batching, order: self.opts.order });
+        let engine = Engine::new(
+            &self.model,
+            EngineOptions {
+                batching,
+                order: self.opts.order,
+            },
+        );
         let noise = initial_noise(self.opts.seed.wrapping_add(pass), cfg.out_channels, hh, hw);
         let out = sample(
             &self.opts.sampler,
@@ -204,14 +234,20 @@ impl Upscaler {
         };
         match self.opts.batch {
             Some(BatchChoice::Fixed(b)) => Ok(b.max(1)),
-            Some(BatchChoice::Budget(bytes)) => mm.choose_batch(height, width, self.opts.order, bytes, 64),
+            Some(BatchChoice::Budget(bytes)) => {
+                mm.choose_batch(height, width, self.opts.order, bytes, 64)
+            }
             None => {
                 let budget = match self.model.device() {
                     Device::Cpu => available_memory().map_or(4 << 30, |m| m / 10 * 8),
                     _ => 8 << 30,
                 };
                 // On the CPU larger batches buy no speed; cap them to keep memory low.
-                let cap = if matches!(self.model.device(), Device::Cpu) { 4 } else { 64 };
+                let cap = if matches!(self.model.device(), Device::Cpu) {
+                    4
+                } else {
+                    64
+                };
                 mm.choose_batch(height, width, self.opts.order, budget, cap)
             }
         }
@@ -225,7 +261,10 @@ mod tests {
     #[test]
     fn reflect_padding_mirrors_without_repeating_the_edge() {
         let img = Planar::new(1, 1, 3, vec![1.0, 2.0, 3.0]);
-        assert_eq!(pad_reflect(&img, 8).data, vec![1.0, 2.0, 3.0, 2.0, 1.0, 2.0, 3.0, 2.0]);
+        assert_eq!(
+            pad_reflect(&img, 8).data,
+            vec![1.0, 2.0, 3.0, 2.0, 1.0, 2.0, 3.0, 2.0]
+        );
         let one = Planar::new(1, 1, 1, vec![5.0]);
         assert_eq!(pad_reflect(&one, 4).data, vec![5.0; 16]);
     }

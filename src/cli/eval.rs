@@ -96,15 +96,20 @@ impl EvalArgs {
                     let hr = load(f)?;
                     // Whole multiples of 4 so the LR maps back exactly.
                     let hr = hr.crop_clamped(0, 0, hr.height / 4 * 4, hr.width / 4 * 4);
-                    let lr = resize_bicubic(&hr, hr.height / 4, hr.width / 4, true).map(|v| v.clamp(0.0, 1.0));
+                    let lr = resize_bicubic(&hr, hr.height / 4, hr.width / 4, true)
+                        .map(|v| v.clamp(0.0, 1.0));
                     let sr = up.upscale_rgb(&lr, &mut |_| {})?;
-                    let bic = resize_bicubic(&lr, hr.height, hr.width, true).map(|v| v.clamp(0.0, 1.0));
+                    let bic =
+                        resize_bicubic(&lr, hr.height, hr.width, true).map(|v| v.clamp(0.0, 1.0));
                     let q = |x: &Planar| x.clone().map(|v| (v * 255.0).round() / 255.0);
                     let (a, b) = common(&hr, &q(&sr));
                     let (c, d) = common(&hr, &q(&bic));
                     rows.push((
                         f.display().to_string(),
-                        vec![(psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave)), (psnr_y(&c, &d, self.shave), ssim_y(&c, &d, self.shave))],
+                        vec![
+                            (psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave)),
+                            (psnr_y(&c, &d, self.shave), ssim_y(&c, &d, self.shave)),
+                        ],
                     ));
                     eprintln!("{}: done", f.display());
                 }
@@ -113,18 +118,30 @@ impl EvalArgs {
                 header = vec!["sr"];
                 let sr_files = images_in(sr)?;
                 for f in &hr_files {
-                    let stem = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                    let stem = f
+                        .file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
                     let m = if sr.is_file() {
                         sr.clone()
                     } else {
                         sr_files
                             .iter()
-                            .find(|s| s.file_stem().is_some_and(|x| x.to_string_lossy().starts_with(&stem)))
-                            .with_context(|| format!("no upscaled image for {} in {}", f.display(), sr.display()))?
+                            .find(|s| {
+                                s.file_stem()
+                                    .is_some_and(|x| x.to_string_lossy().starts_with(&stem))
+                            })
+                            .with_context(|| {
+                                format!("no upscaled image for {} in {}", f.display(), sr.display())
+                            })?
                             .clone()
                     };
                     let (a, b) = common(&load(f)?, &load(&m)?);
-                    rows.push((f.display().to_string(), vec![(psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave))]));
+                    rows.push((
+                        f.display().to_string(),
+                        vec![(psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave))],
+                    ));
                 }
             }
             (None, None) => bail!("give --sr or --baseline"),

@@ -39,6 +39,10 @@ pub struct TrainArgs {
     seed: Option<u64>,
     #[arg(long)]
     save_every: Option<usize>,
+    /// Probability that a crop's LR is a plain bicubic downscale instead of the
+    /// Real-ESRGAN-style degradation.
+    #[arg(long, default_value_t = 0.3)]
+    bicubic_prob: f64,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(short, long)]
@@ -62,13 +66,19 @@ impl TrainArgs {
             (None, None) => small_config(),
         };
         let manifest = self.manifest.is_file().then_some(self.manifest.as_path());
-        let mut data = PhotoDataset::open(&self.data, manifest)?;
+        let data = PhotoDataset::open(&self.data, manifest)?;
+        let mut sample_cfg = data.config().clone();
+        sample_cfg.degradation.bicubic_prob = self.bicubic_prob;
+        let mut data = data.with_config(sample_cfg);
         let mut trainer = Trainer::new(cfg, opts.clone(), device, self.resume.as_deref())?;
         let bar = ProgressBar::new(opts.steps as u64);
         if self.quiet {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        bar.set_style(ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps {per_sec} ETA {eta} {msg}")?.progress_chars("=> "));
+        bar.set_style(
+            ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps {per_sec} ETA {eta} {msg}")?
+                .progress_chars("=> "),
+        );
         bar.set_position(trainer.step() as u64);
         let crops_per_step = opts.batch_size;
         let mut smooth = None::<f32>;
@@ -79,7 +89,11 @@ impl TrainArgs {
             bar.set_message(format!("loss {s:.4} ({crops_per_step} crops/step)"));
         })?;
         bar.finish();
-        println!("saved {} (EMA weights) after {} steps", self.out.join("weights.safetensors").display(), trainer.step());
+        println!(
+            "saved {} (EMA weights) after {} steps",
+            self.out.join("weights.safetensors").display(),
+            trainer.step()
+        );
         Ok(())
     }
 }

@@ -116,7 +116,11 @@ pub struct SamplingDefaults {
 impl Default for SamplingDefaults {
     fn default() -> Self {
         let s = SamplerConfig::default();
-        Self { steps: s.steps, sigma_max: s.sigma_max, sampler: s.kind }
+        Self {
+            steps: s.steps,
+            sigma_max: s.sigma_max,
+            sampler: s.kind,
+        }
     }
 }
 
@@ -187,7 +191,13 @@ impl UpscaleArgs {
         }
         let total_bar = (inputs.len() > 1).then(|| {
             let b = multi.add(ProgressBar::new(inputs.len() as u64));
-            b.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} images, ETA {eta}").unwrap().progress_chars("=> "));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>8} [{bar:30}] {pos}/{len} images, ETA {eta}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
             b.set_prefix("total");
             b
         });
@@ -196,15 +206,31 @@ impl UpscaleArgs {
             match self.process(input, inputs.len(), &upscaler, &multi, json) {
                 Ok(Outcome::Written(out)) => {
                     written += 1;
-                    self.say(&multi, json, "done", input, &format!("\"output\":{}", json_str(&out.display().to_string())), || {
-                        format!("{} → {}", input.display(), out.display())
-                    });
+                    self.say(
+                        &multi,
+                        json,
+                        "done",
+                        input,
+                        &format!("\"output\":{}", json_str(&out.display().to_string())),
+                        || format!("{} → {}", input.display(), out.display()),
+                    );
                 }
                 Ok(Outcome::Skipped(out)) => {
                     skipped += 1;
-                    self.say(&multi, json, "skipped", input, &format!("\"output\":{}", json_str(&out.display().to_string())), || {
-                        format!("{}: skipped, {} exists (use --overwrite)", input.display(), out.display())
-                    });
+                    self.say(
+                        &multi,
+                        json,
+                        "skipped",
+                        input,
+                        &format!("\"output\":{}", json_str(&out.display().to_string())),
+                        || {
+                            format!(
+                                "{}: skipped, {} exists (use --overwrite)",
+                                input.display(),
+                                out.display()
+                            )
+                        },
+                    );
                 }
                 Err(e) => failures.push((input.display().to_string(), format!("{e:#}"))),
             }
@@ -217,19 +243,41 @@ impl UpscaleArgs {
         }
         for (file, err) in &failures {
             if json {
-                println!("{{\"event\":\"error\",\"input\":{},\"error\":{}}}", json_str(file), json_str(err));
+                println!(
+                    "{{\"event\":\"error\",\"input\":{},\"error\":{}}}",
+                    json_str(file),
+                    json_str(err)
+                );
             }
             eprintln!("error: {file}: {err}");
         }
         if inputs.len() + failures.len() > 1 && !self.quiet {
-            eprintln!("{written} upscaled, {skipped} skipped, {} failed", failures.len());
+            eprintln!(
+                "{written} upscaled, {skipped} skipped, {} failed",
+                failures.len()
+            );
         }
-        Ok(if failures.is_empty() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+        Ok(if failures.is_empty() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        })
     }
 
-    fn say(&self, multi: &MultiProgress, json: bool, event: &str, input: &Path, fields: &str, text: impl FnOnce() -> String) {
+    fn say(
+        &self,
+        multi: &MultiProgress,
+        json: bool,
+        event: &str,
+        input: &Path,
+        fields: &str,
+        text: impl FnOnce() -> String,
+    ) {
         if json {
-            println!("{{\"event\":\"{event}\",\"input\":{},{fields}}}", json_str(&input.display().to_string()));
+            println!(
+                "{{\"event\":\"{event}\",\"input\":{},{fields}}}",
+                json_str(&input.display().to_string())
+            );
         } else if !self.quiet {
             let _ = multi.println(text());
         }
@@ -253,7 +301,10 @@ impl UpscaleArgs {
             } else if arg.contains(['*', '?', '[']) {
                 match glob::glob(arg) {
                     Ok(paths) => {
-                        let mut found: Vec<PathBuf> = paths.filter_map(|p| p.ok()).filter(|p| p.is_file() && has_image_extension(p)).collect();
+                        let mut found: Vec<PathBuf> = paths
+                            .filter_map(|p| p.ok())
+                            .filter(|p| p.is_file() && has_image_extension(p))
+                            .collect();
                         if found.is_empty() {
                             failures.push((arg.clone(), "the pattern matches no image".into()));
                         }
@@ -274,10 +325,19 @@ impl UpscaleArgs {
             Some(path) => {
                 let src = ModelSource::open(path)?;
                 let model = InfDit::from_source(&src, dtype, device)?;
-                let clip = if src.config.vector_dim > 0 { self.find_clip(path, &src, device, dtype)? } else { None };
-                let dir = if path.is_dir() { path.clone() } else { path.parent().map(Path::to_path_buf).unwrap_or_default() };
+                let clip = if src.config.vector_dim > 0 {
+                    self.find_clip(path, &src, device, dtype)?
+                } else {
+                    None
+                };
+                let dir = if path.is_dir() {
+                    path.clone()
+                } else {
+                    path.parent().map(Path::to_path_buf).unwrap_or_default()
+                };
                 let defaults = match std::fs::read_to_string(dir.join("sampling.json")) {
-                    Ok(text) => serde_json::from_str(&text).context("reading sampling.json beside the model")?,
+                    Ok(text) => serde_json::from_str(&text)
+                        .context("reading sampling.json beside the model")?,
                     Err(_) => SamplingDefaults::default(),
                 };
                 (model, clip, defaults)
@@ -301,21 +361,49 @@ impl UpscaleArgs {
             (None, Some(m)) => Some(BatchChoice::Budget(parse_size(m)?)),
             (None, None) => None,
         };
-        let opts = UpscaleOptions { scale: self.scale, sampler, seed: self.seed, batch, order: self.order };
+        let opts = UpscaleOptions {
+            scale: self.scale,
+            sampler,
+            seed: self.seed,
+            batch,
+            order: self.order,
+        };
         Upscaler::new(model, clip, opts)
     }
 
     /// CLIP weights: `--clip`, the checkpoint itself, or a known file beside the model.
-    fn find_clip(&self, model_path: &Path, src: &ModelSource, device: &Device, dtype: DType) -> Result<Option<ClipEncoder>> {
+    fn find_clip(
+        &self,
+        model_path: &Path,
+        src: &ModelSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Option<ClipEncoder>> {
         if let Some(p) = &self.clip {
             return Ok(Some(load_clip_file(p, None, device, dtype)?));
         }
-        if src.checkpoint.tensors.keys().any(|k| k.starts_with("image_encoder.model.visual.")) {
+        if src
+            .checkpoint
+            .tensors
+            .keys()
+            .any(|k| k.starts_with("image_encoder.model.visual."))
+        {
             let w = ClipWeights::from_tensors(src.checkpoint.tensors.clone())?;
             return Ok(Some(ClipEncoder::from_weights(None, w, device, dtype)?));
         }
-        let dir = if model_path.is_dir() { model_path.to_path_buf() } else { model_path.parent().map(Path::to_path_buf).unwrap_or_default() };
-        for name in ["clip.safetensors", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"] {
+        let dir = if model_path.is_dir() {
+            model_path.to_path_buf()
+        } else {
+            model_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        };
+        for name in [
+            "clip.safetensors",
+            "open_clip_model.safetensors",
+            "open_clip_pytorch_model.bin",
+        ] {
             let p = dir.join(name);
             if p.is_file() {
                 return Ok(Some(load_clip_file(&p, None, device, dtype)?));
@@ -324,15 +412,34 @@ impl UpscaleArgs {
         Ok(None)
     }
 
-    fn output_path(&self, input: &Path, n_inputs: usize, source_format: image::ImageFormat) -> Result<(PathBuf, OutputFormat)> {
-        let by_source = OutputFormat::from_extension(source_format.extensions_str().first().copied().unwrap_or("png")).unwrap_or(OutputFormat::Png);
+    fn output_path(
+        &self,
+        input: &Path,
+        n_inputs: usize,
+        source_format: image::ImageFormat,
+    ) -> Result<(PathBuf, OutputFormat)> {
+        let by_source = OutputFormat::from_extension(
+            source_format
+                .extensions_str()
+                .first()
+                .copied()
+                .unwrap_or("png"),
+        )
+        .unwrap_or(OutputFormat::Png);
         let named = |dir: &Path, format: OutputFormat| {
-            let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+            let stem = input
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image".into());
             dir.join(format!("{stem}_x{}.{}", self.scale, format.extension()))
         };
         let beside = input.parent().map(Path::to_path_buf).unwrap_or_default();
         match &self.output {
-            Some(out) if n_inputs == 1 && !out.is_dir() && !out.to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) => {
+            Some(out)
+                if n_inputs == 1
+                    && !out.is_dir()
+                    && !out.to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) =>
+            {
                 let format = match (self.format, OutputFormat::from_path(out)) {
                     (Some(f), _) => f,
                     (None, Some(f)) => f,
@@ -341,7 +448,8 @@ impl UpscaleArgs {
                 Ok((out.clone(), format))
             }
             Some(dir) => {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create output directory {}", dir.display()))?;
                 let format = self.format.unwrap_or(by_source);
                 Ok((named(dir, format), format))
             }
@@ -352,8 +460,19 @@ impl UpscaleArgs {
         }
     }
 
-    fn process(&self, input: &Path, n_inputs: usize, up: &Upscaler, multi: &MultiProgress, json: bool) -> Result<Outcome> {
-        let limits = DecodeLimits { max_width: self.max_input_side, max_height: self.max_input_side, ..DecodeLimits::default() };
+    fn process(
+        &self,
+        input: &Path,
+        n_inputs: usize,
+        up: &Upscaler,
+        multi: &MultiProgress,
+        json: bool,
+    ) -> Result<Outcome> {
+        let limits = DecodeLimits {
+            max_width: self.max_input_side,
+            max_height: self.max_input_side,
+            ..DecodeLimits::default()
+        };
         // The output name needs the source format; sniff it cheaply before decoding.
         let format = image::ImageReader::open(input)
             .and_then(|r| r.with_guessed_format())
@@ -368,25 +487,38 @@ impl UpscaleArgs {
         let total = up.work(img.rgb.height, img.rgb.width)?;
         let bar = multi.add(ProgressBar::new(total as u64));
         bar.set_style(
-            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} blocks {per_sec} ETA {eta} {msg}")
-                .unwrap()
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {pos}/{len} blocks {per_sec} ETA {eta} {msg}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
         );
         bar.set_prefix("image");
-        bar.set_message(input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        bar.set_message(
+            input
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
         let mut last_json = Instant::now() - Duration::from_secs(1);
         let name = json_str(&input.display().to_string());
         let rgb = up.upscale_rgb(&img.rgb, &mut |p| {
             bar.set_position(p.done as u64);
             if json && (last_json.elapsed() >= Duration::from_millis(250) || p.done == p.total) {
                 last_json = Instant::now();
-                println!("{{\"event\":\"progress\",\"input\":{name},\"done\":{},\"total\":{}}}", p.done, p.total);
+                println!(
+                    "{{\"event\":\"progress\",\"input\":{name},\"done\":{},\"total\":{}}}",
+                    p.done, p.total
+                );
             }
         });
         bar.finish_and_clear();
         multi.remove(&bar);
         let rgb = rgb?;
-        let alpha = img.alpha.as_ref().map(|a| resize_bicubic(a, rgb.height, rgb.width, true).map(|v| v.clamp(0.0, 1.0)));
+        let alpha = img
+            .alpha
+            .as_ref()
+            .map(|a| resize_bicubic(a, rgb.height, rgb.width, true).map(|v| v.clamp(0.0, 1.0)));
         let mut opts = EncodeOptions::matching(out_format, &img);
         opts.quality = self.quality;
         encode_file(&out, &rgb, alpha.as_ref(), &opts)?;
@@ -395,11 +527,15 @@ impl UpscaleArgs {
 }
 
 fn has_image_extension(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| INPUT_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| INPUT_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 fn list_images(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read directory {}", dir.display()))? {
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read directory {}", dir.display()))?
+    {
         let p = entry?.path();
         if p.is_dir() {
             if recursive {

@@ -76,7 +76,10 @@ impl Conditioning {
 /// Copies `s×s` blocks out of a host image: `[n, C, s, s]` values.
 pub fn gather_blocks(img: &Planar, blocks: &[(usize, usize)], s: usize, out: &mut Vec<f32>) {
     for &(i, j) in blocks {
-        out.extend(img.crop_clamped((i * s) as isize, (j * s) as isize, s, s).data);
+        out.extend(
+            img.crop_clamped((i * s) as isize, (j * s) as isize, s, s)
+                .data,
+        );
     }
 }
 
@@ -146,7 +149,10 @@ pub fn build_batch(
     let dtype = model.dtype();
     let (rope_cos, rope_sin) = model.rope().tensors(&pos, n, dtype, dev)?;
     Ok(BlockBatch {
-        ids: blocks.iter().map(|&(i, j)| BlockId::new(image, i, j)).collect(),
+        ids: blocks
+            .iter()
+            .map(|&(i, j)| BlockId::new(image, i, j))
+            .collect(),
         x: Tensor::from_vec(xin, (n, cfg.in_channels, s, s), dev)?,
         lr: Tensor::from_vec(lr, (n, cond.lr.channels, 3 * l, 3 * l), dev)?,
         lr_mask: Tensor::from_vec(mask, (n, 9 * lt * lt, 1), dev)?,

@@ -76,12 +76,16 @@ pub fn init_weights(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Tens
         .into_iter()
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
-            let zero = name.contains("adaLN_modulation") || name.starts_with("mixins.final_layer.linear");
+            let zero =
+                name.contains("adaLN_modulation") || name.starts_with("mixins.final_layer.linear");
             let data: Vec<f32> = if zero || (name.ends_with(".bias") && !is_norm(&name)) {
                 vec![0.0; n]
             } else if is_norm(&name) {
                 vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n]
-            } else if shape.len() == 1 || name.contains("position_embedding") || name.contains("re_pos_embed") {
+            } else if shape.len() == 1
+                || name.contains("position_embedding")
+                || name.contains("re_pos_embed")
+            {
                 normal(&mut rng, n, 0.02)
             } else {
                 let fan_out = shape[0];
@@ -98,7 +102,9 @@ fn is_norm(name: &str) -> bool {
 }
 
 fn normal(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
-    (0..n).map(|_| std * <StandardNormal as Distribution<f32>>::sample(&StandardNormal, rng)).collect()
+    (0..n)
+        .map(|_| std * <StandardNormal as Distribution<f32>>::sample(&StandardNormal, rng))
+        .collect()
 }
 
 /// One training example, ready for the network.
@@ -122,17 +128,31 @@ pub struct Trainer {
 
 impl Trainer {
     /// A new run, or a resumed one when `resume` names a checkpoint directory.
-    pub fn new(cfg: ModelConfig, opts: TrainOptions, device: Device, resume: Option<&Path>) -> Result<Self> {
+    pub fn new(
+        cfg: ModelConfig,
+        opts: TrainOptions,
+        device: Device,
+        resume: Option<&Path>,
+    ) -> Result<Self> {
         cfg.validate()?;
         if opts.crop_px % cfg.image_block_size_px != 0 {
-            bail!("--crop {} must be a multiple of the block size {}", opts.crop_px, cfg.image_block_size_px);
+            bail!(
+                "--crop {} must be a multiple of the block size {}",
+                opts.crop_px,
+                cfg.image_block_size_px
+            );
         }
         let (weights, ema, step) = match resume {
             Some(dir) => {
-                let state: TrainState = serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json"))?)
-                    .context("reading train_state.json")?;
-                let raw = candle_core::safetensors::load(dir.join("raw_weights.safetensors"), &Device::Cpu)?;
-                let ema = candle_core::safetensors::load(dir.join("weights.safetensors"), &Device::Cpu)?;
+                let state: TrainState =
+                    serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json"))?)
+                        .context("reading train_state.json")?;
+                let raw = candle_core::safetensors::load(
+                    dir.join("raw_weights.safetensors"),
+                    &Device::Cpu,
+                )?;
+                let ema =
+                    candle_core::safetensors::load(dir.join("weights.safetensors"), &Device::Cpu)?;
                 (raw, ema, state.step)
             }
             None => {
@@ -144,15 +164,30 @@ impl Trainer {
         {
             let mut data = varmap.data().lock().expect("var map lock");
             for (name, t) in &weights {
-                data.insert(name.clone(), Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(&device)?)?);
+                data.insert(
+                    name.clone(),
+                    Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(&device)?)?,
+                );
             }
         }
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let model = InfDit::new(&cfg, vb)?;
-        let ema = ema.into_iter().map(|(k, t)| Ok((k, t.to_device(&device)?))).collect::<Result<_>>()?;
+        let ema = ema
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(&device)?)))
+            .collect::<Result<_>>()?;
         // Each resumed run continues the random stream at a distinct point.
         let rng = rand::rngs::StdRng::seed_from_u64(opts.seed.wrapping_add(step as u64 * 7919));
-        Ok(Self { cfg, opts, device, varmap, model, ema, step, rng })
+        Ok(Self {
+            cfg,
+            opts,
+            device,
+            varmap,
+            model,
+            ema,
+            step,
+            rng,
+        })
     }
 
     fn example(&mut self, data: &mut PhotoDataset) -> Result<Example> {
@@ -162,7 +197,10 @@ impl Trainer {
             let noise = |rng: &mut rand::rngs::StdRng, c, h, w| {
                 Planar::new(c, h, w, normal(rng, c * h * w, 1.0)).map(|v| v.clamp(-1.0, 1.0))
             };
-            (noise(&mut self.rng, 3, lr.height, lr.width), noise(&mut self.rng, 3, h, w))
+            (
+                noise(&mut self.rng, 3, lr.height, lr.width),
+                noise(&mut self.rng, 3, h, w),
+            )
         } else {
             let up = resize_bicubic(&lr, h, w, true).map(|v| v.clamp(-1.0, 1.0));
             (lr, up)
@@ -170,12 +208,34 @@ impl Trainer {
         let log_sigma = Normal::new(self.opts.p_mean, self.opts.p_std)?.sample(&mut self.rng);
         let sigma = (log_sigma.exp() as f32).max(1e-3);
         let eps = normal(&mut self.rng, 3 * h * w, 1.0);
-        let x = Planar::new(3, h, w, hr.data.iter().zip(&eps).map(|(a, e)| a + sigma * e).collect());
+        let x = Planar::new(
+            3,
+            h,
+            w,
+            hr.data
+                .iter()
+                .zip(&eps)
+                .map(|(a, e)| a + sigma * e)
+                .collect(),
+        );
         // Random RoPE offsets so the model sees the whole position table (`--random-position`).
         let tokens = h.max(w) / self.cfg.patch_size;
         let max_off = self.cfg.rope_position_modulus.saturating_sub(tokens);
-        let positions = Positions::Offset { row: self.rng.gen_range(0..=max_off), col: self.rng.gen_range(0..=max_off) };
-        Ok(Example { hr, x, cond: Conditioning { concat_lr, lr, vector: None, positions }, sigma })
+        let positions = Positions::Offset {
+            row: self.rng.gen_range(0..=max_off),
+            col: self.rng.gen_range(0..=max_off),
+        };
+        Ok(Example {
+            hr,
+            x,
+            cond: Conditioning {
+                concat_lr,
+                lr,
+                vector: None,
+                positions,
+            },
+            sigma,
+        })
     }
 
     /// EDM loss of one batch of examples (differentiable).
@@ -187,11 +247,22 @@ impl Trainer {
         let (mut c_skip, mut c_out, mut weight) = (Vec::new(), Vec::new(), Vec::new());
         for (k, ex) in examples.iter().enumerate() {
             let pre = Precond::new(ex.sigma, sd);
-            let blocks: Vec<(usize, usize)> =
-                (0..ex.x.height / s).flat_map(|i| (0..ex.x.width / s).map(move |j| (i, j))).collect();
+            let blocks: Vec<(usize, usize)> = (0..ex.x.height / s)
+                .flat_map(|i| (0..ex.x.width / s).map(move |j| (i, j)))
+                .collect();
             let emb = self.model.emb_act(&[pre.c_noise], None)?;
-            let emb = emb.broadcast_as((blocks.len(), 1, self.cfg.hidden_size))?.contiguous()?;
-            batches.push(build_batch(&self.model, k, &blocks, &ex.x, &ex.cond, pre.c_in, &emb)?);
+            let emb = emb
+                .broadcast_as((blocks.len(), 1, self.cfg.hidden_size))?
+                .contiguous()?;
+            batches.push(build_batch(
+                &self.model,
+                k,
+                &blocks,
+                &ex.x,
+                &ex.cond,
+                pre.c_in,
+                &emb,
+            )?);
             gather_blocks(&ex.x, &blocks, s, &mut x_blocks);
             gather_blocks(&ex.hr, &blocks, s, &mut hr_blocks);
             let w = (ex.sigma * ex.sigma + sd * sd) / (ex.sigma * sd).powi(2);
@@ -201,7 +272,9 @@ impl Trainer {
                 weight.push(w);
             }
         }
-        let cat = |f: fn(&BlockBatch) -> &Tensor| Tensor::cat(&batches.iter().map(f).collect::<Vec<_>>(), 0);
+        let cat = |f: fn(&BlockBatch) -> &Tensor| {
+            Tensor::cat(&batches.iter().map(f).collect::<Vec<_>>(), 0)
+        };
         let batch = BlockBatch {
             ids: batches.iter().flat_map(|b| b.ids.clone()).collect(),
             x: cat(|b| &b.x)?,
@@ -214,39 +287,68 @@ impl Trainer {
         let n = batch.ids.len();
         let dev = &self.device;
         let per_block = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), dev);
-        let f = self.model.forward_blocks(&batch, &mut KvCache::new(self.cfg.num_layers))?;
+        let f = self
+            .model
+            .forward_blocks(&batch, &mut KvCache::new(self.cfg.num_layers))?;
         let x = Tensor::from_vec(x_blocks, (n, 3, s, s), dev)?;
         let hr = Tensor::from_vec(hr_blocks, (n, 3, s, s), dev)?;
-        let denoised = (f.broadcast_mul(&per_block(c_out)?)? + x.broadcast_mul(&per_block(c_skip)?)?)?;
+        let denoised =
+            (f.broadcast_mul(&per_block(c_out)?)? + x.broadcast_mul(&per_block(c_skip)?)?)?;
         let err = (denoised - hr)?.sqr()?;
         Ok(err.broadcast_mul(&per_block(weight)?)?.mean_all()?)
     }
 
     /// Runs to `opts.steps`, saving into `out` every `save_every` steps and at the end.
-    pub fn run(&mut self, data: &mut PhotoDataset, out: &Path, on_step: &mut dyn FnMut(usize, f32, f64)) -> Result<()> {
+    pub fn run(
+        &mut self,
+        data: &mut PhotoDataset,
+        out: &Path,
+        on_step: &mut dyn FnMut(usize, f32, f64),
+    ) -> Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let vars = self.varmap.all_vars();
         let mut opt = AdamW::new(
             vars.clone(),
-            ParamsAdamW { lr: self.opts.learning_rate, weight_decay: self.opts.weight_decay, ..Default::default() },
+            ParamsAdamW {
+                lr: self.opts.learning_rate,
+                weight_decay: self.opts.weight_decay,
+                ..Default::default()
+            },
         )?;
-        let names: Vec<(String, Var)> = self.varmap.data().lock().expect("var map lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let names: Vec<(String, Var)> = self
+            .varmap
+            .data()
+            .lock()
+            .expect("var map lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let log_path = out.join("loss.csv");
-        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         if log.metadata()?.len() == 0 {
             writeln!(log, "step,loss,grad_norm,learning_rate,seconds")?;
         }
         let start = Instant::now();
         while self.step < self.opts.steps {
-            let lr = self.opts.learning_rate * ((self.step + 1) as f64 / self.opts.warmup_steps.max(1) as f64).min(1.0);
+            let lr = self.opts.learning_rate
+                * ((self.step + 1) as f64 / self.opts.warmup_steps.max(1) as f64).min(1.0);
             opt.set_learning_rate(lr);
-            let examples = (0..self.opts.batch_size).map(|_| self.example(data)).collect::<Result<Vec<_>>>()?;
+            let examples = (0..self.opts.batch_size)
+                .map(|_| self.example(data))
+                .collect::<Result<Vec<_>>>()?;
             let loss = self.loss(&examples)?;
             let mut grads = loss.backward()?;
             let mut sq = 0f64;
             for v in &vars {
                 if let Some(g) = grads.get(v.as_tensor()) {
-                    sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    sq += g
+                        .sqr()?
+                        .sum_all()?
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?;
                 }
             }
             let norm = sq.sqrt();
@@ -259,7 +361,10 @@ impl Trainer {
                 }
             }
             opt.step(&grads)?;
-            let d = self.opts.ema_decay.min((1 + self.step) as f64 / (10 + self.step) as f64);
+            let d = self
+                .opts
+                .ema_decay
+                .min((1 + self.step) as f64 / (10 + self.step) as f64);
             for (name, var) in &names {
                 let e = &self.ema[name];
                 let updated = ((e * d)? + (var.as_tensor().detach() * (1.0 - d))?)?;
@@ -267,7 +372,12 @@ impl Trainer {
             }
             self.step += 1;
             let loss_v = loss.to_scalar::<f32>()?;
-            writeln!(log, "{},{loss_v},{norm},{lr},{:.1}", self.step, start.elapsed().as_secs_f64())?;
+            writeln!(
+                log,
+                "{},{loss_v},{norm},{lr},{:.1}",
+                self.step,
+                start.elapsed().as_secs_f64()
+            )?;
             on_step(self.step, loss_v, norm);
             if self.step % self.opts.save_every == 0 || self.step == self.opts.steps {
                 self.save(out)?;
@@ -280,13 +390,26 @@ impl Trainer {
     /// weights and step for resuming.
     pub fn save(&self, out: &Path) -> Result<()> {
         let cfg_json = serde_json::to_string_pretty(&self.cfg)?;
-        crate::fsutil::write_atomically(&out.join("config.json"), |p| Ok(std::fs::write(p, &cfg_json)?))?;
+        crate::fsutil::write_atomically(&out.join("config.json"), |p| {
+            Ok(std::fs::write(p, &cfg_json)?)
+        })?;
         crate::fsutil::save_safetensors(&out.join("weights.safetensors"), &self.ema)?;
-        let raw: HashMap<String, Tensor> =
-            self.varmap.data().lock().expect("var map lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let raw: HashMap<String, Tensor> = self
+            .varmap
+            .data()
+            .lock()
+            .expect("var map lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
         crate::fsutil::save_safetensors(&out.join("raw_weights.safetensors"), &raw)?;
-        let state = serde_json::to_string_pretty(&TrainState { step: self.step, options: self.opts.clone() })?;
-        crate::fsutil::write_atomically(&out.join("train_state.json"), |p| Ok(std::fs::write(p, &state)?))
+        let state = serde_json::to_string_pretty(&TrainState {
+            step: self.step,
+            options: self.opts.clone(),
+        })?;
+        crate::fsutil::write_atomically(&out.join("train_state.json"), |p| {
+            Ok(std::fs::write(p, &state)?)
+        })
     }
 
     pub fn step(&self) -> usize {
@@ -296,7 +419,8 @@ impl Trainer {
 
 /// Where a resumed run's options come from.
 pub fn saved_options(dir: &Path) -> Result<TrainOptions> {
-    let state: TrainState = serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json"))?)?;
+    let state: TrainState =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json"))?)?;
     Ok(state.options)
 }
 
@@ -313,4 +437,3 @@ pub fn small_config() -> ModelConfig {
         ..ModelConfig::released()
     }
 }
-
