@@ -119,3 +119,35 @@ fn bad_checkpoint_gives_one_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a readable PyTorch checkpoint"), "{err}");
 }
+
+#[test]
+fn parity_clip_reproduces_open_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.safetensors");
+    let (config, weights, case) = (
+        fixture("clip_tiny_config.json"),
+        fixture("clip_tiny_visual.safetensors"),
+        fixture("clip_tiny_case.safetensors"),
+    );
+    infdit(&[
+        "parity",
+        "clip",
+        "--config",
+        config.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--case",
+        case.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let want = Case::open(&case).unwrap();
+    let got = Case::open(&out).unwrap();
+    for n in ["preprocessed", "visual_out", "embedding"] {
+        let d = max_abs_diff(
+            &tensor_vec(got.get(n).unwrap()),
+            &tensor_vec(want.get(n).unwrap()),
+        );
+        assert!(d < 1e-5, "{n}: {d}");
+    }
+}

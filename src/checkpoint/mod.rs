@@ -24,24 +24,19 @@ pub struct Checkpoint {
 const PICKLE_ROOT_KEYS: [&str; 3] = ["module", "state_dict", "model"];
 
 impl Checkpoint {
-    /// Reads `.safetensors`, or `.pt`/`.pth`/`.bin`/`.ckpt` (PyTorch zip format).
+    /// Reads a PyTorch zip checkpoint (`.pt`, `.pth`, `.bin`, `.ckpt`; told by content)
+    /// or a safetensors file.
     pub fn open(path: &Path) -> Result<Self> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let tensors = match ext.as_str() {
-            "safetensors" => {
-                candle_core::safetensors::load(path, &Device::Cpu).with_context(|| {
-                    format!("{} is not a readable safetensors file", path.display())
-                })?
-            }
-            "pt" | "pth" | "bin" | "ckpt" => read_pickle(path)?,
-            _ => bail!(
-                "{}: unknown checkpoint type (expected .safetensors, .pt, .pth, .bin or .ckpt)",
+        let tensors = if is_zip_file(path)? {
+            read_pickle(path)?
+        } else if looks_like_pytorch(path) {
+            bail!(
+                "{} is not a readable PyTorch checkpoint (not a zip archive)",
                 path.display()
-            ),
+            )
+        } else {
+            candle_core::safetensors::load(path, &Device::Cpu)
+                .with_context(|| format!("{} is not a readable safetensors file", path.display()))?
         };
         if tensors.is_empty() {
             bail!("{}: no tensors found", path.display());
@@ -182,22 +177,28 @@ fn isqrt(n: usize) -> usize {
     (n as f64).sqrt().round() as usize
 }
 
-fn read_pickle(path: &Path) -> Result<HashMap<String, Tensor>> {
+/// True when `path` starts with the zip signature (PyTorch's checkpoint container).
+pub fn is_zip_file(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(f.read(&mut magic)? == 4 && &magic == b"PK\x03\x04")
+}
+
+fn looks_like_pytorch(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["pt", "pth", "bin", "ckpt"].contains(&e))
+}
+
+/// The tensors of a PyTorch zip checkpoint: the state dict at the top level or nested
+/// under one of [`PICKLE_ROOT_KEYS`] (DeepSpeed's `module`, Lightning's `state_dict`).
+pub fn open_pth(path: &Path) -> Result<candle_core::pickle::PthTensors> {
     let open_err = || format!("{} is not a readable PyTorch checkpoint", path.display());
     for key in PICKLE_ROOT_KEYS.iter().map(Some).chain([None]) {
         match candle_core::pickle::PthTensors::new(path, key.copied()) {
-            Ok(pth) if !pth.tensor_infos().is_empty() => {
-                let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
-                let mut out = HashMap::with_capacity(names.len());
-                for name in names {
-                    let t = pth
-                        .get(&name)
-                        .with_context(open_err)?
-                        .with_context(|| format!("{}: tensor {name} vanished", path.display()))?;
-                    out.insert(name, t);
-                }
-                return Ok(out);
-            }
+            Ok(pth) if !pth.tensor_infos().is_empty() => return Ok(pth),
             Ok(_) => continue,
             Err(e) if key.is_some() => {
                 tracing::debug!("no state dict under {key:?}: {e}");
@@ -210,6 +211,22 @@ fn read_pickle(path: &Path) -> Result<HashMap<String, Tensor>> {
         "{}: the pickle holds no tensors (only tensor data is read; any code in a pickle is never run)",
         path.display()
     )
+}
+
+fn read_pickle(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let pth = open_pth(path)?;
+    pth.tensor_infos()
+        .keys()
+        .map(|name| {
+            let t = pth
+                .get(name)
+                .with_context(|| {
+                    format!("{} is not a readable PyTorch checkpoint", path.display())
+                })?
+                .with_context(|| format!("{}: tensor {name} vanished", path.display()))?;
+            Ok((name.clone(), t))
+        })
+        .collect()
 }
 
 /// A model directory (`config.json` + weights) or a single checkpoint file.

@@ -9,7 +9,6 @@
 //! Everything else in the file (text tower, denoiser) is ignored.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -426,11 +425,7 @@ pub fn read_clip_tensors(
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
     let path = path.as_ref();
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .with_context(|| format!("reading {}", path.display()))?;
-    if &magic == b"PK\x03\x04" {
+    if crate::checkpoint::is_zip_file(path)? {
         read_pth(path, device)
     } else {
         read_safetensors(path, device)
@@ -455,35 +450,24 @@ fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
 }
 
 fn read_pth(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let mut last_names = Vec::new();
-    for key in [None, Some("module"), Some("state_dict"), Some("model")] {
-        let pth = match candle_core::pickle::PthTensors::new(path, key) {
-            Ok(p) => p,
-            Err(_) if key.is_some() => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
-        let Some(format) = ClipWeightFormat::detect(names.iter().map(String::as_str)) else {
-            if !names.is_empty() {
-                last_names = names;
-            }
-            continue;
-        };
-        let mut out = HashMap::new();
-        for name in names.into_iter().filter(|n| format.is_tower_key(n)) {
-            let t = pth
-                .get(&name)?
-                .with_context(|| format!("reading tensor {name}"))?;
-            out.insert(name, t.to_device(device)?);
-        }
-        return Ok(out);
+    let pth = crate::checkpoint::open_pth(path)?;
+    let mut names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
+    let Some(format) = ClipWeightFormat::detect(names.iter().map(String::as_str)) else {
+        names.sort();
+        names.truncate(10);
+        bail!(
+            "no CLIP vision tower in this PyTorch file (first keys: {})",
+            names.join(", ")
+        );
+    };
+    let mut out = HashMap::new();
+    for name in names.into_iter().filter(|n| format.is_tower_key(n)) {
+        let t = pth
+            .get(&name)?
+            .with_context(|| format!("reading tensor {name}"))?;
+        out.insert(name, t.to_device(device)?);
     }
-    last_names.sort();
-    last_names.truncate(10);
-    bail!(
-        "no CLIP vision tower in this PyTorch file (first keys: {})",
-        last_names.join(", ")
-    )
+    Ok(out)
 }
 
 /// Loads a CLIP image encoder from a weight file in any recognised scheme. Without
