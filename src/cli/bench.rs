@@ -38,6 +38,9 @@ pub struct Common {
     /// Timed evaluations per case (after one untimed warm-up when > 1).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Budget for `auto` batches.
+    #[arg(long, default_value = "8G")]
+    max_memory: String,
 }
 
 #[derive(Args, Debug)]
@@ -47,7 +50,8 @@ pub struct EngineBenchArgs {
     /// Output sizes, `N` for N×N or `WxH`.
     #[arg(long, value_delimiter = ',', default_value = "512,1024")]
     sizes: Vec<String>,
-    /// Blocks per forward; `full` is the whole image at once.
+    /// Blocks per forward; `full` is the whole image at once, `auto` the largest batch
+    /// the --max-memory budget allows.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,full")]
     batches: Vec<String>,
     /// Write all results as JSON here.
@@ -199,6 +203,14 @@ impl OneArgs {
         }
         let batching = match self.batch.as_str() {
             "full" => Batching::Full,
+            "auto" => {
+                let mm = crate::engine::memory::MemoryModel {
+                    cfg: &cfg,
+                    dtype_bytes: candle_core::DType::from(c.dtype).size_in_bytes() as u64,
+                    include_host: device.is_cpu(),
+                };
+                Batching::Blocks(mm.choose_batch(h, w, c.order, crate::engine::memory::parse_size(&c.max_memory)?, 256)?)
+            }
             b => Batching::Blocks(b.parse().with_context(|| format!("invalid batch `{b}`"))?),
         };
         let model = InfDit::random(&cfg, 1, c.dtype.into(), &device)?;
@@ -249,7 +261,10 @@ impl OneArgs {
         Ok(CaseResult {
             width: w,
             height: h,
-            batch: self.batch.clone(),
+            batch: match batching {
+                Batching::Blocks(b) if self.batch == "auto" => format!("auto:{b}"),
+                _ => self.batch.clone(),
+            },
             seconds_per_nfe: start.elapsed().as_secs_f64() / c.repeat.max(1) as f64,
             peak_rss_bytes: peak_rss(),
             peak_kv_cache_bytes: engine.peak_cache_bytes(),

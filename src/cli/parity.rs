@@ -6,8 +6,9 @@ use crate::imageops::resize::{resize_bicubic, resize_short_side};
 use crate::model::InfDit;
 use crate::parity::{denoise, sample_case, write_tensors, Case};
 use crate::sampler::{SamplerConfig, SamplerKind};
+use super::{parse_device, DTypeArg};
 use anyhow::Result;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -31,6 +32,8 @@ pub enum ParityCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Largest absolute difference of every tensor two safetensors files share.
+    Diff { a: PathBuf, b: PathBuf },
     /// The CLIP image encoder on `lr_image`: writes `preprocessed`, `visual_out`, `embedding`.
     Clip {
         #[arg(long)]
@@ -68,12 +71,17 @@ pub struct ModelCaseArgs {
     block_batch: usize,
     #[arg(long, value_enum, default_value_t = Order::Auto)]
     order: Order,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    dtype: DTypeArg,
 }
 
 impl ModelCaseArgs {
     fn load(&self) -> Result<(InfDit, Case, EngineOptions)> {
         let src = ModelSource::open(&self.model)?;
-        let model = InfDit::from_source(&src, DType::F32, &Device::Cpu)?;
+        let model = InfDit::from_source(&src, self.dtype.into(), &parse_device(&self.device)?)?;
         let batching = match self.mode {
             Mode::Full => Batching::Full,
             Mode::Blocks => Batching::Blocks(self.block_batch.max(1)),
@@ -151,6 +159,17 @@ impl ParityCommand {
                         ),
                     ],
                 )
+            }
+            ParityCommand::Diff { a, b } => {
+                let (a, b) = (Case::open(&a)?, Case::open(&b)?);
+                let mut names: Vec<&String> = a.0.keys().filter(|k| b.0.contains_key(*k)).collect();
+                names.sort();
+                anyhow::ensure!(!names.is_empty(), "the files share no tensor names");
+                for n in names {
+                    let d = (a.get(n)?.to_dtype(candle_core::DType::F32)? - b.get(n)?.to_dtype(candle_core::DType::F32)?)?;
+                    println!("{n}: max |diff| {:.3e}", d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?);
+                }
+                Ok(())
             }
             ParityCommand::Clip {
                 config,
