@@ -93,13 +93,7 @@ pub fn denoise(model: &InfDit, case: &Case, opts: EngineOptions) -> Result<(Plan
     let sigma = case.scalar("sigma")?;
     let engine = Engine::new(model, opts);
     let (f, pre) = engine.network_output(&x, sigma, &cond, &mut |_| {})?;
-    let den = f
-        .data
-        .iter()
-        .zip(&x.data)
-        .map(|(f, x)| f * pre.c_out + x * pre.c_skip)
-        .collect();
-    Ok((Planar::new(x.channels, x.height, x.width, den), f))
+    Ok((pre.denoised(&f, &x), f))
 }
 
 /// A sampler run from `init_noise`: returns `(sample, x_after_step0)`.

@@ -261,10 +261,17 @@ mod tests {
     #[test]
     fn reflect_padding_mirrors_without_repeating_the_edge() {
         let img = Planar::new(1, 1, 3, vec![1.0, 2.0, 3.0]);
-        assert_eq!(
-            pad_reflect(&img, 8).data,
-            vec![1.0, 2.0, 3.0, 2.0, 1.0, 2.0, 3.0, 2.0]
-        );
+        let padded = pad_reflect(&img, 8);
+        assert_eq!((padded.height, padded.width), (8, 8));
+        assert_eq!(padded.data[..8], [1.0, 2.0, 3.0, 2.0, 1.0, 2.0, 3.0, 2.0]);
+        let col = Planar::new(1, 3, 1, vec![1.0, 2.0, 3.0]);
+        let padded: Vec<f32> = pad_reflect(&col, 4)
+            .data
+            .iter()
+            .step_by(4)
+            .copied()
+            .collect();
+        assert_eq!(padded, [1.0, 2.0, 3.0, 2.0]);
         let one = Planar::new(1, 1, 1, vec![5.0]);
         assert_eq!(pad_reflect(&one, 4).data, vec![5.0; 16]);
     }

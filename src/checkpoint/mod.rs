@@ -292,10 +292,13 @@ fn find_weights(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Seeded random weights for `cfg`, distributed like the reference fixtures' (LayerNorm
-/// weights 1+0.1·N, embeddings 0.2·N, other matrices 0.1·N, vectors 0.05·N): for tests
-/// and benchmarks without a trained checkpoint.
-pub fn random_weights(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
+/// Seeded weights for every tensor of `cfg`: `init(name, shape)` gives each tensor's
+/// (mean, std) of a normal distribution (std 0 for constants).
+pub fn generate_weights(
+    cfg: &ModelConfig,
+    seed: u64,
+    init: impl Fn(&str, &[usize]) -> (f32, f32),
+) -> Result<HashMap<String, Tensor>> {
     use rand::SeedableRng;
     use rand_distr::{Distribution, StandardNormal};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -303,24 +306,43 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Te
         .into_iter()
         .map(|(name, shape)| {
             let numel: usize = shape.iter().product();
-            let is_norm =
-                name.contains("layer_norm") || name.contains("_ln.") || name.contains("layernorm");
-            let (mean, std) = if is_norm && name.ends_with(".weight") {
-                (1.0, 0.1)
-            } else if name.contains("position_embedding") || name.contains("re_pos_embed") {
-                (0.0, 0.2)
-            } else if shape.len() >= 2 {
-                (0.0, 0.1)
+            let (mean, std) = init(&name, &shape);
+            let data: Vec<f32> = if std == 0.0 {
+                vec![mean; numel]
             } else {
-                (0.0, 0.05)
+                (0..numel)
+                    .map(|_| {
+                        mean + std
+                            * <StandardNormal as Distribution<f32>>::sample(
+                                &StandardNormal,
+                                &mut rng,
+                            )
+                    })
+                    .collect()
             };
-            let data: Vec<f32> = (0..numel)
-                .map(|_| {
-                    mean + std
-                        * <StandardNormal as Distribution<f32>>::sample(&StandardNormal, &mut rng)
-                })
-                .collect();
             Ok((name, Tensor::from_vec(data, shape, &Device::Cpu)?))
         })
         .collect()
+}
+
+/// True for LayerNorm parameters (by their official names).
+pub fn is_norm_key(name: &str) -> bool {
+    name.contains("layer_norm") || name.contains("_ln.") || name.contains("layernorm")
+}
+
+/// Seeded random weights for `cfg`, distributed like the reference fixtures' (LayerNorm
+/// weights 1+0.1·N, embeddings 0.2·N, other matrices 0.1·N, vectors 0.05·N): for tests
+/// and benchmarks without a trained checkpoint.
+pub fn random_weights(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
+    generate_weights(cfg, seed, |name, shape| {
+        if is_norm_key(name) && name.ends_with(".weight") {
+            (1.0, 0.1)
+        } else if name.contains("position_embedding") || name.contains("re_pos_embed") {
+            (0.0, 0.2)
+        } else if shape.len() >= 2 {
+            (0.0, 0.1)
+        } else {
+            (0.0, 0.05)
+        }
+    })
 }

@@ -209,7 +209,13 @@ impl OneArgs {
                     dtype_bytes: candle_core::DType::from(c.dtype).size_in_bytes() as u64,
                     include_host: device.is_cpu(),
                 };
-                Batching::Blocks(mm.choose_batch(h, w, c.order, crate::engine::memory::parse_size(&c.max_memory)?, 256)?)
+                Batching::Blocks(mm.choose_batch(
+                    h,
+                    w,
+                    c.order,
+                    crate::engine::memory::parse_size(&c.max_memory)?,
+                    256,
+                )?)
             }
             b => Batching::Blocks(b.parse().with_context(|| format!("invalid batch `{b}`"))?),
         };

@@ -1,12 +1,12 @@
 //! `infdit parity …`: the reference cases through the port, outputs as safetensors.
 
+use super::{parse_device, DTypeArg};
 use crate::checkpoint::ModelSource;
 use crate::engine::{Batching, EngineOptions, Order};
 use crate::imageops::resize::{resize_bicubic, resize_short_side};
 use crate::model::InfDit;
 use crate::parity::{denoise, sample_case, write_tensors, Case};
 use crate::sampler::{SamplerConfig, SamplerKind};
-use super::{parse_device, DTypeArg};
 use anyhow::Result;
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
@@ -166,8 +166,12 @@ impl ParityCommand {
                 names.sort();
                 anyhow::ensure!(!names.is_empty(), "the files share no tensor names");
                 for n in names {
-                    let d = (a.get(n)?.to_dtype(candle_core::DType::F32)? - b.get(n)?.to_dtype(candle_core::DType::F32)?)?;
-                    println!("{n}: max |diff| {:.3e}", d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?);
+                    let d = (a.get(n)?.to_dtype(candle_core::DType::F32)?
+                        - b.get(n)?.to_dtype(candle_core::DType::F32)?)?;
+                    println!(
+                        "{n}: max |diff| {:.3e}",
+                        d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?
+                    );
                 }
                 Ok(())
             }

@@ -279,7 +279,8 @@ impl UpscaleArgs {
                 json_str(&input.display().to_string())
             );
         } else if !self.quiet {
-            let _ = multi.println(text());
+            // Above the bars when they draw, plain stdout otherwise (pipes, logs).
+            multi.suspend(|| println!("{}", text()));
         }
     }
 

@@ -166,13 +166,7 @@ impl<'m> Engine<'m> {
         on_blocks: &mut dyn FnMut(usize),
     ) -> Result<Planar> {
         let (f, pre) = self.network_output(x, sigma, cond, on_blocks)?;
-        let data = f
-            .data
-            .iter()
-            .zip(&x.data)
-            .map(|(f, x)| f * pre.c_out + x * pre.c_skip)
-            .collect();
-        Ok(Planar::new(x.channels, x.height, x.width, data))
+        Ok(pre.denoised(&f, x))
     }
 
     /// The raw network output F (before the c_out/c_skip mix) and the preconditioning.
@@ -242,12 +236,13 @@ mod tests {
         assert_eq!(wide.order[..3], [(0, 0), (1, 0), (0, 1)]);
         let tall = Schedule::new(8, 2, Order::Auto);
         assert_eq!(tall.order[..3], [(0, 0), (0, 1), (1, 0)]);
-        // One short-side line plus one block, whatever the long side.
-        assert_eq!(Schedule::new(3, 40, Order::Auto).peak_cached_blocks(1), 4);
-        assert_eq!(Schedule::new(40, 3, Order::Auto).peak_cached_blocks(1), 4);
+        // One short-side line plus two blocks (the one being read for the last time and
+        // the one just written), whatever the long side.
+        assert_eq!(Schedule::new(3, 40, Order::Auto).peak_cached_blocks(1), 5);
+        assert_eq!(Schedule::new(40, 3, Order::Auto).peak_cached_blocks(1), 5);
         assert_eq!(
             Schedule::new(40, 3, Order::ColumnMajor).peak_cached_blocks(1),
-            41
+            42
         );
     }
 

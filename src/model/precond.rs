@@ -22,4 +22,19 @@ impl Precond {
             c_noise: 0.25 * sigma.ln(),
         }
     }
+
+    /// `D = F·c_out + x·c_skip` over host images.
+    pub fn denoised(
+        &self,
+        f: &crate::imageops::Planar,
+        x: &crate::imageops::Planar,
+    ) -> crate::imageops::Planar {
+        let data = f
+            .data
+            .iter()
+            .zip(&x.data)
+            .map(|(f, x)| f * self.c_out + x * self.c_skip)
+            .collect();
+        crate::imageops::Planar::new(x.channels, x.height, x.width, data)
+    }
 }

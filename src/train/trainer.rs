@@ -3,7 +3,7 @@
 //! clipping and an EMA of the weights, which is what gets saved for inference.
 
 use super::data::PhotoDataset;
-use crate::checkpoint::expected_shapes;
+use crate::checkpoint::{generate_weights, is_norm_key};
 use crate::config::ModelConfig;
 use crate::engine::{build_batch, gather_blocks, Conditioning, Positions};
 use crate::imageops::resize::resize_bicubic;
@@ -71,34 +71,23 @@ struct TrainState {
 /// position tables, and zero adaLN and output projections so that every layer starts as
 /// an identity and D(x, σ) starts as c_skip·x (as DiT and the reference initialise).
 pub fn init_weights(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    expected_shapes(cfg)
-        .into_iter()
-        .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            let zero =
-                name.contains("adaLN_modulation") || name.starts_with("mixins.final_layer.linear");
-            let data: Vec<f32> = if zero || (name.ends_with(".bias") && !is_norm(&name)) {
-                vec![0.0; n]
-            } else if is_norm(&name) {
-                vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n]
-            } else if shape.len() == 1
-                || name.contains("position_embedding")
-                || name.contains("re_pos_embed")
-            {
-                normal(&mut rng, n, 0.02)
-            } else {
-                let fan_out = shape[0];
-                let fan_in: usize = shape[1..].iter().product();
-                normal(&mut rng, n, (2.0 / (fan_in + fan_out) as f32).sqrt())
-            };
-            Ok((name, Tensor::from_vec(data, shape, &Device::Cpu)?))
-        })
-        .collect()
-}
-
-fn is_norm(name: &str) -> bool {
-    name.contains("layer_norm") || name.contains("_ln.") || name.contains("layernorm")
+    generate_weights(cfg, seed, |name, shape| {
+        let zero =
+            name.contains("adaLN_modulation") || name.starts_with("mixins.final_layer.linear");
+        if is_norm_key(name) {
+            (if name.ends_with(".weight") { 1.0 } else { 0.0 }, 0.0)
+        } else if zero || name.ends_with(".bias") {
+            (0.0, 0.0)
+        } else if shape.len() == 1
+            || name.contains("position_embedding")
+            || name.contains("re_pos_embed")
+        {
+            (0.0, 0.02)
+        } else {
+            let fan_in: usize = shape[1..].iter().product();
+            (0.0, (2.0 / (fan_in + shape[0]) as f32).sqrt())
+        }
+    })
 }
 
 fn normal(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
