@@ -31,6 +31,13 @@ pub struct EvalArgs {
     /// Pixels shaved from each border before scoring.
     #[arg(long, default_value_t = DEFAULT_SHAVE)]
     shave: usize,
+    /// With --baseline: first shrink each HR photo by this factor (antialiased bicubic),
+    /// as training does to hide JPEG artefacts of large photos.
+    #[arg(long, default_value_t = 1.0)]
+    prescale: f64,
+    /// With --baseline: then score only the central N×N crop (keeps CPU runs short).
+    #[arg(long)]
+    crop: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -93,7 +100,14 @@ impl EvalArgs {
                 );
                 let up = args.build_upscaler()?;
                 for f in &hr_files {
-                    let hr = load(f)?;
+                    let mut hr = load(f)?;
+                    if self.prescale != 1.0 {
+                        let (h, w) = ((hr.height as f64 * self.prescale) as usize, (hr.width as f64 * self.prescale) as usize);
+                        hr = resize_bicubic(&hr, h, w, true).map(|v| v.clamp(0.0, 1.0));
+                    }
+                    if let Some(n) = self.crop {
+                        hr = hr.center_crop(n.min(hr.height), n.min(hr.width));
+                    }
                     // Whole multiples of 4 so the LR maps back exactly.
                     let hr = hr.crop_clamped(0, 0, hr.height / 4 * 4, hr.width / 4 * 4);
                     let lr = resize_bicubic(&hr, hr.height / 4, hr.width / 4, true)
