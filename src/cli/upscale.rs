@@ -279,8 +279,13 @@ impl UpscaleArgs {
                 json_str(&input.display().to_string())
             );
         } else if !self.quiet {
-            // Above the bars when they draw, plain stdout otherwise (pipes, logs).
-            multi.suspend(|| println!("{}", text()));
+            // indicatif drops `println` while its target is hidden (stderr is not a
+            // terminal, or --progress none), which would silence these lines in logs.
+            if multi.is_hidden() {
+                eprintln!("{}", text());
+            } else {
+                let _ = multi.println(text());
+            }
         }
     }
 

@@ -1,0 +1,667 @@
+//! `infdit upscale` end to end, through the binary, as users and scripts run it.
+//!
+//! The model is tiny and random (one layer, 8×8-token blocks) and samples with one Euler
+//! step from a small σ_max, so its output is the bicubic upscale of the input plus a little
+//! seeded noise: content checks (orientation, alpha, crop alignment) can compare against
+//! the input while every run still goes through the real model, sampler and block engine.
+
+use image::{ColorType, DynamicImage, GrayImage, ImageBuffer, ImageFormat, Rgb, RgbImage, Rgba};
+use infdit::config::ModelConfig;
+use infdit::imageops::io::{decode_file, DecodeLimits};
+use infdit::imageops::resize::resize_bicubic;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Writes a tiny random model directory (`config.json` + `weights.safetensors`) into `dir`.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let cfg = tiny_config();
+    std::fs::write(
+        model.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    let weights = infdit::checkpoint::random_weights(&cfg, 11).unwrap();
+    infdit::fsutil::save_safetensors(&model.join("weights.safetensors"), &weights).unwrap();
+    model
+}
+
+fn tiny_config() -> ModelConfig {
+    ModelConfig {
+        num_layers: 1,
+        hidden_size: 16,
+        num_attention_heads: 2,
+        mlp_inner_size: 32,
+        image_block_size_px: 32,
+        vector_dim: 0,
+        ..ModelConfig::released()
+    }
+}
+
+/// Runs `infdit upscale` with the tiny model and a one-step sampler; `--sigma-max 0.01`
+/// unless the caller passes its own.
+fn upscale(model: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infdit"));
+    // A log filter from the environment would add lines the tests count.
+    cmd.env_remove("INFDIT_LOG")
+        .arg("upscale")
+        .args(args)
+        .arg("--model")
+        .arg(model)
+        .args(["--steps", "1", "--sampler", "euler"]);
+    if !args.contains(&"--sigma-max") {
+        cmd.args(["--sigma-max", "0.01"]);
+    }
+    cmd.output().unwrap()
+}
+
+/// Like [`upscale`], and the run must succeed.
+fn upscale_ok(model: &Path, args: &[&str]) -> Output {
+    let out = upscale(model, args);
+    assert!(
+        out.status.success(),
+        "infdit upscale {args:?} failed ({}): {}",
+        out.status,
+        stderr(&out)
+    );
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A colourful RGB test image: red ramps left to right, green top to bottom.
+fn gradient(w: u32, h: u32) -> RgbImage {
+    ImageBuffer::from_fn(w, h, |x, y| {
+        let r = (255 * x / (w - 1).max(1)) as u8;
+        let g = (255 * y / (h - 1).max(1)) as u8;
+        Rgb([r, g, 96])
+    })
+}
+
+fn save(img: impl Into<DynamicImage>, path: &Path, format: ImageFormat) {
+    img.into().save_with_format(path, format).unwrap();
+}
+
+/// Format detected from the contents, decoded image.
+fn read(path: &Path) -> (ImageFormat, DynamicImage) {
+    let reader = image::ImageReader::open(path)
+        .unwrap()
+        .with_guessed_format()
+        .unwrap();
+    let format = reader.format().unwrap();
+    (format, reader.decode().unwrap())
+}
+
+fn dims(path: &Path) -> (u32, u32) {
+    let (_, img) = read(path);
+    (img.width(), img.height())
+}
+
+/// Mean absolute difference (in [0, 1] units, over RGB) between the output and the bicubic
+/// upscale of the (upright) input: small when the output is aligned with the input.
+fn distance_to_bicubic(input: &Path, output: &Path) -> f32 {
+    let limits = DecodeLimits::default();
+    let lr = decode_file(input, &limits).unwrap().rgb;
+    let hr = decode_file(output, &limits).unwrap().rgb;
+    let want = resize_bicubic(&lr, hr.height, hr.width, true);
+    let sum: f32 = want
+        .data
+        .iter()
+        .zip(&hr.data)
+        .map(|(a, b)| (a.clamp(0.0, 1.0) - b).abs())
+        .sum();
+    sum / hr.data.len() as f32
+}
+
+/// Names of the entries in `dir`, sorted (hidden ones included).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_input_format_in_and_every_output_format_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let img = gradient(20, 12);
+    let sources = [
+        ("a.png", ImageFormat::Png),
+        ("b.jpg", ImageFormat::Jpeg),
+        ("c.webp", ImageFormat::WebP),
+        ("d.tiff", ImageFormat::Tiff),
+        ("e.bmp", ImageFormat::Bmp),
+    ];
+    for (name, format) in sources {
+        save(img.clone(), &inputs.join(name), format);
+    }
+
+    // A directory in: each output keeps its input's format (BMP, which is not written,
+    // becomes PNG) and is exactly 4× the input.
+    let out = dir.path().join("out");
+    upscale_ok(&model, &[s(&inputs), "-o", s(&out)]);
+    let want = [
+        ("a_x4.png", ImageFormat::Png),
+        ("b_x4.jpg", ImageFormat::Jpeg),
+        ("c_x4.webp", ImageFormat::WebP),
+        ("d_x4.tiff", ImageFormat::Tiff),
+        ("e_x4.png", ImageFormat::Png),
+    ];
+    assert_eq!(
+        listing(&out),
+        want.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>()
+    );
+    for ((input, _), (name, format)) in sources.iter().zip(want) {
+        let path = out.join(name);
+        let (got, decoded) = read(&path);
+        assert_eq!(got, format, "{name}");
+        assert_eq!((decoded.width(), decoded.height()), (80, 48), "{name}");
+        let d = distance_to_bicubic(&inputs.join(input), &path);
+        assert!(d < 0.015, "{name} is far from its input: {d}");
+    }
+
+    // The output format from `-o`'s extension.
+    let src = inputs.join("a.png");
+    for (ext, format) in [
+        ("png", ImageFormat::Png),
+        ("jpg", ImageFormat::Jpeg),
+        ("jpeg", ImageFormat::Jpeg),
+        ("webp", ImageFormat::WebP),
+        ("tif", ImageFormat::Tiff),
+        ("tiff", ImageFormat::Tiff),
+    ] {
+        let path = dir.path().join(format!("named.{ext}"));
+        upscale_ok(&model, &[s(&src), "-o", s(&path)]);
+        let (got, decoded) = read(&path);
+        assert_eq!(got, format, "-o named.{ext}");
+        assert_eq!((decoded.width(), decoded.height()), (80, 48));
+    }
+
+    // The output format from `--format`, into a directory and beside the input.
+    // One input and an `-o` that does not exist yet: a trailing slash makes it a directory.
+    let webp_dir = dir.path().join("webp");
+    let webp_arg = format!("{}/", s(&webp_dir));
+    upscale_ok(&model, &[s(&src), "-o", &webp_arg, "--format", "webp"]);
+    assert_eq!(listing(&webp_dir), ["a_x4.webp"]);
+    assert_eq!(read(&webp_dir.join("a_x4.webp")).0, ImageFormat::WebP);
+    for (format, ext, want) in [
+        ("tiff", "tiff", ImageFormat::Tiff),
+        ("jpeg", "jpg", ImageFormat::Jpeg),
+        ("png", "png", ImageFormat::Png),
+    ] {
+        let src = inputs.join("c.webp");
+        upscale_ok(&model, &[s(&src), "--format", format]);
+        let path = inputs.join(format!("c_x4.{ext}"));
+        let (got, decoded) = read(&path);
+        assert_eq!(got, want, "--format {format}");
+        assert_eq!((decoded.width(), decoded.height()), (80, 48));
+    }
+}
+
+#[test]
+fn scales_two_eight_and_sixteen() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let src = dir.path().join("a.png");
+    save(gradient(20, 12), &src, ImageFormat::Png);
+    for (scale, size) in [("2", (40, 24)), ("8", (160, 96)), ("16", (320, 192))] {
+        upscale_ok(&model, &[s(&src), "--scale", scale]);
+        let path = dir.path().join(format!("a_x{scale}.png"));
+        assert_eq!(dims(&path), size, "--scale {scale}");
+        let d = distance_to_bicubic(&src, &path);
+        assert!(d < 0.015, "--scale {scale}: output far from its input: {d}");
+    }
+    let out = upscale(&model, &[s(&src), "--scale", "3"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unsupported scale 3"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn sixteen_bit_inputs_give_sixteen_bit_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let img: ImageBuffer<Rgb<u16>, Vec<u16>> = ImageBuffer::from_fn(20, 12, |x, y| {
+        Rgb([(x * 3000) as u16, (y * 5000) as u16, 40000])
+    });
+    for (name, format) in [
+        ("deep.png", ImageFormat::Png),
+        ("deep.tiff", ImageFormat::Tiff),
+    ] {
+        let src = dir.path().join(name);
+        save(img.clone(), &src, format);
+        let out = dir.path().join(format!("out_{name}"));
+        upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+        let (got, decoded) = read(&out);
+        assert_eq!(got, format);
+        assert_eq!(decoded.color(), ColorType::Rgb16, "{name}");
+        assert_eq!((decoded.width(), decoded.height()), (80, 48));
+        // The extra bits carry information: not all samples are 8-bit levels (k·257).
+        let samples = decoded.into_rgb16().into_raw();
+        let fine = samples.iter().filter(|&&v| v % 257 != 0).count();
+        assert!(
+            fine > samples.len() / 2,
+            "{name}: {fine} of {}",
+            samples.len()
+        );
+    }
+    // A format without 16-bit samples falls back to 8 bits.
+    let out = dir.path().join("deep.jpg");
+    upscale_ok(&model, &[s(&dir.path().join("deep.png")), "-o", s(&out)]);
+    assert_eq!(read(&out).1.color(), ColorType::Rgb8);
+}
+
+#[test]
+fn alpha_is_kept_and_upscaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    // Left half fully transparent, right half opaque.
+    let img: ImageBuffer<Rgba<u8>, Vec<u8>> = ImageBuffer::from_fn(20, 12, |x, y| {
+        let a = if x < 10 { 0 } else { 255 };
+        Rgba([(x * 12) as u8, (y * 20) as u8, 50, a])
+    });
+    let src = dir.path().join("rgba.png");
+    save(img, &src, ImageFormat::Png);
+    for (ext, color) in [
+        ("png", ColorType::Rgba8),
+        ("webp", ColorType::Rgba8),
+        ("tiff", ColorType::Rgba8),
+    ] {
+        let out = dir.path().join(format!("out.{ext}"));
+        upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+        let (_, decoded) = read(&out);
+        assert_eq!(decoded.color(), color, "{ext}");
+        let rgba = decoded.into_rgba8();
+        assert_eq!(rgba.dimensions(), (80, 48));
+        // Bicubic reaches 2 LR pixels (8 HR pixels) across the edge at x = 40.
+        for (x, y, p) in rgba.enumerate_pixels() {
+            if x < 32 {
+                assert_eq!(p[3], 0, "{ext}: alpha at ({x}, {y})");
+            } else if x >= 48 {
+                assert_eq!(p[3], 255, "{ext}: alpha at ({x}, {y})");
+            }
+        }
+        // The transition is monotone through the edge.
+        let row: Vec<u8> = (32..48).map(|x| rgba.get_pixel(x, 20)[3]).collect();
+        assert!(row.windows(2).all(|w| w[0] <= w[1]), "{ext}: {row:?}");
+    }
+    // JPEG cannot store alpha; the colour is still written.
+    let out = dir.path().join("out.jpg");
+    upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+    assert_eq!(read(&out).1.color(), ColorType::Rgb8);
+}
+
+#[test]
+fn grayscale_png_stays_grayscale() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let gray = GrayImage::from_fn(20, 12, |x, y| image::Luma([(x * 10 + y * 5) as u8]));
+    let gray16: ImageBuffer<image::Luma<u16>, Vec<u16>> =
+        ImageBuffer::from_fn(20, 12, |x, y| image::Luma([(x * 2500 + y * 1000) as u16]));
+    let gray_alpha: ImageBuffer<image::LumaA<u8>, Vec<u8>> =
+        ImageBuffer::from_fn(20, 12, |x, _| image::LumaA([(x * 10) as u8, 200]));
+    let cases: [(&str, DynamicImage, ColorType); 3] = [
+        ("l8.png", gray.into(), ColorType::L8),
+        ("l16.png", gray16.into(), ColorType::L16),
+        ("la8.png", gray_alpha.into(), ColorType::La8),
+    ];
+    for (name, img, color) in cases {
+        let src = dir.path().join(name);
+        save(img, &src, ImageFormat::Png);
+        let out = dir.path().join(format!("out_{name}"));
+        upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+        let (_, decoded) = read(&out);
+        assert_eq!(decoded.color(), color, "{name}");
+        assert_eq!((decoded.width(), decoded.height()), (80, 48));
+        let d = distance_to_bicubic(&src, &out);
+        assert!(d < 0.015, "{name} is far from its input: {d}");
+    }
+}
+
+/// Inserts an APP1 Exif segment carrying only `Orientation = orientation` after SOI.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec(); // big-endian TIFF header, IFD at 8
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]); // value padding
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend_from_slice(&tiff);
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xff, 0xe1]);
+    out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn exif_rotated_jpeg_comes_out_upright() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    // Stored 24 wide and 12 high: left half black, right half white.
+    let img = GrayImage::from_fn(24, 12, |x, _| image::Luma([if x < 12 { 0 } else { 255 }]));
+    let plain = dir.path().join("plain.jpg");
+    save(img, &plain, ImageFormat::Jpeg);
+    let src = dir.path().join("rotated.jpg");
+    std::fs::write(
+        &src,
+        with_exif_orientation(&std::fs::read(&plain).unwrap(), 6),
+    )
+    .unwrap();
+    let out = dir.path().join("upright.png");
+    upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+    // Orientation 6 turns the image 90° clockwise: 12 wide, 24 high, black on top.
+    let luma = read(&out).1.into_luma8();
+    assert_eq!(luma.dimensions(), (48, 96));
+    let mean = |rows: std::ops::Range<u32>| {
+        let n = rows.len() as f32 * 48.0;
+        rows.flat_map(|y| (0..48).map(move |x| (x, y)))
+            .map(|(x, y)| f32::from(luma.get_pixel(x, y)[0]))
+            .sum::<f32>()
+            / n
+    };
+    assert!(mean(0..40) < 30.0, "top is not dark: {}", mean(0..40));
+    assert!(
+        mean(56..96) > 225.0,
+        "bottom is not bright: {}",
+        mean(56..96)
+    );
+}
+
+#[test]
+fn odd_sizes_upscale_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    for (w, h) in [(97, 61), (1, 1), (33, 200)] {
+        let src = dir.path().join(format!("odd_{w}x{h}.png"));
+        save(gradient(w, h), &src, ImageFormat::Png);
+        upscale_ok(&model, &[s(&src)]);
+        let out = dir.path().join(format!("odd_{w}x{h}_x4.png"));
+        assert_eq!(dims(&out), (4 * w, 4 * h), "{w}x{h}");
+        // The padding is cropped off the bottom and right, so the output lines up with
+        // the input.
+        let d = distance_to_bicubic(&src, &out);
+        assert!(d < 0.015, "{w}x{h}: output far from its input: {d}");
+    }
+}
+
+#[test]
+fn batch_with_bad_files_writes_the_good_ones_and_reports_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    save(
+        gradient(20, 12),
+        &inputs.join("good1.png"),
+        ImageFormat::Png,
+    );
+    save(
+        gradient(12, 20),
+        &inputs.join("good2.jpg"),
+        ImageFormat::Jpeg,
+    );
+    std::fs::write(inputs.join("garbage.png"), b"definitely not an image").unwrap();
+    let jpeg = std::fs::read(inputs.join("good2.jpg")).unwrap();
+    std::fs::write(inputs.join("truncated.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+
+    let out_dir = dir.path().join("out");
+    let out = upscale(&model, &[s(&inputs), "-o", s(&out_dir)]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(1));
+    // Only the good files have outputs: no partial or temporary file for the bad ones.
+    assert_eq!(listing(&out_dir), ["good1_x4.png", "good2_x4.jpg"], "{err}");
+    assert_eq!(dims(&out_dir.join("good1_x4.png")), (80, 48));
+    assert_eq!(dims(&out_dir.join("good2_x4.jpg")), (48, 80));
+    // The inputs' directory is left alone too.
+    assert_eq!(
+        listing(&inputs),
+        ["garbage.png", "good1.png", "good2.jpg", "truncated.jpg"]
+    );
+    let line = |name: &str| {
+        err.lines()
+            .find(|l| l.starts_with("error:") && l.contains(name))
+            .unwrap_or_else(|| panic!("no error line for {name}: {err}"))
+            .to_string()
+    };
+    assert!(
+        line("garbage.png").contains("unsupported image format"),
+        "{err}"
+    );
+    assert!(line("truncated.jpg").contains("truncated"), "{err}");
+    assert!(
+        err.contains("2 upscaled, 0 skipped, 2 failed"),
+        "no summary: {err}"
+    );
+}
+
+#[test]
+fn existing_outputs_are_skipped_unless_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let src = dir.path().join("a.png");
+    save(gradient(20, 12), &src, ImageFormat::Png);
+    let out = dir.path().join("a_x4.png");
+    std::fs::write(&out, b"precious").unwrap();
+
+    let run = upscale_ok(&model, &[s(&src)]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    let err = stderr(&run);
+    assert!(
+        err.contains("skipped") && err.contains("--overwrite") && err.contains("a_x4.png"),
+        "the skip is not reported: {err:?}"
+    );
+
+    upscale_ok(&model, &[s(&src), "--overwrite"]);
+    assert_eq!(dims(&out), (80, 48));
+    assert_eq!(listing(dir.path()), ["a.png", "a_x4.png", "model"]);
+}
+
+#[test]
+fn seed_decides_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let src = dir.path().join("a.png");
+    save(gradient(20, 12), &src, ImageFormat::Png);
+    let run = |seed: &str, name: &str| {
+        let out = dir.path().join(name);
+        // A large σ_max so the noise shapes the output.
+        upscale_ok(
+            &model,
+            &[s(&src), "-o", s(&out), "--seed", seed, "--sigma-max", "1"],
+        );
+        std::fs::read(out).unwrap()
+    };
+    let (a, b, c) = (
+        run("5", "s5.png"),
+        run("5", "s5_again.png"),
+        run("6", "s6.png"),
+    );
+    assert!(a == b, "the same seed gave different files");
+    let pixels = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().into_rgb8();
+    let (pa, pc) = (pixels(&a), pixels(&c));
+    let differing = pa.iter().zip(pc.iter()).filter(|(x, y)| x != y).count();
+    assert!(
+        differing > pa.len() / 2,
+        "seeds 5 and 6 differ in only {differing} of {} samples",
+        pa.len()
+    );
+}
+
+#[test]
+fn json_progress_and_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let src = dir.path().join("a.png");
+    save(gradient(20, 12), &src, ImageFormat::Png);
+    let out_path = dir.path().join("big.png");
+    // ×8 runs two passes; progress covers both.
+    let out = upscale_ok(
+        &model,
+        &[
+            s(&src),
+            "-o",
+            s(&out_path),
+            "--scale",
+            "8",
+            "--progress",
+            "json",
+        ],
+    );
+    let events: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    let progress: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| {
+            assert_eq!(e["input"], s(&src));
+            (e["done"].as_u64().unwrap(), e["total"].as_u64().unwrap())
+        })
+        .collect();
+    assert!(!progress.is_empty(), "no progress events: {events:?}");
+    assert!(
+        progress.iter().all(|&(d, t)| d <= t && t > 0),
+        "{progress:?}"
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0].0 <= w[1].0),
+        "{progress:?}"
+    );
+    // One step over the ×4 pass's 96×64 padded HR (3·2 blocks of 32 px) and the ×2
+    // pass's 160×96 (5·3 blocks).
+    assert_eq!(*progress.last().unwrap(), (21, 21));
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "done", "{events:?}");
+    assert_eq!(last["input"], s(&src));
+    assert_eq!(last["output"], s(&out_path));
+    assert_eq!(dims(&out_path), (160, 96));
+
+    // --quiet: nothing at all on a successful batch (which would otherwise summarise).
+    let batch = dir.path().join("batch");
+    std::fs::create_dir(&batch).unwrap();
+    save(gradient(20, 12), &batch.join("x.png"), ImageFormat::Png);
+    save(gradient(12, 20), &batch.join("y.png"), ImageFormat::Png);
+    let quiet_out = dir.path().join("quiet");
+    let out = upscale_ok(&model, &[s(&batch), "-o", s(&quiet_out), "--quiet"]);
+    assert_eq!(stdout(&out), "");
+    assert_eq!(stderr(&out), "");
+    assert_eq!(listing(&quiet_out), ["x_x4.png", "y_x4.png"]);
+    // Without --quiet the same batch reports each file and a summary.
+    let loud_out = dir.path().join("loud");
+    let out = upscale_ok(&model, &[s(&batch), "-o", s(&loud_out)]);
+    let err = stderr(&out);
+    assert!(err.contains("2 upscaled, 0 skipped, 0 failed"), "{err}");
+    assert!(
+        err.contains("x_x4.png") && err.contains("y_x4.png"),
+        "{err}"
+    );
+    // --progress none drops the bars, not the messages.
+    let out = upscale_ok(
+        &model,
+        &[s(&batch), "-o", s(&loud_out), "--progress", "none"],
+    );
+    let err = stderr(&out);
+    assert!(err.contains("0 upscaled, 2 skipped, 0 failed"), "{err}");
+    assert_eq!(err.matches("exists (use --overwrite)").count(), 2, "{err}");
+}
+
+#[test]
+fn model_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.png");
+    save(gradient(20, 12), &src, ImageFormat::Png);
+    let check = |out: &Output, needle: &str| {
+        let err = stderr(out);
+        assert!(!out.status.success(), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error: "), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+        err
+    };
+
+    let missing = dir.path().join("no_such_model");
+    let out = upscale(&missing, &[s(&src)]);
+    let err = check(&out, "does not exist");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no_such_model"), "{err}");
+
+    // A weights file that lacks one tensor names it.
+    let model = tiny_model(dir.path());
+    let mut weights = infdit::checkpoint::random_weights(&tiny_config(), 11).unwrap();
+    let gone = weights.keys().max().unwrap().clone();
+    weights.remove(&gone);
+    infdit::fsutil::save_safetensors(&model.join("weights.safetensors"), &weights).unwrap();
+    let out = upscale(&model, &[s(&src)]);
+    let err = check(&out, &format!("missing {gone}"));
+    // One headline naming the file, then the list of problems (here one), indented.
+    let first = err.lines().next().unwrap();
+    assert!(
+        first.contains("weights.safetensors") && first.contains("does not match the model config"),
+        "{err}"
+    );
+    assert!(err.lines().skip(1).all(|l| l.starts_with("  ")), "{err}");
+    assert!(!dir.path().join("a_x4.png").exists());
+
+    let help = Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .args(["upscale", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = stdout(&help);
+    assert!(text.contains("Examples"), "{text}");
+    assert!(text.contains("--overwrite"), "{text}");
+}
+
+#[test]
+fn glob_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    save(gradient(20, 12), &inputs.join("a.png"), ImageFormat::Png);
+    save(gradient(12, 20), &inputs.join("b.png"), ImageFormat::Png);
+    save(gradient(20, 12), &inputs.join("c.jpg"), ImageFormat::Jpeg);
+    let out_dir = dir.path().join("out");
+    let pattern = format!("{}/*.png", s(&inputs));
+    upscale_ok(&model, &[&pattern, "-o", s(&out_dir)]);
+    assert_eq!(listing(&out_dir), ["a_x4.png", "b_x4.png"]);
+    assert_eq!(dims(&out_dir.join("b_x4.png")), (48, 80));
+
+    let nothing = format!("{}/*.webp", s(&inputs));
+    let out = upscale(&model, &[&nothing, "-o", s(&out_dir)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the pattern matches no image"),
+        "{}",
+        stderr(&out)
+    );
+}
