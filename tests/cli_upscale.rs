@@ -665,3 +665,66 @@ fn glob_inputs() {
         stderr(&out)
     );
 }
+
+/// Writes a tiny model conditioned on a 768-d image embedding, like the released one.
+fn tiny_conditioned_model(dir: &Path) -> PathBuf {
+    let model = dir.join("conditioned");
+    std::fs::create_dir_all(&model).unwrap();
+    let cfg = ModelConfig {
+        vector_dim: 768,
+        ..tiny_config()
+    };
+    std::fs::write(
+        model.join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    let weights = infdit::checkpoint::random_weights(&cfg, 12).unwrap();
+    infdit::fsutil::save_safetensors(&model.join("weights.safetensors"), &weights).unwrap();
+    model
+}
+
+#[test]
+fn conditioned_models_need_clip_weights_and_use_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_conditioned_model(dir.path());
+    let input = dir.path().join("in.png");
+    save(gradient(20, 12), &input, ImageFormat::Png);
+    let out = upscale(&model, &[s(&input)]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--clip") && err.contains("CLIP-ViT-L-14-DataComp.XL-s13B-b90K"),
+        "{err}"
+    );
+
+    let clip =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_tiny_visual.safetensors");
+    let a = dir.path().join("a.png");
+    upscale_ok(&model, &[s(&input), "-o", s(&a), "--clip", s(&clip)]);
+    assert_eq!(dims(&a), (80, 48));
+    // The same file found beside the model is picked up without the flag.
+    std::fs::copy(&clip, model.join("clip.safetensors")).unwrap();
+    let b = dir.path().join("b.png");
+    upscale_ok(&model, &[s(&input), "-o", s(&b)]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn memory_budget_too_small_is_refused_with_the_needed_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let input = dir.path().join("in.png");
+    save(gradient(64, 64), &input, ImageFormat::Png);
+    let out = upscale(&model, &[s(&input), "--max-memory", "64K"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs at least") && err.contains("--max-memory"),
+        "{err}"
+    );
+    assert!(
+        listing(dir.path()).iter().all(|f| !f.contains("_x4")),
+        "no output for a refused image"
+    );
+}

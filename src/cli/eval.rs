@@ -102,7 +102,10 @@ impl EvalArgs {
                 for f in &hr_files {
                     let mut hr = load(f)?;
                     if self.prescale != 1.0 {
-                        let (h, w) = ((hr.height as f64 * self.prescale) as usize, (hr.width as f64 * self.prescale) as usize);
+                        let (h, w) = (
+                            (hr.height as f64 * self.prescale) as usize,
+                            (hr.width as f64 * self.prescale) as usize,
+                        );
                         hr = resize_bicubic(&hr, h, w, true).map(|v| v.clamp(0.0, 1.0));
                     }
                     if let Some(n) = self.crop {

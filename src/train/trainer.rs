@@ -313,6 +313,19 @@ impl Trainer {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let log_path = out.join("loss.csv");
+        // A resumed run continues from its last checkpoint: drop rows logged after it.
+        if let Ok(text) = std::fs::read_to_string(&log_path) {
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.split(',')
+                        .next()
+                        .and_then(|s| s.parse::<usize>().ok())
+                        .is_none_or(|s| s <= self.step)
+                })
+                .collect();
+            std::fs::write(&log_path, kept.join("\n") + "\n")?;
+        }
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
