@@ -93,7 +93,7 @@ pub fn denoise(model: &InfDit, case: &Case, opts: EngineOptions) -> Result<(Plan
     let sigma = case.scalar("sigma")?;
     let engine = Engine::new(model, opts);
     let (f, pre) = engine.network_output(&x, sigma, &cond, &mut |_| {})?;
-    Ok((pre.denoised(&f, &x), f))
+    Ok((pre.denoised(f.clone(), &x), f))
 }
 
 /// A sampler run from `init_noise`: returns `(sample, x_after_step0)`.

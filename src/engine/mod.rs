@@ -166,7 +166,7 @@ impl<'m> Engine<'m> {
         on_blocks: &mut dyn FnMut(usize),
     ) -> Result<Planar> {
         let (f, pre) = self.network_output(x, sigma, cond, on_blocks)?;
-        Ok(pre.denoised(&f, x))
+        Ok(pre.denoised(f, x))
     }
 
     /// The raw network output F (before the c_out/c_skip mix) and the preconditioning.
