@@ -180,9 +180,11 @@ impl Upscaler {
         on_blocks: &mut dyn FnMut(usize),
     ) -> Result<Planar> {
         let cfg = self.model.config();
-        if cfg.sr_scale != 4 && scale != cfg.sr_scale {
+        // A pass may enlarge less than the trained ratio: the model's LR is then the
+        // input shrunk so that HR:LR stays the trained ratio (NOTES §3.4).
+        if scale > cfg.sr_scale || cfg.sr_scale % scale != 0 {
             bail!(
-                "this model was trained at ×{}; only that scale is supported",
+                "this model was trained at ×{}; a ×{scale} pass is not possible",
                 cfg.sr_scale
             );
         }
