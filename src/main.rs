@@ -14,6 +14,13 @@ fn main() -> std::process::ExitCode {
     // made a third of CPU time go to zeroing freshly faulted pages.
     // SAFETY: sets a process-wide allocator option; no memory is touched.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // Like other command-line tools, end quietly when the reader of stdout goes away
+    // (`infdit inspect … | head`) instead of panicking on the broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
