@@ -14,17 +14,19 @@ use std::process::{Command, Output};
 
 /// Writes a tiny random model directory (`config.json` + `weights.safetensors`) into `dir`.
 fn tiny_model(dir: &Path) -> PathBuf {
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    let cfg = tiny_config();
+    write_model(&dir.join("model"), &tiny_config(), 11)
+}
+
+fn write_model(model: &Path, cfg: &ModelConfig, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(model).unwrap();
     std::fs::write(
         model.join("config.json"),
-        serde_json::to_string_pretty(&cfg).unwrap(),
+        serde_json::to_string_pretty(cfg).unwrap(),
     )
     .unwrap();
-    let weights = infdit::checkpoint::random_weights(&cfg, 11).unwrap();
+    let weights = infdit::checkpoint::random_weights(cfg, seed).unwrap();
     infdit::fsutil::save_safetensors(&model.join("weights.safetensors"), &weights).unwrap();
-    model
+    model.to_path_buf()
 }
 
 fn tiny_config() -> ModelConfig {
@@ -668,20 +670,11 @@ fn glob_inputs() {
 
 /// Writes a tiny model conditioned on a 768-d image embedding, like the released one.
 fn tiny_conditioned_model(dir: &Path) -> PathBuf {
-    let model = dir.join("conditioned");
-    std::fs::create_dir_all(&model).unwrap();
     let cfg = ModelConfig {
         vector_dim: 768,
         ..tiny_config()
     };
-    std::fs::write(
-        model.join("config.json"),
-        serde_json::to_string(&cfg).unwrap(),
-    )
-    .unwrap();
-    let weights = infdit::checkpoint::random_weights(&cfg, 12).unwrap();
-    infdit::fsutil::save_safetensors(&model.join("weights.safetensors"), &weights).unwrap();
-    model
+    write_model(&dir.join("conditioned"), &cfg, 12)
 }
 
 #[test]
