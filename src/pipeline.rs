@@ -53,6 +53,11 @@ pub struct Progress {
     pub total: usize,
 }
 
+/// Alpha is not modelled: it is resized with the antialiased bicubic kernel.
+pub fn upscale_alpha(alpha: &Planar, height: usize, width: usize) -> Planar {
+    resize_bicubic(alpha, height, width, true).map(|v| v.clamp(0.0, 1.0))
+}
+
 /// The per-pass factors for an overall scale.
 pub fn passes(scale: usize) -> Result<Vec<usize>> {
     Ok(match scale {
@@ -155,6 +160,27 @@ impl Upscaler {
             (h, w) = (h * s, w * s);
         }
         Ok(total)
+    }
+
+    /// Upscales an in-memory image: colour through the model, alpha (if any) with the
+    /// same bicubic kernel; bit depth and grayscale are kept.
+    pub fn upscale(
+        &self,
+        img: &image::DynamicImage,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<image::DynamicImage> {
+        use crate::imageops::io::{image_to_planes, planes_to_image};
+        let (rgb, alpha) = image_to_planes(img);
+        let out = self.upscale_rgb(&rgb, progress)?;
+        let alpha = alpha.map(|a| upscale_alpha(&a, out.height, out.width));
+        let color = img.color();
+        let deep = color.bytes_per_pixel() / color.channel_count() > 1;
+        Ok(planes_to_image(
+            &out,
+            alpha.as_ref(),
+            deep,
+            !color.has_color(),
+        ))
     }
 
     /// Upscales an RGB image with values in [0, 1]; returns values in [0, 1].
@@ -276,6 +302,56 @@ mod tests {
         assert_eq!(padded, [1.0, 2.0, 3.0, 2.0]);
         let one = Planar::new(1, 1, 1, vec![5.0]);
         assert_eq!(pad_reflect(&one, 4).data, vec![5.0; 16]);
+    }
+
+    #[test]
+    fn library_upscale_keeps_depth_alpha_and_gray() {
+        let mut cfg = crate::config::ModelConfig::released();
+        (
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.mlp_inner_size,
+        ) = (1, 16, 2, 32);
+        (cfg.image_block_size_px, cfg.vector_dim) = (32, 0);
+        let model = InfDit::random(&cfg, 3, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let sampler = SamplerConfig {
+            steps: 1,
+            sigma_max: 0.01,
+            kind: crate::sampler::SamplerKind::Euler,
+            ..Default::default()
+        };
+        let up = Upscaler::new(
+            model,
+            None,
+            UpscaleOptions {
+                sampler,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let rgba16 = image::DynamicImage::ImageRgba16(image::ImageBuffer::from_fn(9, 5, |x, _| {
+            image::Rgba([x as u16 * 7000, 300, 9, 65535])
+        }));
+        let out = up.upscale(&rgba16, &mut |_| {}).unwrap();
+        assert_eq!(
+            (out.width(), out.height(), out.color()),
+            (36, 20, image::ColorType::Rgba16)
+        );
+        assert!(out.as_rgba16().unwrap().pixels().all(|p| p[3] == 65535));
+        let gray = image::DynamicImage::ImageLuma8(image::GrayImage::new(3, 2));
+        let mut calls = 0;
+        let out = up
+            .upscale(&gray, &mut |p| {
+                calls += 1;
+                assert!(p.done <= p.total)
+            })
+            .unwrap();
+        assert_eq!(
+            (out.width(), out.height(), out.color()),
+            (12, 8, image::ColorType::L8)
+        );
+        assert!(calls > 0);
     }
 
     #[test]

@@ -6,9 +6,8 @@ use crate::clip::{load_clip_file, ClipEncoder, ClipWeights};
 use crate::engine::memory::parse_size;
 use crate::engine::Order;
 use crate::imageops::io::{decode_file, encode_file, DecodeLimits, EncodeOptions, OutputFormat};
-use crate::imageops::resize::resize_bicubic;
 use crate::model::InfDit;
-use crate::pipeline::{BatchChoice, UpscaleOptions, Upscaler};
+use crate::pipeline::{upscale_alpha, BatchChoice, UpscaleOptions, Upscaler};
 use crate::sampler::{SamplerConfig, SamplerKind};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -524,7 +523,7 @@ impl UpscaleArgs {
         let alpha = img
             .alpha
             .as_ref()
-            .map(|a| resize_bicubic(a, rgb.height, rgb.width, true).map(|v| v.clamp(0.0, 1.0)));
+            .map(|a| upscale_alpha(a, rgb.height, rgb.width));
         let mut opts = EncodeOptions::matching(out_format, &img);
         opts.quality = self.quality;
         encode_file(&out, &rgb, alpha.as_ref(), &opts)?;

@@ -493,10 +493,29 @@ pub fn encode_file(
     let deep = opts.sixteen_bit && format.supports_sixteen_bit();
     let alpha = alpha.filter(|_| format.supports_alpha());
     let gray = opts.grayscale && !(format == OutputFormat::Tiff && alpha.is_some());
+    let (buf, color) = quantise_planes(rgb, alpha, gray, deep);
+
+    let mut tmp = crate::fsutil::temp_beside(path).map_err(write_err)?;
+    let mut out = BufWriter::new(tmp.as_file_mut());
+    encode_to(&mut out, &buf, width, height, color, opts)
+        .map_err(|e| ImageIoError::from_encode(path, e))?;
+    out.into_inner().map_err(|e| write_err(e.into_error()))?;
+    crate::fsutil::commit(tmp, path).map_err(write_err)?;
+    Ok(())
+}
+
+/// Interleaved, quantised samples (native-endian bytes, as the encoders expect) and their
+/// colour type: luma (Rec. 709 weights, as the `image` crate uses; for gray sources the
+/// channels agree anyway and this only averages away the model's small colour noise) or
+/// RGB, then alpha if given.
+fn quantise_planes(
+    rgb: &Planar,
+    alpha: Option<&Planar>,
+    gray: bool,
+    deep: bool,
+) -> (Vec<u8>, ExtendedColorType) {
     let luma: Vec<f32>;
     let mut planes: Vec<&[f32]> = if gray {
-        // Rec. 709 weights, as the `image` crate uses; for gray sources the channels agree
-        // anyway and this only averages away the model's small colour noise.
         let (r, g, b) = (rgb.plane(0), rgb.plane(1), rgb.plane(2));
         luma = (0..r.len())
             .map(|i| 0.2126 * r[i] + 0.7152 * g[i] + 0.0722 * b[i])
@@ -516,15 +535,55 @@ pub fn encode_file(
         (3, true) => ExtendedColorType::Rgb16,
         _ => ExtendedColorType::Rgba16,
     };
-    let buf = interleave(&planes, deep);
+    (interleave(&planes, deep), color)
+}
 
-    let mut tmp = crate::fsutil::temp_beside(path).map_err(write_err)?;
-    let mut out = BufWriter::new(tmp.as_file_mut());
-    encode_to(&mut out, &buf, width, height, color, opts)
-        .map_err(|e| ImageIoError::from_encode(path, e))?;
-    out.into_inner().map_err(|e| write_err(e.into_error()))?;
-    crate::fsutil::commit(tmp, path).map_err(write_err)?;
-    Ok(())
+/// RGB and optional alpha planes of an in-memory image, scaled to `[0, 1]` (luma is
+/// copied to all three colour planes).
+pub fn image_to_planes(img: &DynamicImage) -> (Planar, Option<Planar>) {
+    to_planes(img)
+}
+
+/// An in-memory image from `[0, 1]` planes, 16-bit when `sixteen_bit`, luma when `grayscale`,
+/// quantised by rounding as files are.
+pub fn planes_to_image(
+    rgb: &Planar,
+    alpha: Option<&Planar>,
+    sixteen_bit: bool,
+    grayscale: bool,
+) -> DynamicImage {
+    let (w, h) = (rgb.width as u32, rgb.height as u32);
+    let (buf, color) = quantise_planes(rgb, alpha, grayscale, sixteen_bit);
+    let wide = || {
+        buf.chunks_exact(2)
+            .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+            .collect::<Vec<u16>>()
+    };
+    let img = match color {
+        ExtendedColorType::L8 => {
+            image::GrayImage::from_raw(w, h, buf).map(DynamicImage::ImageLuma8)
+        }
+        ExtendedColorType::La8 => {
+            image::GrayAlphaImage::from_raw(w, h, buf).map(DynamicImage::ImageLumaA8)
+        }
+        ExtendedColorType::Rgb8 => {
+            image::RgbImage::from_raw(w, h, buf).map(DynamicImage::ImageRgb8)
+        }
+        ExtendedColorType::Rgba8 => {
+            image::RgbaImage::from_raw(w, h, buf).map(DynamicImage::ImageRgba8)
+        }
+        ExtendedColorType::L16 => {
+            image::ImageBuffer::from_raw(w, h, wide()).map(DynamicImage::ImageLuma16)
+        }
+        ExtendedColorType::La16 => {
+            image::ImageBuffer::from_raw(w, h, wide()).map(DynamicImage::ImageLumaA16)
+        }
+        ExtendedColorType::Rgb16 => {
+            image::ImageBuffer::from_raw(w, h, wide()).map(DynamicImage::ImageRgb16)
+        }
+        _ => image::ImageBuffer::from_raw(w, h, wide()).map(DynamicImage::ImageRgba16),
+    };
+    img.expect("buffer size matches the planes")
 }
 
 /// Interleaves planes into a native-endian byte buffer, as the encoders expect.
