@@ -71,6 +71,20 @@ impl ModelConfig {
         }
     }
 
+    /// The smallest config that still runs every code path (one layer, 8×8-token blocks,
+    /// no image-condition vector): for tests of everything around the network.
+    pub fn minimal() -> Self {
+        Self {
+            num_layers: 1,
+            hidden_size: 16,
+            num_attention_heads: 2,
+            mlp_inner_size: 32,
+            image_block_size_px: 32,
+            vector_dim: 0,
+            ..Self::released()
+        }
+    }
+
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -306,14 +306,7 @@ mod tests {
 
     #[test]
     fn library_upscale_keeps_depth_alpha_and_gray() {
-        let mut cfg = crate::config::ModelConfig::released();
-        (
-            cfg.num_layers,
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.mlp_inner_size,
-        ) = (1, 16, 2, 32);
-        (cfg.image_block_size_px, cfg.vector_dim) = (32, 0);
+        let cfg = crate::config::ModelConfig::minimal();
         let model = InfDit::random(&cfg, 3, candle_core::DType::F32, &Device::Cpu).unwrap();
         let sampler = SamplerConfig {
             steps: 1,

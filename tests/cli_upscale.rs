@@ -30,15 +30,7 @@ fn write_model(model: &Path, cfg: &ModelConfig, seed: u64) -> PathBuf {
 }
 
 fn tiny_config() -> ModelConfig {
-    ModelConfig {
-        num_layers: 1,
-        hidden_size: 16,
-        num_attention_heads: 2,
-        mlp_inner_size: 32,
-        image_block_size_px: 32,
-        vector_dim: 0,
-        ..ModelConfig::released()
-    }
+    ModelConfig::minimal()
 }
 
 /// Runs `infdit upscale` with the tiny model and a one-step sampler; `--sigma-max 0.01`

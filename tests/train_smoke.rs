@@ -16,14 +16,7 @@ fn train_saves_resumes_and_produces_a_loadable_model() {
         });
         img.save(photos.join(format!("p{k}.png"))).unwrap();
     }
-    let mut cfg = ModelConfig::released();
-    (
-        cfg.num_layers,
-        cfg.hidden_size,
-        cfg.num_attention_heads,
-        cfg.mlp_inner_size,
-    ) = (1, 16, 2, 32);
-    (cfg.image_block_size_px, cfg.vector_dim) = (32, 0);
+    let cfg = ModelConfig::minimal();
     let cfg_path = dir.path().join("config.json");
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
     let out = dir.path().join("run");
