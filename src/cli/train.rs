@@ -35,6 +35,11 @@ pub struct TrainArgs {
     crop: Option<usize>,
     #[arg(long)]
     lr: Option<f64>,
+    /// Anneal the learning rate from this step on (cosine down to --min-lr at --steps).
+    #[arg(long)]
+    decay_start: Option<usize>,
+    #[arg(long)]
+    min_lr: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
     #[arg(long)]
@@ -59,7 +64,10 @@ impl TrainArgs {
         macro_rules! set {
             ($($f:ident <- $a:ident),*) => { $(if let Some(v) = self.$a { opts.$f = v; })* };
         }
-        set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every);
+        set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr);
+        if self.decay_start.is_some() {
+            opts.decay_start = self.decay_start;
+        }
         let cfg = match (&self.config, &self.resume) {
             (Some(p), _) => ModelConfig::from_json_file(p)?,
             (None, Some(dir)) => ModelConfig::from_json_file(&dir.join("config.json"))?,

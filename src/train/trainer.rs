@@ -38,6 +38,12 @@ pub struct TrainOptions {
     pub p_std: f64,
     pub seed: u64,
     pub save_every: usize,
+    /// Step from which the learning rate follows a cosine down to `min_learning_rate` at
+    /// `steps` (annealing at the end of a run); `None` keeps it constant after warm-up.
+    #[serde(default)]
+    pub decay_start: Option<usize>,
+    #[serde(default)]
+    pub min_learning_rate: f64,
 }
 
 impl Default for TrainOptions {
@@ -56,6 +62,25 @@ impl Default for TrainOptions {
             p_std: 1.4,
             seed: 0,
             save_every: 250,
+            decay_start: None,
+            min_learning_rate: 0.0,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// The learning rate of step `step` (0-based): linear warm-up, constant, then the
+    /// optional cosine decay.
+    pub fn learning_rate_at(&self, step: usize) -> f64 {
+        let warm = ((step + 1) as f64 / self.warmup_steps.max(1) as f64).min(1.0);
+        let base = self.learning_rate * warm;
+        match self.decay_start {
+            Some(start) if step >= start && self.steps > start => {
+                let t = ((step - start) as f64 / (self.steps - start) as f64).min(1.0);
+                let cos = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+                self.min_learning_rate + (base - self.min_learning_rate) * cos
+            }
+            _ => base,
         }
     }
 }
@@ -335,8 +360,7 @@ impl Trainer {
         }
         let start = Instant::now();
         while self.step < self.opts.steps {
-            let lr = self.opts.learning_rate
-                * ((self.step + 1) as f64 / self.opts.warmup_steps.max(1) as f64).min(1.0);
+            let lr = self.opts.learning_rate_at(self.step);
             opt.set_learning_rate(lr);
             let examples = (0..self.opts.batch_size)
                 .map(|_| self.example(data))
@@ -437,5 +461,108 @@ pub fn small_config() -> ModelConfig {
         image_block_size_px: 64,
         vector_dim: 0,
         ..ModelConfig::released()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Batching, Engine, EngineOptions, Order};
+
+    /// The loss the trainer differentiates must be the EDM loss of the very denoiser
+    /// inference runs, for several images of one batch at different noise levels.
+    #[test]
+    fn training_loss_equals_the_loss_of_the_inference_denoiser() -> Result<()> {
+        let cfg = ModelConfig::minimal();
+        let trainer = Trainer::new(cfg.clone(), TrainOptions::default(), Device::Cpu, None)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let (h, w) = (2 * cfg.image_block_size_px, 3 * cfg.image_block_size_px);
+        // Non-zero output projections, so that F matters.
+        let weights: HashMap<String, Tensor> = init_weights(&cfg, 1)?
+            .into_iter()
+            .map(|(k, t)| {
+                let noise = Tensor::randn_like(&t, 0.0, 0.05)?;
+                Ok((k, (t + noise)?))
+            })
+            .collect::<Result<_>>()?;
+        for (name, var) in trainer.varmap.data().lock().expect("var map lock").iter() {
+            var.set(&weights[name])?;
+        }
+        let examples: Vec<Example> = [0.05f32, 0.7]
+            .into_iter()
+            .map(|sigma| {
+                let hr = Planar::new(3, h, w, normal(&mut rng, 3 * h * w, 0.4));
+                let lr = resize_bicubic(&hr, h / cfg.sr_scale, w / cfg.sr_scale, true);
+                let concat_lr = resize_bicubic(&lr, h, w, true).map(|v| v.clamp(-1.0, 1.0));
+                let eps = normal(&mut rng, 3 * h * w, 1.0);
+                let x = Planar::new(
+                    3,
+                    h,
+                    w,
+                    hr.data
+                        .iter()
+                        .zip(&eps)
+                        .map(|(a, e)| a + sigma * e)
+                        .collect(),
+                );
+                let cond = Conditioning {
+                    concat_lr,
+                    lr,
+                    vector: None,
+                    positions: Positions::Offset { row: 5, col: 9 },
+                };
+                Example { hr, x, cond, sigma }
+            })
+            .collect();
+        let trained = trainer.loss(&examples)?.to_scalar::<f32>()?;
+
+        let model = InfDit::new(
+            &cfg,
+            VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+        )?;
+        let engine = Engine::new(
+            &model,
+            EngineOptions {
+                batching: Batching::Blocks(2),
+                order: Order::Auto,
+            },
+        );
+        let sd = cfg.sigma_data as f32;
+        let mut reference = 0f64;
+        for ex in &examples {
+            let d = engine.denoise(&ex.x, ex.sigma, &ex.cond, &mut |_| {})?;
+            let weight = (ex.sigma.powi(2) + sd * sd) / (ex.sigma * sd).powi(2);
+            let mse = d
+                .data
+                .iter()
+                .zip(&ex.hr.data)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+                / d.data.len() as f64;
+            reference += weight as f64 * mse / examples.len() as f64;
+        }
+        let rel = (trained as f64 - reference).abs() / reference;
+        assert!(rel < 1e-4, "trainer {trained} vs inference {reference}");
+        Ok(())
+    }
+
+    #[test]
+    fn learning_rate_warms_up_holds_then_decays_to_the_floor() {
+        let mut o = TrainOptions {
+            steps: 1000,
+            learning_rate: 1e-3,
+            warmup_steps: 100,
+            ..Default::default()
+        };
+        assert!((o.learning_rate_at(0) - 1e-5).abs() < 1e-12);
+        assert_eq!(o.learning_rate_at(99), 1e-3);
+        assert_eq!(o.learning_rate_at(999), 1e-3);
+        o.decay_start = Some(600);
+        o.min_learning_rate = 1e-4;
+        assert_eq!(o.learning_rate_at(599), 1e-3);
+        assert_eq!(o.learning_rate_at(600), 1e-3);
+        assert!((o.learning_rate_at(800) - 5.5e-4).abs() < 1e-12);
+        assert!(o.learning_rate_at(999) > 1e-4 && o.learning_rate_at(999) < 1.01e-4);
+        assert!((o.learning_rate_at(1000) - 1e-4).abs() < 1e-15);
     }
 }
