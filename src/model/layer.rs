@@ -2,6 +2,7 @@
 
 use super::attention::{BlockId, KvCache, SelfAttention};
 use super::cross_attention::LrCrossAttention;
+use super::fused::gelu;
 use super::ops::{modulate, split_last, LayerNorm};
 use super::Tap;
 use crate::config::ModelConfig;
@@ -27,7 +28,7 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.dense_4h_to_h
-            .forward(&self.dense_h_to_4h.forward(x)?.gelu()?)
+            .forward(&gelu(&self.dense_h_to_4h.forward(x)?)?)
     }
 }
 

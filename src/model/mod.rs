@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod cross_attention;
 pub mod embed;
+pub mod fused;
 pub mod layer;
 pub mod ops;
 pub mod precond;

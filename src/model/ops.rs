@@ -107,7 +107,7 @@ fn attention_dense(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     // Scaling the queries instead of the scores saves a pass over the largest tensor.
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let scores = (q * scale)?.contiguous()?.matmul(&k.t()?.contiguous()?)?;
-    candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
+    super::fused::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
 }
 
 /// Splits a `[.., k·d]` tensor into `k` chunks of `d` along the last dimension.

@@ -469,15 +469,13 @@ mod tests {
     use super::*;
     use crate::engine::{Batching, Engine, EngineOptions, Order};
 
-    /// The loss the trainer differentiates must be the EDM loss of the very denoiser
-    /// inference runs, for several images of one batch at different noise levels.
-    #[test]
-    fn training_loss_equals_the_loss_of_the_inference_denoiser() -> Result<()> {
+    /// A trainer on the minimal config with non-zero random weights (so that every
+    /// parameter matters) and two examples at different noise levels.
+    fn setup() -> Result<(ModelConfig, Trainer, HashMap<String, Tensor>, Vec<Example>)> {
         let cfg = ModelConfig::minimal();
         let trainer = Trainer::new(cfg.clone(), TrainOptions::default(), Device::Cpu, None)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let (h, w) = (2 * cfg.image_block_size_px, 3 * cfg.image_block_size_px);
-        // Non-zero output projections, so that F matters.
         let weights: HashMap<String, Tensor> = init_weights(&cfg, 1)?
             .into_iter()
             .map(|(k, t)| {
@@ -514,6 +512,55 @@ mod tests {
                 Example { hr, x, cond, sigma }
             })
             .collect();
+        Ok((cfg, trainer, weights, examples))
+    }
+
+    /// Every parameter must receive the true gradient of the loss: a kernel without a
+    /// backward pass would silently cut the graph (the attention softmax once did).
+    #[test]
+    fn every_parameter_gets_the_gradient_of_the_loss() -> Result<()> {
+        let (_, trainer, weights, examples) = setup()?;
+        let grads = trainer.loss(&examples)?.backward()?;
+        let vars: Vec<(String, Var)> = trainer
+            .varmap
+            .data()
+            .lock()
+            .expect("var map lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut analytic = 0f64;
+        let mut dirs = HashMap::new();
+        for (name, var) in &vars {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            assert!(norm > 0.0, "zero gradient for {name}");
+            let d = Tensor::randn_like(var.as_tensor(), 0.0, 1e-3)?;
+            analytic += (g * &d)?.sum_all()?.to_scalar::<f32>()? as f64;
+            dirs.insert(name.clone(), d);
+        }
+        // Central difference of the loss along the random direction.
+        let loss_at = |sign: f64| -> Result<f64> {
+            for (name, var) in &vars {
+                var.set(&(&weights[name] + (&dirs[name] * sign)?)?)?;
+            }
+            Ok(trainer.loss(&examples)?.to_scalar::<f32>()? as f64)
+        };
+        let numeric = (loss_at(1.0)? - loss_at(-1.0)?) / 2.0;
+        assert!(
+            (numeric - analytic).abs() < 0.02 * analytic.abs() + 1e-6,
+            "directional derivative: numeric {numeric}, analytic {analytic}"
+        );
+        Ok(())
+    }
+
+    /// The loss the trainer differentiates must be the EDM loss of the very denoiser
+    /// inference runs, for several images of one batch at different noise levels.
+    #[test]
+    fn training_loss_equals_the_loss_of_the_inference_denoiser() -> Result<()> {
+        let (cfg, trainer, weights, examples) = setup()?;
         let trained = trainer.loss(&examples)?.to_scalar::<f32>()?;
 
         let model = InfDit::new(

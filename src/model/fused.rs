@@ -1,0 +1,279 @@
+//! tanh-GELU and softmax, fused on the CPU, with their gradients.
+//!
+//! candle's GELU evaluates libm `tanhf` per element and builds its gradient from ten
+//! separate tensor ops; its fused softmax has no backward pass at all (gradients would
+//! silently stop at the attention scores). Here each forward pass and each gradient is
+//! one vectorisable loop (plain arithmetic: no `mul_add`, which is a libm call without
+//! FMA) with a polynomial `exp` accurate to about one ulp, so results agree with
+//! candle's to ~1e-7. Other devices and dtypes use candle's kernels.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// `√(2/π)`, the constant of the tanh approximation.
+const K: f32 = 0.797_884_6;
+const C: f32 = 0.044_715;
+/// Elements per parallel work item.
+const CHUNK: usize = 1 << 14;
+
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`; fused on the CPU for f32, candle's
+/// kernel elsewhere.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.apply_op1(FusedGelu)
+    } else {
+        x.gelu()
+    }
+}
+
+/// Softmax over the last dimension, differentiable on every device.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(FusedSoftmax)
+    } else if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// `eˣ` by range reduction to `r ∈ [−ln2/2, ln2/2]` and a degree-7 Taylor polynomial;
+/// branch-free so that loops over slices vectorise.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding 1.5·2²³ rounds to the nearest integer in the low mantissa bits.
+    const SHIFT: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + SHIFT;
+    let n = t - SHIFT;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * r + c;
+    }
+    let bits = (t.to_bits() as i32 - SHIFT.to_bits() as i32 + 127) << 23;
+    p * f32::from_bits(bits as u32)
+}
+
+/// `tanh(√(2/π)·(x + c·x³))` as `1 − 2/(e^{2u} + 1)`.
+#[inline(always)]
+fn inner_tanh(x: f32) -> f32 {
+    let u = K * x * (1.0 + C * x * x);
+    1.0 - 2.0 / (exp(2.0 * u) + 1.0)
+}
+
+#[inline(always)]
+fn gelu_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + inner_tanh(x))
+}
+
+#[inline(always)]
+fn gelu_derivative(x: f32) -> f32 {
+    let t = inner_tanh(x);
+    let du = K * (1.0 + 3.0 * C * x * x);
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        (CpuStorage::F32(_), None) => candle_core::bail!("gelu: non-contiguous input"),
+        _ => candle_core::bail!("gelu: f32 only"),
+    }
+}
+
+struct FusedGelu;
+
+impl CustomOp1 for FusedGelu {
+    fn name(&self) -> &'static str {
+        "fused-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu_value(x)));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2(&grad_res.contiguous()?, GeluGrad)?,
+        ))
+    }
+}
+
+/// `grad · gelu'(x)`, the backward pass of [`FusedGelu`].
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "fused-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(o, (x, g))| {
+                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                    *o = g * gelu_derivative(x);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+struct FusedSoftmax;
+
+impl CustomOp1 for FusedSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let d = last_dim(l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+            let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut sum = 0f32;
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = exp(x - max);
+                sum += *y;
+            }
+            let inv = 1.0 / sum;
+            y.iter_mut().for_each(|y| *y *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2(&grad_res.contiguous()?, SoftmaxGrad)?))
+    }
+}
+
+/// `s ⊙ (g − Σ g⊙s)` per row, the backward pass of [`FusedSoftmax`] (`s` its output).
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (s, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let d = last_dim(l1)?;
+        let mut out = vec![0f32; s.len()];
+        out.par_chunks_mut(d)
+            .zip(s.par_chunks(d).zip(g.par_chunks(d)))
+            .for_each(|(o, (s, g))| {
+                let dot: f32 = s.iter().zip(g).map(|(a, b)| a * b).sum();
+                for ((o, &s), &g) in o.iter_mut().zip(s).zip(g) {
+                    *o = s * (g - dot);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+fn last_dim(l: &Layout) -> Result<usize> {
+    match l.dims().last() {
+        Some(&d) if d > 0 => Ok(d),
+        _ => candle_core::bail!("softmax: empty last dimension"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn exp_is_accurate_over_the_range() {
+        for i in -8700..=8800 {
+            let x = i as f32 * 0.01;
+            let (want, got) = (x.exp(), exp(x));
+            assert!(
+                ((got - want) / want).abs() < 4e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_candle_gelu_and_its_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        // Wide enough to reach both saturated tails, and several parallel chunks.
+        let x = (Tensor::randn(0f32, 1., 3 * CHUNK + 17, &dev)? * 4.0)?;
+        let ours = gelu(&x)?;
+        let theirs = x.gelu()?;
+        let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "forward {diff}");
+
+        let w = Tensor::randn(0f32, 1., x.shape(), &dev)?;
+        let v = Var::from_tensor(&x)?;
+        let g_ours = (gelu(v.as_tensor())? * &w)?.sum_all()?.backward()?;
+        let g_theirs = (v.as_tensor().gelu()? * &w)?.sum_all()?.backward()?;
+        let (a, b) = (
+            g_ours.get(v.as_tensor()).expect("gradient"),
+            g_theirs.get(v.as_tensor()).expect("gradient"),
+        );
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "gradient {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn softmax_matches_candle_and_has_the_right_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 1., (3, 5, 37), &dev)? * 6.0)?;
+        let ours = softmax_last_dim(&x)?;
+        let theirs = candle_nn::ops::softmax_last_dim(&x)?;
+        let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "forward {diff}");
+
+        let w = Tensor::randn(0f32, 1., x.shape(), &dev)?;
+        let v = Var::from_tensor(&x)?;
+        let g_ours = (softmax_last_dim(v.as_tensor())? * &w)?
+            .sum_all()?
+            .backward()?;
+        let g_ref = (candle_nn::ops::softmax(v.as_tensor(), D::Minus1)? * &w)?
+            .sum_all()?
+            .backward()?;
+        let (a, b) = (
+            g_ours.get(v.as_tensor()).expect("gradient"),
+            g_ref.get(v.as_tensor()).expect("gradient"),
+        );
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "gradient {diff}");
+        Ok(())
+    }
+}
