@@ -97,13 +97,14 @@ impl ModelConfig {
 
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
+            self.num_attention_heads > 0
+                && self.hidden_size.is_multiple_of(self.num_attention_heads),
             "hidden_size {} is not divisible by num_attention_heads {}",
             self.hidden_size,
             self.num_attention_heads
         );
         ensure!(
-            self.head_dim() % 4 == 0,
+            self.head_dim().is_multiple_of(4),
             "head dim {} must be a multiple of 4 for 2D RoPE",
             self.head_dim()
         );
@@ -112,12 +113,14 @@ impl ModelConfig {
             "in_channels must be noisy image + LR image channels (2·out_channels)"
         );
         ensure!(
-            self.patch_size > 0 && self.image_block_size_px % self.patch_size == 0,
+            self.patch_size > 0 && self.image_block_size_px.is_multiple_of(self.patch_size),
             "image_block_size_px must be a multiple of patch_size"
         );
         ensure!(
             self.sr_scale > 0
-                && self.image_block_size_px % (self.sr_scale * self.lr_patch_size) == 0,
+                && self
+                    .image_block_size_px
+                    .is_multiple_of(self.sr_scale * self.lr_patch_size),
             "image_block_size_px must be a multiple of sr_scale·lr_patch_size"
         );
         ensure!(
@@ -125,7 +128,7 @@ impl ModelConfig {
             "rope_position_modulus must be in 1..=rope_table_size"
         );
         ensure!(
-            self.time_embed_channels % 2 == 0,
+            self.time_embed_channels.is_multiple_of(2),
             "time_embed_channels must be even"
         );
         Ok(())

@@ -208,7 +208,7 @@ impl Upscaler {
         let cfg = self.model.config();
         // A pass may enlarge less than the trained ratio: the model's LR is then the
         // input shrunk so that HR:LR stays the trained ratio (NOTES §3.4).
-        if scale > cfg.sr_scale || cfg.sr_scale % scale != 0 {
+        if scale > cfg.sr_scale || !cfg.sr_scale.is_multiple_of(scale) {
             bail!(
                 "this model was trained at ×{}; a ×{scale} pass is not possible",
                 cfg.sr_scale

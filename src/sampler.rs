@@ -131,7 +131,7 @@ mod tests {
             steps: 4,
             ..Default::default()
         };
-        let want = [40.0000114f32, 5.2237997, 0.29258615, 0.0020000036, 0.0];
+        let want = [40.000_01_f32, 5.2237997, 0.29258615, 0.0020000036, 0.0];
         for (a, b) in cfg.sigmas().iter().zip(want) {
             assert!((a - b).abs() <= 1e-5 * b.max(1.0), "{a} vs {b}");
         }

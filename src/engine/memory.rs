@@ -23,7 +23,8 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("invalid size `{s}` (e.g. 8G, 512M)"))?;
-    if !(v > 0.0) {
+    // Also refuses NaN.
+    if v.is_nan() || v <= 0.0 {
         bail!("invalid size `{s}`: must be positive");
     }
     Ok((v * mult as f64) as u64)

@@ -85,7 +85,7 @@ impl Schedule {
             .map(|&(i, j)| {
                 let readers = [(i, j + 1), (i + 1, j), (i + 1, j + 1)];
                 (
-                    ((i, j)),
+                    (i, j),
                     readers.iter().filter_map(|r| pos.get(r).copied()).max(),
                 )
             })
@@ -150,7 +150,7 @@ impl<'m> Engine<'m> {
     pub fn block_grid(&self, height: usize, width: usize) -> Result<(usize, usize)> {
         let s = self.model.config().image_block_size_px;
         ensure!(
-            height % s == 0 && width % s == 0 && height > 0 && width > 0,
+            height.is_multiple_of(s) && width.is_multiple_of(s) && height > 0 && width > 0,
             "image {width}×{height} is not a whole number of {s}-px blocks"
         );
         Ok((height / s, width / s))

@@ -319,7 +319,7 @@ fn split<T: Copy + Into<f32>>(
     let n = h * w;
     let colour = if channels >= 3 { 3 } else { 1 };
     let mut rgb = vec![0.0; 3 * n];
-    let mut alpha = (channels % 2 == 0).then(|| vec![0.0; n]);
+    let mut alpha = channels.is_multiple_of(2).then(|| vec![0.0; n]);
     let norm = |v: T| (v.into() / max).clamp(0.0, 1.0);
     for (i, px) in raw.chunks_exact(channels).enumerate() {
         for c in 0..3 {

@@ -149,7 +149,7 @@ impl Trainer {
         resume: Option<&Path>,
     ) -> Result<Self> {
         cfg.validate()?;
-        if opts.crop_px % cfg.image_block_size_px != 0 {
+        if !opts.crop_px.is_multiple_of(cfg.image_block_size_px) {
             bail!(
                 "--crop {} must be a multiple of the block size {}",
                 opts.crop_px,
@@ -405,7 +405,7 @@ impl Trainer {
                 start.elapsed().as_secs_f64()
             )?;
             on_step(self.step, loss_v, norm);
-            if self.step % self.opts.save_every == 0 || self.step == self.opts.steps {
+            if self.step.is_multiple_of(self.opts.save_every) || self.step == self.opts.steps {
                 self.save(out)?;
             }
         }
@@ -469,9 +469,12 @@ mod tests {
     use super::*;
     use crate::engine::{Batching, Engine, EngineOptions, Order};
 
+    /// Config, trainer, its weights and two examples.
+    type Setup = (ModelConfig, Trainer, HashMap<String, Tensor>, Vec<Example>);
+
     /// A trainer on the minimal config with non-zero random weights (so that every
     /// parameter matters) and two examples at different noise levels.
-    fn setup() -> Result<(ModelConfig, Trainer, HashMap<String, Tensor>, Vec<Example>)> {
+    fn setup() -> Result<Setup> {
         let cfg = ModelConfig::minimal();
         let trainer = Trainer::new(cfg.clone(), TrainOptions::default(), Device::Cpu, None)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
