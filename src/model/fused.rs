@@ -1,4 +1,5 @@
-//! tanh-GELU and softmax, fused on the CPU, with their gradients.
+//! tanh-GELU and softmax, fused on the CPU, with their gradients (the softmax only where
+//! gradients are tracked: at inference candle's kernel is slightly faster).
 //!
 //! candle's GELU evaluates libm `tanhf` per element and builds its gradient from ten
 //! separate tensor ops; its fused softmax has no backward pass at all (gradients would
@@ -26,14 +27,15 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Softmax over the last dimension, differentiable on every device.
+/// Softmax over the last dimension, differentiable on every device. Without gradients
+/// it is candle's kernel (measured slightly faster than ours at inference).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(FusedSoftmax)
-    } else if x.track_op() {
-        candle_nn::ops::softmax(x, D::Minus1)
-    } else {
+    if !x.track_op() {
         candle_nn::ops::softmax_last_dim(x)
+    } else if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(FusedSoftmax)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
     }
 }
 
@@ -255,7 +257,7 @@ mod tests {
     fn softmax_matches_candle_and_has_the_right_gradient() -> Result<()> {
         let dev = Device::Cpu;
         let x = (Tensor::randn(0f32, 1., (3, 5, 37), &dev)? * 6.0)?;
-        let ours = softmax_last_dim(&x)?;
+        let ours = x.apply_op1(FusedSoftmax)?;
         let theirs = candle_nn::ops::softmax_last_dim(&x)?;
         let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "forward {diff}");
