@@ -65,9 +65,7 @@ impl TrainArgs {
             ($($f:ident <- $a:ident),*) => { $(if let Some(v) = self.$a { opts.$f = v; })* };
         }
         set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr);
-        if self.decay_start.is_some() {
-            opts.decay_start = self.decay_start;
-        }
+        opts.decay_start = self.decay_start.or(opts.decay_start);
         let cfg = match (&self.config, &self.resume) {
             (Some(p), _) => ModelConfig::from_json_file(p)?,
             (None, Some(dir)) => ModelConfig::from_json_file(&dir.join("config.json"))?,

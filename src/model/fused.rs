@@ -90,9 +90,19 @@ fn gelu_derivative(x: f32) -> f32 {
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        (CpuStorage::F32(_), None) => candle_core::bail!("gelu: non-contiguous input"),
-        _ => candle_core::bail!("gelu: f32 only"),
+        (CpuStorage::F32(_), None) => candle_core::bail!("fused op: non-contiguous input"),
+        _ => candle_core::bail!("fused op: f32 only"),
     }
+}
+
+/// `len` values computed `chunk` at a time in parallel: `f(start, out)` fills `out`, the
+/// values at `start..start + out.len()`.
+fn par_fill(len: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> CpuStorage {
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(k, o)| f(k * chunk, o));
+    CpuStorage::F32(out)
 }
 
 struct FusedGelu;
@@ -104,11 +114,12 @@ impl CustomOp1 for FusedGelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu_value(x)));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        let y = par_fill(x.len(), CHUNK, |i, y| {
+            y.iter_mut()
+                .zip(&x[i..])
+                .for_each(|(y, &x)| *y = gelu_value(x))
+        });
+        Ok((y, l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -135,15 +146,12 @@ impl CustomOp2 for GeluGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| {
-                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                    *o = g * gelu_derivative(x);
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let out = par_fill(x.len(), CHUNK, |i, o| {
+            for ((o, &x), &g) in o.iter_mut().zip(&x[i..]).zip(&g[i..]) {
+                *o = g * gelu_derivative(x);
+            }
+        });
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -157,8 +165,8 @@ impl CustomOp1 for FusedSoftmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
         let d = last_dim(l)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+        let y = par_fill(x.len(), d, |i, y| {
+            let x = &x[i..i + d];
             let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             let mut sum = 0f32;
             for (y, &x) in y.iter_mut().zip(x) {
@@ -168,7 +176,7 @@ impl CustomOp1 for FusedSoftmax {
             let inv = 1.0 / sum;
             y.iter_mut().for_each(|y| *y *= inv);
         });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((y, l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -193,16 +201,14 @@ impl CustomOp2 for SoftmaxGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (s, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let d = last_dim(l1)?;
-        let mut out = vec![0f32; s.len()];
-        out.par_chunks_mut(d)
-            .zip(s.par_chunks(d).zip(g.par_chunks(d)))
-            .for_each(|(o, (s, g))| {
-                let dot: f32 = s.iter().zip(g).map(|(a, b)| a * b).sum();
-                for ((o, &s), &g) in o.iter_mut().zip(s).zip(g) {
-                    *o = s * (g - dot);
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let out = par_fill(s.len(), d, |i, o| {
+            let (s, g) = (&s[i..i + d], &g[i..i + d]);
+            let dot: f32 = s.iter().zip(g).map(|(a, b)| a * b).sum();
+            for ((o, &s), &g) in o.iter_mut().zip(s).zip(g) {
+                *o = s * (g - dot);
+            }
+        });
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -217,6 +223,21 @@ fn last_dim(l: &Layout) -> Result<usize> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// Gradient of `Σ w⊙f(x)` with respect to `x`.
+    fn weighted_grad(
+        x: &Tensor,
+        w: &Tensor,
+        f: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let v = Var::from_tensor(x)?;
+        let grads = (f(v.as_tensor())? * w)?.sum_all()?.backward()?;
+        Ok(grads.get(v.as_tensor()).expect("gradient").clone())
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+    }
 
     #[test]
     fn exp_is_accurate_over_the_range() {
@@ -235,20 +256,14 @@ mod tests {
         let dev = Device::Cpu;
         // Wide enough to reach both saturated tails, and several parallel chunks.
         let x = (Tensor::randn(0f32, 1., 3 * CHUNK + 17, &dev)? * 4.0)?;
-        let ours = gelu(&x)?;
-        let theirs = x.gelu()?;
-        let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = max_diff(&gelu(&x)?, &x.gelu()?)?;
         assert!(diff < 1e-6, "forward {diff}");
 
         let w = Tensor::randn(0f32, 1., x.shape(), &dev)?;
-        let v = Var::from_tensor(&x)?;
-        let g_ours = (gelu(v.as_tensor())? * &w)?.sum_all()?.backward()?;
-        let g_theirs = (v.as_tensor().gelu()? * &w)?.sum_all()?.backward()?;
-        let (a, b) = (
-            g_ours.get(v.as_tensor()).expect("gradient"),
-            g_theirs.get(v.as_tensor()).expect("gradient"),
-        );
-        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = max_diff(
+            &weighted_grad(&x, &w, gelu)?,
+            &weighted_grad(&x, &w, |t| t.gelu())?,
+        )?;
         assert!(diff < 1e-5, "gradient {diff}");
         Ok(())
     }
@@ -257,24 +272,17 @@ mod tests {
     fn softmax_matches_candle_and_has_the_right_gradient() -> Result<()> {
         let dev = Device::Cpu;
         let x = (Tensor::randn(0f32, 1., (3, 5, 37), &dev)? * 6.0)?;
-        let ours = x.apply_op1(FusedSoftmax)?;
-        let theirs = candle_nn::ops::softmax_last_dim(&x)?;
-        let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = max_diff(
+            &x.apply_op1(FusedSoftmax)?,
+            &candle_nn::ops::softmax_last_dim(&x)?,
+        )?;
         assert!(diff < 1e-6, "forward {diff}");
 
         let w = Tensor::randn(0f32, 1., x.shape(), &dev)?;
-        let v = Var::from_tensor(&x)?;
-        let g_ours = (softmax_last_dim(v.as_tensor())? * &w)?
-            .sum_all()?
-            .backward()?;
-        let g_ref = (candle_nn::ops::softmax(v.as_tensor(), D::Minus1)? * &w)?
-            .sum_all()?
-            .backward()?;
-        let (a, b) = (
-            g_ours.get(v.as_tensor()).expect("gradient"),
-            g_ref.get(v.as_tensor()).expect("gradient"),
-        );
-        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = max_diff(
+            &weighted_grad(&x, &w, softmax_last_dim)?,
+            &weighted_grad(&x, &w, |t| candle_nn::ops::softmax(t, D::Minus1))?,
+        )?;
         assert!(diff < 1e-5, "gradient {diff}");
         Ok(())
     }

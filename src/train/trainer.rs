@@ -121,6 +121,23 @@ fn normal(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
         .collect()
 }
 
+/// `hr + σ·ε` with standard normal `ε` drawn from `rng`.
+fn noised(hr: &Planar, sigma: f32, rng: &mut impl Rng) -> Planar {
+    let eps = normal(rng, hr.data.len(), 1.0);
+    let data = hr
+        .data
+        .iter()
+        .zip(&eps)
+        .map(|(a, e)| a + sigma * e)
+        .collect();
+    Planar::new(hr.channels, hr.height, hr.width, data)
+}
+
+/// EDM loss weight `(σ² + σ_d²)/(σ·σ_d)²`.
+fn loss_weight(sigma: f32, sigma_data: f32) -> f32 {
+    (sigma * sigma + sigma_data * sigma_data) / (sigma * sigma_data).powi(2)
+}
+
 /// One training example, ready for the network.
 struct Example {
     hr: Planar,
@@ -221,17 +238,7 @@ impl Trainer {
         };
         let log_sigma = Normal::new(self.opts.p_mean, self.opts.p_std)?.sample(&mut self.rng);
         let sigma = (log_sigma.exp() as f32).max(1e-3);
-        let eps = normal(&mut self.rng, 3 * h * w, 1.0);
-        let x = Planar::new(
-            3,
-            h,
-            w,
-            hr.data
-                .iter()
-                .zip(&eps)
-                .map(|(a, e)| a + sigma * e)
-                .collect(),
-        );
+        let x = noised(&hr, sigma, &mut self.rng);
         // Random RoPE offsets so the model sees the whole position table (`--random-position`).
         let tokens = h.max(w) / self.cfg.patch_size;
         let max_off = self.cfg.rope_position_modulus.saturating_sub(tokens);
@@ -279,7 +286,7 @@ impl Trainer {
             )?);
             gather_blocks(&ex.x, &blocks, s, &mut x_blocks);
             gather_blocks(&ex.hr, &blocks, s, &mut hr_blocks);
-            let w = (ex.sigma * ex.sigma + sd * sd) / (ex.sigma * sd).powi(2);
+            let w = loss_weight(ex.sigma, sd);
             for _ in &blocks {
                 c_skip.push(pre.c_skip);
                 c_out.push(pre.c_out);
@@ -495,17 +502,7 @@ mod tests {
                 let hr = Planar::new(3, h, w, normal(&mut rng, 3 * h * w, 0.4));
                 let lr = resize_bicubic(&hr, h / cfg.sr_scale, w / cfg.sr_scale, true);
                 let concat_lr = resize_bicubic(&lr, h, w, true).map(|v| v.clamp(-1.0, 1.0));
-                let eps = normal(&mut rng, 3 * h * w, 1.0);
-                let x = Planar::new(
-                    3,
-                    h,
-                    w,
-                    hr.data
-                        .iter()
-                        .zip(&eps)
-                        .map(|(a, e)| a + sigma * e)
-                        .collect(),
-                );
+                let x = noised(&hr, sigma, &mut rng);
                 let cond = Conditioning {
                     concat_lr,
                     lr,
@@ -581,7 +578,7 @@ mod tests {
         let mut reference = 0f64;
         for ex in &examples {
             let d = engine.denoise(&ex.x, ex.sigma, &ex.cond, &mut |_| {})?;
-            let weight = (ex.sigma.powi(2) + sd * sd) / (ex.sigma * sd).powi(2);
+            let weight = loss_weight(ex.sigma, sd);
             let mse = d
                 .data
                 .iter()
