@@ -50,9 +50,10 @@ fi
 export CUDA_PATH=$CUDA_HOME PATH="$CUDA_HOME/bin:$PATH"
 nvcc --version | tail -1
 
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/cuda}
 cargo build --release --locked --features cuda
 mkdir -p "$OUT"
-cp target/release/infdit "$OUT/infdit"
+cp "$CARGO_TARGET_DIR/release/infdit" "$OUT/infdit"
 xz -T2 -6 -kf "$OUT/infdit"
 cp scripts/gpu-bench.sh "$OUT/"
 echo "built $OUT/infdit ($(du -h "$OUT/infdit" | cut -f1)), compressed: $OUT/infdit.xz ($(du -h "$OUT/infdit.xz" | cut -f1))"

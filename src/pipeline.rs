@@ -255,11 +255,7 @@ impl Upscaler {
     }
 
     fn batch_size(&self, height: usize, width: usize) -> Result<usize> {
-        let mm = MemoryModel {
-            cfg: self.model.config(),
-            dtype_bytes: self.model.dtype().size_in_bytes() as u64,
-            include_host: matches!(self.model.device(), Device::Cpu),
-        };
+        let mm = MemoryModel::new(self.model.config(), self.model.dtype(), self.model.device());
         match self.opts.batch {
             Some(BatchChoice::Fixed(b)) => Ok(b.max(1)),
             Some(BatchChoice::Budget(bytes)) => {

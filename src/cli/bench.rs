@@ -19,6 +19,9 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Time D(x, σ) in block and full mode over image sizes and batch sizes.
     Engine(EngineBenchArgs),
+    /// Time the attention kernel at one shape (fused where available, and composed), with
+    /// its largest difference from an f32 reference.
+    Attention(AttentionArgs),
     /// One case in this process (used by `engine`).
     #[command(hide = true)]
     EngineOne(OneArgs),
@@ -69,6 +72,84 @@ pub struct OneArgs {
     batch: String,
 }
 
+#[derive(Args, Debug)]
+pub struct AttentionArgs {
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    dtype: DTypeArg,
+    /// Blocks (batch entries).
+    #[arg(long, default_value_t = 16)]
+    blocks: usize,
+    #[arg(long, default_value_t = 16)]
+    heads: usize,
+    #[arg(long, default_value_t = 1024)]
+    queries: usize,
+    /// Keys per block (4096: a block and its three neighbours).
+    #[arg(long, default_value_t = 4096)]
+    keys: usize,
+    #[arg(long, default_value_t = 80)]
+    head_dim: usize,
+    #[arg(long, default_value_t = 10)]
+    repeat: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttentionResult {
+    pub shape: [usize; 5],
+    pub dtype: String,
+    pub fused: bool,
+    pub ms: f64,
+    pub tflops: f64,
+    pub composed_ms: f64,
+    /// Largest |difference| from f32 composed attention over the first two blocks.
+    pub max_abs_diff: f32,
+}
+
+impl AttentionArgs {
+    fn run(self) -> Result<AttentionResult> {
+        use crate::model::ops::{attention, attention_composed, fused_attention};
+        use candle_core::{DType, Tensor};
+        let device = parse_device(&self.device)?;
+        let dtype: DType = self.dtype.into();
+        let (n, h, tq, tk, d) = (self.blocks, self.heads, self.queries, self.keys, self.head_dim);
+        let q = Tensor::randn(0f32, 1.0, (n, h, tq, d), &device)?;
+        let k = Tensor::randn(0f32, 1.0, (n, h, tk, d), &device)?;
+        let v = Tensor::randn(0f32, 1.0, (n, h, tk, d), &device)?;
+        let (qc, kc, vc) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
+        let m = n.min(2);
+        let reference = attention_composed(&q.narrow(0, 0, m)?, &k.narrow(0, 0, m)?, &v.narrow(0, 0, m)?)?;
+        let ours = attention(&qc.narrow(0, 0, m)?, &kc.narrow(0, 0, m)?, &vc.narrow(0, 0, m)?)?;
+        let max_abs_diff = (ours.to_dtype(DType::F32)? - reference)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        let time = |f: &dyn Fn() -> candle_core::Result<Tensor>, reps: usize| -> Result<f64> {
+            f()?;
+            device.synchronize()?;
+            let start = Instant::now();
+            for _ in 0..reps {
+                f()?;
+            }
+            device.synchronize()?;
+            Ok(start.elapsed().as_secs_f64() * 1e3 / reps as f64)
+        };
+        let ms = time(&|| attention(&qc, &kc, &vc), self.repeat.max(1))?;
+        let composed_ms = time(&|| attention_composed(&qc, &kc, &vc), self.repeat.clamp(1, 3))?;
+        let flops = 4.0 * (n * h * tq * tk * d) as f64;
+        Ok(AttentionResult {
+            shape: [n, h, tq, tk, d],
+            dtype: format!("{:?}", self.dtype).to_lowercase(),
+            fused: fused_attention(&device, dtype, d),
+            ms,
+            tflops: flops / (ms * 1e-3) / 1e12,
+            composed_ms,
+            max_abs_diff,
+        })
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CaseResult {
     pub width: usize,
@@ -114,6 +195,11 @@ impl BenchCommand {
     pub fn run(self) -> Result<()> {
         match self {
             BenchCommand::Engine(a) => a.run(),
+            BenchCommand::Attention(a) => {
+                let r = a.run()?;
+                println!("{}", serde_json::to_string(&r)?);
+                Ok(())
+            }
             BenchCommand::EngineOne(a) => {
                 let r = a.run()?;
                 println!("{}", serde_json::to_string(&r)?);
@@ -204,11 +290,7 @@ impl OneArgs {
         let batching = match self.batch.as_str() {
             "full" => Batching::Full,
             "auto" => {
-                let mm = crate::engine::memory::MemoryModel {
-                    cfg: &cfg,
-                    dtype_bytes: candle_core::DType::from(c.dtype).size_in_bytes() as u64,
-                    include_host: device.is_cpu(),
-                };
+                let mm = crate::engine::memory::MemoryModel::new(&cfg, c.dtype.into(), &device);
                 Batching::Blocks(mm.choose_batch(
                     h,
                     w,

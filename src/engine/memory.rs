@@ -6,6 +6,7 @@
 
 use super::{Order, Schedule};
 use crate::config::ModelConfig;
+use candle_core::{DType, Device};
 use anyhow::{bail, Context, Result};
 
 /// Parses `8G`, `512M`, `1.5GiB`, `2000000000`.
@@ -61,9 +62,21 @@ pub struct MemoryModel<'a> {
     pub dtype_bytes: u64,
     /// Count host image buffers (true when the compute device is the CPU).
     pub include_host: bool,
+    /// Attention scores never reach memory (the fused CUDA kernel serves attention).
+    pub fused_attention: bool,
 }
 
-impl MemoryModel<'_> {
+impl<'a> MemoryModel<'a> {
+    /// The model of `cfg` evaluated in `dtype` on `device`.
+    pub fn new(cfg: &'a ModelConfig, dtype: DType, device: &Device) -> Self {
+        Self {
+            cfg,
+            dtype_bytes: dtype.size_in_bytes() as u64,
+            include_host: device.is_cpu(),
+            fused_attention: crate::model::ops::fused_attention(device, dtype, cfg.head_dim()),
+        }
+    }
+
     pub fn estimate(
         &self,
         height: usize,
@@ -86,9 +99,13 @@ impl MemoryModel<'_> {
         // Residual, LN, qkv, q/k/v, 4-slot K/V, output; MLP hidden twice.
         let per_block_tokens = t * (d * 17 + 2 * m) * e;
         // Scores, scaled scores and softmax (f32), for the blocks of one attention chunk.
-        let per_block_scores = 3 * nh * t * 4 * t * 4;
+        let per_block_scores = if self.fused_attention {
+            0
+        } else {
+            3 * nh * t * 4 * t * 4
+        };
         let chunk_blocks =
-            (crate::model::ops::MAX_SCORE_BYTES as u64 / (per_block_scores / 3)).max(1);
+            (crate::model::ops::MAX_SCORE_BYTES as u64 / (per_block_scores / 3).max(1)).max(1);
         let batch = batch.min(schedule.order.len()) as u64;
         let activations = batch * per_block_tokens + batch.min(chunk_blocks) * per_block_scores;
         MemoryEstimate {
@@ -176,6 +193,7 @@ mod tests {
             cfg: &cfg,
             dtype_bytes: 2,
             include_host: false,
+            fused_attention: false,
         };
         let b = mm
             .choose_batch(4096, 4096, Order::Auto, 8 << 30, 64)
@@ -191,5 +209,28 @@ mod tests {
         let strip = mm.estimate(512, 4096, Order::Auto, 1).cache;
         let square = mm.estimate(4096, 4096, Order::Auto, 1).cache;
         assert!(strip * 4 < square);
+    }
+
+    #[test]
+    fn fused_attention_frees_the_score_memory() {
+        let cfg = ModelConfig::released();
+        let composed = MemoryModel::new(&cfg, DType::BF16, &Device::Cpu);
+        assert!(!composed.fused_attention);
+        let fused = MemoryModel {
+            fused_attention: true,
+            ..MemoryModel::new(&cfg, DType::BF16, &Device::Cpu)
+        };
+        let (a, b) = (
+            composed.estimate(2048, 2048, Order::Auto, 8),
+            fused.estimate(2048, 2048, Order::Auto, 8),
+        );
+        assert_eq!(a.cache, b.cache);
+        // One block's scores for 16 heads at 1024×4096 in f32 are 256 MiB each.
+        assert!(a.activations >= b.activations + (256 << 20));
+        let budget = 12 << 30;
+        assert!(
+            fused.choose_batch(4096, 4096, Order::Auto, budget, 64).unwrap()
+                >= composed.choose_batch(4096, 4096, Order::Auto, budget, 64).unwrap()
+        );
     }
 }

@@ -8,6 +8,8 @@
 pub mod attention;
 pub mod cross_attention;
 pub mod embed;
+#[cfg(feature = "cuda")]
+pub mod flash_attention;
 pub mod fused;
 pub mod layer;
 pub mod ops;

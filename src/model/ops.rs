@@ -80,8 +80,28 @@ pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor
 /// scores at the same time.
 pub const MAX_SCORE_BYTES: usize = 256 << 20;
 
+/// Whether [`attention`] runs as the fused CUDA kernel for this device, dtype and head dim.
+pub fn fused_attention(device: &Device, dtype: DType, head_dim: usize) -> bool {
+    #[cfg(feature = "cuda")]
+    return super::flash_attention::serves(device, dtype, head_dim);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (device, dtype, head_dim);
+        false
+    }
+}
+
 /// softmax(q·kᵀ/√d)·v for `[n, heads, Tq, d]` × `[n, heads, Tk, d]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::flash_attention::applies(q, k, v) {
+        return super::flash_attention::forward(q, k, v);
+    }
+    attention_composed(q, k, v)
+}
+
+/// [`attention`] as matmul → softmax → matmul, in chunks of blocks.
+pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (n, h, tq, _) = q.dims4()?;
     let tk = k.dim(2)?;
     let per_block = h * tq * tk * 4;

@@ -374,17 +374,17 @@ impl Trainer {
                 .collect::<Result<Vec<_>>>()?;
             let loss = self.loss(&examples)?;
             let mut grads = loss.backward()?;
-            let mut sq = 0f64;
-            for v in &vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    sq += g
-                        .sqr()?
-                        .sum_all()?
-                        .to_dtype(DType::F64)?
-                        .to_scalar::<f64>()?;
-                }
-            }
-            let norm = sq.sqrt();
+            // One device-to-host read for the norm, not one per parameter (each is a sync).
+            let squares = vars
+                .iter()
+                .filter_map(|v| grads.get(v.as_tensor()))
+                .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let norm = Tensor::stack(&squares, 0)?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?
+                .sqrt();
             if norm > self.opts.grad_clip {
                 let k = self.opts.grad_clip / norm;
                 for v in &vars {

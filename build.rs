@@ -1,0 +1,31 @@
+//! With the `cuda` feature, compiles the project's own CUDA kernels to PTX with nvcc.
+//! The PTX targets compute capability 8.0 so one build runs on every GPU from Ampere on
+//! (the driver JIT-compiles it for the card at first use).
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let src = "src/model/flash_attention.cu";
+    println!("cargo:rerun-if-changed={src}");
+    for var in ["CUDA_HOME", "CUDA_PATH", "NVCC"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let nvcc = std::env::var("NVCC").unwrap_or_else(|_| {
+        ["CUDA_HOME", "CUDA_PATH"]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .map(|home| format!("{home}/bin/nvcc"))
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or_else(|| "nvcc".into())
+    });
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("flash_attention.ptx");
+    let status = std::process::Command::new(&nvcc)
+        .args(["--ptx", "-arch=compute_80", "-O3", "-std=c++17", "-o"])
+        .arg(&out)
+        .arg(src)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {nvcc} (set CUDA_HOME or NVCC): {e}"));
+    assert!(status.success(), "nvcc failed on {src}");
+}

@@ -1,0 +1,305 @@
+// Fused attention forward for CUDA (sm_80+): softmax(q·kᵀ·scale)·v without materialising
+// the scores, in the manner of FlashAttention-2. One CTA handles 128 queries of one
+// (batch, head); each of its 8 warps owns 16 query rows and walks the keys in tiles of 64
+// with an online softmax (or 4 warps own 32 rows each, see FLASH_ENTRY). Products use bf16/f16 tensor-core MMAs (m16n8k16) with f32
+// accumulation; the running max, sum and output stay in f32 registers. K/V tiles are
+// double-buffered in shared memory with cp.async so loads overlap the MMAs.
+//
+// The grid is one CTA per (batch, head, 128-query tile), flattened so any batch fits.
+// Head dims up to 80 keep the double-buffered tiles within 48 KiB of static shared memory.
+//
+// Layout: q/k/v are [batch, heads, tokens, D] with arbitrary element strides for batch,
+// head and token and a contiguous last dimension (16-byte aligned rows); the output is
+// written contiguous as [batch, tq, heads, D], which is what the attention's output
+// projection reads.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace {
+
+constexpr int kCols = 64;           // keys per tile
+constexpr int kPad = 8;             // row padding (elements) that makes ldmatrix conflict-free
+
+template <typename T> struct Mma;
+
+template <> struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+template <> struct Mma<__half> {
+  static __device__ __forceinline__ void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Copies rows [row0, row0 + kCols) of one (batch, head) of `src` into a padded tile;
+// rows past `rows` are zero-filled.
+template <typename T, int D>
+__device__ __forceinline__ void load_tile(T* tile, const T* src, long stride, int row0, int rows) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int i = threadIdx.x; i < kCols * kChunks; i += blockDim.x) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    T* dst = tile + r * (D + kPad) + c;
+    if (row0 + r < rows) {
+      cp_async16(dst, src + (long)(row0 + r) * stride + c);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+template <typename T, int D, int M, int W>
+__device__ void flash_forward(const T* __restrict__ q, const T* __restrict__ k,
+                              const T* __restrict__ v, T* __restrict__ o, int heads, int tq,
+                              int tk, long q_sb, long q_sh, long q_st, long k_sb, long k_sh,
+                              long k_st, long v_sb, long v_sh, long v_st, float scale_log2) {
+  static_assert(D % 16 == 0, "head dim must be a multiple of 16");
+  constexpr int kRows = 16 * M * W;  // queries per CTA
+  constexpr int kSteps = D / 16;     // k16 steps over the head dim
+  constexpr int kDn = D / 8;         // n8 output tiles over the head dim
+  constexpr int kSn = kCols / 8;     // n8 score tiles per key tile
+  constexpr int kLd = D + kPad;
+  __shared__ __align__(16) T ks[2][kCols * kLd];
+  __shared__ __align__(16) T vs[2][kCols * kLd];
+
+  const int q_tiles = (tq + kRows - 1) / kRows;
+  const int h = (blockIdx.x / q_tiles) % heads, b = blockIdx.x / q_tiles / heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, c2 = (lane % 4) * 2;  // fragment row group, column pair
+  const int row0 = (blockIdx.x % q_tiles) * kRows + warp * 16 * M;
+  q += b * q_sb + h * q_sh;
+  k += b * k_sb + h * k_sh;
+  v += b * v_sb + h * v_sh;
+
+  const int tiles = (tk + kCols - 1) / kCols;
+  load_tile<T, D>(ks[0], k, k_st, 0, tk);
+  load_tile<T, D>(vs[0], v, v_st, 0, tk);
+  cp_async_commit();
+
+  // This warp's queries (M tiles of 16 rows) as MMA A-fragments, from global memory.
+  uint32_t qa[M][kSteps][4];
+#pragma unroll
+  for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = row0 + mi * 16 + g + (j % 2) * 8, c = s * 16 + c2 + (j / 2) * 8;
+        qa[mi][s][j] = r < tq ? *reinterpret_cast<const uint32_t*>(q + (long)r * q_st + c) : 0u;
+      }
+
+  float acc[M][kDn][4];
+#pragma unroll
+  for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+    for (int n = 0; n < kDn; ++n) acc[mi][n][0] = acc[mi][n][1] = acc[mi][n][2] = acc[mi][n][3] = 0.f;
+  float row_max[M][2], row_sum[M][2];  // row_sum: this thread's share, summed over the quad at the end
+#pragma unroll
+  for (int mi = 0; mi < M; ++mi) {
+    row_max[mi][0] = row_max[mi][1] = -INFINITY;
+    row_sum[mi][0] = row_sum[mi][1] = 0.f;
+  }
+
+  for (int t = 0; t < tiles; ++t) {
+    const int buf = t & 1;
+    if (t + 1 < tiles) {
+      load_tile<T, D>(ks[buf ^ 1], k, k_st, (t + 1) * kCols, tk);
+      load_tile<T, D>(vs[buf ^ 1], v, v_st, (t + 1) * kCols, tk);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* kt = ks[buf];
+    const T* vt = vs[buf];
+
+    // Each K fragment loaded from shared memory serves all M row tiles.
+    float s[M][kSn][4];
+#pragma unroll
+    for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+      for (int n = 0; n < kSn; ++n) s[mi][n][0] = s[mi][n][1] = s[mi][n][2] = s[mi][n][3] = 0.f;
+#pragma unroll
+    for (int st = 0; st < kSteps; ++st) {
+#pragma unroll
+      for (int np = 0; np < kSn / 2; ++np) {
+        const int m = lane / 8;
+        uint32_t kb[4];
+        ldmatrix_x4(kb, kt + (np * 16 + (m / 2) * 8 + lane % 8) * kLd + st * 16 + (m % 2) * 8);
+#pragma unroll
+        for (int mi = 0; mi < M; ++mi) {
+          Mma<T>::run(s[mi][2 * np], qa[mi][st], kb[0], kb[1]);
+          Mma<T>::run(s[mi][2 * np + 1], qa[mi][st], kb[2], kb[3]);
+        }
+      }
+    }
+
+    const int key0 = t * kCols;
+    if (key0 + kCols > tk) {
+#pragma unroll
+      for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+        for (int n = 0; n < kSn; ++n)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (key0 + n * 8 + c2 + (j % 2) >= tk) s[mi][n][j] = -INFINITY;
+    }
+
+    // Online softmax; element j of a score fragment belongs to row g + (j / 2) * 8.
+#pragma unroll
+    for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float mx = row_max[mi][i];
+#pragma unroll
+        for (int n = 0; n < kSn; ++n) mx = fmaxf(mx, fmaxf(s[mi][n][2 * i], s[mi][n][2 * i + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+        const float base = mx == -INFINITY ? 0.f : mx * scale_log2;
+        const float alpha = fast_exp2(row_max[mi][i] * scale_log2 - base);
+        row_max[mi][i] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < kSn; ++n) {
+          s[mi][n][2 * i] = fast_exp2(s[mi][n][2 * i] * scale_log2 - base);
+          s[mi][n][2 * i + 1] = fast_exp2(s[mi][n][2 * i + 1] * scale_log2 - base);
+          sum += s[mi][n][2 * i] + s[mi][n][2 * i + 1];
+        }
+        row_sum[mi][i] = row_sum[mi][i] * alpha + sum;
+#pragma unroll
+        for (int n = 0; n < kDn; ++n) {
+          acc[mi][n][2 * i] *= alpha;
+          acc[mi][n][2 * i + 1] *= alpha;
+        }
+      }
+
+    // acc += P·V: the score fragments of two adjacent n8 tiles form one A-fragment.
+#pragma unroll
+    for (int kk = 0; kk < kCols / 16; ++kk) {
+      uint32_t pa[M][4];
+#pragma unroll
+      for (int mi = 0; mi < M; ++mi) {
+        pa[mi][0] = Mma<T>::pack(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+        pa[mi][1] = Mma<T>::pack(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+        pa[mi][2] = Mma<T>::pack(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+        pa[mi][3] = Mma<T>::pack(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < kDn / 2; ++dp) {
+        const int m = lane / 8;
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, vt + (kk * 16 + (m % 2) * 8 + lane % 8) * kLd + dp * 16 + (m / 2) * 8);
+#pragma unroll
+        for (int mi = 0; mi < M; ++mi) {
+          Mma<T>::run(acc[mi][2 * dp], pa[mi], vb[0], vb[1]);
+          Mma<T>::run(acc[mi][2 * dp + 1], pa[mi], vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float l = row_sum[mi][i];
+      l += __shfl_xor_sync(0xffffffff, l, 1);
+      l += __shfl_xor_sync(0xffffffff, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int r = row0 + mi * 16 + g + i * 8;
+      if (r < tq) {
+        T* out = o + (((long)b * tq + r) * heads + h) * D;
+#pragma unroll
+        for (int n = 0; n < kDn; ++n)
+          *reinterpret_cast<uint32_t*>(out + n * 8 + c2) =
+              Mma<T>::pack(acc[mi][n][2 * i] * inv, acc[mi][n][2 * i + 1] * inv);
+      }
+    }
+}
+
+}  // namespace
+
+// Two shapes of CTA, both 128 queries: 8 warps of 16 rows (`w8`), or 4 warps of 32 rows
+// (`w4`), which loads each K/V fragment from shared memory once for two row tiles.
+#define FLASH_ENTRY(NAME, T, D, M, W, MIN_CTAS)                                                \
+  extern "C" __global__ void __launch_bounds__(W * 32, MIN_CTAS)                                \
+      NAME(const T* q, const T* k, const T* v, T* o, int heads, int tq, int tk, long q_sb,    \
+           long q_sh, long q_st, long k_sb, long k_sh, long k_st, long v_sb, long v_sh,       \
+           long v_st, float scale_log2) {                                                     \
+    flash_forward<T, D, M, W>(q, k, v, o, heads, tq, tk, q_sb, q_sh, q_st, k_sb, k_sh, k_st, \
+                              v_sb, v_sh, v_st, scale_log2);                                  \
+  }
+
+FLASH_ENTRY(flash_attention_w8_bf16_d16, __nv_bfloat16, 16, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_bf16_d16, __nv_bfloat16, 16, 2, 4, 2)
+FLASH_ENTRY(flash_attention_w8_bf16_d32, __nv_bfloat16, 32, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_bf16_d32, __nv_bfloat16, 32, 2, 4, 2)
+FLASH_ENTRY(flash_attention_w8_bf16_d48, __nv_bfloat16, 48, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_bf16_d48, __nv_bfloat16, 48, 2, 4, 2)
+FLASH_ENTRY(flash_attention_w8_bf16_d64, __nv_bfloat16, 64, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_bf16_d64, __nv_bfloat16, 64, 2, 4, 2)
+FLASH_ENTRY(flash_attention_w8_bf16_d80, __nv_bfloat16, 80, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_bf16_d80, __nv_bfloat16, 80, 2, 4, 2)
+FLASH_ENTRY(flash_attention_w8_f16_d16, __half, 16, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_f16_d16, __half, 16, 2, 4, 2)
+FLASH_ENTRY(flash_attention_w8_f16_d32, __half, 32, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_f16_d32, __half, 32, 2, 4, 2)
+FLASH_ENTRY(flash_attention_w8_f16_d48, __half, 48, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_f16_d48, __half, 48, 2, 4, 2)
+FLASH_ENTRY(flash_attention_w8_f16_d64, __half, 64, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_f16_d64, __half, 64, 2, 4, 2)
+FLASH_ENTRY(flash_attention_w8_f16_d80, __half, 80, 1, 8, 2)
+FLASH_ENTRY(flash_attention_w4_f16_d80, __half, 80, 2, 4, 2)
