@@ -7,8 +7,6 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    let src = "src/model/flash_attention.cu";
-    println!("cargo:rerun-if-changed={src}");
     for var in ["CUDA_HOME", "CUDA_PATH", "NVCC"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -20,12 +18,16 @@ fn main() {
             .find(|p| std::path::Path::new(p).exists())
             .unwrap_or_else(|| "nvcc".into())
     });
-    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("flash_attention.ptx");
-    let status = std::process::Command::new(&nvcc)
-        .args(["--ptx", "-arch=compute_80", "-O3", "-std=c++17", "-o"])
-        .arg(&out)
-        .arg(src)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {nvcc} (set CUDA_HOME or NVCC): {e}"));
-    assert!(status.success(), "nvcc failed on {src}");
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for name in ["flash_attention", "fused_ops"] {
+        let src = format!("src/model/{name}.cu");
+        println!("cargo:rerun-if-changed={src}");
+        let status = std::process::Command::new(&nvcc)
+            .args(["--ptx", "-arch=compute_80", "-O3", "-std=c++17", "-o"])
+            .arg(out_dir.join(format!("{name}.ptx")))
+            .arg(&src)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {nvcc} (set CUDA_HOME or NVCC): {e}"));
+        assert!(status.success(), "nvcc failed on {src}");
+    }
 }

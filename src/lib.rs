@@ -17,5 +17,6 @@ pub mod imageops;
 pub mod model;
 pub mod parity;
 pub mod pipeline;
+pub mod profile;
 pub mod sampler;
 pub mod train;

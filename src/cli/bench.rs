@@ -22,6 +22,10 @@ pub enum BenchCommand {
     /// Time the attention kernel at one shape (fused where available, and composed), with
     /// its largest difference from an f32 reference.
     Attention(AttentionArgs),
+    /// Time the network's primitive operations at one layer's shapes.
+    Ops(OpsArgs),
+    /// Training pairs per second from the photo pipeline (decode, crop, degradation).
+    Data(DataArgs),
     /// One case in this process (used by `engine`).
     #[command(hide = true)]
     EngineOne(OneArgs),
@@ -92,6 +96,98 @@ pub struct AttentionArgs {
     head_dim: usize,
     #[arg(long, default_value_t = 10)]
     repeat: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct OpsArgs {
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    dtype: DTypeArg,
+    /// Tokens (65536: 64 blocks of 32×32).
+    #[arg(long, default_value_t = 65536)]
+    tokens: usize,
+    #[arg(long, default_value_t = 1280)]
+    hidden: usize,
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+}
+
+impl OpsArgs {
+    fn run(self) -> Result<()> {
+        use crate::model::ops::{modulate, LayerNorm};
+        use candle_core::{DType, Module, Tensor};
+        let device = parse_device(&self.device)?;
+        let dtype: DType = self.dtype.into();
+        let (n, d) = (self.tokens, self.hidden);
+        let blocks = (n / 1024).max(1);
+        let rnd = |shape: &[usize]| -> candle_core::Result<Tensor> {
+            Tensor::randn(0f32, 1.0, shape, &device)?.to_dtype(dtype)
+        };
+        let x = rnd(&[blocks, n / blocks, d])?;
+        let w = rnd(&[3 * d, d])?;
+        let b = rnd(&[3 * d])?;
+        let lin = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        let y = lin.forward(&x)?;
+        let shift = rnd(&[blocks, 1, d])?;
+        let scale = rnd(&[blocks, 1, d])?;
+        let ln = LayerNorm::no_affine(d, 1e-6, dtype, &device)?;
+        let h4 = rnd(&[blocks, n / blocks, 4 * d])?;
+        let ops: Vec<(&str, Box<dyn Fn() -> candle_core::Result<Tensor>>)> = vec![
+            ("matmul x·Wᵀ (qkv)", Box::new(|| x.reshape((n, d))?.matmul(&w.t()?))),
+            ("linear with bias (qkv)", Box::new(|| lin.forward(&x))),
+            ("bias broadcast_add", Box::new(|| y.broadcast_add(&b))),
+            ("add (contiguous)", Box::new(|| &x + &x)),
+            ("layer_norm", Box::new(|| ln.forward(&x))),
+            ("modulate", Box::new(|| modulate(&x, &shift, &scale))),
+            ("gelu (4D)", Box::new(|| crate::model::fused::gelu(&h4))),
+            ("transpose+contiguous", Box::new(|| {
+                x.reshape((blocks, n / blocks, 16, d / 16))?.transpose(1, 2)?.contiguous()
+            })),
+        ];
+        println!("{:<26} {:>10}", "op", "ms");
+        for (name, f) in &ops {
+            f()?;
+            device.synchronize()?;
+            let start = Instant::now();
+            for _ in 0..self.repeat.max(1) {
+                f()?;
+            }
+            device.synchronize()?;
+            let ms = start.elapsed().as_secs_f64() * 1e3 / self.repeat.max(1) as f64;
+            println!("{name:<26} {ms:>10.3}");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    #[arg(long, default_value = "data/photos")]
+    data: PathBuf,
+    #[arg(long, default_value_t = 128)]
+    crop: usize,
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+}
+
+impl DataArgs {
+    fn run(self) -> Result<()> {
+        let mut data = crate::train::data::PhotoDataset::open(&self.data, None)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let start = Instant::now();
+        for _ in 0..self.count {
+            data.sample(&mut rng, self.crop)?;
+        }
+        let s = start.elapsed().as_secs_f64();
+        println!(
+            "{} crops of {} px in {s:.2} s: {:.1} crops/s",
+            self.count,
+            self.crop,
+            self.count as f64 / s
+        );
+        Ok(())
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -195,6 +291,8 @@ impl BenchCommand {
     pub fn run(self) -> Result<()> {
         match self {
             BenchCommand::Engine(a) => a.run(),
+            BenchCommand::Data(a) => a.run(),
+            BenchCommand::Ops(a) => a.run(),
             BenchCommand::Attention(a) => {
                 let r = a.run()?;
                 println!("{}", serde_json::to_string(&r)?);
@@ -203,6 +301,9 @@ impl BenchCommand {
             BenchCommand::EngineOne(a) => {
                 let r = a.run()?;
                 println!("{}", serde_json::to_string(&r)?);
+                if let Some(table) = crate::profile::report() {
+                    eprintln!("{table}");
+                }
                 Ok(())
             }
         }

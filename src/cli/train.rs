@@ -42,6 +42,10 @@ pub struct TrainArgs {
     min_lr: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Threads preparing training examples ahead of the device (the result depends on
+    /// this count; default 1).
+    #[arg(long)]
+    data_workers: Option<usize>,
     #[arg(long)]
     save_every: Option<usize>,
     /// Probability that a crop's LR is a plain bicubic downscale instead of the
@@ -64,7 +68,7 @@ impl TrainArgs {
         macro_rules! set {
             ($($f:ident <- $a:ident),*) => { $(if let Some(v) = self.$a { opts.$f = v; })* };
         }
-        set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr);
+        set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr, data_workers <- data_workers);
         opts.decay_start = self.decay_start.or(opts.decay_start);
         let cfg = match (&self.config, &self.resume) {
             (Some(p), _) => ModelConfig::from_json_file(p)?,
@@ -95,6 +99,9 @@ impl TrainArgs {
             bar.set_message(format!("loss {s:.4} ({crops_per_step} crops/step)"));
         })?;
         bar.finish();
+        if let Some(table) = crate::profile::report() {
+            eprintln!("{table}");
+        }
         println!(
             "saved {} (EMA weights) after {} steps",
             self.out.join("weights.safetensors").display(),

@@ -13,6 +13,7 @@ pub mod memory;
 
 pub use inputs::{build_batch, gather_blocks, Conditioning, Positions};
 
+use crate::profile::stage;
 use crate::imageops::Planar;
 use crate::model::{BatchPlan, BlockId, InfDit, KvCache, Precond, Tap};
 use anyhow::{ensure, Result};
@@ -214,9 +215,18 @@ impl<'m> Engine<'m> {
             cached.retain(live);
             cached.extend(chunk.iter().filter(|b| live(b)));
             cache.set_plan(BatchPlan { retain, evict });
-            let blocks = inputs::build_batch(self.model, 0, chunk, x, cond, pre.c_in, &emb_act)?;
-            let f = self.model.forward_blocks_tapped(&blocks, &mut cache, tap)?;
-            inputs::scatter_blocks(&f, chunk, cfg.image_block_size_px, &mut out)?;
+            let dev = self.model.device();
+            let blocks = stage("engine/inputs", dev, || {
+                inputs::build_batch(self.model, 0, chunk, x, cond, pre.c_in, &emb_act)
+                    .map_err(candle_core::Error::wrap)
+            })?;
+            let f = stage("engine/network", dev, || {
+                self.model.forward_blocks_tapped(&blocks, &mut cache, tap)
+            })?;
+            stage("engine/outputs", dev, || {
+                inputs::scatter_blocks(&f, chunk, cfg.image_block_size_px, &mut out)
+                    .map_err(candle_core::Error::wrap)
+            })?;
             self.peak_cache_bytes
                 .set(self.peak_cache_bytes.get().max(cache.bytes()));
             on_blocks(chunk.len());

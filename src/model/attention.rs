@@ -5,10 +5,11 @@
 //! lets a batch of blocks find neighbour K/V computed in earlier batches, which is what
 //! makes block-by-block inference identical to whole-image inference.
 
-use super::ops::{attention, rope_interleaved, LayerNorm};
+use super::ops::{attention, fused_kernels, linear, rope_interleaved, LayerNorm, Linear};
 use crate::config::ModelConfig;
+use crate::profile::stage;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use std::collections::HashMap;
 
 /// A block of one image: `(image, block row, block column)`.
@@ -133,14 +134,11 @@ impl KvCache {
             (Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)
         };
         let dev = k.device();
-        let mut keys = Vec::with_capacity(4);
-        let mut vals = Vec::with_capacity(4);
-        for (s, idx) in index.iter().enumerate() {
-            let idx = Tensor::new(idx.as_slice(), dev)?;
-            let emb = slot_embed.get(s)?.unsqueeze(1)?; // [heads, 1, hd]
-            keys.push(kp.index_select(&idx, 0)?.broadcast_add(&emb)?);
-            vals.push(vp.index_select(&idx, 0)?);
-        }
+        let (k_all, v_all) = if fused_kernels(&[&kp, slot_embed]) {
+            gather_fused(&kp, &vp, &index, slot_embed, ids.len())?
+        } else {
+            gather_composed(&kp, &vp, &index, slot_embed, dev)?
+        };
         for (i, id) in ids.iter().enumerate() {
             if self.plan.retain.get(i).copied().unwrap_or(false) {
                 store.insert(
@@ -155,7 +153,49 @@ impl KvCache {
         for id in &self.plan.evict {
             store.remove(id);
         }
-        Ok((Tensor::cat(&keys, 2)?, Tensor::cat(&vals, 2)?))
+        Ok((k_all, v_all))
+    }
+}
+
+/// Keys (plus each slot's embedding) and values of every block's four slots, in slot order.
+fn gather_composed(
+    kp: &Tensor,
+    vp: &Tensor,
+    index: &[Vec<u32>; 4],
+    slot_embed: &Tensor,
+    dev: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
+    let mut keys = Vec::with_capacity(4);
+    let mut vals = Vec::with_capacity(4);
+    for (s, idx) in index.iter().enumerate() {
+        let idx = Tensor::new(idx.as_slice(), dev)?;
+        let emb = slot_embed.get(s)?.unsqueeze(1)?; // [heads, 1, hd]
+        keys.push(kp.index_select(&idx, 0)?.broadcast_add(&emb)?);
+        vals.push(vp.index_select(&idx, 0)?);
+    }
+    Ok((Tensor::cat(&keys, 2)?, Tensor::cat(&vals, 2)?))
+}
+
+/// [`gather_composed`] as one pass per tensor on CUDA.
+fn gather_fused(
+    kp: &Tensor,
+    vp: &Tensor,
+    index: &[Vec<u32>; 4],
+    slot_embed: &Tensor,
+    n: usize,
+) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    {
+        let flat = index.concat();
+        Ok((
+            super::fused_ops::gather_slots(kp, &flat, Some(slot_embed), n)?,
+            super::fused_ops::gather_slots(vp, &flat, None, n)?,
+        ))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (kp, vp, index, slot_embed, n);
+        unreachable!("fused kernels exist only with the cuda feature")
     }
 }
 
@@ -206,16 +246,34 @@ impl SelfAttention {
     ) -> Result<Tensor> {
         let (n, t, d) = x.dims3()?;
         let hd = d / self.heads;
-        let qkv = self.query_key_value.forward(x)?;
+        let dev = x.device();
+        let qkv = stage("attn/qkv", dev, || self.query_key_value.forward(x))?;
         let heads = |i: usize| -> Result<Tensor> {
             let y = qkv.narrow(2, i * d, d)?.reshape((n, t, self.heads, hd))?;
             y.transpose(1, 2)
         };
-        let q = rope_interleaved(&self.qk_norm.forward(&heads(0)?)?, rope.0, rope.1)?;
-        let k = rope_interleaved(&self.qk_norm.forward(&heads(1)?)?, rope.0, rope.1)?;
-        let v = heads(2)?.contiguous()?;
-        let (k_all, v_all) = cache.neighbour_kv(self.layer, ids, &k, &v, &self.slot_embed)?;
-        let y = attention(&q, &k_all, &v_all)?;
-        self.dense.forward(&y.transpose(1, 2)?.reshape((n, t, d))?)
+        let (q, k, v) = stage("attn/qk_norm+rope", dev, || {
+            #[cfg(feature = "cuda")]
+            if fused_kernels(&[&qkv, self.qk_norm.parts().0, rope.0]) {
+                return super::fused_ops::qkv_norm_rope(
+                    &qkv,
+                    self.qk_norm.parts(),
+                    rope,
+                    self.heads,
+                );
+            }
+            Ok((
+                rope_interleaved(&self.qk_norm.forward(&heads(0)?)?, rope.0, rope.1)?,
+                rope_interleaved(&self.qk_norm.forward(&heads(1)?)?, rope.0, rope.1)?,
+                heads(2)?.contiguous()?,
+            ))
+        })?;
+        let (k_all, v_all) = stage("attn/neighbour_kv", dev, || {
+            cache.neighbour_kv(self.layer, ids, &k, &v, &self.slot_embed)
+        })?;
+        let y = stage("attn/core", dev, || attention(&q, &k_all, &v_all))?;
+        stage("attn/dense", dev, || {
+            self.dense.forward(&y.transpose(1, 2)?.reshape((n, t, d))?)
+        })
     }
 }

@@ -1,10 +1,10 @@
 //! Nearby-LR cross-attention (layer 0 only, NOTES §5.8): each block's queries attend to
 //! the LR tokens of the 3×3-block window around it.
 
-use super::ops::{attention, patch_linear, patchify, LayerNorm};
+use super::ops::{attention, linear, patch_linear, patchify, LayerNorm, Linear};
 use crate::config::ModelConfig;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct LrCrossAttention {

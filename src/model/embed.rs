@@ -1,9 +1,9 @@
 //! Patch, noise-level and condition embeddings (NOTES §5.3–5.4).
 
-use super::ops::patch_linear;
+use super::ops::{linear, patch_linear, Linear};
 use crate::config::ModelConfig;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// `[cos(c·f_k) ‖ sin(c·f_k)]` with `f_k = max_period^(−k/half)`, computed in f32 like
 /// the reference; cos comes first. `c_noise`: one value per sample.

@@ -2,12 +2,12 @@
 
 use super::attention::{BlockId, KvCache, SelfAttention};
 use super::cross_attention::LrCrossAttention;
-use super::fused::gelu;
-use super::ops::{modulate, split_last, LayerNorm};
+use super::ops::{linear, ln_modulate, split_last, LayerNorm, Linear};
 use super::Tap;
 use crate::config::ModelConfig;
+use crate::profile::stage;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// `dense_h_to_4h` → tanh-GELU → `dense_4h_to_h`.
 #[derive(Debug, Clone)]
@@ -27,8 +27,9 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.dense_4h_to_h
-            .forward(&gelu(&self.dense_h_to_4h.forward(x)?)?)
+        let dev = x.device();
+        let y = stage("mlp/fc1+gelu", dev, || self.dense_h_to_4h.forward_gelu(x))?;
+        stage("mlp/fc2", dev, || self.dense_4h_to_h.forward(&y))
     }
 }
 
@@ -93,31 +94,35 @@ impl DitLayer {
         layer: usize,
         tap: Tap,
     ) -> Result<Tensor> {
+        let dev = h.device();
         let m = self.adaln_modulation.forward(inp.emb_act)?;
         tap(&format!("layer{layer}_adaln_mod"), &m)?;
         let m = split_last(&m, 4)?;
         let (shift_msa, scale_msa, shift_mlp, scale_mlp) = (&m[0], &m[1], &m[2], &m[3]);
-        let a = modulate(&self.ln.forward(h)?, shift_msa, scale_msa)?;
-        let attn = self.attention.forward(&a, inp.ids, inp.rope, cache)?;
+        let a = stage("layer/ln+modulate", dev, || {
+            ln_modulate(&self.ln, h, shift_msa, scale_msa)
+        })?;
+        let attn = stage("layer/self_attention", dev, || {
+            self.attention.forward(&a, inp.ids, inp.rope, cache)
+        })?;
         tap(&format!("layer{layer}_attn_out"), &attn)?;
         let h = (h + attn)?;
-        let (h, mlp_in) = match &self.cross {
+        let (h, mlp_ln) = match &self.cross {
             Some(cross) => {
                 let c = self.ln.forward(&h)?;
-                let out = cross.attn.forward(&c, inp.lr_tokens)?;
+                let out = stage("layer/cross_attention", dev, || {
+                    cross.attn.forward(&c, inp.lr_tokens)
+                })?;
                 tap(&format!("layer{layer}_cross_out"), &out)?;
-                let h = (&h + out)?;
-                let mlp_in = cross.post_cross_ln.forward(&h)?;
-                (h, mlp_in)
+                ((&h + out)?, &cross.post_cross_ln)
             }
-            None => {
-                let mlp_in = self.ln.forward(&h)?;
-                (h, mlp_in)
-            }
+            None => (h, &self.ln),
         };
-        h + self
-            .mlp
-            .forward(&modulate(&mlp_in, shift_mlp, scale_mlp)?)?
+        let mlp_in = stage("layer/ln+modulate", dev, || {
+            ln_modulate(mlp_ln, &h, shift_mlp, scale_mlp)
+        })?;
+        let out = stage("layer/mlp", dev, || self.mlp.forward(&mlp_in))?;
+        stage("layer/residual", dev, || h + out)
     }
 
     /// Layer 0's LR cross-attention, which also turns LR pixels into tokens.
@@ -150,7 +155,7 @@ impl FinalLayer {
         let m = self.adaln_modulation.forward(emb_act)?;
         tap("final_adaln_mod", &m)?;
         let m = split_last(&m, 2)?;
-        let y = self.ln.forward(&self.ln.forward(h)?)?;
-        self.linear.forward(&modulate(&y, &m[0], &m[1])?)
+        let y = ln_modulate(&self.ln, &self.ln.forward(h)?, &m[0], &m[1])?;
+        self.linear.forward(&y)
     }
 }

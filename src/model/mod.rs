@@ -10,6 +10,8 @@ pub mod cross_attention;
 pub mod embed;
 #[cfg(feature = "cuda")]
 pub mod flash_attention;
+#[cfg(feature = "cuda")]
+pub mod fused_ops;
 pub mod fused;
 pub mod layer;
 pub mod ops;
@@ -20,6 +22,7 @@ pub use attention::{BatchPlan, BlockId, KvCache};
 pub use precond::Precond;
 
 use crate::config::ModelConfig;
+use crate::profile::stage;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use embed::{ConditionEmbed, PatchEmbed};
@@ -143,7 +146,9 @@ impl InfDit {
             h = layer.forward(&h, &inputs, cache, l, tap)?;
             tap(&format!("layer{l}_out"), &h)?;
         }
-        let y = self.final_layer.forward(&h, &batch.emb_act, tap)?;
+        let y = stage("final_layer", &self.device, || {
+            self.final_layer.forward(&h, &batch.emb_act, tap)
+        })?;
         let f = self.unpatchify(&y)?;
         tap("net_out_F", &f)?;
         Ok(f)

@@ -14,6 +14,11 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// Weight, bias and epsilon (for the fused kernels).
+    pub fn parts(&self) -> (&Tensor, &Tensor, f64) {
+        (&self.weight, &self.bias, self.eps)
+    }
+
     pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             weight: vb.get(size, "weight")?,
@@ -50,6 +55,91 @@ impl Module for LayerNorm {
             .broadcast_div(&(var + self.eps)?.sqrt()?)?
             .to_dtype(dtype)?;
         x.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Whether the fused CUDA kernels serve these inputs (never without the `cuda` feature).
+pub fn fused_kernels(xs: &[&Tensor]) -> bool {
+    #[cfg(feature = "cuda")]
+    return xs.first().is_some_and(|x| super::fused_ops::applies(x))
+        && xs.iter().all(|t| !t.track_op());
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = xs;
+        false
+    }
+}
+
+/// `ln(x)` then the adaLN modulation, fused on CUDA.
+pub fn ln_modulate(ln: &LayerNorm, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if fused_kernels(&[x, &ln.weight, shift, scale]) {
+        return super::fused_ops::ln_modulate(
+            x,
+            Some((&ln.weight, &ln.bias)),
+            Some((shift, scale)),
+            ln.eps,
+        );
+    }
+    modulate(&ln.forward(x)?, shift, scale)
+}
+
+/// `candle_nn::Linear` whose bias (and an optional following GELU) is one fused pass on
+/// CUDA; elsewhere it is candle's.
+#[derive(Debug, Clone)]
+pub struct Linear(candle_nn::Linear);
+
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear(candle_nn::linear(in_dim, out_dim, vb)?))
+}
+
+impl Linear {
+    pub fn weight(&self) -> &Tensor {
+        self.0.weight()
+    }
+
+    /// `gelu(self.forward(x))`.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        match self.fused_bias(x) {
+            Some(b) => self.matmul(x).and_then(|y| fused_bias_act(&y, b, true)),
+            None => super::fused::gelu(&self.0.forward(x)?),
+        }
+    }
+
+    fn fused_bias<'a>(&'a self, x: &Tensor) -> Option<&'a Tensor> {
+        self.0
+            .bias()
+            .filter(|b| fused_kernels(&[x, self.0.weight(), b]))
+    }
+
+    /// `x·Wᵀ` as one 2-D matmul over all leading dimensions.
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let (k, lead) = dims.split_last().expect("linear input has a last dimension");
+        let rows: usize = lead.iter().product();
+        let y = x.contiguous()?.reshape((rows, *k))?.matmul(&self.0.weight().t()?)?;
+        let mut out_dims = lead.to_vec();
+        out_dims.push(y.dim(1)?);
+        y.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.fused_bias(x) {
+            Some(b) => self.matmul(x).and_then(|y| fused_bias_act(&y, b, false)),
+            None => self.0.forward(x),
+        }
+    }
+}
+
+fn fused_bias_act(y: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return super::fused_ops::bias_act(y, bias, gelu);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (y, bias, gelu);
+        unreachable!("fused kernels exist only with the cuda feature")
     }
 }
 
@@ -151,12 +241,12 @@ pub fn patch_linear(
     c_in: usize,
     p: usize,
     vb: VarBuilder,
-) -> Result<candle_nn::Linear> {
+) -> Result<Linear> {
     let w = vb
         .get((size_out, c_in, p, p), "weight")?
         .reshape((size_out, c_in * p * p))?;
     let b = vb.get(size_out, "bias")?;
-    Ok(candle_nn::Linear::new(w, Some(b)))
+    Ok(Linear(candle_nn::Linear::new(w, Some(b))))
 }
 
 #[cfg(test)]

@@ -117,6 +117,17 @@ impl PhotoDataset {
         self
     }
 
+    /// The same photos and sampling configuration with an empty cache (for a data worker).
+    pub fn fresh_copy(&self) -> Self {
+        Self {
+            root: self.root.clone(),
+            files: self.files.clone(),
+            holdout: self.holdout.clone(),
+            cfg: self.cfg.clone(),
+            slots: (0..self.cfg.cache_slots).map(|_| None).collect(),
+        }
+    }
+
     pub fn config(&self) -> &SampleConfig {
         &self.cfg
     }

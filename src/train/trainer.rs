@@ -5,6 +5,7 @@
 use super::data::PhotoDataset;
 use crate::checkpoint::{generate_weights, is_norm_key};
 use crate::config::ModelConfig;
+use crate::profile::stage;
 use crate::engine::{build_batch, gather_blocks, Conditioning, Positions};
 use crate::imageops::resize::resize_bicubic;
 use crate::imageops::Planar;
@@ -44,6 +45,11 @@ pub struct TrainOptions {
     pub decay_start: Option<usize>,
     #[serde(default)]
     pub min_learning_rate: f64,
+    /// Threads preparing examples (decode, crop, degradation) ahead of the device; 0 or 1
+    /// prepares them in the training thread. Results depend on the count, not on timing:
+    /// example `i` of the run always comes from worker `i mod count`.
+    #[serde(default)]
+    pub data_workers: usize,
 }
 
 impl Default for TrainOptions {
@@ -64,6 +70,7 @@ impl Default for TrainOptions {
             save_every: 250,
             decay_start: None,
             min_learning_rate: 0.0,
+            data_workers: 1,
         }
     }
 }
@@ -146,6 +153,50 @@ struct Example {
     sigma: f32,
 }
 
+/// Draws one training example: a crop pair, LR dropout, σ, the noised crop and RoPE offsets.
+fn make_example(
+    cfg: &ModelConfig,
+    opts: &TrainOptions,
+    rng: &mut rand::rngs::StdRng,
+    data: &mut PhotoDataset,
+) -> Result<Example> {
+    let (hr, lr) = data.sample(rng, opts.crop_px)?;
+    let (h, w) = (hr.height, hr.width);
+    let (lr, concat_lr) = if rng.gen_bool(opts.lr_dropout) {
+        let noise = |rng: &mut rand::rngs::StdRng, c, h, w| {
+            Planar::new(c, h, w, normal(rng, c * h * w, 1.0)).map(|v| v.clamp(-1.0, 1.0))
+        };
+        (
+            noise(rng, 3, lr.height, lr.width),
+            noise(rng, 3, h, w),
+        )
+    } else {
+        let up = resize_bicubic(&lr, h, w, true).map(|v| v.clamp(-1.0, 1.0));
+        (lr, up)
+    };
+    let log_sigma = Normal::new(opts.p_mean, opts.p_std)?.sample(rng);
+    let sigma = (log_sigma.exp() as f32).max(1e-3);
+    let x = noised(&hr, sigma, rng);
+    // Random RoPE offsets so the model sees the whole position table (`--random-position`).
+    let tokens = h.max(w) / cfg.patch_size;
+    let max_off = cfg.rope_position_modulus.saturating_sub(tokens);
+    let positions = Positions::Offset {
+        row: rng.gen_range(0..=max_off),
+        col: rng.gen_range(0..=max_off),
+    };
+    Ok(Example {
+        hr,
+        x,
+        cond: Conditioning {
+            concat_lr,
+            lr,
+            vector: None,
+            positions,
+        },
+        sigma,
+    })
+}
+
 pub struct Trainer {
     cfg: ModelConfig,
     opts: TrainOptions,
@@ -221,44 +272,6 @@ impl Trainer {
         })
     }
 
-    fn example(&mut self, data: &mut PhotoDataset) -> Result<Example> {
-        let (hr, lr) = data.sample(&mut self.rng, self.opts.crop_px)?;
-        let (h, w) = (hr.height, hr.width);
-        let (lr, concat_lr) = if self.rng.gen_bool(self.opts.lr_dropout) {
-            let noise = |rng: &mut rand::rngs::StdRng, c, h, w| {
-                Planar::new(c, h, w, normal(rng, c * h * w, 1.0)).map(|v| v.clamp(-1.0, 1.0))
-            };
-            (
-                noise(&mut self.rng, 3, lr.height, lr.width),
-                noise(&mut self.rng, 3, h, w),
-            )
-        } else {
-            let up = resize_bicubic(&lr, h, w, true).map(|v| v.clamp(-1.0, 1.0));
-            (lr, up)
-        };
-        let log_sigma = Normal::new(self.opts.p_mean, self.opts.p_std)?.sample(&mut self.rng);
-        let sigma = (log_sigma.exp() as f32).max(1e-3);
-        let x = noised(&hr, sigma, &mut self.rng);
-        // Random RoPE offsets so the model sees the whole position table (`--random-position`).
-        let tokens = h.max(w) / self.cfg.patch_size;
-        let max_off = self.cfg.rope_position_modulus.saturating_sub(tokens);
-        let positions = Positions::Offset {
-            row: self.rng.gen_range(0..=max_off),
-            col: self.rng.gen_range(0..=max_off),
-        };
-        Ok(Example {
-            hr,
-            x,
-            cond: Conditioning {
-                concat_lr,
-                lr,
-                vector: None,
-                positions,
-            },
-            sigma,
-        })
-    }
-
     /// EDM loss of one batch of examples (differentiable).
     fn loss(&self, examples: &[Example]) -> Result<Tensor> {
         let s = self.cfg.image_block_size_px;
@@ -326,6 +339,47 @@ impl Trainer {
         out: &Path,
         on_step: &mut dyn FnMut(usize, f32, f64),
     ) -> Result<()> {
+        let workers = self.opts.data_workers;
+        if workers <= 1 {
+            let (cfg, opts) = (self.cfg.clone(), self.opts.clone());
+            return self.train_loop(out, on_step, &mut |rng| make_example(&cfg, &opts, rng, data));
+        }
+        std::thread::scope(|scope| {
+            let receivers: Vec<_> = (0..workers)
+                .map(|i| {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(self.opts.batch_size);
+                    let (cfg, opts) = (self.cfg.clone(), self.opts.clone());
+                    let mut data = data.fresh_copy();
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(
+                        self.opts.seed
+                            ^ (self.step as u64).wrapping_mul(7919)
+                            ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    );
+                    scope.spawn(move || {
+                        // Ends when the training loop drops the receiver.
+                        while tx.send(make_example(&cfg, &opts, &mut rng, &mut data)).is_ok() {}
+                    });
+                    rx
+                })
+                .collect();
+            let mut next = 0usize;
+            let mut draw = |_: &mut rand::rngs::StdRng| -> Result<Example> {
+                let rx = &receivers[next % workers];
+                next += 1;
+                rx.recv().context("a data worker stopped")?
+            };
+            self.train_loop(out, on_step, &mut draw)
+        })
+    }
+
+    /// The optimisation loop; `draw` makes the next example (from the trainer's RNG or a
+    /// data worker).
+    fn train_loop(
+        &mut self,
+        out: &Path,
+        on_step: &mut dyn FnMut(usize, f32, f64),
+        draw: &mut dyn FnMut(&mut rand::rngs::StdRng) -> Result<Example>,
+    ) -> Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let vars = self.varmap.all_vars();
         let mut opt = AdamW::new(
@@ -369,11 +423,17 @@ impl Trainer {
         while self.step < self.opts.steps {
             let lr = self.opts.learning_rate_at(self.step);
             opt.set_learning_rate(lr);
-            let examples = (0..self.opts.batch_size)
-                .map(|_| self.example(data))
-                .collect::<Result<Vec<_>>>()?;
-            let loss = self.loss(&examples)?;
-            let mut grads = loss.backward()?;
+            let dev = self.device.clone();
+            let examples = stage("train/data", &dev, || {
+                (0..self.opts.batch_size)
+                    .map(|_| draw(&mut self.rng))
+                    .collect::<Result<Vec<_>>>()
+                    .map_err(candle_core::Error::wrap)
+            })?;
+            let loss = stage("train/forward", &dev, || {
+                self.loss(&examples).map_err(candle_core::Error::wrap)
+            })?;
+            let mut grads = stage("train/backward", &dev, || loss.backward())?;
             // One device-to-host read for the norm, not one per parameter (each is a sync).
             let squares = vars
                 .iter()

@@ -1,0 +1,174 @@
+// Fused element-wise kernels for the CUDA hot path. candle composes these steps from
+// broadcasting binary kernels whose per-element 64-bit index arithmetic made them several
+// times slower than the GEMMs they sit between; each kernel here is one pass over memory
+// with f32 arithmetic and one rounding to the storage type.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace {
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float k = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+// out[r, c] = x[r, c] + bias[c] (optionally followed by tanh-GELU); rows × cols contiguous.
+template <typename T, bool GELU>
+__device__ void bias_act(const T* x, const T* bias, T* out, unsigned rows, unsigned cols) {
+  const unsigned n = rows * cols;
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    float v = to_f(x[i]) + to_f(bias[i % cols]);
+    out[i] = from_f<T>(GELU ? gelu_tanh(v) : v);
+  }
+}
+
+// One warp per row of `cols`: LayerNorm (optionally affine), then optionally the adaLN
+// modulation x·(1 + scale[b]) + shift[b] where b = row / rows_per_batch; the shift/scale
+// rows are `mod_stride` elements apart (they are views into one projection).
+template <typename T>
+__device__ void ln_modulate(const T* x, const T* weight, const T* bias, const T* shift,
+                            const T* scale, T* out, unsigned rows, unsigned cols,
+                            unsigned rows_per_batch, unsigned mod_stride, float eps) {
+  const unsigned warps = blockDim.x / 32;
+  const unsigned row = blockIdx.x * warps + threadIdx.x / 32;
+  const unsigned lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const T* xr = x + (size_t)row * cols;
+  float sum = 0.f;
+  for (unsigned c = lane; c < cols; c += 32) sum += to_f(xr[c]);
+  const float mean = warp_sum(sum) / cols;
+  float sq = 0.f;
+  for (unsigned c = lane; c < cols; c += 32) {
+    const float d = to_f(xr[c]) - mean;
+    sq += d * d;
+  }
+  const float rstd = rsqrtf(warp_sum(sq) / cols + eps);
+  const size_t m = (size_t)(row / rows_per_batch) * mod_stride;
+  T* orow = out + (size_t)row * cols;
+  for (unsigned c = lane; c < cols; c += 32) {
+    float v = (to_f(xr[c]) - mean) * rstd;
+    if (weight) v = v * to_f(weight[c]) + to_f(bias[c]);
+    if (scale) v = v * (1.f + to_f(scale[m + c])) + to_f(shift[m + c]);
+    orow[c] = from_f<T>(v);
+  }
+}
+
+// Splits qkv [n, t, 3, heads, hd] (contiguous) into q, k, v [n, heads, t, hd]; q and k get
+// the LayerNorm over hd (the same weights for both) and the interleaved RoPE with tables
+// cos/sin [n, t, hd/2]. One warp per (n, t, head).
+template <typename T>
+__device__ void qkv_norm_rope(const T* qkv, const T* w, const T* b, const T* cos_t,
+                              const T* sin_t, T* q, T* k, T* v, unsigned n, unsigned t,
+                              unsigned heads, unsigned hd, float eps) {
+  const unsigned warps = blockDim.x / 32;
+  const unsigned item = blockIdx.x * warps + threadIdx.x / 32;
+  const unsigned lane = threadIdx.x % 32;
+  if (item >= n * t * heads) return;
+  const unsigned h = item % heads, tok = item / heads;  // tok = bi * t + ti
+  const unsigned bi = tok / t, ti = tok % t;
+  const unsigned d = heads * hd, pairs = hd / 2;
+  const T* src = qkv + (size_t)tok * 3 * d + h * hd;
+  const size_t dst = (((size_t)bi * heads + h) * t + ti) * hd;
+  const T* cs = cos_t + (size_t)tok * pairs;
+  const T* sn = sin_t + (size_t)tok * pairs;
+  for (int which = 0; which < 2; ++which) {
+    const T* s = src + which * d;
+    float sum = 0.f;
+    for (unsigned p = lane; p < pairs; p += 32) sum += to_f(s[2 * p]) + to_f(s[2 * p + 1]);
+    const float mean = warp_sum(sum) / hd;
+    float sq = 0.f;
+    for (unsigned p = lane; p < pairs; p += 32) {
+      const float a = to_f(s[2 * p]) - mean, c = to_f(s[2 * p + 1]) - mean;
+      sq += a * a + c * c;
+    }
+    const float rstd = rsqrtf(warp_sum(sq) / hd + eps);
+    T* o = (which == 0 ? q : k) + dst;
+    for (unsigned p = lane; p < pairs; p += 32) {
+      const float x0 = (to_f(s[2 * p]) - mean) * rstd * to_f(w[2 * p]) + to_f(b[2 * p]);
+      const float x1 = (to_f(s[2 * p + 1]) - mean) * rstd * to_f(w[2 * p + 1]) + to_f(b[2 * p + 1]);
+      const float co = to_f(cs[p]), si = to_f(sn[p]);
+      o[2 * p] = from_f<T>(x0 * co - x1 * si);
+      o[2 * p + 1] = from_f<T>(x0 * si + x1 * co);
+    }
+  }
+  const T* s = src + 2 * d;
+  for (unsigned c = lane; c < hd; c += 32) v[dst + c] = s[c];
+}
+
+// out [n, heads, slots·t, hd]: slot s of block i is block idx[s·n + i] of src
+// [m, heads, t, hd], plus emb[s, head, :] when emb is given. One thread per 8 consecutive
+// elements (hd is a multiple of 8), which amortises the index arithmetic.
+template <typename T>
+__device__ void gather_slots(const T* src, const uint32_t* idx, const T* emb, T* out,
+                             unsigned n, unsigned heads, unsigned t, unsigned hd,
+                             unsigned slots) {
+  const unsigned groups = n * heads * slots * t * (hd / 8);
+  for (unsigned g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+    const unsigned c = (g % (hd / 8)) * 8;
+    unsigned r = g / (hd / 8);
+    const unsigned st = r % (slots * t);
+    r /= slots * t;
+    const unsigned h = r % heads, bi = r / heads;
+    const unsigned s = st / t, ti = st % t;
+    const T* from = src + (((size_t)idx[s * n + bi] * heads + h) * t + ti) * hd + c;
+    T* to = out + (size_t)g * 8;
+    if (emb) {
+      const T* e = emb + (s * heads + h) * hd + c;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) to[j] = from_f<T>(to_f(from[j]) + to_f(e[j]));
+    } else {
+#pragma unroll
+      for (int j = 0; j < (int)(sizeof(T) * 8 / 16); ++j)
+        reinterpret_cast<uint4*>(to)[j] = reinterpret_cast<const uint4*>(from)[j];
+    }
+  }
+}
+
+}  // namespace
+
+#define FUSED_ENTRIES(T, NAME)                                                                 \
+  extern "C" __global__ void bias_add_##NAME(const T* x, const T* b, T* o, unsigned r,          \
+                                             unsigned c) {                                      \
+    bias_act<T, false>(x, b, o, r, c);                                                          \
+  }                                                                                             \
+  extern "C" __global__ void bias_gelu_##NAME(const T* x, const T* b, T* o, unsigned r,         \
+                                              unsigned c) {                                     \
+    bias_act<T, true>(x, b, o, r, c);                                                           \
+  }                                                                                             \
+  extern "C" __global__ void ln_modulate_##NAME(const T* x, const T* w, const T* b,             \
+                                                const T* shift, const T* scale, T* o,           \
+                                                unsigned rows, unsigned cols, unsigned rpb,     \
+                                                unsigned ms, float eps) {                       \
+    ln_modulate<T>(x, w, b, shift, scale, o, rows, cols, rpb, ms, eps);                         \
+  }                                                                                             \
+  extern "C" __global__ void qkv_norm_rope_##NAME(const T* qkv, const T* w, const T* b,         \
+                                                  const T* cs, const T* sn, T* q, T* k, T* v,   \
+                                                  unsigned n, unsigned t, unsigned heads,       \
+                                                  unsigned hd, float eps) {                     \
+    qkv_norm_rope<T>(qkv, w, b, cs, sn, q, k, v, n, t, heads, hd, eps);                         \
+  }                                                                                             \
+  extern "C" __global__ void gather_slots_##NAME(const T* src, const uint32_t* idx,             \
+                                                 const T* emb, T* o, unsigned n,                \
+                                                 unsigned heads, unsigned t, unsigned hd,       \
+                                                 unsigned slots) {                              \
+    gather_slots<T>(src, idx, emb, o, n, heads, t, hd, slots);                                  \
+  }
+
+FUSED_ENTRIES(float, f32)
+FUSED_ENTRIES(__nv_bfloat16, bf16)
+FUSED_ENTRIES(__half, f16)
