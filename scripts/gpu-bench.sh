@@ -25,13 +25,13 @@ if [[ "$BIN" == *.xz ]]; then xz -dc "$BIN" > "$OUT/infdit" && chmod +x "$OUT/in
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-# `unfused`: candle's composed ops only; `w4`: the 4-warp attention kernel shape.
+# `unfused`: candle's composed ops only; `w4`/`w8`: the attention kernel's CTA shape.
 variant_env() {
   local e=""
   for v in "$@"; do
     case $v in
       unfused) e="$e INFDIT_FUSED=0 INFDIT_ATTENTION=composed" ;;
-      w4) e="$e INFDIT_FLASH_SHAPE=w4" ;;
+      w4|w8) e="$e INFDIT_FLASH_SHAPE=$v" ;;
     esac
   done
   echo "$e"

@@ -94,8 +94,52 @@ pub fn build_batch(
     c_in: f32,
     emb_act: &Tensor,
 ) -> Result<BlockBatch> {
+    prepare_batch(model, image, blocks, x, cond, c_in).upload(model, emb_act)
+}
+
+/// A batch's network inputs in host memory: the host half of [`build_batch`], so the
+/// engine can prepare the next batch while the device runs the current one.
+pub struct HostBatch {
+    ids: Vec<BlockId>,
+    x: Vec<f32>,
+    lr: Vec<f32>,
+    lr_channels: usize,
+    lr_mask: Vec<f32>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+}
+
+impl HostBatch {
+    /// Copies the inputs to the model's device.
+    pub fn upload(self, model: &InfDit, emb_act: &Tensor) -> Result<BlockBatch> {
+        let cfg = model.config();
+        let (dev, dtype) = (model.device(), model.dtype());
+        let n = self.ids.len();
+        let (s, bt, l) = (cfg.image_block_size_px, cfg.block_tokens(), cfg.lr_block_px());
+        let lt = l / cfg.lr_patch_size;
+        let rope_shape = (n, bt * bt, cfg.head_dim() / 2);
+        Ok(BlockBatch {
+            ids: self.ids,
+            x: Tensor::from_vec(self.x, (n, cfg.in_channels, s, s), dev)?,
+            lr: Tensor::from_vec(self.lr, (n, self.lr_channels, 3 * l, 3 * l), dev)?,
+            lr_mask: Tensor::from_vec(self.lr_mask, (n, 9 * lt * lt, 1), dev)?,
+            rope_cos: Tensor::from_vec(self.rope_cos, rope_shape, dev)?.to_dtype(dtype)?,
+            rope_sin: Tensor::from_vec(self.rope_sin, rope_shape, dev)?.to_dtype(dtype)?,
+            emb_act: emb_act.clone(),
+        })
+    }
+}
+
+/// The host half of [`build_batch`].
+pub fn prepare_batch(
+    model: &InfDit,
+    image: usize,
+    blocks: &[(usize, usize)],
+    x: &Planar,
+    cond: &Conditioning,
+    c_in: f32,
+) -> HostBatch {
     let cfg = model.config();
-    let dev = model.device();
     let n = blocks.len();
     let s = cfg.image_block_size_px;
     let bt = cfg.block_tokens();
@@ -146,20 +190,19 @@ pub fn build_batch(
             }
         }
     }
-    let dtype = model.dtype();
-    let (rope_cos, rope_sin) = model.rope().tensors(&pos, n, dtype, dev)?;
-    Ok(BlockBatch {
+    let (rope_cos, rope_sin) = model.rope().lookup(&pos);
+    HostBatch {
         ids: blocks
             .iter()
             .map(|&(i, j)| BlockId::new(image, i, j))
             .collect(),
-        x: Tensor::from_vec(xin, (n, cfg.in_channels, s, s), dev)?,
-        lr: Tensor::from_vec(lr, (n, cond.lr.channels, 3 * l, 3 * l), dev)?,
-        lr_mask: Tensor::from_vec(mask, (n, 9 * lt * lt, 1), dev)?,
+        x: xin,
+        lr,
+        lr_channels: cond.lr.channels,
+        lr_mask: mask,
         rope_cos,
         rope_sin,
-        emb_act: emb_act.clone(),
-    })
+    }
 }
 
 /// Writes `[n, C, S, S]` block outputs into `out` at their block positions.

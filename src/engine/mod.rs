@@ -203,7 +203,12 @@ impl<'m> Engine<'m> {
         let mut out = Planar::zeros(cfg.out_channels, x.height, x.width);
         let mut cache = KvCache::new(cfg.num_layers);
         let mut cached: HashSet<(usize, usize)> = HashSet::new();
-        for (k, chunk) in schedule.order.chunks(batch).enumerate() {
+        let dev = self.model.device();
+        let prepare =
+            |chunk: &[(usize, usize)]| inputs::prepare_batch(self.model, 0, chunk, x, cond, pre.c_in);
+        let chunks: Vec<&[(usize, usize)]> = schedule.order.chunks(batch).collect();
+        let mut next = chunks.first().map(|c| prepare(c));
+        for (k, chunk) in chunks.iter().enumerate() {
             let end = k * batch + chunk.len() - 1;
             let live = |b: &(usize, usize)| schedule.last_reader[b].is_some_and(|r| r > end);
             let retain: Vec<bool> = chunk.iter().map(live).collect();
@@ -215,14 +220,16 @@ impl<'m> Engine<'m> {
             cached.retain(live);
             cached.extend(chunk.iter().filter(|b| live(b)));
             cache.set_plan(BatchPlan { retain, evict });
-            let dev = self.model.device();
+            let host = next.take().expect("prepared before use");
             let blocks = stage("engine/inputs", dev, || {
-                inputs::build_batch(self.model, 0, chunk, x, cond, pre.c_in, &emb_act)
+                host.upload(self.model, &emb_act)
                     .map_err(candle_core::Error::wrap)
             })?;
             let f = stage("engine/network", dev, || {
                 self.model.forward_blocks_tapped(&blocks, &mut cache, tap)
             })?;
+            // The next batch's host inputs are built while the device runs this one.
+            next = chunks.get(k + 1).map(|c| prepare(c));
             stage("engine/outputs", dev, || {
                 inputs::scatter_blocks(&f, chunk, cfg.image_block_size_px, &mut out)
                     .map_err(candle_core::Error::wrap)

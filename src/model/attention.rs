@@ -43,6 +43,9 @@ type BlockKv = (Tensor, Tensor);
 pub struct KvCache {
     layers: Vec<HashMap<BlockId, BlockKv>>,
     plan: BatchPlan,
+    /// The batch's slot index on the device: the same for every layer, so it is uploaded
+    /// once per batch (each host-to-device copy synchronises the stream).
+    slot_index: Option<(Vec<u32>, Tensor)>,
 }
 
 /// What the current batch keeps and drops (set by the scheduler before each forward).
@@ -59,11 +62,13 @@ impl KvCache {
         Self {
             layers: (0..num_layers).map(|_| HashMap::new()).collect(),
             plan: BatchPlan::default(),
+            slot_index: None,
         }
     }
 
     pub fn set_plan(&mut self, plan: BatchPlan) {
         self.plan = plan;
+        self.slot_index = None;
     }
 
     /// Blocks held for `layer`.
@@ -135,7 +140,16 @@ impl KvCache {
         };
         let dev = k.device();
         let (k_all, v_all) = if fused_kernels(&[&kp, slot_embed]) {
-            gather_fused(&kp, &vp, &index, slot_embed, ids.len())?
+            let flat = index.concat();
+            let idx = match &self.slot_index {
+                Some((cached, t)) if *cached == flat => t.clone(),
+                _ => {
+                    let t = Tensor::new(flat.as_slice(), dev)?;
+                    self.slot_index = Some((flat, t.clone()));
+                    t
+                }
+            };
+            gather_fused(&kp, &vp, &idx, slot_embed, ids.len())?
         } else {
             gather_composed(&kp, &vp, &index, slot_embed, dev)?
         };
@@ -177,19 +191,19 @@ fn gather_composed(
 }
 
 /// [`gather_composed`] as one pass per tensor on CUDA.
+/// `index`: the slot-major block indices (`[4·n]` u32, every entry < `kp.dim(0)`).
 fn gather_fused(
     kp: &Tensor,
     vp: &Tensor,
-    index: &[Vec<u32>; 4],
+    index: &Tensor,
     slot_embed: &Tensor,
     n: usize,
 ) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
     {
-        let flat = index.concat();
         Ok((
-            super::fused_ops::gather_slots(kp, &flat, Some(slot_embed), n)?,
-            super::fused_ops::gather_slots(vp, &flat, None, n)?,
+            super::fused_ops::gather_slots(kp, index, Some(slot_embed), n)?,
+            super::fused_ops::gather_slots(vp, index, None, n)?,
         ))
     }
     #[cfg(not(feature = "cuda"))]

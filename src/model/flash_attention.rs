@@ -17,13 +17,13 @@ const HEAD_DIMS: [usize; 5] = [16, 32, 48, 64, 80];
 /// Queries per CTA in both kernel shapes (8 warps × 16 rows, or 4 warps × 32 rows).
 const ROWS_PER_CTA: usize = 128;
 
-/// The kernel shape: `w8` (default) or `w4`, from `INFDIT_FLASH_SHAPE`; returns the
-/// entry-point prefix and the threads per CTA.
+/// The kernel shape: `w4` (default; measured ~4% faster on an H100) or `w8`, from
+/// `INFDIT_FLASH_SHAPE`; returns the entry-point prefix and the threads per CTA.
 fn shape() -> (&'static str, u32) {
     static SHAPE: OnceLock<(&'static str, u32)> = OnceLock::new();
     *SHAPE.get_or_init(|| match std::env::var("INFDIT_FLASH_SHAPE").as_deref() {
-        Ok("w4") => ("w4", 128),
-        _ => ("w8", 256),
+        Ok("w8") => ("w8", 256),
+        _ => ("w4", 128),
     })
 }
 

@@ -290,8 +290,9 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
 }
 
 /// `[n, heads, slots·t, hd]` where slot `s` of block `i` is block `index[s·n + i]` of `src`
-/// `[m, heads, t, hd]`, plus `emb[s]` (`[slots, heads, hd]`) when given.
-pub fn gather_slots(src: &Tensor, index: &[u32], emb: Option<&Tensor>, n: usize) -> Result<Tensor> {
+/// `[m, heads, t, hd]`, plus `emb[s]` (`[slots, heads, hd]`) when given. `index` is a u32
+/// device tensor whose entries the caller guarantees to be below `m`.
+pub(crate) fn gather_slots(src: &Tensor, index: &Tensor, emb: Option<&Tensor>, n: usize) -> Result<Tensor> {
     let src = src.contiguous()?;
     let emb = emb.map(|e| e.contiguous()).transpose()?;
     dispatch!(src.dtype(), gather_slots_t(&src, index, emb.as_ref(), n))
@@ -299,13 +300,13 @@ pub fn gather_slots(src: &Tensor, index: &[u32], emb: Option<&Tensor>, n: usize)
 
 fn gather_slots_t<T: CudaDType + DeviceRepr>(
     src: &Tensor,
-    index: &[u32],
+    idx: &Tensor,
     emb: Option<&Tensor>,
     n: usize,
 ) -> Result<Tensor> {
-    let (m, heads, t, hd) = src.dims4()?;
-    let slots = index.len() / n.max(1);
-    if slots * n != index.len() || hd % 8 != 0 || index.iter().any(|&i| i as usize >= m) {
+    let (_, heads, t, hd) = src.dims4()?;
+    let slots = idx.elem_count() / n.max(1);
+    if slots * n != idx.elem_count() || hd % 8 != 0 || idx.dtype() != DType::U32 {
         bail!("gather: index does not fit {:?}", src.shape());
     }
     if let Some(e) = emb {
@@ -315,7 +316,7 @@ fn gather_slots_t<T: CudaDType + DeviceRepr>(
     }
     let total = n * heads * slots * t * hd;
     u32_of(total, "tensor")?;
-    let idx = Tensor::new(index, src.device())?;
+    let idx = idx.contiguous()?;
     let args = [n, heads, t, hd, slots].map(|v| v as u32);
     let null: u64 = 0;
     with_view::<T, _>(src, |sv, dev| {
@@ -338,7 +339,7 @@ fn gather_slots_t<T: CudaDType + DeviceRepr>(
                 for a in &args {
                     b.arg(a);
                 }
-                // SAFETY: arguments match the kernel signature; indices checked above.
+                // SAFETY: arguments match the kernel signature; the caller keeps indices below m.
                 unsafe { b.launch(grid(total / 8, 256)?) }.w()?;
                 Ok(into_tensor(out, dev, &[n, heads, slots * t, hd]))
             };

@@ -1,8 +1,6 @@
 //! 2D rotary position tables ("pix2struct" layout, NOTES §5.5): the first half of each
 //! head's dims rotates with the token row, the second half with the column.
 
-use candle_core::{Device, Result, Tensor};
-
 /// Per-axis angle tables for positions `0..table_size`, computed in f32 as the reference does.
 #[derive(Debug, Clone)]
 pub struct RopeTable {
@@ -51,22 +49,5 @@ impl RopeTable {
             sin.extend_from_slice(&self.sin[c * f..(c + 1) * f]);
         }
         (cos, sin)
-    }
-
-    /// Tables for `n` blocks of `t` tokens each: `[n, t, head_dim/2]` tensors.
-    pub fn tensors(
-        &self,
-        positions: &[(usize, usize)],
-        n: usize,
-        dtype: candle_core::DType,
-        dev: &Device,
-    ) -> Result<(Tensor, Tensor)> {
-        let (cos, sin) = self.lookup(positions);
-        let t = positions.len() / n;
-        let shape = (n, t, 2 * self.freqs);
-        Ok((
-            Tensor::from_vec(cos, shape, dev)?.to_dtype(dtype)?,
-            Tensor::from_vec(sin, shape, dev)?.to_dtype(dtype)?,
-        ))
     }
 }
