@@ -5,10 +5,9 @@ mod common;
 use infdit::config::ModelConfig;
 use std::process::Command;
 
-#[test]
-fn train_saves_resumes_and_produces_a_loadable_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let photos = dir.path().join("photos");
+/// Two generated photos and the minimal config in `dir`: (photo folder, config path).
+fn setup(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let photos = dir.join("photos");
     std::fs::create_dir_all(&photos).unwrap();
     for k in 0..2u32 {
         let img = image::RgbImage::from_fn(320, 256, |x, y| {
@@ -16,9 +15,64 @@ fn train_saves_resumes_and_produces_a_loadable_model() {
         });
         img.save(photos.join(format!("p{k}.png"))).unwrap();
     }
+    let cfg_path = dir.join("config.json");
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string(&ModelConfig::minimal()).unwrap(),
+    )
+    .unwrap();
+    (photos, cfg_path)
+}
+
+/// The `loss` column of a run's loss.csv.
+fn losses(run: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("loss.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').nth(1).unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn data_workers_give_the_same_run_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, cfg_path) = setup(dir.path());
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        let o = Command::new(env!("CARGO_BIN_EXE_infdit"))
+            .args(["train", "-q", "--data", photos.to_str().unwrap()])
+            .args([
+                "--out",
+                out.to_str().unwrap(),
+                "--config",
+                cfg_path.to_str().unwrap(),
+            ])
+            .args([
+                "--steps",
+                "2",
+                "--batch-size",
+                "3",
+                "--crop",
+                "64",
+                "--data-workers",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        losses(&out)
+    };
+    let (a, b) = (run("a"), run("b"));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, b, "the example order must not depend on thread timing");
+}
+
+#[test]
+fn train_saves_resumes_and_produces_a_loadable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, cfg_path) = setup(dir.path());
     let cfg = ModelConfig::minimal();
-    let cfg_path = dir.path().join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
     let out = dir.path().join("run");
     let train = |steps: &str, resume: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_infdit"));
@@ -57,9 +111,9 @@ fn train_saves_resumes_and_produces_a_loadable_model() {
         rows[2].starts_with("3,"),
         "resumed run continues at step 3: {log}"
     );
-    for r in rows {
-        let loss: f32 = r.split(',').nth(1).unwrap().parse().unwrap();
-        assert!(loss.is_finite() && loss > 0.0, "{r}");
+    for l in losses(&out) {
+        let loss: f32 = l.parse().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{l}");
     }
     let src = infdit::checkpoint::ModelSource::open(&out).unwrap();
     assert_eq!(src.config, cfg);

@@ -113,6 +113,9 @@ pub struct OpsArgs {
     repeat: usize,
 }
 
+/// One timed operation of `bench ops`.
+type OpFn<'a> = Box<dyn Fn() -> candle_core::Result<candle_core::Tensor> + 'a>;
+
 impl OpsArgs {
     fn run(self) -> Result<()> {
         use crate::model::ops::{modulate, LayerNorm};
@@ -133,17 +136,25 @@ impl OpsArgs {
         let scale = rnd(&[blocks, 1, d])?;
         let ln = LayerNorm::no_affine(d, 1e-6, dtype, &device)?;
         let h4 = rnd(&[blocks, n / blocks, 4 * d])?;
-        let ops: Vec<(&str, Box<dyn Fn() -> candle_core::Result<Tensor>>)> = vec![
-            ("matmul x·Wᵀ (qkv)", Box::new(|| x.reshape((n, d))?.matmul(&w.t()?))),
+        let ops: Vec<(&str, OpFn)> = vec![
+            (
+                "matmul x·Wᵀ (qkv)",
+                Box::new(|| x.reshape((n, d))?.matmul(&w.t()?)),
+            ),
             ("linear with bias (qkv)", Box::new(|| lin.forward(&x))),
             ("bias broadcast_add", Box::new(|| y.broadcast_add(&b))),
             ("add (contiguous)", Box::new(|| &x + &x)),
             ("layer_norm", Box::new(|| ln.forward(&x))),
             ("modulate", Box::new(|| modulate(&x, &shift, &scale))),
             ("gelu (4D)", Box::new(|| crate::model::fused::gelu(&h4))),
-            ("transpose+contiguous", Box::new(|| {
-                x.reshape((blocks, n / blocks, 16, d / 16))?.transpose(1, 2)?.contiguous()
-            })),
+            (
+                "transpose+contiguous",
+                Box::new(|| {
+                    x.reshape((blocks, n / blocks, 16, d / 16))?
+                        .transpose(1, 2)?
+                        .contiguous()
+                }),
+            ),
         ];
         println!("{:<26} {:>10}", "op", "ms");
         for (name, f) in &ops {
@@ -208,14 +219,28 @@ impl AttentionArgs {
         use candle_core::{DType, Tensor};
         let device = parse_device(&self.device)?;
         let dtype: DType = self.dtype.into();
-        let (n, h, tq, tk, d) = (self.blocks, self.heads, self.queries, self.keys, self.head_dim);
+        let (n, h, tq, tk, d) = (
+            self.blocks,
+            self.heads,
+            self.queries,
+            self.keys,
+            self.head_dim,
+        );
         let q = Tensor::randn(0f32, 1.0, (n, h, tq, d), &device)?;
         let k = Tensor::randn(0f32, 1.0, (n, h, tk, d), &device)?;
         let v = Tensor::randn(0f32, 1.0, (n, h, tk, d), &device)?;
         let (qc, kc, vc) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
         let m = n.min(2);
-        let reference = attention_composed(&q.narrow(0, 0, m)?, &k.narrow(0, 0, m)?, &v.narrow(0, 0, m)?)?;
-        let ours = attention(&qc.narrow(0, 0, m)?, &kc.narrow(0, 0, m)?, &vc.narrow(0, 0, m)?)?;
+        let reference = attention_composed(
+            &q.narrow(0, 0, m)?,
+            &k.narrow(0, 0, m)?,
+            &v.narrow(0, 0, m)?,
+        )?;
+        let ours = attention(
+            &qc.narrow(0, 0, m)?,
+            &kc.narrow(0, 0, m)?,
+            &vc.narrow(0, 0, m)?,
+        )?;
         let max_abs_diff = (ours.to_dtype(DType::F32)? - reference)?
             .abs()?
             .flatten_all()?
@@ -232,7 +257,10 @@ impl AttentionArgs {
             Ok(start.elapsed().as_secs_f64() * 1e3 / reps as f64)
         };
         let ms = time(&|| attention(&qc, &kc, &vc), self.repeat.max(1))?;
-        let composed_ms = time(&|| attention_composed(&qc, &kc, &vc), self.repeat.clamp(1, 3))?;
+        let composed_ms = time(
+            &|| attention_composed(&qc, &kc, &vc),
+            self.repeat.clamp(1, 3),
+        )?;
         let flops = 4.0 * (n * h * tq * tk * d) as f64;
         Ok(AttentionResult {
             shape: [n, h, tq, tk, d],

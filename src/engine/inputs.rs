@@ -83,22 +83,8 @@ pub fn gather_blocks(img: &Planar, blocks: &[(usize, usize)], s: usize, out: &mu
     }
 }
 
-/// Gathers the network inputs of `blocks` (block row, column) of image number `image`
-/// from host images.
-pub fn build_batch(
-    model: &InfDit,
-    image: usize,
-    blocks: &[(usize, usize)],
-    x: &Planar,
-    cond: &Conditioning,
-    c_in: f32,
-    emb_act: &Tensor,
-) -> Result<BlockBatch> {
-    prepare_batch(model, image, blocks, x, cond, c_in).upload(model, emb_act)
-}
-
-/// A batch's network inputs in host memory: the host half of [`build_batch`], so the
-/// engine can prepare the next batch while the device runs the current one.
+/// A batch's network inputs in host memory, built apart from the upload so the engine can
+/// prepare the next batch while the device runs the current one.
 pub struct HostBatch {
     ids: Vec<BlockId>,
     x: Vec<f32>,
@@ -115,7 +101,11 @@ impl HostBatch {
         let cfg = model.config();
         let (dev, dtype) = (model.device(), model.dtype());
         let n = self.ids.len();
-        let (s, bt, l) = (cfg.image_block_size_px, cfg.block_tokens(), cfg.lr_block_px());
+        let (s, bt, l) = (
+            cfg.image_block_size_px,
+            cfg.block_tokens(),
+            cfg.lr_block_px(),
+        );
         let lt = l / cfg.lr_patch_size;
         let rope_shape = (n, bt * bt, cfg.head_dim() / 2);
         Ok(BlockBatch {
@@ -130,7 +120,8 @@ impl HostBatch {
     }
 }
 
-/// The host half of [`build_batch`].
+/// Gathers the network inputs of `blocks` (block row, column) of image number `image`
+/// from host images.
 pub fn prepare_batch(
     model: &InfDit,
     image: usize,

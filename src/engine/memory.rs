@@ -6,8 +6,8 @@
 
 use super::{Order, Schedule};
 use crate::config::ModelConfig;
-use candle_core::{DType, Device};
 use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
 
 /// Parses `8G`, `512M`, `1.5GiB`, `2000000000`.
 pub fn parse_size(s: &str) -> Result<u64> {
@@ -123,7 +123,11 @@ impl<'a> MemoryModel<'a> {
             } else {
                 0
             },
-            runtime: if self.include_host { 0 } else { GPU_RUNTIME_BYTES },
+            runtime: if self.include_host {
+                0
+            } else {
+                GPU_RUNTIME_BYTES
+            },
         }
     }
 
@@ -237,8 +241,12 @@ mod tests {
         assert!(a.activations >= b.activations + (256 << 20));
         let budget = 12 << 30;
         assert!(
-            fused.choose_batch(4096, 4096, Order::Auto, budget, 64).unwrap()
-                >= composed.choose_batch(4096, 4096, Order::Auto, budget, 64).unwrap()
+            fused
+                .choose_batch(4096, 4096, Order::Auto, budget, 64)
+                .unwrap()
+                >= composed
+                    .choose_batch(4096, 4096, Order::Auto, budget, 64)
+                    .unwrap()
         );
     }
 }

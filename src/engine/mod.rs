@@ -11,11 +11,11 @@
 mod inputs;
 pub mod memory;
 
-pub use inputs::{build_batch, gather_blocks, Conditioning, Positions};
+pub use inputs::{gather_blocks, prepare_batch, Conditioning, HostBatch, Positions};
 
-use crate::profile::stage;
 use crate::imageops::Planar;
 use crate::model::{BatchPlan, BlockId, InfDit, KvCache, Precond, Tap};
+use crate::profile::stage;
 use anyhow::{ensure, Result};
 use std::collections::{HashMap, HashSet};
 
@@ -204,8 +204,9 @@ impl<'m> Engine<'m> {
         let mut cache = KvCache::new(cfg.num_layers);
         let mut cached: HashSet<(usize, usize)> = HashSet::new();
         let dev = self.model.device();
-        let prepare =
-            |chunk: &[(usize, usize)]| inputs::prepare_batch(self.model, 0, chunk, x, cond, pre.c_in);
+        let prepare = |chunk: &[(usize, usize)]| {
+            inputs::prepare_batch(self.model, 0, chunk, x, cond, pre.c_in)
+        };
         let chunks: Vec<&[(usize, usize)]> = schedule.order.chunks(batch).collect();
         let mut next = chunks.first().map(|c| prepare(c));
         for (k, chunk) in chunks.iter().enumerate() {

@@ -155,11 +155,13 @@ impl KvCache {
         };
         for (i, id) in ids.iter().enumerate() {
             if self.plan.retain.get(i).copied().unwrap_or(false) {
+                // A fresh allocation, not a view: a view would keep the whole batch's
+                // K/V (on CUDA also its queries) alive for as long as this block is cached.
                 store.insert(
                     *id,
                     (
-                        k.get(i)?.unsqueeze(0)?.contiguous()?,
-                        v.get(i)?.unsqueeze(0)?.contiguous()?,
+                        k.get(i)?.unsqueeze(0)?.force_contiguous()?,
+                        v.get(i)?.unsqueeze(0)?.force_contiguous()?,
                     ),
                 );
             }
@@ -289,5 +291,45 @@ impl SelfAttention {
         stage("attn/dense", dev, || {
             self.dense.forward(&y.transpose(1, 2)?.reshape((n, t, d))?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Storage};
+
+    /// Elements held by the storage behind `t` (not just its view).
+    fn storage_len(t: &Tensor) -> usize {
+        match &*t.storage_and_layout().0 {
+            Storage::Cpu(s) => s.as_slice::<f32>().unwrap().len(),
+            _ => unreachable!("CPU test"),
+        }
+    }
+
+    #[test]
+    fn cached_blocks_hold_only_their_own_keys_and_values() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, h, t, hd) = (4, 2, 8, 4);
+        let k = Tensor::randn(0f32, 1.0, (n, h, t, hd), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (n, h, t, hd), &dev)?;
+        let slot_embed = Tensor::zeros((4, h, hd), DType::F32, &dev)?;
+        let ids: Vec<BlockId> = (0..n).map(|c| BlockId::new(0, 0, c)).collect();
+        let mut cache = KvCache::new(1);
+        cache.set_plan(BatchPlan {
+            retain: vec![false, false, false, true],
+            evict: vec![],
+        });
+        let (k_all, _) = cache.neighbour_kv(0, &ids, &k, &v, &slot_embed)?;
+        assert_eq!(k_all.dims(), [n, h, 4 * t, hd]);
+        let (ck, cv) = &cache.layers[0][&ids[3]];
+        assert_eq!(storage_len(ck), h * t * hd);
+        assert_eq!(storage_len(cv), h * t * hd);
+        let diff = (ck - k.get(3)?.unsqueeze(0)?)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        Ok(())
     }
 }

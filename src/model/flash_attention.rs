@@ -52,7 +52,8 @@ pub fn applies(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
 fn kernel_ready(x: &Tensor) -> Result<Tensor> {
     let l = x.layout();
     let s = l.stride();
-    let ok = s.len() == 4 && s[3] == 1 && s[..3].iter().chain([&l.start_offset()]).all(|v| v % 8 == 0);
+    let ok =
+        s.len() == 4 && s[3] == 1 && s[..3].iter().chain([&l.start_offset()]).all(|v| v % 8 == 0);
     if ok {
         Ok(x.clone())
     } else {
@@ -106,23 +107,21 @@ impl CustomOp3 for FlashAttention {
                 vl.shape()
             );
         }
+        let inputs = [(q, ql), (k, kl), (v, vl)];
         match q.dtype() {
-            DType::BF16 => launch::<half::bf16>(q, ql, k, kl, v, vl, "bf16"),
-            DType::F16 => launch::<half::f16>(q, ql, k, kl, v, vl, "f16"),
+            DType::BF16 => launch::<half::bf16>(inputs, "bf16"),
+            DType::F16 => launch::<half::f16>(inputs, "f16"),
             dt => bail!("flash-attention: unsupported dtype {dt:?}"),
         }
     }
 }
 
+/// `inputs`: q, k, v with their layouts (shapes checked by the caller).
 fn launch<T: CudaDType + DeviceRepr>(
-    q: &CudaStorage,
-    ql: &Layout,
-    k: &CudaStorage,
-    kl: &Layout,
-    v: &CudaStorage,
-    vl: &Layout,
+    inputs: [(&CudaStorage, &Layout); 3],
     ty: &str,
 ) -> Result<(CudaStorage, Shape)> {
+    let [(q, ql), (k, kl), (v, vl)] = inputs;
     let (n, h, tq, d) = ql.shape().dims4()?;
     let tk = kl.dims()[2];
     let dev = q.device();
@@ -146,7 +145,12 @@ fn launch<T: CudaDType + DeviceRepr>(
     let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
     let ctas = n * h * tq.div_ceil(ROWS_PER_CTA);
     let cfg = LaunchConfig {
-        grid_dim: (u32::try_from(ctas).map_err(|_| candle_core::Error::Msg("flash-attention: grid too large".into()))?, 1, 1),
+        grid_dim: (
+            u32::try_from(ctas)
+                .map_err(|_| candle_core::Error::Msg("flash-attention: grid too large".into()))?,
+            1,
+            1,
+        ),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     };

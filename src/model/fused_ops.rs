@@ -67,7 +67,11 @@ fn into_tensor<T: CudaDType>(out: CudaSlice<T>, dev: &CudaDevice, shape: &[usize
 
 fn grid(items: usize, per_block: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
-        grid_dim: (u32_of(items.div_ceil(per_block).clamp(1, 1 << 20), "grid")?, 1, 1),
+        grid_dim: (
+            u32_of(items.div_ceil(per_block).clamp(1, 1 << 20), "grid")?,
+            1,
+            1,
+        ),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     })
@@ -143,7 +147,11 @@ fn ln_modulate_t<T: CudaDType + DeviceRepr>(
         Some((shift, scale)) => {
             let (mb, one, md) = scale.dims3()?;
             if shift.dims() != scale.dims() || one != 1 || md != d || !(mb == 1 || mb == b) {
-                bail!("modulation {:?} does not fit {:?}", scale.shape(), x.shape());
+                bail!(
+                    "modulation {:?} does not fit {:?}",
+                    scale.shape(),
+                    x.shape()
+                );
             }
             let (st, sh) = (scale.stride(), shift.stride());
             if st[2] != 1 || sh[2] != 1 || st[0] != sh[0] {
@@ -158,7 +166,10 @@ fn ln_modulate_t<T: CudaDType + DeviceRepr>(
         None => None,
     };
     let (rows32, d32) = (u32_of(rows, "rows")?, u32_of(d, "cols")?);
-    let (rpb, ms) = (u32_of(rows_per_batch, "rows")?, u32_of(mod_stride, "stride")?);
+    let (rpb, ms) = (
+        u32_of(rows_per_batch, "rows")?,
+        u32_of(mod_stride, "stride")?,
+    );
     let eps = eps as f32;
     let (xs, xl) = x.storage_and_layout();
     let Storage::Cuda(xs) = &*xs else {
@@ -202,7 +213,13 @@ fn ln_modulate_t<T: CudaDType + DeviceRepr>(
             None => builder.arg(&null),
         };
     }
-    builder.arg(&out).arg(&rows32).arg(&d32).arg(&rpb).arg(&ms).arg(&eps);
+    builder
+        .arg(&out)
+        .arg(&rows32)
+        .arg(&d32)
+        .arg(&rpb)
+        .arg(&ms)
+        .arg(&eps);
     let cfg = LaunchConfig {
         grid_dim: (u32_of(rows.div_ceil(8), "grid")?, 1, 1),
         block_dim: (256, 1, 1),
@@ -225,7 +242,10 @@ pub fn qkv_norm_rope(
     let qkv = qkv.contiguous()?;
     let (w, b) = (norm.0.contiguous()?, norm.1.contiguous()?);
     let (cos, sin) = (rope.0.contiguous()?, rope.1.contiguous()?);
-    let out = dispatch!(qkv.dtype(), qkv_norm_rope_t(&qkv, &w, &b, norm.2, &cos, &sin, heads))?;
+    let out = dispatch!(
+        qkv.dtype(),
+        qkv_norm_rope_t(&qkv, &w, &b, norm.2, &cos, &sin, heads)
+    )?;
     Ok((out.get(0)?, out.get(1)?, out.get(2)?))
 }
 
@@ -240,9 +260,13 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
 ) -> Result<Tensor> {
     let (n, t, d3) = qkv.dims3()?;
     let hd = d3 / 3 / heads;
-    if hd * heads * 3 != d3 || hd % 2 != 0 || cos.dims() != [n, t, hd / 2] || w.elem_count() != hd
-    {
-        bail!("qkv {:?} / rope {:?} / norm {:?} do not fit", qkv.shape(), cos.shape(), w.shape());
+    if hd * heads * 3 != d3 || hd % 2 != 0 || cos.dims() != [n, t, hd / 2] || w.elem_count() != hd {
+        bail!(
+            "qkv {:?} / rope {:?} / norm {:?} do not fit",
+            qkv.shape(),
+            cos.shape(),
+            w.shape()
+        );
     }
     let each = n * heads * t * hd;
     u32_of(3 * each, "tensor")?;
@@ -292,7 +316,12 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
 /// `[n, heads, slots·t, hd]` where slot `s` of block `i` is block `index[s·n + i]` of `src`
 /// `[m, heads, t, hd]`, plus `emb[s]` (`[slots, heads, hd]`) when given. `index` is a u32
 /// device tensor whose entries the caller guarantees to be below `m`.
-pub(crate) fn gather_slots(src: &Tensor, index: &Tensor, emb: Option<&Tensor>, n: usize) -> Result<Tensor> {
+pub(crate) fn gather_slots(
+    src: &Tensor,
+    index: &Tensor,
+    emb: Option<&Tensor>,
+    n: usize,
+) -> Result<Tensor> {
     let src = src.contiguous()?;
     let emb = emb.map(|e| e.contiguous()).transpose()?;
     dispatch!(src.dtype(), gather_slots_t(&src, index, emb.as_ref(), n))

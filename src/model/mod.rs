@@ -10,9 +10,9 @@ pub mod cross_attention;
 pub mod embed;
 #[cfg(feature = "cuda")]
 pub mod flash_attention;
+pub mod fused;
 #[cfg(feature = "cuda")]
 pub mod fused_ops;
-pub mod fused;
 pub mod layer;
 pub mod ops;
 pub mod precond;

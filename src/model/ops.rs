@@ -115,9 +115,14 @@ impl Linear {
     /// `x·Wᵀ` as one 2-D matmul over all leading dimensions.
     fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
-        let (k, lead) = dims.split_last().expect("linear input has a last dimension");
+        let (k, lead) = dims
+            .split_last()
+            .expect("linear input has a last dimension");
         let rows: usize = lead.iter().product();
-        let y = x.contiguous()?.reshape((rows, *k))?.matmul(&self.0.weight().t()?)?;
+        let y = x
+            .contiguous()?
+            .reshape((rows, *k))?
+            .matmul(&self.0.weight().t()?)?;
         let mut out_dims = lead.to_vec();
         out_dims.push(y.dim(1)?);
         y.reshape(out_dims)
@@ -236,12 +241,7 @@ pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
 }
 
 /// A Conv2d with kernel = stride = `p`, as a Linear over patches (same numbers, no im2col).
-pub fn patch_linear(
-    size_out: usize,
-    c_in: usize,
-    p: usize,
-    vb: VarBuilder,
-) -> Result<Linear> {
+pub fn patch_linear(size_out: usize, c_in: usize, p: usize, vb: VarBuilder) -> Result<Linear> {
     let w = vb
         .get((size_out, c_in, p, p), "weight")?
         .reshape((size_out, c_in * p * p))?;

@@ -5,11 +5,11 @@
 use super::data::PhotoDataset;
 use crate::checkpoint::{generate_weights, is_norm_key};
 use crate::config::ModelConfig;
-use crate::profile::stage;
-use crate::engine::{build_batch, gather_blocks, Conditioning, Positions};
+use crate::engine::{gather_blocks, prepare_batch, Conditioning, Positions};
 use crate::imageops::resize::resize_bicubic;
 use crate::imageops::Planar;
 use crate::model::{BlockBatch, InfDit, KvCache, Precond};
+use crate::profile::stage;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
@@ -166,10 +166,7 @@ fn make_example(
         let noise = |rng: &mut rand::rngs::StdRng, c, h, w| {
             Planar::new(c, h, w, normal(rng, c * h * w, 1.0)).map(|v| v.clamp(-1.0, 1.0))
         };
-        (
-            noise(rng, 3, lr.height, lr.width),
-            noise(rng, 3, h, w),
-        )
+        (noise(rng, 3, lr.height, lr.width), noise(rng, 3, h, w))
     } else {
         let up = resize_bicubic(&lr, h, w, true).map(|v| v.clamp(-1.0, 1.0));
         (lr, up)
@@ -288,15 +285,10 @@ impl Trainer {
             let emb = emb
                 .broadcast_as((blocks.len(), 1, self.cfg.hidden_size))?
                 .contiguous()?;
-            batches.push(build_batch(
-                &self.model,
-                k,
-                &blocks,
-                &ex.x,
-                &ex.cond,
-                pre.c_in,
-                &emb,
-            )?);
+            batches.push(
+                prepare_batch(&self.model, k, &blocks, &ex.x, &ex.cond, pre.c_in)
+                    .upload(&self.model, &emb)?,
+            );
             gather_blocks(&ex.x, &blocks, s, &mut x_blocks);
             gather_blocks(&ex.hr, &blocks, s, &mut hr_blocks);
             let w = loss_weight(ex.sigma, sd);
@@ -342,7 +334,9 @@ impl Trainer {
         let workers = self.opts.data_workers;
         if workers <= 1 {
             let (cfg, opts) = (self.cfg.clone(), self.opts.clone());
-            return self.train_loop(out, on_step, &mut |rng| make_example(&cfg, &opts, rng, data));
+            return self.train_loop(out, on_step, &mut |rng| {
+                make_example(&cfg, &opts, rng, data)
+            });
         }
         std::thread::scope(|scope| {
             let receivers: Vec<_> = (0..workers)
@@ -357,7 +351,10 @@ impl Trainer {
                     );
                     scope.spawn(move || {
                         // Ends when the training loop drops the receiver.
-                        while tx.send(make_example(&cfg, &opts, &mut rng, &mut data)).is_ok() {}
+                        while tx
+                            .send(make_example(&cfg, &opts, &mut rng, &mut data))
+                            .is_ok()
+                        {}
                     });
                     rx
                 })
