@@ -113,6 +113,24 @@ pub struct OpsArgs {
     repeat: usize,
 }
 
+/// Milliseconds per call of `f` on `device` over `reps` calls (at least one), after one
+/// untimed warm-up call; the device is synchronised around the timed calls.
+fn time_ms(
+    device: &candle_core::Device,
+    f: &dyn Fn() -> candle_core::Result<candle_core::Tensor>,
+    reps: usize,
+) -> Result<f64> {
+    let reps = reps.max(1);
+    f()?;
+    device.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    device.synchronize()?;
+    Ok(start.elapsed().as_secs_f64() * 1e3 / reps as f64)
+}
+
 /// One timed operation of `bench ops`.
 type OpFn<'a> = Box<dyn Fn() -> candle_core::Result<candle_core::Tensor> + 'a>;
 
@@ -158,14 +176,7 @@ impl OpsArgs {
         ];
         println!("{:<26} {:>10}", "op", "ms");
         for (name, f) in &ops {
-            f()?;
-            device.synchronize()?;
-            let start = Instant::now();
-            for _ in 0..self.repeat.max(1) {
-                f()?;
-            }
-            device.synchronize()?;
-            let ms = start.elapsed().as_secs_f64() * 1e3 / self.repeat.max(1) as f64;
+            let ms = time_ms(&device, f, self.repeat)?;
             println!("{name:<26} {ms:>10.3}");
         }
         Ok(())
@@ -246,20 +257,11 @@ impl AttentionArgs {
             .flatten_all()?
             .max(0)?
             .to_scalar::<f32>()?;
-        let time = |f: &dyn Fn() -> candle_core::Result<Tensor>, reps: usize| -> Result<f64> {
-            f()?;
-            device.synchronize()?;
-            let start = Instant::now();
-            for _ in 0..reps {
-                f()?;
-            }
-            device.synchronize()?;
-            Ok(start.elapsed().as_secs_f64() * 1e3 / reps as f64)
-        };
-        let ms = time(&|| attention(&qc, &kc, &vc), self.repeat.max(1))?;
-        let composed_ms = time(
+        let ms = time_ms(&device, &|| attention(&qc, &kc, &vc), self.repeat)?;
+        let composed_ms = time_ms(
+            &device,
             &|| attention_composed(&qc, &kc, &vc),
-            self.repeat.clamp(1, 3),
+            self.repeat.min(3),
         )?;
         let flops = 4.0 * (n * h * tq * tk * d) as f64;
         Ok(AttentionResult {

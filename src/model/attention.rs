@@ -151,7 +151,7 @@ impl KvCache {
             };
             gather_fused(&kp, &vp, &idx, slot_embed, ids.len())?
         } else {
-            gather_composed(&kp, &vp, &index, slot_embed, dev)?
+            gather_composed(&kp, &vp, &index, slot_embed)?
         };
         for (i, id) in ids.iter().enumerate() {
             if self.plan.retain.get(i).copied().unwrap_or(false) {
@@ -179,8 +179,8 @@ fn gather_composed(
     vp: &Tensor,
     index: &[Vec<u32>; 4],
     slot_embed: &Tensor,
-    dev: &candle_core::Device,
 ) -> Result<(Tensor, Tensor)> {
+    let dev = kp.device();
     let mut keys = Vec::with_capacity(4);
     let mut vals = Vec::with_capacity(4);
     for (s, idx) in index.iter().enumerate() {

@@ -37,7 +37,7 @@ __device__ void bias_act(const T* x, const T* bias, T* out, unsigned rows, unsig
   }
 }
 
-// One warp per row of `cols`: LayerNorm (optionally affine), then optionally the adaLN
+// One warp per row of `cols`: affine LayerNorm, then the adaLN
 // modulation x·(1 + scale[b]) + shift[b] where b = row / rows_per_batch; the shift/scale
 // rows are `mod_stride` elements apart (they are views into one projection).
 template <typename T>
@@ -62,8 +62,8 @@ __device__ void ln_modulate(const T* x, const T* weight, const T* bias, const T*
   T* orow = out + (size_t)row * cols;
   for (unsigned c = lane; c < cols; c += 32) {
     float v = (to_f(xr[c]) - mean) * rstd;
-    if (weight) v = v * to_f(weight[c]) + to_f(bias[c]);
-    if (scale) v = v * (1.f + to_f(scale[m + c])) + to_f(shift[m + c]);
+    v = v * to_f(weight[c]) + to_f(bias[c]);
+    v = v * (1.f + to_f(scale[m + c])) + to_f(shift[m + c]);
     orow[c] = from_f<T>(v);
   }
 }

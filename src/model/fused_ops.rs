@@ -43,17 +43,26 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("fused ops: {what} too large")))
 }
 
-/// Runs `f` with the CUDA view of `t` (from its layout's start offset).
-fn with_view<T: CudaDType, R>(
-    t: &Tensor,
-    f: impl FnOnce(&CudaView<'_, T>, &CudaDevice) -> Result<R>,
+/// Runs `f` with the CUDA views of `ts` (each from its layout's start offset) and their
+/// device.
+fn with_views<T: CudaDType, R>(
+    ts: &[&Tensor],
+    f: impl FnOnce(&[CudaView<'_, T>], &CudaDevice) -> Result<R>,
 ) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else {
-        bail!("fused ops: tensor is not on a CUDA device")
-    };
-    let view = s.as_cuda_slice::<T>()?.slice(layout.start_offset()..);
-    f(&view, s.device())
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut views = Vec::with_capacity(ts.len());
+    let mut device = None;
+    for (storage, layout) in &guards {
+        let Storage::Cuda(s) = &**storage else {
+            bail!("fused ops: tensor is not on a CUDA device")
+        };
+        device.get_or_insert(s.device());
+        views.push(s.as_cuda_slice::<T>()?.slice(layout.start_offset()..));
+    }
+    match device {
+        Some(dev) => f(&views, dev),
+        None => bail!("fused ops: no input tensors"),
+    }
 }
 
 fn into_tensor<T: CudaDType>(out: CudaSlice<T>, dev: &CudaDevice, shape: &[usize]) -> Tensor {
@@ -103,131 +112,91 @@ fn bias_act_t<T: CudaDType + DeviceRepr>(x: &Tensor, bias: &Tensor, gelu: bool) 
     }
     let (rows, cols32) = (u32_of(n / cols, "rows")?, u32_of(cols, "cols")?);
     u32_of(n, "tensor")?;
-    with_view::<T, _>(x, |xv, dev| {
-        with_view::<T, _>(bias, |bv, _| {
-            let name = format!(
-                "bias_{}_{}",
-                if gelu { "gelu" } else { "add" },
-                type_suffix(x.dtype())?
-            );
-            let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<T>(n)? };
-            let mut b = func.builder();
-            b.arg(xv).arg(bv).arg(&out).arg(&rows).arg(&cols32);
-            // SAFETY: arguments match the kernel signature; bounds come from the shapes.
-            unsafe { b.launch(grid(n, 256)?) }.w()?;
-            Ok(into_tensor(out, dev, x.dims()))
-        })
+    let name = format!(
+        "bias_{}_{}",
+        if gelu { "gelu" } else { "add" },
+        type_suffix(x.dtype())?
+    );
+    with_views::<T, _>(&[x, bias], |v, dev| {
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<T>(n)? };
+        let mut b = func.builder();
+        b.arg(&v[0]).arg(&v[1]).arg(&out).arg(&rows).arg(&cols32);
+        // SAFETY: arguments match the kernel signature; bounds come from the shapes.
+        unsafe { b.launch(grid(n, 256)?) }.w()?;
+        Ok(into_tensor(out, dev, x.dims()))
     })
 }
 
-/// LayerNorm of `x` `[b, t, d]` over `d` (affine when `affine` is given), then the adaLN
-/// modulation `·(1 + scale) + shift` when `modulation` is given; shift/scale are
-/// `[b or 1, 1, d]` views whose rows may be strided.
+/// The affine LayerNorm `ln` = (weight, bias, eps) of `x` `[b, t, d]` over `d`, then the
+/// adaLN modulation `·(1 + scale) + shift`; shift/scale are `[b or 1, 1, d]` views whose
+/// rows may be strided.
 pub fn ln_modulate(
     x: &Tensor,
-    affine: Option<(&Tensor, &Tensor)>,
-    modulation: Option<(&Tensor, &Tensor)>,
-    eps: f64,
+    ln: (&Tensor, &Tensor, f64),
+    shift: &Tensor,
+    scale: &Tensor,
 ) -> Result<Tensor> {
     let x = x.contiguous()?;
-    dispatch!(x.dtype(), ln_modulate_t(&x, affine, modulation, eps))
+    let (w, b) = (ln.0.contiguous()?, ln.1.contiguous()?);
+    dispatch!(x.dtype(), ln_modulate_t(&x, &w, &b, ln.2, shift, scale))
 }
 
 fn ln_modulate_t<T: CudaDType + DeviceRepr>(
     x: &Tensor,
-    affine: Option<(&Tensor, &Tensor)>,
-    modulation: Option<(&Tensor, &Tensor)>,
+    w: &Tensor,
+    b: &Tensor,
     eps: f64,
+    shift: &Tensor,
+    scale: &Tensor,
 ) -> Result<Tensor> {
-    let (b, t, d) = x.dims3()?;
-    let rows = b * t;
-    let (rows_per_batch, mod_stride) = match modulation {
-        Some((shift, scale)) => {
-            let (mb, one, md) = scale.dims3()?;
-            if shift.dims() != scale.dims() || one != 1 || md != d || !(mb == 1 || mb == b) {
-                bail!(
-                    "modulation {:?} does not fit {:?}",
-                    scale.shape(),
-                    x.shape()
-                );
-            }
-            let (st, sh) = (scale.stride(), shift.stride());
-            if st[2] != 1 || sh[2] != 1 || st[0] != sh[0] {
-                bail!("modulation rows must be contiguous and equally strided");
-            }
-            (if mb == 1 { rows } else { t }, st[0])
-        }
-        None => (rows, 0),
-    };
-    let affine = match affine {
-        Some((w, bias)) => Some((w.contiguous()?, bias.contiguous()?)),
-        None => None,
-    };
-    let (rows32, d32) = (u32_of(rows, "rows")?, u32_of(d, "cols")?);
-    let (rpb, ms) = (
-        u32_of(rows_per_batch, "rows")?,
-        u32_of(mod_stride, "stride")?,
-    );
-    let eps = eps as f32;
-    let (xs, xl) = x.storage_and_layout();
-    let Storage::Cuda(xs) = &*xs else {
-        bail!("fused ops: tensor is not on a CUDA device")
-    };
-    let dev = xs.device();
-    let xv = xs.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
-    // Absent optional inputs are passed as null pointers.
-    let null: u64 = 0;
-    let guards: Vec<_> = [
-        affine.as_ref().map(|a| &a.0),
-        affine.as_ref().map(|a| &a.1),
-        modulation.map(|m| m.0),
-        modulation.map(|m| m.1),
-    ]
-    .into_iter()
-    .map(|t| t.map(|t| t.storage_and_layout()))
-    .collect();
-    let views = guards
-        .iter()
-        .map(|g| match g {
-            Some((s, l)) => match &**s {
-                Storage::Cuda(s) => Ok(Some(s.as_cuda_slice::<T>()?.slice(l.start_offset()..))),
-                _ => bail!("fused ops: tensor is not on a CUDA device"),
-            },
-            None => Ok(None),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let func = dev.get_or_load_custom_func(
-        &format!("ln_modulate_{}", type_suffix(x.dtype())?),
-        MODULE,
-        PTX,
-    )?;
-    // SAFETY: every element is written by the kernel.
-    let out = unsafe { dev.alloc::<T>(rows * d)? };
-    let mut builder = func.builder();
-    builder.arg(&xv);
-    for v in &views {
-        match v {
-            Some(v) => builder.arg(v),
-            None => builder.arg(&null),
-        };
+    let (bn, t, d) = x.dims3()?;
+    let rows = bn * t;
+    let (mb, one, md) = scale.dims3()?;
+    if shift.dims() != scale.dims() || one != 1 || md != d || !(mb == 1 || mb == bn) {
+        bail!(
+            "modulation {:?} does not fit {:?}",
+            scale.shape(),
+            x.shape()
+        );
     }
-    builder
-        .arg(&out)
-        .arg(&rows32)
-        .arg(&d32)
-        .arg(&rpb)
-        .arg(&ms)
-        .arg(&eps);
-    let cfg = LaunchConfig {
-        grid_dim: (u32_of(rows.div_ceil(8), "grid")?, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: arguments match the kernel signature; one warp per row, bounds checked.
-    unsafe { builder.launch(cfg) }.w()?;
-    Ok(into_tensor(out, dev, &[b, t, d]))
+    let (st, sh) = (scale.stride(), shift.stride());
+    if st[2] != 1 || sh[2] != 1 || st[0] != sh[0] {
+        bail!("modulation rows must be contiguous and equally strided");
+    }
+    let rows_per_batch = if mb == 1 { rows } else { t };
+    let (rows32, d32) = (u32_of(rows, "rows")?, u32_of(d, "cols")?);
+    let (rpb, ms) = (u32_of(rows_per_batch, "rows")?, u32_of(st[0], "stride")?);
+    let eps = eps as f32;
+    with_views::<T, _>(&[x, w, b, shift, scale], |v, dev| {
+        let func = dev.get_or_load_custom_func(
+            &format!("ln_modulate_{}", type_suffix(x.dtype())?),
+            MODULE,
+            PTX,
+        )?;
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<T>(rows * d)? };
+        let mut builder = func.builder();
+        for view in v {
+            builder.arg(view);
+        }
+        builder
+            .arg(&out)
+            .arg(&rows32)
+            .arg(&d32)
+            .arg(&rpb)
+            .arg(&ms)
+            .arg(&eps);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of(rows.div_ceil(8), "grid")?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel signature; one warp per row, bounds checked.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(into_tensor(out, dev, &[bn, t, d]))
+    })
 }
 
 /// `qkv` `[n, t, 3·heads·hd]` → q, k, v `[n, heads, t, hd]`, with the LayerNorm
@@ -273,43 +242,37 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
     let items = n * t * heads;
     let args = [n, t, heads, hd].map(|v| v as u32);
     let eps = eps as f32;
-    with_view::<T, _>(qkv, |qv, dev| {
-        with_view::<T, _>(w, |wv, _| {
-            with_view::<T, _>(b, |bv, _| {
-                with_view::<T, _>(cos, |cv, _| {
-                    with_view::<T, _>(sin, |sv, _| {
-                        let func = dev.get_or_load_custom_func(
-                            &format!("qkv_norm_rope_{}", type_suffix(qkv.dtype())?),
-                            MODULE,
-                            PTX,
-                        )?;
-                        // SAFETY: every element is written by the kernel.
-                        let out = unsafe { dev.alloc::<T>(3 * each)? };
-                        let (q, k, v) = (
-                            out.slice(0..each),
-                            out.slice(each..2 * each),
-                            out.slice(2 * each..),
-                        );
-                        let mut bld = func.builder();
-                        bld.arg(qv).arg(wv).arg(bv).arg(cv).arg(sv);
-                        bld.arg(&q).arg(&k).arg(&v);
-                        for a in &args {
-                            bld.arg(a);
-                        }
-                        bld.arg(&eps);
-                        let cfg = LaunchConfig {
-                            grid_dim: (u32_of(items.div_ceil(8), "grid")?, 1, 1),
-                            block_dim: (256, 1, 1),
-                            shared_mem_bytes: 0,
-                        };
-                        // SAFETY: arguments match the kernel; one warp per (block, token, head).
-                        unsafe { bld.launch(cfg) }.w()?;
-                        drop((q, k, v));
-                        Ok(into_tensor(out, dev, &[3, n, heads, t, hd]))
-                    })
-                })
-            })
-        })
+    with_views::<T, _>(&[qkv, w, b, cos, sin], |v, dev| {
+        let func = dev.get_or_load_custom_func(
+            &format!("qkv_norm_rope_{}", type_suffix(qkv.dtype())?),
+            MODULE,
+            PTX,
+        )?;
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<T>(3 * each)? };
+        let (q, k, vv) = (
+            out.slice(0..each),
+            out.slice(each..2 * each),
+            out.slice(2 * each..),
+        );
+        let mut bld = func.builder();
+        for view in v {
+            bld.arg(view);
+        }
+        bld.arg(&q).arg(&k).arg(&vv);
+        for a in &args {
+            bld.arg(a);
+        }
+        bld.arg(&eps);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of(items.div_ceil(8), "grid")?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel; one warp per (block, token, head).
+        unsafe { bld.launch(cfg) }.w()?;
+        drop((q, k, vv));
+        Ok(into_tensor(out, dev, &[3, n, heads, t, hd]))
     })
 }
 
@@ -347,35 +310,31 @@ fn gather_slots_t<T: CudaDType + DeviceRepr>(
     u32_of(total, "tensor")?;
     let idx = idx.contiguous()?;
     let args = [n, heads, t, hd, slots].map(|v| v as u32);
+    // An absent slot embedding is passed as a null pointer.
     let null: u64 = 0;
-    with_view::<T, _>(src, |sv, dev| {
-        with_view::<u32, _>(&idx, |iv, _| {
-            let run = |ev: Option<&CudaView<'_, T>>| -> Result<Tensor> {
-                let func = dev.get_or_load_custom_func(
-                    &format!("gather_slots_{}", type_suffix(src.dtype())?),
-                    MODULE,
-                    PTX,
-                )?;
-                // SAFETY: every element is written by the kernel.
-                let out = unsafe { dev.alloc::<T>(total)? };
-                let mut b = func.builder();
-                b.arg(sv).arg(iv);
-                match ev {
-                    Some(ev) => b.arg(ev),
-                    None => b.arg(&null),
-                };
-                b.arg(&out);
-                for a in &args {
-                    b.arg(a);
-                }
-                // SAFETY: arguments match the kernel signature; the caller keeps indices below m.
-                unsafe { b.launch(grid(total / 8, 256)?) }.w()?;
-                Ok(into_tensor(out, dev, &[n, heads, slots * t, hd]))
+    let inputs: Vec<&Tensor> = std::iter::once(src).chain(emb).collect();
+    with_views::<T, _>(&inputs, |v, dev| {
+        with_views::<u32, _>(&[&idx], |iv, _| {
+            let func = dev.get_or_load_custom_func(
+                &format!("gather_slots_{}", type_suffix(src.dtype())?),
+                MODULE,
+                PTX,
+            )?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(total)? };
+            let mut b = func.builder();
+            b.arg(&v[0]).arg(&iv[0]);
+            match v.get(1) {
+                Some(ev) => b.arg(ev),
+                None => b.arg(&null),
             };
-            match emb {
-                Some(e) => with_view::<T, _>(e, |ev, _| run(Some(ev))),
-                None => run(None),
+            b.arg(&out);
+            for a in &args {
+                b.arg(a);
             }
+            // SAFETY: arguments match the kernel signature; the caller keeps indices below m.
+            unsafe { b.launch(grid(total / 8, 256)?) }.w()?;
+            Ok(into_tensor(out, dev, &[n, heads, slots * t, hd]))
         })
     })
 }

@@ -74,12 +74,7 @@ pub fn fused_kernels(xs: &[&Tensor]) -> bool {
 pub fn ln_modulate(ln: &LayerNorm, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if fused_kernels(&[x, &ln.weight, shift, scale]) {
-        return super::fused_ops::ln_modulate(
-            x,
-            Some((&ln.weight, &ln.bias)),
-            Some((shift, scale)),
-            ln.eps,
-        );
+        return super::fused_ops::ln_modulate(x, ln.parts(), shift, scale);
     }
     modulate(&ln.forward(x)?, shift, scale)
 }
