@@ -48,6 +48,15 @@ pub struct TrainArgs {
     data_workers: Option<usize>,
     #[arg(long)]
     save_every: Option<usize>,
+    /// Mean of log σ for the training noise levels (EDM's P_mean; the official recipe: -1.0).
+    #[arg(long, allow_hyphen_values = true)]
+    p_mean: Option<f64>,
+    /// Standard deviation of log σ (EDM's P_std; the official recipe: 1.4).
+    #[arg(long)]
+    p_std: Option<f64>,
+    /// Probability of replacing a crop's LR image by noise (the official recipe: 0.07).
+    #[arg(long)]
+    lr_dropout: Option<f64>,
     /// Probability that a crop's LR is a plain bicubic downscale instead of the
     /// Real-ESRGAN-style degradation.
     #[arg(long, default_value_t = 0.3)]
@@ -68,7 +77,7 @@ impl TrainArgs {
         macro_rules! set {
             ($($f:ident <- $a:ident),*) => { $(if let Some(v) = self.$a { opts.$f = v; })* };
         }
-        set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr, data_workers <- data_workers);
+        set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr, data_workers <- data_workers, p_mean <- p_mean, p_std <- p_std, lr_dropout <- lr_dropout);
         opts.decay_start = self.decay_start.or(opts.decay_start);
         let cfg = match (&self.config, &self.resume) {
             (Some(p), _) => ModelConfig::from_json_file(p)?,

@@ -27,18 +27,12 @@ fn shape() -> (&'static str, u32) {
     })
 }
 
-/// `INFDIT_ATTENTION=composed` turns the kernel off (for comparisons and as an escape hatch).
-fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("INFDIT_ATTENTION").map_or(true, |v| v != "composed"))
-}
-
 /// Whether the kernel serves attention on `device` in `dtype` with this head dim.
 pub fn serves(device: &Device, dtype: DType, head_dim: usize) -> bool {
     device.is_cuda()
         && matches!(dtype, DType::BF16 | DType::F16)
         && HEAD_DIMS.contains(&head_dim)
-        && enabled()
+        && !super::ops::composed_forced()
 }
 
 /// Whether the fused kernel computes `softmax(q·kᵀ/√d)·v` for these `[n, heads, T, d]` inputs.

@@ -42,7 +42,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// `eˣ` by range reduction to `r ∈ [−ln2/2, ln2/2]` and a degree-7 Taylor polynomial;
 /// branch-free so that loops over slices vectorise.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -87,7 +87,7 @@ fn gelu_derivative(x: f32) -> f32 {
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => candle_core::bail!("fused op: non-contiguous input"),
@@ -166,15 +166,8 @@ impl CustomOp1 for FusedSoftmax {
         let x = f32_slice(s, l)?;
         let d = last_dim(l)?;
         let y = par_fill(x.len(), d, |i, y| {
-            let x = &x[i..i + d];
-            let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = exp(x - max);
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
-            y.iter_mut().for_each(|y| *y *= inv);
+            y.copy_from_slice(&x[i..i + d]);
+            softmax_row(y);
         });
         Ok((y, l.shape().clone()))
     }
@@ -203,12 +196,64 @@ impl CustomOp2 for SoftmaxGrad {
         let d = last_dim(l1)?;
         let out = par_fill(s.len(), d, |i, o| {
             let (s, g) = (&s[i..i + d], &g[i..i + d]);
-            let dot: f32 = s.iter().zip(g).map(|(a, b)| a * b).sum();
-            for ((o, &s), &g) in o.iter_mut().zip(s).zip(g) {
-                *o = s * (g - dot);
-            }
+            o.copy_from_slice(g);
+            softmax_grad_row(s, o);
         });
         Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Independent partial results of the reductions below: a single running sum is a
+/// serial chain of dependent float additions, which the compiler cannot vectorise.
+const LANES: usize = 8;
+
+/// `f`-reduction of `x` over [`LANES`] interleaved partial results, seeded with `init`.
+#[inline(always)]
+fn reduce(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = f(*a, v);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(init, |a, &v| f(a, v));
+    acc.into_iter().fold(tail, f)
+}
+
+/// Σ aᵢ·bᵢ, vectorisable.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((a, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *a += x * y;
+        }
+    }
+    acc.into_iter().fold(tail, |s, a| s + a)
+}
+
+/// Softmax of one row, in place.
+pub(super) fn softmax_row(row: &mut [f32]) {
+    let max = reduce(row, f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / reduce(row, 0.0, |s, v| s + v);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Turns `g`, the gradient of a softmax row whose output is `s`, into the gradient of
+/// its input: `s ⊙ (g − Σ g⊙s)`, in place.
+pub(super) fn softmax_grad_row(s: &[f32], g: &mut [f32]) {
+    let d = dot(s, g);
+    for (g, &s) in g.iter_mut().zip(s) {
+        *g = s * (*g - d);
     }
 }
 

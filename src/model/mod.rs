@@ -6,6 +6,8 @@
 //! every block; the [`crate::engine`] streams blocks in smaller batches.
 
 pub mod attention;
+pub mod cpu_attention;
+pub mod cpu_train_ops;
 pub mod cross_attention;
 pub mod embed;
 #[cfg(feature = "cuda")]

@@ -1,6 +1,7 @@
 //! Small numeric building blocks shared by the denoiser and the trainer. Each uses
-//! candle's fused kernel at inference and a differentiable composition when gradients
-//! are tracked (candle's fused LayerNorm and RoPE kernels have no backward pass).
+//! candle's fused kernel at inference; when gradients are tracked (candle's fused
+//! LayerNorm and RoPE kernels have no backward pass) our CPU kernels with gradients, or
+//! elsewhere a differentiable composition.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -38,24 +39,27 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.track_op() && !self.weight.track_op() {
-            return candle_nn::ops::layer_norm(
-                &x.contiguous()?,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            );
+        let (w, b, eps) = self.parts();
+        if !x.track_op() && !w.track_op() {
+            candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)
+        } else if super::cpu_train_ops::applies(x) {
+            super::cpu_train_ops::layer_norm(x, w, b, eps)
+        } else {
+            layer_norm_composed(x, w, b, eps)
         }
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_sub(&mean)?;
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let x = x
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .to_dtype(dtype)?;
-        x.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
     }
+}
+
+/// LayerNorm from differentiable tensor ops, in f32 (the reference for the fused kernels,
+/// and training where none serves).
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let x = x.broadcast_sub(&mean)?;
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let x = x.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
+    x.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
 /// Whether the fused CUDA kernels serve these inputs (never without the `cuda` feature).
@@ -152,8 +156,16 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 /// and sine are `cos[.., i]`, `sin[.., i]`. `x`: `[n, heads, T, hd]`, tables `[n, T, hd/2]`.
 pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
-        return candle_nn::rotary_emb::rope_i(&x.contiguous()?, cos, sin);
+        candle_nn::rotary_emb::rope_i(&x.contiguous()?, cos, sin)
+    } else if super::cpu_train_ops::applies(x) {
+        super::cpu_train_ops::rope_interleaved(x, cos, sin)
+    } else {
+        rope_composed(x, cos, sin)
     }
+}
+
+/// [`rope_interleaved`] from differentiable tensor ops.
+pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (n, h, t, d) = x.dims4()?;
     let x = x.reshape((n, h, t, d / 2, 2))?;
     let x0 = x.narrow(4, 0, 1)?;
@@ -170,19 +182,34 @@ pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor
 /// scores at the same time.
 pub const MAX_SCORE_BYTES: usize = 256 << 20;
 
-/// Whether [`attention`] runs as the fused CUDA kernel for this device, dtype and head dim.
+/// Whether [`attention`] runs fused (no score tensor in memory) for this device, dtype
+/// and head dim: f32 on the CPU, the CUDA kernel's dtypes and head dims on a GPU.
 pub fn fused_attention(device: &Device, dtype: DType, head_dim: usize) -> bool {
+    if device.is_cpu() {
+        return dtype == DType::F32 && !composed_forced();
+    }
     #[cfg(feature = "cuda")]
     return super::flash_attention::serves(device, dtype, head_dim);
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (device, dtype, head_dim);
+        let _ = head_dim;
         false
     }
 }
 
-/// softmax(q·kᵀ/√d)·v for `[n, heads, Tq, d]` × `[n, heads, Tk, d]`.
+/// `INFDIT_ATTENTION=composed` turns the fused attention kernels off (for comparisons and
+/// as an escape hatch).
+pub fn composed_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("INFDIT_ATTENTION").is_ok_and(|v| v == "composed"))
+}
+
+/// softmax(q·kᵀ/√d)·v for `[n, heads, Tq, d]` × `[n, heads, Tk, d]`: one fused pass where
+/// a kernel serves the inputs, else [`attention_composed`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if !composed_forced() && super::cpu_attention::applies(q) {
+        return super::cpu_attention::attention(q, k, v);
+    }
     #[cfg(feature = "cuda")]
     if super::flash_attention::applies(q, k, v) {
         return super::flash_attention::forward(q, k, v);

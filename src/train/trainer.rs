@@ -387,14 +387,7 @@ impl Trainer {
                 ..Default::default()
             },
         )?;
-        let names: Vec<(String, Var)> = self
-            .varmap
-            .data()
-            .lock()
-            .expect("var map lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let names = self.named_vars();
         let log_path = out.join("loss.csv");
         // A resumed run continues from its last checkpoint: drop rows logged after it.
         if let Ok(text) = std::fs::read_to_string(&log_path) {
@@ -485,12 +478,9 @@ impl Trainer {
         })?;
         crate::fsutil::save_safetensors(&out.join("weights.safetensors"), &self.ema)?;
         let raw: HashMap<String, Tensor> = self
-            .varmap
-            .data()
-            .lock()
-            .expect("var map lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .named_vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
             .collect();
         crate::fsutil::save_safetensors(&out.join("raw_weights.safetensors"), &raw)?;
         let state = serde_json::to_string_pretty(&TrainState {
@@ -504,6 +494,12 @@ impl Trainer {
 
     pub fn step(&self) -> usize {
         self.step
+    }
+
+    /// The trainable variables with their checkpoint names.
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("var map lock");
+        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 
@@ -578,14 +574,7 @@ mod tests {
     fn every_parameter_gets_the_gradient_of_the_loss() -> Result<()> {
         let (_, trainer, weights, examples) = setup()?;
         let grads = trainer.loss(&examples)?.backward()?;
-        let vars: Vec<(String, Var)> = trainer
-            .varmap
-            .data()
-            .lock()
-            .expect("var map lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let vars = trainer.named_vars();
         let mut analytic = 0f64;
         let mut dirs = HashMap::new();
         for (name, var) in &vars {

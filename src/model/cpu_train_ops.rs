@@ -1,0 +1,348 @@
+//! LayerNorm and interleaved RoPE on the CPU with their gradients, for training.
+//!
+//! candle's fused LayerNorm and RoPE kernels have no backward pass, and their composition
+//! from broadcasting tensor ops (eight ops for a LayerNorm, eleven for RoPE, each with its
+//! own backward and reductions over broadcast dimensions) made these two cheap functions
+//! most of a CPU training step's backward pass. Here each is one pass forward and one
+//! pass backward. Inference keeps candle's kernels.
+
+use super::fused::f32_slice;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Rows per parallel work item target about this many values.
+const CHUNK: usize = 1 << 14;
+
+/// Whether these kernels serve `x` (f32 on the CPU).
+pub fn applies(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// `(x − mean)/√(var + eps)·weight + bias` over the last dimension, differentiable in all
+/// three inputs.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    if weight.dims() != [d] || bias.dims() != [d] {
+        candle_core::bail!("layer_norm: weight/bias must be [{d}]");
+    }
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
+}
+
+/// Pairs `(2i, 2i+1)` of `x` (`[n, heads, T, hd]`) rotated by the angles whose cosines
+/// and sines are `cos[n, T, i]`, `sin[n, T, i]`; differentiable in `x`.
+pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (n, _, t, d) = x.dims4()?;
+    if d % 2 != 0 || cos.dims() != [n, t, d / 2] || sin.dims() != cos.dims() {
+        candle_core::bail!(
+            "rope: x {:?} needs [{n}, {t}, {}] tables, got {:?}",
+            x.dims(),
+            d / 2,
+            cos.dims()
+        );
+    }
+    x.contiguous()?.apply_op3(
+        &cos.contiguous()?,
+        &sin.contiguous()?,
+        Rope { inverse: false },
+    )
+}
+
+/// Mean and 1/√(var + eps) of one row.
+#[inline(always)]
+fn moments(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// A tensor's f32 values on the CPU (for inputs a custom op carries besides its three).
+fn carried_f32(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> Result<(CpuStorage, Shape)>,
+) -> Result<(CpuStorage, Shape)> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(f32_slice(s, layout)?),
+        _ => candle_core::bail!("expected a CPU tensor"),
+    }
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "cpu-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let d = w.len();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * (CHUNK / d).max(1))
+            .zip(x.par_chunks(d * (CHUNK / d).max(1)))
+            .for_each(|(y, x)| {
+                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                    let (mean, rstd) = moments(x, self.eps);
+                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                        *y = (x - mean) * rstd * w + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = x.apply_op3_no_bwd(
+            w,
+            b,
+            &LayerNormGrad {
+                eps: self.eps,
+                grad_out: grad_res.contiguous()?,
+            },
+        )?;
+        let (nx, d) = (x.elem_count(), w.elem_count());
+        Ok((
+            Some(grads.narrow(0, 0, nx)?.reshape(x.shape())?),
+            Some(grads.narrow(0, nx, d)?),
+            Some(grads.narrow(0, nx + d, d)?),
+        ))
+    }
+}
+
+/// The gradients of [`LayerNorm`] for the output gradient `grad_out`, packed as one flat
+/// `[dx, dweight, dbias]` (a custom op has one output).
+struct LayerNormGrad {
+    eps: f32,
+    grad_out: Tensor,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "cpu-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        _s3: &CpuStorage,
+        _l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let d = w.len();
+        let rows = d * (CHUNK / d).max(1);
+        carried_f32(&self.grad_out, |g| {
+            let mut out = vec![0f32; x.len() + 2 * d];
+            let (dx, _) = out.split_at_mut(x.len());
+            // Each work item returns its rows' weight and bias gradients, summed after.
+            let (dw, db) = dx
+                .par_chunks_mut(rows)
+                .zip(x.par_chunks(rows))
+                .zip(g.par_chunks(rows))
+                .map(|((dx, x), g)| {
+                    let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+                    let mut gw = vec![0f32; d];
+                    for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                        let (mean, rstd) = moments(x, self.eps);
+                        let (mut a, mut c) = (0f32, 0f32);
+                        for i in 0..d {
+                            let xh = (x[i] - mean) * rstd;
+                            gw[i] = g[i] * w[i];
+                            a += gw[i];
+                            c += gw[i] * xh;
+                            dw[i] += g[i] * xh;
+                            db[i] += g[i];
+                        }
+                        let (a, c) = (a / d as f32, c / d as f32);
+                        for i in 0..d {
+                            let xh = (x[i] - mean) * rstd;
+                            dx[i] = rstd * (gw[i] - a - xh * c);
+                        }
+                    }
+                    (dw, db)
+                })
+                .reduce(
+                    || (vec![0f32; d], vec![0f32; d]),
+                    |(mut w1, mut b1), (w2, b2)| {
+                        w1.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
+                        b1.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
+                        (w1, b1)
+                    },
+                );
+            let n = x.len();
+            out[n..n + d].copy_from_slice(&dw);
+            out[n + d..].copy_from_slice(&db);
+            let len = out.len();
+            Ok((CpuStorage::F32(out), Shape::from(len)))
+        })
+    }
+}
+
+/// Interleaved RoPE; `inverse` rotates by the negative angles (its own gradient).
+struct Rope {
+    inverse: bool,
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "cpu-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, cos, sin) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (_, h, t, d) = l1.shape().dims4()?;
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let mut y = vec![0f32; x.len()];
+        // One work item per (block, head): its tables are block `p / h`'s.
+        y.par_chunks_mut(t * d)
+            .zip(x.par_chunks(t * d))
+            .enumerate()
+            .for_each(|(p, (y, x))| {
+                let table = (p / h) * t * d / 2;
+                let (cos, sin) = (
+                    &cos[table..table + t * d / 2],
+                    &sin[table..table + t * d / 2],
+                );
+                for (((y, x), &c), &s) in y
+                    .chunks_exact_mut(2)
+                    .zip(x.chunks_exact(2))
+                    .zip(cos)
+                    .zip(sin)
+                {
+                    let s = sign * s;
+                    y[0] = x[0] * c - x[1] * s;
+                    y[1] = x[0] * s + x[1] * c;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = grad_res.contiguous()?.apply_op3_no_bwd(
+            cos,
+            sin,
+            &Rope {
+                inverse: !self.inverse,
+            },
+        )?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ops::{layer_norm_composed, rope_composed};
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// Gradients of `Σ w⊙f(inputs)` with respect to each input.
+    fn grads(
+        inputs: &[&Tensor],
+        w: &Tensor,
+        f: impl Fn(&[&Tensor]) -> Result<Tensor>,
+    ) -> Result<Vec<Tensor>> {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t))
+            .collect::<Result<_>>()?;
+        let ts: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        let g = (f(&ts)? * w)?.sum_all()?.backward()?;
+        Ok(ts
+            .iter()
+            .map(|t| g.get(t).expect("gradient").clone())
+            .collect())
+    }
+
+    #[test]
+    fn layer_norm_and_its_gradients_match_the_composition() -> Result<()> {
+        let dev = Device::Cpu;
+        // Rows of 48: not a multiple of the chunk, several work items.
+        let x = ((Tensor::randn(0f32, 1.0, (3, 700, 48), &dev)? * 3.0)? + 1.0)?;
+        let w = Tensor::randn(1f32, 0.3, 48, &dev)?;
+        let b = Tensor::randn(0f32, 0.3, 48, &dev)?;
+        let out_w = Tensor::randn(0f32, 1.0, x.shape(), &dev)?;
+        let diff = max_diff(
+            &layer_norm(&x, &w, &b, 1e-6)?,
+            &layer_norm_composed(&x, &w, &b, 1e-6)?,
+        )?;
+        assert!(diff < 1e-5, "forward {diff}");
+        let ours = grads(&[&x, &w, &b], &out_w, |t| {
+            layer_norm(t[0], t[1], t[2], 1e-6)
+        })?;
+        let want = grads(&[&x, &w, &b], &out_w, |t| {
+            layer_norm_composed(t[0], t[1], t[2], 1e-6)
+        })?;
+        for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(ours.iter().zip(&want)) {
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = max_diff(a, b)?;
+            assert!(
+                diff < 1e-5 * scale.max(1.0),
+                "d{name}: {diff} (scale {scale})"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rope_and_its_gradient_match_the_composition() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, h, t, d) = (2, 3, 20, 8);
+        let x = Tensor::randn(0f32, 1.0, (n, h, t, d), &dev)?;
+        let angle = Tensor::randn(0f32, 2.0, (n, t, d / 2), &dev)?;
+        let (cos, sin) = (angle.cos()?, angle.sin()?);
+        let out_w = Tensor::randn(0f32, 1.0, x.shape(), &dev)?;
+        let diff = max_diff(
+            &rope_interleaved(&x, &cos, &sin)?,
+            &rope_composed(&x, &cos, &sin)?,
+        )?;
+        assert!(diff < 1e-6, "forward {diff}");
+        let ours = grads(&[&x], &out_w, |t| rope_interleaved(t[0], &cos, &sin))?;
+        let want = grads(&[&x], &out_w, |t| rope_composed(t[0], &cos, &sin))?;
+        let diff = max_diff(&ours[0], &want[0])?;
+        assert!(diff < 1e-6, "dx {diff}");
+        Ok(())
+    }
+}
