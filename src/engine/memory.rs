@@ -68,7 +68,8 @@ pub struct MemoryModel<'a> {
     pub dtype_bytes: u64,
     /// Count host image buffers (true when the compute device is the CPU).
     pub include_host: bool,
-    /// Attention scores never reach memory (the fused CUDA kernel serves attention).
+    /// Attention scores never reach memory (a fused attention kernel serves: f32 on the CPU,
+    /// the CUDA kernel on a GPU).
     pub fused_attention: bool,
 }
 
@@ -228,6 +229,7 @@ mod tests {
         let cfg = ModelConfig::released();
         let composed = MemoryModel::new(&cfg, DType::BF16, &Device::Cpu);
         assert!(!composed.fused_attention);
+        assert!(MemoryModel::new(&cfg, DType::F32, &Device::Cpu).fused_attention);
         let fused = MemoryModel {
             fused_attention: true,
             ..MemoryModel::new(&cfg, DType::BF16, &Device::Cpu)
