@@ -7,7 +7,7 @@
 
 pub mod attention;
 pub mod cpu_attention;
-pub mod cpu_train_ops;
+pub mod cpu_ops;
 pub mod cross_attention;
 pub mod embed;
 #[cfg(feature = "cuda")]

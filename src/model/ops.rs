@@ -42,8 +42,8 @@ impl Module for LayerNorm {
         let (w, b, eps) = self.parts();
         if !x.track_op() && !w.track_op() {
             candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)
-        } else if super::cpu_train_ops::applies(x) {
-            super::cpu_train_ops::layer_norm(x, w, b, eps)
+        } else if super::cpu_ops::applies(x) {
+            super::cpu_ops::layer_norm(x, w, b, eps)
         } else {
             layer_norm_composed(x, w, b, eps)
         }
@@ -101,7 +101,7 @@ impl Linear {
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
         match self.fused_bias(x) {
             Some(b) => self.matmul(x).and_then(|y| fused_bias_act(&y, b, true)),
-            None => super::fused::gelu(&self.0.forward(x)?),
+            None => super::fused::gelu(&self.forward(x)?),
         }
     }
 
@@ -130,9 +130,12 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self.fused_bias(x) {
-            Some(b) => self.matmul(x).and_then(|y| fused_bias_act(&y, b, false)),
-            None => self.0.forward(x),
+        match (self.fused_bias(x), self.0.bias()) {
+            (Some(b), _) => self.matmul(x).and_then(|y| fused_bias_act(&y, b, false)),
+            (None, Some(b)) if super::cpu_ops::applies(x) => {
+                super::cpu_ops::add_bias(&self.matmul(x)?, b)
+            }
+            _ => self.0.forward(x),
         }
     }
 }
@@ -147,8 +150,18 @@ fn fused_bias_act(y: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
     }
 }
 
-/// adaLN modulation: `x·(1 + scale) + shift`, broadcast over tokens.
+/// adaLN modulation: `x·(1 + scale) + shift`, broadcast over tokens (`x`: `[n, T, D]`,
+/// shift and scale `[n or 1, 1, D]`).
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    if super::cpu_ops::applies(x) {
+        super::cpu_ops::modulate(x, shift, scale)
+    } else {
+        modulate_composed(x, shift, scale)
+    }
+}
+
+/// [`modulate`] from broadcasting tensor ops.
+pub fn modulate_composed(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
 }
 
@@ -157,8 +170,8 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
         candle_nn::rotary_emb::rope_i(&x.contiguous()?, cos, sin)
-    } else if super::cpu_train_ops::applies(x) {
-        super::cpu_train_ops::rope_interleaved(x, cos, sin)
+    } else if super::cpu_ops::applies(x) {
+        super::cpu_ops::rope_interleaved(x, cos, sin)
     } else {
         rope_composed(x, cos, sin)
     }

@@ -1,13 +1,17 @@
-//! LayerNorm and interleaved RoPE on the CPU with their gradients, for training.
+//! LayerNorm, interleaved RoPE, bias addition and adaLN modulation on the CPU, with their
+//! gradients.
 //!
-//! candle's fused LayerNorm and RoPE kernels have no backward pass, and their composition
-//! from broadcasting tensor ops (eight ops for a LayerNorm, eleven for RoPE, each with its
-//! own backward and reductions over broadcast dimensions) made these two cheap functions
-//! most of a CPU training step's backward pass. Here each is one pass forward and one
-//! pass backward. Inference keeps candle's kernels.
+//! candle's fused LayerNorm and RoPE kernels have no backward pass, and composing these
+//! functions from broadcasting tensor ops (eight ops for a LayerNorm, eleven for RoPE) made
+//! them most of a CPU training step's backward pass: every broadcast's gradient is a
+//! single-threaded strided sum. Here each is one pass forward and one parallel pass
+//! backward. Inference keeps candle's LayerNorm and RoPE kernels; bias and modulation use
+//! these (one pass instead of broadcasting ops, same arithmetic).
 
 use super::fused::f32_slice;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use rayon::prelude::*;
 
 /// Rows per parallel work item target about this many values.
@@ -22,8 +26,8 @@ pub fn applies(x: &Tensor) -> bool {
 /// three inputs.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let d = x.dim(candle_core::D::Minus1)?;
-    if weight.dims() != [d] || bias.dims() != [d] {
-        candle_core::bail!("layer_norm: weight/bias must be [{d}]");
+    if weight.dims() != [d] || bias.dims() != [d] || d == 0 {
+        candle_core::bail!("layer_norm: weight/bias must be [{d}], d > 0");
     }
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
@@ -36,7 +40,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// and sines are `cos[n, T, i]`, `sin[n, T, i]`; differentiable in `x`.
 pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (n, _, t, d) = x.dims4()?;
-    if d % 2 != 0 || cos.dims() != [n, t, d / 2] || sin.dims() != cos.dims() {
+    if d % 2 != 0 || t * d == 0 || cos.dims() != [n, t, d / 2] || sin.dims() != cos.dims() {
         candle_core::bail!(
             "rope: x {:?} needs [{n}, {t}, {}] tables, got {:?}",
             x.dims(),
@@ -49,6 +53,29 @@ pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor
         &sin.contiguous()?,
         Rope { inverse: false },
     )
+}
+
+/// `x + bias` over the last dimension, differentiable in both.
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    if bias.dims() != [d] || d == 0 {
+        candle_core::bail!("add_bias: bias {:?} for rows of {d}", bias.dims());
+    }
+    x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+}
+
+/// adaLN modulation `x·(1 + scale) + shift` of `[n, T, D]` tokens with per-block `[n or
+/// 1, 1, D]` shift and scale, differentiable in all three.
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let (n, _, d) = x.dims3()?;
+    let per_block = |m: &Tensor| -> Result<Tensor> {
+        match m.dims() {
+            [1, 1, md] | [_, 1, md] if *md == d && d > 0 => m.broadcast_as((n, 1, d))?.contiguous(),
+            dims => candle_core::bail!("modulate: {dims:?} for tokens {:?}", x.dims()),
+        }
+    };
+    x.contiguous()?
+        .apply_op3(&per_block(shift)?, &per_block(scale)?, Modulate)
 }
 
 /// Mean and 1/√(var + eps) of one row.
@@ -93,8 +120,8 @@ impl CustomOp3 for LayerNorm {
         let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let d = w.len();
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * (CHUNK / d).max(1))
-            .zip(x.par_chunks(d * (CHUNK / d).max(1)))
+        y.par_chunks_mut(rows_per_item(d))
+            .zip(x.par_chunks(rows_per_item(d)))
             .for_each(|(y, x)| {
                 for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
                     let (mean, rstd) = moments(x, self.eps);
@@ -154,7 +181,7 @@ impl CustomOp3 for LayerNormGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let d = w.len();
-        let rows = d * (CHUNK / d).max(1);
+        let rows = rows_per_item(d);
         carried_f32(&self.grad_out, |g| {
             let mut out = vec![0f32; x.len() + 2 * d];
             let (dx, _) = out.split_at_mut(x.len());
@@ -187,17 +214,198 @@ impl CustomOp3 for LayerNormGrad {
                 })
                 .reduce(
                     || (vec![0f32; d], vec![0f32; d]),
-                    |(mut w1, mut b1), (w2, b2)| {
-                        w1.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
-                        b1.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
-                        (w1, b1)
-                    },
+                    |(w1, b1), (w2, b2)| (add_into(w1, w2), add_into(b1, b2)),
                 );
             let n = x.len();
             out[n..n + d].copy_from_slice(&dw);
             out[n + d..].copy_from_slice(&db);
             let len = out.len();
             Ok((CpuStorage::F32(out), Shape::from(len)))
+        })
+    }
+}
+
+/// Rows of `d` values per parallel work item.
+fn rows_per_item(d: usize) -> usize {
+    d * (CHUNK / d).max(1)
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "cpu-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let d = b.len();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(rows_per_item(d))
+            .zip(x.par_chunks(rows_per_item(d)))
+            .for_each(|(y, x)| {
+                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                    for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
+                        *y = x + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = grad_res
+            .contiguous()?
+            .apply_op1_no_bwd(&ColumnSums { d: b.elem_count() })?;
+        Ok((Some(grad_res.clone()), Some(db)))
+    }
+}
+
+/// Sums of the rows of a `[.., d]` tensor: `[d]`.
+struct ColumnSums {
+    d: usize,
+}
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "cpu-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, d) = (f32_slice(s, l)?, self.d);
+        let sums = g
+            .par_chunks(rows_per_item(d))
+            .map(|g| {
+                let mut acc = vec![0f32; d];
+                for row in g.chunks(d) {
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                acc
+            })
+            .reduce(|| vec![0f32; d], add_into);
+        Ok((CpuStorage::F32(sums), Shape::from(d)))
+    }
+}
+
+/// `a += b` elementwise, returning `a` (for parallel reductions of partial sums).
+fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+    a
+}
+
+struct Modulate;
+
+impl CustomOp3 for Modulate {
+    fn name(&self) -> &'static str {
+        "cpu-modulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, shift, scale) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (_, t, d) = l1.shape().dims3()?;
+        let mut y = vec![0f32; x.len()];
+        // One work item per block: its rows share the block's shift and scale.
+        y.par_chunks_mut(t * d)
+            .zip(x.par_chunks(t * d))
+            .enumerate()
+            .for_each(|(blk, (y, x))| {
+                let (sh, sc) = (&shift[blk * d..][..d], &scale[blk * d..][..d]);
+                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                    for (((y, &x), &sh), &sc) in y.iter_mut().zip(x).zip(sh).zip(sc) {
+                        *y = x * (1.0 + sc) + sh;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = x.apply_op3_no_bwd(
+            shift,
+            scale,
+            &ModulateGrad {
+                grad_out: grad_res.contiguous()?,
+            },
+        )?;
+        let (nx, nm) = (x.elem_count(), shift.elem_count());
+        Ok((
+            Some(grads.narrow(0, 0, nx)?.reshape(x.shape())?),
+            Some(grads.narrow(0, nx, nm)?.reshape(shift.shape())?),
+            Some(grads.narrow(0, nx + nm, nm)?.reshape(scale.shape())?),
+        ))
+    }
+}
+
+/// The gradients of [`Modulate`] for `grad_out`, packed as one flat `[dx, dshift, dscale]`.
+struct ModulateGrad {
+    grad_out: Tensor,
+}
+
+impl CustomOp3 for ModulateGrad {
+    fn name(&self) -> &'static str {
+        "cpu-modulate-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, scale) = (f32_slice(s1, l1)?, f32_slice(s3, l3)?);
+        let (n, t, d) = l1.shape().dims3()?;
+        carried_f32(&self.grad_out, |g| {
+            let mut dx = vec![0f32; x.len()];
+            let mut dm = vec![0f32; 2 * n * d];
+            let (dshift, dscale) = dm.split_at_mut(n * d);
+            dx.par_chunks_mut(t * d)
+                .zip(dshift.par_chunks_mut(d))
+                .zip(dscale.par_chunks_mut(d))
+                .enumerate()
+                .for_each(|(blk, ((dx, dsh), dsc))| {
+                    let sc = &scale[blk * d..][..d];
+                    let (x, g) = (&x[blk * t * d..][..t * d], &g[blk * t * d..][..t * d]);
+                    for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                        for i in 0..d {
+                            dx[i] = g[i] * (1.0 + sc[i]);
+                            dsh[i] += g[i];
+                            dsc[i] += g[i] * x[i];
+                        }
+                    }
+                });
+            dx.extend_from_slice(&dm);
+            let len = dx.len();
+            Ok((CpuStorage::F32(dx), Shape::from(len)))
         })
     }
 }
@@ -271,7 +479,7 @@ impl CustomOp3 for Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ops::{layer_norm_composed, rope_composed};
+    use crate::model::ops::{layer_norm_composed, modulate_composed, rope_composed};
     use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
@@ -315,15 +523,7 @@ mod tests {
         let want = grads(&[&x, &w, &b], &out_w, |t| {
             layer_norm_composed(t[0], t[1], t[2], 1e-6)
         })?;
-        for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(ours.iter().zip(&want)) {
-            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
-            let diff = max_diff(a, b)?;
-            assert!(
-                diff < 1e-5 * scale.max(1.0),
-                "d{name}: {diff} (scale {scale})"
-            );
-        }
-        Ok(())
+        assert_grads_close(&ours, &want, &["x", "weight", "bias"])
     }
 
     #[test]
@@ -343,6 +543,47 @@ mod tests {
         let want = grads(&[&x], &out_w, |t| rope_composed(t[0], &cos, &sin))?;
         let diff = max_diff(&ours[0], &want[0])?;
         assert!(diff < 1e-6, "dx {diff}");
+        Ok(())
+    }
+
+    /// Each gradient within 1e-5 of the reference's largest value (or absolutely, below 1).
+    fn assert_grads_close(ours: &[Tensor], want: &[Tensor], names: &[&str]) -> Result<()> {
+        for (name, (a, b)) in names.iter().zip(ours.iter().zip(want)) {
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = max_diff(a, b)?;
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "d{name}: {diff} (scale {scale})"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bias_and_modulation_match_the_broadcasting_ops_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, t, d) = (3, 500, 24);
+        let x = Tensor::randn(0f32, 1.0, (n, t, d), &dev)?;
+        let out_w = Tensor::randn(0f32, 1.0, x.shape(), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, d, &dev)?;
+        assert_eq!(max_diff(&add_bias(&x, &b)?, &x.broadcast_add(&b)?)?, 0.0);
+        let ours = grads(&[&x, &b], &out_w, |t| add_bias(t[0], t[1]))?;
+        let want = grads(&[&x, &b], &out_w, |t| t[0].broadcast_add(t[1]))?;
+        assert_grads_close(&ours, &want, &["x", "bias"])?;
+        // Per-block and shared (first dimension 1) modulation.
+        for m in [n, 1] {
+            let shift = Tensor::randn(0f32, 1.0, (m, 1, d), &dev)?;
+            let scale = Tensor::randn(0f32, 1.0, (m, 1, d), &dev)?;
+            let diff = max_diff(
+                &modulate(&x, &shift, &scale)?,
+                &modulate_composed(&x, &shift, &scale)?,
+            )?;
+            assert_eq!(diff, 0.0, "forward, {m} modulations");
+            let inputs = [&x, &shift, &scale];
+            let ours = grads(&inputs, &out_w, |t| modulate(t[0], t[1], t[2]))?;
+            let want = grads(&inputs, &out_w, |t| modulate_composed(t[0], t[1], t[2]))?;
+            assert_grads_close(&ours, &want, &["x", "shift", "scale"])?;
+        }
         Ok(())
     }
 }
