@@ -9,8 +9,9 @@
 //! neither inference nor training holds a score tensor. The products run on the `gemm`
 //! crate that candle's CPU matmul also uses.
 
+use super::cpu_ops::{carried_f32, packed_grads};
 use super::fused::{f32_slice, softmax_grad_row, softmax_row};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -113,6 +114,11 @@ fn matmul(dst: &mut [f32], accumulate: bool, alpha: f32, lhs: Mat, rhs: Mat, m: 
     }
 }
 
+/// The `p`-th of consecutive runs of `len` values.
+fn part(x: &[f32], p: usize, len: usize) -> &[f32] {
+    &x[p * len..(p + 1) * len]
+}
+
 /// Shapes of one call: `bh` (block, head) pairs, `tq` queries and `tk` keys of width `d`.
 #[derive(Clone, Copy)]
 struct Dims {
@@ -186,11 +192,7 @@ impl CustomOp3 for Attention {
             .for_each_init(Vec::new, |buf, (p, t, o)| {
                 let rows = o.len() / d;
                 buf.resize(rows * tk, 0.0);
-                let (qp, kp, vp) = (
-                    &q[p * tq * d..(p + 1) * tq * d],
-                    &k[p * tk * d..(p + 1) * tk * d],
-                    &v[p * tk * d..(p + 1) * tk * d],
-                );
+                let (qp, kp, vp) = (part(q, p, tq * d), part(k, p, tk * d), part(v, p, tk * d));
                 dims.probabilities(qp, kp, t * TILE, rows, buf);
                 matmul(
                     o,
@@ -213,19 +215,10 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grads = q.apply_op3_no_bwd(
-            k,
-            v,
-            &AttentionGrad {
-                grad_out: grad_res.contiguous()?,
-            },
-        )?;
-        let (nq, nk) = (q.elem_count(), k.elem_count());
-        Ok((
-            Some(grads.narrow(0, 0, nq)?.reshape(q.shape())?),
-            Some(grads.narrow(0, nq, nk)?.reshape(k.shape())?),
-            Some(grads.narrow(0, nq + nk, nk)?.reshape(v.shape())?),
-        ))
+        let grad_op = AttentionGrad {
+            grad_out: grad_res.contiguous()?,
+        };
+        packed_grads([q, k, v], &grad_op)
     }
 }
 
@@ -250,85 +243,83 @@ impl CustomOp3 for AttentionGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let (gs, gl) = self.grad_out.storage_and_layout();
-        let g = match &*gs {
-            Storage::Cpu(s) => f32_slice(s, gl)?,
-            _ => candle_core::bail!("cpu-attention-grad: gradient not on the CPU"),
-        };
         let dims = Dims::of(l1, l2)?;
-        let Dims { bh, tq, tk, d } = dims;
-        let scale = dims.scale();
-        let mut dq = vec![0f32; bh * tq * d];
-        let mut dkv = vec![0f32; 2 * bh * tk * d];
-        let (dk, dv) = dkv.split_at_mut(bh * tk * d);
-        // Keys and values collect contributions from every query tile of their pair, so
-        // a work item is a whole pair; its tiles run in order.
-        dq.par_chunks_mut(tq * d)
-            .zip(dk.par_chunks_mut(tk * d))
-            .zip(dv.par_chunks_mut(tk * d))
-            .enumerate()
-            .for_each(|(p, ((dq, dk), dv))| {
-                let (qp, kp, vp, gp) = (
-                    &q[p * tq * d..(p + 1) * tq * d],
-                    &k[p * tk * d..(p + 1) * tk * d],
-                    &v[p * tk * d..(p + 1) * tk * d],
-                    &g[p * tq * d..(p + 1) * tq * d],
-                );
-                let rows_max = TILE.min(tq);
-                let mut prob = vec![0f32; rows_max * tk];
-                let mut dp = vec![0f32; rows_max * tk];
-                for (t, r0) in (0..tq).step_by(TILE).enumerate() {
-                    let rows = TILE.min(tq - r0);
-                    let (prob, dp) = (&mut prob[..rows * tk], &mut dp[..rows * tk]);
-                    let (q_t, g_t) = (&qp[r0 * d..(r0 + rows) * d], &gp[r0 * d..(r0 + rows) * d]);
-                    dims.probabilities(qp, kp, r0, rows, prob);
-                    // dP = dO·vᵀ, then dS = P ⊙ (dP − Σ_row P⊙dP) in place.
-                    matmul(
-                        dp,
-                        false,
-                        1.0,
-                        Mat::rows(g_t, d),
-                        Mat::transposed(vp, d),
-                        rows,
-                        d,
+        carried_f32(&self.grad_out, |g| {
+            let Dims { bh, tq, tk, d } = dims;
+            let scale = dims.scale();
+            let mut dq = vec![0f32; bh * tq * d];
+            let mut dkv = vec![0f32; 2 * bh * tk * d];
+            let (dk, dv) = dkv.split_at_mut(bh * tk * d);
+            // Keys and values collect contributions from every query tile of their pair, so
+            // a work item is a whole pair; its tiles run in order.
+            dq.par_chunks_mut(tq * d)
+                .zip(dk.par_chunks_mut(tk * d))
+                .zip(dv.par_chunks_mut(tk * d))
+                .enumerate()
+                .for_each(|(p, ((dq, dk), dv))| {
+                    let (qp, kp, vp, gp) = (
+                        part(q, p, tq * d),
+                        part(k, p, tk * d),
+                        part(v, p, tk * d),
+                        part(g, p, tq * d),
                     );
-                    for (p_row, g_row) in prob.chunks(tk).zip(dp.chunks_mut(tk)) {
-                        softmax_grad_row(p_row, g_row);
+                    let rows_max = TILE.min(tq);
+                    let mut prob = vec![0f32; rows_max * tk];
+                    let mut dp = vec![0f32; rows_max * tk];
+                    for (t, r0) in (0..tq).step_by(TILE).enumerate() {
+                        let rows = TILE.min(tq - r0);
+                        let (prob, dp) = (&mut prob[..rows * tk], &mut dp[..rows * tk]);
+                        let (q_t, g_t) =
+                            (&qp[r0 * d..(r0 + rows) * d], &gp[r0 * d..(r0 + rows) * d]);
+                        dims.probabilities(qp, kp, r0, rows, prob);
+                        // dP = dO·vᵀ, then dS = P ⊙ (dP − Σ_row P⊙dP) in place.
+                        matmul(
+                            dp,
+                            false,
+                            1.0,
+                            Mat::rows(g_t, d),
+                            Mat::transposed(vp, d),
+                            rows,
+                            d,
+                        );
+                        for (p_row, g_row) in prob.chunks(tk).zip(dp.chunks_mut(tk)) {
+                            softmax_grad_row(p_row, g_row);
+                        }
+                        let accumulate = t > 0;
+                        let dq_t = &mut dq[r0 * d..(r0 + rows) * d];
+                        matmul(
+                            dq_t,
+                            false,
+                            scale,
+                            Mat::rows(dp, tk),
+                            Mat::rows(kp, d),
+                            rows,
+                            tk,
+                        );
+                        matmul(
+                            dk,
+                            accumulate,
+                            scale,
+                            Mat::transposed(dp, tk),
+                            Mat::rows(q_t, d),
+                            tk,
+                            rows,
+                        );
+                        matmul(
+                            dv,
+                            accumulate,
+                            1.0,
+                            Mat::transposed(prob, tk),
+                            Mat::rows(g_t, d),
+                            tk,
+                            rows,
+                        );
                     }
-                    let accumulate = t > 0;
-                    let dq_t = &mut dq[r0 * d..(r0 + rows) * d];
-                    matmul(
-                        dq_t,
-                        false,
-                        scale,
-                        Mat::rows(dp, tk),
-                        Mat::rows(kp, d),
-                        rows,
-                        tk,
-                    );
-                    matmul(
-                        dk,
-                        accumulate,
-                        scale,
-                        Mat::transposed(dp, tk),
-                        Mat::rows(q_t, d),
-                        tk,
-                        rows,
-                    );
-                    matmul(
-                        dv,
-                        accumulate,
-                        1.0,
-                        Mat::transposed(prob, tk),
-                        Mat::rows(g_t, d),
-                        tk,
-                        rows,
-                    );
-                }
-            });
-        dq.extend_from_slice(&dkv);
-        let len = dq.len();
-        Ok((CpuStorage::F32(dq), Shape::from(len)))
+                });
+            dq.extend_from_slice(&dkv);
+            let len = dq.len();
+            Ok((CpuStorage::F32(dq), Shape::from(len)))
+        })
     }
 }
 

@@ -87,8 +87,9 @@ fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// A tensor's f32 values on the CPU (for inputs a custom op carries besides its three).
-fn carried_f32(
+/// A tensor's f32 values on the CPU, for the inputs a custom op carries besides its own
+/// (a gradient op's output gradient).
+pub(super) fn carried_f32(
     t: &Tensor,
     f: impl FnOnce(&[f32]) -> Result<(CpuStorage, Shape)>,
 ) -> Result<(CpuStorage, Shape)> {
@@ -97,6 +98,24 @@ fn carried_f32(
         Storage::Cpu(s) => f(f32_slice(s, layout)?),
         _ => candle_core::bail!("expected a CPU tensor"),
     }
+}
+
+/// The gradients of a custom op's three inputs from `grad_op`, whose single output packs
+/// them as one flat tensor, in input order (a custom op has one output).
+pub(super) fn packed_grads(
+    inputs: [&Tensor; 3],
+    grad_op: &impl CustomOp3,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let packed = inputs[0].apply_op3_no_bwd(inputs[1], inputs[2], grad_op)?;
+    let mut start = 0;
+    let mut next = |t: &Tensor| -> Result<Option<Tensor>> {
+        let g = packed
+            .narrow(0, start, t.elem_count())?
+            .reshape(t.shape())?;
+        start += t.elem_count();
+        Ok(Some(g))
+    };
+    Ok((next(inputs[0])?, next(inputs[1])?, next(inputs[2])?))
 }
 
 struct LayerNorm {
@@ -141,20 +160,11 @@ impl CustomOp3 for LayerNorm {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grads = x.apply_op3_no_bwd(
-            w,
-            b,
-            &LayerNormGrad {
-                eps: self.eps,
-                grad_out: grad_res.contiguous()?,
-            },
-        )?;
-        let (nx, d) = (x.elem_count(), w.elem_count());
-        Ok((
-            Some(grads.narrow(0, 0, nx)?.reshape(x.shape())?),
-            Some(grads.narrow(0, nx, d)?),
-            Some(grads.narrow(0, nx + d, d)?),
-        ))
+        let grad_op = LayerNormGrad {
+            eps: self.eps,
+            grad_out: grad_res.contiguous()?,
+        };
+        packed_grads([x, w, b], &grad_op)
     }
 }
 
@@ -347,19 +357,10 @@ impl CustomOp3 for Modulate {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grads = x.apply_op3_no_bwd(
-            shift,
-            scale,
-            &ModulateGrad {
-                grad_out: grad_res.contiguous()?,
-            },
-        )?;
-        let (nx, nm) = (x.elem_count(), shift.elem_count());
-        Ok((
-            Some(grads.narrow(0, 0, nx)?.reshape(x.shape())?),
-            Some(grads.narrow(0, nx, nm)?.reshape(shift.shape())?),
-            Some(grads.narrow(0, nx + nm, nm)?.reshape(scale.shape())?),
-        ))
+        let grad_op = ModulateGrad {
+            grad_out: grad_res.contiguous()?,
+        };
+        packed_grads([x, shift, scale], &grad_op)
     }
 }
 
