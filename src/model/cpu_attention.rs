@@ -37,6 +37,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
             v.dims()
         );
     }
+    if q.elem_count() == 0 {
+        return q.zeros_like();
+    }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     q.apply_op3(&k, &v, Attention)
 }
@@ -143,7 +146,8 @@ impl Dims {
         1.0 / (self.d as f32).sqrt()
     }
 
-    /// The probabilities of query rows `r0..r0 + rows` of pair `p`, into `p_buf`.
+    /// Softmax probabilities of query rows `r0..r0 + rows` over all keys, for the
+    /// (block, head) pair whose queries and keys are `q` and `k`; into `p_buf`.
     fn probabilities(&self, q: &[f32], k: &[f32], r0: usize, rows: usize, p_buf: &mut [f32]) {
         let (tk, d) = (self.tk, self.d);
         let q_tile = &q[r0 * d..(r0 + rows) * d];
@@ -351,6 +355,14 @@ mod tests {
             let diff = max_diff(&attention(&q, &k, &v)?, &attention_composed(&q, &k, &v)?)?;
             assert!(diff < 2e-6, "tq {tq}: {diff}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn no_queries_give_an_empty_output() -> Result<()> {
+        let (_, k, v) = inputs(1)?;
+        let q = Tensor::zeros((2, 3, 0, 16), DType::F32, &Device::Cpu)?;
+        assert_eq!(attention(&q, &k, &v)?.dims(), [2, 3, 0, 16]);
         Ok(())
     }
 

@@ -74,8 +74,11 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
             dims => candle_core::bail!("modulate: {dims:?} for tokens {:?}", x.dims()),
         }
     };
-    x.contiguous()?
-        .apply_op3(&per_block(shift)?, &per_block(scale)?, Modulate)
+    let (shift, scale) = (per_block(shift)?, per_block(scale)?);
+    if x.elem_count() == 0 {
+        return x.zeros_like();
+    }
+    x.contiguous()?.apply_op3(&shift, &scale, Modulate)
 }
 
 /// Mean and 1/√(var + eps) of one row.
