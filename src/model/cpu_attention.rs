@@ -9,9 +9,9 @@
 //! neither inference nor training holds a score tensor. The products run on the `gemm`
 //! crate that candle's CPU matmul also uses.
 
-use super::cpu_ops::{carried_f32, packed_grads};
-use super::fused::{f32_slice, softmax_grad_row, softmax_row};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use super::cpu_ops::packed_grads;
+use super::fused::{carried_f32, f32_slice, softmax_grad_row, softmax_row};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -19,13 +19,8 @@ use rayon::prelude::*;
 /// stay in the core's cache between the two products.
 const TILE: usize = 64;
 
-/// Whether [`attention`] serves these inputs (f32 on the CPU).
-pub fn applies(q: &Tensor) -> bool {
-    q.device().is_cpu() && q.dtype() == DType::F32
-}
-
-/// softmax(q·kᵀ/√d)·v for `[n, heads, Tq, d]` × `[n, heads, Tk, d]` (f32, CPU), with a
-/// backward pass.
+/// softmax(q·kᵀ/√d)·v for `[n, heads, Tq, d]` × `[n, heads, Tk, d]` (f32, CPU: where
+/// [`super::cpu_ops::applies`]), with a backward pass.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (n, h, _, d) = q.dims4()?;
     let (kn, kh, tk, kd) = k.dims4()?;
@@ -331,7 +326,7 @@ impl CustomOp3 for AttentionGrad {
 mod tests {
     use super::*;
     use crate::model::ops::attention_composed;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()

@@ -8,18 +8,21 @@
 //! backward. Inference keeps candle's LayerNorm and RoPE kernels; bias and modulation use
 //! these (one pass instead of broadcasting ops, same arithmetic).
 
-use super::fused::f32_slice;
+use super::fused::{carried_f32, f32_slice, par_fill, CHUNK};
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
 
-/// Rows per parallel work item target about this many values.
-const CHUNK: usize = 1 << 14;
+/// Whether the CPU kernels (these and [`super::cpu_attention`]) serve `dtype` on `device`:
+/// f32 on the CPU.
+pub fn serves(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32
+}
 
-/// Whether these kernels serve `x` (f32 on the CPU).
+/// Whether the CPU kernels serve `x`.
 pub fn applies(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    serves(x.device(), x.dtype())
 }
 
 /// `(x − mean)/√(var + eps)·weight + bias` over the last dimension, differentiable in all
@@ -70,7 +73,9 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     let (n, _, d) = x.dims3()?;
     let per_block = |m: &Tensor| -> Result<Tensor> {
         match m.dims() {
-            [1, 1, md] | [_, 1, md] if *md == d && d > 0 => m.broadcast_as((n, 1, d))?.contiguous(),
+            &[mb, 1, md] if md == d && d > 0 && (mb == 1 || mb == n) => {
+                m.broadcast_as((n, 1, d))?.contiguous()
+            }
             dims => candle_core::bail!("modulate: {dims:?} for tokens {:?}", x.dims()),
         }
     };
@@ -88,19 +93,6 @@ fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     let mean = x.iter().sum::<f32>() / n;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
     (mean, 1.0 / (var + eps).sqrt())
-}
-
-/// A tensor's f32 values on the CPU, for the inputs a custom op carries besides its own
-/// (a gradient op's output gradient).
-pub(super) fn carried_f32(
-    t: &Tensor,
-    f: impl FnOnce(&[f32]) -> Result<(CpuStorage, Shape)>,
-) -> Result<(CpuStorage, Shape)> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => f(f32_slice(s, layout)?),
-        _ => candle_core::bail!("expected a CPU tensor"),
-    }
 }
 
 /// The gradients of a custom op's three inputs from `grad_op`, whose single output packs
@@ -141,18 +133,15 @@ impl CustomOp3 for LayerNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let d = w.len();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(rows_per_item(d))
-            .zip(x.par_chunks(rows_per_item(d)))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
-                    let (mean, rstd) = moments(x, self.eps);
-                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = (x - mean) * rstd * w + b;
-                    }
+        let y = par_fill(x.len(), rows_per_item(d), |i, y| {
+            for (y, x) in y.chunks_mut(d).zip(x[i..].chunks(d)) {
+                let (mean, rstd) = moments(x, self.eps);
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                    *y = (x - mean) * rstd * w + b;
                 }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+            }
+        });
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(
@@ -259,17 +248,14 @@ impl CustomOp2 for AddBias {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let d = b.len();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(rows_per_item(d))
-            .zip(x.par_chunks(rows_per_item(d)))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
-                    for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
-                        *y = x + b;
-                    }
+        let y = par_fill(x.len(), rows_per_item(d), |i, y| {
+            for (y, x) in y.chunks_mut(d).zip(x[i..].chunks(d)) {
+                for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
+                    *y = x + b;
                 }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+            }
+        });
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(
@@ -336,20 +322,17 @@ impl CustomOp3 for Modulate {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, shift, scale) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (_, t, d) = l1.shape().dims3()?;
-        let mut y = vec![0f32; x.len()];
         // One work item per block: its rows share the block's shift and scale.
-        y.par_chunks_mut(t * d)
-            .zip(x.par_chunks(t * d))
-            .enumerate()
-            .for_each(|(blk, (y, x))| {
-                let (sh, sc) = (&shift[blk * d..][..d], &scale[blk * d..][..d]);
-                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
-                    for (((y, &x), &sh), &sc) in y.iter_mut().zip(x).zip(sh).zip(sc) {
-                        *y = x * (1.0 + sc) + sh;
-                    }
+        let y = par_fill(x.len(), t * d, |i, y| {
+            let blk = i / (t * d);
+            let (sh, sc) = (&shift[blk * d..][..d], &scale[blk * d..][..d]);
+            for (y, x) in y.chunks_mut(d).zip(x[i..].chunks(d)) {
+                for (((y, &x), &sh), &sc) in y.iter_mut().zip(x).zip(sh).zip(sc) {
+                    *y = x * (1.0 + sc) + sh;
                 }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+            }
+        });
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(
@@ -436,29 +419,25 @@ impl CustomOp3 for Rope {
         let (x, cos, sin) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (_, h, t, d) = l1.shape().dims4()?;
         let sign = if self.inverse { -1.0 } else { 1.0 };
-        let mut y = vec![0f32; x.len()];
         // One work item per (block, head): its tables are block `p / h`'s.
-        y.par_chunks_mut(t * d)
-            .zip(x.par_chunks(t * d))
-            .enumerate()
-            .for_each(|(p, (y, x))| {
-                let table = (p / h) * t * d / 2;
-                let (cos, sin) = (
-                    &cos[table..table + t * d / 2],
-                    &sin[table..table + t * d / 2],
-                );
-                for (((y, x), &c), &s) in y
-                    .chunks_exact_mut(2)
-                    .zip(x.chunks_exact(2))
-                    .zip(cos)
-                    .zip(sin)
-                {
-                    let s = sign * s;
-                    y[0] = x[0] * c - x[1] * s;
-                    y[1] = x[0] * s + x[1] * c;
-                }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        let y = par_fill(x.len(), t * d, |i, y| {
+            let table = (i / (t * d) / h) * t * d / 2;
+            let (cos, sin) = (
+                &cos[table..table + t * d / 2],
+                &sin[table..table + t * d / 2],
+            );
+            for (((y, x), &c), &s) in y
+                .chunks_exact_mut(2)
+                .zip(x[i..].chunks_exact(2))
+                .zip(cos)
+                .zip(sin)
+            {
+                let s = sign * s;
+                y[0] = x[0] * c - x[1] * s;
+                y[1] = x[0] * s + x[1] * c;
+            }
+        });
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 const K: f32 = 0.797_884_6;
 const C: f32 = 0.044_715;
 /// Elements per parallel work item.
-const CHUNK: usize = 1 << 14;
+pub(super) const CHUNK: usize = 1 << 14;
 
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`; fused on the CPU for f32, candle's
 /// kernel elsewhere.
@@ -95,9 +95,26 @@ pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> 
     }
 }
 
+/// A tensor's f32 values on the CPU, for the inputs a custom op carries besides its own
+/// (a gradient op's output gradient).
+pub(super) fn carried_f32(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> Result<(CpuStorage, Shape)>,
+) -> Result<(CpuStorage, Shape)> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => f(f32_slice(s, layout)?),
+        _ => candle_core::bail!("expected a CPU tensor"),
+    }
+}
+
 /// `len` values computed `chunk` at a time in parallel: `f(start, out)` fills `out`, the
 /// values at `start..start + out.len()`.
-fn par_fill(len: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> CpuStorage {
+pub(super) fn par_fill(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> CpuStorage {
     let mut out = vec![0f32; len];
     out.par_chunks_mut(chunk)
         .enumerate()

@@ -74,6 +74,16 @@ fn into_tensor<T: CudaDType>(out: CudaSlice<T>, dev: &CudaDevice, shape: &[usize
     )
 }
 
+/// One warp for each of `items` (8 warps per 256-thread CTA), for kernels that do not
+/// loop over items.
+fn warp_per_item(items: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (u32_of(items.div_ceil(8), "grid")?, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 fn grid(items: usize, per_block: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         grid_dim: (
@@ -188,11 +198,7 @@ fn ln_modulate_t<T: CudaDType + DeviceRepr>(
             .arg(&rpb)
             .arg(&ms)
             .arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: (u32_of(rows.div_ceil(8), "grid")?, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = warp_per_item(rows)?;
         // SAFETY: arguments match the kernel signature; one warp per row, bounds checked.
         unsafe { builder.launch(cfg) }.w()?;
         Ok(into_tensor(out, dev, &[bn, t, d]))
@@ -264,11 +270,7 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
             bld.arg(a);
         }
         bld.arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: (u32_of(items.div_ceil(8), "grid")?, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = warp_per_item(items)?;
         // SAFETY: arguments match the kernel; one warp per (block, token, head).
         unsafe { bld.launch(cfg) }.w()?;
         drop((q, k, vv));

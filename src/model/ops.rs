@@ -199,7 +199,7 @@ pub const MAX_SCORE_BYTES: usize = 256 << 20;
 /// and head dim: f32 on the CPU, the CUDA kernel's dtypes and head dims on a GPU.
 pub fn fused_attention(device: &Device, dtype: DType, head_dim: usize) -> bool {
     if device.is_cpu() {
-        return dtype == DType::F32 && !composed_forced();
+        return super::cpu_ops::serves(device, dtype) && !composed_forced();
     }
     #[cfg(feature = "cuda")]
     return super::flash_attention::serves(device, dtype, head_dim);
@@ -220,7 +220,7 @@ pub fn composed_forced() -> bool {
 /// softmax(q·kᵀ/√d)·v for `[n, heads, Tq, d]` × `[n, heads, Tk, d]`: one fused pass where
 /// a kernel serves the inputs, else [`attention_composed`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if !composed_forced() && super::cpu_attention::applies(q) {
+    if !composed_forced() && super::cpu_ops::applies(q) {
         return super::cpu_attention::attention(q, k, v);
     }
     #[cfg(feature = "cuda")]
