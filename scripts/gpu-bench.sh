@@ -2,7 +2,8 @@
 # One-call GPU check for a machine with an NVIDIA GPU, the CUDA 13 runtime and no Rust:
 #  1. parity of every precision on the GPU against the reference (f32) fixtures, with the
 #     project's fused kernels and with candle's composed ops (`unfused`);
-#  2. the fused attention kernel's speed and error at the released shapes;
+#  2. the fused attention kernel's speed and error at the released shapes, reading
+#     contiguous keys and (where the keys split into four slots) neighbour slots in place;
 #  3. seconds per network evaluation (NFE) and peak device memory of the released config
 #     (random weights, bf16) at 1024², 2048², 4096² in block mode (auto batch under the
 #     memory budget) and full mode;
@@ -19,18 +20,21 @@ BIN=${1:-dist/cuda/infdit.xz}
 OUT=${2:-${OUT:-gpu-bench-out}}
 BUDGET=${GPU_BENCH_BUDGET:-8G}
 ATTN_RUNS=${ATTN_RUNS-"bf16 4096 w8;bf16 2304 w8;f16 4096 w8;bf16 4096 w4"}
-SPEED_CASES=${SPEED_CASES-"1024 auto;1024 full;1024 auto unfused;2048 auto;2048 full;4096 auto"}
+SPEED_CASES=${SPEED_CASES-"1024 auto;1024 full;1024 auto unfused;2048 auto;2048 auto gathered;2048 full;4096 auto;4096 auto gathered"}
 mkdir -p "$OUT"
 if [[ "$BIN" == *.xz ]]; then xz -dc "$BIN" > "$OUT/infdit" && chmod +x "$OUT/infdit" && BIN="$OUT/infdit"; fi
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-# `unfused`: candle's composed ops only; `w4`/`w8`: the attention kernel's CTA shape.
+# `unfused`: candle's composed ops only; `gathered`: neighbour K/V gathered into one
+# sequence before the attention kernel instead of read in place; `w4`/`w8`: the attention
+# kernel's CTA shape.
 variant_env() {
   local e=""
   for v in "$@"; do
     case $v in
       unfused) e="$e INFDIT_FUSED=0 INFDIT_ATTENTION=composed" ;;
+      gathered) e="$e INFDIT_PAGED=0" ;;
       w4|w8) e="$e INFDIT_FLASH_SHAPE=$v" ;;
     esac
   done
@@ -112,10 +116,11 @@ read = lambda name: [l.rstrip() for l in open(f"{out}/{name}")]
 json.dump({"gpu": open(f"{out}/gpu.txt").read().strip(), "parity": read("parity.txt"), "attention": attention,
            "speed": rows, "profile": read("profile.txt"), "end_to_end": read("e2e.txt")},
           open(f"{out}/results.json", "w"), indent=1)
-print(f"{'attention shape':>26} {'kernel':>6} {'dtype':>5} {'ms':>8} {'TFLOP/s':>8} {'composed ms':>11} {'max|diff|':>9}")
+print(f"{'attention shape':>26} {'kernel':>6} {'dtype':>5} {'ms':>8} {'TFLOP/s':>8} {'composed ms':>11} {'max|diff|':>9} {'paged ms':>8} {'paged diff':>10}")
 for a in attention:
     if "shape" in a:
-        print(f"{str(a['shape']):>26} {a.get('kernel', ''):>6} {a['dtype']:>5} {a['ms']:>8.2f} {a['tflops']:>8.1f} {a['composed_ms']:>11.2f} {a['max_abs_diff']:>9.2e}")
+        paged = f"{a['paged_ms']:>8.2f} {a['paged_max_abs_diff']:>10.2e}" if "paged_ms" in a else ""
+        print(f"{str(a['shape']):>26} {a.get('kernel', ''):>6} {a['dtype']:>5} {a['ms']:>8.2f} {a['tflops']:>8.1f} {a['composed_ms']:>11.2f} {a['max_abs_diff']:>9.2e} {paged}")
 print(f"{'size':>6} {'batch':>9} {'variant':>10} {'s/NFE':>8} {'peak GiB':>9}")
 for r in rows:
     print(f"{r['width']:>6} {r['batch']:>9} {r['variant']:>10} {r['seconds_per_nfe']:>8.3f} {r['peak_device_mib']/1024:>9.2f}")

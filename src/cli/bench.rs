@@ -7,6 +7,7 @@ use crate::config::ModelConfig;
 use crate::engine::memory::{format_size, peak_rss};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
 use crate::imageops::Planar;
+use crate::model::attention::{paged_attention, PagedKv};
 use crate::model::InfDit;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -222,10 +223,19 @@ pub struct AttentionResult {
     pub composed_ms: f64,
     /// Largest |difference| from f32 composed attention over the first two blocks.
     pub max_abs_diff: f32,
+    /// Where the kernel reads neighbour slots in place (keys split into four pages, half
+    /// of them from a second pool, with slot embeddings): its time, and its largest
+    /// |difference| from the same slots gathered first (which rounds keys + embedding to
+    /// 16 bits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paged_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paged_max_abs_diff: Option<f32>,
 }
 
 impl AttentionArgs {
     fn run(self) -> Result<AttentionResult> {
+        use crate::model::attention::attend;
         use crate::model::ops::{attention, attention_composed, fused_attention};
         use candle_core::{DType, Tensor};
         let device = parse_device(&self.device)?;
@@ -264,6 +274,20 @@ impl AttentionArgs {
             self.repeat.min(3),
         )?;
         let flops = 4.0 * (n * h * tq * tk * d) as f64;
+        let (paged_ms, paged_max_abs_diff) = match self.paged_kv(&kc)? {
+            Some(kv) => {
+                let (k_all, v_all) = kv.gather()?;
+                let diff = (attend(&qc, &kv)? - attention(&qc, &k_all, &v_all)?)?
+                    .to_dtype(DType::F32)?
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f32>()?;
+                let ms = time_ms(&device, &|| attend(&qc, &kv), self.repeat)?;
+                (Some(ms), Some(diff))
+            }
+            None => (None, None),
+        };
         Ok(AttentionResult {
             shape: [n, h, tq, tk, d],
             dtype: format!("{:?}", self.dtype).to_lowercase(),
@@ -272,7 +296,38 @@ impl AttentionArgs {
             tflops: flops / (ms * 1e-3) / 1e12,
             composed_ms,
             max_abs_diff,
+            paged_ms,
+            paged_max_abs_diff,
         })
+    }
+
+    /// Four neighbour slots of `keys / 4` tokens per block, like the block attention's:
+    /// each block's own page, one of a cached pool, and its successor's two. `None` where
+    /// the kernel does not read slots in place.
+    fn paged_kv(&self, like: &candle_core::Tensor) -> Result<Option<PagedKv>> {
+        use candle_core::Tensor;
+        let (n, h, d) = (self.blocks, self.heads, self.head_dim);
+        if !paged_attention(like) || !self.keys.is_multiple_of(4) {
+            return Ok(None);
+        }
+        let page = self.keys / 4;
+        let (dev, dt) = (like.device(), like.dtype());
+        let pool = || Tensor::randn(0f32, 1.0, (n, h, page, d), dev)?.to_dtype(dt);
+        let index: Vec<u32> = (0..4)
+            .flat_map(|s| {
+                (0..n).map(move |b| {
+                    let block = if s < 2 { b } else { (b + 1) % n };
+                    (block + if s % 2 == 1 { n } else { 0 }) as u32
+                })
+            })
+            .collect();
+        Ok(Some(PagedKv {
+            k: pool()?,
+            v: pool()?,
+            cached: vec![(pool()?, pool()?)],
+            index: Tensor::new(index.as_slice(), dev)?,
+            slot_embed: (Tensor::randn(0f32, 1.0, (4, h, d), dev)? * 0.1)?.to_dtype(dt)?,
+        }))
     }
 }
 

@@ -62,6 +62,7 @@ impl MemoryEstimate {
 }
 
 /// Sizes an evaluation of an `height × width` HR image with `batch` blocks per forward.
+#[derive(Debug, Clone, Copy)]
 pub struct MemoryModel<'a> {
     pub cfg: &'a ModelConfig,
     /// Bytes per value of the compute dtype.
@@ -71,6 +72,9 @@ pub struct MemoryModel<'a> {
     /// Attention scores never reach memory (a fused attention kernel serves: f32 on the CPU,
     /// the CUDA kernel on a GPU).
     pub fused_attention: bool,
+    /// The attention kernel reads neighbour K/V in place: no gathered 4-slot copy, only
+    /// the cached neighbours joined into one pool.
+    pub paged_kv: bool,
 }
 
 impl<'a> MemoryModel<'a> {
@@ -81,6 +85,12 @@ impl<'a> MemoryModel<'a> {
             dtype_bytes: dtype.size_in_bytes() as u64,
             include_host: device.is_cpu(),
             fused_attention: crate::model::ops::fused_attention(device, dtype, cfg.head_dim()),
+            paged_kv: crate::model::attention::paged_serves(
+                device,
+                dtype,
+                cfg.head_dim(),
+                cfg.block_tokens() * cfg.block_tokens(),
+            ),
         }
     }
 
@@ -103,8 +113,10 @@ impl<'a> MemoryModel<'a> {
         );
         let per_block_layer_kv = 2 * t * d * e;
         let cache_blocks = schedule.peak_cached_blocks(batch) as u64;
-        // Residual, LN, qkv, q/k/v, 4-slot K/V, output; MLP hidden twice.
-        let per_block_tokens = t * (d * 17 + 2 * m) * e;
+        // Residual, LN, qkv, q/k/v, output; gathered 4-slot K/V (or, read in place, at
+        // most one cached neighbour K/V per block); MLP hidden twice.
+        let kv_copies = if self.paged_kv { 2 } else { 8 };
+        let per_block_tokens = t * (d * (9 + kv_copies) + 2 * m) * e;
         // Scores, scaled scores and softmax (f32), for the blocks of one attention chunk.
         let per_block_scores = if self.fused_attention {
             0
@@ -207,6 +219,7 @@ mod tests {
             dtype_bytes: 2,
             include_host: false,
             fused_attention: false,
+            paged_kv: false,
         };
         let b = mm
             .choose_batch(4096, 4096, Order::Auto, 8 << 30, 64)
@@ -250,5 +263,25 @@ mod tests {
                     .choose_batch(4096, 4096, Order::Auto, budget, 64)
                     .unwrap()
         );
+    }
+
+    #[test]
+    fn neighbours_read_in_place_need_no_gathered_copy() {
+        let cfg = ModelConfig::released();
+        let gathered = MemoryModel {
+            fused_attention: true,
+            ..MemoryModel::new(&cfg, DType::BF16, &Device::Cpu)
+        };
+        let paged = MemoryModel {
+            paged_kv: true,
+            ..gathered
+        };
+        let (a, b) = (
+            gathered.estimate(2048, 2048, Order::Auto, 8),
+            paged.estimate(2048, 2048, Order::Auto, 8),
+        );
+        assert_eq!(a.cache, b.cache);
+        // Six of the eight 4-slot K/V copies per token: 6 · 1024 · 1280 · 2 bytes per block.
+        assert_eq!(a.activations - b.activations, 8 * 6 * 1024 * 1280 * 2);
     }
 }

@@ -8,7 +8,7 @@
 use super::ops::{attention, fused_kernels, linear, rope_interleaved, LayerNorm, Linear};
 use crate::config::ModelConfig;
 use crate::profile::stage;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
 
@@ -38,13 +38,51 @@ impl BlockId {
 /// Post-QK-norm, post-RoPE keys and values of single blocks, `[1, heads, T, hd]`.
 type BlockKv = (Tensor, Tensor);
 
+/// A batch's neighbour keys and values where they lie: the batch's own `[n, heads, T, hd]`
+/// K/V, the cached blocks it needs (`[e, heads, T, hd]`), and for each slot s and block b
+/// the pool block `index[s·n + b]` (below `n`: the batch's own, else cached block
+/// `index − n`), whose keys get `slot_embed[s]` added. The CUDA attention kernel reads
+/// this in place; elsewhere it is [gathered](Self::gather) into one sequence per block.
+#[derive(Debug, Clone)]
+pub struct PagedKv {
+    pub k: Tensor,
+    pub v: Tensor,
+    /// Keys and values of the cached blocks that the index reaches, `[blocks, heads, T,
+    /// hd]` each; joined along the first dimension they are the second pool.
+    pub cached: Vec<(Tensor, Tensor)>,
+    /// `[4·n]` u32, slot-major.
+    pub index: Tensor,
+    /// `[4, heads, hd]`
+    pub slot_embed: Tensor,
+}
+
+impl PagedKv {
+    /// `[n, heads, 4·T, hd]` keys (each slot's embedding added) and values, in slot order.
+    pub fn gather(&self) -> Result<(Tensor, Tensor)> {
+        let n = self.k.dim(0)?;
+        let pool = |own: &Tensor, pick: fn(&(Tensor, Tensor)) -> &Tensor| {
+            let parts: Vec<&Tensor> = std::iter::once(own)
+                .chain(self.cached.iter().map(pick))
+                .collect();
+            Tensor::cat(&parts, 0)
+        };
+        let kp = pool(&self.k, |c| &c.0)?;
+        let vp = pool(&self.v, |c| &c.1)?;
+        if fused_kernels(&[&kp, &self.slot_embed]) {
+            gather_fused(&kp, &vp, &self.index, &self.slot_embed, n)
+        } else {
+            gather_composed(&kp, &vp, &self.index, &self.slot_embed, n)
+        }
+    }
+}
+
 /// Keys and values of blocks, per layer, kept only while a later batch needs them.
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<HashMap<BlockId, BlockKv>>,
     plan: BatchPlan,
-    /// The batch's slot index on the device: the same for every layer, so it is uploaded
-    /// once per batch (each host-to-device copy synchronises the stream).
+    /// The batch's slot index on its device: each host-to-device copy synchronises the
+    /// stream.
     slot_index: Option<(Vec<u32>, Tensor)>,
 }
 
@@ -89,8 +127,8 @@ impl KvCache {
             .sum()
     }
 
-    /// Gathers `[n, heads, 4·T, hd]` keys (slot embeddings added) and values for the
-    /// batch `ids`, whose own K/V are `k`, `v` (`[n, heads, T, hd]`); then stores the
+    /// The keys (slot embeddings added) and values of the four slots of each block of
+    /// the batch `ids`, whose own K/V are `k`, `v` (`[n, heads, T, hd]`); then stores the
     /// retained blocks and evicts the expired ones for this layer.
     fn neighbour_kv(
         &mut self,
@@ -99,7 +137,7 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
         slot_embed: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<PagedKv> {
         let store = &mut self.layers[layer];
         let in_batch: HashMap<BlockId, usize> =
             ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
@@ -126,38 +164,19 @@ impl KvCache {
                 index[s].push(pos as u32);
             }
         }
-        let (kp, vp) = if extra.is_empty() {
-            (k.clone(), v.clone())
-        } else {
-            let mut ks = vec![k.clone()];
-            let mut vs = vec![v.clone()];
-            for nb in &extra {
-                let (ck, cv) = &store[nb];
-                ks.push(ck.clone());
-                vs.push(cv.clone());
-            }
-            (Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)
-        };
-        let dev = k.device();
-        let (k_all, v_all) = if fused_kernels(&[&kp, slot_embed]) {
-            let flat = index.concat();
-            let idx = match &self.slot_index {
-                Some((cached, t)) if *cached == flat => t.clone(),
-                _ => {
-                    let t = Tensor::new(flat.as_slice(), dev)?;
-                    self.slot_index = Some((flat, t.clone()));
-                    t
-                }
-            };
-            gather_fused(&kp, &vp, &idx, slot_embed, ids.len())?
-        } else {
-            gather_composed(&kp, &vp, &index, slot_embed)?
+        let cached = extra.iter().map(|nb| store[nb].clone()).collect();
+        let out = PagedKv {
+            k: k.clone(),
+            v: v.clone(),
+            cached,
+            index: self.device_index(&index, k.device())?,
+            slot_embed: slot_embed.clone(),
         };
         for (i, id) in ids.iter().enumerate() {
             if self.plan.retain.get(i).copied().unwrap_or(false) {
                 // A fresh allocation, not a view: a view would keep the whole batch's
                 // K/V (on CUDA also its queries) alive for as long as this block is cached.
-                store.insert(
+                self.layers[layer].insert(
                     *id,
                     (
                         k.get(i)?.unsqueeze(0)?.force_contiguous()?,
@@ -167,24 +186,72 @@ impl KvCache {
             }
         }
         for id in &self.plan.evict {
-            store.remove(id);
+            self.layers[layer].remove(id);
         }
-        Ok((k_all, v_all))
+        Ok(out)
+    }
+
+    /// The slot-major block index on the device, uploaded once per batch (it is the same
+    /// for every layer).
+    fn device_index(&mut self, index: &[Vec<u32>; 4], dev: &candle_core::Device) -> Result<Tensor> {
+        let flat = index.concat();
+        Ok(match &self.slot_index {
+            Some((cached, t)) if *cached == flat => t.clone(),
+            _ => {
+                let t = Tensor::new(flat.as_slice(), dev)?;
+                self.slot_index = Some((flat, t.clone()));
+                t
+            }
+        })
     }
 }
 
-/// Keys (plus each slot's embedding) and values of every block's four slots, in slot order.
+/// Whether the attention kernel reads the neighbour slots of `k`'s blocks in place.
+pub fn paged_attention(k: &Tensor) -> bool {
+    let (t, hd) = (k.dim(2).unwrap_or(0), k.dim(3).unwrap_or(0));
+    !k.track_op() && paged_serves(k.device(), k.dtype(), hd, t)
+}
+
+/// Whether neighbour slots of blocks of `tokens` keys are read in place on `device` in
+/// `dtype` (the CUDA kernel, when blocks are whole kernel tiles; `INFDIT_PAGED=0` gathers
+/// them first instead).
+pub fn paged_serves(device: &Device, dtype: DType, head_dim: usize, tokens: usize) -> bool {
+    #[cfg(feature = "cuda")]
+    return super::flash_attention::paged_enabled()
+        && super::flash_attention::serves(device, dtype, head_dim)
+        && tokens > 0
+        && tokens.is_multiple_of(super::flash_attention::PAGE_MULTIPLE);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (device, dtype, head_dim, tokens);
+        false
+    }
+}
+
+/// Attention of the `[n, heads, T, hd]` queries over their blocks' neighbour slots: read
+/// in place where the kernel can, else gathered first.
+pub fn attend(q: &Tensor, kv: &PagedKv) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if paged_attention(&kv.k) {
+        return super::flash_attention::forward_paged(q, kv);
+    }
+    let (k_all, v_all) = kv.gather()?;
+    attention(q, &k_all, &v_all)
+}
+
+/// Keys (plus each slot's embedding) and values of every block's four slots, in slot
+/// order; `index`: the slot-major `[4·n]` pool block indices.
 fn gather_composed(
     kp: &Tensor,
     vp: &Tensor,
-    index: &[Vec<u32>; 4],
+    index: &Tensor,
     slot_embed: &Tensor,
+    n: usize,
 ) -> Result<(Tensor, Tensor)> {
-    let dev = kp.device();
     let mut keys = Vec::with_capacity(4);
     let mut vals = Vec::with_capacity(4);
-    for (s, idx) in index.iter().enumerate() {
-        let idx = Tensor::new(idx.as_slice(), dev)?;
+    for s in 0..slot_embed.dim(0)? {
+        let idx = index.narrow(0, s * n, n)?;
         let emb = slot_embed.get(s)?.unsqueeze(1)?; // [heads, 1, hd]
         keys.push(kp.index_select(&idx, 0)?.broadcast_add(&emb)?);
         vals.push(vp.index_select(&idx, 0)?);
@@ -284,10 +351,10 @@ impl SelfAttention {
                 heads(2)?.contiguous()?,
             ))
         })?;
-        let (k_all, v_all) = stage("attn/neighbour_kv", dev, || {
+        let kv = stage("attn/neighbour_kv", dev, || {
             cache.neighbour_kv(self.layer, ids, &k, &v, &self.slot_embed)
         })?;
-        let y = stage("attn/core", dev, || attention(&q, &k_all, &v_all))?;
+        let y = stage("attn/core", dev, || attend(&q, &kv))?;
         stage("attn/dense", dev, || {
             self.dense.forward(&y.transpose(1, 2)?.reshape((n, t, d))?)
         })
@@ -297,7 +364,7 @@ impl SelfAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Storage};
+    use candle_core::Storage;
 
     /// Elements held by the storage behind `t` (not just its view).
     fn storage_len(t: &Tensor) -> usize {
@@ -320,7 +387,7 @@ mod tests {
             retain: vec![false, false, false, true],
             evict: vec![],
         });
-        let (k_all, _) = cache.neighbour_kv(0, &ids, &k, &v, &slot_embed)?;
+        let (k_all, _) = cache.neighbour_kv(0, &ids, &k, &v, &slot_embed)?.gather()?;
         assert_eq!(k_all.dims(), [n, h, 4 * t, hd]);
         let (ck, cv) = &cache.layers[0][&ids[3]];
         assert_eq!(storage_len(ck), h * t * hd);
@@ -330,6 +397,44 @@ mod tests {
             .sum_all()?
             .to_scalar::<f32>()?;
         assert_eq!(diff, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn slots_read_the_batch_and_the_cached_blocks_with_their_embeddings() -> Result<()> {
+        let dev = Device::Cpu;
+        let (h, t, hd) = (2, 4, 8);
+        let kv = |seed: f64| -> Result<(Tensor, Tensor)> {
+            let k = (Tensor::randn(0f32, 1.0, (2, h, t, hd), &dev)? + seed)?;
+            Ok((k.clone(), (k * 2.0)?))
+        };
+        let slot_embed = Tensor::randn(0f32, 1.0, (4, h, hd), &dev)?;
+        let row = |r: usize| -> Vec<BlockId> { (0..2).map(|c| BlockId::new(0, r, c)).collect() };
+        let mut cache = KvCache::new(1);
+        let (k0, v0) = kv(0.0)?;
+        cache.set_plan(BatchPlan {
+            retain: vec![true, true],
+            evict: vec![],
+        });
+        cache.neighbour_kv(0, &row(0), &k0, &v0, &slot_embed)?;
+        let (k1, v1) = kv(10.0)?;
+        cache.set_plan(BatchPlan {
+            retain: vec![false, false],
+            evict: row(0),
+        });
+        let paged = cache.neighbour_kv(0, &row(1), &k1, &v1, &slot_embed)?;
+        assert!(cache.is_empty());
+        let (k_all, v_all) = paged.gather()?;
+        // Block (1, 1): self, left-top (0, 0), left (1, 0), top (0, 1).
+        let expected = [(&k1, &v1, 1), (&k0, &v0, 0), (&k1, &v1, 0), (&k0, &v0, 1)];
+        for (s, (k, v, b)) in expected.into_iter().enumerate() {
+            let want_k = k.get(b)?.broadcast_add(&slot_embed.get(s)?.unsqueeze(1)?)?;
+            let got_k = k_all.get(1)?.narrow(1, s * t, t)?;
+            let got_v = v_all.get(1)?.narrow(1, s * t, t)?;
+            let max = |x: Tensor| -> Result<f32> { x.abs()?.flatten_all()?.max(0)?.to_scalar() };
+            assert_eq!(max((got_k - want_k)?)?, 0.0, "keys of slot {s}");
+            assert_eq!(max((got_v - v.get(b)?)?)?, 0.0, "values of slot {s}");
+        }
         Ok(())
     }
 }

@@ -12,6 +12,15 @@
 // head and token and a contiguous last dimension (16-byte aligned rows); the output is
 // written contiguous as [batch, tq, heads, D], which is what the attention's output
 // projection reads.
+//
+// Paged keys and values (the block attention's neighbour slots): instead of one K/V
+// sequence per batch entry, query block b reads `slots` pages of `page` tokens each, page
+// s being block idx[s·batch + b] of a pool (entries below `batch` from the batch's own
+// K/V, the rest from a second pool of cached blocks), with the slot's embedding e_s added
+// to its keys. This reads the neighbours where they lie instead of gathering copies
+// first. The embedding enters as q·(k + e_s) = q·k + q·e_s: q·e_s is one MMA per query
+// row and slot at the start, added to the row's softmax offset for every tile of that
+// slot (exact in f32, where the gathered keys would round k + e_s to 16 bits).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -74,16 +83,38 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// Copies rows [row0, row0 + kCols) of one (batch, head) of `src` into a padded tile;
-// rows past `rows` are zero-filled.
+// Where the key/value rows of one (batch entry, head) lie: one strided sequence, or pages.
+template <typename T> struct Rows {
+  const T* seq;      // this (batch, head)'s first row (contiguous mode), else the batch pool
+  const T* extra;    // paged: the pool of cached blocks
+  long sb, sh, st;   // strides of batch entry (pool block), head, token
+  const uint32_t* idx;  // paged: [slots, batch] pool block of each page; null: contiguous
+  int batch, page, b, h;
+
+  __device__ __forceinline__ const T* row(int r) const {
+    if (!idx) return seq + (long)r * st;
+    const int s = r / page;
+    unsigned blk = idx[s * batch + b];
+    const T* pool = seq;
+    if (blk >= (unsigned)batch) {
+      pool = extra;
+      blk -= batch;
+    }
+    return pool + blk * sb + h * sh + (long)(r - s * page) * st;
+  }
+};
+
+// Copies rows [row0, row0 + kCols) of `src` into a padded tile; rows past `rows` are
+// zero-filled. Pages are whole tiles, so one lookup finds the tile's rows.
 template <typename T, int D>
-__device__ __forceinline__ void load_tile(T* tile, const T* src, long stride, int row0, int rows) {
+__device__ __forceinline__ void load_tile(T* tile, const Rows<T>& src, int row0, int rows) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  const T* base = src.row(row0);
   for (int i = threadIdx.x; i < kCols * kChunks; i += blockDim.x) {
     const int r = i / kChunks, c = (i % kChunks) * 8;
     T* dst = tile + r * (D + kPad) + c;
     if (row0 + r < rows) {
-      cp_async16(dst, src + (long)(row0 + r) * stride + c);
+      cp_async16(dst, base + (long)r * src.st + c);
     } else {
       *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
     }
@@ -91,10 +122,9 @@ __device__ __forceinline__ void load_tile(T* tile, const T* src, long stride, in
 }
 
 template <typename T, int D, int M, int W>
-__device__ void flash_forward(const T* __restrict__ q, const T* __restrict__ k,
-                              const T* __restrict__ v, T* __restrict__ o, int heads, int tq,
-                              int tk, long q_sb, long q_sh, long q_st, long k_sb, long k_sh,
-                              long k_st, long v_sb, long v_sh, long v_st, float scale_log2) {
+__device__ void flash_forward(const T* __restrict__ q, Rows<T> k, Rows<T> v, const T* emb,
+                              T* __restrict__ o, int heads, int tq, int tk, long q_sb,
+                              long q_sh, long q_st, float scale_log2) {
   static_assert(D % 16 == 0, "head dim must be a multiple of 16");
   constexpr int kRows = 16 * M * W;  // queries per CTA
   constexpr int kSteps = D / 16;     // k16 steps over the head dim
@@ -110,12 +140,16 @@ __device__ void flash_forward(const T* __restrict__ q, const T* __restrict__ k,
   const int g = lane / 4, c2 = (lane % 4) * 2;  // fragment row group, column pair
   const int row0 = (blockIdx.x % q_tiles) * kRows + warp * 16 * M;
   q += b * q_sb + h * q_sh;
-  k += b * k_sb + h * k_sh;
-  v += b * v_sb + h * v_sh;
+  k.b = v.b = b;
+  k.h = v.h = h;
+  if (!k.idx) {
+    k.seq += b * k.sb + h * k.sh;
+    v.seq += b * v.sb + h * v.sh;
+  }
 
   const int tiles = (tk + kCols - 1) / kCols;
-  load_tile<T, D>(ks[0], k, k_st, 0, tk);
-  load_tile<T, D>(vs[0], v, v_st, 0, tk);
+  load_tile<T, D>(ks[0], k, 0, tk);
+  load_tile<T, D>(vs[0], v, 0, tk);
   cp_async_commit();
 
   // This warp's queries (M tiles of 16 rows) as MMA A-fragments, from global memory.
@@ -130,12 +164,38 @@ __device__ void flash_forward(const T* __restrict__ q, const T* __restrict__ k,
         qa[mi][s][j] = r < tq ? *reinterpret_cast<const uint32_t*>(q + (long)r * q_st + c) : 0u;
       }
 
+  // Paged: q·e_s for this warp's rows and the (up to 8) slots, as one n8 MMA tile per
+  // row tile: column c of element j is slot c2 + j % 2 of row g + (j / 2) * 8. The
+  // embedding rows pass through the second K buffer before its first use.
+  float qe[M][4];
+#pragma unroll
+  for (int mi = 0; mi < M; ++mi) qe[mi][0] = qe[mi][1] = qe[mi][2] = qe[mi][3] = 0.f;
+  if (emb) {
+    T* et = ks[1];
+    for (int i = threadIdx.x; i < 16 * D; i += blockDim.x) {
+      const int r = i / D, c = i % D;
+      et[r * kLd + c] = r < tk / k.page ? emb[((long)r * heads + h) * D + c] : T(0.f);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int st = 0; st < kSteps; ++st) {
+      const int m = lane / 8;
+      uint32_t eb[4];
+      ldmatrix_x4(eb, et + ((m / 2) * 8 + lane % 8) * kLd + st * 16 + (m % 2) * 8);
+#pragma unroll
+      for (int mi = 0; mi < M; ++mi) Mma<T>::run(qe[mi], qa[mi][st], eb[0], eb[1]);
+    }
+    __syncthreads();
+  }
+
   float acc[M][kDn][4];
 #pragma unroll
   for (int mi = 0; mi < M; ++mi)
 #pragma unroll
     for (int n = 0; n < kDn; ++n) acc[mi][n][0] = acc[mi][n][1] = acc[mi][n][2] = acc[mi][n][3] = 0.f;
-  float row_max[M][2], row_sum[M][2];  // row_sum: this thread's share, summed over the quad at the end
+  // row_max: in units of scale_log2 (offsets included); row_sum: this thread's share,
+  // summed over the quad at the end.
+  float row_max[M][2], row_sum[M][2];
 #pragma unroll
   for (int mi = 0; mi < M; ++mi) {
     row_max[mi][0] = row_max[mi][1] = -INFINITY;
@@ -145,8 +205,8 @@ __device__ void flash_forward(const T* __restrict__ q, const T* __restrict__ k,
   for (int t = 0; t < tiles; ++t) {
     const int buf = t & 1;
     if (t + 1 < tiles) {
-      load_tile<T, D>(ks[buf ^ 1], k, k_st, (t + 1) * kCols, tk);
-      load_tile<T, D>(vs[buf ^ 1], v, v_st, (t + 1) * kCols, tk);
+      load_tile<T, D>(ks[buf ^ 1], k, (t + 1) * kCols, tk);
+      load_tile<T, D>(vs[buf ^ 1], v, (t + 1) * kCols, tk);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -188,24 +248,41 @@ __device__ void flash_forward(const T* __restrict__ q, const T* __restrict__ k,
             if (key0 + n * 8 + c2 + (j % 2) >= tk) s[mi][n][j] = -INFINITY;
     }
 
+    // This tile's slot offset q·e_s per row (paged; pages are whole tiles), read from the
+    // quad lane that holds column s.
+    float off[M][2];
+#pragma unroll
+    for (int mi = 0; mi < M; ++mi)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        off[mi][i] = 0.f;
+        if (emb) {
+          const int slot = key0 / k.page;
+          const float mine = slot & 1 ? qe[mi][2 * i + 1] : qe[mi][2 * i];
+          off[mi][i] = __shfl_sync(0xffffffff, mine, (lane & ~3) | (slot >> 1)) * scale_log2;
+        }
+      }
+
     // Online softmax; element j of a score fragment belongs to row g + (j / 2) * 8.
 #pragma unroll
     for (int mi = 0; mi < M; ++mi)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        float mx = row_max[mi][i];
+        float mx = -INFINITY;
 #pragma unroll
         for (int n = 0; n < kSn; ++n) mx = fmaxf(mx, fmaxf(s[mi][n][2 * i], s[mi][n][2 * i + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-        const float base = mx == -INFINITY ? 0.f : mx * scale_log2;
-        const float alpha = fast_exp2(row_max[mi][i] * scale_log2 - base);
-        row_max[mi][i] = mx;
+        const float m_new = fmaxf(row_max[mi][i], mx * scale_log2 + off[mi][i]);
+        const float base = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = fast_exp2(row_max[mi][i] - base);
+        row_max[mi][i] = m_new;
+        const float shift = base - off[mi][i];
         float sum = 0.f;
 #pragma unroll
         for (int n = 0; n < kSn; ++n) {
-          s[mi][n][2 * i] = fast_exp2(s[mi][n][2 * i] * scale_log2 - base);
-          s[mi][n][2 * i + 1] = fast_exp2(s[mi][n][2 * i + 1] * scale_log2 - base);
+          s[mi][n][2 * i] = fast_exp2(s[mi][n][2 * i] * scale_log2 - shift);
+          s[mi][n][2 * i + 1] = fast_exp2(s[mi][n][2 * i + 1] * scale_log2 - shift);
           sum += s[mi][n][2 * i] + s[mi][n][2 * i + 1];
         }
         row_sum[mi][i] = row_sum[mi][i] * alpha + sum;
@@ -264,14 +341,29 @@ __device__ void flash_forward(const T* __restrict__ q, const T* __restrict__ k,
 }  // namespace
 
 // Two shapes of CTA, both 128 queries: 8 warps of 16 rows (`w8`), or 4 warps of 32 rows
-// (`w4`), which loads each K/V fragment from shared memory once for two row tiles.
+// (`w4`), which loads each K/V fragment from shared memory once for two row tiles. The
+// `_paged` entries read neighbour slots (see the top of this file): k/v are the batch
+// pool, kx/vx the cached pool, both with the strides k_s*/v_s*; `page` must be a multiple
+// of the 64-key tile and `slots` at most 8.
 #define FLASH_ENTRY(NAME, T, D, M, W, MIN_CTAS)                                                \
   extern "C" __global__ void __launch_bounds__(W * 32, MIN_CTAS)                                \
       NAME(const T* q, const T* k, const T* v, T* o, int heads, int tq, int tk, long q_sb,    \
            long q_sh, long q_st, long k_sb, long k_sh, long k_st, long v_sb, long v_sh,       \
            long v_st, float scale_log2) {                                                     \
-    flash_forward<T, D, M, W>(q, k, v, o, heads, tq, tk, q_sb, q_sh, q_st, k_sb, k_sh, k_st, \
-                              v_sb, v_sh, v_st, scale_log2);                                  \
+    const Rows<T> kr{k, nullptr, k_sb, k_sh, k_st, nullptr, 0, 0, 0, 0};                      \
+    const Rows<T> vr{v, nullptr, v_sb, v_sh, v_st, nullptr, 0, 0, 0, 0};                      \
+    flash_forward<T, D, M, W>(q, kr, vr, nullptr, o, heads, tq, tk, q_sb, q_sh, q_st,        \
+                              scale_log2);                                                    \
+  }                                                                                           \
+  extern "C" __global__ void __launch_bounds__(W * 32, MIN_CTAS)                                \
+      NAME##_paged(const T* q, const T* k, const T* v, const T* kx, const T* vx,              \
+                   const uint32_t* idx, const T* emb, T* o, int heads, int tq, int slots,     \
+                   int page, int batch, long q_sb, long q_sh, long q_st, long k_sb,           \
+                   long k_sh, long k_st, long v_sb, long v_sh, long v_st, float scale_log2) { \
+    const Rows<T> kr{k, kx, k_sb, k_sh, k_st, idx, batch, page, 0, 0};                        \
+    const Rows<T> vr{v, vx, v_sb, v_sh, v_st, idx, batch, page, 0, 0};                        \
+    flash_forward<T, D, M, W>(q, kr, vr, emb, o, heads, tq, slots * page, q_sb, q_sh, q_st,  \
+                              scale_log2);                                                    \
   }
 
 FLASH_ENTRY(flash_attention_w8_bf16_d16, __nv_bfloat16, 16, 1, 8, 2)

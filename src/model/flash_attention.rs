@@ -2,7 +2,11 @@
 //! (`flash_attention.cu`, compiled to PTX by `build.rs`). Scores never reach device
 //! memory, which is what makes half-precision attention compute-bound instead of
 //! bandwidth-bound. Inference only (no backward pass); other cases keep the composed path.
+//! [`forward_paged`] reads the block attention's neighbour slots in place (no gathered
+//! copy of the keys and values).
 
+use super::attention::PagedKv;
+use super::fused_ops::{into_tensor, with_views};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
@@ -16,6 +20,9 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attention.ptx"))
 const HEAD_DIMS: [usize; 5] = [16, 32, 48, 64, 80];
 /// Queries per CTA in both kernel shapes (8 warps × 16 rows, or 4 warps × 32 rows).
 const ROWS_PER_CTA: usize = 128;
+/// Paged reads: pages are whole key tiles, and one MMA tile holds every slot's q·e.
+pub const PAGE_MULTIPLE: usize = 64;
+const MAX_SLOTS: usize = 8;
 
 /// The kernel shape: `w4` (default; measured ~4% faster on an H100) or `w8`, from
 /// `INFDIT_FLASH_SHAPE`; returns the entry-point prefix and the threads per CTA.
@@ -25,6 +32,28 @@ fn shape() -> (&'static str, u32) {
         Ok("w8") => ("w8", 256),
         _ => ("w4", 128),
     })
+}
+
+/// One CTA per (block, head, 128-query tile).
+fn launch_config(n: usize, h: usize, tq: usize) -> Result<LaunchConfig> {
+    let ctas = n * h * tq.div_ceil(ROWS_PER_CTA);
+    Ok(LaunchConfig {
+        grid_dim: (
+            u32::try_from(ctas)
+                .map_err(|_| candle_core::Error::Msg("flash-attention: grid too large".into()))?,
+            1,
+            1,
+        ),
+        block_dim: (shape().1, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Whether paged neighbour reads serve the block attention (off with `INFDIT_PAGED=0`,
+/// which gathers the neighbours into one sequence first, as the other devices do).
+pub fn paged_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("INFDIT_PAGED").map_or(true, |v| v != "0"))
 }
 
 /// Whether the kernel serves attention on `device` in `dtype` with this head dim.
@@ -119,9 +148,8 @@ fn launch<T: CudaDType + DeviceRepr>(
     let (n, h, tq, d) = ql.shape().dims4()?;
     let tk = kl.dims()[2];
     let dev = q.device();
-    let (prefix, threads) = shape();
     let func = dev.get_or_load_custom_func(
-        &format!("flash_attention_{prefix}_{ty}_d{d}"),
+        &format!("flash_attention_{}_{ty}_d{d}", shape().0),
         "infdit_flash_attention",
         PTX,
     )?;
@@ -137,17 +165,7 @@ fn launch<T: CudaDType + DeviceRepr>(
     let (qst, kst, vst) = (strides(ql), strides(kl), strides(vl));
     let (heads, tq32, tk32) = (h as i32, tq as i32, tk as i32);
     let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
-    let ctas = n * h * tq.div_ceil(ROWS_PER_CTA);
-    let cfg = LaunchConfig {
-        grid_dim: (
-            u32::try_from(ctas)
-                .map_err(|_| candle_core::Error::Msg("flash-attention: grid too large".into()))?,
-            1,
-            1,
-        ),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = launch_config(n, h, tq)?;
     let mut b = func.builder();
     b.arg(&qs).arg(&ks).arg(&vs).arg(&out);
     b.arg(&heads).arg(&tq32).arg(&tk32);
@@ -161,4 +179,99 @@ fn launch<T: CudaDType + DeviceRepr>(
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         Shape::from((n, tq, h, d)),
     ))
+}
+
+/// Attention of `q` (`[n, heads, T, d]`) over each block's neighbour slots as `kv`
+/// describes them; `[n, heads, T, d]` output like [`forward`]. The slot embeddings enter
+/// as `q·e` in f32, so the result differs from gathering the slots first only by that
+/// gather's rounding of `k + e` to 16 bits.
+pub fn forward_paged(q: &Tensor, kv: &PagedKv) -> Result<Tensor> {
+    let q = kernel_ready(q)?;
+    match q.dtype() {
+        DType::BF16 => paged::<half::bf16>(&q, kv, "bf16"),
+        DType::F16 => paged::<half::f16>(&q, kv, "f16"),
+        dt => bail!("flash-attention: unsupported dtype {dt:?}"),
+    }?
+    .transpose(1, 2)
+}
+
+fn paged<T: CudaDType + DeviceRepr>(q: &Tensor, kv: &PagedKv, ty: &str) -> Result<Tensor> {
+    let (n, h, tq, d) = q.dims4()?;
+    // Without cached blocks no index points past the batch: any pool will do.
+    let pool = |own: &Tensor, pick: fn(&(Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
+        if kv.cached.is_empty() {
+            return own.contiguous();
+        }
+        Tensor::cat(&kv.cached.iter().map(pick).collect::<Vec<_>>(), 0)?.contiguous()
+    };
+    let (kx, vx) = (pool(&kv.k, |c| &c.0)?, pool(&kv.v, |c| &c.1)?);
+    let (k, v) = (kv.k.contiguous()?, kv.v.contiguous()?);
+    let (_, kh, page, kd) = k.dims4()?;
+    let slots = kv.slot_embed.dim(0)?;
+    let emb = kv.slot_embed.contiguous()?;
+    let pool_ok = |t: &Tensor| t.dims()[1..] == k.dims()[1..];
+    if (kh, kd) != (h, d)
+        || v.dims() != k.dims()
+        || !pool_ok(&kx)
+        || vx.dims() != kx.dims()
+        || emb.dims() != [slots, h, d]
+        || kv.index.elem_count() != slots * n
+        || kv.index.dtype() != DType::U32
+        || page == 0
+        || !page.is_multiple_of(PAGE_MULTIPLE)
+        || slots > MAX_SLOTS
+    {
+        bail!(
+            "flash-attention: paged inputs do not fit q {:?}: k {:?} cached {:?} index {:?}",
+            q.shape(),
+            k.shape(),
+            kx.shape(),
+            kv.index.shape()
+        );
+    }
+    let qst = q.stride();
+    let st = k.stride();
+    let int = |v: usize| {
+        i32::try_from(v)
+            .map_err(|_| candle_core::Error::Msg("flash-attention: size too large".into()))
+    };
+    let (heads, tq32, slots32, page32, batch) =
+        (int(h)?, int(tq)?, int(slots)?, int(page)?, int(n)?);
+    let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
+    let index = kv.index.contiguous()?;
+    with_views::<T, _>(&[q, &k, &v, &kx, &vx, &emb], |vw, dev| {
+        with_views::<u32, _>(&[&index], |iv, _| {
+            let func = dev.get_or_load_custom_func(
+                &format!("flash_attention_{}_{ty}_d{d}_paged", shape().0),
+                "infdit_flash_attention",
+                PTX,
+            )?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n * tq * h * d)? };
+            let mut b = func.builder();
+            b.arg(&vw[0])
+                .arg(&vw[1])
+                .arg(&vw[2])
+                .arg(&vw[3])
+                .arg(&vw[4]);
+            b.arg(&iv[0]).arg(&vw[5]).arg(&out);
+            b.arg(&heads)
+                .arg(&tq32)
+                .arg(&slots32)
+                .arg(&page32)
+                .arg(&batch);
+            let strides = [
+                qst[0], qst[1], qst[2], st[0], st[1], st[2], st[0], st[1], st[2],
+            ]
+            .map(|s| s as i64);
+            for s in &strides {
+                b.arg(s);
+            }
+            b.arg(&scale_log2);
+            // SAFETY: the arguments match the kernel's signature; the index entries are
+            // below the pools' block counts (built by the K/V cache).
+            unsafe { b.launch(launch_config(n, h, tq)?) }.w()?;
+            Ok(into_tensor(out, dev, &[n, tq, h, d]))
+        })
+    })
 }

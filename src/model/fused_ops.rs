@@ -45,7 +45,7 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
 
 /// Runs `f` with the CUDA views of `ts` (each from its layout's start offset) and their
 /// device.
-fn with_views<T: CudaDType, R>(
+pub(super) fn with_views<T: CudaDType, R>(
     ts: &[&Tensor],
     f: impl FnOnce(&[CudaView<'_, T>], &CudaDevice) -> Result<R>,
 ) -> Result<R> {
@@ -65,7 +65,11 @@ fn with_views<T: CudaDType, R>(
     }
 }
 
-fn into_tensor<T: CudaDType>(out: CudaSlice<T>, dev: &CudaDevice, shape: &[usize]) -> Tensor {
+pub(super) fn into_tensor<T: CudaDType>(
+    out: CudaSlice<T>,
+    dev: &CudaDevice,
+    shape: &[usize],
+) -> Tensor {
     Tensor::from_storage(
         Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone())),
         shape,
