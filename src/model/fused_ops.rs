@@ -239,7 +239,11 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
 ) -> Result<Tensor> {
     let (n, t, d3) = qkv.dims3()?;
     let hd = d3 / 3 / heads;
-    if hd * heads * 3 != d3 || hd % 2 != 0 || cos.dims() != [n, t, hd / 2] || w.elem_count() != hd {
+    if hd * heads * 3 != d3
+        || !hd.is_multiple_of(2)
+        || cos.dims() != [n, t, hd / 2]
+        || w.elem_count() != hd
+    {
         bail!(
             "qkv {:?} / rope {:?} / norm {:?} do not fit",
             qkv.shape(),
@@ -277,7 +281,6 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
         let cfg = warp_per_item(items)?;
         // SAFETY: arguments match the kernel; one warp per (block, token, head).
         unsafe { bld.launch(cfg) }.w()?;
-        drop((q, k, vv));
         Ok(into_tensor(out, dev, &[3, n, heads, t, hd]))
     })
 }
