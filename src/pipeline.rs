@@ -205,6 +205,24 @@ impl Upscaler {
         pass: u64,
         on_blocks: &mut dyn FnMut(usize),
     ) -> Result<Planar> {
+        let cond = self.conditioning(lr, scale)?;
+        let (hh, hw) = (cond.concat_lr.height, cond.concat_lr.width);
+        let engine = self.engine(hh, hw)?;
+        let channels = self.model.config().out_channels;
+        let noise = initial_noise(self.opts.seed.wrapping_add(pass), channels, hh, hw);
+        let out = sample(
+            &self.opts.sampler,
+            &cond.concat_lr,
+            &noise,
+            &mut |x, sigma| engine.denoise(x, sigma, &cond, on_blocks),
+            &mut |_, _| {},
+        )?;
+        Ok(out.crop_clamped(0, 0, lr.height * scale, lr.width * scale))
+    }
+
+    /// The model's inputs for a ×`scale` pass over the [-1, 1] image `lr`, padded to whole
+    /// blocks.
+    fn conditioning(&self, lr: &Planar, scale: usize) -> Result<Conditioning> {
         let cfg = self.model.config();
         // A pass may enlarge less than the trained ratio: the model's LR is then the
         // input shrunk so that HR:LR stays the trained ratio (NOTES §3.4).
@@ -229,29 +247,56 @@ impl Upscaler {
             }
             _ => None,
         };
-        let cond = Conditioning {
+        Ok(Conditioning {
             concat_lr,
             lr: model_lr,
             vector,
             positions: Positions::Grid,
-        };
-        let batching = Batching::Blocks(self.batch_size(hh, hw)?);
-        let engine = Engine::new(
+        })
+    }
+
+    fn engine(&self, height: usize, width: usize) -> Result<Engine<'_>> {
+        let batching = Batching::Blocks(self.batch_size(height, width)?);
+        Ok(Engine::new(
             &self.model,
             EngineOptions {
                 batching,
                 order: self.opts.order,
             },
-        );
-        let noise = initial_noise(self.opts.seed.wrapping_add(pass), cfg.out_channels, hh, hw);
-        let out = sample(
-            &self.opts.sampler,
-            &cond.concat_lr,
-            &noise,
-            &mut |x, sigma| engine.denoise(x, sigma, &cond, on_blocks),
-            &mut |_, _| {},
-        )?;
-        Ok(out.crop_clamped(0, 0, lr.height * scale, lr.width * scale))
+        ))
+    }
+
+    /// One denoiser evaluation D(start + σ·noise, σ) for the LR image `lr`, with `start` at
+    /// the model's output size (both in [0, 1], output too; the noise is [`initial_noise`]
+    /// of the seed). From `start` = the HR image it measures the denoiser where it was
+    /// trained; from the bicubic upsample, where sampling starts.
+    pub fn denoise_once(&self, lr: &Planar, start: &Planar, sigma: f32) -> Result<Planar> {
+        let cfg = self.model.config();
+        let m = cfg.image_block_size_px / cfg.sr_scale;
+        if !lr.height.is_multiple_of(m) || !lr.width.is_multiple_of(m) {
+            bail!(
+                "the LR image must be whole blocks ({m}-px multiples) for a single denoiser evaluation"
+            );
+        }
+        let (hh, hw) = (lr.height * cfg.sr_scale, lr.width * cfg.sr_scale);
+        if (start.height, start.width) != (hh, hw) {
+            bail!("the start image must be {hw}×{hh}");
+        }
+        let signed = |p: &Planar| p.clone().map(|v| v * 2.0 - 1.0);
+        let cond = self.conditioning(&signed(lr), cfg.sr_scale)?;
+        let noise = initial_noise(self.opts.seed, start.channels, hh, hw);
+        let x = signed(start);
+        let data = x
+            .data
+            .iter()
+            .zip(&noise.data)
+            .map(|(a, n)| a + sigma * n)
+            .collect();
+        let x = Planar::new(x.channels, hh, hw, data);
+        let out = self
+            .engine(hh, hw)?
+            .denoise(&x, sigma, &cond, &mut |_| {})?;
+        Ok(out.map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)))
     }
 
     fn batch_size(&self, height: usize, width: usize) -> Result<usize> {

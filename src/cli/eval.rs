@@ -13,6 +13,10 @@ pub enum Baseline {
     /// Downscale each HR image 4× (bicubic, antialiased), upscale it with the model and
     /// with bicubic, and score both against the HR image.
     Bicubic,
+    /// Score one denoiser evaluation D(x + σ·noise, σ) at each `--sigmas` level, with the
+    /// same LR: from x = the HR image (the denoiser where it was trained) and from x = the
+    /// bicubic upsample (where sampling starts). A diagnostic for trained models.
+    Denoiser,
 }
 
 #[derive(Args, Debug)]
@@ -38,6 +42,9 @@ pub struct EvalArgs {
     /// With --baseline: then score only the central N×N crop (keeps CPU runs short).
     #[arg(long)]
     crop: Option<usize>,
+    /// With --baseline denoiser: the noise levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.03,0.1,0.3,1")]
+    sigmas: Vec<f32>,
 }
 
 #[derive(Args, Debug)]
@@ -86,10 +93,15 @@ impl EvalArgs {
             bail!("no images in {}", self.hr.display());
         }
         let mut rows: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-        let header: Vec<&str>;
+        let header: Vec<String>;
+        let score = |a: &Planar, b: &Planar| {
+            let (a, b) = common(a, b);
+            (psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave))
+        };
+        // Computed images are scored as the 8-bit files they would be written as.
+        let q = |x: Planar| x.map(|v| (v * 255.0).round() / 255.0);
         match (&self.sr, self.baseline) {
-            (_, Some(Baseline::Bicubic)) => {
-                header = vec!["model", "bicubic"];
+            (_, Some(baseline)) => {
                 let args = super::upscale::UpscaleArgs::for_eval(
                     self.upscale.model.clone(),
                     self.upscale.steps,
@@ -99,40 +111,42 @@ impl EvalArgs {
                     self.upscale.device.clone(),
                 );
                 let up = args.build_upscaler()?;
+                header = match baseline {
+                    Baseline::Bicubic => vec!["model".into(), "bicubic".into()],
+                    Baseline::Denoiser => std::iter::once("bicubic".to_string())
+                        .chain(
+                            self.sigmas
+                                .iter()
+                                .flat_map(|s| [format!("hr+{s}"), format!("bic+{s}")]),
+                        )
+                        .collect(),
+                };
                 for f in &hr_files {
-                    let mut hr = load(f)?;
-                    if self.prescale != 1.0 {
-                        let (h, w) = (
-                            (hr.height as f64 * self.prescale) as usize,
-                            (hr.width as f64 * self.prescale) as usize,
-                        );
-                        hr = resize_bicubic(&hr, h, w, true).map(|v| v.clamp(0.0, 1.0));
-                    }
-                    if let Some(n) = self.crop {
-                        hr = hr.center_crop(n.min(hr.height), n.min(hr.width));
-                    }
-                    // Whole multiples of 4 so the LR maps back exactly.
-                    let hr = hr.crop_clamped(0, 0, hr.height / 4 * 4, hr.width / 4 * 4);
-                    let lr = resize_bicubic(&hr, hr.height / 4, hr.width / 4, true)
-                        .map(|v| v.clamp(0.0, 1.0));
-                    let sr = up.upscale_rgb(&lr, &mut |_| {})?;
+                    let (hr, lr) = self.test_pair(f)?;
                     let bic =
                         resize_bicubic(&lr, hr.height, hr.width, true).map(|v| v.clamp(0.0, 1.0));
-                    let q = |x: &Planar| x.clone().map(|v| (v * 255.0).round() / 255.0);
-                    let (a, b) = common(&hr, &q(&sr));
-                    let (c, d) = common(&hr, &q(&bic));
-                    rows.push((
-                        f.display().to_string(),
-                        vec![
-                            (psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave)),
-                            (psnr_y(&c, &d, self.shave), ssim_y(&c, &d, self.shave)),
-                        ],
-                    ));
+                    let mut scores = Vec::new();
+                    match baseline {
+                        Baseline::Bicubic => {
+                            scores.push(score(&hr, &q(up.upscale_rgb(&lr, &mut |_| {})?)));
+                            scores.push(score(&hr, &q(bic.clone())));
+                        }
+                        Baseline::Denoiser => {
+                            scores.push(score(&hr, &q(bic.clone())));
+                            for &sigma in &self.sigmas {
+                                for start in [&hr, &bic] {
+                                    let d = up.denoise_once(&lr, start, sigma)?;
+                                    scores.push(score(&hr, &q(d)));
+                                }
+                            }
+                        }
+                    }
+                    rows.push((f.display().to_string(), scores));
                     eprintln!("{}: done", f.display());
                 }
             }
             (Some(sr), None) => {
-                header = vec!["sr"];
+                header = vec!["sr".into()];
                 let sr_files = images_in(sr)?;
                 for f in &hr_files {
                     let stem = f
@@ -154,11 +168,7 @@ impl EvalArgs {
                             })?
                             .clone()
                     };
-                    let (a, b) = common(&load(f)?, &load(&m)?);
-                    rows.push((
-                        f.display().to_string(),
-                        vec![(psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave))],
-                    ));
+                    rows.push((f.display().to_string(), vec![score(&load(f)?, &load(&m)?)]));
                 }
             }
             (None, None) => bail!("give --sr or --baseline"),
@@ -184,5 +194,27 @@ impl EvalArgs {
         }
         println!();
         Ok(())
+    }
+}
+
+impl EvalArgs {
+    /// A test pair for the baselines: the HR image (shrunk by `--prescale`, cropped to
+    /// `--crop`, trimmed to whole multiples of 4) and its 4× antialiased bicubic downscale.
+    fn test_pair(&self, f: &Path) -> Result<(Planar, Planar)> {
+        let mut hr = load(f)?;
+        if self.prescale != 1.0 {
+            let (h, w) = (
+                (hr.height as f64 * self.prescale) as usize,
+                (hr.width as f64 * self.prescale) as usize,
+            );
+            hr = resize_bicubic(&hr, h, w, true).map(|v| v.clamp(0.0, 1.0));
+        }
+        if let Some(n) = self.crop {
+            hr = hr.center_crop(n.min(hr.height), n.min(hr.width));
+        }
+        // Whole multiples of 4 so the LR maps back exactly.
+        let hr = hr.crop_clamped(0, 0, hr.height / 4 * 4, hr.width / 4 * 4);
+        let lr = resize_bicubic(&hr, hr.height / 4, hr.width / 4, true).map(|v| v.clamp(0.0, 1.0));
+        Ok((hr, lr))
     }
 }
