@@ -16,6 +16,7 @@ use candle_core::{
 use std::sync::OnceLock;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attention.ptx"));
+const MODULE: &str = "infdit_flash_attention";
 /// Head dimensions the PTX has entry points for.
 const HEAD_DIMS: [usize; 5] = [16, 32, 48, 64, 80];
 /// Queries per CTA in both kernel shapes (8 warps × 16 rows, or 4 warps × 32 rows).
@@ -150,7 +151,7 @@ fn launch<T: CudaDType + DeviceRepr>(
     let dev = q.device();
     let func = dev.get_or_load_custom_func(
         &format!("flash_attention_{}_{ty}_d{d}", shape().0),
-        "infdit_flash_attention",
+        MODULE,
         PTX,
     )?;
     let qs = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
@@ -243,7 +244,7 @@ fn paged<T: CudaDType + DeviceRepr>(q: &Tensor, kv: &PagedKv, ty: &str) -> Resul
         with_views::<u32, _>(&[&index], |iv, _| {
             let func = dev.get_or_load_custom_func(
                 &format!("flash_attention_{}_{ty}_d{d}_paged", shape().0),
-                "infdit_flash_attention",
+                MODULE,
                 PTX,
             )?;
             // SAFETY: every element is written by the kernel.
