@@ -718,7 +718,13 @@ fn memory_budget_too_small_is_refused_with_the_needed_size() {
 fn eval_denoiser_diagnostic_scores_both_starts() {
     let eval = |crop: &str| {
         Command::new(env!("CARGO_BIN_EXE_infdit"))
-            .args(["eval", "--hr", "examples/photo.jpg", "--baseline", "denoiser"])
+            .args([
+                "eval",
+                "--hr",
+                "examples/photo.jpg",
+                "--baseline",
+                "denoiser",
+            ])
             .args(["--sigmas", "0.01", "--crop", crop])
             .output()
             .unwrap()
@@ -726,7 +732,10 @@ fn eval_denoiser_diagnostic_scores_both_starts() {
     let out = eval("128");
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("PSNR-hr+0.01") && text.contains("PSNR-bic+0.01"), "{text}");
+    assert!(
+        text.contains("PSNR-hr+0.01") && text.contains("PSNR-bic+0.01"),
+        "{text}"
+    );
     let mean: Vec<f64> = text
         .lines()
         .find(|l| l.starts_with("mean"))
