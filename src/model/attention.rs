@@ -169,14 +169,14 @@ impl KvCache {
             k: k.clone(),
             v: v.clone(),
             cached,
-            index: self.device_index(&index, k.device())?,
+            index: upload_index(&mut self.slot_index, &index, k.device())?,
             slot_embed: slot_embed.clone(),
         };
         for (i, id) in ids.iter().enumerate() {
             if self.plan.retain.get(i).copied().unwrap_or(false) {
                 // A fresh allocation, not a view: a view would keep the whole batch's
                 // K/V (on CUDA also its queries) alive for as long as this block is cached.
-                self.layers[layer].insert(
+                store.insert(
                     *id,
                     (
                         k.get(i)?.unsqueeze(0)?.force_contiguous()?,
@@ -186,24 +186,28 @@ impl KvCache {
             }
         }
         for id in &self.plan.evict {
-            self.layers[layer].remove(id);
+            store.remove(id);
         }
         Ok(out)
     }
+}
 
-    /// The slot-major block index on the device, uploaded once per batch (it is the same
-    /// for every layer).
-    fn device_index(&mut self, index: &[Vec<u32>; 4], dev: &candle_core::Device) -> Result<Tensor> {
-        let flat = index.concat();
-        Ok(match &self.slot_index {
-            Some((cached, t)) if *cached == flat => t.clone(),
-            _ => {
-                let t = Tensor::new(flat.as_slice(), dev)?;
-                self.slot_index = Some((flat, t.clone()));
-                t
-            }
-        })
-    }
+/// The slot-major block index on `dev`, uploaded once per batch: it is the same for every
+/// layer, and `last` keeps the previous upload.
+fn upload_index(
+    last: &mut Option<(Vec<u32>, Tensor)>,
+    index: &[Vec<u32>; 4],
+    dev: &Device,
+) -> Result<Tensor> {
+    let flat = index.concat();
+    Ok(match last {
+        Some((cached, t)) if *cached == flat => t.clone(),
+        _ => {
+            let t = Tensor::new(flat.as_slice(), dev)?;
+            *last = Some((flat, t.clone()));
+            t
+        }
+    })
 }
 
 /// Whether the attention kernel reads the neighbour slots of `k`'s blocks in place.
