@@ -44,6 +44,12 @@ pub struct ModelConfig {
         alias = "time_embed_max_positions"
     )]
     pub time_embed_max_period: f64,
+    /// The diffusion runs on the residual HR − bicubic(LR) instead of the HR image: sampling
+    /// starts from pure noise and the bicubic upsample is added to the result. infdit's small
+    /// built-in model uses it (it then only has to learn the detail bicubic misses); the
+    /// released model diffuses the image itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub residual: bool,
 }
 
 impl ModelConfig {
@@ -68,6 +74,7 @@ impl ModelConfig {
             sigma_data: 0.5,
             rope_theta: 10000.0,
             time_embed_max_period: 10000.0,
+            residual: false,
         }
     }
 

@@ -212,12 +212,34 @@ impl Upscaler {
         let noise = initial_noise(self.opts.seed.wrapping_add(pass), channels, hh, hw);
         let out = sample(
             &self.opts.sampler,
-            &cond.concat_lr,
+            &self.diffused(&cond.concat_lr, &cond),
             &noise,
             &mut |x, sigma| engine.denoise(x, sigma, &cond, on_blocks),
             &mut |_, _| {},
         )?;
-        Ok(out.crop_clamped(0, 0, lr.height * scale, lr.width * scale))
+        Ok(self
+            .image(&out, &cond)
+            .crop_clamped(0, 0, lr.height * scale, lr.width * scale))
+    }
+
+    /// What the model diffuses for the image `img`: the image itself, or for a residual
+    /// model its difference from the bicubic upsample (so sampling from the bicubic
+    /// upsample starts a residual model at zero).
+    fn diffused(&self, img: &Planar, cond: &Conditioning) -> Planar {
+        if self.model.config().residual {
+            img.zip_map(&cond.concat_lr, |a, b| a - b)
+        } else {
+            img.clone()
+        }
+    }
+
+    /// The image a diffused sample stands for (the inverse of [`Self::diffused`]).
+    fn image(&self, sample: &Planar, cond: &Conditioning) -> Planar {
+        if self.model.config().residual {
+            sample.zip_map(&cond.concat_lr, |a, b| a + b)
+        } else {
+            sample.clone()
+        }
     }
 
     /// The model's inputs for a ×`scale` pass over the [-1, 1] image `lr`, padded to whole
@@ -285,18 +307,15 @@ impl Upscaler {
         let signed = |p: &Planar| p.clone().map(|v| v * 2.0 - 1.0);
         let cond = self.conditioning(&signed(lr), cfg.sr_scale)?;
         let noise = initial_noise(self.opts.seed, start.channels, hh, hw);
-        let x = signed(start);
-        let data = x
-            .data
-            .iter()
-            .zip(&noise.data)
-            .map(|(a, n)| a + sigma * n)
-            .collect();
-        let x = Planar::new(x.channels, hh, hw, data);
+        let x = self
+            .diffused(&signed(start), &cond)
+            .zip_map(&noise, |a, n| a + sigma * n);
         let out = self
             .engine(hh, hw)?
             .denoise(&x, sigma, &cond, &mut |_| {})?;
-        Ok(out.map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)))
+        Ok(self
+            .image(&out, &cond)
+            .map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)))
     }
 
     fn batch_size(&self, height: usize, width: usize) -> Result<usize> {
@@ -326,6 +345,7 @@ impl Upscaler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     #[test]
     fn reflect_padding_mirrors_without_repeating_the_edge() {
@@ -386,6 +406,50 @@ mod tests {
             (12, 8, image::ColorType::L8)
         );
         assert!(calls > 0);
+    }
+
+    /// A model whose output layer is zero has D(x, σ) = c_skip·x, which vanishes for a
+    /// large σ: one Euler step from there gives the bicubic upsample for a residual model
+    /// and a flat grey for one that diffuses the image.
+    #[test]
+    fn a_residual_model_adds_its_sample_to_the_bicubic_upsample() {
+        let sampler = SamplerConfig {
+            steps: 1,
+            sigma_max: 80.0,
+            kind: crate::sampler::SamplerKind::Euler,
+            ..Default::default()
+        };
+        let lr = Planar::new(
+            3,
+            8,
+            8,
+            (0..192).map(|i| (i * 37 % 101) as f32 / 100.0).collect(),
+        );
+        let up = resize_bicubic(&lr.clone().map(|v| 2.0 * v - 1.0), 32, 32, true)
+            .map(|v| ((v.clamp(-1.0, 1.0) + 1.0) / 2.0).clamp(0.0, 1.0));
+        let max_diff = |residual: bool, reference: &Planar| {
+            let cfg = crate::config::ModelConfig {
+                residual,
+                ..crate::config::ModelConfig::minimal()
+            };
+            let weights = crate::train::trainer::init_weights(&cfg, 1).unwrap();
+            let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+            let model = InfDit::new(&cfg, vb).unwrap();
+            let opts = UpscaleOptions {
+                sampler,
+                ..Default::default()
+            };
+            let out = Upscaler::new(model, None, opts)
+                .unwrap()
+                .upscale_rgb(&lr, &mut |_| {})
+                .unwrap();
+            out.data
+                .iter()
+                .zip(&reference.data)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        };
+        assert!(max_diff(true, &up) < 0.01);
+        assert!(max_diff(false, &Planar::new(3, 32, 32, vec![0.5; 3 * 32 * 32])) < 0.01);
     }
 
     #[test]

@@ -85,18 +85,18 @@ fn axpy_diff(a: &Planar, k: f32, b: &Planar, c: &Planar) -> Planar {
     Planar::new(a.channels, a.height, a.width, data)
 }
 
-/// Runs the sampler from `concat_lr + σ_max·noise`. `denoise(x, σ)` is D; `on_step(i, x)`
-/// sees the state after step `i`.
+/// Runs the sampler from `start + σ_max·noise` (`start` is the bicubic upsample for the
+/// released model). `denoise(x, σ)` is D; `on_step(i, x)` sees the state after step `i`.
 pub fn sample(
     cfg: &SamplerConfig,
-    concat_lr: &Planar,
+    start: &Planar,
     noise: &Planar,
     denoise: &mut dyn FnMut(&Planar, f32) -> Result<Planar>,
     on_step: &mut dyn FnMut(usize, &Planar),
 ) -> Result<Planar> {
     let sigmas = cfg.sigmas();
     let zero = Planar::zeros(noise.channels, noise.height, noise.width);
-    let mut x = axpy_diff(concat_lr, sigmas[0], noise, &zero);
+    let mut x = axpy_diff(start, sigmas[0], noise, &zero);
     for i in 0..cfg.steps {
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
         let den = denoise(&x, s)?;

@@ -118,3 +118,69 @@ fn train_saves_resumes_and_produces_a_loadable_model() {
     let src = infdit::checkpoint::ModelSource::open(&out).unwrap();
     assert_eq!(src.config, cfg);
 }
+
+#[test]
+fn init_starts_a_new_run_from_a_model_and_residual_changes_only_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, cfg_path) = setup(dir.path());
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_infdit"))
+            .args(["train", "-q", "--data", photos.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--crop", "64"])
+            .args(["--batch-size", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (base, tuned) = (dir.path().join("base"), dir.path().join("tuned"));
+    train(
+        &base,
+        &["--config", cfg_path.to_str().unwrap(), "--steps", "2"],
+    );
+    // Learning rate 0: the new run's weights must be the ones it started from (up to the
+    // EMA's rounding).
+    let init = base.to_str().unwrap();
+    let args = ["--init", init, "--residual", "--sigma-data", "0.1"];
+    train(
+        &tuned,
+        &[&args[..], &["--steps", "1", "--lr", "0"]].concat(),
+    );
+    let (a, b) = (
+        infdit::checkpoint::ModelSource::open(&base).unwrap(),
+        infdit::checkpoint::ModelSource::open(&tuned).unwrap(),
+    );
+    assert!(b.config.residual && !a.config.residual);
+    assert_eq!(b.config.sigma_data, 0.1);
+    assert_eq!(
+        ModelConfig {
+            residual: false,
+            sigma_data: 0.5,
+            ..b.config.clone()
+        },
+        a.config
+    );
+    for (name, t) in &a.checkpoint.tensors {
+        let diff = (t - &b.checkpoint.tensors[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "{name} changed by {diff}");
+    }
+    let rows = losses(&tuned);
+    assert_eq!(rows.len(), 1, "a new run starts at step 1");
+    let o = Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .args(["train", "-q", "--data", photos.to_str().unwrap()])
+        .args(["--out", dir.path().join("x").to_str().unwrap()])
+        .args(["--init", init, "--resume", init])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "--init and --resume exclude each other"
+    );
+}

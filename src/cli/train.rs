@@ -1,10 +1,12 @@
 //! `infdit train`: trains a model on photos with the EDM objective.
 
 use super::parse_device;
+use crate::checkpoint::ModelSource;
 use crate::config::ModelConfig;
 use crate::train::data::PhotoDataset;
-use crate::train::trainer::{saved_options, small_config, TrainOptions, Trainer};
-use anyhow::Result;
+use crate::train::trainer::{saved_options, small_config, Start, TrainOptions, Trainer};
+use anyhow::{ensure, Result};
+use candle_core::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -24,8 +26,19 @@ pub struct TrainArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Continue the run saved in this directory.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init")]
     resume: Option<PathBuf>,
+    /// Start a new run from this model's weights (directory or checkpoint) instead of
+    /// fresh ones, e.g. to fine-tune; its config is used unless --config is given.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Diffuse the residual HR − bicubic(LR) instead of the HR image (sets the config's
+    /// `residual`; see README).
+    #[arg(long)]
+    residual: bool,
+    /// The config's σ_data: the standard deviation of what is diffused (0.5 for images).
+    #[arg(long)]
+    sigma_data: Option<f64>,
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long)]
@@ -79,17 +92,33 @@ impl TrainArgs {
         }
         set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr, data_workers <- data_workers, p_mean <- p_mean, p_std <- p_std, lr_dropout <- lr_dropout);
         opts.decay_start = self.decay_start.or(opts.decay_start);
-        let cfg = match (&self.config, &self.resume) {
-            (Some(p), _) => ModelConfig::from_json_file(p)?,
-            (None, Some(dir)) => ModelConfig::from_json_file(&dir.join("config.json"))?,
-            (None, None) => small_config(),
+        let init = self.init.as_deref().map(ModelSource::open).transpose()?;
+        let mut cfg = match (&self.config, &self.resume, &init) {
+            (Some(p), _, _) => ModelConfig::from_json_file(p)?,
+            (None, Some(dir), _) => ModelConfig::from_json_file(&dir.join("config.json"))?,
+            (None, None, Some(src)) => src.config.clone(),
+            (None, None, None) => small_config(),
+        };
+        cfg.residual |= self.residual;
+        if let Some(sd) = self.sigma_data {
+            ensure!(sd > 0.0, "--sigma-data must be positive");
+            cfg.sigma_data = sd;
+        }
+        let start = match (&self.resume, &init) {
+            (Some(dir), _) => Start::Resume(dir),
+            (None, Some(src)) => Start::Weights(src.checkpoint.model_tensors(
+                &cfg,
+                DType::F32,
+                &candle_core::Device::Cpu,
+            )?),
+            (None, None) => Start::Scratch,
         };
         let manifest = self.manifest.is_file().then_some(self.manifest.as_path());
         let data = PhotoDataset::open(&self.data, manifest)?;
         let mut sample_cfg = data.config().clone();
         sample_cfg.degradation.bicubic_prob = self.bicubic_prob;
         let mut data = data.with_config(sample_cfg);
-        let mut trainer = Trainer::new(cfg, opts.clone(), device, self.resume.as_deref())?;
+        let mut trainer = Trainer::new(cfg, opts.clone(), device, start)?;
         let bar = ProgressBar::new(opts.steps as u64);
         if self.quiet {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());

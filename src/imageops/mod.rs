@@ -52,6 +52,22 @@ impl Planar {
         self
     }
 
+    /// Combines two images of the same shape sample by sample.
+    pub fn zip_map(&self, other: &Planar, f: impl Fn(f32, f32) -> f32) -> Planar {
+        assert_eq!(
+            (self.channels, self.height, self.width),
+            (other.channels, other.height, other.width),
+            "planar shapes differ"
+        );
+        let data = self
+            .data
+            .iter()
+            .zip(&other.data)
+            .map(|(&a, &b)| f(a, b))
+            .collect();
+        Planar::new(self.channels, self.height, self.width, data)
+    }
+
     /// Copies the window `[y0, y0+h) × [x0, x0+w)`; coordinates outside the image are
     /// clamped to the nearest edge (edge padding).
     pub fn crop_clamped(&self, y0: isize, x0: isize, h: usize, w: usize) -> Planar {

@@ -130,14 +130,13 @@ fn normal(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
 
 /// `hr + σ·ε` with standard normal `ε` drawn from `rng`.
 fn noised(hr: &Planar, sigma: f32, rng: &mut impl Rng) -> Planar {
-    let eps = normal(rng, hr.data.len(), 1.0);
-    let data = hr
-        .data
-        .iter()
-        .zip(&eps)
-        .map(|(a, e)| a + sigma * e)
-        .collect();
-    Planar::new(hr.channels, hr.height, hr.width, data)
+    let eps = Planar::new(
+        hr.channels,
+        hr.height,
+        hr.width,
+        normal(rng, hr.data.len(), 1.0),
+    );
+    hr.zip_map(&eps, |a, e| a + sigma * e)
 }
 
 /// EDM loss weight `(σ² + σ_d²)/(σ·σ_d)²`.
@@ -147,7 +146,9 @@ fn loss_weight(sigma: f32, sigma_data: f32) -> f32 {
 
 /// One training example, ready for the network.
 struct Example {
-    hr: Planar,
+    /// What the denoiser should output: the HR crop, or HR − bicubic(LR) for a residual
+    /// model.
+    target: Planar,
     x: Planar,
     cond: Conditioning,
     sigma: f32,
@@ -162,18 +163,24 @@ fn make_example(
 ) -> Result<Example> {
     let (hr, lr) = data.sample(rng, opts.crop_px)?;
     let (h, w) = (hr.height, hr.width);
+    let up = resize_bicubic(&lr, h, w, true).map(|v| v.clamp(-1.0, 1.0));
+    // The residual is taken from the real LR even when the condition is dropped.
+    let target = if cfg.residual {
+        hr.zip_map(&up, |a, b| a - b)
+    } else {
+        hr
+    };
     let (lr, concat_lr) = if rng.gen_bool(opts.lr_dropout) {
         let noise = |rng: &mut rand::rngs::StdRng, c, h, w| {
             Planar::new(c, h, w, normal(rng, c * h * w, 1.0)).map(|v| v.clamp(-1.0, 1.0))
         };
         (noise(rng, 3, lr.height, lr.width), noise(rng, 3, h, w))
     } else {
-        let up = resize_bicubic(&lr, h, w, true).map(|v| v.clamp(-1.0, 1.0));
         (lr, up)
     };
     let log_sigma = Normal::new(opts.p_mean, opts.p_std)?.sample(rng);
     let sigma = (log_sigma.exp() as f32).max(1e-3);
-    let x = noised(&hr, sigma, rng);
+    let x = noised(&target, sigma, rng);
     // Random RoPE offsets so the model sees the whole position table (`--random-position`).
     let tokens = h.max(w) / cfg.patch_size;
     let max_off = cfg.rope_position_modulus.saturating_sub(tokens);
@@ -182,7 +189,7 @@ fn make_example(
         col: rng.gen_range(0..=max_off),
     };
     Ok(Example {
-        hr,
+        target,
         x,
         cond: Conditioning {
             concat_lr,
@@ -192,6 +199,16 @@ fn make_example(
         },
         sigma,
     })
+}
+
+/// Where a run's weights come from.
+pub enum Start<'a> {
+    /// Fresh initial weights ([`init_weights`]).
+    Scratch,
+    /// Continue the run saved in this directory (raw weights, EMA, step).
+    Resume(&'a Path),
+    /// A new run (step 0) from these weights, e.g. another model's EMA weights to fine-tune.
+    Weights(HashMap<String, Tensor>),
 }
 
 pub struct Trainer {
@@ -206,13 +223,7 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A new run, or a resumed one when `resume` names a checkpoint directory.
-    pub fn new(
-        cfg: ModelConfig,
-        opts: TrainOptions,
-        device: Device,
-        resume: Option<&Path>,
-    ) -> Result<Self> {
+    pub fn new(cfg: ModelConfig, opts: TrainOptions, device: Device, start: Start) -> Result<Self> {
         cfg.validate()?;
         if !opts.crop_px.is_multiple_of(cfg.image_block_size_px) {
             bail!(
@@ -221,8 +232,8 @@ impl Trainer {
                 cfg.image_block_size_px
             );
         }
-        let (weights, ema, step) = match resume {
-            Some(dir) => {
+        let (weights, ema, step) = match start {
+            Start::Resume(dir) => {
                 let state: TrainState =
                     serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json"))?)
                         .context("reading train_state.json")?;
@@ -234,10 +245,11 @@ impl Trainer {
                     candle_core::safetensors::load(dir.join("weights.safetensors"), &Device::Cpu)?;
                 (raw, ema, state.step)
             }
-            None => {
+            Start::Scratch => {
                 let w = init_weights(&cfg, opts.seed)?;
                 (w.clone(), w, 0)
             }
+            Start::Weights(w) => (w.clone(), w, 0),
         };
         let varmap = VarMap::new();
         {
@@ -274,7 +286,7 @@ impl Trainer {
         let s = self.cfg.image_block_size_px;
         let sd = self.cfg.sigma_data as f32;
         let mut batches = Vec::new();
-        let (mut x_blocks, mut hr_blocks) = (Vec::new(), Vec::new());
+        let (mut x_blocks, mut target_blocks) = (Vec::new(), Vec::new());
         let (mut c_skip, mut c_out, mut weight) = (Vec::new(), Vec::new(), Vec::new());
         for (k, ex) in examples.iter().enumerate() {
             let pre = Precond::new(ex.sigma, sd);
@@ -290,7 +302,7 @@ impl Trainer {
                     .upload(&self.model, &emb)?,
             );
             gather_blocks(&ex.x, &blocks, s, &mut x_blocks);
-            gather_blocks(&ex.hr, &blocks, s, &mut hr_blocks);
+            gather_blocks(&ex.target, &blocks, s, &mut target_blocks);
             let w = loss_weight(ex.sigma, sd);
             for _ in &blocks {
                 c_skip.push(pre.c_skip);
@@ -317,10 +329,10 @@ impl Trainer {
             .model
             .forward_blocks(&batch, &mut KvCache::new(self.cfg.num_layers))?;
         let x = Tensor::from_vec(x_blocks, (n, 3, s, s), dev)?;
-        let hr = Tensor::from_vec(hr_blocks, (n, 3, s, s), dev)?;
+        let target = Tensor::from_vec(target_blocks, (n, 3, s, s), dev)?;
         let denoised =
             (f.broadcast_mul(&per_block(c_out)?)? + x.broadcast_mul(&per_block(c_skip)?)?)?;
-        let err = (denoised - hr)?.sqr()?;
+        let err = (denoised - target)?.sqr()?;
         Ok(err.broadcast_mul(&per_block(weight)?)?.mean_all()?)
     }
 
@@ -536,7 +548,12 @@ mod tests {
     /// parameter matters) and two examples at different noise levels.
     fn setup() -> Result<Setup> {
         let cfg = ModelConfig::minimal();
-        let trainer = Trainer::new(cfg.clone(), TrainOptions::default(), Device::Cpu, None)?;
+        let trainer = Trainer::new(
+            cfg.clone(),
+            TrainOptions::default(),
+            Device::Cpu,
+            Start::Scratch,
+        )?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let (h, w) = (2 * cfg.image_block_size_px, 3 * cfg.image_block_size_px);
         let weights: HashMap<String, Tensor> = init_weights(&cfg, 1)?
@@ -562,7 +579,12 @@ mod tests {
                     vector: None,
                     positions: Positions::Offset { row: 5, col: 9 },
                 };
-                Example { hr, x, cond, sigma }
+                Example {
+                    target: hr,
+                    x,
+                    cond,
+                    sigma,
+                }
             })
             .collect();
         Ok((cfg, trainer, weights, examples))
@@ -628,7 +650,7 @@ mod tests {
             let mse = d
                 .data
                 .iter()
-                .zip(&ex.hr.data)
+                .zip(&ex.target.data)
                 .map(|(a, b)| ((a - b) as f64).powi(2))
                 .sum::<f64>()
                 / d.data.len() as f64;
@@ -636,6 +658,49 @@ mod tests {
         }
         let rel = (trained as f64 - reference).abs() / reference;
         assert!(rel < 1e-4, "trainer {trained} vs inference {reference}");
+        Ok(())
+    }
+
+    /// A residual model's target is HR − bicubic(LR) of the same crop, drawn with the
+    /// same random stream as the HR target of an image model.
+    #[test]
+    fn residual_examples_target_the_difference_from_the_bicubic_upsample() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let img = image::RgbImage::from_fn(200, 160, |x, y| {
+            image::Rgb([(x * 3) as u8, (y * 5 + x) as u8, ((x ^ y) & 255) as u8])
+        });
+        img.save(dir.path().join("p.png"))?;
+        let opts = TrainOptions {
+            crop_px: 64,
+            lr_dropout: 0.0,
+            ..Default::default()
+        };
+        let draw = |residual: bool| -> Result<Example> {
+            let cfg = ModelConfig {
+                residual,
+                ..ModelConfig::minimal()
+            };
+            let mut data = PhotoDataset::open(dir.path(), None)?;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+            make_example(&cfg, &opts, &mut rng, &mut data)
+        };
+        let (image, residual) = (draw(false)?, draw(true)?);
+        assert_eq!(image.sigma, residual.sigma);
+        let restored = residual
+            .target
+            .zip_map(&residual.cond.concat_lr, |r, u| r + u);
+        let err = restored
+            .data
+            .iter()
+            .zip(&image.target.data)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-6, "{err}");
+        let spread = residual
+            .target
+            .data
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()));
+        assert!(spread > 0.01, "the residual is not trivially zero");
         Ok(())
     }
 
