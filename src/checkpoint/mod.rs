@@ -117,8 +117,9 @@ impl Checkpoint {
     }
 
     /// Infers the model config from tensor shapes, so a bare checkpoint file is usable.
-    /// Values that leave no trace in the weights (eps, RoPE table, σ_data, sr scale) take
-    /// the released model's values; the RoPE table side is read from its buffer if present.
+    /// Values that leave no trace in the weights (eps, RoPE table, σ_data, sr scale,
+    /// residual) take the released model's values; the RoPE table side is read from its
+    /// buffer if present.
     pub fn infer_config(&self) -> Result<ModelConfig> {
         let dims = |name: &str| -> Result<Vec<usize>> {
             Ok(self
