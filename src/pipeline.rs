@@ -365,25 +365,26 @@ mod tests {
         assert_eq!(pad_reflect(&one, 4).data, vec![5.0; 16]);
     }
 
-    #[test]
-    fn library_upscale_keeps_depth_alpha_and_gray() {
-        let cfg = crate::config::ModelConfig::minimal();
-        let model = InfDit::random(&cfg, 3, candle_core::DType::F32, &Device::Cpu).unwrap();
+    /// An upscaler taking one Euler step from `sigma_max`.
+    fn one_step(model: InfDit, sigma_max: f32) -> Upscaler {
         let sampler = SamplerConfig {
             steps: 1,
-            sigma_max: 0.01,
+            sigma_max,
             kind: crate::sampler::SamplerKind::Euler,
             ..Default::default()
         };
-        let up = Upscaler::new(
-            model,
-            None,
-            UpscaleOptions {
-                sampler,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let opts = UpscaleOptions {
+            sampler,
+            ..Default::default()
+        };
+        Upscaler::new(model, None, opts).unwrap()
+    }
+
+    #[test]
+    fn library_upscale_keeps_depth_alpha_and_gray() {
+        let cfg = crate::config::ModelConfig::minimal();
+        let model = InfDit::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+        let up = one_step(model, 0.01);
         let rgba16 = image::DynamicImage::ImageRgba16(image::ImageBuffer::from_fn(9, 5, |x, _| {
             image::Rgba([x as u16 * 7000, 300, 9, 65535])
         }));
@@ -413,12 +414,6 @@ mod tests {
     /// and a flat grey for one that diffuses the image.
     #[test]
     fn a_residual_model_adds_its_sample_to_the_bicubic_upsample() {
-        let sampler = SamplerConfig {
-            steps: 1,
-            sigma_max: 80.0,
-            kind: crate::sampler::SamplerKind::Euler,
-            ..Default::default()
-        };
         let lr = Planar::new(
             3,
             8,
@@ -435,18 +430,10 @@ mod tests {
             let weights = crate::train::trainer::init_weights(&cfg, 1).unwrap();
             let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
             let model = InfDit::new(&cfg, vb).unwrap();
-            let opts = UpscaleOptions {
-                sampler,
-                ..Default::default()
-            };
-            let out = Upscaler::new(model, None, opts)
-                .unwrap()
+            one_step(model, 80.0)
                 .upscale_rgb(&lr, &mut |_| {})
-                .unwrap();
-            out.data
-                .iter()
-                .zip(&reference.data)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+                .unwrap()
+                .max_abs_diff(reference)
         };
         assert!(max_diff(true, &up) < 0.01);
         assert!(max_diff(false, &Planar::new(3, 32, 32, vec![0.5; 3 * 32 * 32])) < 0.01);

@@ -95,8 +95,7 @@ pub fn sample(
     on_step: &mut dyn FnMut(usize, &Planar),
 ) -> Result<Planar> {
     let sigmas = cfg.sigmas();
-    let zero = Planar::zeros(noise.channels, noise.height, noise.width);
-    let mut x = axpy_diff(start, sigmas[0], noise, &zero);
+    let mut x = start.zip_map(noise, |a, n| a + sigmas[0] * n);
     for i in 0..cfg.steps {
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
         let den = denoise(&x, s)?;

@@ -681,18 +681,6 @@ mod tests {
         Planar::new(1, h, w, data)
     }
 
-    fn max_diff(a: &Planar, b: &Planar) -> f32 {
-        assert_eq!(
-            (a.channels, a.height, a.width),
-            (b.channels, b.height, b.width)
-        );
-        a.data
-            .iter()
-            .zip(&b.data)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
-
     fn files_in(dir: &Path) -> Vec<PathBuf> {
         std::fs::read_dir(dir)
             .unwrap()
@@ -716,9 +704,9 @@ mod tests {
             assert!(!d.sixteen_bit && !d.grayscale && d.alpha.is_none(), "{fmt}");
             let tol = if fmt == OutputFormat::Jpeg { 0.08 } else { 0.0 };
             assert!(
-                max_diff(&d.rgb, &img) <= tol,
+                d.rgb.max_abs_diff(&img) <= tol,
                 "{fmt}: {}",
-                max_diff(&d.rgb, &img)
+                d.rgb.max_abs_diff(&img)
             );
         }
         // Only the finished files remain: no temporary leftovers.
@@ -852,7 +840,7 @@ mod tests {
                 } else {
                     1e-6
                 };
-                assert!(max_diff(&d.rgb, &rgb) <= tol, "{fmt}");
+                assert!(d.rgb.max_abs_diff(&rgb) <= tol, "{fmt}");
             }
         }
         // Gray + alpha: PNG keeps LA.
@@ -1152,7 +1140,7 @@ mod tests {
         let m = to_model_range(&p);
         assert!(m.data.iter().all(|v| (-1.0..=1.0).contains(v)));
         assert_eq!(m.data[0], p.data[0] * 2.0 - 1.0);
-        assert!(max_diff(&from_model_range(&m), &p) < 1e-6);
+        assert!(from_model_range(&m).max_abs_diff(&p) < 1e-6);
         let out = from_model_range(&Planar::new(1, 1, 2, vec![-1.5, 1.5]));
         assert_eq!(out.data, vec![-0.25, 1.25]);
     }

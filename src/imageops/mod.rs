@@ -68,6 +68,14 @@ impl Planar {
         Planar::new(self.channels, self.height, self.width, data)
     }
 
+    /// Largest |difference| between two images of the same shape.
+    pub fn max_abs_diff(&self, other: &Planar) -> f32 {
+        self.zip_map(other, |a, b| (a - b).abs())
+            .data
+            .into_iter()
+            .fold(0.0, f32::max)
+    }
+
     /// Copies the window `[y0, y0+h) × [x0, x0+w)`; coordinates outside the image are
     /// clamped to the nearest edge (edge padding).
     pub fn crop_clamped(&self, y0: isize, x0: isize, h: usize, w: usize) -> Planar {

@@ -25,12 +25,7 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 pub fn planar_diff(a: &Planar, b: &Planar) -> f32 {
-    assert_eq!(
-        (a.channels, a.height, a.width),
-        (b.channels, b.height, b.width),
-        "shape mismatch"
-    );
-    max_abs_diff(&a.data, &b.data)
+    a.max_abs_diff(b)
 }
 
 pub fn tensor_vec(t: &Tensor) -> Vec<f32> {
