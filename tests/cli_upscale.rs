@@ -586,6 +586,61 @@ fn json_progress_and_quiet() {
     assert_eq!(err.matches("exists (use --overwrite)").count(), 2, "{err}");
 }
 
+/// The final progress event's total of a JSON-progress run.
+fn progress_total(out: &Output) -> u64 {
+    stdout(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "progress")
+        .filter_map(|e| e["total"].as_u64())
+        .last()
+        .expect("progress events")
+}
+
+#[test]
+fn self_ensemble_comes_from_sampling_json_or_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    std::fs::write(
+        model.join("sampling.json"),
+        r#"{"steps": 1, "sigma_max": 0.01, "sampler": "euler", "self_ensemble": 4}"#,
+    )
+    .unwrap();
+    let src = dir.path().join("a.png");
+    save(gradient(20, 12), &src, ImageFormat::Png);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let args: Vec<&str> = [s(&src), "-o", s(&out), "--progress", "json"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        (upscale_ok(&model, &args), out)
+    };
+    let (four, four_path) = run("four.png", &[]);
+    let (one, one_path) = run("one.png", &["--self-ensemble", "1"]);
+    // 3·2 blocks of the ×4 pass, once per transform.
+    assert_eq!((progress_total(&four), progress_total(&one)), (24, 6));
+    assert_eq!(dims(&four_path), dims(&one_path));
+    // Near σ 0 both are the bicubic upscale, so the ensemble stays close to it.
+    assert!(distance_to_bicubic(&src, &four_path) < 0.02);
+    let out = upscale(
+        &model,
+        &[
+            s(&src),
+            "-o",
+            s(&dir.path().join("x.png")),
+            "--self-ensemble",
+            "3",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not 1, 2, 4 or 8"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn model_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();

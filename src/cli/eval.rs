@@ -47,20 +47,23 @@ pub struct EvalArgs {
     sigmas: Vec<f32>,
 }
 
+/// The upscaler options `eval --baseline` takes (see `infdit upscale --help`).
 #[derive(Args, Debug)]
 pub struct UpscaleFlags {
     #[arg(long)]
-    model: Option<PathBuf>,
+    pub(super) model: Option<PathBuf>,
     #[arg(long)]
-    steps: Option<usize>,
+    pub(super) steps: Option<usize>,
     #[arg(long)]
-    sigma_max: Option<f32>,
+    pub(super) sigma_max: Option<f32>,
     #[arg(long, value_enum)]
-    sampler: Option<crate::sampler::SamplerKind>,
+    pub(super) sampler: Option<crate::sampler::SamplerKind>,
+    #[arg(long)]
+    pub(super) self_ensemble: Option<usize>,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(super) seed: u64,
     #[arg(long, default_value = "cpu")]
-    device: String,
+    pub(super) device: String,
 }
 
 fn images_in(p: &Path) -> Result<Vec<PathBuf>> {
@@ -102,14 +105,7 @@ impl EvalArgs {
         let q = |x: Planar| x.map(|v| (v * 255.0).round() / 255.0);
         match (&self.sr, self.baseline) {
             (_, Some(baseline)) => {
-                let args = super::upscale::UpscaleArgs::for_eval(
-                    self.upscale.model.clone(),
-                    self.upscale.steps,
-                    self.upscale.sigma_max,
-                    self.upscale.sampler,
-                    self.upscale.seed,
-                    self.upscale.device.clone(),
-                );
+                let args = super::upscale::UpscaleArgs::for_eval(&self.upscale);
                 let up = args.build_upscaler()?;
                 header = match baseline {
                     Baseline::Bicubic => vec!["model".into(), "bicubic".into()],

@@ -55,6 +55,10 @@ pub struct UpscaleArgs {
     /// Starting noise level σ_max (default: the model's recommendation; 40 for the released model).
     #[arg(long)]
     pub sigma_max: Option<f32>,
+    /// Average the upscales of this many flips/rotations of the input (1, 2, 4 or 8; each
+    /// costs a full upscale). Default: the model's recommendation; 1 for the released model.
+    #[arg(long)]
+    pub self_ensemble: Option<usize>,
     /// Seed of the initial noise; the same seed and options give the same output.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -110,6 +114,13 @@ pub struct SamplingDefaults {
     pub steps: usize,
     pub sigma_max: f32,
     pub sampler: SamplerKind,
+    /// See `UpscaleOptions::self_ensemble`.
+    #[serde(default = "one")]
+    pub self_ensemble: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for SamplingDefaults {
@@ -119,6 +130,7 @@ impl Default for SamplingDefaults {
             steps: s.steps,
             sigma_max: s.sigma_max,
             sampler: s.kind,
+            self_ensemble: 1,
         }
     }
 }
@@ -131,28 +143,22 @@ enum Outcome {
 
 impl UpscaleArgs {
     /// Options for scoring an upscaler (`infdit eval --baseline`).
-    pub(super) fn for_eval(
-        model: Option<PathBuf>,
-        steps: Option<usize>,
-        sigma_max: Option<f32>,
-        sampler: Option<SamplerKind>,
-        seed: u64,
-        device: String,
-    ) -> Self {
+    pub(super) fn for_eval(flags: &super::eval::UpscaleFlags) -> Self {
         Self {
             inputs: vec![],
             output: None,
             scale: 4,
-            steps,
-            sampler,
-            sigma_max,
-            seed,
-            model,
+            steps: flags.steps,
+            sampler: flags.sampler,
+            sigma_max: flags.sigma_max,
+            self_ensemble: flags.self_ensemble,
+            seed: flags.seed,
+            model: flags.model.clone(),
             clip: None,
             max_memory: None,
             block_batch: None,
             order: Order::Auto,
-            device,
+            device: flags.device.clone(),
             dtype: None,
             format: None,
             quality: 95,
@@ -372,6 +378,7 @@ impl UpscaleArgs {
             seed: self.seed,
             batch,
             order: self.order,
+            self_ensemble: self.self_ensemble.unwrap_or(defaults.self_ensemble),
         };
         Upscaler::new(model, clip, opts)
     }

@@ -100,6 +100,40 @@ impl Planar {
         self.crop_clamped(top as isize, left as isize, h, w)
     }
 
+    /// One of the eight flips and rotations of the square (see [`Dihedral`]).
+    pub fn dihedral(&self, t: Dihedral) -> Planar {
+        let (h, w) = if t.transpose {
+            (self.width, self.height)
+        } else {
+            (self.height, self.width)
+        };
+        let mut out = Vec::with_capacity(self.data.len());
+        for c in 0..self.channels {
+            for y in 0..h {
+                for x in 0..w {
+                    let (sy, sx) = if t.transpose { (x, y) } else { (y, x) };
+                    let sy = if t.flip_y { self.height - 1 - sy } else { sy };
+                    let sx = if t.flip_x { self.width - 1 - sx } else { sx };
+                    out.push(self.at(c, sy, sx));
+                }
+            }
+        }
+        Planar::new(self.channels, h, w, out)
+    }
+
+    /// Undoes [`Planar::dihedral`] with the same `t`.
+    pub fn undo_dihedral(&self, t: Dihedral) -> Planar {
+        let first = Dihedral {
+            transpose: t.transpose,
+            ..Dihedral::IDENTITY
+        };
+        let flips = Dihedral {
+            transpose: false,
+            ..t
+        };
+        self.dihedral(first).dihedral(flips)
+    }
+
     /// `[1, C, H, W]` f32 tensor on `device`.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
         Ok(Tensor::from_slice(
@@ -120,6 +154,45 @@ impl Planar {
         };
         let (c, h, w) = t.dims3()?;
         Ok(Planar::new(c, h, w, t.flatten_all()?.to_vec1()?))
+    }
+}
+
+/// A flip or rotation of the image plane: flip columns, then rows, then transpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dihedral {
+    pub flip_x: bool,
+    pub flip_y: bool,
+    pub transpose: bool,
+}
+
+impl Dihedral {
+    pub const IDENTITY: Dihedral = Dihedral {
+        flip_x: false,
+        flip_y: false,
+        transpose: false,
+    };
+
+    /// The first `n` of the eight transforms, most different first: a 180° rotation
+    /// second, because it reverses both directions the block attention looks in.
+    pub fn first(n: usize) -> impl Iterator<Item = Dihedral> {
+        const ORDER: [(bool, bool, bool); 8] = [
+            (false, false, false),
+            (true, true, false),
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+            (true, true, true),
+            (true, false, true),
+            (false, true, true),
+        ];
+        ORDER
+            .into_iter()
+            .take(n)
+            .map(|(flip_x, flip_y, transpose)| Dihedral {
+                flip_x,
+                flip_y,
+                transpose,
+            })
     }
 }
 
@@ -155,5 +228,39 @@ mod tests {
         assert_eq!(img.center_crop(1, 4).data, vec![2.0, 3.0, 4.0, 5.0]);
         // (7-2)/2 = 2.5 -> 2
         assert_eq!(img.center_crop(1, 2).data, vec![2.0, 3.0]);
+    }
+
+    #[test]
+    fn dihedral_transforms_are_distinct_and_undone() {
+        // 2×3 image, two channels: [[0 1 2] [3 4 5]] and its negative.
+        let img = Planar::new(
+            2,
+            2,
+            3,
+            (0..6).chain((0..6).map(|v| -v)).map(|v| v as f32).collect(),
+        );
+        let flip_xy = Dihedral {
+            flip_x: true,
+            flip_y: true,
+            transpose: false,
+        };
+        assert_eq!(
+            img.dihedral(flip_xy).plane(0),
+            [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]
+        );
+        let t = img.dihedral(Dihedral {
+            transpose: true,
+            ..Dihedral::IDENTITY
+        });
+        assert_eq!((t.height, t.width), (3, 2));
+        assert_eq!(t.plane(0), [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        let all: Vec<Dihedral> = Dihedral::first(8).collect();
+        assert_eq!(all[0], Dihedral::IDENTITY);
+        assert_eq!(all[1], flip_xy);
+        let images: Vec<Planar> = all.iter().map(|&t| img.dihedral(t)).collect();
+        for (i, a) in images.iter().enumerate() {
+            assert_eq!(a.undo_dihedral(all[i]), img);
+            assert!(images[i + 1..].iter().all(|b| b != a));
+        }
     }
 }
