@@ -593,7 +593,7 @@ fn progress_total(out: &Output) -> u64 {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| e["event"] == "progress")
         .filter_map(|e| e["total"].as_u64())
-        .last()
+        .next_back()
         .expect("progress events")
 }
 
