@@ -97,7 +97,12 @@ fn train_saves_resumes_and_produces_a_loadable_model() {
         if resume {
             c.args(["--resume", out.to_str().unwrap()]);
         } else {
-            c.args(["--config", cfg_path.to_str().unwrap()]);
+            c.args([
+                "--config",
+                cfg_path.to_str().unwrap(),
+                "--bicubic-prob",
+                "0.8",
+            ]);
         }
         let o = c.output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -111,6 +116,12 @@ fn train_saves_resumes_and_produces_a_loadable_model() {
         rows[2].starts_with("3,"),
         "resumed run continues at step 3: {log}"
     );
+    // The resumed run kept its options, the data mix included.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["options"]["bicubic_prob"], 0.8, "{state}");
+    assert_eq!(state["step"], 3, "{state}");
     for l in losses(&out) {
         let loss: f32 = l.parse().unwrap();
         assert!(loss.is_finite() && loss > 0.0, "{l}");

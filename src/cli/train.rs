@@ -71,9 +71,9 @@ pub struct TrainArgs {
     #[arg(long)]
     lr_dropout: Option<f64>,
     /// Probability that a crop's LR is a plain bicubic downscale instead of the
-    /// Real-ESRGAN-style degradation.
-    #[arg(long, default_value_t = 0.3)]
-    bicubic_prob: f64,
+    /// Real-ESRGAN-style degradation (default 0.3; a resumed run keeps its own).
+    #[arg(long)]
+    bicubic_prob: Option<f64>,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(short, long)]
@@ -90,7 +90,7 @@ impl TrainArgs {
         macro_rules! set {
             ($($f:ident <- $a:ident),*) => { $(if let Some(v) = self.$a { opts.$f = v; })* };
         }
-        set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr, data_workers <- data_workers, p_mean <- p_mean, p_std <- p_std, lr_dropout <- lr_dropout);
+        set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr, data_workers <- data_workers, p_mean <- p_mean, p_std <- p_std, lr_dropout <- lr_dropout, bicubic_prob <- bicubic_prob);
         opts.decay_start = self.decay_start.or(opts.decay_start);
         let init = self.init.as_deref().map(ModelSource::open).transpose()?;
         let mut cfg = match (&self.config, &self.resume, &init) {
@@ -116,7 +116,7 @@ impl TrainArgs {
         let manifest = self.manifest.is_file().then_some(self.manifest.as_path());
         let data = PhotoDataset::open(&self.data, manifest)?;
         let mut sample_cfg = data.config().clone();
-        sample_cfg.degradation.bicubic_prob = self.bicubic_prob;
+        sample_cfg.degradation.bicubic_prob = opts.bicubic_prob;
         let mut data = data.with_config(sample_cfg);
         let mut trainer = Trainer::new(cfg, opts.clone(), device, start)?;
         let bar = ProgressBar::new(opts.steps as u64);

@@ -50,6 +50,15 @@ pub struct TrainOptions {
     /// example `i` of the run always comes from worker `i mod count`.
     #[serde(default)]
     pub data_workers: usize,
+    /// Probability that a crop's LR is a plain bicubic downscale rather than degraded.
+    /// Saved so that a resumed run keeps its data mix (runs saved before it was kept
+    /// resume with the default).
+    #[serde(default = "default_bicubic_prob")]
+    pub bicubic_prob: f64,
+}
+
+fn default_bicubic_prob() -> f64 {
+    crate::train::degrade::DegradationConfig::default().bicubic_prob
 }
 
 impl Default for TrainOptions {
@@ -71,6 +80,7 @@ impl Default for TrainOptions {
             decay_start: None,
             min_learning_rate: 0.0,
             data_workers: 1,
+            bicubic_prob: default_bicubic_prob(),
         }
     }
 }
