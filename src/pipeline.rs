@@ -5,6 +5,7 @@
 use crate::clip::ClipEncoder;
 use crate::engine::memory::{available_memory, MemoryModel};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
+use crate::imageops::io::{from_model_range, to_model_range};
 use crate::imageops::resize::resize_bicubic;
 use crate::imageops::{Dihedral, Planar};
 use crate::model::InfDit;
@@ -110,6 +111,11 @@ pub fn pad_reflect(img: &Planar, multiple: usize) -> Planar {
     Planar::new(img.channels, h, w, data)
 }
 
+/// A model-range image as the `[0, 1]` image a caller gets back (clamped).
+fn output_image(img: Planar) -> Planar {
+    from_model_range(img).map(|v| v.clamp(0.0, 1.0))
+}
+
 /// The documented initial noise: a ChaCha-based `StdRng` seeded with `seed`, standard
 /// normal samples (rand_distr's ziggurat), filled in channel-row-column order. The same
 /// seed and size give the same bits on every machine.
@@ -198,7 +204,7 @@ impl Upscaler {
     pub fn upscale_rgb(&self, rgb: &Planar, progress: &mut dyn FnMut(Progress)) -> Result<Planar> {
         let total = self.work(rgb.height, rgb.width)?;
         let mut done = 0;
-        let signed = rgb.clone().map(|v| v * 2.0 - 1.0);
+        let signed = to_model_range(rgb.clone());
         let n = self.opts.self_ensemble;
         let mut sum: Option<Planar> = None;
         for t in Dihedral::first(n) {
@@ -209,9 +215,7 @@ impl Upscaler {
                     progress(Progress { done, total });
                 })?;
             }
-            let img = img
-                .undo_dihedral(t)
-                .map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0));
+            let img = output_image(img.undo_dihedral(t));
             sum = Some(match sum {
                 Some(acc) => acc.zip_map(&img, |a, b| a + b),
                 None => img,
@@ -328,18 +332,15 @@ impl Upscaler {
         if (start.height, start.width) != (hh, hw) {
             bail!("the start image must be {hw}×{hh}");
         }
-        let signed = |p: &Planar| p.clone().map(|v| v * 2.0 - 1.0);
-        let cond = self.conditioning(&signed(lr), cfg.sr_scale)?;
+        let cond = self.conditioning(&to_model_range(lr.clone()), cfg.sr_scale)?;
         let noise = initial_noise(self.opts.seed, start.channels, hh, hw);
         let x = self
-            .diffused(&signed(start), &cond)
+            .diffused(&to_model_range(start.clone()), &cond)
             .zip_map(&noise, |a, n| a + sigma * n);
         let out = self
             .engine(hh, hw)?
             .denoise(&x, sigma, &cond, &mut |_| {})?;
-        Ok(self
-            .image(&out, &cond)
-            .map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)))
+        Ok(output_image(self.image(&out, &cond)))
     }
 
     fn batch_size(&self, height: usize, width: usize) -> Result<usize> {

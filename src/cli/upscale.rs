@@ -115,12 +115,13 @@ pub struct SamplingDefaults {
     pub sigma_max: f32,
     pub sampler: SamplerKind,
     /// See `UpscaleOptions::self_ensemble`.
-    #[serde(default = "one")]
+    #[serde(default = "no_self_ensemble")]
     pub self_ensemble: usize,
 }
 
-fn one() -> usize {
-    1
+/// Models without a recommendation get the library's default (a single upscale).
+fn no_self_ensemble() -> usize {
+    UpscaleOptions::default().self_ensemble
 }
 
 impl Default for SamplingDefaults {
@@ -130,7 +131,7 @@ impl Default for SamplingDefaults {
             steps: s.steps,
             sigma_max: s.sigma_max,
             sampler: s.kind,
-            self_ensemble: 1,
+            self_ensemble: no_self_ensemble(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub use config::ClipVisionConfig;
 pub use model::ClipVisionTransformer;
 pub use weights::{load_clip_file, read_clip_tensors, ClipWeightFormat, ClipWeights};
 
+use crate::imageops::io::from_model_range;
 use crate::imageops::resize::resize_short_side;
 use crate::imageops::Planar;
 
@@ -43,7 +44,7 @@ pub fn preprocess(lr: &Planar, image_size: usize) -> Result<Planar> {
         lr.height > 0 && lr.width > 0 && image_size > 0,
         "empty image or size"
     );
-    let x = lr.clone().map(|v| (v + 1.0) / 2.0);
+    let x = from_model_range(lr.clone());
     // torchvision returns the input untouched when the size already matches.
     let x = if x.height.min(x.width) == image_size {
         x

@@ -638,14 +638,14 @@ fn encode_to(
 }
 
 /// Maps `[0, 1]` image values to the model's `[-1, 1]` range.
-pub fn to_model_range(p: &Planar) -> Planar {
-    p.clone().map(|v| v * 2.0 - 1.0)
+pub fn to_model_range(p: Planar) -> Planar {
+    p.map(|v| v * 2.0 - 1.0)
 }
 
 /// Maps the model's `[-1, 1]` range back to `[0, 1]`. No clamping: [`encode_file`] clamps
 /// when it quantises, and intermediate consumers may want the raw values.
-pub fn from_model_range(p: &Planar) -> Planar {
-    p.clone().map(|v| (v + 1.0) * 0.5)
+pub fn from_model_range(p: Planar) -> Planar {
+    p.map(|v| (v + 1.0) * 0.5)
 }
 
 #[cfg(test)]
@@ -1137,11 +1137,11 @@ mod tests {
     #[test]
     fn model_range_round_trip() {
         let p = gradient(3, 3);
-        let m = to_model_range(&p);
+        let m = to_model_range(p.clone());
         assert!(m.data.iter().all(|v| (-1.0..=1.0).contains(v)));
         assert_eq!(m.data[0], p.data[0] * 2.0 - 1.0);
-        assert!(from_model_range(&m).max_abs_diff(&p) < 1e-6);
-        let out = from_model_range(&Planar::new(1, 1, 2, vec![-1.5, 1.5]));
+        assert!(from_model_range(m).max_abs_diff(&p) < 1e-6);
+        let out = from_model_range(Planar::new(1, 1, 2, vec![-1.5, 1.5]));
         assert_eq!(out.data, vec![-0.25, 1.25]);
     }
 }

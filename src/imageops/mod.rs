@@ -123,15 +123,7 @@ impl Planar {
 
     /// Undoes [`Planar::dihedral`] with the same `t`.
     pub fn undo_dihedral(&self, t: Dihedral) -> Planar {
-        let first = Dihedral {
-            transpose: t.transpose,
-            ..Dihedral::IDENTITY
-        };
-        let flips = Dihedral {
-            transpose: false,
-            ..t
-        };
-        self.dihedral(first).dihedral(flips)
+        self.dihedral(t.inverse())
     }
 
     /// `[1, C, H, W]` f32 tensor on `device`.
@@ -171,6 +163,20 @@ impl Dihedral {
         flip_y: false,
         transpose: false,
     };
+
+    /// The transform that undoes this one. Flips are their own inverses; after a
+    /// transpose, the flip of columns acts on what were rows, so the two swap.
+    pub fn inverse(self) -> Dihedral {
+        if self.transpose {
+            Dihedral {
+                flip_x: self.flip_y,
+                flip_y: self.flip_x,
+                transpose: true,
+            }
+        } else {
+            self
+        }
+    }
 
     /// The first `n` of the eight transforms, most different first: a 180° rotation
     /// second, because it reverses both directions the block attention looks in.

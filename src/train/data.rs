@@ -18,6 +18,7 @@ use image::{DynamicImage, ImageDecoder, ImageReader};
 use rand::Rng;
 
 use super::degrade::{degrade, DegradationConfig};
+use crate::imageops::io::to_model_range;
 use crate::imageops::resize::{resize_bicubic, resize_short_side};
 use crate::imageops::Planar;
 
@@ -174,12 +175,8 @@ impl PhotoDataset {
         entry.draws_left -= 1;
         let hr01 = random_crop(&entry.image, hr_crop_px, &self.cfg, rng);
         let lr01 = degrade(&hr01, scale, &self.cfg.degradation, rng);
-        Ok((to_signed(hr01), to_signed(lr01)))
+        Ok((to_model_range(hr01), to_model_range(lr01)))
     }
-}
-
-fn to_signed(img: Planar) -> Planar {
-    img.map(|v| v * 2.0 - 1.0)
 }
 
 /// A `size`² crop in `[0, 1]`: optionally the short side resized to `size` first, then a
