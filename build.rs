@@ -1,6 +1,7 @@
 //! With the `cuda` feature, compiles the project's own CUDA kernels to PTX with nvcc.
 //! The PTX targets compute capability 8.0 so one build runs on every GPU from Ampere on
-//! (the driver JIT-compiles it for the card at first use).
+//! (the driver JIT-compiles it for the card at first use); the attention kernels are also
+//! built for sm_90a, for their Hopper-only variant.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -19,15 +20,21 @@ fn main() {
             .unwrap_or_else(|| "nvcc".into())
     });
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    for name in ["flash_attention", "fused_ops"] {
+    // The attention kernels also build for sm_90a, whose PTX adds the Hopper (wgmma)
+    // entry points; it loads only on compute capability 9.0 devices.
+    for (name, arch, out) in [
+        ("flash_attention", "compute_80", "flash_attention"),
+        ("flash_attention", "compute_90a", "flash_attention_sm90"),
+        ("fused_ops", "compute_80", "fused_ops"),
+    ] {
         let src = format!("src/model/{name}.cu");
         println!("cargo:rerun-if-changed={src}");
         let status = std::process::Command::new(&nvcc)
-            .args(["--ptx", "-arch=compute_80", "-O3", "-std=c++17", "-o"])
-            .arg(out_dir.join(format!("{name}.ptx")))
+            .args(["--ptx", &format!("-arch={arch}"), "-O3", "-std=c++17", "-o"])
+            .arg(out_dir.join(format!("{out}.ptx")))
             .arg(&src)
             .status()
             .unwrap_or_else(|e| panic!("cannot run {nvcc} (set CUDA_HOME or NVCC): {e}"));
-        assert!(status.success(), "nvcc failed on {src}");
+        assert!(status.success(), "nvcc failed on {src} for {arch}");
     }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-call GPU check for a machine with an NVIDIA GPU, the CUDA 13 runtime and no Rust:
 #  1. parity of every precision on the GPU against the reference (f32) fixtures, with the
-#     project's fused kernels and with candle's composed ops (`unfused`);
+#     default kernels and the opt-in variants (below);
 #  2. the fused attention kernel's speed and error at the released shapes, reading
 #     contiguous keys and (where the keys split into four slots) neighbour slots in place;
 #  3. seconds per network evaluation (NFE) and peak device memory of the released config
@@ -12,30 +12,35 @@
 #
 # Usage (from the repository root, with the binary from scripts/build-cuda.sh):
 #   scripts/gpu-bench.sh [BINARY] [OUT_DIR]      BINARY may be .xz; OUT_DIR default: gpu-bench-out
-# Env: GPU_BENCH_BUDGET (memory budget, default 8G); ATTN_RUNS, SPEED_CASES (override the
-# lists below). Prints a table and writes OUT_DIR/results.json. Runs in about 5 minutes on
-# an H100.
+# Env: GPU_BENCH_BUDGET (memory budget, default 8G); PARITY_RUNS, ATTN_RUNS, SPEED_CASES,
+# VARIANT (override the lists below; VARIANT is the profiled and end-to-end variant).
+# Prints a table and writes OUT_DIR/results.json. Runs in about 5 minutes on an H100.
+#
+# Variants (words after a case's precision or size): `unfused` candle's composed ops only;
+# `gathered` neighbour K/V gathered into one sequence before the attention kernel instead
+# of read in place; `w4`/`w8`/`wg` the attention kernel's CTA shape (`wg`: Hopper
+# warpgroup MMAs); `lt` linear layers through cuBLASLt with bias and GELU in the epilogue.
 set -uo pipefail
 BIN=${1:-dist/cuda/infdit.xz}
 OUT=${2:-${OUT:-gpu-bench-out}}
 BUDGET=${GPU_BENCH_BUDGET:-8G}
-ATTN_RUNS=${ATTN_RUNS-"bf16 4096 w8;bf16 2304 w8;f16 4096 w8;bf16 4096 w4"}
-SPEED_CASES=${SPEED_CASES-"1024 auto;1024 full;1024 auto unfused;2048 auto;2048 auto gathered;2048 full;4096 auto;4096 auto gathered"}
+PARITY_RUNS=${PARITY_RUNS-"f32;bf16;bf16 lt;bf16 wg;f16 wg"}
+ATTN_RUNS=${ATTN_RUNS-"bf16 4096 w4;bf16 4096 wg;bf16 2304 w4;bf16 2304 wg;f16 4096 wg"}
+SPEED_CASES=${SPEED_CASES-"1024 auto;1024 auto lt wg;2048 auto;2048 auto lt;2048 auto wg;2048 auto lt wg;4096 auto;4096 auto lt wg"}
+VARIANT=${VARIANT-"lt wg"}
 mkdir -p "$OUT"
 if [[ "$BIN" == *.xz ]]; then xz -dc "$BIN" > "$OUT/infdit" && chmod +x "$OUT/infdit" && BIN="$OUT/infdit"; fi
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-# `unfused`: candle's composed ops only; `gathered`: neighbour K/V gathered into one
-# sequence before the attention kernel instead of read in place; `w4`/`w8`: the attention
-# kernel's CTA shape.
 variant_env() {
   local e=""
   for v in "$@"; do
     case $v in
       unfused) e="$e INFDIT_FUSED=0 INFDIT_ATTENTION=composed" ;;
       gathered) e="$e INFDIT_PAGED=0" ;;
-      w4|w8) e="$e INFDIT_FLASH_SHAPE=$v" ;;
+      w4|w8|wg) e="$e INFDIT_FLASH_SHAPE=$v" ;;
+      lt) e="$e INFDIT_GEMM=lt" ;;
     esac
   done
   echo "$e"
@@ -43,7 +48,8 @@ variant_env() {
 
 echo "== parity against the reference (f32) fixtures"
 F=tests/fixtures
-for run in "f32" "bf16" "bf16 unfused" "f16"; do
+IFS=';' read -ra parity_runs <<< "$PARITY_RUNS"
+for run in "${parity_runs[@]}"; do
   set -- $run; dt=$1; shift; vars=$(variant_env "$@"); label="$dt${*:+ $*}"
   for c in case_a_sigma2p5 case_a_sigma0p05; do
     for mode in "full" "blocks --block-batch 2"; do
@@ -84,17 +90,18 @@ for case in "${cases[@]}"; do
   echo "$size $b $label ${line:-FAILED $(tail -1 "$OUT/err.txt")}"
 done | tee "$OUT/speed.txt"
 
-echo "== stage profile, 2048² auto batch (each stage synchronised, so the total exceeds the unprofiled time)"
-INFDIT_PROFILE=1 timeout 120 "$BIN" bench engine-one --config released --device cuda --dtype bf16 --size 2048 \
+echo "== stage profile, 2048² auto batch, variant '$VARIANT' (each stage synchronised, so the total exceeds the unprofiled time)"
+env $(variant_env $VARIANT) INFDIT_PROFILE=1 timeout 120 "$BIN" bench engine-one --config released --device cuda --dtype bf16 --size 2048 \
   --batch auto --max-memory $BUDGET --repeat 1 2>&1 | tee "$OUT/profile.txt"
 
 echo "== end to end: the built-in model upscales examples/photo.jpg on the CPU and the GPU"
 {
   "$BIN" upscale examples/photo.jpg -o "$OUT/cpu.png" --device cpu -q >/dev/null 2>&1
-  for dt in f32 bf16; do
-    "$BIN" upscale examples/photo.jpg -o "$OUT/gpu_$dt.png" --device cuda --dtype $dt -q >/dev/null 2>"$OUT/err.txt" \
-      && echo "cuda $dt vs cpu f32: $("$BIN" eval --hr "$OUT/cpu.png" --sr "$OUT/gpu_$dt.png" 2>&1 | tail -1)" \
-      || echo "cuda $dt: FAILED $(tail -1 "$OUT/err.txt")"
+  for run in "f32" "bf16" "bf16 $VARIANT"; do
+    set -- $run; dt=$1; shift; tag=$(echo "$run" | tr ' ' '-')
+    env $(variant_env "$@") "$BIN" upscale examples/photo.jpg -o "$OUT/gpu_$tag.png" --device cuda --dtype $dt -q >/dev/null 2>"$OUT/err.txt" \
+      && echo "cuda $run vs cpu f32: $("$BIN" eval --hr "$OUT/cpu.png" --sr "$OUT/gpu_$tag.png" 2>&1 | tail -1)" \
+      || echo "cuda $run: FAILED $(tail -1 "$OUT/err.txt")"
   done
 } | tee "$OUT/e2e.txt"
 

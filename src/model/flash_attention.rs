@@ -8,15 +8,20 @@
 use super::attention::PagedKv;
 use super::fused_ops::{into_tensor, with_views};
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{
-    bail, CpuStorage, CudaStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp3, DType, Device, Layout, Result, Shape,
+    Tensor,
 };
 use std::sync::OnceLock;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attention.ptx"));
 const MODULE: &str = "infdit_flash_attention";
+/// The same source built for sm_90a, which adds the Hopper (wgmma) entry points.
+const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attention_sm90.ptx"));
+const MODULE_SM90: &str = "infdit_flash_attention_sm90";
 /// Head dimensions the PTX has entry points for.
 const HEAD_DIMS: [usize; 5] = [16, 32, 48, 64, 80];
 /// Queries per CTA in both kernel shapes (8 warps × 16 rows, or 4 warps × 32 rows).
@@ -25,18 +30,66 @@ const ROWS_PER_CTA: usize = 128;
 pub const PAGE_MULTIPLE: usize = 64;
 const MAX_SLOTS: usize = 8;
 
-/// The kernel shape: `w4` (default; measured ~4% faster on an H100) or `w8`, from
-/// `INFDIT_FLASH_SHAPE`; returns the entry-point prefix and the threads per CTA.
-fn shape() -> (&'static str, u32) {
-    static SHAPE: OnceLock<(&'static str, u32)> = OnceLock::new();
+/// A kernel variant: its entry-point prefix, threads per CTA, and whether it is in the
+/// sm_90a module.
+#[derive(Debug, Clone, Copy)]
+struct KernelShape {
+    prefix: &'static str,
+    threads: u32,
+    hopper: bool,
+}
+
+const W4: KernelShape = KernelShape {
+    prefix: "w4",
+    threads: 128,
+    hopper: false,
+};
+
+/// The kernel variant from `INFDIT_FLASH_SHAPE`: `w4` (default; measured ~4% faster on
+/// an H100 than `w8`), `w8`, or `wg` (two warpgroups using Hopper's wgmma; opt-in until
+/// measured, and only on compute capability 9.0, else `w4`).
+fn shape(dev: &CudaDevice) -> KernelShape {
+    static SHAPE: OnceLock<KernelShape> = OnceLock::new();
     *SHAPE.get_or_init(|| match std::env::var("INFDIT_FLASH_SHAPE").as_deref() {
-        Ok("w8") => ("w8", 256),
-        _ => ("w4", 128),
+        Ok("w8") => KernelShape {
+            prefix: "w8",
+            threads: 256,
+            hopper: false,
+        },
+        Ok("wg") if compute_capability_major(dev) == Some(9) => KernelShape {
+            prefix: "wg",
+            threads: 256,
+            hopper: true,
+        },
+        Ok("wg") => {
+            tracing::warn!("INFDIT_FLASH_SHAPE=wg needs an sm_90 GPU; using w4");
+            W4
+        }
+        _ => W4,
     })
 }
 
+fn compute_capability_major(dev: &CudaDevice) -> Option<i32> {
+    dev.cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+        .ok()
+}
+
+impl KernelShape {
+    /// Entry point `flash_attention_{variant}_{suffix}`, its module name and PTX.
+    fn entry(&self, suffix: &str) -> (String, &'static str, &'static str) {
+        let name = format!("flash_attention_{}_{suffix}", self.prefix);
+        if self.hopper {
+            (name, MODULE_SM90, PTX_SM90)
+        } else {
+            (name, MODULE, PTX)
+        }
+    }
+}
+
 /// One CTA per (block, head, 128-query tile).
-fn launch_config(n: usize, h: usize, tq: usize) -> Result<LaunchConfig> {
+fn launch_config(n: usize, h: usize, tq: usize, sh: KernelShape) -> Result<LaunchConfig> {
     let ctas = n * h * tq.div_ceil(ROWS_PER_CTA);
     Ok(LaunchConfig {
         grid_dim: (
@@ -45,7 +98,7 @@ fn launch_config(n: usize, h: usize, tq: usize) -> Result<LaunchConfig> {
             1,
             1,
         ),
-        block_dim: (shape().1, 1, 1),
+        block_dim: (sh.threads, 1, 1),
         shared_mem_bytes: 0,
     })
 }
@@ -149,11 +202,9 @@ fn launch<T: CudaDType + DeviceRepr>(
     let (n, h, tq, d) = ql.shape().dims4()?;
     let tk = kl.dims()[2];
     let dev = q.device();
-    let func = dev.get_or_load_custom_func(
-        &format!("flash_attention_{}_{ty}_d{d}", shape().0),
-        MODULE,
-        PTX,
-    )?;
+    let sh = shape(dev);
+    let (name, module, ptx) = sh.entry(&format!("{ty}_d{d}"));
+    let func = dev.get_or_load_custom_func(&name, module, ptx)?;
     let qs = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
     let ks = k.as_cuda_slice::<T>()?.slice(kl.start_offset()..);
     let vs = v.as_cuda_slice::<T>()?.slice(vl.start_offset()..);
@@ -166,7 +217,7 @@ fn launch<T: CudaDType + DeviceRepr>(
     let (qst, kst, vst) = (strides(ql), strides(kl), strides(vl));
     let (heads, tq32, tk32) = (h as i32, tq as i32, tk as i32);
     let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
-    let cfg = launch_config(n, h, tq)?;
+    let cfg = launch_config(n, h, tq, sh)?;
     let mut b = func.builder();
     b.arg(&qs).arg(&ks).arg(&vs).arg(&out);
     b.arg(&heads).arg(&tq32).arg(&tk32);
@@ -242,11 +293,9 @@ fn paged<T: CudaDType + DeviceRepr>(q: &Tensor, kv: &PagedKv, ty: &str) -> Resul
     let index = kv.index.contiguous()?;
     with_views::<T, _>(&[q, &k, &v, &kx, &vx, &emb], |vw, dev| {
         with_views::<u32, _>(&[&index], |iv, _| {
-            let func = dev.get_or_load_custom_func(
-                &format!("flash_attention_{}_{ty}_d{d}_paged", shape().0),
-                MODULE,
-                PTX,
-            )?;
+            let sh = shape(dev);
+            let (name, module, ptx) = sh.entry(&format!("{ty}_d{d}_paged"));
+            let func = dev.get_or_load_custom_func(&name, module, ptx)?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(n * tq * h * d)? };
             let mut b = func.builder();
@@ -271,7 +320,7 @@ fn paged<T: CudaDType + DeviceRepr>(q: &Tensor, kv: &PagedKv, ty: &str) -> Resul
             b.arg(&scale_log2);
             // SAFETY: the arguments match the kernel's signature; the index entries are
             // below the pools' block counts (built by the K/V cache).
-            unsafe { b.launch(launch_config(n, h, tq)?) }.w()?;
+            unsafe { b.launch(launch_config(n, h, tq, sh)?) }.w()?;
             Ok(into_tensor(out, dev, &[n, tq, h, d]))
         })
     })

@@ -15,6 +15,8 @@ pub mod flash_attention;
 pub mod fused;
 #[cfg(feature = "cuda")]
 pub mod fused_ops;
+#[cfg(feature = "cuda")]
+pub mod gemm_lt;
 pub mod layer;
 pub mod ops;
 pub mod precond;

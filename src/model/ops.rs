@@ -100,9 +100,19 @@ impl Linear {
     /// `gelu(self.forward(x))`.
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
         match self.fused_bias(x) {
-            Some(b) => self.matmul(x).and_then(|y| fused_bias_act(&y, b, true)),
+            Some(b) => self.forward_fused(x, b, true),
             None => super::fused::gelu(&self.forward(x)?),
         }
+    }
+
+    /// `x·Wᵀ + b` (then GELU when `gelu`) on CUDA: the bias in cuBLASLt's epilogue where
+    /// that is enabled, else the GEMM and one fused bias pass.
+    fn forward_fused(&self, x: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if super::gemm_lt::applies(x, self.weight(), bias) {
+            return over_rows(x, |x| super::gemm_lt::linear(x, self.weight(), bias, gelu));
+        }
+        self.matmul(x).and_then(|y| fused_bias_act(&y, bias, gelu))
     }
 
     fn fused_bias<'a>(&'a self, x: &Tensor) -> Option<&'a Tensor> {
@@ -113,25 +123,28 @@ impl Linear {
 
     /// `x·Wᵀ` as one 2-D matmul over all leading dimensions.
     fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let (k, lead) = dims
-            .split_last()
-            .expect("linear input has a last dimension");
-        let rows: usize = lead.iter().product();
-        let y = x
-            .contiguous()?
-            .reshape((rows, *k))?
-            .matmul(&self.0.weight().t()?)?;
-        let mut out_dims = lead.to_vec();
-        out_dims.push(y.dim(1)?);
-        y.reshape(out_dims)
+        over_rows(x, |x| x.matmul(&self.0.weight().t()?))
     }
+}
+
+/// `f` applied to `x` flattened to 2-D `[rows, in]`, its `[rows, out]` result given back
+/// `x`'s leading dimensions.
+fn over_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let (k, lead) = dims
+        .split_last()
+        .expect("linear input has a last dimension");
+    let rows: usize = lead.iter().product();
+    let y = f(&x.contiguous()?.reshape((rows, *k))?)?;
+    let mut out_dims = lead.to_vec();
+    out_dims.push(y.dim(1)?);
+    y.reshape(out_dims)
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match (self.fused_bias(x), self.0.bias()) {
-            (Some(b), _) => self.matmul(x).and_then(|y| fused_bias_act(&y, b, false)),
+            (Some(b), _) => self.forward_fused(x, b, false),
             (None, Some(b)) if super::cpu_ops::applies(x) => {
                 super::cpu_ops::add_bias(&self.matmul(x)?, b)
             }
