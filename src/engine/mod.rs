@@ -178,7 +178,7 @@ impl<'m> Engine<'m> {
         cond: &Conditioning,
         on_blocks: &mut dyn FnMut(usize),
     ) -> Result<(Planar, Precond)> {
-        self.network_output_tapped(x, sigma, cond, on_blocks, &mut |_, _| Ok(()))
+        self.network_output_impl(x, sigma, cond, on_blocks, None)
     }
 
     /// [`Self::network_output`], passing every batch's intermediates to `tap`.
@@ -189,6 +189,17 @@ impl<'m> Engine<'m> {
         cond: &Conditioning,
         on_blocks: &mut dyn FnMut(usize),
         tap: Tap,
+    ) -> Result<(Planar, Precond)> {
+        self.network_output_impl(x, sigma, cond, on_blocks, Some(tap))
+    }
+
+    fn network_output_impl(
+        &self,
+        x: &Planar,
+        sigma: f32,
+        cond: &Conditioning,
+        on_blocks: &mut dyn FnMut(usize),
+        mut tap: Option<Tap>,
     ) -> Result<(Planar, Precond)> {
         let cfg = self.model.config();
         let (rows, cols) = self.block_grid(x.height, x.width)?;
@@ -226,8 +237,11 @@ impl<'m> Engine<'m> {
                 host.upload(self.model, &emb_act)
                     .map_err(candle_core::Error::wrap)
             })?;
-            let f = stage("engine/network", dev, || {
-                self.model.forward_blocks_tapped(&blocks, &mut cache, tap)
+            let f = stage("engine/network", dev, || match &mut tap {
+                Some(tap) => self
+                    .model
+                    .forward_blocks_tapped(&blocks, &mut cache, &mut **tap),
+                None => self.model.forward_blocks(&blocks, &mut cache),
             })?;
             // The next batch's host inputs are built while the device runs this one.
             next = chunks.get(k + 1).map(|c| prepare(c));

@@ -324,12 +324,15 @@ impl SelfAttention {
     }
 
     /// `x`: `[n, T, D]` tokens of the blocks `ids`; `rope`: `[n, T, hd/2]` tables.
+    /// The attention output, plus `residual` when given (added in the output projection's
+    /// epilogue where that is fused).
     pub fn forward(
         &self,
         x: &Tensor,
         ids: &[BlockId],
         rope: (&Tensor, &Tensor),
         cache: &mut KvCache,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (n, t, d) = x.dims3()?;
         let hd = d / self.heads;
@@ -360,7 +363,11 @@ impl SelfAttention {
         })?;
         let y = stage("attn/core", dev, || attend(&q, &kv))?;
         stage("attn/dense", dev, || {
-            self.dense.forward(&y.transpose(1, 2)?.reshape((n, t, d))?)
+            let y = y.transpose(1, 2)?.reshape((n, t, d))?;
+            match residual {
+                Some(r) => self.dense.forward_add(&y, r),
+                None => self.dense.forward(&y),
+            }
         })
     }
 }

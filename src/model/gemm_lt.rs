@@ -1,29 +1,40 @@
-//! Linear layers through cuBLASLt with the bias, and for the MLP's first layer the
-//! tanh-GELU, applied in the GEMM's epilogue. The default CUDA path runs the GEMM and then
-//! a separate bias(+GELU) kernel, one more read and write of every output element; on the
-//! QKV and MLP outputs that pass measured as costly as a good part of the GEMM itself.
-//! cuBLASLt's GELU epilogue is the tanh approximation, the one the model uses.
+//! Linear layers through cuBLASLt with the bias, the MLP's tanh-GELU and the residual add
+//! applied in the GEMM's epilogue. The default CUDA path runs the GEMM, then a bias(+GELU)
+//! kernel, then for the residual layers an add kernel: two or three more passes over every
+//! output element, which on the QKV and MLP outputs measured as costly as a good part of
+//! the GEMM itself. cuBLASLt's GELU epilogue is the tanh approximation, the one the model
+//! uses; the residual enters as the GEMM's C matrix (D = x·Wᵀ + bias + C).
 //!
 //! Opt-in with `INFDIT_GEMM=lt` until measured on a GPU against the default path; bf16 and
-//! f16 only (cudarc's f32 cuBLASLt matmul computes in TF32, which would change f32 results).
+//! f16 only (f32 keeps candle's full-precision GEMM).
 
 use super::fused_ops::{into_tensor, with_views};
-use candle_core::cuda_backend::cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
-use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
+use candle_core::cuda_backend::cudarc::cublas::sys::cublasOperation_t;
+use candle_core::cuda_backend::cudarc::cublaslt::{result, sys};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+};
 use candle_core::cuda_backend::{CudaDType, DeviceId};
 use candle_core::{bail, CudaDevice, DType, Result, Tensor};
+use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
+
+/// NVIDIA's recommended cuBLASLt workspace on Hopper.
+const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// Whether [`linear`] serves `x` (a bf16/f16 CUDA tensor without gradient tracking,
 /// `INFDIT_GEMM=lt`) with `weight` and `bias`. The operands must start 256-byte aligned,
 /// the alignment cuBLASLt's algorithm choice assumes by default.
 pub fn applies(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
-    let aligned =
-        |t: &Tensor| (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(256);
     enabled()
         && matches!(x.dtype(), DType::BF16 | DType::F16)
         && super::fused_ops::applies(x)
         && [x, weight, bias].into_iter().all(aligned)
+}
+
+fn aligned(t: &Tensor) -> bool {
+    (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(256)
 }
 
 fn enabled() -> bool {
@@ -31,86 +42,272 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("INFDIT_GEMM").is_ok_and(|v| v == "lt"))
 }
 
-/// One cuBLASLt handle (and its workspace) per device, on the device's stream so that
-/// it orders with candle's kernels.
-fn handle(dev: &CudaDevice) -> Result<Arc<CudaBlasLT>> {
-    type Handles = Mutex<Vec<(DeviceId, Arc<CudaBlasLT>)>>;
-    static HANDLES: OnceLock<Handles> = OnceLock::new();
-    let mut handles = HANDLES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some((_, h)) = handles.iter().find(|(id, _)| *id == dev.id()) {
-        return Ok(h.clone());
-    }
-    let h = Arc::new(
-        CudaBlasLT::new(dev.cuda_stream())
-            .map_err(|e| candle_core::Error::Msg(format!("cuBLASLt: {e:?}")))?,
-    );
-    handles.push((dev.id(), h.clone()));
-    Ok(h)
+fn lt_err(e: result::CublasError) -> candle_core::Error {
+    candle_core::Error::Msg(format!("cuBLASLt: {e:?}"))
 }
 
-/// `x·weightᵀ + bias`, then tanh-GELU when `gelu`: `x` `[rows, in]`, `weight` `[out, in]`,
-/// `bias` `[out]`.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
+/// What the epilogue applies after `x·Wᵀ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Epilogue {
+    gelu: bool,
+    residual: bool,
+}
+
+/// One problem shape: dtype, rows, inner and output size, epilogue.
+type PlanKey = (DType, usize, usize, usize, Epilogue);
+
+/// A cuBLASLt handle and workspace on one device's stream (so it orders with candle's
+/// kernels), with the algorithm chosen for each problem shape: the heuristic query costs
+/// more host time than building the descriptors.
+struct LtContext {
+    handle: sys::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    stream: Arc<CudaStream>,
+    plans: Mutex<HashMap<PlanKey, sys::cublasLtMatmulAlgo_t>>,
+}
+
+// SAFETY: the handle is only used on `stream`, whose work cuBLASLt serialises; the
+// algorithm cache is behind a mutex.
+unsafe impl Send for LtContext {}
+unsafe impl Sync for LtContext {}
+
+impl Drop for LtContext {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by `new` and is destroyed once.
+        unsafe {
+            let _ = result::destroy_handle(self.handle);
+        }
+    }
+}
+
+impl LtContext {
+    fn new(dev: &CudaDevice) -> Result<Self> {
+        let stream = dev.cuda_stream();
+        // SAFETY: cuBLASLt only uses the workspace as scratch.
+        let workspace = unsafe { dev.alloc::<u8>(WORKSPACE_BYTES)? };
+        Ok(Self {
+            handle: result::create_handle().map_err(lt_err)?,
+            workspace,
+            stream,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The context of `dev`, created on first use.
+    fn of(dev: &CudaDevice) -> Result<Arc<Self>> {
+        type Contexts = Mutex<Vec<(DeviceId, Arc<LtContext>)>>;
+        static CONTEXTS: OnceLock<Contexts> = OnceLock::new();
+        let mut all = CONTEXTS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = all.iter().find(|(id, _)| *id == dev.id()) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Self::new(dev)?);
+        all.push((dev.id(), c.clone()));
+        Ok(c)
+    }
+}
+
+/// RAII owners of the cuBLASLt descriptors of one call.
+struct Desc(sys::cublasLtMatmulDesc_t);
+struct MatLayout(sys::cublasLtMatrixLayout_t);
+struct Pref(sys::cublasLtMatmulPreference_t);
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_matmul_desc`, destroyed once.
+        let _ = unsafe { result::destroy_matmul_desc(self.0) };
+    }
+}
+impl Drop for MatLayout {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_matrix_layout`, destroyed once.
+        let _ = unsafe { result::destroy_matrix_layout(self.0) };
+    }
+}
+impl Drop for Pref {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_matmul_pref`, destroyed once.
+        let _ = unsafe { result::destroy_matmul_pref(self.0) };
+    }
+}
+
+/// Sets one descriptor attribute from a plain value.
+///
+/// # Safety
+/// `T` must be the attribute's documented type.
+unsafe fn set_attr<T>(desc: &Desc, attr: sys::cublasLtMatmulDescAttributes_t, v: &T) -> Result<()> {
+    result::set_matmul_desc_attribute(
+        desc.0,
+        attr,
+        v as *const T as *const c_void,
+        std::mem::size_of::<T>(),
+    )
+    .map_err(lt_err)
+}
+
+/// `x·weightᵀ + bias`, then tanh-GELU when `gelu`, plus `residual` when given: `x`
+/// `[rows, in]`, `weight` `[out, in]`, `bias` `[out]`, `residual` `[rows, out]`.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    gelu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     let (rows, k) = x.dims2()?;
     let (n, wk) = weight.dims2()?;
-    if wk != k || bias.dims1()? != n {
+    if wk != k || bias.dims1()? != n || residual.is_some_and(|r| r.dims() != [rows, n]) {
         bail!(
-            "linear: input {:?}, weight {:?}, bias {:?} do not fit",
+            "linear: input {:?}, weight {:?}, bias {:?}, residual {:?} do not fit",
             x.shape(),
             weight.shape(),
-            bias.shape()
+            bias.shape(),
+            residual.map(|r| r.shape())
         );
     }
-    let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
+    let mut operands = vec![x.contiguous()?, weight.contiguous()?, bias.contiguous()?];
+    if let Some(r) = residual {
+        operands.push(r.contiguous()?);
+    }
+    if !operands.iter().all(aligned) {
+        bail!("cuBLASLt linear: operands must start 256-byte aligned");
+    }
+    let epilogue = Epilogue {
+        gelu,
+        residual: residual.is_some(),
+    };
+    let refs: Vec<&Tensor> = operands.iter().collect();
     match x.dtype() {
-        DType::BF16 => linear_t::<half::bf16>(&x, &weight, &bias, (rows, k, n), gelu),
-        DType::F16 => linear_t::<half::f16>(&x, &weight, &bias, (rows, k, n), gelu),
+        DType::BF16 => linear_t::<half::bf16>(&refs, (rows, k, n), epilogue),
+        DType::F16 => linear_t::<half::f16>(&refs, (rows, k, n), epilogue),
         dt => bail!("cuBLASLt linear: unsupported dtype {dt:?}"),
     }
 }
 
+/// cuBLASLt's name for a 16-bit storage type.
+fn data_type(dtype: DType) -> Result<sys::cudaDataType> {
+    Ok(match dtype {
+        DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
+        DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
+        dt => bail!("cuBLASLt linear: unsupported dtype {dt:?}"),
+    })
+}
+
 fn linear_t<T: CudaDType + DeviceRepr>(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
+    operands: &[&Tensor],
     (rows, k, n): (usize, usize, usize),
-    gelu: bool,
-) -> Result<Tensor>
-where
-    CudaBlasLT: Matmul<T>,
-{
-    with_views::<T, _>(&[x, weight, bias], |v, dev| {
-        let lt = handle(dev)?;
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let dtype = operands[0].dtype();
+    let data_type = data_type(dtype)?;
+    with_views::<T, _>(operands, |v, dev| {
+        let ctx = LtContext::of(dev)?;
+        let stream = &ctx.stream;
         // cuBLASLt is column-major: the row-major output [rows, n] is its n × rows matrix
-        // weight (read transposed from its row-major [n, k]) times xᵀ (x's row-major
-        // [rows, k] as a k × rows matrix); the bias runs along its n rows.
-        let cfg = MatmulConfig {
-            transa: true,
-            transb: false,
-            transc: false,
-            m: n as u64,
-            n: rows as u64,
-            k: k as u64,
-            alpha: 1.0,
-            lda: k as i64,
-            ldb: k as i64,
-            beta: 0.0,
-            ldc: n as i64,
-            stride_a: None,
-            stride_b: None,
-            stride_c: None,
-            stride_bias: None,
-            batch_size: None,
+        // D = op(A)·B with A = weight (its row-major [n, k] read transposed, stored k × n)
+        // and B = x (its row-major [rows, k] as a k × rows matrix); the bias runs along
+        // D's n rows, and C (the residual) has D's layout.
+        let layout = |r: usize, c: usize| -> Result<MatLayout> {
+            result::create_matrix_layout(data_type, r as u64, c as u64, r as i64)
+                .map(MatLayout)
+                .map_err(lt_err)
         };
-        // SAFETY: every element is written by the GEMM (beta = 0).
+        let (a_layout, b_layout, d_layout) = (layout(k, n)?, layout(k, rows)?, layout(n, rows)?);
+        let desc = Desc(
+            result::create_matmul_desc(
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cudaDataType_t::CUDA_R_32F,
+            )
+            .map_err(lt_err)?,
+        );
+        let (bias_ptr, _bias_guard) = v[2].device_ptr(stream);
+        let epi = if epilogue.gelu {
+            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS
+        } else {
+            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
+        };
+        // SAFETY: each value has its attribute's type (cublasOperation_t, the epilogue
+        // enum, a device pointer).
+        unsafe {
+            use sys::cublasLtMatmulDescAttributes_t as A;
+            set_attr(
+                &desc,
+                A::CUBLASLT_MATMUL_DESC_TRANSA,
+                &cublasOperation_t::CUBLAS_OP_T,
+            )?;
+            set_attr(&desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi)?;
+            set_attr(&desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr)?;
+        }
+        let key = (dtype, rows, k, n, epilogue);
+        let cached = ctx
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        let algo = match cached {
+            Some(algo) => algo,
+            None => {
+                let pref = Pref(result::create_matmul_pref().map_err(lt_err)?);
+                // SAFETY: the attribute is a size_t byte count; the descriptors are live.
+                let heuristic = unsafe {
+                    result::set_matmul_pref_attribute(
+                        pref.0,
+                        sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                        &WORKSPACE_BYTES as *const usize as *const c_void,
+                        std::mem::size_of::<usize>(),
+                    )
+                    .map_err(lt_err)?;
+                    result::get_matmul_algo_heuristic(
+                        ctx.handle, desc.0, a_layout.0, b_layout.0, d_layout.0, d_layout.0, pref.0,
+                    )
+                    .map_err(lt_err)?
+                };
+                ctx.plans
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, heuristic.algo);
+                heuristic.algo
+            }
+        };
+        // SAFETY: every element is written by the GEMM.
         let mut out = unsafe { dev.alloc::<T>(rows * n)? };
-        let act = gelu.then_some(Activation::Gelu);
-        // SAFETY: the views hold rows·k, n·k and n elements, as the configuration reads.
-        unsafe { lt.matmul(cfg, &v[1], &v[0], &mut out, Some(&v[2]), act.as_ref()) }
-            .map_err(|e| candle_core::Error::Msg(format!("cuBLASLt matmul: {e:?}")))?;
+        let (alpha, beta) = (1f32, if epilogue.residual { 1f32 } else { 0f32 });
+        {
+            let (a_ptr, _a) = v[1].device_ptr(stream);
+            let (b_ptr, _b) = v[0].device_ptr(stream);
+            let (w_ptr, _w) = ctx.workspace.device_ptr(stream);
+            let residual = v.get(3).map(|r| r.device_ptr(stream));
+            let (d_ptr, _d) = out.device_ptr_mut(stream);
+            // Without a residual C is not read (beta = 0); D stands in for it.
+            let c_ptr = residual.as_ref().map_or(d_ptr, |(p, _)| *p);
+            // SAFETY: the views hold k·n, rows·k, n and (residual) rows·n elements and the
+            // output rows·n, as the layouts describe; the workspace holds WORKSPACE_BYTES.
+            unsafe {
+                result::matmul(
+                    ctx.handle,
+                    desc.0,
+                    &alpha as *const f32 as *const c_void,
+                    &beta as *const f32 as *const c_void,
+                    a_ptr as *const c_void,
+                    a_layout.0,
+                    b_ptr as *const c_void,
+                    b_layout.0,
+                    c_ptr as *const c_void,
+                    d_layout.0,
+                    d_ptr as *mut c_void,
+                    d_layout.0,
+                    &algo,
+                    w_ptr as *mut c_void,
+                    WORKSPACE_BYTES,
+                    stream.cu_stream() as sys::cudaStream_t,
+                )
+                .map_err(lt_err)?;
+            }
+        }
         Ok(into_tensor(out, dev, &[rows, n]))
     })
 }

@@ -25,11 +25,16 @@ impl Mlp {
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Mlp {
+    /// The MLP output, plus `residual` when given (added in fc2's epilogue where that is
+    /// fused).
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let dev = x.device();
         let y = stage("mlp/fc1+gelu", dev, || self.dense_h_to_4h.forward_gelu(x))?;
-        stage("mlp/fc2", dev, || self.dense_4h_to_h.forward(&y))
+        stage("mlp/fc2", dev, || match residual {
+            Some(r) => self.dense_4h_to_h.forward_add(&y, r),
+            None => self.dense_4h_to_h.forward(&y),
+        })
     }
 }
 
@@ -48,6 +53,9 @@ pub struct LayerInputs<'a> {
     pub rope: (&'a Tensor, &'a Tensor),
     /// `[n, W, D]` LR window tokens (read by layer 0 only).
     pub lr_tokens: &'a Tensor,
+    /// Add the residual inside the output projections (where a fused GEMM epilogue
+    /// serves); off when the branch outputs are tapped, since they are then never formed.
+    pub fuse_residual: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -102,11 +110,18 @@ impl DitLayer {
         let a = stage("layer/ln+modulate", dev, || {
             ln_modulate(&self.ln, h, shift_msa, scale_msa)
         })?;
+        let residual = inp.fuse_residual.then_some(h);
         let attn = stage("layer/self_attention", dev, || {
-            self.attention.forward(&a, inp.ids, inp.rope, cache)
+            self.attention
+                .forward(&a, inp.ids, inp.rope, cache, residual)
         })?;
-        tap(&format!("layer{layer}_attn_out"), &attn)?;
-        let h = (h + attn)?;
+        let h = match residual {
+            Some(_) => attn,
+            None => {
+                tap(&format!("layer{layer}_attn_out"), &attn)?;
+                (h + attn)?
+            }
+        };
         let (h, mlp_ln) = match &self.cross {
             Some(cross) => {
                 let c = self.ln.forward(&h)?;
@@ -121,7 +136,10 @@ impl DitLayer {
         let mlp_in = stage("layer/ln+modulate", dev, || {
             ln_modulate(mlp_ln, &h, shift_mlp, scale_mlp)
         })?;
-        let out = stage("layer/mlp", dev, || self.mlp.forward(&mlp_in))?;
+        if inp.fuse_residual {
+            return stage("layer/mlp", dev, || self.mlp.forward(&mlp_in, Some(&h)));
+        }
+        let out = stage("layer/mlp", dev, || self.mlp.forward(&mlp_in, None))?;
         stage("layer/residual", dev, || h + out)
     }
 

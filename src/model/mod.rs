@@ -118,14 +118,25 @@ impl InfDit {
 
     /// Raw network output F for the blocks: `[n, out_channels, S, S]`.
     pub fn forward_blocks(&self, batch: &BlockBatch, cache: &mut KvCache) -> Result<Tensor> {
-        self.forward_blocks_tapped(batch, cache, &mut |_, _| Ok(()))
+        self.forward_impl(batch, cache, &mut |_, _| Ok(()), true)
     }
 
+    /// [`Self::forward_blocks`], handing `tap` every named intermediate.
     pub fn forward_blocks_tapped(
         &self,
         batch: &BlockBatch,
         cache: &mut KvCache,
         tap: Tap,
+    ) -> Result<Tensor> {
+        self.forward_impl(batch, cache, tap, false)
+    }
+
+    fn forward_impl(
+        &self,
+        batch: &BlockBatch,
+        cache: &mut KvCache,
+        tap: Tap,
+        fuse_residual: bool,
     ) -> Result<Tensor> {
         let n = batch.ids.len();
         let mut h = self.patch_embed.forward(&batch.x.to_dtype(self.dtype)?)?;
@@ -145,6 +156,7 @@ impl InfDit {
             emb_act: &batch.emb_act,
             rope: (&rope_cos, &rope_sin),
             lr_tokens: &lr_tokens,
+            fuse_residual,
         };
         for (l, layer) in self.layers.iter().enumerate() {
             h = layer.forward(&h, &inputs, cache, l, tap)?;

@@ -105,12 +105,28 @@ impl Linear {
         }
     }
 
+    /// `residual + self.forward(x)`, in one pass where cuBLASLt's epilogue serves.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(b) = self.0.bias() {
+            if super::gemm_lt::applies(x, self.weight(), b) {
+                let r = residual.flatten_to(residual.rank().saturating_sub(2))?;
+                return over_rows(x, |x| {
+                    super::gemm_lt::linear(x, self.weight(), b, false, Some(&r))
+                });
+            }
+        }
+        residual + self.forward(x)?
+    }
+
     /// `x·Wᵀ + b` (then GELU when `gelu`) on CUDA: the bias in cuBLASLt's epilogue where
     /// that is enabled, else the GEMM and one fused bias pass.
     fn forward_fused(&self, x: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if super::gemm_lt::applies(x, self.weight(), bias) {
-            return over_rows(x, |x| super::gemm_lt::linear(x, self.weight(), bias, gelu));
+            return over_rows(x, |x| {
+                super::gemm_lt::linear(x, self.weight(), bias, gelu, None)
+            });
         }
         self.matmul(x).and_then(|y| fused_bias_act(&y, bias, gelu))
     }
