@@ -3,7 +3,8 @@
 #  1. parity of every precision on the GPU against the reference (f32) fixtures, with the
 #     default kernels and the opt-in variants (below);
 #  2. the fused attention kernel's speed and error at the released shapes, reading
-#     contiguous keys and (where the keys split into four slots) neighbour slots in place;
+#     contiguous keys and (where the keys split into four slots) neighbour slots in place,
+#     and the linear and element-wise ops of a layer at 64 blocks;
 #  3. seconds per network evaluation (NFE) and peak device memory of the released config
 #     (random weights, bf16) at 1024², 2048², 4096² in block mode (auto batch under the
 #     memory budget) and full mode;
@@ -70,6 +71,12 @@ for run in "${runs[@]}"; do
     | sed "s/^{/{\"kernel\":\"$3\",/" || echo "{\"failed\": \"$run: $(tail -1 "$OUT/err.txt" | tr -d '"')\"}"
 done | tee "$OUT/attention.txt"
 
+echo "== element-wise and linear ops, 65536 tokens × 1280, bf16: default, then cuBLASLt epilogues (lt)"
+for v in "" lt; do
+  echo "-- variant: ${v:-default}"
+  env $(variant_env $v) timeout 60 "$BIN" bench ops --device cuda --dtype bf16 --repeat 10 2>&1
+done | tee "$OUT/ops.txt"
+
 # Peak device memory of a command: poll nvidia-smi while it runs.
 peak_mem() {
   local log="$1"; shift
@@ -121,7 +128,7 @@ for line in open(f"{out}/attention.txt"):
         pass
 read = lambda name: [l.rstrip() for l in open(f"{out}/{name}")]
 json.dump({"gpu": open(f"{out}/gpu.txt").read().strip(), "parity": read("parity.txt"), "attention": attention,
-           "speed": rows, "profile": read("profile.txt"), "end_to_end": read("e2e.txt")},
+           "speed": rows, "ops": read("ops.txt"), "profile": read("profile.txt"), "end_to_end": read("e2e.txt")},
           open(f"{out}/results.json", "w"), indent=1)
 print(f"{'attention shape':>26} {'kernel':>6} {'dtype':>5} {'ms':>8} {'TFLOP/s':>8} {'composed ms':>11} {'max|diff|':>9} {'paged ms':>8} {'paged diff':>10}")
 for a in attention:

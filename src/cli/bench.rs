@@ -155,12 +155,23 @@ impl OpsArgs {
         let scale = rnd(&[blocks, 1, d])?;
         let ln = LayerNorm::no_affine(d, 1e-6, dtype, &device)?;
         let h4 = rnd(&[blocks, n / blocks, 4 * d])?;
+        // The model's own Linear: on CUDA the bias pass is fused (or, with INFDIT_GEMM=lt,
+        // bias, GELU and residual sit in the GEMM epilogue).
+        let qkv = crate::model::ops::Linear::new(w.clone(), Some(b.clone()));
+        let fc1 = crate::model::ops::Linear::new(rnd(&[4 * d, d])?, Some(rnd(&[4 * d])?));
+        let dense = crate::model::ops::Linear::new(rnd(&[d, d])?, Some(rnd(&[d])?));
         let ops: Vec<(&str, OpFn)> = vec![
             (
                 "matmul x·Wᵀ (qkv)",
                 Box::new(|| x.reshape((n, d))?.matmul(&w.t()?)),
             ),
             ("linear with bias (qkv)", Box::new(|| lin.forward(&x))),
+            ("model linear (qkv)", Box::new(|| qkv.forward(&x))),
+            ("model linear+gelu (fc1)", Box::new(|| fc1.forward_gelu(&x))),
+            (
+                "model linear+residual",
+                Box::new(|| dense.forward_add(&x, &x)),
+            ),
             ("bias broadcast_add", Box::new(|| y.broadcast_add(&b))),
             ("add (contiguous)", Box::new(|| &x + &x)),
             ("layer_norm", Box::new(|| ln.forward(&x))),

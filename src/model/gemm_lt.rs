@@ -33,7 +33,8 @@ pub fn applies(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
         && [x, weight, bias].into_iter().all(aligned)
 }
 
-fn aligned(t: &Tensor) -> bool {
+/// Whether `t` starts 256-byte aligned in its storage.
+pub fn aligned(t: &Tensor) -> bool {
     (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(256)
 }
 

@@ -93,6 +93,11 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
 }
 
 impl Linear {
+    /// `weight` `[out, in]`, `bias` `[out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self(candle_nn::Linear::new(weight, bias))
+    }
+
     pub fn weight(&self) -> &Tensor {
         self.0.weight()
     }
@@ -109,7 +114,10 @@ impl Linear {
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if let Some(b) = self.0.bias() {
-            if super::gemm_lt::applies(x, self.weight(), b) {
+            if super::gemm_lt::applies(x, self.weight(), b)
+                && residual.is_contiguous()
+                && super::gemm_lt::aligned(residual)
+            {
                 let r = residual.flatten_to(residual.rank().saturating_sub(2))?;
                 return over_rows(x, |x| {
                     super::gemm_lt::linear(x, self.weight(), b, false, Some(&r))
