@@ -20,15 +20,16 @@
 # Variants (words after a case's precision or size): `unfused` candle's composed ops only;
 # `gathered` neighbour K/V gathered into one sequence before the attention kernel instead
 # of read in place; `w4`/`w8`/`wg` the attention kernel's CTA shape (`wg`: Hopper
-# warpgroup MMAs); `lt` linear layers through cuBLASLt with bias and GELU in the epilogue.
+# warpgroup MMAs); `lt` linear layers through cuBLASLt with bias, GELU and residual in the
+# epilogue; `v2` the vectorised LayerNorm + modulation and QKV split kernels.
 set -uo pipefail
 BIN=${1:-dist/cuda/infdit.xz}
 OUT=${2:-${OUT:-gpu-bench-out}}
 BUDGET=${GPU_BENCH_BUDGET:-8G}
-PARITY_RUNS=${PARITY_RUNS-"f32;bf16;bf16 lt;bf16 wg;f16 wg"}
+PARITY_RUNS=${PARITY_RUNS-"f32;bf16;bf16 lt;bf16 wg;bf16 v2;f16 lt wg v2"}
 ATTN_RUNS=${ATTN_RUNS-"bf16 4096 w4;bf16 4096 wg;bf16 2304 w4;bf16 2304 wg;f16 4096 wg"}
-SPEED_CASES=${SPEED_CASES-"1024 auto;1024 auto lt wg;2048 auto;2048 auto lt;2048 auto wg;2048 auto lt wg;4096 auto;4096 auto lt wg"}
-VARIANT=${VARIANT-"lt wg"}
+SPEED_CASES=${SPEED_CASES-"1024 auto;1024 auto lt wg v2;2048 auto;2048 auto lt;2048 auto wg;2048 auto v2;2048 auto lt wg v2;4096 auto;4096 auto lt wg v2"}
+VARIANT=${VARIANT-"lt wg v2"}
 mkdir -p "$OUT"
 if [[ "$BIN" == *.xz ]]; then xz -dc "$BIN" > "$OUT/infdit" && chmod +x "$OUT/infdit" && BIN="$OUT/infdit"; fi
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -42,6 +43,7 @@ variant_env() {
       gathered) e="$e INFDIT_PAGED=0" ;;
       w4|w8|wg) e="$e INFDIT_FLASH_SHAPE=$v" ;;
       lt) e="$e INFDIT_GEMM=lt" ;;
+      v2) e="$e INFDIT_FUSED=v2" ;;
     esac
   done
   echo "$e"
@@ -71,8 +73,8 @@ for run in "${runs[@]}"; do
     | sed "s/^{/{\"kernel\":\"$3\",/" || echo "{\"failed\": \"$run: $(tail -1 "$OUT/err.txt" | tr -d '"')\"}"
 done | tee "$OUT/attention.txt"
 
-echo "== element-wise and linear ops, 65536 tokens × 1280, bf16: default, then cuBLASLt epilogues (lt)"
-for v in "" lt; do
+echo "== element-wise and linear ops, 65536 tokens × 1280, bf16: default, cuBLASLt epilogues (lt), vectorised kernels (v2)"
+for v in "" lt v2; do
   echo "-- variant: ${v:-default}"
   env $(variant_env $v) timeout 60 "$BIN" bench ops --device cuda --dtype bf16 --repeat 10 2>&1
 done | tee "$OUT/ops.txt"

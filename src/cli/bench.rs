@@ -191,6 +191,90 @@ impl OpsArgs {
             let ms = time_ms(&device, f, self.repeat)?;
             println!("{name:<26} {ms:>10.3}");
         }
+        self.check_fused(&device, dtype, &x, (&shift, &scale))
+    }
+
+    /// Times the model's fused LayerNorm + modulation and QKV split (QK-norm + RoPE) at
+    /// this shape and prints how far they are from candle's composed ops in f32: the
+    /// check for kernels whose fast paths only serve the released shapes.
+    fn check_fused(
+        &self,
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+        x: &candle_core::Tensor,
+        (shift, scale): (&candle_core::Tensor, &candle_core::Tensor),
+    ) -> Result<()> {
+        use crate::model::attention::split_qkv;
+        use crate::model::ops::{
+            fused_kernels, layer_norm_composed, ln_modulate, modulate_composed,
+        };
+        use candle_core::{DType, Tensor};
+        let (blocks, t, d) = x.dims3()?;
+        let (heads, hd) = (16, d / 16);
+        let rnd = |shape: &[usize], mean: f32, std: f32| -> candle_core::Result<Tensor> {
+            Tensor::randn(mean, std, shape, device)?.to_dtype(dtype)
+        };
+        let ln = crate::model::ops::LayerNorm::from_parts(
+            rnd(&[d], 1.0, 0.1)?,
+            rnd(&[d], 0.0, 0.1)?,
+            1e-6,
+        );
+        let qk_norm = crate::model::ops::LayerNorm::from_parts(
+            rnd(&[hd], 1.0, 0.1)?,
+            rnd(&[hd], 0.0, 0.1)?,
+            1e-6,
+        );
+        let qkv = rnd(&[blocks, t, 3 * d], 0.0, 1.0)?;
+        let angle = Tensor::rand(0f32, std::f32::consts::TAU, (blocks, t, hd / 2), device)?;
+        let (cos, sin) = (angle.cos()?.to_dtype(dtype)?, angle.sin()?.to_dtype(dtype)?);
+        let fused = fused_kernels(&[x]);
+        let f32_of = |t: &Tensor| t.to_dtype(DType::F32);
+        let max_diff = |a: &Tensor, b: &Tensor| -> candle_core::Result<f32> {
+            (f32_of(a)? - f32_of(b)?)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()
+        };
+        let (w, b, eps) = ln.parts();
+        let reference = modulate_composed(
+            &layer_norm_composed(&f32_of(x)?, &f32_of(w)?, &f32_of(b)?, eps)?,
+            &f32_of(shift)?,
+            &f32_of(scale)?,
+        )?;
+        let ln_diff = max_diff(&ln_modulate(&ln, x, shift, scale)?, &reference)?;
+        let ln_ms = time_ms(device, &|| ln_modulate(&ln, x, shift, scale), self.repeat)?;
+        let rope = (&cos, &sin);
+        let (q, k, v) = split_qkv(&qkv, &qk_norm, rope, heads, fused)?;
+        let f32_norm = crate::model::ops::LayerNorm::from_parts(
+            f32_of(qk_norm.parts().0)?,
+            f32_of(qk_norm.parts().1)?,
+            1e-6,
+        );
+        let (rq, rk, rv) = split_qkv(
+            &f32_of(&qkv)?,
+            &f32_norm,
+            (&f32_of(&cos)?, &f32_of(&sin)?),
+            heads,
+            false,
+        )?;
+        let qkv_diff = max_diff(&q, &rq)?
+            .max(max_diff(&k, &rk)?)
+            .max(max_diff(&v, &rv)?);
+        let qkv_ms = time_ms(
+            device,
+            &|| split_qkv(&qkv, &qk_norm, rope, heads, fused).map(|(q, _, _)| q),
+            self.repeat,
+        )?;
+        println!(
+            "{:<26} {:>10} {:>22}",
+            "model op", "ms", "max |diff| vs f32 ops"
+        );
+        println!("{:<26} {ln_ms:>10.3} {ln_diff:>22.2e}", "ln+modulate");
+        println!(
+            "{:<26} {qkv_ms:>10.3} {qkv_diff:>22.2e}",
+            "qkv split+qk-norm+rope"
+        );
         Ok(())
     }
 }

@@ -286,6 +286,33 @@ fn gather_fused(
     }
 }
 
+/// `qkv` `[n, T, 3·D]` → q, k, v `[n, heads, T, hd]`, with `qk_norm` and the interleaved
+/// RoPE (`rope`: `[n, T, hd/2]` tables) applied to q and k; in one CUDA kernel when `fused`.
+pub fn split_qkv(
+    qkv: &Tensor,
+    qk_norm: &LayerNorm,
+    rope: (&Tensor, &Tensor),
+    heads: usize,
+    fused: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if fused {
+        return super::fused_ops::qkv_norm_rope(qkv, qk_norm.parts(), rope, heads);
+    }
+    let _ = fused;
+    let (n, t, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    let part = |i: usize| -> Result<Tensor> {
+        let y = qkv.narrow(2, i * d, d)?.reshape((n, t, heads, d / heads))?;
+        y.transpose(1, 2)
+    };
+    Ok((
+        rope_interleaved(&qk_norm.forward(&part(0)?)?, rope.0, rope.1)?,
+        rope_interleaved(&qk_norm.forward(&part(1)?)?, rope.0, rope.1)?,
+        part(2)?.contiguous()?,
+    ))
+}
+
 /// `attention.query_key_value` / `attention.dense` with QK-LayerNorm, RoPE and the
 /// per-slot key embedding `re_pos_embed[layer]`.
 #[derive(Debug, Clone)]
@@ -335,28 +362,11 @@ impl SelfAttention {
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (n, t, d) = x.dims3()?;
-        let hd = d / self.heads;
         let dev = x.device();
         let qkv = stage("attn/qkv", dev, || self.query_key_value.forward(x))?;
-        let heads = |i: usize| -> Result<Tensor> {
-            let y = qkv.narrow(2, i * d, d)?.reshape((n, t, self.heads, hd))?;
-            y.transpose(1, 2)
-        };
         let (q, k, v) = stage("attn/qk_norm+rope", dev, || {
-            #[cfg(feature = "cuda")]
-            if fused_kernels(&[&qkv, self.qk_norm.parts().0, rope.0]) {
-                return super::fused_ops::qkv_norm_rope(
-                    &qkv,
-                    self.qk_norm.parts(),
-                    rope,
-                    self.heads,
-                );
-            }
-            Ok((
-                rope_interleaved(&self.qk_norm.forward(&heads(0)?)?, rope.0, rope.1)?,
-                rope_interleaved(&self.qk_norm.forward(&heads(1)?)?, rope.0, rope.1)?,
-                heads(2)?.contiguous()?,
-            ))
+            let fused = fused_kernels(&[&qkv, self.qk_norm.parts().0, rope.0]);
+            split_qkv(&qkv, &self.qk_norm, rope, self.heads, fused)
         })?;
         let kv = stage("attn/neighbour_kv", dev, || {
             cache.neighbour_kv(self.layer, ids, &k, &v, &self.slot_embed)

@@ -139,6 +139,136 @@ __device__ void gather_slots(const T* src, const uint32_t* idx, const T* emb, T*
   }
 }
 
+// Eight 16-bit values as one 16-byte access (`p` 16-byte aligned), converted to f32.
+template <typename T> __device__ __forceinline__ void load8(const T* p, float* f) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = to_f(e[j]);
+}
+template <typename T> __device__ __forceinline__ void store8(T* p, const float* f) {
+  uint4 u;
+  T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) e[j] = from_f<T>(f[j]);
+  *reinterpret_cast<uint4*>(p) = u;
+}
+// Four 16-bit values as one 8-byte access (`p` 8-byte aligned).
+template <typename T> __device__ __forceinline__ void load4(const T* p, float* f) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) f[j] = to_f(e[j]);
+}
+
+// `ln_modulate` for 16-bit rows of 256·J values: each lane reads its 8·J values once, in
+// 16-byte accesses, and keeps them in registers for the mean, the variance and the output
+// (the scalar kernel reads the row three times, two bytes at a time). Every pointer and
+// `mod_stride` must be 16-byte aligned.
+template <typename T, int J>
+__device__ void ln_modulate_vec(const T* x, const T* weight, const T* bias, const T* shift,
+                                const T* scale, T* out, unsigned rows, unsigned rows_per_batch,
+                                unsigned mod_stride, float eps) {
+  constexpr unsigned cols = 256 * J;
+  const unsigned warps = blockDim.x / 32;
+  const unsigned row = blockIdx.x * warps + threadIdx.x / 32;
+  const unsigned lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const T* xr = x + (size_t)row * cols;
+  float v[J][8];
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    load8(xr + (lane + 32 * j) * 8, v[j]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sum += v[j][e];
+  }
+  const float mean = warp_sum(sum) / cols;
+  float sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float d = v[j][e] - mean;
+      sq += d * d;
+    }
+  const float rstd = rsqrtf(warp_sum(sq) / cols + eps);
+  const size_t m = (size_t)(row / rows_per_batch) * mod_stride;
+  T* orow = out + (size_t)row * cols;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const unsigned c = (lane + 32 * j) * 8;
+    float w[8], b[8], sh[8], sc[8];
+    load8(weight + c, w);
+    load8(bias + c, b);
+    load8(shift + m + c, sh);
+    load8(scale + m + c, sc);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float y = (v[j][e] - mean) * rstd * w[e] + b[e];
+      v[j][e] = y * (1.f + sc[e]) + sh[e];
+    }
+    store8(orow + c, v[j]);
+  }
+}
+
+// `qkv_norm_rope` for 16-bit values with one thread per (token, head): the head's HD values
+// of q, then k, are read once in 16-byte accesses and normalised and rotated in registers,
+// and v is copied 16 bytes at a time (the scalar kernel spends a warp per (token, head)
+// on two-byte accesses). qkv, the outputs and the norm weights must be 16-byte aligned,
+// the RoPE tables 8-byte aligned.
+template <typename T, int HD>
+__device__ void qkv_norm_rope_vec(const T* qkv, const T* w, const T* b, const T* cos_t,
+                                  const T* sin_t, T* q, T* k, T* v, unsigned n, unsigned t,
+                                  unsigned heads, float eps) {
+  static_assert(HD % 8 == 0, "head dim must be a multiple of 8");
+  constexpr int kC = HD / 8;  // 16-byte chunks per head
+  const unsigned item = blockIdx.x * blockDim.x + threadIdx.x;
+  if (item >= n * t * heads) return;
+  const unsigned h = item % heads, tok = item / heads;
+  const unsigned bi = tok / t, ti = tok % t;
+  const unsigned d = heads * HD;
+  const T* src = qkv + (size_t)tok * 3 * d + h * HD;
+  const size_t dst = (((size_t)bi * heads + h) * t + ti) * HD;
+  const T* cs = cos_t + (size_t)tok * (HD / 2);
+  const T* sn = sin_t + (size_t)tok * (HD / 2);
+#pragma unroll
+  for (int which = 0; which < 2; ++which) {
+    float x[HD];
+#pragma unroll
+    for (int c = 0; c < kC; ++c) load8(src + which * d + c * 8, x + c * 8);
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < HD; ++i) sum += x[i];
+    const float mean = sum / HD;
+    float sq = 0.f;
+#pragma unroll
+    for (int i = 0; i < HD; ++i) sq += (x[i] - mean) * (x[i] - mean);
+    const float rstd = rsqrtf(sq / HD + eps);
+    T* o = (which == 0 ? q : k) + dst;
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+      float wv[8], bv[8], co[4], si[4], y[8];
+      load8(w + c * 8, wv);
+      load8(b + c * 8, bv);
+      load4(cs + c * 4, co);
+      load4(sn + c * 4, si);
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        const float x0 = (x[c * 8 + 2 * p] - mean) * rstd * wv[2 * p] + bv[2 * p];
+        const float x1 = (x[c * 8 + 2 * p + 1] - mean) * rstd * wv[2 * p + 1] + bv[2 * p + 1];
+        y[2 * p] = x0 * co[p] - x1 * si[p];
+        y[2 * p + 1] = x0 * si[p] + x1 * co[p];
+      }
+      store8(o + c * 8, y);
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kC; ++c)
+    *reinterpret_cast<uint4*>(v + dst + c * 8) =
+        *reinterpret_cast<const uint4*>(src + 2 * d + c * 8);
+}
+
 }  // namespace
 
 #define FUSED_ENTRIES(T, NAME)                                                                 \
@@ -172,3 +302,36 @@ __device__ void gather_slots(const T* src, const uint32_t* idx, const T* emb, T*
 FUSED_ENTRIES(float, f32)
 FUSED_ENTRIES(__nv_bfloat16, bf16)
 FUSED_ENTRIES(__half, f16)
+
+// The vectorised variants, for the 16-bit types only: `ln_modulate_vec{J}` rows of 256·J
+// values, `qkv_norm_rope_vec{HD}` head dim HD.
+#define LN_VEC_ENTRY(T, NAME, J)                                                               \
+  extern "C" __global__ void ln_modulate_vec##J##_##NAME(                                      \
+      const T* x, const T* w, const T* b, const T* shift, const T* scale, T* o, unsigned rows,  \
+      unsigned rpb, unsigned ms, float eps) {                                                  \
+    ln_modulate_vec<T, J>(x, w, b, shift, scale, o, rows, rpb, ms, eps);                       \
+  }
+#define QKV_VEC_ENTRY(T, NAME, HD)                                                             \
+  extern "C" __global__ void qkv_norm_rope_vec##HD##_##NAME(                                   \
+      const T* qkv, const T* w, const T* b, const T* cs, const T* sn, T* q, T* k, T* v,        \
+      unsigned n, unsigned t, unsigned heads, float eps) {                                     \
+    qkv_norm_rope_vec<T, HD>(qkv, w, b, cs, sn, q, k, v, n, t, heads, eps);                    \
+  }
+#define VEC_ENTRIES(T, NAME)                                                                   \
+  LN_VEC_ENTRY(T, NAME, 1)                                                                     \
+  LN_VEC_ENTRY(T, NAME, 2)                                                                     \
+  LN_VEC_ENTRY(T, NAME, 3)                                                                     \
+  LN_VEC_ENTRY(T, NAME, 4)                                                                     \
+  LN_VEC_ENTRY(T, NAME, 5)                                                                     \
+  LN_VEC_ENTRY(T, NAME, 6)                                                                     \
+  LN_VEC_ENTRY(T, NAME, 8)                                                                     \
+  QKV_VEC_ENTRY(T, NAME, 16)                                                                   \
+  QKV_VEC_ENTRY(T, NAME, 32)                                                                   \
+  QKV_VEC_ENTRY(T, NAME, 48)                                                                   \
+  QKV_VEC_ENTRY(T, NAME, 64)                                                                   \
+  QKV_VEC_ENTRY(T, NAME, 80)                                                                   \
+  QKV_VEC_ENTRY(T, NAME, 96)                                                                   \
+  QKV_VEC_ENTRY(T, NAME, 128)
+
+VEC_ENTRIES(__nv_bfloat16, bf16)
+VEC_ENTRIES(__half, f16)

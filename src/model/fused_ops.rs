@@ -30,6 +30,21 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("INFDIT_FUSED").map_or(true, |v| v != "0"))
 }
 
+/// Whether the vectorised LayerNorm + modulation and QKV kernels serve where their shapes
+/// and alignment allow (`INFDIT_FUSED=v2`; opt-in until measured on a GPU).
+fn vectorised(dtype: DType) -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    matches!(dtype, DType::BF16 | DType::F16)
+        && *ON.get_or_init(|| std::env::var("INFDIT_FUSED").is_ok_and(|v| v == "v2"))
+}
+
+/// Whether each tensor's first element is `bytes`-aligned within its storage (the storage
+/// itself is allocated with coarser alignment).
+fn starts_aligned(ts: &[&Tensor], bytes: usize) -> bool {
+    ts.iter()
+        .all(|t| (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(bytes))
+}
+
 fn type_suffix(dt: DType) -> Result<&'static str> {
     Ok(match dt {
         DType::F32 => "f32",
@@ -83,6 +98,15 @@ pub(super) fn into_tensor<T: CudaDType>(
 fn warp_per_item(items: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         grid_dim: (u32_of(items.div_ceil(8), "grid")?, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// One thread for each of `items` (256 per CTA), for kernels that do not loop over items.
+fn grid_exact(items: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (u32_of(items.div_ceil(256), "grid")?, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     })
@@ -183,25 +207,31 @@ fn ln_modulate_t<T: CudaDType + DeviceRepr>(
     let (rows32, d32) = (u32_of(rows, "rows")?, u32_of(d, "cols")?);
     let (rpb, ms) = (u32_of(rows_per_batch, "rows")?, u32_of(st[0], "stride")?);
     let eps = eps as f32;
+    // The vectorised kernel: rows of 256·J values (J up to 8, 7 excepted), 16-byte aligned.
+    let lanes_chunks = d / 256;
+    let vec = vectorised(x.dtype())
+        && d.is_multiple_of(256)
+        && matches!(lanes_chunks, 1..=6 | 8)
+        && st[0].is_multiple_of(8)
+        && starts_aligned(&[x, w, b, shift, scale], 16);
+    let name = if vec {
+        format!("ln_modulate_vec{lanes_chunks}_{}", type_suffix(x.dtype())?)
+    } else {
+        format!("ln_modulate_{}", type_suffix(x.dtype())?)
+    };
     with_views::<T, _>(&[x, w, b, shift, scale], |v, dev| {
-        let func = dev.get_or_load_custom_func(
-            &format!("ln_modulate_{}", type_suffix(x.dtype())?),
-            MODULE,
-            PTX,
-        )?;
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         // SAFETY: every element is written by the kernel.
         let out = unsafe { dev.alloc::<T>(rows * d)? };
         let mut builder = func.builder();
         for view in v {
             builder.arg(view);
         }
-        builder
-            .arg(&out)
-            .arg(&rows32)
-            .arg(&d32)
-            .arg(&rpb)
-            .arg(&ms)
-            .arg(&eps);
+        builder.arg(&out).arg(&rows32);
+        if !vec {
+            builder.arg(&d32);
+        }
+        builder.arg(&rpb).arg(&ms).arg(&eps);
         let cfg = warp_per_item(rows)?;
         // SAFETY: arguments match the kernel signature; one warp per row, bounds checked.
         unsafe { builder.launch(cfg) }.w()?;
@@ -254,14 +284,27 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
     let each = n * heads * t * hd;
     u32_of(3 * each, "tensor")?;
     let items = n * t * heads;
-    let args = [n, t, heads, hd].map(|v| v as u32);
+    // The vectorised kernel: one thread per (token, head) for these head dims.
+    let vec = vectorised(qkv.dtype())
+        && [16, 32, 48, 64, 80, 96, 128].contains(&hd)
+        && starts_aligned(&[qkv, w, b], 16)
+        && starts_aligned(&[cos, sin], 8);
+    let (name, args, cfg) = if vec {
+        (
+            format!("qkv_norm_rope_vec{hd}_{}", type_suffix(qkv.dtype())?),
+            vec![n as u32, t as u32, heads as u32],
+            grid_exact(items)?,
+        )
+    } else {
+        (
+            format!("qkv_norm_rope_{}", type_suffix(qkv.dtype())?),
+            vec![n as u32, t as u32, heads as u32, hd as u32],
+            warp_per_item(items)?,
+        )
+    };
     let eps = eps as f32;
     with_views::<T, _>(&[qkv, w, b, cos, sin], |v, dev| {
-        let func = dev.get_or_load_custom_func(
-            &format!("qkv_norm_rope_{}", type_suffix(qkv.dtype())?),
-            MODULE,
-            PTX,
-        )?;
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         // SAFETY: every element is written by the kernel.
         let out = unsafe { dev.alloc::<T>(3 * each)? };
         let (q, k, vv) = (
@@ -278,8 +321,8 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
             bld.arg(a);
         }
         bld.arg(&eps);
-        let cfg = warp_per_item(items)?;
-        // SAFETY: arguments match the kernel; one warp per (block, token, head).
+        // SAFETY: arguments match the kernel; a warp (scalar kernel) or a thread
+        // (vectorised) per (block, token, head), bounds checked in the kernel.
         unsafe { bld.launch(cfg) }.w()?;
         Ok(into_tensor(out, dev, &[3, n, heads, t, hd]))
     })

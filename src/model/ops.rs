@@ -28,6 +28,11 @@ impl LayerNorm {
         })
     }
 
+    /// A LayerNorm with these weight and bias tensors.
+    pub fn from_parts(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self { weight, bias, eps }
+    }
+
     pub fn no_affine(size: usize, eps: f64, dtype: DType, device: &Device) -> Result<Self> {
         Ok(Self {
             weight: Tensor::ones(size, dtype, device)?,
