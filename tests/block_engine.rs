@@ -118,3 +118,37 @@ fn block_mode_passes_the_reference_fixtures() {
         }
     }
 }
+
+#[test]
+fn tapped_and_untapped_evaluations_agree() {
+    // Untapped evaluations may add the residuals inside the output projections (a fused
+    // GEMM epilogue on CUDA); tapped ones form every branch output. On the CPU both are
+    // the same ops, so the results must agree exactly, and the taps must see every layer.
+    let model = InfDit::random(
+        &small_config(),
+        11,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let (x, cond) = case(2, 3, 5);
+    let engine = Engine::new(
+        &model,
+        EngineOptions {
+            batching: Batching::Blocks(2),
+            order: Order::RowMajor,
+        },
+    );
+    let (plain, _) = engine.network_output(&x, 0.8, &cond, &mut |_| {}).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    let (tapped, _) = engine
+        .network_output_tapped(&x, 0.8, &cond, &mut |_| {}, &mut |name, _| {
+            names.insert(name.to_string());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(planar_diff(&plain, &tapped), 0.0);
+    for l in 0..small_config().num_layers {
+        assert!(names.contains(&format!("layer{l}_attn_out")), "{names:?}");
+    }
+}
