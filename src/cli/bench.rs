@@ -419,7 +419,7 @@ impl AttentionArgs {
         Ok(Some(PagedKv {
             k: pool()?,
             v: pool()?,
-            cached: vec![(pool()?, pool()?)],
+            pool: Some((pool()?, pool()?)),
             index: Tensor::new(index.as_slice(), dev)?,
             slot_embed: (Tensor::randn(0f32, 1.0, (4, h, d), dev)? * 0.1)?.to_dtype(dt)?,
         }))

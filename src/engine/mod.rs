@@ -212,7 +212,8 @@ impl<'m> Engine<'m> {
             Batching::Blocks(b) => b.clamp(1, schedule.order.len()),
         };
         let mut out = Planar::zeros(cfg.out_channels, x.height, x.width);
-        let mut cache = KvCache::new(cfg.num_layers);
+        let mut cache =
+            KvCache::new(cfg.num_layers).with_capacity(schedule.peak_cached_blocks(batch));
         let mut cached: HashSet<(usize, usize)> = HashSet::new();
         let dev = self.model.device();
         let prepare = |chunk: &[(usize, usize)]| {

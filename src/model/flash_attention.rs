@@ -250,13 +250,10 @@ pub fn forward_paged(q: &Tensor, kv: &PagedKv) -> Result<Tensor> {
 fn paged<T: CudaDType + DeviceRepr>(q: &Tensor, kv: &PagedKv, ty: &str) -> Result<Tensor> {
     let (n, h, tq, d) = q.dims4()?;
     // Without cached blocks no index points past the batch: any pool will do.
-    let pool = |own: &Tensor, pick: fn(&(Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
-        if kv.cached.is_empty() {
-            return own.contiguous();
-        }
-        Tensor::cat(&kv.cached.iter().map(pick).collect::<Vec<_>>(), 0)?.contiguous()
+    let (kx, vx) = match &kv.pool {
+        Some((pk, pv)) => (pk.contiguous()?, pv.contiguous()?),
+        None => (kv.k.contiguous()?, kv.v.contiguous()?),
     };
-    let (kx, vx) = (pool(&kv.k, |c| &c.0)?, pool(&kv.v, |c| &c.1)?);
     let (k, v) = (kv.k.contiguous()?, kv.v.contiguous()?);
     let (_, kh, page, kd) = k.dims4()?;
     let slots = kv.slot_embed.dim(0)?;
