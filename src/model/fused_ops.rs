@@ -40,7 +40,7 @@ fn vectorised(dtype: DType) -> bool {
 
 /// Whether each tensor's first element is `bytes`-aligned within its storage (the storage
 /// itself is allocated with coarser alignment).
-fn starts_aligned(ts: &[&Tensor], bytes: usize) -> bool {
+pub(super) fn starts_aligned(ts: &[&Tensor], bytes: usize) -> bool {
     ts.iter()
         .all(|t| (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(bytes))
 }

@@ -8,7 +8,7 @@
 //! Opt-in with `INFDIT_GEMM=lt` until measured on a GPU against the default path; bf16 and
 //! f16 only (f32 keeps candle's full-precision GEMM).
 
-use super::fused_ops::{into_tensor, with_views};
+use super::fused_ops::{into_tensor, starts_aligned, with_views};
 use candle_core::cuda_backend::cudarc::cublas::sys::cublasOperation_t;
 use candle_core::cuda_backend::cudarc::cublaslt::{result, sys};
 use candle_core::cuda_backend::cudarc::driver::{
@@ -22,20 +22,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// NVIDIA's recommended cuBLASLt workspace on Hopper.
 const WORKSPACE_BYTES: usize = 32 << 20;
+/// The operand alignment cuBLASLt's algorithm choice assumes by default.
+const ALIGN: usize = 256;
 
 /// Whether [`linear`] serves `x` (a bf16/f16 CUDA tensor without gradient tracking,
-/// `INFDIT_GEMM=lt`) with `weight` and `bias`. The operands must start 256-byte aligned,
-/// the alignment cuBLASLt's algorithm choice assumes by default.
+/// `INFDIT_GEMM=lt`) with `weight` and `bias`, all starting [`ALIGN`]-aligned.
 pub fn applies(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
     enabled()
         && matches!(x.dtype(), DType::BF16 | DType::F16)
         && super::fused_ops::applies(x)
-        && [x, weight, bias].into_iter().all(aligned)
+        && starts_aligned(&[x, weight, bias], ALIGN)
 }
 
-/// Whether `t` starts 256-byte aligned in its storage.
-pub fn aligned(t: &Tensor) -> bool {
-    (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(256)
+/// Whether `residual` can be the epilogue's C matrix as it is (contiguous, aligned).
+pub fn residual_fits(residual: &Tensor) -> bool {
+    residual.is_contiguous() && starts_aligned(&[residual], ALIGN)
 }
 
 fn enabled() -> bool {
@@ -173,14 +174,14 @@ pub fn linear(
     if let Some(r) = residual {
         operands.push(r.contiguous()?);
     }
-    if !operands.iter().all(aligned) {
-        bail!("cuBLASLt linear: operands must start 256-byte aligned");
-    }
     let epilogue = Epilogue {
         gelu,
         residual: residual.is_some(),
     };
     let refs: Vec<&Tensor> = operands.iter().collect();
+    if !starts_aligned(&refs, ALIGN) {
+        bail!("cuBLASLt linear: operands must start {ALIGN}-byte aligned");
+    }
     match x.dtype() {
         DType::BF16 => linear_t::<half::bf16>(&refs, (rows, k, n), epilogue),
         DType::F16 => linear_t::<half::f16>(&refs, (rows, k, n), epilogue),

@@ -120,8 +120,7 @@ impl Linear {
         #[cfg(feature = "cuda")]
         if let Some(b) = self.0.bias() {
             if super::gemm_lt::applies(x, self.weight(), b)
-                && residual.is_contiguous()
-                && super::gemm_lt::aligned(residual)
+                && super::gemm_lt::residual_fits(residual)
             {
                 let r = residual.flatten_to(residual.rank().saturating_sub(2))?;
                 return over_rows(x, |x| {
