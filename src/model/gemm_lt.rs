@@ -65,7 +65,8 @@ struct LtContext {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     stream: Arc<CudaStream>,
-    plans: Mutex<HashMap<PlanKey, sys::cublasLtMatmulAlgo_t>>,
+    /// `None`: cuBLASLt offers no algorithm for that problem.
+    plans: Mutex<HashMap<PlanKey, Option<sys::cublasLtMatmulAlgo_t>>>,
 }
 
 // SAFETY: the handle is only used on `stream`, whose work cuBLASLt serialises; the
@@ -151,14 +152,15 @@ unsafe fn set_attr<T>(desc: &Desc, attr: sys::cublasLtMatmulDescAttributes_t, v:
 }
 
 /// `x·weightᵀ + bias`, then tanh-GELU when `gelu`, plus `residual` when given: `x`
-/// `[rows, in]`, `weight` `[out, in]`, `bias` `[out]`, `residual` `[rows, out]`.
+/// `[rows, in]`, `weight` `[out, in]`, `bias` `[out]`, `residual` `[rows, out]`. `None`
+/// when cuBLASLt has no algorithm for this problem (the caller then takes its usual path).
 pub fn linear(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     gelu: bool,
     residual: Option<&Tensor>,
-) -> Result<Tensor> {
+) -> Result<Option<Tensor>> {
     let (rows, k) = x.dims2()?;
     let (n, wk) = weight.dims2()?;
     if wk != k || bias.dims1()? != n || residual.is_some_and(|r| r.dims() != [rows, n]) {
@@ -202,7 +204,7 @@ fn linear_t<T: CudaDType + DeviceRepr>(
     operands: &[&Tensor],
     (rows, k, n): (usize, usize, usize),
     epilogue: Epilogue,
-) -> Result<Tensor> {
+) -> Result<Option<Tensor>> {
     let dtype = operands[0].dtype();
     let data_type = data_type(dtype)?;
     with_views::<T, _>(operands, |v, dev| {
@@ -251,11 +253,11 @@ fn linear_t<T: CudaDType + DeviceRepr>(
             .get(&key)
             .copied();
         let algo = match cached {
-            Some(algo) => algo,
+            Some(plan) => plan,
             None => {
                 let pref = Pref(result::create_matmul_pref().map_err(lt_err)?);
                 // SAFETY: the attribute is a size_t byte count; the descriptors are live.
-                let heuristic = unsafe {
+                let found = unsafe {
                     result::set_matmul_pref_attribute(
                         pref.0,
                         sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -266,14 +268,24 @@ fn linear_t<T: CudaDType + DeviceRepr>(
                     result::get_matmul_algo_heuristic(
                         ctx.handle, desc.0, a_layout.0, b_layout.0, d_layout.0, d_layout.0, pref.0,
                     )
-                    .map_err(lt_err)?
+                };
+                let plan = match found {
+                    Ok(heuristic) => Some(heuristic.algo),
+                    Err(result::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => {
+                        tracing::debug!("cuBLASLt has no algorithm for {key:?}; default path");
+                        None
+                    }
+                    Err(e) => return Err(lt_err(e)),
                 };
                 ctx.plans
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, heuristic.algo);
-                heuristic.algo
+                    .insert(key, plan);
+                plan
             }
+        };
+        let Some(algo) = algo else {
+            return Ok(None);
         };
         // SAFETY: every element is written by the GEMM.
         let mut out = unsafe { dev.alloc::<T>(rows * n)? };
@@ -310,6 +322,6 @@ fn linear_t<T: CudaDType + DeviceRepr>(
                 .map_err(lt_err)?;
             }
         }
-        Ok(into_tensor(out, dev, &[rows, n]))
+        Ok(Some(into_tensor(out, dev, &[rows, n])))
     })
 }

@@ -123,9 +123,10 @@ impl Linear {
                 && super::gemm_lt::residual_fits(residual)
             {
                 let r = residual.flatten_to(residual.rank().saturating_sub(2))?;
-                return over_rows(x, |x| {
-                    super::gemm_lt::linear(x, self.weight(), b, false, Some(&r))
-                });
+                let (x2, lead) = flatten_rows(x)?;
+                if let Some(y) = super::gemm_lt::linear(&x2, self.weight(), b, false, Some(&r))? {
+                    return unflatten_rows(y, lead);
+                }
             }
         }
         residual + self.forward(x)?
@@ -136,9 +137,10 @@ impl Linear {
     fn forward_fused(&self, x: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if super::gemm_lt::applies(x, self.weight(), bias) {
-            return over_rows(x, |x| {
-                super::gemm_lt::linear(x, self.weight(), bias, gelu, None)
-            });
+            let (x2, lead) = flatten_rows(x)?;
+            if let Some(y) = super::gemm_lt::linear(&x2, self.weight(), bias, gelu, None)? {
+                return unflatten_rows(y, lead);
+            }
         }
         self.matmul(x).and_then(|y| fused_bias_act(&y, bias, gelu))
     }
@@ -151,22 +153,25 @@ impl Linear {
 
     /// `x·Wᵀ` as one 2-D matmul over all leading dimensions.
     fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        over_rows(x, |x| x.matmul(&self.0.weight().t()?))
+        let (x2, lead) = flatten_rows(x)?;
+        unflatten_rows(x2.matmul(&self.0.weight().t()?)?, lead)
     }
 }
 
-/// `f` applied to `x` flattened to 2-D `[rows, in]`, its `[rows, out]` result given back
-/// `x`'s leading dimensions.
-fn over_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+/// `x` flattened to 2-D `[rows, in]`, with its leading dimensions.
+fn flatten_rows(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
     let dims = x.dims();
     let (k, lead) = dims
         .split_last()
         .expect("linear input has a last dimension");
     let rows: usize = lead.iter().product();
-    let y = f(&x.contiguous()?.reshape((rows, *k))?)?;
-    let mut out_dims = lead.to_vec();
-    out_dims.push(y.dim(1)?);
-    y.reshape(out_dims)
+    Ok((x.contiguous()?.reshape((rows, *k))?, lead.to_vec()))
+}
+
+/// A `[rows, out]` result given back the input's leading dimensions `lead`.
+fn unflatten_rows(y: Tensor, mut lead: Vec<usize>) -> Result<Tensor> {
+    lead.push(y.dim(1)?);
+    y.reshape(lead)
 }
 
 impl Module for Linear {
