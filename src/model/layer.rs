@@ -23,9 +23,7 @@ impl Mlp {
             dense_4h_to_h: linear(cfg.mlp_inner_size, cfg.hidden_size, vb.pp("dense_4h_to_h"))?,
         })
     }
-}
 
-impl Mlp {
     /// The MLP output, plus `residual` when given (added in fc2's epilogue where that is
     /// fused).
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
