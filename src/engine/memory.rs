@@ -113,10 +113,8 @@ impl<'a> MemoryModel<'a> {
         );
         let per_block_layer_kv = 2 * t * d * e;
         let cache_blocks = schedule.peak_cached_blocks(batch) as u64;
-        // Residual, LN, qkv, q/k/v, output; gathered 4-slot K/V (or, read in place, at
-        // most one cached neighbour K/V per block); MLP hidden twice.
-        let kv_copies = if self.paged_kv { 2 } else { 8 };
-        let per_block_tokens = t * (d * (9 + kv_copies) + 2 * m) * e;
+        // Residual, LN, qkv, q/k/v, output; MLP hidden twice.
+        let per_block_tokens = t * (d * 9 + 2 * m) * e;
         // Scores, scaled scores and softmax (f32), for the blocks of one attention chunk.
         let per_block_scores = if self.fused_attention {
             0
@@ -126,7 +124,20 @@ impl<'a> MemoryModel<'a> {
         let chunk_blocks =
             (crate::model::ops::MAX_SCORE_BYTES as u64 / (per_block_scores / 3).max(1)).max(1);
         let batch = batch.min(schedule.order.len()) as u64;
-        let activations = batch * per_block_tokens + batch.min(chunk_blocks) * per_block_scores;
+        // K/V copies around the attention, in blocks' worth of keys or values: none when
+        // the kernel reads the neighbours in place (cached blocks stay in the cache's
+        // pool); gathered, the cached neighbours the batch reads (at most n + 3), their
+        // join with the batch's own, and the four-slot keys and values (twice over on the
+        // CPU, where the composed gather joins per-slot parts).
+        let kv_blocks = if self.paged_kv {
+            0
+        } else {
+            let slots = if self.include_host { 16 } else { 8 };
+            2 * (batch + 3) + 2 * (2 * batch + 3) + slots * batch
+        };
+        let activations = batch * per_block_tokens
+            + kv_blocks * t * d * e
+            + batch.min(chunk_blocks) * per_block_scores;
         MemoryEstimate {
             weights: cfg.parameter_count() as u64 * e,
             cache: cache_blocks * cfg.num_layers as u64 * per_block_layer_kv,
@@ -281,7 +292,9 @@ mod tests {
             paged.estimate(2048, 2048, Order::Auto, 8),
         );
         assert_eq!(a.cache, b.cache);
-        // Six of the eight 4-slot K/V copies per token: 6 · 1024 · 1280 · 2 bytes per block.
-        assert_eq!(a.activations - b.activations, 8 * 6 * 1024 * 1280 * 2);
+        // Gathered on the CPU, 8 blocks: the 11 cached neighbours' K and V, their join with
+        // the batch (19 blocks, K and V) and the composed 4-slot copies (16 per block).
+        let blocks = 2 * 11 + 2 * 19 + 16 * 8;
+        assert_eq!(a.activations - b.activations, blocks * 1024 * 1280 * 2);
     }
 }
