@@ -27,6 +27,23 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
 }
 
+// One value of an affine LayerNorm (mean, 1/std of its row), then the adaLN modulation.
+__device__ __forceinline__ float norm_modulate(float x, float mean, float rstd, float w, float b,
+                                               float shift, float scale) {
+  return ((x - mean) * rstd * w + b) * (1.f + scale) + shift;
+}
+
+// One LayerNorm'd pair (2p, 2p+1) of a head, rotated by the RoPE angle with cosine `co`
+// and sine `si`.
+__device__ __forceinline__ void norm_rotate(const float* x, const float* w, const float* b,
+                                            float mean, float rstd, float co, float si,
+                                            float* y) {
+  const float x0 = (x[0] - mean) * rstd * w[0] + b[0];
+  const float x1 = (x[1] - mean) * rstd * w[1] + b[1];
+  y[0] = x0 * co - x1 * si;
+  y[1] = x0 * si + x1 * co;
+}
+
 // out[r, c] = x[r, c] + bias[c] (optionally followed by tanh-GELU); rows × cols contiguous.
 template <typename T, bool GELU>
 __device__ void bias_act(const T* x, const T* bias, T* out, unsigned rows, unsigned cols) {
@@ -61,10 +78,8 @@ __device__ void ln_modulate(const T* x, const T* weight, const T* bias, const T*
   const size_t m = (size_t)(row / rows_per_batch) * mod_stride;
   T* orow = out + (size_t)row * cols;
   for (unsigned c = lane; c < cols; c += 32) {
-    float v = (to_f(xr[c]) - mean) * rstd;
-    v = v * to_f(weight[c]) + to_f(bias[c]);
-    v = v * (1.f + to_f(scale[m + c])) + to_f(shift[m + c]);
-    orow[c] = from_f<T>(v);
+    orow[c] = from_f<T>(norm_modulate(to_f(xr[c]), mean, rstd, to_f(weight[c]), to_f(bias[c]),
+                                      to_f(shift[m + c]), to_f(scale[m + c])));
   }
 }
 
@@ -99,11 +114,13 @@ __device__ void qkv_norm_rope(const T* qkv, const T* w, const T* b, const T* cos
     const float rstd = rsqrtf(warp_sum(sq) / hd + eps);
     T* o = (which == 0 ? q : k) + dst;
     for (unsigned p = lane; p < pairs; p += 32) {
-      const float x0 = (to_f(s[2 * p]) - mean) * rstd * to_f(w[2 * p]) + to_f(b[2 * p]);
-      const float x1 = (to_f(s[2 * p + 1]) - mean) * rstd * to_f(w[2 * p + 1]) + to_f(b[2 * p + 1]);
-      const float co = to_f(cs[p]), si = to_f(sn[p]);
-      o[2 * p] = from_f<T>(x0 * co - x1 * si);
-      o[2 * p + 1] = from_f<T>(x0 * si + x1 * co);
+      const float x[2] = {to_f(s[2 * p]), to_f(s[2 * p + 1])};
+      const float wp[2] = {to_f(w[2 * p]), to_f(w[2 * p + 1])};
+      const float bp[2] = {to_f(b[2 * p]), to_f(b[2 * p + 1])};
+      float y[2];
+      norm_rotate(x, wp, bp, mean, rstd, to_f(cs[p]), to_f(sn[p]), y);
+      o[2 * p] = from_f<T>(y[0]);
+      o[2 * p + 1] = from_f<T>(y[1]);
     }
   }
   const T* s = src + 2 * d;
@@ -204,10 +221,7 @@ __device__ void ln_modulate_vec(const T* x, const T* weight, const T* bias, cons
     load8(shift + m + c, sh);
     load8(scale + m + c, sc);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float y = (v[j][e] - mean) * rstd * w[e] + b[e];
-      v[j][e] = y * (1.f + sc[e]) + sh[e];
-    }
+    for (int e = 0; e < 8; ++e) v[j][e] = norm_modulate(v[j][e], mean, rstd, w[e], b[e], sh[e], sc[e]);
     store8(orow + c, v[j]);
   }
 }
@@ -254,12 +268,8 @@ __device__ void qkv_norm_rope_vec(const T* qkv, const T* w, const T* b, const T*
       load4(cs + c * 4, co);
       load4(sn + c * 4, si);
 #pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        const float x0 = (x[c * 8 + 2 * p] - mean) * rstd * wv[2 * p] + bv[2 * p];
-        const float x1 = (x[c * 8 + 2 * p + 1] - mean) * rstd * wv[2 * p + 1] + bv[2 * p + 1];
-        y[2 * p] = x0 * co[p] - x1 * si[p];
-        y[2 * p + 1] = x0 * si[p] + x1 * co[p];
-      }
+      for (int p = 0; p < 4; ++p)
+        norm_rotate(x + c * 8 + 2 * p, wv + 2 * p, bv + 2 * p, mean, rstd, co[p], si[p], y + 2 * p);
       store8(o + c * 8, y);
     }
   }
