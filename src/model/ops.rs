@@ -119,13 +119,9 @@ impl Linear {
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if let Some(b) = self.0.bias() {
-            if super::gemm_lt::applies(x, self.weight(), b)
-                && super::gemm_lt::residual_fits(residual)
-            {
-                let r = residual.flatten_to(residual.rank().saturating_sub(2))?;
-                let (x2, lead) = flatten_rows(x)?;
-                if let Some(y) = super::gemm_lt::linear(&x2, self.weight(), b, false, Some(&r))? {
-                    return unflatten_rows(y, lead);
+            if super::gemm_lt::residual_fits(residual) {
+                if let Some(y) = self.lt(x, b, false, Some(residual))? {
+                    return Ok(y);
                 }
             }
         }
@@ -136,13 +132,32 @@ impl Linear {
     /// that is enabled, else the GEMM and one fused bias pass.
     fn forward_fused(&self, x: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if super::gemm_lt::applies(x, self.weight(), bias) {
-            let (x2, lead) = flatten_rows(x)?;
-            if let Some(y) = super::gemm_lt::linear(&x2, self.weight(), bias, gelu, None)? {
-                return unflatten_rows(y, lead);
-            }
+        if let Some(y) = self.lt(x, bias, gelu, None)? {
+            return Ok(y);
         }
         self.matmul(x).and_then(|y| fused_bias_act(&y, bias, gelu))
+    }
+
+    /// `x·Wᵀ + bias` (GELU'd when `gelu`, plus `residual` when given) in one cuBLASLt GEMM
+    /// over all leading dimensions; `None` where that path does not serve.
+    #[cfg(feature = "cuda")]
+    fn lt(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        gelu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        if !super::gemm_lt::applies(x, self.weight(), bias) {
+            return Ok(None);
+        }
+        let (x2, lead) = flatten_rows(x)?;
+        let r = residual
+            .map(|r| r.flatten_to(r.rank().saturating_sub(2)))
+            .transpose()?;
+        super::gemm_lt::linear(&x2, self.weight(), bias, gelu, r.as_ref())?
+            .map(|y| unflatten_rows(y, lead))
+            .transpose()
     }
 
     fn fused_bias<'a>(&'a self, x: &Tensor) -> Option<&'a Tensor> {
