@@ -5,7 +5,9 @@ use crate::checkpoint::ModelSource;
 use crate::clip::{load_clip_file, ClipEncoder, ClipWeights};
 use crate::engine::memory::parse_size;
 use crate::engine::Order;
-use crate::imageops::io::{decode_file, encode_file, DecodeLimits, EncodeOptions, OutputFormat};
+use crate::imageops::io::{
+    decode_file, encode_file, has_input_extension, DecodeLimits, EncodeOptions, OutputFormat,
+};
 use crate::model::InfDit;
 use crate::pipeline::{upscale_alpha, BatchChoice, UpscaleOptions, Upscaler};
 use crate::sampler::{SamplerConfig, SamplerKind};
@@ -13,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,8 +26,6 @@ Examples:
   infdit upscale shots/ -r -o upscaled/ --format webp
   infdit upscale 'scans/*.tif' --model inf-dit/ --clip open_clip_pytorch_model.bin --device cuda --dtype bf16
   infdit upscale huge.png --max-memory 8G --steps 10 --seed 7";
-
-const INPUT_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {
@@ -38,7 +39,7 @@ pub enum ProgressMode {
 #[derive(Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct UpscaleArgs {
-    /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP).
+    /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI).
     #[arg(required = true)]
     pub inputs: Vec<String>,
     /// Output file (one input) or directory (several). Default: beside each input as NAME_xSCALE.EXT.
@@ -208,10 +209,14 @@ impl UpscaleArgs {
             b
         });
         let (mut written, mut skipped) = (0, 0);
+        // Outputs of this run, by the input they came from: two inputs that differ only in
+        // extension (a.png, a.bmp) would otherwise share a name and one result be lost.
+        let mut produced = HashMap::new();
         for input in &inputs {
-            match self.process(input, inputs.len(), &upscaler, &multi, json) {
+            match self.process(input, inputs.len(), &upscaler, &multi, json, &produced) {
                 Ok(Outcome::Written(out)) => {
                     written += 1;
+                    produced.insert(out.clone(), input.clone());
                     self.say(
                         &multi,
                         json,
@@ -238,7 +243,13 @@ impl UpscaleArgs {
                         },
                     );
                 }
-                Err(e) => failures.push((input.display().to_string(), format!("{e:#}"))),
+                Err(e) => {
+                    // Decoding errors name the file themselves; the line names it once.
+                    let file = input.display().to_string();
+                    let msg = format!("{e:#}");
+                    let msg = msg.strip_prefix(&format!("{file}: ")).unwrap_or(&msg);
+                    failures.push((file, msg.to_string()));
+                }
             }
             if let Some(b) = &total_bar {
                 b.inc(1);
@@ -315,7 +326,7 @@ impl UpscaleArgs {
                     Ok(paths) => {
                         let mut found: Vec<PathBuf> = paths
                             .filter_map(|p| p.ok())
-                            .filter(|p| p.is_file() && has_image_extension(p))
+                            .filter(|p| p.is_file() && has_input_extension(p))
                             .collect();
                         if found.is_empty() {
                             failures.push((arg.clone(), "the pattern matches no image".into()));
@@ -480,6 +491,7 @@ impl UpscaleArgs {
         up: &Upscaler,
         multi: &MultiProgress,
         json: bool,
+        produced: &HashMap<PathBuf, PathBuf>,
     ) -> Result<Outcome> {
         let limits = DecodeLimits {
             max_width: self.max_input_side,
@@ -493,6 +505,13 @@ impl UpscaleArgs {
             .and_then(|r| r.format())
             .unwrap_or(image::ImageFormat::Png);
         let (out, out_format) = self.output_path(input, n_inputs, format)?;
+        if let Some(earlier) = produced.get(&out) {
+            bail!(
+                "its output {} was already written from {} in this run (rename one of the inputs)",
+                out.display(),
+                earlier.display()
+            );
+        }
         if out.exists() && !self.overwrite {
             return Ok(Outcome::Skipped(out));
         }
@@ -539,12 +558,6 @@ impl UpscaleArgs {
     }
 }
 
-fn has_image_extension(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| INPUT_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 fn list_images(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("cannot read directory {}", dir.display()))?
@@ -554,7 +567,7 @@ fn list_images(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()
             if recursive {
                 list_images(&p, true, out)?;
             }
-        } else if has_image_extension(&p) {
+        } else if has_input_extension(&p) {
             out.push(p);
         }
     }

@@ -1,6 +1,6 @@
 //! Decoding and encoding image files.
 //!
-//! Decoding turns PNG, JPEG, WebP, TIFF and BMP files into [`Planar`] images in `[0, 1]`,
+//! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM and QOI files into [`Planar`] images in `[0, 1]`,
 //! upright (EXIF orientation applied), with alpha split off and 16-bit precision kept, and
 //! reports what the caller needs to write a faithful result back: bit depth, grayness and the
 //! ICC profile. Encoding writes PNG, JPEG, WebP or TIFF atomically, so an interrupted or failed
@@ -139,61 +139,107 @@ pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage,
     decode_reader(Cursor::new(bytes), Path::new("<memory>"), limits)
 }
 
+/// The formats accepted as input. Multi-frame GIFs are read as their first frame. Formats
+/// the `image` crate knows beyond these (EXR, HDR, ...) are refused rather than
+/// half-supported: their values lie outside [0, 1].
+pub const INPUT_FORMATS: [ImageFormat; 9] = [
+    ImageFormat::Png,
+    ImageFormat::Jpeg,
+    ImageFormat::WebP,
+    ImageFormat::Tiff,
+    ImageFormat::Bmp,
+    ImageFormat::Gif,
+    ImageFormat::Tga,
+    ImageFormat::Pnm,
+    ImageFormat::Qoi,
+];
+
+/// The input format names, for help texts and errors: "PNG, JPEG, ...".
+pub fn input_format_names() -> String {
+    INPUT_FORMATS
+        .iter()
+        .map(|f| match f {
+            ImageFormat::WebP => "WebP".to_string(),
+            f => format!("{f:?}").to_uppercase(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether `path`'s extension names an input format (for directory listings).
+pub fn has_input_extension(path: &Path) -> bool {
+    ImageFormat::from_path(path).is_ok_and(|f| INPUT_FORMATS.contains(&f))
+}
+
 /// Detects and vets the format, then decodes.
 fn decode_reader(
     reader: impl BufRead + Seek,
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, ImageIoError> {
-    let reader = ImageReader::new(reader)
+    let mut reader = ImageReader::new(reader)
         .with_guessed_format()
         .map_err(|source| ImageIoError::Read {
             path: path.into(),
             source,
         })?;
-    // Other formats the `image` crate knows (GIF, EXR, HDR, ...) are refused rather than
-    // half-supported: they bring animation or values outside [0, 1].
-    let format = match reader.format() {
-        Some(
-            f @ (ImageFormat::Png
-            | ImageFormat::Jpeg
-            | ImageFormat::WebP
-            | ImageFormat::Tiff
-            | ImageFormat::Bmp),
-        ) => f,
+    // TGA has no signature, so only its extension can name it.
+    let guessed = reader.format().or_else(|| {
+        ImageFormat::from_path(path)
+            .ok()
+            .filter(|f| *f == ImageFormat::Tga)
+    });
+    let format = match guessed {
+        Some(f) if INPUT_FORMATS.contains(&f) => f,
         other => {
             let what = other.map_or("unrecognised contents".to_string(), |f| format!("{f:?}"));
-            let detail = format!("{what} (supported: PNG, JPEG, WebP, TIFF, BMP)");
+            let detail = format!("{what} (supported: {})", input_format_names());
             return Err(ImageIoError::Unsupported {
                 path: path.into(),
                 detail,
             });
         }
     };
-    if format == ImageFormat::Jpeg {
-        // The JPEG decoder reads the whole file into memory anyway, so this copy is cheap.
-        let mut data = Vec::new();
-        reader
-            .into_inner()
-            .read_to_end(&mut data)
-            .map_err(|source| ImageIoError::Read {
-                path: path.into(),
-                source,
-            })?;
-        if !jpeg_is_complete(&data) {
-            return Err(ImageIoError::Corrupt {
-                path: path.into(),
-                detail: "JPEG ends before its end-of-image marker (truncated file?)".into(),
-            });
-        }
-        return decode_with(
-            ImageReader::with_format(Cursor::new(data), format),
-            format,
-            path,
-            limits,
+    if !matches!(format, ImageFormat::Jpeg | ImageFormat::Gif) {
+        reader.set_format(format);
+        return decode_with(reader, format, path, limits);
+    }
+    // Both decoders read the whole file into memory anyway, so this copy is cheap.
+    let mut data = Vec::new();
+    reader
+        .into_inner()
+        .read_to_end(&mut data)
+        .map_err(|source| ImageIoError::Read {
+            path: path.into(),
+            source,
+        })?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(&data) {
+        return Err(ImageIoError::Corrupt {
+            path: path.into(),
+            detail: "JPEG ends before its end-of-image marker (truncated file?)".into(),
+        });
+    }
+    let decoded = decode_with(
+        ImageReader::with_format(Cursor::new(&data[..]), format),
+        format,
+        path,
+        limits,
+    )?;
+    if format == ImageFormat::Gif && gif_is_animated(&data) {
+        tracing::warn!(
+            "{}: animated GIF: only the first frame is upscaled",
+            path.display()
         );
     }
-    decode_with(reader, format, path, limits)
+    Ok(decoded)
+}
+
+/// Whether a GIF (already decoded once, so known to be valid) holds more than one frame.
+fn gif_is_animated(data: &[u8]) -> bool {
+    use image::AnimationDecoder;
+    image::codecs::gif::GifDecoder::new(Cursor::new(data))
+        .map(|d| d.into_frames().take(2).count() > 1)
+        .unwrap_or(false)
 }
 
 /// Decodes once the format is known and accepted.
@@ -651,7 +697,6 @@ pub fn from_model_range(p: Planar) -> Planar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::codecs::bmp::BmpEncoder;
 
     const ALL: [OutputFormat; 4] = [
         OutputFormat::Png,
@@ -734,21 +779,63 @@ mod tests {
         );
     }
 
+    /// A 5×3 RGB image of eight flat colours (so GIF's palette holds it exactly).
+    fn eight_colours() -> image::RgbImage {
+        image::RgbImage::from_fn(5, 3, |x, y| {
+            let k = (x + 2 * y) % 8;
+            image::Rgb([(k * 32) as u8, (255 - k * 30) as u8, (k * 70 % 256) as u8])
+        })
+    }
+
     #[test]
-    fn bmp_decodes() {
-        let (w, h) = (5u32, 3u32);
-        let raw: Vec<u8> = (0..w * h * 3).map(|i| (i * 11 % 256) as u8).collect();
-        let mut bytes = Vec::new();
-        BmpEncoder::new(&mut bytes)
-            .encode(&raw, w, h, ExtendedColorType::Rgb8)
-            .unwrap();
-        let d = decode_bytes(&bytes, &limits()).unwrap();
-        assert_eq!(d.format, ImageFormat::Bmp);
-        assert_eq!((d.rgb.height, d.rgb.width), (3, 5));
-        for (i, &v) in raw.iter().enumerate() {
-            let (p, c) = (i / 3, i % 3);
-            assert_eq!(d.rgb.at(c, p / 5, p % 5), v as f32 / 255.0);
+    fn every_input_format_decodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = eight_colours();
+        let want = image_to_planes(&DynamicImage::ImageRgb8(src.clone())).0;
+        for format in INPUT_FORMATS {
+            let ext = format.extensions_str()[0];
+            let path = dir.path().join(format!("in.{ext}"));
+            let img = DynamicImage::ImageRgb8(src.clone());
+            // TGA and GIF (through the image crate) store RGBA; the extra alpha is opaque.
+            img.save_with_format(&path, format).unwrap();
+            let d = decode_file(&path, &limits()).unwrap();
+            assert_eq!(d.format, format);
+            assert_eq!((d.rgb.height, d.rgb.width), (3, 5), "{format:?}");
+            // Sharp 8×8-block edges are JPEG's worst case; it only has to be close.
+            let tol = if format == ImageFormat::Jpeg {
+                0.25
+            } else {
+                0.0
+            };
+            assert!(
+                d.rgb.max_abs_diff(&want) <= tol,
+                "{format:?}: {}",
+                d.rgb.max_abs_diff(&want)
+            );
         }
+        assert!(has_input_extension(Path::new("a/B.PPM")));
+        assert!(!has_input_extension(Path::new("a/b.exr")));
+    }
+
+    #[test]
+    fn animated_gif_gives_its_first_frame() {
+        use image::codecs::gif::GifEncoder;
+        use image::{Delay, Frame, Rgba, RgbaImage};
+        let frame = |v: u8| {
+            let img = RgbaImage::from_pixel(4, 2, Rgba([v, 0, 255 - v, 255]));
+            Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(100, 1))
+        };
+        let mut bytes = Vec::new();
+        GifEncoder::new(&mut bytes)
+            .encode_frames([frame(200), frame(10)])
+            .unwrap();
+        assert!(gif_is_animated(&bytes));
+        let d = decode_bytes(&bytes, &limits()).unwrap();
+        assert_eq!(d.format, ImageFormat::Gif);
+        assert_eq!(
+            (d.rgb.at(0, 1, 3), d.rgb.at(2, 0, 0)),
+            (200.0 / 255.0, 55.0 / 255.0)
+        );
     }
 
     #[test]
@@ -966,8 +1053,11 @@ mod tests {
         let e = decode_bytes(b"", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
         // A recognised but unsupported format.
-        let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0;", &limits()).unwrap_err();
+        let e = decode_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        // A GIF header with no image after it.
+        let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0", &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
     }
 
     #[test]
