@@ -54,12 +54,20 @@ F=tests/fixtures
 IFS=';' read -ra parity_runs <<< "$PARITY_RUNS"
 for run in "${parity_runs[@]}"; do
   set -- $run; dt=$1; shift; vars=$(variant_env "$@"); label="$dt${*:+ $*}"
+  hung=""
   for c in case_a_sigma2p5 case_a_sigma0p05; do
     for mode in "full" "blocks --block-batch 2"; do
-      env $vars timeout 60 "$BIN" parity denoise --model $F/tiny --case $F/$c.safetensors --out "$OUT/p.safetensors" \
-        --device cuda --dtype $dt --mode $mode >/dev/null 2>"$OUT/err.txt" \
-        && echo "$label | $c | $mode | $("$BIN" parity diff "$OUT/p.safetensors" $F/$c.safetensors | grep denoised)" \
-        || echo "$label | $c | $mode | FAILED $(tail -1 "$OUT/err.txt")"
+      # A tiny case takes seconds; a variant that hangs once is not run again.
+      if [[ -n $hung ]]; then echo "$label | $c | $mode | SKIPPED (timed out before)"; continue; fi
+      env $vars timeout 30 "$BIN" parity denoise --model $F/tiny --case $F/$c.safetensors --out "$OUT/p.safetensors" \
+        --device cuda --dtype $dt --mode $mode >/dev/null 2>"$OUT/err.txt"
+      rc=$?
+      if [[ $rc == 0 ]]; then
+        echo "$label | $c | $mode | $("$BIN" parity diff "$OUT/p.safetensors" $F/$c.safetensors | grep denoised)"
+      else
+        [[ $rc == 124 ]] && hung=1
+        echo "$label | $c | $mode | FAILED rc=$rc $(tail -1 "$OUT/err.txt")"
+      fi
     done
   done
 done | tee "$OUT/parity.txt"
