@@ -177,8 +177,8 @@ __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_grou
 // Makes shared-memory writes of this thread (cp.async or plain stores) visible to wgmma,
 // which reads through the async proxy.
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Pins registers that an asynchronous wgmma reads or writes: the compiler may neither
-// move their uses above the wait nor reuse them before it.
+// Pins registers that an asynchronous wgmma reads or writes: before the fence, so their
+// last ordinary writes stay above it; after the wait, so their next uses stay below it.
 template <int N> __device__ __forceinline__ void pin(float* r) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
@@ -353,6 +353,7 @@ __device__ void flash_forward(const T* __restrict__ q, Rows<T> k, Rows<T> v, con
     if constexpr (WG) {
       // s = q·kᵀ over the tile, one m64n64k16 per 16 head-dim elements; the first step
       // overwrites the accumulator.
+      pin<kSteps * 4>(&qa[0][0][0]);
       wgmma_fence();
 #pragma unroll
       for (int st = 0; st < kSteps; ++st)
@@ -451,6 +452,8 @@ __device__ void flash_forward(const T* __restrict__ q, Rows<T> k, Rows<T> v, con
         pa[kk][2] = Mma<T>::pack(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
         pa[kk][3] = Mma<T>::pack(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
       }
+      pin<kDn * 4>(&acc[0][0][0]);
+      pin<kCols / 4>(&pa[0][0]);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kCols / 16; ++kk)
