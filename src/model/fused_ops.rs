@@ -272,7 +272,9 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
     if hd * heads * 3 != d3
         || !hd.is_multiple_of(2)
         || cos.dims() != [n, t, hd / 2]
+        || sin.dims() != cos.dims()
         || w.elem_count() != hd
+        || b.elem_count() != hd
     {
         bail!(
             "qkv {:?} / rope {:?} / norm {:?} do not fit",

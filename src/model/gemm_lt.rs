@@ -31,12 +31,14 @@ pub fn applies(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
     enabled()
         && matches!(x.dtype(), DType::BF16 | DType::F16)
         && super::fused_ops::applies(x)
+        && !weight.track_op()
+        && !bias.track_op()
         && starts_aligned(&[x, weight, bias], ALIGN)
 }
 
 /// Whether `residual` can be the epilogue's C matrix as it is (contiguous, aligned).
 pub fn residual_fits(residual: &Tensor) -> bool {
-    residual.is_contiguous() && starts_aligned(&[residual], ALIGN)
+    residual.is_contiguous() && !residual.track_op() && starts_aligned(&[residual], ALIGN)
 }
 
 fn enabled() -> bool {
@@ -151,9 +153,10 @@ unsafe fn set_attr<T>(desc: &Desc, attr: sys::cublasLtMatmulDescAttributes_t, v:
     .map_err(lt_err)
 }
 
-/// `x·weightᵀ + bias`, then tanh-GELU when `gelu`, plus `residual` when given: `x`
+/// `x·weightᵀ + bias`, then tanh-GELU when `gelu`, or plus `residual` when given: `x`
 /// `[rows, in]`, `weight` `[out, in]`, `bias` `[out]`, `residual` `[rows, out]`. `None`
 /// when cuBLASLt has no algorithm for this problem (the caller then takes its usual path).
+/// GELU and residual do not combine: the epilogue adds C before the activation.
 pub fn linear(
     x: &Tensor,
     weight: &Tensor,
@@ -171,6 +174,9 @@ pub fn linear(
             bias.shape(),
             residual.map(|r| r.shape())
         );
+    }
+    if gelu && residual.is_some() {
+        bail!("cuBLASLt linear: the epilogue would apply GELU after the residual add");
     }
     let mut operands = vec![x.contiguous()?, weight.contiguous()?, bias.contiguous()?];
     if let Some(r) = residual {
@@ -296,6 +302,9 @@ fn linear_t<T: CudaDType + DeviceRepr>(
             let (w_ptr, _w) = ctx.workspace.device_ptr(stream);
             let residual = v.get(3).map(|r| r.device_ptr(stream));
             let (d_ptr, _d) = out.device_ptr_mut(stream);
+            if d_ptr % ALIGN as u64 != 0 {
+                return Ok(None);
+            }
             // Without a residual C is not read (beta = 0); D stands in for it.
             let c_ptr = residual.as_ref().map_or(d_ptr, |(p, _)| *p);
             // SAFETY: the views hold k·n, rows·k, n and (residual) rows·n elements and the
