@@ -22,8 +22,6 @@ const MODULE: &str = "infdit_flash_attention";
 /// The same source built for sm_90a, which adds the Hopper (wgmma) entry points.
 const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attention_sm90.ptx"));
 const MODULE_SM90: &str = "infdit_flash_attention_sm90";
-/// Head dimensions the PTX has entry points for.
-const HEAD_DIMS: [usize; 5] = [16, 32, 48, 64, 80];
 /// Queries per CTA in both kernel shapes (8 warps × 16 rows, or 4 warps × 32 rows).
 const ROWS_PER_CTA: usize = 128;
 /// Paged reads: pages are whole key tiles, and one MMA tile holds every slot's q·e.
@@ -110,12 +108,15 @@ pub fn paged_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("INFDIT_PAGED").map_or(true, |v| v != "0"))
 }
 
-/// Whether the kernel serves attention on `device` in `dtype` with this head dim.
+/// Whether the kernel serves attention on `device` in `dtype` with this head dim: the
+/// `.cu` file instantiates every CTA shape for the same head dims, so `w4`'s entry decides.
 pub fn serves(device: &Device, dtype: DType, head_dim: usize) -> bool {
     device.is_cuda()
         && matches!(dtype, DType::BF16 | DType::F16)
-        && HEAD_DIMS.contains(&head_dim)
         && !super::ops::composed_forced()
+        && super::fused_ops::type_suffix(dtype).is_ok_and(|ty| {
+            super::ptx::has_entry(PTX, &format!("flash_attention_w4_{ty}_d{head_dim}"))
+        })
 }
 
 /// Whether the fused kernel computes `softmax(q·kᵀ/√d)·v` for these `[n, heads, T, d]` inputs.

@@ -45,7 +45,7 @@ pub(super) fn starts_aligned(ts: &[&Tensor], bytes: usize) -> bool {
         .all(|t| (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(bytes))
 }
 
-fn type_suffix(dt: DType) -> Result<&'static str> {
+pub(super) fn type_suffix(dt: DType) -> Result<&'static str> {
     Ok(match dt {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
@@ -207,17 +207,19 @@ fn ln_modulate_t<T: CudaDType + DeviceRepr>(
     let (rows32, d32) = (u32_of(rows, "rows")?, u32_of(d, "cols")?);
     let (rpb, ms) = (u32_of(rows_per_batch, "rows")?, u32_of(st[0], "stride")?);
     let eps = eps as f32;
-    // The vectorised kernel: rows of 256·J values (J up to 8, 7 excepted), 16-byte aligned.
-    let lanes_chunks = d / 256;
+    // The vectorised kernels: rows of 256·J values, 16-byte aligned, for the J that
+    // `fused_ops.cu` instantiates.
+    let ty = type_suffix(x.dtype())?;
+    let vec_name = format!("ln_modulate_vec{}_{ty}", d / 256);
     let vec = vectorised(x.dtype())
         && d.is_multiple_of(256)
-        && matches!(lanes_chunks, 1..=6 | 8)
+        && super::ptx::has_entry(PTX, &vec_name)
         && st[0].is_multiple_of(8)
         && starts_aligned(&[x, w, b, shift, scale], 16);
     let name = if vec {
-        format!("ln_modulate_vec{lanes_chunks}_{}", type_suffix(x.dtype())?)
+        vec_name
     } else {
-        format!("ln_modulate_{}", type_suffix(x.dtype())?)
+        format!("ln_modulate_{ty}")
     };
     with_views::<T, _>(&[x, w, b, shift, scale], |v, dev| {
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
@@ -286,14 +288,16 @@ fn qkv_norm_rope_t<T: CudaDType + DeviceRepr>(
     let each = n * heads * t * hd;
     u32_of(3 * each, "tensor")?;
     let items = n * t * heads;
-    // The vectorised kernel: one thread per (token, head) for these head dims.
+    // The vectorised kernel: one thread per (token, head), for the head dims that
+    // `fused_ops.cu` instantiates.
+    let vec_name = format!("qkv_norm_rope_vec{hd}_{}", type_suffix(qkv.dtype())?);
     let vec = vectorised(qkv.dtype())
-        && [16, 32, 48, 64, 80, 96, 128].contains(&hd)
+        && super::ptx::has_entry(PTX, &vec_name)
         && starts_aligned(&[qkv, w, b], 16)
         && starts_aligned(&[cos, sin], 8);
     let (name, args, cfg) = if vec {
         (
-            format!("qkv_norm_rope_vec{hd}_{}", type_suffix(qkv.dtype())?),
+            vec_name,
             vec![n as u32, t as u32, heads as u32],
             grid_exact(items)?,
         )

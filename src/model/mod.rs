@@ -20,6 +20,8 @@ pub mod gemm_lt;
 pub mod layer;
 pub mod ops;
 pub mod precond;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) mod ptx;
 pub mod rope;
 
 pub use attention::{BatchPlan, BlockId, KvCache};
