@@ -84,7 +84,7 @@ pub struct UpscaleArgs {
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Compute precision (default: f32 on the CPU, bf16 on GPUs).
+    /// Compute precision (default: f32 on the CPU, bf16 on GPUs, f16 on pre-Ampere CUDA GPUs).
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
     /// Output format (default: the output file's extension, else the input's format).
@@ -175,11 +175,9 @@ impl UpscaleArgs {
     /// The upscaler these options describe.
     pub(super) fn build_upscaler(&self) -> Result<Upscaler> {
         let device = parse_device(&self.device)?;
-        let dtype: DType = match self.dtype {
-            Some(d) => d.into(),
-            None if device.is_cpu() => DType::F32,
-            None => DType::BF16,
-        };
+        let dtype: DType = self
+            .dtype
+            .map_or_else(|| crate::model::default_dtype(&device), Into::into);
         self.load_upscaler(&device, dtype)
     }
 

@@ -6,9 +6,8 @@
 //! copy of the keys and values).
 
 use super::attention::PagedKv;
-use super::fused_ops::{into_tensor, with_views};
+use super::fused_ops::{compute_capability_major, into_tensor, with_views};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{
@@ -67,13 +66,6 @@ fn shape(dev: &CudaDevice) -> KernelShape {
     })
 }
 
-fn compute_capability_major(dev: &CudaDevice) -> Option<i32> {
-    dev.cuda_stream()
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-        .ok()
-}
-
 impl KernelShape {
     /// Entry point `flash_attention_{variant}_{suffix}`, its module name and PTX.
     fn entry(&self, suffix: &str) -> (String, &'static str, &'static str) {
@@ -111,7 +103,7 @@ pub fn paged_enabled() -> bool {
 /// Whether the kernel serves attention on `device` in `dtype` with this head dim: the
 /// `.cu` file instantiates every CTA shape for the same head dims, so `w4`'s entry decides.
 pub fn serves(device: &Device, dtype: DType, head_dim: usize) -> bool {
-    device.is_cuda()
+    super::fused_ops::kernels_run_on(device)
         && matches!(dtype, DType::BF16 | DType::F16)
         && !super::ops::composed_forced()
         && super::fused_ops::type_suffix(dtype).is_ok_and(|ty| {

@@ -5,12 +5,13 @@
 //! [`applies`] holds and keep candle's differentiable composition otherwise.
 
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
-use candle_core::{bail, CudaDevice, CudaStorage, DType, Result, Storage, Tensor};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Device, Result, Storage, Tensor};
 use std::sync::OnceLock;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused_ops.ptx"));
@@ -19,10 +20,38 @@ const MODULE: &str = "infdit_fused_ops";
 /// Whether the fused kernels serve `x` (CUDA, no gradient tracking; off with
 /// `INFDIT_FUSED=0`).
 pub fn applies(x: &Tensor) -> bool {
-    x.device().is_cuda()
+    kernels_run_on(x.device())
         && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
         && !x.track_op()
         && enabled()
+}
+
+/// Whether `device` runs the project's kernels: they are PTX for compute capability 8.0
+/// (bf16 MMA, `cp.async`), which older GPUs cannot load, so there candle's ops serve
+/// instead. Decided once per process, which uses one device.
+pub(super) fn kernels_run_on(device: &Device) -> bool {
+    let Device::Cuda(dev) = device else {
+        return false;
+    };
+    static CAPABLE: OnceLock<bool> = OnceLock::new();
+    *CAPABLE.get_or_init(|| {
+        let major = compute_capability_major(dev);
+        let capable = major.is_some_and(|m| m >= 8);
+        if !capable {
+            tracing::warn!(
+                "GPU compute capability {major:?} is below 8.0: using candle's ops instead of \
+                 the fused kernels (slower)"
+            );
+        }
+        capable
+    })
+}
+
+pub(crate) fn compute_capability_major(dev: &CudaDevice) -> Option<i32> {
+    dev.cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+        .ok()
 }
 
 fn enabled() -> bool {

@@ -35,6 +35,19 @@ use embed::{ConditionEmbed, PatchEmbed};
 use layer::{DitLayer, FinalLayer, LayerInputs};
 use rope::RopeTable;
 
+/// The precision `device` computes in by default: f32 on the CPU (exact parity), bf16 on
+/// GPUs, f16 on CUDA GPUs older than Ampere, which have no bf16 arithmetic.
+pub fn default_dtype(device: &Device) -> DType {
+    match device {
+        Device::Cpu => DType::F32,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) if fused_ops::compute_capability_major(dev).is_some_and(|m| m < 8) => {
+            DType::F16
+        }
+        _ => DType::BF16,
+    }
+}
+
 /// Receives named intermediate tensors (for parity checks and debugging).
 pub type Tap<'a> = &'a mut dyn FnMut(&str, &Tensor) -> Result<()>;
 
