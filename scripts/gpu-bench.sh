@@ -148,4 +148,20 @@ for a in attention:
 print(f"{'size':>6} {'batch':>9} {'variant':>10} {'s/NFE':>8} {'peak GiB':>9}")
 for r in rows:
     print(f"{r['width']:>6} {r['batch']:>9} {r['variant']:>10} {r['seconds_per_nfe']:>8.3f} {r['peak_device_mib']/1024:>9.2f}")
+# Which variants may become the default: every parity case ran and stayed within 2e-2 of
+# the f32 fixtures (the bf16 bound).
+worst = {}
+for line in read("parity.txt"):
+    parts = [p.strip() for p in line.split(" | ", 3)]
+    if len(parts) < 4:
+        continue
+    m = re.search(r"max \|diff\| ([0-9.eE+-]+)", parts[3])
+    worst[parts[0]] = max(worst.get(parts[0], 0.0), float(m.group(1)) if m else float("inf"))
+print("parity (worst max|diff| over the cases; pass: <= 2e-2):")
+for label, w in worst.items():
+    print(f"  {label:>16}: {w:.2e} {'pass' if w <= 2e-2 else 'FAIL'}")
+for size in sorted({r["width"] for r in rows}):
+    best = min((r for r in rows if r["width"] == size), key=lambda r: r["seconds_per_nfe"])
+    print(f"fastest at {size}: {best['variant']} ({best['seconds_per_nfe']:.3f} s/NFE)")
 PY
+echo "gpu-bench finished in ${SECONDS} s"
