@@ -24,9 +24,13 @@ pub fn temp_beside(path: &Path) -> io::Result<NamedTempFile> {
         b.permissions(std::fs::Permissions::from_mode(0o666));
     }
     b.tempfile_in(dir).map_err(|e| {
+        // tempfile appends the random temporary path to the OS error; the user needs only
+        // the OS error.
+        let message = e.to_string();
+        let cause = message.split(" at path ").next().unwrap_or_default();
         io::Error::new(
             e.kind(),
-            format!("cannot create a file in {}: {e}", dir.display()),
+            format!("cannot create a file in {}: {cause}", dir.display()),
         )
     })
 }

@@ -711,6 +711,22 @@ fn model_errors_are_clear() {
     assert!(err.lines().skip(1).all(|l| l.starts_with("  ")), "{err}");
     assert!(!dir.path().join("a_x4.png").exists());
 
+    // A GPU device in a build without its feature says how to get one.
+    if !cfg!(feature = "metal") {
+        let out = upscale(&model, &[s(&src), "--device", "metal"]);
+        let err = check(&out, "built without metal support");
+        assert!(err.contains("--features metal"), "{err}");
+    }
+
+    // One input that cannot be written: one line, no batch summary.
+    let unwritable = dir.path().join("no_such_dir").join("out.png");
+    let good = tiny_model(&dir.path().join("good"));
+    let out = upscale(&good, &[s(&src), "-o", s(&unwritable)]);
+    let err = check(&out, "No such file or directory");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("no_such_dir").count(), 2, "{err}");
+    assert!(!err.contains(".part"), "{err}");
+
     let help = Command::new(env!("CARGO_BIN_EXE_infdit"))
         .args(["upscale", "--help"])
         .output()

@@ -9,7 +9,7 @@ mod upscale;
 
 pub use upscale::SamplingDefaults;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 
@@ -64,15 +64,26 @@ impl Cli {
 
 /// `cpu`, `cuda`, `cuda:N` or `metal`.
 pub fn parse_device(s: &str) -> Result<Device> {
-    Ok(match s {
-        "cpu" => Device::Cpu,
-        "metal" => Device::new_metal(0)?,
-        "cuda" => Device::new_cuda(0)?,
+    let (feature, device) = match s {
+        "cpu" => return Ok(Device::Cpu),
+        "metal" => ("metal", Device::new_metal(0)),
+        "cuda" => ("cuda", Device::new_cuda(0)),
         _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => Device::new_cuda(i)?,
+            Some(Ok(i)) => ("cuda", Device::new_cuda(i)),
             _ => bail!("unknown device `{s}` (expected cpu, cuda, cuda:N or metal)"),
         },
-    })
+    };
+    let built = match feature {
+        "cuda" => cfg!(feature = "cuda"),
+        _ => cfg!(feature = "metal"),
+    };
+    if !built {
+        bail!(
+            "this infdit was built without {feature} support: rebuild with \
+             `cargo build --release --features {feature}` (README: GPUs)"
+        );
+    }
+    device.with_context(|| format!("cannot open device `{s}`"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -184,6 +184,8 @@ impl UpscaleArgs {
     pub fn run(self) -> Result<std::process::ExitCode> {
         let (mut inputs, mut failures) = self.collect_inputs();
         inputs.dedup();
+        // Files named or found, readable or not: a summary line only when there are several.
+        let listed = inputs.len() + failures.len();
         if inputs.is_empty() && failures.is_empty() {
             bail!("no images found in {}", self.inputs.join(", "));
         }
@@ -266,7 +268,7 @@ impl UpscaleArgs {
             }
             eprintln!("error: {file}: {err}");
         }
-        if inputs.len() + failures.len() > 1 && !self.quiet {
+        if listed > 1 && !self.quiet {
             eprintln!(
                 "{written} upscaled, {skipped} skipped, {} failed",
                 failures.len()

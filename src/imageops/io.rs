@@ -65,16 +65,18 @@ impl Default for DecodeLimits {
 /// Everything that can go wrong reading or writing an image file; each message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageIoError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    // The I/O error is part of the message, not a `source`: a chain printer would
+    // otherwise repeat it.
+    #[error("cannot read {}: {cause}", path.display())]
+    Read { path: PathBuf, cause: io::Error },
     #[error("{}: unsupported image format: {detail}", path.display())]
     Unsupported { path: PathBuf, detail: String },
     #[error("{}: corrupt or truncated image data: {detail}", path.display())]
     Corrupt { path: PathBuf, detail: String },
     #[error("{}: image too large: {detail}", path.display())]
     TooLarge { path: PathBuf, detail: String },
-    #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot write {}: {cause}", path.display())]
+    Write { path: PathBuf, cause: io::Error },
     #[error("cannot encode {}: {detail}", path.display())]
     Encode { path: PathBuf, detail: String },
 }
@@ -92,13 +94,13 @@ impl ImageIoError {
                 detail: one_line(e),
             },
             // Running out of input mid-image is a property of the file, not of the disk.
-            ImageError::IoError(source)
+            ImageError::IoError(cause)
                 if !matches!(
-                    source.kind(),
+                    cause.kind(),
                     io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
                 ) =>
             {
-                Self::Read { path, source }
+                Self::Read { path, cause }
             }
             e => Self::Corrupt {
                 path,
@@ -107,10 +109,18 @@ impl ImageIoError {
         }
     }
 
+    /// Wraps a read failure of `path`.
+    fn read(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
+        move |cause| Self::Read {
+            path: path.into(),
+            cause,
+        }
+    }
+
     fn from_encode(path: &Path, e: ImageError) -> Self {
         let path = path.to_path_buf();
         match e {
-            ImageError::IoError(source) => Self::Write { path, source },
+            ImageError::IoError(cause) => Self::Write { path, cause },
             e => Self::Encode {
                 path,
                 detail: one_line(e),
@@ -127,10 +137,7 @@ fn one_line(e: impl fmt::Display) -> String {
 /// Decodes an image file. The format is detected from the contents, so a misnamed file
 /// still decodes.
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<DecodedImage, ImageIoError> {
-    let file = File::open(path).map_err(|source| ImageIoError::Read {
-        path: path.into(),
-        source,
-    })?;
+    let file = File::open(path).map_err(ImageIoError::read(path))?;
     decode_reader(BufReader::new(file), path, limits)
 }
 
@@ -179,10 +186,7 @@ fn decode_reader(
 ) -> Result<DecodedImage, ImageIoError> {
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
-        .map_err(|source| ImageIoError::Read {
-            path: path.into(),
-            source,
-        })?;
+        .map_err(ImageIoError::read(path))?;
     // TGA has no signature, so only its extension can name it.
     let guessed = reader.format().or_else(|| {
         ImageFormat::from_path(path)
@@ -209,10 +213,7 @@ fn decode_reader(
     reader
         .into_inner()
         .read_to_end(&mut data)
-        .map_err(|source| ImageIoError::Read {
-            path: path.into(),
-            source,
-        })?;
+        .map_err(ImageIoError::read(path))?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(&data) {
         return Err(ImageIoError::Corrupt {
             path: path.into(),
@@ -506,9 +507,9 @@ pub fn encode_file(
         path: path.into(),
         detail,
     };
-    let write_err = |source| ImageIoError::Write {
+    let write_err = |cause| ImageIoError::Write {
         path: path.into(),
-        source,
+        cause,
     };
     if rgb.channels != 3 {
         return Err(encode_err(format!(
