@@ -1,17 +1,82 @@
 //! Output files appear whole or not at all: everything is written to a hidden temporary
-//! file in the target directory, synced, then renamed over the destination. A failed or
-//! interrupted write leaves at most that temporary file's removal behind, never a
-//! truncated output.
+//! file in the target directory, synced, then renamed over the destination. A failed write
+//! removes its temporary file and leaves the destination untouched; an interrupted process
+//! (Ctrl-C) removes the temporary files it was writing through [`remove_partial_files`],
+//! since it runs no destructors.
 
 use anyhow::{Context, Result};
+use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tempfile::NamedTempFile;
+
+/// The temporary files being written now.
+static PARTIAL: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn partial() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    PARTIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes every temporary file still being written: for a signal handler, before exit.
+pub fn remove_partial_files() {
+    remove_listed(|_| true);
+}
+
+fn remove_listed(which: impl Fn(&Path) -> bool) {
+    partial().retain(|path| {
+        let remove = which(path);
+        if remove {
+            let _ = std::fs::remove_file(path);
+        }
+        !remove
+    });
+}
+
+/// A temporary output file, listed for [`remove_partial_files`] while it exists.
+pub struct PartFile(Option<NamedTempFile>);
+
+impl PartFile {
+    fn inner(&self) -> &NamedTempFile {
+        self.0
+            .as_ref()
+            .expect("a PartFile holds its file until dropped")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.inner().path()
+    }
+
+    pub fn as_file_mut(&mut self) -> &mut File {
+        self.0
+            .as_mut()
+            .expect("a PartFile holds its file until dropped")
+            .as_file_mut()
+    }
+
+    /// Takes the file off the list and hands it over (to be persisted or dropped).
+    fn release(mut self) -> NamedTempFile {
+        let file = self
+            .0
+            .take()
+            .expect("a PartFile holds its file until dropped");
+        partial().retain(|p| p != file.path());
+        file
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if let Some(file) = &self.0 {
+            partial().retain(|p| p != file.path());
+        }
+    }
+}
 
 /// A temporary file in `path`'s directory. It gets the permissions a plainly created file
 /// would (0666 less the umask) rather than tempfile's private 0600, since it becomes the
 /// output.
-pub fn temp_beside(path: &Path) -> io::Result<NamedTempFile> {
+pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -23,7 +88,7 @@ pub fn temp_beside(path: &Path) -> io::Result<NamedTempFile> {
         use std::os::unix::fs::PermissionsExt;
         b.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    b.tempfile_in(dir).map_err(|e| {
+    let file = b.tempfile_in(dir).map_err(|e| {
         // tempfile appends the random temporary path to the OS error; the user needs only
         // the OS error.
         let message = e.to_string();
@@ -32,11 +97,14 @@ pub fn temp_beside(path: &Path) -> io::Result<NamedTempFile> {
             e.kind(),
             format!("cannot create a file in {}: {cause}", dir.display()),
         )
-    })
+    })?;
+    partial().push(file.path().to_path_buf());
+    Ok(PartFile(Some(file)))
 }
 
 /// Syncs `tmp` and renames it to `path`.
-pub fn commit(tmp: NamedTempFile, path: &Path) -> io::Result<()> {
+pub fn commit(tmp: PartFile, path: &Path) -> io::Result<()> {
+    let tmp = tmp.release();
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -76,5 +144,32 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         write_atomically(&target, |tmp| Ok(std::fs::write(tmp, b"whole")?)).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
+    }
+
+    #[test]
+    fn interrupted_writes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.png");
+        let mut open = temp_beside(&target).unwrap();
+        std::io::Write::write_all(open.as_file_mut(), b"half").unwrap();
+        let open_path = open.path().to_path_buf();
+        assert!(partial().contains(&open_path));
+        // Committed and dropped files leave the list.
+        let done = temp_beside(&target).unwrap();
+        commit(done, &target).unwrap();
+        drop(temp_beside(&target).unwrap());
+        assert_eq!(
+            partial()
+                .iter()
+                .filter(|p| p.starts_with(dir.path()))
+                .count(),
+            1
+        );
+        // What an interrupt does (to this test's files only: tests run in parallel): the
+        // open file goes, the committed output stays.
+        remove_listed(|p| p.starts_with(dir.path()));
+        assert!(!open_path.exists());
+        assert!(target.exists());
+        drop(open);
     }
 }

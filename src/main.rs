@@ -21,6 +21,15 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // An interrupted run exits at once, as usual, but first removes the temporary output
+    // files it was writing (an exiting process runs no destructors).
+    if let Err(e) = ctrlc::set_handler(|| {
+        infdit::fsutil::remove_partial_files();
+        eprintln!("interrupted");
+        std::process::exit(130);
+    }) {
+        tracing::debug!("no interrupt handler: {e}");
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",

@@ -853,3 +853,27 @@ fn eval_denoiser_diagnostic_scores_both_starts() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("whole blocks"), "{}", stderr(&out));
 }
+
+/// Ctrl-C ends a run at once with the conventional status and leaves no output behind.
+#[cfg(unix)]
+#[test]
+fn interrupt_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.png");
+    save(gradient(256, 256), &src, ImageFormat::Png);
+    // The built-in model takes seconds on this input, long enough to be interrupted.
+    let child = Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .env_remove("INFDIT_LOG")
+        .args(["upscale", "-q", s(&src)])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: sends a signal to the child process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(listing(dir.path()), ["a.png"]);
+}
