@@ -762,6 +762,39 @@ fn glob_inputs() {
     );
 }
 
+#[test]
+fn recursive_directories_keep_their_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir_all(inputs.join("sub/deeper")).unwrap();
+    save(gradient(20, 12), &inputs.join("a.png"), ImageFormat::Png);
+    save(
+        gradient(12, 20),
+        &inputs.join("sub/a.png"),
+        ImageFormat::Png,
+    );
+    save(
+        gradient(20, 12),
+        &inputs.join("sub/deeper/b.jpg"),
+        ImageFormat::Jpeg,
+    );
+
+    // Without -r only the top level.
+    let flat = dir.path().join("flat");
+    upscale_ok(&model, &[s(&inputs), "-o", s(&flat)]);
+    assert_eq!(listing(&flat), ["a_x4.png"]);
+
+    // With -r the tree is recreated, so the two a.png stay apart.
+    let out = dir.path().join("out");
+    upscale_ok(&model, &[s(&inputs), "-r", "-o", s(&out)]);
+    assert_eq!(listing(&out), ["a_x4.png", "sub"]);
+    assert_eq!(listing(&out.join("sub")), ["a_x4.png", "deeper"]);
+    assert_eq!(listing(&out.join("sub/deeper")), ["b_x4.jpg"]);
+    assert_eq!(dims(&out.join("a_x4.png")), (80, 48));
+    assert_eq!(dims(&out.join("sub/a_x4.png")), (48, 80));
+}
+
 /// Writes a tiny model conditioned on a 768-d image embedding, like the released one.
 fn tiny_conditioned_model(dir: &Path) -> PathBuf {
     let cfg = ModelConfig {

@@ -42,7 +42,8 @@ pub struct UpscaleArgs {
     /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI).
     #[arg(required = true)]
     pub inputs: Vec<String>,
-    /// Output file (one input) or directory (several). Default: beside each input as NAME_xSCALE.EXT.
+    /// Output file (one input file) or directory (several inputs, a directory or a pattern;
+    /// with -r, subfolders are recreated in it). Default: beside each input as NAME_xSCALE.EXT.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Upscaling factor: 2 or 4 in one pass; 8 and 16 chain passes.
@@ -137,6 +138,16 @@ impl Default for SamplingDefaults {
     }
 }
 
+/// One image to upscale.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Input {
+    path: PathBuf,
+    /// Its directory relative to the directory argument it was found under (empty for files
+    /// named directly or by a pattern), recreated under an output directory so that
+    /// `-r` keeps the tree and same-named files of different folders stay apart.
+    subdir: PathBuf,
+}
+
 /// What became of one input.
 enum Outcome {
     Written(PathBuf),
@@ -183,7 +194,7 @@ impl UpscaleArgs {
 
     pub fn run(self) -> Result<std::process::ExitCode> {
         let (mut inputs, mut failures) = self.collect_inputs();
-        inputs.dedup();
+        inputs.dedup_by(|a, b| a.path == b.path);
         // Files named or found, readable or not: a summary line only when there are several.
         let listed = inputs.len() + failures.len();
         if inputs.is_empty() && failures.is_empty() {
@@ -212,8 +223,9 @@ impl UpscaleArgs {
         // Outputs of this run, by the input they came from: two inputs that differ only in
         // extension (a.png, a.bmp) would otherwise share a name and one result be lost.
         let mut produced = HashMap::new();
-        for input in &inputs {
-            match self.process(input, inputs.len(), &upscaler, &multi, json, &produced) {
+        for item in &inputs {
+            let input = &item.path;
+            match self.process(item, &upscaler, &multi, json, &produced) {
                 Ok(Outcome::Written(out)) => {
                     written += 1;
                     produced.insert(out.clone(), input.clone());
@@ -307,26 +319,33 @@ impl UpscaleArgs {
     }
 
     /// Expands files, directories and globs; unreadable entries become failures.
-    fn collect_inputs(&self) -> (Vec<PathBuf>, Vec<(String, String)>) {
+    fn collect_inputs(&self) -> (Vec<Input>, Vec<(String, String)>) {
         let mut files = Vec::new();
         let mut failures = Vec::new();
         for arg in &self.inputs {
             let path = Path::new(arg);
             if path.is_dir() {
                 let mut found = Vec::new();
-                if let Err(e) = list_images(path, self.recursive, &mut found) {
+                if let Err(e) = list_images(path, path, self.recursive, &mut found) {
                     failures.push((arg.clone(), format!("{e:#}")));
                 }
                 found.sort();
                 files.extend(found);
             } else if path.exists() {
-                files.push(path.to_path_buf());
+                files.push(Input {
+                    path: path.to_path_buf(),
+                    subdir: PathBuf::new(),
+                });
             } else if arg.contains(['*', '?', '[']) {
                 match glob::glob(arg) {
                     Ok(paths) => {
-                        let mut found: Vec<PathBuf> = paths
+                        let mut found: Vec<Input> = paths
                             .filter_map(|p| p.ok())
                             .filter(|p| p.is_file() && has_input_extension(p))
+                            .map(|path| Input {
+                                path,
+                                subdir: PathBuf::new(),
+                            })
                             .collect();
                         if found.is_empty() {
                             failures.push((arg.clone(), "the pattern matches no image".into()));
@@ -436,12 +455,18 @@ impl UpscaleArgs {
         Ok(None)
     }
 
+    /// Whether the inputs are one file named directly, the one case where `-o` names a
+    /// file; a directory or pattern input makes `-o` a directory even when it finds one image.
+    fn one_named_file(&self) -> bool {
+        matches!(self.inputs.as_slice(), [one] if Path::new(one).is_file())
+    }
+
     fn output_path(
         &self,
-        input: &Path,
-        n_inputs: usize,
+        item: &Input,
         source_format: image::ImageFormat,
     ) -> Result<(PathBuf, OutputFormat)> {
+        let input = &item.path;
         let by_source = OutputFormat::from_extension(
             source_format
                 .extensions_str()
@@ -460,7 +485,7 @@ impl UpscaleArgs {
         let beside = input.parent().map(Path::to_path_buf).unwrap_or_default();
         match &self.output {
             Some(out)
-                if n_inputs == 1
+                if self.one_named_file()
                     && !out.is_dir()
                     && !out.to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) =>
             {
@@ -472,6 +497,7 @@ impl UpscaleArgs {
                 Ok((out.clone(), format))
             }
             Some(dir) => {
+                let dir = &dir.join(&item.subdir);
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create output directory {}", dir.display()))?;
                 let format = self.format.unwrap_or(by_source);
@@ -486,13 +512,13 @@ impl UpscaleArgs {
 
     fn process(
         &self,
-        input: &Path,
-        n_inputs: usize,
+        item: &Input,
         up: &Upscaler,
         multi: &MultiProgress,
         json: bool,
         produced: &HashMap<PathBuf, PathBuf>,
     ) -> Result<Outcome> {
+        let input = &item.path;
         let limits = DecodeLimits {
             max_width: self.max_input_side,
             max_height: self.max_input_side,
@@ -504,7 +530,7 @@ impl UpscaleArgs {
             .ok()
             .and_then(|r| r.format())
             .unwrap_or(image::ImageFormat::Png);
-        let (out, out_format) = self.output_path(input, n_inputs, format)?;
+        let (out, out_format) = self.output_path(item, format)?;
         if let Some(earlier) = produced.get(&out) {
             bail!(
                 "its output {} was already written from {} in this run (rename one of the inputs)",
@@ -558,17 +584,22 @@ impl UpscaleArgs {
     }
 }
 
-fn list_images(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The images in `dir` (and below it when `recursive`), with their place under `root`.
+fn list_images(root: &Path, dir: &Path, recursive: bool, out: &mut Vec<Input>) -> Result<()> {
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("cannot read directory {}", dir.display()))?
     {
         let p = entry?.path();
         if p.is_dir() {
             if recursive {
-                list_images(&p, true, out)?;
+                list_images(root, &p, true, out)?;
             }
         } else if has_input_extension(&p) {
-            out.push(p);
+            let subdir = dir
+                .strip_prefix(root)
+                .unwrap_or(Path::new(""))
+                .to_path_buf();
+            out.push(Input { path: p, subdir });
         }
     }
     Ok(())
