@@ -88,6 +88,13 @@ fn save(img: impl Into<DynamicImage>, path: &Path, format: ImageFormat) {
 }
 
 /// Format detected from the contents, decoded image.
+/// Saves a `w`×`h` gradient under each name in `dir`.
+fn save_gradients(dir: &Path, files: &[(&str, u32, u32, ImageFormat)]) {
+    for &(name, w, h, format) in files {
+        save(gradient(w, h), &dir.join(name), format);
+    }
+}
+
 fn read(path: &Path) -> (ImageFormat, DynamicImage) {
     let reader = image::ImageReader::open(path)
         .unwrap()
@@ -419,15 +426,12 @@ fn batch_with_bad_files_writes_the_good_ones_and_reports_the_rest() {
     let model = tiny_model(dir.path());
     let inputs = dir.path().join("in");
     std::fs::create_dir(&inputs).unwrap();
-    save(
-        gradient(20, 12),
-        &inputs.join("good1.png"),
-        ImageFormat::Png,
-    );
-    save(
-        gradient(12, 20),
-        &inputs.join("good2.jpg"),
-        ImageFormat::Jpeg,
+    save_gradients(
+        &inputs,
+        &[
+            ("good1.png", 20, 12, ImageFormat::Png),
+            ("good2.jpg", 12, 20, ImageFormat::Jpeg),
+        ],
     );
     std::fs::write(inputs.join("garbage.png"), b"definitely not an image").unwrap();
     let jpeg = std::fs::read(inputs.join("good2.jpg")).unwrap();
@@ -768,16 +772,13 @@ fn recursive_directories_keep_their_tree() {
     let model = tiny_model(dir.path());
     let inputs = dir.path().join("in");
     std::fs::create_dir_all(inputs.join("sub/deeper")).unwrap();
-    save(gradient(20, 12), &inputs.join("a.png"), ImageFormat::Png);
-    save(
-        gradient(12, 20),
-        &inputs.join("sub/a.png"),
-        ImageFormat::Png,
-    );
-    save(
-        gradient(20, 12),
-        &inputs.join("sub/deeper/b.jpg"),
-        ImageFormat::Jpeg,
+    save_gradients(
+        &inputs,
+        &[
+            ("a.png", 20, 12, ImageFormat::Png),
+            ("sub/a.png", 12, 20, ImageFormat::Png),
+            ("sub/deeper/b.jpg", 20, 12, ImageFormat::Jpeg),
+        ],
     );
 
     // Without -r only the top level.
