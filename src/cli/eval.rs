@@ -83,10 +83,26 @@ fn load(p: &Path) -> Result<Planar> {
     Ok(decode_file(p, &DecodeLimits::default())?.rgb)
 }
 
-/// Crops both to their common size (upscalers may round sizes).
-fn common(a: &Planar, b: &Planar) -> (Planar, Planar) {
+/// Crops both to their common size (upscalers may round sizes by a few pixels); sizes
+/// further apart mean the wrong pair of files, and too small a common size cannot be scored.
+fn common(a: &Planar, b: &Planar, shave: usize) -> Result<(Planar, Planar)> {
+    let close = |x: usize, y: usize| x.abs_diff(y) <= 4.max(x.max(y) / 100);
+    if !close(a.height, b.height) || !close(a.width, b.width) {
+        bail!(
+            "sizes differ: {}x{} and {}x{}",
+            a.width,
+            a.height,
+            b.width,
+            b.height
+        );
+    }
     let (h, w) = (a.height.min(b.height), a.width.min(b.width));
-    (a.crop_clamped(0, 0, h, w), b.crop_clamped(0, 0, h, w))
+    // SSIM's 11×11 window has to fit inside the shaved image.
+    let least = 2 * shave + 11;
+    if h < least || w < least {
+        bail!("{w}x{h} is too small to score: at least {least}x{least} with --shave {shave}");
+    }
+    Ok((a.crop_clamped(0, 0, h, w), b.crop_clamped(0, 0, h, w)))
 }
 
 impl EvalArgs {
@@ -97,9 +113,9 @@ impl EvalArgs {
         }
         let mut rows: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
         let header: Vec<String>;
-        let score = |a: &Planar, b: &Planar| {
-            let (a, b) = common(a, b);
-            (psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave))
+        let score = |a: &Planar, b: &Planar| -> Result<(f64, f64)> {
+            let (a, b) = common(a, b, self.shave)?;
+            Ok((psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave)))
         };
         // Computed images are scored as the 8-bit files they would be written as.
         let q = |x: Planar| x.map(|v| (v * 255.0).round() / 255.0);
@@ -124,15 +140,15 @@ impl EvalArgs {
                     let mut scores = Vec::new();
                     match baseline {
                         Baseline::Bicubic => {
-                            scores.push(score(&hr, &q(up.upscale_rgb(&lr, &mut |_| {})?)));
-                            scores.push(score(&hr, &q(bic.clone())));
+                            scores.push(score(&hr, &q(up.upscale_rgb(&lr, &mut |_| {})?))?);
+                            scores.push(score(&hr, &q(bic.clone()))?);
                         }
                         Baseline::Denoiser => {
-                            scores.push(score(&hr, &q(bic.clone())));
+                            scores.push(score(&hr, &q(bic.clone()))?);
                             for &sigma in &self.sigmas {
                                 for start in [&hr, &bic] {
                                     let d = up.denoise_once(&lr, start, sigma)?;
-                                    scores.push(score(&hr, &q(d)));
+                                    scores.push(score(&hr, &q(d))?);
                                 }
                             }
                         }
@@ -164,7 +180,9 @@ impl EvalArgs {
                             })?
                             .clone()
                     };
-                    rows.push((f.display().to_string(), vec![score(&load(f)?, &load(&m)?)]));
+                    let scored = score(&load(f)?, &load(&m)?)
+                        .with_context(|| format!("{} and {}", f.display(), m.display()))?;
+                    rows.push((f.display().to_string(), vec![scored]));
                 }
             }
             (None, None) => bail!("give --sr or --baseline"),
@@ -212,5 +230,25 @@ impl EvalArgs {
         let hr = hr.crop_clamped(0, 0, hr.height / 4 * 4, hr.width / 4 * 4);
         let lr = resize_bicubic(&hr, hr.height / 4, hr.width / 4, true).map(|v| v.clamp(0.0, 1.0));
         Ok((hr, lr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(h: usize, w: usize) -> Planar {
+        Planar::new(3, h, w, vec![0.5; 3 * h * w])
+    }
+
+    #[test]
+    fn common_size_tolerates_rounding_only() {
+        let (a, b) = common(&flat(64, 64), &flat(62, 64), 4).unwrap();
+        assert_eq!((a.height, a.width, b.height, b.width), (62, 64, 62, 64));
+        let e = common(&flat(64, 64), &flat(16, 16), 4).unwrap_err();
+        assert!(e.to_string().contains("sizes differ"), "{e}");
+        let e = common(&flat(18, 18), &flat(18, 18), 4).unwrap_err();
+        assert!(e.to_string().contains("too small"), "{e}");
+        assert!(common(&flat(19, 19), &flat(19, 19), 4).is_ok());
     }
 }
