@@ -86,6 +86,35 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
+    /// Refuses settings that cannot train (they would fail deep inside a step otherwise).
+    pub fn validate(&self) -> Result<()> {
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        let checks = [
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.crop_px >= 1, "--crop must be positive"),
+            (self.save_every >= 1, "--save-every must be at least 1"),
+            (
+                self.learning_rate.is_finite() && self.learning_rate > 0.0,
+                "--lr must be positive",
+            ),
+            (
+                self.min_learning_rate.is_finite() && self.min_learning_rate >= 0.0,
+                "--min-lr must not be negative",
+            ),
+            (
+                self.p_std.is_finite() && self.p_std >= 0.0 && self.p_mean.is_finite(),
+                "--p-std must not be negative (and --p-mean finite)",
+            ),
+            (unit(self.lr_dropout), "--lr-dropout must lie in [0, 1]"),
+            (unit(self.bicubic_prob), "--bicubic-prob must lie in [0, 1]"),
+            (unit(self.ema_decay), "the EMA decay must lie in [0, 1]"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => bail!("{message}"),
+            None => Ok(()),
+        }
+    }
+
     /// The learning rate of step `step` (0-based): linear warm-up, constant, then the
     /// optional cosine decay.
     pub fn learning_rate_at(&self, step: usize) -> f64 {
@@ -235,6 +264,7 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(cfg: ModelConfig, opts: TrainOptions, device: Device, start: Start) -> Result<Self> {
         cfg.validate()?;
+        opts.validate()?;
         if !opts.crop_px.is_multiple_of(cfg.image_block_size_px) {
             bail!(
                 "--crop {} must be a multiple of the block size {}",
@@ -550,6 +580,44 @@ pub fn small_config() -> ModelConfig {
 mod tests {
     use super::*;
     use crate::engine::{Batching, Engine, EngineOptions, Order};
+
+    #[test]
+    fn unusable_options_are_refused() {
+        assert!(TrainOptions::default().validate().is_ok());
+        let bad = [
+            TrainOptions {
+                batch_size: 0,
+                ..Default::default()
+            },
+            TrainOptions {
+                learning_rate: -1.0,
+                ..Default::default()
+            },
+            TrainOptions {
+                p_std: -0.5,
+                ..Default::default()
+            },
+            TrainOptions {
+                bicubic_prob: 1.5,
+                ..Default::default()
+            },
+            TrainOptions {
+                lr_dropout: f64::NAN,
+                ..Default::default()
+            },
+        ];
+        for opts in bad {
+            let e = Trainer::new(
+                ModelConfig::minimal(),
+                opts.clone(),
+                Device::Cpu,
+                Start::Scratch,
+            )
+            .err()
+            .unwrap_or_else(|| panic!("accepted {opts:?}"));
+            assert!(e.to_string().starts_with("--"), "{e}");
+        }
+    }
 
     /// Config, trainer, its weights and two examples.
     type Setup = (ModelConfig, Trainer, HashMap<String, Tensor>, Vec<Example>);
