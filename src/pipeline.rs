@@ -138,6 +138,7 @@ impl Upscaler {
     /// `clip` is required when the model has an image-condition vector.
     pub fn new(model: InfDit, clip: Option<ClipEncoder>, opts: UpscaleOptions) -> Result<Self> {
         passes(opts.scale)?;
+        opts.sampler.validate()?;
         if ![1, 2, 4, 8].contains(&opts.self_ensemble) {
             bail!(
                 "self-ensemble size {} is not 1, 2, 4 or 8",

@@ -45,6 +45,31 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
+    /// Refuses settings that give no schedule: no steps, or noise levels that are not
+    /// positive, finite and ordered.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.steps == 0 {
+            anyhow::bail!("--steps must be at least 1");
+        }
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !positive(self.sigma_max) || !positive(self.sigma_min) || !positive(self.rho) {
+            anyhow::bail!(
+                "noise levels must be positive and finite (σ_max {}, σ_min {}, ρ {})",
+                self.sigma_max,
+                self.sigma_min,
+                self.rho
+            );
+        }
+        if self.sigma_max < self.sigma_min {
+            anyhow::bail!(
+                "--sigma-max {} is below the smallest noise level {}",
+                self.sigma_max,
+                self.sigma_min
+            );
+        }
+        Ok(())
+    }
+
     /// `steps` noise levels from σ_max down to σ_min, then a final 0 (f32 as the reference).
     pub fn sigmas(&self) -> Vec<f32> {
         let n = self.steps;
@@ -123,6 +148,33 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedules_without_meaning_are_refused() {
+        let ok = SamplerConfig::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            SamplerConfig { steps: 0, ..ok },
+            SamplerConfig {
+                sigma_max: 0.0,
+                ..ok
+            },
+            SamplerConfig {
+                sigma_max: f32::NAN,
+                ..ok
+            },
+            SamplerConfig {
+                sigma_max: f32::INFINITY,
+                ..ok
+            },
+            SamplerConfig {
+                sigma_max: 0.001,
+                ..ok
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn four_step_schedule_matches_reference() {

@@ -77,7 +77,7 @@ pub struct UpscaleArgs {
     #[arg(long)]
     pub max_memory: Option<String>,
     /// Blocks per forward (overrides --max-memory).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub block_batch: Option<usize>,
     /// Block order (auto walks along the long side so memory follows the short side).
     #[arg(long, value_enum, default_value_t = Order::Auto)]
@@ -106,7 +106,7 @@ pub struct UpscaleArgs {
     #[arg(long, value_enum, default_value_t = ProgressMode::Bar)]
     pub progress: ProgressMode,
     /// Refuse inputs with more pixels per side than this.
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_input_side: u32,
 }
 
@@ -395,9 +395,6 @@ impl UpscaleArgs {
             sigma_max: self.sigma_max.unwrap_or(defaults.sigma_max),
             ..SamplerConfig::default()
         };
-        if sampler.steps == 0 {
-            bail!("--steps must be at least 1");
-        }
         let batch = match (self.block_batch, &self.max_memory) {
             (Some(b), _) => Some(BatchChoice::Fixed(b)),
             (None, Some(m)) => Some(BatchChoice::Budget(parse_size(m)?)),
