@@ -180,10 +180,11 @@ pub fn has_input_extension(path: &Path) -> bool {
 
 /// Detects and vets the format, then decodes.
 fn decode_reader(
-    reader: impl BufRead + Seek,
+    mut reader: impl BufRead + Seek,
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, ImageIoError> {
+    let heif = is_heif(reader.fill_buf().map_err(ImageIoError::read(path))?);
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
         .map_err(ImageIoError::read(path))?;
@@ -196,7 +197,12 @@ fn decode_reader(
     let format = match guessed {
         Some(f) if INPUT_FORMATS.contains(&f) => f,
         other => {
-            let what = other.map_or("unrecognised contents".to_string(), |f| format!("{f:?}"));
+            let what = match other {
+                Some(f) => format!("{f:?}"),
+                // Phones' default format, which the `image` crate cannot read.
+                None if heif => "HEIF/HEIC (convert it to PNG or JPEG first)".into(),
+                None => "unrecognised contents".into(),
+            };
             let detail = format!("{what} (supported: {})", input_format_names());
             return Err(ImageIoError::Unsupported {
                 path: path.into(),
@@ -233,6 +239,14 @@ fn decode_reader(
         );
     }
     Ok(decoded)
+}
+
+/// Whether `head`, a file's first bytes, opens a HEIF container (ISO-BMFF with a HEIF brand).
+fn is_heif(head: &[u8]) -> bool {
+    const BRANDS: [&[u8]; 7] = [
+        b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1",
+    ];
+    head.get(4..8) == Some(b"ftyp") && head.get(8..12).is_some_and(|b| BRANDS.contains(&b))
 }
 
 /// Whether a GIF (already decoded once, so known to be valid) holds more than one frame.
@@ -1056,6 +1070,8 @@ mod tests {
         // A recognised but unsupported format.
         let e = decode_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        let e = decode_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", &limits()).unwrap_err();
+        assert!(e.to_string().contains("HEIF/HEIC"), "{e}");
         // A GIF header with no image after it.
         let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
