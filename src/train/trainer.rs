@@ -94,8 +94,8 @@ impl TrainOptions {
             (self.crop_px >= 1, "--crop must be positive"),
             (self.save_every >= 1, "--save-every must be at least 1"),
             (
-                self.learning_rate.is_finite() && self.learning_rate > 0.0,
-                "--lr must be positive",
+                self.learning_rate.is_finite() && self.learning_rate >= 0.0,
+                "--lr must not be negative",
             ),
             (
                 self.min_learning_rate.is_finite() && self.min_learning_rate >= 0.0,
