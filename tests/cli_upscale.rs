@@ -12,6 +12,10 @@ use infdit::imageops::resize::resize_bicubic;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "common/exif.rs"]
+mod exif;
+use exif::with_exif_orientation;
+
 /// Writes a tiny random model directory (`config.json` + `weights.safetensors`) into `dir`.
 fn tiny_model(dir: &Path) -> PathBuf {
     write_model(&dir.join("model"), &tiny_config(), 11)
@@ -346,27 +350,6 @@ fn grayscale_png_stays_grayscale() {
         let d = distance_to_bicubic(&src, &out);
         assert!(d < 0.015, "{name} is far from its input: {d}");
     }
-}
-
-/// Inserts an APP1 Exif segment carrying only `Orientation = orientation` after SOI.
-fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
-    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec(); // big-endian TIFF header, IFD at 8
-    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
-    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
-    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
-    tiff.extend_from_slice(&1u32.to_be_bytes()); // count
-    tiff.extend_from_slice(&orientation.to_be_bytes());
-    tiff.extend_from_slice(&[0, 0]); // value padding
-    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
-    let mut payload = b"Exif\0\0".to_vec();
-    payload.extend_from_slice(&tiff);
-    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
-    let mut out = jpeg[..2].to_vec();
-    out.extend_from_slice(&[0xff, 0xe1]);
-    out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&jpeg[2..]);
-    out
 }
 
 #[test]

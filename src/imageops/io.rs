@@ -710,7 +710,12 @@ pub fn from_model_range(p: Planar) -> Planar {
 }
 
 #[cfg(test)]
+#[path = "../../tests/common/exif.rs"]
+mod exif;
+
+#[cfg(test)]
 mod tests {
+    use super::exif::with_exif_orientation;
     use super::*;
 
     const ALL: [OutputFormat; 4] = [
@@ -967,27 +972,6 @@ mod tests {
             deep,
             [65535u16.to_ne_bytes(), 32768u16.to_ne_bytes()].concat()
         );
-    }
-
-    /// Inserts an APP1 Exif segment carrying only `Orientation = orientation` after SOI.
-    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
-        let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec(); // big-endian TIFF header, IFD at 8
-        tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
-        tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
-        tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
-        tiff.extend_from_slice(&1u32.to_be_bytes()); // count
-        tiff.extend_from_slice(&orientation.to_be_bytes());
-        tiff.extend_from_slice(&[0, 0]); // value padding
-        tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
-        let mut payload = b"Exif\0\0".to_vec();
-        payload.extend_from_slice(&tiff);
-        assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
-        let mut out = jpeg[..2].to_vec();
-        out.extend_from_slice(&[0xff, 0xe1]);
-        out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
-        out.extend_from_slice(&payload);
-        out.extend_from_slice(&jpeg[2..]);
-        out
     }
 
     #[test]
