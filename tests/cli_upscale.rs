@@ -40,6 +40,11 @@ fn tiny_config() -> ModelConfig {
 /// Runs `infdit upscale` with the tiny model and a one-step sampler; `--sigma-max 0.01`
 /// unless the caller passes its own.
 fn upscale(model: &Path, args: &[&str]) -> Output {
+    upscale_command(model, args).output().unwrap()
+}
+
+/// The command [`upscale`] runs.
+fn upscale_command(model: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_infdit"));
     // A log filter from the environment would add lines the tests count.
     cmd.env_remove("INFDIT_LOG")
@@ -51,7 +56,7 @@ fn upscale(model: &Path, args: &[&str]) -> Output {
     if !args.contains(&"--sigma-max") {
         cmd.args(["--sigma-max", "0.01"]);
     }
-    cmd.output().unwrap()
+    cmd
 }
 
 /// Like [`upscale`], and the run must succeed.
@@ -893,4 +898,66 @@ fn interrupt_exits_cleanly() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert_eq!(listing(dir.path()), ["a.png"]);
+}
+
+/// `-` reads the image from standard input and writes the result to standard output.
+#[test]
+fn standard_input_and_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let src = dir.path().join("a.png");
+    save(gradient(20, 12), &src, ImageFormat::Png);
+    let run = |args: &[&str], stdin: &[u8]| {
+        let mut child = upscale_command(&model, args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let png = std::fs::read(&src).unwrap();
+
+    // PNG in, JPEG out (--format), no file written.
+    let out = run(&["-", "-o", "-", "--format", "jpg"], &png);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let img = image::load_from_memory(&out.stdout).unwrap();
+    assert_eq!(image::guess_format(&out.stdout).unwrap(), ImageFormat::Jpeg);
+    assert_eq!((img.width(), img.height()), (80, 48));
+    assert_eq!(listing(dir.path()), ["a.png", "model"]);
+
+    // From a file to standard output: the same pixels as writing the file.
+    let out = run(&[s(&src), "-o", "-"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = dir.path().join("a_x4.png");
+    upscale_ok(&model, &[s(&src)]);
+    assert_eq!(out.stdout, std::fs::read(&file).unwrap());
+
+    // Standard input to a file.
+    let named = dir.path().join("piped.png");
+    let out = run(&["-", "-o", s(&named)], &png);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(dims(&named), (80, 48));
+
+    // Misuse is explained.
+    for (args, input, needle) in [
+        (vec!["-"], &png[..], "needs -o"),
+        (
+            vec![s(&src), s(&named), "-o", "-"],
+            &b""[..],
+            "exactly one input",
+        ),
+        (
+            vec!["-", "-o", "-"],
+            &b"not an image"[..],
+            "<stdin>: unsupported",
+        ),
+    ] {
+        let out = run(&args, input);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+    }
 }

@@ -6,7 +6,8 @@ use crate::clip::{load_clip_file, ClipEncoder, ClipWeights};
 use crate::engine::memory::parse_size;
 use crate::engine::Order;
 use crate::imageops::io::{
-    decode_file, encode_file, has_input_extension, DecodeLimits, EncodeOptions, OutputFormat,
+    decode_file, decode_named_bytes, encode_bytes, encode_file, has_input_extension, DecodeLimits,
+    EncodeOptions, OutputFormat,
 };
 use crate::model::InfDit;
 use crate::pipeline::{upscale_alpha, BatchChoice, UpscaleOptions, Upscaler};
@@ -16,6 +17,7 @@ use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,11 +41,13 @@ pub enum ProgressMode {
 #[derive(Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct UpscaleArgs {
-    /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI).
+    /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI);
+    /// `-` reads one image from standard input.
     #[arg(required = true)]
     pub inputs: Vec<String>,
     /// Output file (one input file) or directory (several inputs, a directory or a pattern;
-    /// with -r, subfolders are recreated in it). Default: beside each input as NAME_xSCALE.EXT.
+    /// with -r, subfolders are recreated in it); `-` writes to standard output. Default:
+    /// beside each input as NAME_xSCALE.EXT.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Upscaling factor: 2 or 4 in one pass; 8 and 16 chain passes.
@@ -138,6 +142,18 @@ impl Default for SamplingDefaults {
     }
 }
 
+/// The file name that stands for standard input or output.
+const STDIO: &str = "-";
+
+/// How messages name `path`: `name` when it is `-`.
+fn shown(path: &Path, name: &str) -> String {
+    if path == Path::new(STDIO) {
+        name.into()
+    } else {
+        path.display().to_string()
+    }
+}
+
 /// One image to upscale.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Input {
@@ -200,6 +216,14 @@ impl UpscaleArgs {
         if inputs.is_empty() && failures.is_empty() {
             bail!("no images found in {}", self.inputs.join(", "));
         }
+        if self.to_stdout() {
+            if !self.one_named_file() {
+                bail!("-o - writes one image: give exactly one input file");
+            }
+            if self.progress == ProgressMode::Json && !self.quiet {
+                bail!("--progress json writes to standard output, which -o - takes for the image");
+            }
+        }
         let upscaler = self.build_upscaler()?;
         let json = self.progress == ProgressMode::Json && !self.quiet;
         let bars = self.progress == ProgressMode::Bar && !self.quiet;
@@ -235,7 +259,7 @@ impl UpscaleArgs {
                         "done",
                         input,
                         &format!("\"output\":{}", json_str(&out.display().to_string())),
-                        || format!("{} → {}", input.display(), out.display()),
+                        || format!("{} → {}", shown(input, "<stdin>"), shown(&out, "<stdout>")),
                     );
                 }
                 Ok(Outcome::Skipped(out)) => {
@@ -257,7 +281,7 @@ impl UpscaleArgs {
                 }
                 Err(e) => {
                     // Decoding errors name the file themselves; the line names it once.
-                    let file = input.display().to_string();
+                    let file = shown(input, "<stdin>");
                     let msg = format!("{e:#}");
                     let msg = msg.strip_prefix(&format!("{file}: ")).unwrap_or(&msg);
                     failures.push((file, msg.to_string()));
@@ -324,7 +348,12 @@ impl UpscaleArgs {
         let mut failures = Vec::new();
         for arg in &self.inputs {
             let path = Path::new(arg);
-            if path.is_dir() {
+            if arg == STDIO {
+                files.push(Input {
+                    path: path.to_path_buf(),
+                    subdir: PathBuf::new(),
+                });
+            } else if path.is_dir() {
                 let mut found = Vec::new();
                 if let Err(e) = list_images(path, path, self.recursive, &mut found) {
                     failures.push((arg.clone(), format!("{e:#}")));
@@ -455,7 +484,11 @@ impl UpscaleArgs {
     /// Whether the inputs are one file named directly, the one case where `-o` names a
     /// file; a directory or pattern input makes `-o` a directory even when it finds one image.
     fn one_named_file(&self) -> bool {
-        matches!(self.inputs.as_slice(), [one] if Path::new(one).is_file())
+        matches!(self.inputs.as_slice(), [one] if one == STDIO || Path::new(one).is_file())
+    }
+
+    fn to_stdout(&self) -> bool {
+        self.output.as_deref() == Some(Path::new(STDIO))
     }
 
     fn output_path(
@@ -480,6 +513,12 @@ impl UpscaleArgs {
             dir.join(format!("{stem}_x{}.{}", self.scale, format.extension()))
         };
         let beside = input.parent().map(Path::to_path_buf).unwrap_or_default();
+        if self.to_stdout() {
+            return Ok((PathBuf::from(STDIO), self.format.unwrap_or(by_source)));
+        }
+        if input == Path::new(STDIO) && self.output.is_none() {
+            bail!("an image from standard input needs -o (a file, or - for standard output)");
+        }
         match &self.output {
             Some(out)
                 if self.one_named_file()
@@ -521,13 +560,28 @@ impl UpscaleArgs {
             max_height: self.max_input_side,
             ..DecodeLimits::default()
         };
+        let stdin = input == Path::new(STDIO);
+        let piped = if stdin {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut bytes)
+                .context("cannot read standard input")?;
+            Some(bytes)
+        } else {
+            None
+        };
         // The output name needs the source format; sniff it cheaply before decoding.
-        let format = image::ImageReader::open(input)
-            .and_then(|r| r.with_guessed_format())
-            .ok()
-            .and_then(|r| r.format())
-            .unwrap_or(image::ImageFormat::Png);
+        let format = match &piped {
+            Some(bytes) => image::guess_format(bytes).ok(),
+            None => image::ImageReader::open(input)
+                .and_then(|r| r.with_guessed_format())
+                .ok()
+                .and_then(|r| r.format()),
+        }
+        .unwrap_or(image::ImageFormat::Png);
         let (out, out_format) = self.output_path(item, format)?;
+        let stdout = out == Path::new(STDIO);
         if let Some(earlier) = produced.get(&out) {
             bail!(
                 "its output {} was already written from {} in this run (rename one of the inputs)",
@@ -535,10 +589,13 @@ impl UpscaleArgs {
                 earlier.display()
             );
         }
-        if out.exists() && !self.overwrite {
+        if !stdout && out.exists() && !self.overwrite {
             return Ok(Outcome::Skipped(out));
         }
-        let img = decode_file(input, &limits)?;
+        let img = match &piped {
+            Some(bytes) => decode_named_bytes(bytes, Path::new(&shown(input, "<stdin>")), &limits)?,
+            None => decode_file(input, &limits)?,
+        };
         let total = up.work(img.rgb.height, img.rgb.width)?;
         let bar = multi.add(ProgressBar::new(total as u64));
         bar.set_style(
@@ -576,7 +633,20 @@ impl UpscaleArgs {
             .map(|a| upscale_alpha(a, rgb.height, rgb.width));
         let mut opts = EncodeOptions::matching(out_format, &img);
         opts.quality = self.quality;
-        encode_file(&out, &rgb, alpha.as_ref(), &opts)?;
+        if stdout {
+            let bytes = encode_bytes(
+                Path::new(&shown(&out, "<stdout>")),
+                &rgb,
+                alpha.as_ref(),
+                &opts,
+            )?;
+            let mut w = std::io::stdout().lock();
+            w.write_all(&bytes)
+                .and_then(|()| w.flush())
+                .context("cannot write to standard output")?;
+        } else {
+            encode_file(&out, &rgb, alpha.as_ref(), &opts)?;
+        }
         Ok(Outcome::Written(out))
     }
 }

@@ -143,7 +143,16 @@ pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<DecodedImage, I
 
 /// Decodes an image held in memory; errors name the file as `<memory>`.
 pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, ImageIoError> {
-    decode_reader(Cursor::new(bytes), Path::new("<memory>"), limits)
+    decode_named_bytes(bytes, Path::new("<memory>"), limits)
+}
+
+/// Decodes an image held in memory that came from `name` (standard input, say).
+pub fn decode_named_bytes(
+    bytes: &[u8],
+    name: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
+    decode_reader(Cursor::new(bytes), name, limits)
 }
 
 /// The formats accepted as input. Multi-frame GIFs are read as their first frame. Formats
@@ -517,52 +526,103 @@ pub fn encode_file(
     alpha: Option<&Planar>,
     opts: &EncodeOptions,
 ) -> Result<(), ImageIoError> {
-    let encode_err = |detail: String| ImageIoError::Encode {
-        path: path.into(),
-        detail,
-    };
     let write_err = |cause| ImageIoError::Write {
         path: path.into(),
         cause,
     };
-    if rgb.channels != 3 {
-        return Err(encode_err(format!(
-            "expected 3 colour channels, got {}",
-            rgb.channels
-        )));
-    }
-    if let Some(a) = alpha {
-        if a.channels != 1 || (a.height, a.width) != (rgb.height, rgb.width) {
-            let (c, h, w) = (a.channels, a.height, a.width);
-            return Err(encode_err(format!(
-                "alpha is {c}x{h}x{w}, expected 1x{}x{}",
-                rgb.height, rgb.width
-            )));
-        }
-    }
-    let (width, height) = match (u32::try_from(rgb.width), u32::try_from(rgb.height)) {
-        (Ok(w), Ok(h)) => (w, h),
-        _ => {
-            return Err(encode_err(format!(
-                "{}x{} is too large",
-                rgb.width, rgb.height
-            )))
-        }
-    };
-
-    let format = opts.format;
-    let deep = opts.sixteen_bit && format.supports_sixteen_bit();
-    let alpha = alpha.filter(|_| format.supports_alpha());
-    let gray = opts.grayscale && !(format == OutputFormat::Tiff && alpha.is_some());
-    let (buf, color) = quantise_planes(rgb, alpha, gray, deep);
-
+    let encoded = Encoded::new(path, rgb, alpha, opts)?;
     let mut tmp = crate::fsutil::temp_beside(path).map_err(write_err)?;
     let mut out = BufWriter::new(tmp.as_file_mut());
-    encode_to(&mut out, &buf, width, height, color, opts)
-        .map_err(|e| ImageIoError::from_encode(path, e))?;
+    encoded.write(&mut out)?;
     out.into_inner().map_err(|e| write_err(e.into_error()))?;
     crate::fsutil::commit(tmp, path).map_err(write_err)?;
     Ok(())
+}
+
+/// The file [`encode_file`] would write, in memory (for standard output); errors name
+/// `name`.
+pub fn encode_bytes(
+    name: &Path,
+    rgb: &Planar,
+    alpha: Option<&Planar>,
+    opts: &EncodeOptions,
+) -> Result<Vec<u8>, ImageIoError> {
+    let mut out = Cursor::new(Vec::new());
+    Encoded::new(name, rgb, alpha, opts)?.write(&mut out)?;
+    Ok(out.into_inner())
+}
+
+/// Checked, quantised samples ready for an encoder.
+struct Encoded<'a> {
+    path: &'a Path,
+    buf: Vec<u8>,
+    color: ExtendedColorType,
+    width: u32,
+    height: u32,
+    opts: &'a EncodeOptions,
+}
+
+impl<'a> Encoded<'a> {
+    fn new(
+        path: &'a Path,
+        rgb: &Planar,
+        alpha: Option<&Planar>,
+        opts: &'a EncodeOptions,
+    ) -> Result<Self, ImageIoError> {
+        let encode_err = |detail: String| ImageIoError::Encode {
+            path: path.into(),
+            detail,
+        };
+        if rgb.channels != 3 {
+            return Err(encode_err(format!(
+                "expected 3 colour channels, got {}",
+                rgb.channels
+            )));
+        }
+        if let Some(a) = alpha {
+            if a.channels != 1 || (a.height, a.width) != (rgb.height, rgb.width) {
+                let (c, h, w) = (a.channels, a.height, a.width);
+                return Err(encode_err(format!(
+                    "alpha is {c}x{h}x{w}, expected 1x{}x{}",
+                    rgb.height, rgb.width
+                )));
+            }
+        }
+        let (width, height) = match (u32::try_from(rgb.width), u32::try_from(rgb.height)) {
+            (Ok(w), Ok(h)) => (w, h),
+            _ => {
+                return Err(encode_err(format!(
+                    "{}x{} is too large",
+                    rgb.width, rgb.height
+                )))
+            }
+        };
+        let format = opts.format;
+        let deep = opts.sixteen_bit && format.supports_sixteen_bit();
+        let alpha = alpha.filter(|_| format.supports_alpha());
+        let gray = opts.grayscale && !(format == OutputFormat::Tiff && alpha.is_some());
+        let (buf, color) = quantise_planes(rgb, alpha, gray, deep);
+        Ok(Self {
+            path,
+            buf,
+            color,
+            width,
+            height,
+            opts,
+        })
+    }
+
+    fn write(&self, out: impl Write + Seek) -> Result<(), ImageIoError> {
+        encode_to(
+            out,
+            &self.buf,
+            self.width,
+            self.height,
+            self.color,
+            self.opts,
+        )
+        .map_err(|e| ImageIoError::from_encode(self.path, e))
+    }
 }
 
 /// Interleaved, quantised samples (native-endian bytes, as the encoders expect) and their
