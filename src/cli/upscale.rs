@@ -223,6 +223,11 @@ impl UpscaleArgs {
             if self.progress == ProgressMode::Json && !self.quiet {
                 bail!("--progress json writes to standard output, which -o - takes for the image");
             }
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!(
+                    "-o - would write the image to the terminal: redirect or pipe standard output"
+                );
+            }
         }
         let upscaler = self.build_upscaler()?;
         let json = self.progress == ProgressMode::Json && !self.quiet;
