@@ -251,8 +251,11 @@ fn paged<T: CudaDType + DeviceRepr>(q: &Tensor, kv: &PagedKv, ty: &str) -> Resul
     let (_, kh, page, kd) = k.dims4()?;
     let slots = kv.slot_embed.dim(0)?;
     let emb = kv.slot_embed.contiguous()?;
-    let pool_ok = |t: &Tensor| t.dims()[1..] == k.dims()[1..];
+    // One set of strides serves all four tensors (candle's `contiguous` may keep an odd
+    // stride on a size-1 dimension, so compare them, not the shapes alone).
+    let pool_ok = |t: &Tensor| t.dims()[1..] == k.dims()[1..] && t.stride() == k.stride();
     if (kh, kd) != (h, d)
+        || v.stride() != k.stride()
         || v.dims() != k.dims()
         || !pool_ok(&kx)
         || vx.dims() != kx.dims()
