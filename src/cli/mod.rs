@@ -73,9 +73,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
             _ => bail!("unknown device `{s}` (expected cpu, cuda, cuda:N or metal)"),
         },
     };
-    let built = match feature {
-        "cuda" => cfg!(feature = "cuda"),
-        _ => cfg!(feature = "metal"),
+    let built = if feature == "cuda" {
+        cfg!(feature = "cuda")
+    } else {
+        cfg!(feature = "metal")
     };
     if !built {
         bail!(
