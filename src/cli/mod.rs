@@ -64,19 +64,16 @@ impl Cli {
 
 /// `cpu`, `cuda`, `cuda:N` or `metal`.
 pub fn parse_device(s: &str) -> Result<Device> {
-    let (feature, device) = match s {
+    const CUDA: (&str, bool) = ("cuda", cfg!(feature = "cuda"));
+    const METAL: (&str, bool) = ("metal", cfg!(feature = "metal"));
+    let ((feature, built), device) = match s {
         "cpu" => return Ok(Device::Cpu),
-        "metal" => ("metal", Device::new_metal(0)),
-        "cuda" => ("cuda", Device::new_cuda(0)),
+        "metal" => (METAL, Device::new_metal(0)),
+        "cuda" => (CUDA, Device::new_cuda(0)),
         _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => ("cuda", Device::new_cuda(i)),
+            Some(Ok(i)) => (CUDA, Device::new_cuda(i)),
             _ => bail!("unknown device `{s}` (expected cpu, cuda, cuda:N or metal)"),
         },
-    };
-    let built = if feature == "cuda" {
-        cfg!(feature = "cuda")
-    } else {
-        cfg!(feature = "metal")
     };
     if !built {
         bail!(
