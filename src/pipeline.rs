@@ -3,7 +3,7 @@
 //! The CLI and other programs share this one path through [`Upscaler`].
 
 use crate::clip::ClipEncoder;
-use crate::engine::memory::{available_memory, MemoryModel};
+use crate::engine::memory::{available_memory, device_free_memory, MemoryModel};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
 use crate::imageops::io::{from_model_range, to_model_range};
 use crate::imageops::resize::resize_bicubic;
@@ -345,6 +345,7 @@ impl Upscaler {
     }
 
     fn batch_size(&self, height: usize, width: usize) -> Result<usize> {
+        const GPU_DEFAULT_BUDGET: u64 = 8 << 30;
         let mm = MemoryModel::new(self.model.config(), self.model.dtype(), self.model.device());
         match self.opts.batch {
             Some(BatchChoice::Fixed(b)) => Ok(b.max(1)),
@@ -354,7 +355,14 @@ impl Upscaler {
             None => {
                 let budget = match self.model.device() {
                     Device::Cpu => available_memory().map_or(4 << 30, |m| m / 10 * 8),
-                    _ => 8 << 30,
+                    // 8 GiB, or less on a card with less free: what the process holds
+                    // already (weights, runtime) plus 90% of what is free.
+                    device => {
+                        let held = mm.estimate(height, width, self.opts.order, 1);
+                        device_free_memory(device).map_or(GPU_DEFAULT_BUDGET, |free| {
+                            GPU_DEFAULT_BUDGET.min(held.weights + held.runtime + free / 10 * 9)
+                        })
+                    }
                 };
                 // On the CPU larger batches buy no speed; cap them to keep memory low.
                 let cap = if matches!(self.model.device(), Device::Cpu) {

@@ -77,7 +77,7 @@ pub struct UpscaleArgs {
     #[arg(long)]
     pub clip: Option<PathBuf>,
     /// Memory budget that sets how many blocks run together, e.g. 8G (default: 80% of
-    /// free RAM on the CPU, 8G on a GPU).
+    /// free RAM on the CPU; 8G on a GPU, less on a card with less free memory).
     #[arg(long)]
     pub max_memory: Option<String>,
     /// Blocks per forward (overrides --max-memory).

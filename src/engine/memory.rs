@@ -200,6 +200,21 @@ pub fn available_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Free memory on a CUDA device (the driver's count, after what this process already
+/// holds); `None` on other devices.
+pub fn device_free_memory(device: &Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => dev
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _)| free as u64),
+        _ => None,
+    }
+}
+
 /// Peak resident set size of this process so far (Linux `VmHWM`), in bytes.
 pub fn peak_rss() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
