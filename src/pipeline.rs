@@ -64,15 +64,29 @@ pub fn upscale_alpha(alpha: &Planar, height: usize, width: usize) -> Planar {
     resize_bicubic(alpha, height, width, true).map(|v| v.clamp(0.0, 1.0))
 }
 
-/// The per-pass factors for an overall scale.
-pub fn passes(scale: usize) -> Result<Vec<usize>> {
-    Ok(match scale {
-        2 => vec![2],
-        4 => vec![4],
-        8 => vec![4, 2],
-        16 => vec![4, 4],
-        s => bail!("unsupported scale {s} (use 2, 4, 8 or 16)"),
-    })
+/// The overall scales `upscale` accepts.
+pub const SCALES: [usize; 4] = [2, 4, 8, 16];
+
+/// The per-pass factors for an overall scale with a model trained at ×`model_scale`: the
+/// largest pass the model can do first (a pass may enlarge by any divisor of its ratio),
+/// so ×8 with a ×4 model is ×4 then ×2, and ×4 with a ×2 model is ×2 twice.
+pub fn passes(scale: usize, model_scale: usize) -> Result<Vec<usize>> {
+    if !SCALES.contains(&scale) {
+        bail!("unsupported scale {scale} (use 2, 4, 8 or 16)");
+    }
+    let mut left = scale;
+    let mut out = Vec::new();
+    while left > 1 {
+        let Some(pass) = (2..=model_scale.min(left))
+            .rev()
+            .find(|p| model_scale.is_multiple_of(*p) && left.is_multiple_of(*p))
+        else {
+            bail!("a ×{model_scale} model cannot upscale ×{scale}");
+        };
+        out.push(pass);
+        left /= pass;
+    }
+    Ok(out)
 }
 
 /// Mirror-reflects index `i` into `0..n` (period 2(n−1)), edge-clamping for n = 1.
@@ -137,7 +151,7 @@ pub struct Upscaler {
 impl Upscaler {
     /// `clip` is required when the model has an image-condition vector.
     pub fn new(model: InfDit, clip: Option<ClipEncoder>, opts: UpscaleOptions) -> Result<Self> {
-        passes(opts.scale)?;
+        passes(opts.scale, model.config().sr_scale)?;
         opts.sampler.validate()?;
         if ![1, 2, 4, 8].contains(&opts.self_ensemble) {
             bail!(
@@ -170,7 +184,7 @@ impl Upscaler {
         let cfg = self.model.config();
         let (mut h, mut w) = (height, width);
         let mut total = 0;
-        for s in passes(self.opts.scale)? {
+        for s in passes(self.opts.scale, cfg.sr_scale)? {
             let m = cfg.image_block_size_px / s;
             let (ph, pw) = (h.div_ceil(m) * m * s, w.div_ceil(m) * m * s);
             let blocks = (ph / cfg.image_block_size_px) * (pw / cfg.image_block_size_px);
@@ -210,7 +224,10 @@ impl Upscaler {
         let mut sum: Option<Planar> = None;
         for t in Dihedral::first(n) {
             let mut img = signed.dihedral(t);
-            for (k, s) in passes(self.opts.scale)?.into_iter().enumerate() {
+            for (k, s) in passes(self.opts.scale, self.model.config().sr_scale)?
+                .into_iter()
+                .enumerate()
+            {
                 img = self.pass(&img, s, k as u64, &mut |b| {
                     done += b;
                     progress(Progress { done, total });
@@ -520,8 +537,12 @@ mod tests {
 
     #[test]
     fn scales_chain_passes() {
-        assert_eq!(passes(16).unwrap(), vec![4, 4]);
-        assert_eq!(passes(8).unwrap(), vec![4, 2]);
-        assert!(passes(3).is_err());
+        assert_eq!(passes(16, 4).unwrap(), vec![4, 4]);
+        assert_eq!(passes(8, 4).unwrap(), vec![4, 2]);
+        assert_eq!(passes(2, 4).unwrap(), vec![2]);
+        assert_eq!(passes(4, 2).unwrap(), vec![2, 2]);
+        assert_eq!(passes(8, 2).unwrap(), vec![2, 2, 2]);
+        assert!(passes(3, 4).is_err());
+        assert!(passes(2, 3).is_err());
     }
 }

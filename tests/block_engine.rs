@@ -31,16 +31,20 @@ fn random_planar(rng: &mut impl Rng, c: usize, h: usize, w: usize) -> Planar {
     )
 }
 
-const BLOCK: usize = 32;
-
-fn case(rows: usize, cols: usize, seed: u64) -> (Planar, Conditioning) {
+/// Random inputs for a `rows × cols`-block image of `cfg`'s geometry.
+fn case(cfg: &ModelConfig, rows: usize, cols: usize, seed: u64) -> (Planar, Conditioning) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (h, w) = (rows * BLOCK, cols * BLOCK);
+    let block = cfg.image_block_size_px;
+    let (h, w) = (rows * block, cols * block);
     let x = random_planar(&mut rng, 3, h, w);
     let concat_lr = random_planar(&mut rng, 3, h, w);
-    let lr = random_planar(&mut rng, 3, h / 4, w / 4);
-    let v: Vec<f32> = (0..8).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let vector = Some(candle_core::Tensor::from_vec(v, (1, 8), &candle_core::Device::Cpu).unwrap());
+    let lr = random_planar(&mut rng, 3, h / cfg.sr_scale, w / cfg.sr_scale);
+    let vector = (cfg.vector_dim > 0).then(|| {
+        let v: Vec<f32> = (0..cfg.vector_dim)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect();
+        candle_core::Tensor::from_vec(v, (1, cfg.vector_dim), &candle_core::Device::Cpu).unwrap()
+    });
     (
         x,
         Conditioning {
@@ -63,25 +67,20 @@ fn run(
     let out = Engine::new(model, EngineOptions { batching, order })
         .denoise(x, 1.7, cond, &mut |n| seen += n)
         .unwrap();
+    let block = model.config().image_block_size_px;
     assert_eq!(
         seen,
-        (x.height / BLOCK) * (x.width / BLOCK),
+        (x.height / block) * (x.width / block),
         "progress counts every block once"
     );
     out
 }
 
-#[test]
-fn blocks_equal_full_for_all_batch_sizes_orders_and_shapes() {
-    let model = InfDit::random(
-        &small_config(),
-        7,
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    for (rows, cols) in [(3, 5), (5, 3), (1, 4), (4, 1), (2, 2)] {
-        let (x, cond) = case(rows, cols, (rows * 10 + cols) as u64);
+/// Block mode equals full mode for every batch size and order on these grids.
+fn assert_blocks_equal_full(cfg: &ModelConfig, grids: &[(usize, usize)]) {
+    let model = InfDit::random(cfg, 7, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    for &(rows, cols) in grids {
+        let (x, cond) = case(cfg, rows, cols, (rows * 10 + cols) as u64);
         let full = run(&model, &x, &cond, Batching::Full, Order::Auto);
         let n = rows * cols;
         for order in [Order::RowMajor, Order::ColumnMajor, Order::Auto] {
@@ -94,6 +93,36 @@ fn blocks_equal_full_for_all_batch_sizes_orders_and_shapes() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn blocks_equal_full_for_all_batch_sizes_orders_and_shapes() {
+    assert_blocks_equal_full(&small_config(), &[(3, 5), (5, 3), (1, 4), (4, 1), (2, 2)]);
+}
+
+/// Other block geometries: 2-px and 8-px patches, 2× and 4× scale, other LR patch sizes
+/// and head counts, with and without the image-embedding condition.
+#[test]
+fn blocks_equal_full_in_other_geometries() {
+    let geometries = [
+        // (patch, block px, sr scale, lr patch, heads, vector dim)
+        (2, 16, 2, 2, 4, 0),
+        (8, 64, 4, 4, 2, 8),
+        (4, 32, 2, 4, 8, 8),
+    ];
+    for (patch, block, scale, lr_patch, heads, vector) in geometries {
+        let cfg = ModelConfig {
+            patch_size: patch,
+            image_block_size_px: block,
+            sr_scale: scale,
+            lr_patch_size: lr_patch,
+            num_attention_heads: heads,
+            vector_dim: vector,
+            ..small_config()
+        };
+        cfg.validate().unwrap();
+        assert_blocks_equal_full(&cfg, &[(2, 3)]);
     }
 }
 
@@ -124,14 +153,10 @@ fn tapped_and_untapped_evaluations_agree() {
     // Untapped evaluations may add the residuals inside the output projections (a fused
     // GEMM epilogue on CUDA); tapped ones form every branch output. On the CPU both are
     // the same ops, so the results must agree exactly, and the taps must see every layer.
-    let model = InfDit::random(
-        &small_config(),
-        11,
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let (x, cond) = case(2, 3, 5);
+    let cfg = small_config();
+    let model =
+        InfDit::random(&cfg, 11, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let (x, cond) = case(&cfg, 2, 3, 5);
     let engine = Engine::new(
         &model,
         EngineOptions {

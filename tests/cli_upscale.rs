@@ -256,6 +256,30 @@ fn scales_two_eight_and_sixteen() {
     );
 }
 
+/// A model of another geometry (×2, 2-px patches, 16-px blocks) upscales odd sizes exactly
+/// and chains its ×2 passes for ×4 and ×8.
+#[test]
+fn a_two_times_model_chains_its_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig {
+        patch_size: 2,
+        image_block_size_px: 16,
+        sr_scale: 2,
+        lr_patch_size: 2,
+        ..tiny_config()
+    };
+    let model = write_model(&dir.path().join("x2"), &cfg, 5);
+    let src = dir.path().join("a.png");
+    save(gradient(13, 7), &src, ImageFormat::Png);
+    for (scale, size) in [("2", (26, 14)), ("4", (52, 28)), ("8", (104, 56))] {
+        upscale_ok(&model, &[s(&src), "--scale", scale]);
+        let path = dir.path().join(format!("a_x{scale}.png"));
+        assert_eq!(dims(&path), size, "--scale {scale}");
+        let d = distance_to_bicubic(&src, &path);
+        assert!(d < 0.03, "--scale {scale}: output far from its input: {d}");
+    }
+}
+
 #[test]
 fn sixteen_bit_inputs_give_sixteen_bit_outputs() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,7 +50,7 @@ pub struct UpscaleArgs {
     /// beside each input as NAME_xSCALE.EXT.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Upscaling factor: 2 or 4 in one pass; 8 and 16 chain passes.
+    /// Upscaling factor: 2, 4, 8 or 16 (passes of at most the model's trained ratio, chained).
     #[arg(long, default_value_t = 4)]
     pub scale: usize,
     /// Sampler steps (default: the model's recommendation; 20 for the released model).
