@@ -234,19 +234,31 @@ fn every_input_format_in_and_every_output_format_out() {
     }
 }
 
+/// Upscales `src` (beside itself) at each scale: the output has the size given and stays
+/// within `tol` of the input's bicubic upscale.
+fn assert_scales(model: &Path, src: &Path, cases: &[(&str, (u32, u32))], tol: f32) {
+    let stem = src.file_stem().unwrap().to_str().unwrap();
+    for &(scale, size) in cases {
+        upscale_ok(model, &[s(src), "--scale", scale]);
+        let path = src.with_file_name(format!("{stem}_x{scale}.png"));
+        assert_eq!(dims(&path), size, "--scale {scale}");
+        let d = distance_to_bicubic(src, &path);
+        assert!(d < tol, "--scale {scale}: output far from its input: {d}");
+    }
+}
+
 #[test]
 fn scales_two_eight_and_sixteen() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let src = dir.path().join("a.png");
     save(gradient(20, 12), &src, ImageFormat::Png);
-    for (scale, size) in [("2", (40, 24)), ("8", (160, 96)), ("16", (320, 192))] {
-        upscale_ok(&model, &[s(&src), "--scale", scale]);
-        let path = dir.path().join(format!("a_x{scale}.png"));
-        assert_eq!(dims(&path), size, "--scale {scale}");
-        let d = distance_to_bicubic(&src, &path);
-        assert!(d < 0.015, "--scale {scale}: output far from its input: {d}");
-    }
+    assert_scales(
+        &model,
+        &src,
+        &[("2", (40, 24)), ("8", (160, 96)), ("16", (320, 192))],
+        0.015,
+    );
     let out = upscale(&model, &[s(&src), "--scale", "3"]);
     assert!(!out.status.success());
     assert!(
@@ -271,13 +283,12 @@ fn a_two_times_model_chains_its_passes() {
     let model = write_model(&dir.path().join("x2"), &cfg, 5);
     let src = dir.path().join("a.png");
     save(gradient(13, 7), &src, ImageFormat::Png);
-    for (scale, size) in [("2", (26, 14)), ("4", (52, 28)), ("8", (104, 56))] {
-        upscale_ok(&model, &[s(&src), "--scale", scale]);
-        let path = dir.path().join(format!("a_x{scale}.png"));
-        assert_eq!(dims(&path), size, "--scale {scale}");
-        let d = distance_to_bicubic(&src, &path);
-        assert!(d < 0.03, "--scale {scale}: output far from its input: {d}");
-    }
+    assert_scales(
+        &model,
+        &src,
+        &[("2", (26, 14)), ("4", (52, 28)), ("8", (104, 56))],
+        0.03,
+    );
 }
 
 #[test]
