@@ -309,6 +309,9 @@ impl UpscaleArgs {
             }
             eprintln!("error: {file}: {err}");
         }
+        if let Some(table) = crate::profile::report() {
+            eprintln!("{table}");
+        }
         if listed > 1 && !self.quiet {
             eprintln!(
                 "{written} upscaled, {skipped} skipped, {} failed",
