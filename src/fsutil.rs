@@ -33,6 +33,11 @@ fn remove_listed(which: impl Fn(&Path) -> bool) {
     });
 }
 
+/// Takes `path` off the list of files being written.
+fn unlist(path: &Path) {
+    partial().retain(|p| p != path);
+}
+
 /// A temporary output file, listed for [`remove_partial_files`] while it exists.
 pub struct PartFile(Option<NamedTempFile>);
 
@@ -60,7 +65,7 @@ impl PartFile {
             .0
             .take()
             .expect("a PartFile holds its file until dropped");
-        partial().retain(|p| p != file.path());
+        unlist(file.path());
         file
     }
 }
@@ -68,7 +73,7 @@ impl PartFile {
 impl Drop for PartFile {
     fn drop(&mut self) {
         if let Some(file) = &self.0 {
-            partial().retain(|p| p != file.path());
+            unlist(file.path());
         }
     }
 }

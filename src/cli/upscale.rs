@@ -145,9 +145,13 @@ impl Default for SamplingDefaults {
 /// The file name that stands for standard input or output.
 const STDIO: &str = "-";
 
+fn is_stdio(path: &Path) -> bool {
+    path == Path::new(STDIO)
+}
+
 /// How messages name `path`: `name` when it is `-`.
 fn shown(path: &Path, name: &str) -> String {
-    if path == Path::new(STDIO) {
+    if is_stdio(path) {
         name.into()
     } else {
         path.display().to_string()
@@ -162,6 +166,16 @@ struct Input {
     /// named directly or by a pattern), recreated under an output directory so that
     /// `-r` keeps the tree and same-named files of different folders stay apart.
     subdir: PathBuf,
+}
+
+impl Input {
+    /// A file named directly (or by a pattern, or standard input): no subfolder.
+    fn named(path: PathBuf) -> Self {
+        Self {
+            path,
+            subdir: PathBuf::new(),
+        }
+    }
 }
 
 /// What became of one input.
@@ -357,10 +371,7 @@ impl UpscaleArgs {
         for arg in &self.inputs {
             let path = Path::new(arg);
             if arg == STDIO {
-                files.push(Input {
-                    path: path.to_path_buf(),
-                    subdir: PathBuf::new(),
-                });
+                files.push(Input::named(path.to_path_buf()));
             } else if path.is_dir() {
                 let mut found = Vec::new();
                 if let Err(e) = list_images(path, path, self.recursive, &mut found) {
@@ -369,20 +380,14 @@ impl UpscaleArgs {
                 found.sort();
                 files.extend(found);
             } else if path.exists() {
-                files.push(Input {
-                    path: path.to_path_buf(),
-                    subdir: PathBuf::new(),
-                });
+                files.push(Input::named(path.to_path_buf()));
             } else if arg.contains(['*', '?', '[']) {
                 match glob::glob(arg) {
                     Ok(paths) => {
                         let mut found: Vec<Input> = paths
                             .filter_map(|p| p.ok())
                             .filter(|p| p.is_file() && has_input_extension(p))
-                            .map(|path| Input {
-                                path,
-                                subdir: PathBuf::new(),
-                            })
+                            .map(Input::named)
                             .collect();
                         if found.is_empty() {
                             failures.push((arg.clone(), "the pattern matches no image".into()));
@@ -496,7 +501,7 @@ impl UpscaleArgs {
     }
 
     fn to_stdout(&self) -> bool {
-        self.output.as_deref() == Some(Path::new(STDIO))
+        self.output.as_deref().is_some_and(is_stdio)
     }
 
     fn output_path(
@@ -524,7 +529,7 @@ impl UpscaleArgs {
         if self.to_stdout() {
             return Ok((PathBuf::from(STDIO), self.format.unwrap_or(by_source)));
         }
-        if input == Path::new(STDIO) && self.output.is_none() {
+        if is_stdio(input) && self.output.is_none() {
             bail!("an image from standard input needs -o (a file, or - for standard output)");
         }
         match &self.output {
@@ -568,8 +573,7 @@ impl UpscaleArgs {
             max_height: self.max_input_side,
             ..DecodeLimits::default()
         };
-        let stdin = input == Path::new(STDIO);
-        let piped = if stdin {
+        let piped = if is_stdio(input) {
             let mut bytes = Vec::new();
             std::io::stdin()
                 .lock()
@@ -589,7 +593,7 @@ impl UpscaleArgs {
         }
         .unwrap_or(image::ImageFormat::Png);
         let (out, out_format) = self.output_path(item, format)?;
-        let stdout = out == Path::new(STDIO);
+        let stdout = is_stdio(&out);
         if let Some(earlier) = produced.get(&out) {
             bail!(
                 "its output {} was already written from {} in this run (rename one of the inputs)",
@@ -601,7 +605,7 @@ impl UpscaleArgs {
             return Ok(Outcome::Skipped(out));
         }
         let img = match &piped {
-            Some(bytes) => decode_named_bytes(bytes, Path::new(&shown(input, "<stdin>")), &limits)?,
+            Some(bytes) => decode_named_bytes(bytes, Path::new("<stdin>"), &limits)?,
             None => decode_file(input, &limits)?,
         };
         let total = up.work(img.rgb.height, img.rgb.width)?;
@@ -642,12 +646,7 @@ impl UpscaleArgs {
         let mut opts = EncodeOptions::matching(out_format, &img);
         opts.quality = self.quality;
         if stdout {
-            let bytes = encode_bytes(
-                Path::new(&shown(&out, "<stdout>")),
-                &rgb,
-                alpha.as_ref(),
-                &opts,
-            )?;
+            let bytes = encode_bytes(Path::new("<stdout>"), &rgb, alpha.as_ref(), &opts)?;
             let mut w = std::io::stdout().lock();
             w.write_all(&bytes)
                 .and_then(|()| w.flush())

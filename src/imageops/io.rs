@@ -1,10 +1,10 @@
 //! Decoding and encoding image files.
 //!
-//! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM and QOI files into [`Planar`] images in `[0, 1]`,
-//! upright (EXIF orientation applied), with alpha split off and 16-bit precision kept, and
-//! reports what the caller needs to write a faithful result back: bit depth, grayness and the
-//! ICC profile. Encoding writes PNG, JPEG, WebP or TIFF atomically, so an interrupted or failed
-//! run never leaves a truncated output file behind.
+//! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM and QOI files into [`Planar`]
+//! images in `[0, 1]`, upright (EXIF orientation applied), with alpha split off and 16-bit
+//! precision kept, and reports what the caller needs to write a faithful result back: bit
+//! depth, grayness and the ICC profile. Encoding writes PNG, JPEG, WebP or TIFF atomically,
+//! so an interrupted or failed run never leaves a truncated output file behind.
 
 use std::fmt;
 use std::fs::File;
@@ -612,16 +612,26 @@ impl<'a> Encoded<'a> {
         })
     }
 
-    fn write(&self, out: impl Write + Seek) -> Result<(), ImageIoError> {
-        encode_to(
-            out,
-            &self.buf,
-            self.width,
-            self.height,
-            self.color,
-            self.opts,
-        )
-        .map_err(|e| ImageIoError::from_encode(self.path, e))
+    /// Encodes into `w` in the options' format.
+    fn write(&self, w: impl Write + Seek) -> Result<(), ImageIoError> {
+        let written = match self.opts.format {
+            OutputFormat::Png => self.encode_with(PngEncoder::new(w)),
+            OutputFormat::Jpeg => self.encode_with(JpegEncoder::new_with_quality(
+                w,
+                self.opts.quality.clamp(1, 100),
+            )),
+            OutputFormat::Webp => self.encode_with(WebPEncoder::new_lossless(w)),
+            OutputFormat::Tiff => self.encode_with(TiffEncoder::new(w)),
+        };
+        written.map_err(|e| ImageIoError::from_encode(self.path, e))
+    }
+
+    fn encode_with(&self, mut enc: impl ImageEncoder) -> ImageResult<()> {
+        if let Some(icc) = &self.opts.icc_profile {
+            enc.set_icc_profile(icc.clone())
+                .map_err(ImageError::Unsupported)?;
+        }
+        enc.write_image(&self.buf, self.width, self.height, self.color)
     }
 }
 
@@ -722,40 +732,6 @@ fn interleave(planes: &[&[f32]], deep: bool) -> Vec<u8> {
         }
     }
     out
-}
-
-fn encode_to(
-    w: impl Write + Seek,
-    buf: &[u8],
-    width: u32,
-    height: u32,
-    color: ExtendedColorType,
-    opts: &EncodeOptions,
-) -> ImageResult<()> {
-    fn run(
-        mut enc: impl ImageEncoder,
-        icc: &Option<Vec<u8>>,
-        buf: &[u8],
-        w: u32,
-        h: u32,
-        color: ExtendedColorType,
-    ) -> ImageResult<()> {
-        if let Some(icc) = icc {
-            enc.set_icc_profile(icc.clone())
-                .map_err(ImageError::Unsupported)?;
-        }
-        enc.write_image(buf, w, h, color)
-    }
-    let icc = &opts.icc_profile;
-    match opts.format {
-        OutputFormat::Png => run(PngEncoder::new(w), icc, buf, width, height, color),
-        OutputFormat::Jpeg => {
-            let enc = JpegEncoder::new_with_quality(w, opts.quality.clamp(1, 100));
-            run(enc, icc, buf, width, height, color)
-        }
-        OutputFormat::Webp => run(WebPEncoder::new_lossless(w), icc, buf, width, height, color),
-        OutputFormat::Tiff => run(TiffEncoder::new(w), icc, buf, width, height, color),
-    }
 }
 
 /// Maps `[0, 1]` image values to the model's `[-1, 1]` range.
