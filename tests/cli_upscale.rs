@@ -234,38 +234,56 @@ fn every_input_format_in_and_every_output_format_out() {
     }
 }
 
-/// Upscales `src` (beside itself) at each scale: the output has the size given and stays
-/// within `tol` of the input's bicubic upscale.
-fn assert_scales(model: &Path, src: &Path, cases: &[(&str, (u32, u32))], tol: f32) {
+/// Upscales `src` (beside itself) with each case's flags: the output gets the name suffix
+/// and size given and stays within `tol` of the input's bicubic upscale.
+fn assert_sizes(model: &Path, src: &Path, cases: &[(&str, &str, (u32, u32))], tol: f32) {
     let stem = src.file_stem().unwrap().to_str().unwrap();
-    for &(scale, size) in cases {
-        upscale_ok(model, &[s(src), "--scale", scale]);
-        let path = src.with_file_name(format!("{stem}_x{scale}.png"));
-        assert_eq!(dims(&path), size, "--scale {scale}");
+    for &(flags, suffix, size) in cases {
+        let mut args = vec![s(src)];
+        args.extend(flags.split_whitespace());
+        upscale_ok(model, &args);
+        let path = src.with_file_name(format!("{stem}_{suffix}.png"));
+        assert_eq!(dims(&path), size, "{flags}");
         let d = distance_to_bicubic(src, &path);
-        assert!(d < tol, "--scale {scale}: output far from its input: {d}");
+        assert!(d < tol, "{flags}: output far from its input: {d}");
     }
 }
 
 #[test]
-fn scales_two_eight_and_sixteen() {
+fn scales_widths_and_heights() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let src = dir.path().join("a.png");
     save(gradient(20, 12), &src, ImageFormat::Png);
-    assert_scales(
+    assert_sizes(
         &model,
         &src,
-        &[("2", (40, 24)), ("8", (160, 96)), ("16", (320, 192))],
+        &[
+            ("--scale 2", "x2", (40, 24)),
+            ("--scale 8", "x8", (160, 96)),
+            ("--scale 16", "x16", (320, 192)),
+            ("--scale 3", "x3", (60, 36)),
+            ("--scale 2.5", "x2.5", (50, 30)),
+            ("--width 50", "w50", (50, 30)),
+            ("--height 100", "h100", (167, 100)),
+            ("--width 100 --height 30", "100x30", (50, 30)),
+        ],
         0.015,
     );
-    let out = upscale(&model, &[s(&src), "--scale", "3"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("unsupported scale 3"),
-        "{}",
-        stderr(&out)
-    );
+    for (flags, why) in [
+        ("--scale 1", "scale 1 is not above 1"),
+        ("--scale 17", "scale 17 is not above 1 and at most 16"),
+        ("--width 20", "20×12 does not enlarge the 20×12 input"),
+        ("--height 400", "is more than 16× the 20×12 input"),
+        ("--scale 3 --width 50", "cannot be used with"),
+        ("--width 0", "0 is not in 1.."),
+    ] {
+        let mut args = vec![s(&src)];
+        args.extend(flags.split_whitespace());
+        let out = upscale(&model, &args);
+        assert!(!out.status.success(), "{flags}");
+        assert!(stderr(&out).contains(why), "{flags}: {}", stderr(&out));
+    }
 }
 
 /// A model of another geometry (×2, 2-px patches, 16-px blocks) upscales odd sizes exactly
@@ -283,10 +301,15 @@ fn a_two_times_model_chains_its_passes() {
     let model = write_model(&dir.path().join("x2"), &cfg, 5);
     let src = dir.path().join("a.png");
     save(gradient(13, 7), &src, ImageFormat::Png);
-    assert_scales(
+    assert_sizes(
         &model,
         &src,
-        &[("2", (26, 14)), ("4", (52, 28)), ("8", (104, 56))],
+        &[
+            ("--scale 2", "x2", (26, 14)),
+            ("--scale 4", "x4", (52, 28)),
+            ("--scale 8", "x8", (104, 56)),
+            ("--width 39", "w39", (39, 21)),
+        ],
         0.03,
     );
 }

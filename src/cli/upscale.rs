@@ -10,7 +10,7 @@ use crate::imageops::io::{
     EncodeOptions, OutputFormat,
 };
 use crate::model::InfDit;
-use crate::pipeline::{upscale_alpha, BatchChoice, UpscaleOptions, Upscaler};
+use crate::pipeline::{resize_clamped, BatchChoice, OutputSize, UpscaleOptions, Upscaler};
 use crate::sampler::{SamplerConfig, SamplerKind};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -25,6 +25,7 @@ const EXAMPLES: &str = "\
 Examples:
   infdit upscale photo.jpg                       # → photo_x4.jpg with the built-in model
   infdit upscale photo.png -o big.png --scale 8  # two passes: ×4 then ×2
+  infdit upscale photo.jpg --width 3840          # → photo_w3840.jpg, 3840 px wide
   infdit upscale shots/ -r -o upscaled/ --format webp
   infdit upscale 'scans/*.tif' --model inf-dit/ --clip open_clip_pytorch_model.bin --device cuda --dtype bf16
   infdit upscale huge.png --max-memory 8G --steps 10 --seed 7";
@@ -47,12 +48,21 @@ pub struct UpscaleArgs {
     pub inputs: Vec<String>,
     /// Output file (one input file) or directory (several inputs, a directory or a pattern;
     /// with -r, subfolders are recreated in it); `-` writes to standard output. Default:
-    /// beside each input as NAME_xSCALE.EXT.
+    /// beside each input as NAME_xSCALE.EXT (NAME_wWIDTH, NAME_hHEIGHT, NAME_WIDTHxHEIGHT).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Upscaling factor: 2, 4, 8 or 16 (passes of at most the model's trained ratio, chained).
-    #[arg(long, default_value_t = 4)]
-    pub scale: usize,
+    /// Upscaling factor above 1 and at most 16 (default 4). 2, 4, 8 and 16 are the model's
+    /// own (passes of at most its trained ratio, chained); others are reduced from the next
+    /// of those with the antialiased bicubic kernel.
+    #[arg(long, conflicts_with_all = ["width", "height"])]
+    pub scale: Option<f64>,
+    /// Output width in pixels; the height follows the aspect ratio (with --height: the
+    /// largest size inside WIDTH×HEIGHT).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub width: Option<usize>,
+    /// Output height in pixels; the width follows the aspect ratio.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub height: Option<usize>,
     /// Sampler steps (default: the model's recommendation; 20 for the released model).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -190,7 +200,9 @@ impl UpscaleArgs {
         Self {
             inputs: vec![],
             output: None,
-            scale: 4,
+            scale: None,
+            width: None,
+            height: None,
             steps: flags.steps,
             sampler: flags.sampler,
             sigma_max: flags.sigma_max,
@@ -443,7 +455,7 @@ impl UpscaleArgs {
             (None, None) => None,
         };
         let opts = UpscaleOptions {
-            scale: self.scale,
+            size: self.size(),
             sampler,
             seed: self.seed,
             batch,
@@ -494,6 +506,18 @@ impl UpscaleArgs {
         Ok(None)
     }
 
+    /// The output size the flags ask for.
+    fn size(&self) -> OutputSize {
+        match (self.width, self.height) {
+            (Some(width), Some(height)) => OutputSize::Within { width, height },
+            (Some(width), None) => OutputSize::Width(width),
+            (None, Some(height)) => OutputSize::Height(height),
+            (None, None) => self
+                .scale
+                .map_or_else(OutputSize::default, OutputSize::Scale),
+        }
+    }
+
     /// Whether the inputs are one file named directly, the one case where `-o` names a
     /// file; a directory or pattern input makes `-o` a directory even when it finds one image.
     fn one_named_file(&self) -> bool {
@@ -523,7 +547,11 @@ impl UpscaleArgs {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "image".into());
-            dir.join(format!("{stem}_x{}.{}", self.scale, format.extension()))
+            dir.join(format!(
+                "{stem}_{}.{}",
+                self.size().suffix(),
+                format.extension()
+            ))
         };
         let beside = input.parent().map(Path::to_path_buf).unwrap_or_default();
         if self.to_stdout() {
@@ -642,7 +670,7 @@ impl UpscaleArgs {
         let alpha = img
             .alpha
             .as_ref()
-            .map(|a| upscale_alpha(a, rgb.height, rgb.width));
+            .map(|a| resize_clamped(a, rgb.height, rgb.width));
         let mut opts = EncodeOptions::matching(out_format, &img);
         opts.quality = self.quality;
         if stdout {

@@ -15,6 +15,9 @@ use candle_core::Device;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
+mod size;
+pub use size::{OutputSize, SizePlan};
+
 /// How the batch of blocks per forward is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum BatchChoice {
@@ -26,8 +29,10 @@ pub enum BatchChoice {
 
 #[derive(Debug, Clone)]
 pub struct UpscaleOptions {
-    /// Overall factor: 2 or 4 in one pass; 8 = 4·2 and 16 = 4·4 chain passes.
-    pub scale: usize,
+    /// The output size: the model reaches the smallest of [`SCALES`] that covers it in
+    /// passes of at most its trained ratio (8 = 4·2, 16 = 4·4 for a ×4 model), and other
+    /// sizes are reduced from that with the antialiased bicubic kernel.
+    pub size: OutputSize,
     pub sampler: SamplerConfig,
     /// Seed of the initial noise (see [`initial_noise`]).
     pub seed: u64,
@@ -42,7 +47,7 @@ pub struct UpscaleOptions {
 impl Default for UpscaleOptions {
     fn default() -> Self {
         Self {
-            scale: 4,
+            size: OutputSize::default(),
             sampler: SamplerConfig::default(),
             seed: 0,
             batch: None,
@@ -59,12 +64,13 @@ pub struct Progress {
     pub total: usize,
 }
 
-/// Alpha is not modelled: it is resized with the antialiased bicubic kernel.
-pub fn upscale_alpha(alpha: &Planar, height: usize, width: usize) -> Planar {
-    resize_bicubic(alpha, height, width, true).map(|v| v.clamp(0.0, 1.0))
+/// Resizes a [0, 1] image with the antialiased bicubic kernel, clamped to [0, 1]: for
+/// alpha, which the model does not see, and for sizes between the model's factors.
+pub fn resize_clamped(img: &Planar, height: usize, width: usize) -> Planar {
+    resize_bicubic(img, height, width, true).map(|v| v.clamp(0.0, 1.0))
 }
 
-/// The overall scales `upscale` accepts.
+/// The overall factors the model reaches (other sizes are reduced from one of them).
 pub const SCALES: [usize; 4] = [2, 4, 8, 16];
 
 /// The per-pass factors for an overall scale with a model trained at ×`model_scale`: the
@@ -151,7 +157,15 @@ pub struct Upscaler {
 impl Upscaler {
     /// `clip` is required when the model has an image-condition vector.
     pub fn new(model: InfDit, clip: Option<ClipEncoder>, opts: UpscaleOptions) -> Result<Self> {
-        passes(opts.scale, model.config().sr_scale)?;
+        opts.size.validate()?;
+        // A factor's passes can be checked before any image (a size's depend on the image).
+        if let OutputSize::Scale(s) = opts.size {
+            let covering = SCALES
+                .into_iter()
+                .find(|&f| f as f64 >= s)
+                .expect("validated");
+            passes(covering, model.config().sr_scale)?;
+        }
         opts.sampler.validate()?;
         if ![1, 2, 4, 8].contains(&opts.self_ensemble) {
             bail!(
@@ -184,7 +198,7 @@ impl Upscaler {
         let cfg = self.model.config();
         let (mut h, mut w) = (height, width);
         let mut total = 0;
-        for s in passes(self.opts.scale, cfg.sr_scale)? {
+        for s in passes(self.opts.size.plan(height, width)?.scale, cfg.sr_scale)? {
             let m = cfg.image_block_size_px / s;
             let (ph, pw) = (h.div_ceil(m) * m * s, w.div_ceil(m) * m * s);
             let blocks = (ph / cfg.image_block_size_px) * (pw / cfg.image_block_size_px);
@@ -204,7 +218,7 @@ impl Upscaler {
         use crate::imageops::io::{image_to_planes, planes_to_image};
         let (rgb, alpha) = image_to_planes(img);
         let out = self.upscale_rgb(&rgb, progress)?;
-        let alpha = alpha.map(|a| upscale_alpha(&a, out.height, out.width));
+        let alpha = alpha.map(|a| resize_clamped(&a, out.height, out.width));
         let color = img.color();
         let deep = color.bytes_per_pixel() / color.channel_count() > 1;
         Ok(planes_to_image(
@@ -218,13 +232,14 @@ impl Upscaler {
     /// Upscales an RGB image with values in [0, 1]; returns values in [0, 1].
     pub fn upscale_rgb(&self, rgb: &Planar, progress: &mut dyn FnMut(Progress)) -> Result<Planar> {
         let total = self.work(rgb.height, rgb.width)?;
+        let plan = self.opts.size.plan(rgb.height, rgb.width)?;
         let mut done = 0;
         let signed = to_model_range(rgb.clone());
         let n = self.opts.self_ensemble;
         let mut sum: Option<Planar> = None;
         for t in Dihedral::first(n) {
             let mut img = signed.dihedral(t);
-            for (k, s) in passes(self.opts.scale, self.model.config().sr_scale)?
+            for (k, s) in passes(plan.scale, self.model.config().sr_scale)?
                 .into_iter()
                 .enumerate()
             {
@@ -239,8 +254,12 @@ impl Upscaler {
                 None => img,
             });
         }
-        let sum = sum.expect("at least one transform");
-        Ok(sum.map(|v| v / n as f32))
+        let mean = sum.expect("at least one transform").map(|v| v / n as f32);
+        Ok(if plan.resamples(rgb.height, rgb.width) {
+            resize_clamped(&mean, plan.height, plan.width)
+        } else {
+            mean
+        })
     }
 
     /// One ×2 or ×4 pass on a [-1, 1] image.
@@ -418,6 +437,10 @@ mod tests {
 
     /// An upscaler taking one Euler step from `sigma_max`.
     fn one_step(model: InfDit, sigma_max: f32) -> Upscaler {
+        one_step_to(model, sigma_max, OutputSize::default())
+    }
+
+    fn one_step_to(model: InfDit, sigma_max: f32, size: OutputSize) -> Upscaler {
         let sampler = SamplerConfig {
             steps: 1,
             sigma_max,
@@ -426,9 +449,32 @@ mod tests {
         };
         let opts = UpscaleOptions {
             sampler,
+            size,
             ..Default::default()
         };
         Upscaler::new(model, None, opts).unwrap()
+    }
+
+    /// A size between the model's factors is the reduction of the next factor's upscale,
+    /// alpha included.
+    #[test]
+    fn other_sizes_reduce_the_covering_upscale() {
+        let cfg = crate::config::ModelConfig::minimal();
+        let model = || InfDit::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+        let lr = Planar::new(3, 5, 9, (0..135).map(|i| (i % 17) as f32 / 16.0).collect());
+        let x4 = one_step(model(), 2.0)
+            .upscale_rgb(&lr, &mut |_| {})
+            .unwrap();
+        let up = one_step_to(model(), 2.0, OutputSize::Scale(3.0));
+        let x3 = up.upscale_rgb(&lr, &mut |_| {}).unwrap();
+        assert_eq!((x3.height, x3.width), (15, 27));
+        assert_eq!(x3.data, resize_clamped(&x4, 15, 27).data);
+        let rgba = image::DynamicImage::ImageRgba8(image::ImageBuffer::from_fn(9, 5, |x, _| {
+            image::Rgba([x as u8 * 20, 30, 9, 128])
+        }));
+        let out = up.upscale(&rgba, &mut |_| {}).unwrap();
+        assert_eq!((out.width(), out.height()), (27, 15));
+        assert!(out.as_rgba8().unwrap().pixels().all(|p| p[3] == 128));
     }
 
     #[test]
