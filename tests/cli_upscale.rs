@@ -447,6 +447,12 @@ fn exif_rotated_jpeg_comes_out_upright() {
         "bottom is not bright: {}",
         mean(56..96)
     );
+    // A JPEG output keeps the EXIF metadata, upright: readers do not turn it again.
+    let out = dir.path().join("upright.jpg");
+    upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+    let d = decode_file(&out, &DecodeLimits::default()).unwrap();
+    assert!(d.exif.is_some());
+    assert_eq!((d.rgb.width, d.rgb.height), (48, 96));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM and QOI files into [`Planar`]
 //! images in `[0, 1]`, upright (EXIF orientation applied), with alpha split off and 16-bit
 //! precision kept, and reports what the caller needs to write a faithful result back: bit
-//! depth, grayness and the ICC profile. Encoding writes PNG, JPEG, WebP or TIFF atomically,
+//! depth, grayness, the ICC profile and the EXIF metadata. Encoding writes PNG, JPEG, WebP or TIFF atomically,
 //! so an interrupted or failed run never leaves a truncated output file behind.
 
 use std::fmt;
@@ -35,6 +35,8 @@ pub struct DecodedImage {
     /// The embedded ICC profile, to be attached to the output unchanged: the model works on
     /// the encoded values and does no colour management.
     pub icc_profile: Option<Vec<u8>>,
+    /// The EXIF metadata (PNG, JPEG, WebP), orientation reset since it has been applied.
+    pub exif: Option<Vec<u8>>,
     /// The format detected from the file's contents (not its extension).
     pub format: ImageFormat,
 }
@@ -318,6 +320,13 @@ fn decode_with<R: BufRead + Seek>(
         tracing::warn!("{}: ignoring unreadable ICC profile: {e}", path.display());
         None
     });
+    let exif = decoder
+        .exif_metadata()
+        .unwrap_or_else(|e| {
+            tracing::warn!("{}: ignoring unreadable EXIF metadata: {e}", path.display());
+            None
+        })
+        .map(super::exif::upright);
 
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);
@@ -329,6 +338,7 @@ fn decode_with<R: BufRead + Seek>(
         sixteen_bit: color.bytes_per_pixel() > color.channel_count(),
         grayscale: !color.has_color(),
         icc_profile,
+        exif,
         format,
     })
 }
@@ -485,6 +495,8 @@ pub struct EncodeOptions {
     pub grayscale: bool,
     /// Attached to the output unchanged.
     pub icc_profile: Option<Vec<u8>>,
+    /// Attached to PNG, JPEG and WebP outputs with the pixel dimensions set to the output's.
+    pub exif: Option<Vec<u8>>,
 }
 
 impl EncodeOptions {
@@ -496,15 +508,17 @@ impl EncodeOptions {
             sixteen_bit: false,
             grayscale: false,
             icc_profile: None,
+            exif: None,
         }
     }
 
-    /// Options that preserve `source`'s bit depth, grayness and ICC profile.
+    /// Options that preserve `source`'s bit depth, grayness, ICC profile and EXIF metadata.
     pub fn matching(format: OutputFormat, source: &DecodedImage) -> Self {
         Self {
             sixteen_bit: source.sixteen_bit,
             grayscale: source.grayscale,
             icc_profile: source.icc_profile.clone(),
+            exif: source.exif.clone(),
             ..Self::new(format)
         }
     }
@@ -630,6 +644,14 @@ impl<'a> Encoded<'a> {
         if let Some(icc) = &self.opts.icc_profile {
             enc.set_icc_profile(icc.clone())
                 .map_err(ImageError::Unsupported)?;
+        }
+        if let Some(exif) = &self.opts.exif {
+            // TIFF's encoder cannot carry EXIF; the image matters more than its metadata.
+            let _ = enc.set_exif_metadata(super::exif::with_dimensions(
+                exif.clone(),
+                self.width,
+                self.height,
+            ));
         }
         enc.write_image(&self.buf, self.width, self.height, self.color)
     }
@@ -1029,6 +1051,37 @@ mod tests {
         // Without the tag the same data stays as stored.
         let plain = decode_file(&path, &limits()).unwrap();
         assert_eq!((plain.rgb.height, plain.rgb.width), (8, 16));
+    }
+
+    #[test]
+    fn exif_is_kept_upright_with_the_output_size() {
+        let img = gradient(8, 16);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.jpg");
+        encode_file(&path, &img, None, &EncodeOptions::new(OutputFormat::Jpeg)).unwrap();
+        let rotated = with_exif_orientation(&std::fs::read(&path).unwrap(), 6);
+        let source = decode_bytes(&rotated, &limits()).unwrap();
+        let exif = source.exif.clone().expect("the EXIF chunk is read");
+        assert_eq!(
+            image::metadata::Orientation::from_exif_chunk(&exif),
+            Some(image::metadata::Orientation::NoTransforms)
+        );
+        let big = crate::imageops::resize::resize_bicubic(&source.rgb, 32, 16, false);
+        for format in [OutputFormat::Png, OutputFormat::Jpeg, OutputFormat::Webp] {
+            let out = dir.path().join(format!("out.{format}"));
+            encode_file(&out, &big, None, &EncodeOptions::matching(format, &source)).unwrap();
+            let d = decode_file(&out, &limits()).unwrap();
+            assert_eq!(
+                (d.rgb.height, d.rgb.width),
+                (32, 16),
+                "{format}: not turned again"
+            );
+            assert_eq!(d.exif.as_deref(), Some(&exif[..]), "{format}");
+        }
+        let tiff = dir.path().join("out.tiff");
+        let opts = EncodeOptions::matching(OutputFormat::Tiff, &source);
+        encode_file(&tiff, &big, None, &opts).unwrap();
+        assert!(decode_file(&tiff, &limits()).is_ok());
     }
 
     #[test]
