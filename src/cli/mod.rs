@@ -45,6 +45,11 @@ pub enum Command {
     /// Benchmarks (speed and memory).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a shell completion script, e.g. `infdit completions bash > ~/.local/share/bash-completion/completions/infdit`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Cli {
@@ -57,9 +62,19 @@ impl Cli {
             Command::Bench(c) => c.run(),
             Command::Train(a) => a.run(),
             Command::Eval(a) => a.run(),
+            Command::Completions { shell } => {
+                completions(shell, &mut std::io::stdout());
+                Ok(())
+            }
         }?;
         Ok(std::process::ExitCode::SUCCESS)
     }
+}
+
+/// Writes the completion script of `shell` for every command and flag.
+fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "infdit", out);
 }
 
 /// `cpu`, `cuda`, `cuda:N` or `metal`.
@@ -97,6 +112,36 @@ impl From<DTypeArg> for DType {
             DTypeArg::F32 => DType::F32,
             DTypeArg::Bf16 => DType::BF16,
             DTypeArg::F16 => DType::F16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completion_scripts_know_the_commands_and_flags() {
+        use clap_complete::Shell;
+        for shell in [
+            Shell::Bash,
+            Shell::Zsh,
+            Shell::Fish,
+            Shell::PowerShell,
+            Shell::Elvish,
+        ] {
+            let mut out = Vec::new();
+            completions(shell, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for word in ["upscale", "convert", "max-memory", "self-ensemble", "width"] {
+                assert!(text.contains(word), "{shell}: no {word}");
+            }
         }
     }
 }
