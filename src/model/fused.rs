@@ -6,7 +6,8 @@
 //! silently stop at the attention scores). Here each forward pass and each gradient is
 //! one vectorisable loop (plain arithmetic: no `mul_add`, which is a libm call without
 //! FMA) with a polynomial `exp` accurate to about one ulp, so results agree with
-//! candle's to ~1e-7. Other devices and dtypes use candle's kernels.
+//! candle's to ~1e-7. The exp-heavy loops are also compiled for AVX2 and picked at run
+//! time. Other devices and dtypes use candle's kernels.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -80,6 +81,20 @@ fn gelu_value(x: f32) -> f32 {
     0.5 * x * (1.0 + inner_tanh(x))
 }
 
+/// `y = gelu(x)` element-wise (see [`softmax_row`] on the AVX2 version).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn gelu_into(x: &[f32], y: &mut [f32]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu_value(x))
+}
+
+/// `o = g · gelu'(x)` element-wise (see [`softmax_row`] on the AVX2 version).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn gelu_grad_into(x: &[f32], g: &[f32], o: &mut [f32]) {
+    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+        *o = g * gelu_derivative(x);
+    }
+}
+
 #[inline(always)]
 fn gelu_derivative(x: f32) -> f32 {
     let t = inner_tanh(x);
@@ -131,11 +146,7 @@ impl CustomOp1 for FusedGelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
-        let y = par_fill(x.len(), CHUNK, |i, y| {
-            y.iter_mut()
-                .zip(&x[i..])
-                .for_each(|(y, &x)| *y = gelu_value(x))
-        });
+        let y = par_fill(x.len(), CHUNK, |i, y| gelu_into(&x[i..], y));
         Ok((y, l.shape().clone()))
     }
 
@@ -163,11 +174,7 @@ impl CustomOp2 for GeluGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let out = par_fill(x.len(), CHUNK, |i, o| {
-            for ((o, &x), &g) in o.iter_mut().zip(&x[i..]).zip(&g[i..]) {
-                *o = g * gelu_derivative(x);
-            }
-        });
+        let out = par_fill(x.len(), CHUNK, |i, o| gelu_grad_into(&x[i..], &g[i..], o));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -257,7 +264,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.into_iter().fold(tail, |s, a| s + a)
 }
 
-/// Softmax of one row, in place.
+/// Softmax of one row, in place. Compiled for AVX2 too, chosen at run time: the default
+/// x86-64 target has only 4-wide SSE2 vectors, and the bit arithmetic of [`exp`] needs
+/// AVX2 to run 8 wide. The operations are the same either way, so are the results.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 pub(super) fn softmax_row(row: &mut [f32]) {
     let max = reduce(row, f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
     row.iter_mut().for_each(|v| *v = exp(*v - max));
