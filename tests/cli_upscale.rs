@@ -883,6 +883,24 @@ fn conditioned_models_need_clip_weights_and_use_them() {
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
 
+/// An output whose image buffers cannot fit in any machine's memory is refused at once,
+/// naming the size and the memory it needs, instead of failing an allocation mid-run.
+#[test]
+fn output_too_large_for_the_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let src = dir.path().join("big.png");
+    save(RgbImage::new(4000, 4000), &src, ImageFormat::Png);
+    let out = upscale(&model, &[s(&src), "--scale", "16"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("a 64000×64000 output needs about") && err.contains("GiB of memory"),
+        "{err}"
+    );
+    assert_eq!(listing(dir.path()), ["big.png", "model"]);
+}
+
 #[test]
 fn memory_budget_too_small_is_refused_with_the_needed_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -143,7 +143,7 @@ impl<'a> MemoryModel<'a> {
             cache: cache_blocks * cfg.num_layers as u64 * per_block_layer_kv,
             activations,
             host_images: if self.include_host {
-                10 * 3 * (height * width) as u64 * 4
+                host_image_bytes(height, width)
             } else {
                 0
             },
@@ -190,6 +190,12 @@ impl<'a> MemoryModel<'a> {
         }
         Ok(best)
     }
+}
+
+/// The sampler's host image buffers for an `height × width` output: about ten f32 RGB
+/// images (state, noise, conditioning, Heun's buffers, the result).
+pub fn host_image_bytes(height: usize, width: usize) -> u64 {
+    10 * 3 * (height * width) as u64 * 4
 }
 
 /// Available physical memory (Linux `MemAvailable`), if known.

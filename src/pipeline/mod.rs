@@ -3,7 +3,9 @@
 //! The CLI and other programs share this one path through [`Upscaler`].
 
 use crate::clip::ClipEncoder;
-use crate::engine::memory::{available_memory, device_free_memory, MemoryModel};
+use crate::engine::memory::{
+    available_memory, device_free_memory, format_size, host_image_bytes, MemoryModel,
+};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
 use crate::imageops::io::{from_model_range, to_model_range};
 use crate::imageops::resize::resize_bicubic;
@@ -193,19 +195,49 @@ impl Upscaler {
         &self.model
     }
 
-    /// Total block evaluations for an LR image, for progress bars.
-    pub fn work(&self, height: usize, width: usize) -> Result<usize> {
+    /// The padded output size of each pass for an LR image.
+    fn pass_sizes(&self, height: usize, width: usize) -> Result<Vec<(usize, usize)>> {
         let cfg = self.model.config();
         let (mut h, mut w) = (height, width);
-        let mut total = 0;
+        let mut sizes = Vec::new();
         for s in passes(self.opts.size.plan(height, width)?.scale, cfg.sr_scale)? {
             let m = cfg.image_block_size_px / s;
-            let (ph, pw) = (h.div_ceil(m) * m * s, w.div_ceil(m) * m * s);
-            let blocks = (ph / cfg.image_block_size_px) * (pw / cfg.image_block_size_px);
-            total += blocks * self.opts.sampler.nfe();
+            sizes.push((h.div_ceil(m) * m * s, w.div_ceil(m) * m * s));
             (h, w) = (h * s, w * s);
         }
-        Ok(total * self.opts.self_ensemble)
+        Ok(sizes)
+    }
+
+    /// Total block evaluations for an LR image, for progress bars.
+    pub fn work(&self, height: usize, width: usize) -> Result<usize> {
+        let block = self.model.config().image_block_size_px;
+        let blocks: usize = self
+            .pass_sizes(height, width)?
+            .into_iter()
+            .map(|(h, w)| (h / block) * (w / block))
+            .sum();
+        Ok(blocks * self.opts.sampler.nfe() * self.opts.self_ensemble)
+    }
+
+    /// Refuses an image whose sampler buffers cannot fit in the host's memory, before any
+    /// is allocated (an allocation that fails aborts the process). On the CPU the
+    /// memory budget counts them already; a GPU budget covers only the device.
+    fn check_host_memory(&self, height: usize, width: usize) -> Result<()> {
+        let Some(available) = available_memory() else {
+            return Ok(());
+        };
+        // The last pass is the largest.
+        if let Some(&(h, w)) = self.pass_sizes(height, width)?.last() {
+            let needed = host_image_bytes(h, w);
+            if needed > available {
+                bail!(
+                    "a {w}×{h} output needs about {} of memory for its image buffers but {} is available",
+                    format_size(needed),
+                    format_size(available)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Upscales an in-memory image: colour through the model, alpha (if any) with the
@@ -232,6 +264,7 @@ impl Upscaler {
     /// Upscales an RGB image with values in [0, 1]; returns values in [0, 1].
     pub fn upscale_rgb(&self, rgb: &Planar, progress: &mut dyn FnMut(Progress)) -> Result<Planar> {
         let total = self.work(rgb.height, rgb.width)?;
+        self.check_host_memory(rgb.height, rgb.width)?;
         let plan = self.opts.size.plan(rgb.height, rgb.width)?;
         let mut done = 0;
         let signed = to_model_range(rgb.clone());
