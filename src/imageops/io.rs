@@ -195,7 +195,7 @@ fn decode_reader(
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, ImageIoError> {
-    let heif = is_heif(reader.fill_buf().map_err(ImageIoError::read(path))?);
+    let unreadable = unreadable_format(reader.fill_buf().map_err(ImageIoError::read(path))?);
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
         .map_err(ImageIoError::read(path))?;
@@ -208,11 +208,10 @@ fn decode_reader(
     let format = match guessed {
         Some(f) if INPUT_FORMATS.contains(&f) => f,
         other => {
-            let what = match other {
-                Some(f) => format!("{f:?}"),
-                // Phones' default format, which the `image` crate cannot read.
-                None if heif => "HEIF/HEIC (convert it to PNG or JPEG first)".into(),
-                None => "unrecognised contents".into(),
+            let what = match (other, unreadable) {
+                (_, Some(name)) => format!("{name} (convert it to PNG or JPEG first)"),
+                (Some(f), None) => format!("{f:?}"),
+                (None, None) => "unrecognised contents".into(),
             };
             let detail = format!("{what} (supported: {})", input_format_names());
             return Err(ImageIoError::Unsupported {
@@ -252,12 +251,22 @@ fn decode_reader(
     Ok(decoded)
 }
 
-/// Whether `head`, a file's first bytes, opens a HEIF container (ISO-BMFF with a HEIF brand).
-fn is_heif(head: &[u8]) -> bool {
-    const BRANDS: [&[u8]; 7] = [
+/// The name of a common format that `head`, a file's first bytes, opens but no decoder
+/// here reads: phones' HEIF/HEIC, AVIF (both ISO-BMFF with their brand), JPEG XL.
+fn unreadable_format(head: &[u8]) -> Option<&'static str> {
+    const HEIF: [&[u8]; 7] = [
         b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1",
     ];
-    head.get(4..8) == Some(b"ftyp") && head.get(8..12).is_some_and(|b| BRANDS.contains(&b))
+    const JXL_CONTAINER: &[u8] = b"\0\0\0\x0cJXL \r\n\x87\n";
+    let brand = (head.get(4..8) == Some(b"ftyp"))
+        .then(|| head.get(8..12))
+        .flatten();
+    match brand {
+        Some(b"avif" | b"avis") => Some("AVIF"),
+        Some(b) if HEIF.contains(&b) => Some("HEIF/HEIC"),
+        _ if head.starts_with(b"\xff\x0a") || head.starts_with(JXL_CONTAINER) => Some("JPEG XL"),
+        _ => None,
+    }
 }
 
 /// Whether a GIF (already decoded once, so known to be valid) holds more than one frame.
@@ -1143,8 +1152,18 @@ mod tests {
         // A recognised but unsupported format.
         let e = decode_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
-        let e = decode_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", &limits()).unwrap_err();
-        assert!(e.to_string().contains("HEIF/HEIC"), "{e}");
+        for (head, name) in [
+            (&b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"[..], "HEIF/HEIC"),
+            (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf", "AVIF"),
+            (b"\xff\x0a\xfa\x7f\x01\x90\x08", "JPEG XL"),
+            (b"\0\0\0\x0cJXL \r\n\x87\n\0\0\0\x14ftypjxl ", "JPEG XL"),
+        ] {
+            let e = decode_bytes(head, &limits()).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{name} (convert it to PNG or JPEG first)")),
+                "{e}"
+            );
+        }
         // A GIF header with no image after it.
         let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
