@@ -71,6 +71,13 @@ fn upscale_ok(model: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// Like [`upscale`], and the run must fail; its standard error.
+fn upscale_fails(model: &Path, args: &[&str]) -> String {
+    let out = upscale(model, args);
+    assert!(!out.status.success(), "infdit upscale {args:?} succeeded");
+    stderr(&out)
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -280,9 +287,8 @@ fn scales_widths_and_heights() {
     ] {
         let mut args = vec![s(&src)];
         args.extend(flags.split_whitespace());
-        let out = upscale(&model, &args);
-        assert!(!out.status.success(), "{flags}");
-        assert!(stderr(&out).contains(why), "{flags}: {}", stderr(&out));
+        let err = upscale_fails(&model, &args);
+        assert!(err.contains(why), "{flags}: {err}");
     }
 }
 
@@ -809,13 +815,8 @@ fn glob_inputs() {
     assert_eq!(dims(&out_dir.join("b_x4.png")), (48, 80));
 
     let nothing = format!("{}/*.webp", s(&inputs));
-    let out = upscale(&model, &[&nothing, "-o", s(&out_dir)]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("the pattern matches no image"),
-        "{}",
-        stderr(&out)
-    );
+    let err = upscale_fails(&model, &[&nothing, "-o", s(&out_dir)]);
+    assert!(err.contains("the pattern matches no image"), "{err}");
 }
 
 #[test]
@@ -863,9 +864,7 @@ fn conditioned_models_need_clip_weights_and_use_them() {
     let model = tiny_conditioned_model(dir.path());
     let input = dir.path().join("in.png");
     save(gradient(20, 12), &input, ImageFormat::Png);
-    let out = upscale(&model, &[s(&input)]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = upscale_fails(&model, &[s(&input)]);
     assert!(
         err.contains("--clip") && err.contains("CLIP-ViT-L-14-DataComp.XL-s13B-b90K"),
         "{err}"
@@ -891,9 +890,7 @@ fn output_too_large_for_the_host_is_refused() {
     let model = tiny_model(dir.path());
     let src = dir.path().join("big.png");
     save(RgbImage::new(4000, 4000), &src, ImageFormat::Png);
-    let out = upscale(&model, &[s(&src), "--scale", "16"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = upscale_fails(&model, &[s(&src), "--scale", "16"]);
     assert!(
         err.contains("a 64000×64000 output needs about") && err.contains("GiB of memory"),
         "{err}"
@@ -907,9 +904,7 @@ fn memory_budget_too_small_is_refused_with_the_needed_size() {
     let model = tiny_model(dir.path());
     let input = dir.path().join("in.png");
     save(gradient(64, 64), &input, ImageFormat::Png);
-    let out = upscale(&model, &[s(&input), "--max-memory", "64K"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = upscale_fails(&model, &[s(&input), "--max-memory", "64K"]);
     assert!(
         err.contains("needs at least") && err.contains("--max-memory"),
         "{err}"
