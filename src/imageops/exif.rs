@@ -49,7 +49,7 @@ impl Tiff {
     }
 
     fn u16_at(&self, chunk: &[u8], at: usize) -> Option<u16> {
-        let b: [u8; 2] = chunk.get(at..at + 2)?.try_into().ok()?;
+        let b: [u8; 2] = chunk.get(at..at.checked_add(2)?)?.try_into().ok()?;
         Some(if self.big_endian {
             u16::from_be_bytes(b)
         } else {
@@ -58,7 +58,7 @@ impl Tiff {
     }
 
     fn u32_at(&self, chunk: &[u8], at: usize) -> Option<usize> {
-        let b: [u8; 4] = chunk.get(at..at + 4)?.try_into().ok()?;
+        let b: [u8; 4] = chunk.get(at..at.checked_add(4)?)?.try_into().ok()?;
         let v = if self.big_endian {
             u32::from_be_bytes(b)
         } else {
@@ -69,6 +69,7 @@ impl Tiff {
 
     /// The offset of the 12-byte entry for `tag` in the IFD at `ifd`.
     fn find(&self, chunk: &[u8], ifd: usize, tag: u16) -> Option<usize> {
+        // Reading the count bounds `ifd` by the chunk's length, so no offset below overflows.
         let count = usize::from(self.u16_at(chunk, ifd)?);
         (0..count)
             .map(|i| ifd + 2 + 12 * i)
@@ -200,6 +201,18 @@ mod tests {
             let part = whole[..cut].to_vec();
             let out = with_dimensions(part.clone(), 1, 1);
             assert_eq!(out.len(), part.len());
+        }
+        // Damaged chunks (any byte changed to any value) never panic or change length.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..5000 {
+            let mut c = chunk(rng.gen());
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..c.len());
+                c[i] = rng.gen();
+            }
+            let n = c.len();
+            assert_eq!(with_dimensions(upright(c), 70000, 3).len(), n);
         }
         let junk = b"Exif\0\0not a tiff".to_vec();
         assert_eq!(with_dimensions(junk.clone(), 9, 9), junk);
