@@ -459,6 +459,13 @@ fn exif_rotated_jpeg_comes_out_upright() {
     let d = decode_file(&out, &DecodeLimits::default()).unwrap();
     assert!(d.exif.is_some());
     assert_eq!((d.rgb.width, d.rgb.height), (48, 96));
+    upscale_ok(
+        &model,
+        &[s(&src), "-o", s(&out), "--overwrite", "--no-exif"],
+    );
+    let d = decode_file(&out, &DecodeLimits::default()).unwrap();
+    assert!(d.exif.is_none());
+    assert_eq!((d.rgb.width, d.rgb.height), (48, 96));
 }
 
 #[test]

@@ -108,6 +108,9 @@ pub struct UpscaleArgs {
     /// JPEG quality (1–100).
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
+    /// Do not copy the input's EXIF metadata (camera, date, location, …) to the output.
+    #[arg(long)]
+    pub no_exif: bool,
     /// Replace existing outputs (default: skip them).
     #[arg(long)]
     pub overwrite: bool,
@@ -217,6 +220,7 @@ impl UpscaleArgs {
             dtype: None,
             format: None,
             quality: 95,
+            no_exif: false,
             overwrite: false,
             recursive: false,
             quiet: true,
@@ -673,6 +677,9 @@ impl UpscaleArgs {
             .map(|a| resize_clamped(a, rgb.height, rgb.width));
         let mut opts = EncodeOptions::matching(out_format, &img);
         opts.quality = self.quality;
+        if self.no_exif {
+            opts.exif = None;
+        }
         if stdout {
             let bytes = encode_bytes(Path::new("<stdout>"), &rgb, alpha.as_ref(), &opts)?;
             let mut w = std::io::stdout().lock();
