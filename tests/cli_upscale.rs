@@ -151,6 +151,33 @@ fn listing(dir: &Path) -> Vec<String> {
     names
 }
 
+/// JPEG XL (decoded by jxl-oxide, not the image crate) is found in directories, keeps its
+/// 16 bits and alpha, and is written as PNG.
+#[test]
+fn jpeg_xl_in_png_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats");
+    for name in ["rgba16.jxl", "lossy.jxl"] {
+        std::fs::copy(fixtures.join(name), inputs.join(name.to_uppercase())).unwrap();
+    }
+    upscale_ok(&model, &[s(&inputs)]);
+    assert_eq!(
+        listing(&inputs),
+        ["LOSSY.JXL", "LOSSY_x4.png", "RGBA16.JXL", "RGBA16_x4.png"]
+    );
+    for (name, colour) in [("LOSSY", ColorType::Rgb8), ("RGBA16", ColorType::Rgba16)] {
+        let out = inputs.join(format!("{name}_x4.png"));
+        let (format, img) = read(&out);
+        assert_eq!((format, img.color()), (ImageFormat::Png, colour), "{name}");
+        assert_eq!((img.width(), img.height()), (92, 68), "{name}");
+        let d = distance_to_bicubic(&inputs.join(format!("{name}.JXL")), &out);
+        assert!(d < 0.015, "{name} is far from its input: {d}");
+    }
+}
+
 #[test]
 fn every_input_format_in_and_every_output_format_out() {
     let dir = tempfile::tempdir().unwrap();

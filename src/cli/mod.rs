@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Upscale images (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI).
+    /// Upscale images (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI, JPEG XL).
     Upscale(upscale::UpscaleArgs),
     /// List a checkpoint's tensors, parameter counts and the config it matches.
     Inspect(checkpoint_tools::InspectArgs),

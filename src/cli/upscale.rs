@@ -7,7 +7,7 @@ use crate::engine::memory::parse_size;
 use crate::engine::Order;
 use crate::imageops::io::{
     decode_file, decode_named_bytes, encode_bytes, encode_file, has_input_extension, DecodeLimits,
-    EncodeOptions, OutputFormat,
+    EncodeOptions, InputFormat, OutputFormat,
 };
 use crate::model::InfDit;
 use crate::pipeline::{resize_clamped, BatchChoice, OutputSize, UpscaleOptions, Upscaler};
@@ -42,8 +42,8 @@ pub enum ProgressMode {
 #[derive(Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct UpscaleArgs {
-    /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI);
-    /// `-` reads one image from standard input.
+    /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI,
+    /// JPEG XL); `-` reads one image from standard input.
     #[arg(required = true)]
     pub inputs: Vec<String>,
     /// Output file (one input file) or directory (several inputs, a directory or a pattern;
@@ -535,17 +535,10 @@ impl UpscaleArgs {
     fn output_path(
         &self,
         item: &Input,
-        source_format: image::ImageFormat,
+        source_format: Option<InputFormat>,
     ) -> Result<(PathBuf, OutputFormat)> {
         let input = &item.path;
-        let by_source = OutputFormat::from_extension(
-            source_format
-                .extensions_str()
-                .first()
-                .copied()
-                .unwrap_or("png"),
-        )
-        .unwrap_or(OutputFormat::Png);
+        let by_source = source_format.map_or(OutputFormat::Png, InputFormat::default_output);
         let named = |dir: &Path, format: OutputFormat| {
             let stem = input
                 .file_stem()
@@ -617,13 +610,9 @@ impl UpscaleArgs {
         };
         // The output name needs the source format; sniff it cheaply before decoding.
         let format = match &piped {
-            Some(bytes) => image::guess_format(bytes).ok(),
-            None => image::ImageReader::open(input)
-                .and_then(|r| r.with_guessed_format())
-                .ok()
-                .and_then(|r| r.format()),
-        }
-        .unwrap_or(image::ImageFormat::Png);
+            Some(bytes) => InputFormat::detect(bytes, input),
+            None => InputFormat::of_file(input).unwrap_or(None),
+        };
         let (out, out_format) = self.output_path(item, format)?;
         let stdout = is_stdio(&out);
         if let Some(earlier) = produced.get(&out) {

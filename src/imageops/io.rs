@@ -1,10 +1,11 @@
 //! Decoding and encoding image files.
 //!
-//! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM and QOI files into [`Planar`]
-//! images in `[0, 1]`, upright (EXIF orientation applied), with alpha split off and 16-bit
-//! precision kept, and reports what the caller needs to write a faithful result back: bit
-//! depth, grayness, the ICC profile and the EXIF metadata. Encoding writes PNG, JPEG, WebP or TIFF atomically,
-//! so an interrupted or failed run never leaves a truncated output file behind.
+//! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI and JPEG XL files into
+//! [`Planar`] images in `[0, 1]`, upright (orientation applied), with alpha split off and
+//! 16-bit precision kept, and reports what the caller needs to write a faithful result back:
+//! bit depth, grayness, the ICC profile and the EXIF metadata. Encoding writes PNG, JPEG,
+//! WebP or TIFF atomically, so an interrupted or failed run never leaves a truncated output
+//! file behind.
 
 use std::fmt;
 use std::fs::File;
@@ -17,6 +18,8 @@ use image::{
     DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageFormat,
     ImageReader, ImageResult,
 };
+
+use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 
 use super::Planar;
 
@@ -38,7 +41,7 @@ pub struct DecodedImage {
     /// The EXIF metadata (PNG, JPEG, WebP), orientation reset since it has been applied.
     pub exif: Option<Vec<u8>>,
     /// The format detected from the file's contents (not its extension).
-    pub format: ImageFormat,
+    pub format: InputFormat,
 }
 
 /// Bounds checked before any pixel data is decoded, so that a small malicious file
@@ -61,6 +64,17 @@ impl Default for DecodeLimits {
             max_height: 32768,
             max_alloc: 4 << 30,
         }
+    }
+}
+
+impl DecodeLimits {
+    /// The same bounds for a decoder, which enforces what it can of them itself.
+    fn for_decoder(&self) -> image::Limits {
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(self.max_width);
+        limits.max_image_height = Some(self.max_height);
+        limits.max_alloc = Some(self.max_alloc);
+        limits
     }
 }
 
@@ -157,36 +171,133 @@ pub fn decode_named_bytes(
     decode_reader(Cursor::new(bytes), name, limits)
 }
 
-/// The formats accepted as input. Multi-frame GIFs are read as their first frame. Formats
-/// the `image` crate knows beyond these (EXR, HDR, ...) are refused rather than
-/// half-supported: their values lie outside [0, 1].
-pub const INPUT_FORMATS: [ImageFormat; 9] = [
-    ImageFormat::Png,
-    ImageFormat::Jpeg,
-    ImageFormat::WebP,
-    ImageFormat::Tiff,
-    ImageFormat::Bmp,
-    ImageFormat::Gif,
-    ImageFormat::Tga,
-    ImageFormat::Pnm,
-    ImageFormat::Qoi,
-];
+/// An accepted input format. Multi-frame GIFs are read as their first frame. Formats the
+/// `image` crate knows beyond these (EXR, HDR, ...) are refused rather than half-supported:
+/// their values lie outside [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputFormat {
+    Png,
+    Jpeg,
+    WebP,
+    Tiff,
+    Bmp,
+    Gif,
+    Tga,
+    Pnm,
+    Qoi,
+    /// Decoded by jxl-oxide; the `image` crate has no JPEG XL decoder.
+    JpegXl,
+}
+
+impl InputFormat {
+    /// Every accepted input format.
+    pub const ALL: [Self; 10] = [
+        Self::Png,
+        Self::Jpeg,
+        Self::WebP,
+        Self::Tiff,
+        Self::Bmp,
+        Self::Gif,
+        Self::Tga,
+        Self::Pnm,
+        Self::Qoi,
+        Self::JpegXl,
+    ];
+
+    /// The `image` crate's name for the format, where that crate decodes it.
+    pub fn image_format(self) -> Option<ImageFormat> {
+        Some(match self {
+            Self::Png => ImageFormat::Png,
+            Self::Jpeg => ImageFormat::Jpeg,
+            Self::WebP => ImageFormat::WebP,
+            Self::Tiff => ImageFormat::Tiff,
+            Self::Bmp => ImageFormat::Bmp,
+            Self::Gif => ImageFormat::Gif,
+            Self::Tga => ImageFormat::Tga,
+            Self::Pnm => ImageFormat::Pnm,
+            Self::Qoi => ImageFormat::Qoi,
+            Self::JpegXl => return None,
+        })
+    }
+
+    fn from_image_format(format: ImageFormat) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.image_format() == Some(format))
+    }
+
+    /// The format a file's extension names, in any case (`a/B.PPM` is PNM).
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?;
+        if ext.eq_ignore_ascii_case("jxl") {
+            return Some(Self::JpegXl);
+        }
+        ImageFormat::from_extension(ext).and_then(Self::from_image_format)
+    }
+
+    /// The format `head`, a file's first bytes, opens with. TGA has no signature, so only
+    /// the name of the file it came from (`path`) can tell it.
+    pub fn detect(head: &[u8], path: &Path) -> Option<Self> {
+        if head.starts_with(JXL_CODESTREAM) || head.starts_with(JXL_CONTAINER) {
+            return Some(Self::JpegXl);
+        }
+        match image::guess_format(head) {
+            Ok(f) => Self::from_image_format(f),
+            Err(_) => Self::from_path(path).filter(|f| *f == Self::Tga),
+        }
+    }
+
+    /// The format of the file at `path`, from its first bytes (see [`Self::detect`]).
+    pub fn of_file(path: &Path) -> io::Result<Option<Self>> {
+        let mut reader = BufReader::new(File::open(path)?);
+        Ok(Self::detect(reader.fill_buf()?, path))
+    }
+
+    /// The output format a result takes by default: the input's, where it can be written,
+    /// else PNG (lossless, alpha and 16 bits kept).
+    pub fn default_output(self) -> OutputFormat {
+        match self {
+            Self::Jpeg => OutputFormat::Jpeg,
+            Self::WebP => OutputFormat::Webp,
+            Self::Tiff => OutputFormat::Tiff,
+            _ => OutputFormat::Png,
+        }
+    }
+
+    /// The name users know the format by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Png => "PNG",
+            Self::Jpeg => "JPEG",
+            Self::WebP => "WebP",
+            Self::Tiff => "TIFF",
+            Self::Bmp => "BMP",
+            Self::Gif => "GIF",
+            Self::Tga => "TGA",
+            Self::Pnm => "PNM",
+            Self::Qoi => "QOI",
+            Self::JpegXl => "JPEG XL",
+        }
+    }
+}
+
+impl fmt::Display for InputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const JXL_CODESTREAM: &[u8] = b"\xff\x0a";
+const JXL_CONTAINER: &[u8] = b"\0\0\0\x0cJXL \r\n\x87\n";
 
 /// The input format names, for help texts and errors: "PNG, JPEG, ...".
 pub fn input_format_names() -> String {
-    INPUT_FORMATS
-        .iter()
-        .map(|f| match f {
-            ImageFormat::WebP => "WebP".to_string(),
-            f => format!("{f:?}").to_uppercase(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    InputFormat::ALL.map(InputFormat::name).join(", ")
 }
 
 /// Whether `path`'s extension names an input format (for directory listings).
 pub fn has_input_extension(path: &Path) -> bool {
-    ImageFormat::from_path(path).is_ok_and(|f| INPUT_FORMATS.contains(&f))
+    InputFormat::from_path(path).is_some()
 }
 
 /// Detects and vets the format, then decodes.
@@ -195,54 +306,60 @@ fn decode_reader(
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, ImageIoError> {
-    let unreadable = unreadable_format(reader.fill_buf().map_err(ImageIoError::read(path))?);
-    let mut reader = ImageReader::new(reader)
-        .with_guessed_format()
-        .map_err(ImageIoError::read(path))?;
-    // TGA has no signature, so only its extension can name it.
-    let guessed = reader.format().or_else(|| {
-        ImageFormat::from_path(path)
-            .ok()
-            .filter(|f| *f == ImageFormat::Tga)
-    });
-    let format = match guessed {
-        Some(f) if INPUT_FORMATS.contains(&f) => f,
-        other => {
-            let what = match (other, unreadable) {
-                (_, Some(name)) => format!("{name} (convert it to PNG or JPEG first)"),
-                (Some(f), None) => format!("{f:?}"),
-                (None, None) => "unrecognised contents".into(),
-            };
-            let detail = format!("{what} (supported: {})", input_format_names());
-            return Err(ImageIoError::Unsupported {
+    let head = reader.fill_buf().map_err(ImageIoError::read(path))?;
+    let Some(format) = InputFormat::detect(head, path) else {
+        let what = match (unreadable_format(head), image::guess_format(head)) {
+            (Some(name), _) => format!("{name} (convert it to PNG or JPEG first)"),
+            (None, Ok(f)) => format!("{f:?}"),
+            (None, Err(_)) => "unrecognised contents".into(),
+        };
+        let detail = format!("{what} (supported: {})", input_format_names());
+        return Err(ImageIoError::Unsupported {
+            path: path.into(),
+            detail,
+        });
+    };
+    let err = |e| ImageIoError::from_decode(path, e);
+    let image_format = match format.image_format() {
+        Some(f) => f,
+        None => {
+            let data = read_all(reader, path)?;
+            jxl_check_complete(&data, limits).map_err(|detail| ImageIoError::Corrupt {
                 path: path.into(),
                 detail,
-            });
+            })?;
+            let mut decoder = JxlDecoder::new(Cursor::new(&data[..])).map_err(err)?;
+            decoder.set_limits(limits.for_decoder()).map_err(err)?;
+            // The decoder has already turned the image upright by the codestream's
+            // orientation, which is the one JPEG XL readers obey; an EXIF orientation in
+            // the file is not applied again.
+            return decode_with(decoder, format, false, path, limits);
         }
     };
-    if !matches!(format, ImageFormat::Jpeg | ImageFormat::Gif) {
-        reader.set_format(format);
-        return decode_with(reader, format, path, limits);
+    fn reader_for<R: BufRead + Seek>(r: R, f: ImageFormat, l: &DecodeLimits) -> ImageReader<R> {
+        let mut reader = ImageReader::with_format(r, f);
+        reader.limits(l.for_decoder());
+        reader
+    }
+    if !matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
+        let decoder = reader_for(reader, image_format, limits)
+            .into_decoder()
+            .map_err(err)?;
+        return decode_with(decoder, format, true, path, limits);
     }
     // Both decoders read the whole file into memory anyway, so this copy is cheap.
-    let mut data = Vec::new();
-    reader
-        .into_inner()
-        .read_to_end(&mut data)
-        .map_err(ImageIoError::read(path))?;
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(&data) {
+    let data = read_all(reader, path)?;
+    if format == InputFormat::Jpeg && !jpeg_is_complete(&data) {
         return Err(ImageIoError::Corrupt {
             path: path.into(),
             detail: "JPEG ends before its end-of-image marker (truncated file?)".into(),
         });
     }
-    let decoded = decode_with(
-        ImageReader::with_format(Cursor::new(&data[..]), format),
-        format,
-        path,
-        limits,
-    )?;
-    if format == ImageFormat::Gif && gif_is_animated(&data) {
+    let decoder = reader_for(Cursor::new(&data[..]), image_format, limits)
+        .into_decoder()
+        .map_err(err)?;
+    let decoded = decode_with(decoder, format, true, path, limits)?;
+    if format == InputFormat::Gif && gif_is_animated(&data) {
         tracing::warn!(
             "{}: animated GIF: only the first frame is upscaled",
             path.display()
@@ -251,20 +368,42 @@ fn decode_reader(
     Ok(decoded)
 }
 
+fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoError> {
+    let mut data = Vec::new();
+    reader
+        .read_to_end(&mut data)
+        .map_err(ImageIoError::read(path))?;
+    Ok(data)
+}
+
+/// Checks that a JPEG XL file holds all of its image. jxl-oxide renders whatever part of a
+/// frame has arrived (progressive decoding), so a half-downloaded file would otherwise be
+/// upscaled with its missing part made up. Loading only parses; pixels are decoded later.
+fn jxl_check_complete(data: &[u8], limits: &DecodeLimits) -> Result<(), String> {
+    let budget = usize::try_from(limits.max_alloc).unwrap_or(usize::MAX);
+    let image = JxlImage::builder()
+        .alloc_tracker(AllocTracker::with_limit(budget))
+        .read(data)
+        .map_err(one_line)?;
+    if image.is_loading_done() {
+        Ok(())
+    } else {
+        Err("JPEG XL data ends before the image does (truncated file?)".into())
+    }
+}
+
 /// The name of a common format that `head`, a file's first bytes, opens but no decoder
-/// here reads: phones' HEIF/HEIC, AVIF (both ISO-BMFF with their brand), JPEG XL.
+/// here reads: phones' HEIF/HEIC and AVIF (both ISO-BMFF with their brand).
 fn unreadable_format(head: &[u8]) -> Option<&'static str> {
     const HEIF: [&[u8]; 7] = [
         b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1",
     ];
-    const JXL_CONTAINER: &[u8] = b"\0\0\0\x0cJXL \r\n\x87\n";
     let brand = (head.get(4..8) == Some(b"ftyp"))
         .then(|| head.get(8..12))
         .flatten();
     match brand {
         Some(b"avif" | b"avis") => Some("AVIF"),
         Some(b) if HEIF.contains(&b) => Some("HEIF/HEIC"),
-        _ if head.starts_with(b"\xff\x0a") || head.starts_with(JXL_CONTAINER) => Some("JPEG XL"),
         _ => None,
     }
 }
@@ -278,22 +417,20 @@ fn gif_is_animated(data: &[u8]) -> bool {
 }
 
 /// Decodes once the format is known and accepted.
-fn decode_with<R: BufRead + Seek>(
-    mut reader: ImageReader<R>,
-    format: ImageFormat,
+fn decode_with(
+    mut decoder: impl ImageDecoder,
+    format: InputFormat,
+    exif_orientation: bool,
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, ImageIoError> {
     let err = |e| ImageIoError::from_decode(path, e);
-    let mut image_limits = image::Limits::default();
-    image_limits.max_image_width = Some(limits.max_width);
-    image_limits.max_image_height = Some(limits.max_height);
-    image_limits.max_alloc = Some(limits.max_alloc);
-    reader.limits(image_limits);
-
-    let mut decoder = reader.into_decoder().map_err(err)?;
     let (w, h) = decoder.dimensions();
-    let orientation = decoder.orientation().map_err(err)?;
+    let orientation = if exif_orientation {
+        decoder.orientation().map_err(err)?
+    } else {
+        image::metadata::Orientation::NoTransforms
+    };
     // Not every decoder enforces the limits itself, so check them here before any pixel
     // buffer exists. Rotations copy the decoded buffer once more.
     let too_large = |detail| ImageIoError::TooLarge {
@@ -832,7 +969,7 @@ mod tests {
             let path = dir.path().join(format!("out.{}", fmt.extension()));
             encode_file(&path, &img, None, &EncodeOptions::new(fmt)).unwrap();
             let d = decode_file(&path, &limits()).unwrap();
-            assert_eq!(d.format, fmt_image(fmt));
+            assert_eq!(d.format.default_output(), fmt);
             assert!(!d.sixteen_bit && !d.grayscale && d.alpha.is_none(), "{fmt}");
             let tol = if fmt == OutputFormat::Jpeg { 0.08 } else { 0.0 };
             assert!(
@@ -843,10 +980,6 @@ mod tests {
         }
         // Only the finished files remain: no temporary leftovers.
         assert_eq!(files_in(dir.path()).len(), ALL.len());
-    }
-
-    fn fmt_image(f: OutputFormat) -> ImageFormat {
-        ImageFormat::from_extension(f.extension()).unwrap()
     }
 
     #[test]
@@ -862,7 +995,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             decode_file(&path, &limits()).unwrap().format,
-            ImageFormat::Png
+            InputFormat::Png
         );
     }
 
@@ -879,17 +1012,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = eight_colours();
         let want = image_to_planes(&DynamicImage::ImageRgb8(src.clone())).0;
-        for format in INPUT_FORMATS {
-            let ext = format.extensions_str()[0];
+        // JPEG XL, which the image crate cannot write, has its own tests below.
+        for format in InputFormat::ALL {
+            let Some(image_format) = format.image_format() else {
+                continue;
+            };
+            let ext = image_format.extensions_str()[0];
             let path = dir.path().join(format!("in.{ext}"));
             let img = DynamicImage::ImageRgb8(src.clone());
             // TGA and GIF (through the image crate) store RGBA; the extra alpha is opaque.
-            img.save_with_format(&path, format).unwrap();
+            img.save_with_format(&path, image_format).unwrap();
             let d = decode_file(&path, &limits()).unwrap();
             assert_eq!(d.format, format);
+            assert_eq!(InputFormat::from_path(&path), Some(format));
             assert_eq!((d.rgb.height, d.rgb.width), (3, 5), "{format:?}");
             // Sharp 8×8-block edges are JPEG's worst case; it only has to be close.
-            let tol = if format == ImageFormat::Jpeg {
+            let tol = if format == InputFormat::Jpeg {
                 0.25
             } else {
                 0.0
@@ -901,6 +1039,7 @@ mod tests {
             );
         }
         assert!(has_input_extension(Path::new("a/B.PPM")));
+        assert!(has_input_extension(Path::new("a/b.JXL")));
         assert!(!has_input_extension(Path::new("a/b.exr")));
     }
 
@@ -918,7 +1057,7 @@ mod tests {
             .unwrap();
         assert!(gif_is_animated(&bytes));
         let d = decode_bytes(&bytes, &limits()).unwrap();
-        assert_eq!(d.format, ImageFormat::Gif);
+        assert_eq!(d.format, InputFormat::Gif);
         assert_eq!(
             (d.rgb.at(0, 1, 3), d.rgb.at(2, 0, 0)),
             (200.0 / 255.0, 55.0 / 255.0)
@@ -1155,8 +1294,6 @@ mod tests {
         for (head, name) in [
             (&b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"[..], "HEIF/HEIC"),
             (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf", "AVIF"),
-            (b"\xff\x0a\xfa\x7f\x01\x90\x08", "JPEG XL"),
-            (b"\0\0\0\x0cJXL \r\n\x87\n\0\0\0\x14ftypjxl ", "JPEG XL"),
         ] {
             let e = decode_bytes(head, &limits()).unwrap_err().to_string();
             assert!(
@@ -1167,6 +1304,87 @@ mod tests {
         // A GIF header with no image after it.
         let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
+    }
+
+    fn format_fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/formats")
+            .join(name)
+    }
+
+    /// The fixtures' PNGs are what libjxl decodes the `.jxl` files to.
+    #[test]
+    fn jpeg_xl_decodes_as_libjxl_does() {
+        for (name, sixteen_bit, grayscale, alpha, tol) in [
+            ("rgb8", false, false, false, 0.0),
+            ("rgba16", true, false, true, 0.0),
+            ("gray8", false, true, false, 0.0),
+            ("lossy", false, false, false, 1.5 / 255.0),
+        ] {
+            let d = decode_file(&format_fixture(&format!("{name}.jxl")), &limits()).unwrap();
+            let want = decode_file(&format_fixture(&format!("{name}.png")), &limits()).unwrap();
+            assert_eq!(d.format, InputFormat::JpegXl);
+            assert_eq!(
+                (d.sixteen_bit, d.grayscale, d.alpha.is_some()),
+                (sixteen_bit, grayscale, alpha),
+                "{name}"
+            );
+            let diff = d.rgb.max_abs_diff(&want.rgb);
+            assert!(diff <= tol, "{name}: {diff}");
+            if let (Some(a), Some(b)) = (&d.alpha, &want.alpha) {
+                assert_eq!(a.max_abs_diff(b), 0.0, "{name}");
+            }
+            assert!(d.icc_profile.is_some(), "{name}");
+        }
+    }
+
+    /// JPEG XL readers turn an image by its codestream's orientation and ignore the EXIF
+    /// one; applying both would turn a phone photo twice.
+    #[test]
+    fn jpeg_xl_orientation_comes_from_the_codestream() {
+        let d = decode_file(&format_fixture("exif_container.jxl"), &limits()).unwrap();
+        let want = decode_file(&format_fixture("rgb8.png"), &limits()).unwrap();
+        assert_eq!(d.rgb, want.rgb);
+        let exif = d.exif.expect("the Exif box is read");
+        assert!(exif.windows(6).any(|w| w == b"infdit"));
+        assert_eq!(
+            image::metadata::Orientation::from_exif_chunk(&exif),
+            Some(image::metadata::Orientation::NoTransforms)
+        );
+    }
+
+    const FUZZ_ROUNDS: usize = 200;
+
+    #[test]
+    fn damaged_jpeg_xl_is_refused() {
+        let bytes = std::fs::read(format_fixture("lossy.jxl")).unwrap();
+        for cut in [2, 10, bytes.len() / 2, bytes.len() - 1] {
+            let e = decode_bytes(&bytes[..cut], &limits()).unwrap_err();
+            assert!(
+                matches!(e, ImageIoError::Corrupt { .. }),
+                "cut at {cut}: {e}"
+            );
+        }
+        // Damage anywhere gives an error or an image, never a panic.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for name in ["lossy.jxl", "rgba16.jxl"] {
+            let bytes = std::fs::read(format_fixture(name)).unwrap();
+            for _ in 0..FUZZ_ROUNDS {
+                let mut damaged = bytes.clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let i = rng.gen_range(0..damaged.len());
+                    damaged[i] ^= 1 << rng.gen_range(0..8);
+                }
+                let _ = decode_bytes(&damaged, &limits());
+            }
+        }
+        let small = DecodeLimits {
+            max_width: 16,
+            ..limits()
+        };
+        let e = decode_bytes(&bytes, &small).unwrap_err();
+        assert!(matches!(e, ImageIoError::TooLarge { .. }), "{e}");
     }
 
     #[test]
