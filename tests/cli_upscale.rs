@@ -103,7 +103,6 @@ fn save(img: impl Into<DynamicImage>, path: &Path, format: ImageFormat) {
     img.into().save_with_format(path, format).unwrap();
 }
 
-/// Format detected from the contents, decoded image.
 /// Saves a `w`×`h` gradient under each name in `dir`.
 fn save_gradients(dir: &Path, files: &[(&str, u32, u32, ImageFormat)]) {
     for &(name, w, h, format) in files {
@@ -111,6 +110,7 @@ fn save_gradients(dir: &Path, files: &[(&str, u32, u32, ImageFormat)]) {
     }
 }
 
+/// Format detected from the contents, decoded image.
 fn read(path: &Path) -> (ImageFormat, DynamicImage) {
     let reader = image::ImageReader::open(path)
         .unwrap()
@@ -149,6 +149,55 @@ fn listing(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// What a directory scan or a pattern takes: not hidden files, not a linked directory a
+/// second time (a link back up the tree must not make `-r` endless), and not the results
+/// of an earlier run, so that repeating a command does not upscale its outputs again.
+#[test]
+fn scans_pass_over_hidden_files_link_loops_and_earlier_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let d = dir.path().join("d");
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    save_gradients(
+        &d,
+        &[
+            ("a.png", 8, 6, ImageFormat::Png),
+            ("._a.png", 8, 6, ImageFormat::Png),
+            ("sub/b.png", 8, 6, ImageFormat::Png),
+        ],
+    );
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(".", d.join("self")).unwrap();
+    }
+    let out = dir.path().join("out");
+    upscale_ok(&model, &[s(&d), "-r", "-o", s(&out)]);
+    assert_eq!(listing(&out), ["a_x4.png", "sub"]);
+    assert_eq!(listing(&out.join("sub")), ["b_x4.png"]);
+
+    // Twice beside the inputs, then once more by a pattern: never `a_x4_x4.png`.
+    upscale_ok(&model, &[s(&d)]);
+    let again = upscale_ok(&model, &[s(&d), "--overwrite"]);
+    assert!(
+        stderr(&again).contains("passing over 1 earlier result"),
+        "{}",
+        stderr(&again)
+    );
+    upscale_ok(&model, &[&format!("{}/*.png", s(&d)), "--overwrite"]);
+    assert!(
+        listing(&d).iter().all(|n| !n.contains("x4_x4")),
+        "{:?}",
+        listing(&d)
+    );
+    // Named one by one, an earlier result is upscaled like any file, and the same file
+    // under two spellings only once.
+    let named = d.join("a_x4.png");
+    let twice = format!("{}/../d/a_x4.png", s(&d));
+    upscale_ok(&model, &[s(&named), &twice, "--scale", "2"]);
+    assert!(d.join("a_x4_x2.png").exists());
 }
 
 /// JPEG XL (decoded by jxl-oxide, not the image crate) is found in directories, keeps its

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -239,8 +239,16 @@ impl UpscaleArgs {
     }
 
     pub fn run(self) -> Result<std::process::ExitCode> {
-        let (mut inputs, mut failures) = self.collect_inputs();
-        inputs.dedup_by(|a, b| a.path == b.path);
+        let (mut inputs, mut failures, earlier) = self.collect_inputs();
+        // The same file named twice, however spelt, is upscaled once.
+        let mut seen = HashSet::new();
+        inputs.retain(|i| seen.insert(i.path.canonicalize().unwrap_or_else(|_| i.path.clone())));
+        if earlier > 0 && !self.quiet {
+            let suffix = self.size().suffix();
+            eprintln!(
+                "note: passing over {earlier} earlier result(s) (NAME_{suffix} beside NAME); name them one by one to upscale them"
+            );
+        }
         // Files named or found, readable or not: a summary line only when there are several.
         let listed = inputs.len() + failures.len();
         if inputs.is_empty() && failures.is_empty() {
@@ -380,10 +388,13 @@ impl UpscaleArgs {
         }
     }
 
-    /// Expands files, directories and globs; unreadable entries become failures.
-    fn collect_inputs(&self) -> (Vec<Input>, Vec<(String, String)>) {
+    /// Expands files, directories and globs; unreadable entries become failures. Also
+    /// returns how many earlier results the expansions passed over.
+    fn collect_inputs(&self) -> (Vec<Input>, Vec<(String, String)>, usize) {
         let mut files = Vec::new();
         let mut failures = Vec::new();
+        let mut earlier = 0;
+        let suffix = self.size().suffix();
         for arg in &self.inputs {
             let path = Path::new(arg);
             if arg == STDIO {
@@ -393,12 +404,17 @@ impl UpscaleArgs {
                 if let Err(e) = list_images(path, path, self.recursive, &mut found) {
                     failures.push((arg.clone(), format!("{e:#}")));
                 }
-                found.sort();
+                earlier += drop_earlier_results(&mut found, &suffix);
                 files.extend(found);
             } else if path.exists() {
                 files.push(Input::named(path.to_path_buf()));
             } else if arg.contains(['*', '?', '[']) {
-                match glob::glob(arg) {
+                // As in a shell, `*` does not match a leading dot.
+                let options = glob::MatchOptions {
+                    require_literal_leading_dot: true,
+                    ..Default::default()
+                };
+                match glob::glob_with(arg, options) {
                     Ok(paths) => {
                         let mut found: Vec<Input> = paths
                             .filter_map(|p| p.ok())
@@ -409,6 +425,7 @@ impl UpscaleArgs {
                             failures.push((arg.clone(), "the pattern matches no image".into()));
                         }
                         found.sort();
+                        earlier += drop_earlier_results(&mut found, &suffix);
                         files.extend(found);
                     }
                     Err(e) => failures.push((arg.clone(), format!("invalid pattern: {e}"))),
@@ -417,7 +434,7 @@ impl UpscaleArgs {
                 failures.push((arg.clone(), "no such file or directory".into()));
             }
         }
-        (files, failures)
+        (files, failures, earlier)
     }
 
     fn load_upscaler(&self, device: &Device, dtype: DType) -> Result<Upscaler> {
@@ -683,14 +700,42 @@ impl UpscaleArgs {
 }
 
 /// The images in `dir` (and below it when `recursive`), with their place under `root`.
+/// Hidden entries (`.name`, such as macOS's `._photo.jpg` resource files) are passed over,
+/// as a shell's `*` would. Linked directories are followed once each, so a link back up
+/// the tree cannot make the walk endless.
 fn list_images(root: &Path, dir: &Path, recursive: bool, out: &mut Vec<Input>) -> Result<()> {
+    let mut visited = HashSet::new();
+    walk_images(root, dir, recursive, &mut visited, out)
+}
+
+fn walk_images(
+    root: &Path,
+    dir: &Path,
+    recursive: bool,
+    visited: &mut HashSet<PathBuf>,
+    out: &mut Vec<Input>,
+) -> Result<()> {
+    let canonical = dir
+        .canonicalize()
+        .with_context(|| format!("cannot read directory {}", dir.display()))?;
+    if !visited.insert(canonical) {
+        tracing::debug!("{}: already listed (linked directory)", dir.display());
+        return Ok(());
+    }
+    let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("cannot read directory {}", dir.display()))?
     {
-        let p = entry?.path();
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            entries.push(entry.path());
+        }
+    }
+    entries.sort();
+    for p in entries {
         if p.is_dir() {
             if recursive {
-                list_images(root, &p, true, out)?;
+                walk_images(root, &p, true, visited, out)?;
             }
         } else if has_input_extension(&p) {
             let subdir = dir
@@ -701,6 +746,27 @@ fn list_images(root: &Path, dir: &Path, recursive: bool, out: &mut Vec<Input>) -
         }
     }
     Ok(())
+}
+
+/// Drops files that a directory or a pattern turned up which are this run's own earlier
+/// results (`a_x4.png` beside `a.png`), so that running a command again does not upscale
+/// its outputs once more. Files named one by one are always kept. Returns how many were
+/// dropped.
+fn drop_earlier_results(found: &mut Vec<Input>, suffix: &str) -> usize {
+    let key = |p: &Path| Some((p.parent()?.to_path_buf(), p.file_stem()?.to_owned()));
+    let sources: HashSet<_> = found.iter().filter_map(|i| key(&i.path)).collect();
+    let ending = format!("_{suffix}");
+    let before = found.len();
+    found.retain(|i| {
+        let source = i
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|stem| stem.strip_suffix(&ending))
+            .zip(i.path.parent());
+        !source.is_some_and(|(stem, dir)| sources.contains(&(dir.to_path_buf(), stem.into())))
+    });
+    before - found.len()
 }
 
 fn json_str(s: &str) -> String {
