@@ -1120,4 +1120,47 @@ fn standard_input_and_output() {
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
         assert!(out.stdout.is_empty());
     }
+
+    // A stream that is no image is refused from its first bytes, not read to its end.
+    let mut child = upscale_command(&model, &["-", "-o", s(&named), "--overwrite"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let zeros = vec![0u8; 1 << 20];
+        (0..256).take_while(|_| stdin.write_all(&zeros).is_ok()).count()
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(stderr(&out).contains("unrecognised contents"), "{}", stderr(&out));
+    assert!(feeder.join().unwrap() < 256, "the whole stream was read");
+}
+
+/// Output paths that cannot work are refused before any upscaling, once, with nothing
+/// created.
+#[test]
+fn unusable_outputs_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    save(gradient(20, 12), &a, ImageFormat::Png);
+    save(gradient(20, 12), &b, ImageFormat::Png);
+    let missing = dir.path().join("missing/x.png");
+    let single = dir.path().join("single.png");
+    for (args, needle) in [
+        (vec![s(&a), "-o", s(&missing)], "cannot create a file in"),
+        (vec![s(&a), s(&b), "-o", s(&single)], "names a file"),
+        (vec![s(&a), "-o", s(&single), "--format", "jpg"], "does not match"),
+    ] {
+        let err = upscale_fails(&model, &args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+    }
+    assert_eq!(listing(dir.path()), ["a.png", "b.png", "model"]);
+    // A name without an extension takes the input's format.
+    let bare = dir.path().join("bare");
+    upscale_ok(&model, &[s(&a), "-o", s(&bare)]);
+    assert_eq!(read(&bare).0, ImageFormat::Png);
 }

@@ -6,8 +6,8 @@ use crate::clip::{load_clip_file, ClipEncoder, ClipWeights};
 use crate::engine::memory::parse_size;
 use crate::engine::Order;
 use crate::imageops::io::{
-    decode_file, decode_named_bytes, encode_bytes, encode_file, has_input_extension, DecodeLimits,
-    EncodeOptions, InputFormat, OutputFormat,
+    check_writable, decode_file, decode_named_bytes, encode_bytes, encode_file,
+    has_input_extension, DecodeLimits, EncodeOptions, InputFormat, OutputFormat,
 };
 use crate::model::InfDit;
 use crate::pipeline::{resize_clamped, BatchChoice, OutputSize, UpscaleOptions, Upscaler};
@@ -253,6 +253,16 @@ impl UpscaleArgs {
         let listed = inputs.len() + failures.len();
         if inputs.is_empty() && failures.is_empty() {
             bail!("no images found in {}", self.inputs.join(", "));
+        }
+        if let Some(out) = self.output.as_deref().filter(|o| !is_stdio(o)) {
+            let names_a_file =
+                out.is_file() || !out.is_dir() && OutputFormat::from_path(out).is_some();
+            if names_a_file && !self.one_named_file() {
+                bail!(
+                    "-o {} names a file, but a directory, a pattern or several inputs need an output directory",
+                    out.display()
+                );
+            }
         }
         if self.to_stdout() {
             if !self.one_named_file() {
@@ -542,7 +552,8 @@ impl UpscaleArgs {
     /// Whether the inputs are one file named directly, the one case where `-o` names a
     /// file; a directory or pattern input makes `-o` a directory even when it finds one image.
     fn one_named_file(&self) -> bool {
-        matches!(self.inputs.as_slice(), [one] if one == STDIO || Path::new(one).is_file())
+        // A device or a named pipe counts as a file: it gives one image.
+        matches!(self.inputs.as_slice(), [one] if one == STDIO || Path::new(one).exists() && !Path::new(one).is_dir())
     }
 
     fn to_stdout(&self) -> bool {
@@ -581,8 +592,12 @@ impl UpscaleArgs {
                     && !out.to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) =>
             {
                 let format = match (self.format, OutputFormat::from_path(out)) {
-                    (Some(f), _) => f,
-                    (None, Some(f)) => f,
+                    (Some(f), Some(named)) if f != named => bail!(
+                        "--format {f} does not match the name {}: change one of them",
+                        out.display()
+                    ),
+                    (Some(f), _) | (None, Some(f)) => f,
+                    (None, None) if out.extension().is_none() => by_source,
                     (None, None) => bail!("cannot tell the output format from {}: use .png, .jpg, .webp or .tiff, or --format", out.display()),
                 };
                 Ok((out.clone(), format))
@@ -616,12 +631,7 @@ impl UpscaleArgs {
             ..DecodeLimits::default()
         };
         let piped = if is_stdio(input) {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .lock()
-                .read_to_end(&mut bytes)
-                .context("cannot read standard input")?;
-            Some(bytes)
+            Some(read_stdin(&limits)?)
         } else {
             None
         };
@@ -641,6 +651,9 @@ impl UpscaleArgs {
         }
         if !stdout && out.exists() && !self.overwrite {
             return Ok(Outcome::Skipped(out));
+        }
+        if !stdout {
+            check_writable(&out)?;
         }
         let img = match &piped {
             Some(bytes) => decode_named_bytes(bytes, Path::new("<stdin>"), &limits)?,
@@ -697,6 +710,38 @@ impl UpscaleArgs {
         }
         Ok(Outcome::Written(out))
     }
+}
+
+/// Reads the image on standard input. Its first bytes must open an accepted format, and
+/// it may not be larger than the decoder's memory budget: endless or non-image input is
+/// refused as it arrives instead of filling memory.
+fn read_stdin(limits: &DecodeLimits) -> Result<Vec<u8>> {
+    const HEAD: u64 = 64;
+    let name = Path::new("<stdin>");
+    let mut stdin = std::io::stdin().lock();
+    let mut bytes = Vec::new();
+    let read = |r: &mut dyn Read, bytes: &mut Vec<u8>, n: u64| {
+        r.take(n)
+            .read_to_end(bytes)
+            .context("cannot read standard input")
+    };
+    read(&mut stdin, &mut bytes, HEAD)?;
+    if InputFormat::detect(&bytes, name).is_none() {
+        // The decoder words the refusal.
+        decode_named_bytes(&bytes, name, limits)?;
+    }
+    read(
+        &mut stdin,
+        &mut bytes,
+        limits.max_alloc.saturating_sub(HEAD) + 1,
+    )?;
+    if bytes.len() as u64 > limits.max_alloc {
+        bail!(
+            "standard input holds more than {} bytes, more than an image within the decoding limits",
+            limits.max_alloc
+        );
+    }
+    Ok(bytes)
 }
 
 /// The images in `dir` (and below it when `recursive`), with their place under `root`.

@@ -699,6 +699,18 @@ pub fn encode_file(
     Ok(())
 }
 
+/// Checks that `path` can be written (its directory exists and takes new files) by
+/// creating and removing a temporary file beside it, so that a long run finds out before
+/// its work rather than after.
+pub fn check_writable(path: &Path) -> Result<(), ImageIoError> {
+    crate::fsutil::temp_beside(path)
+        .map(drop)
+        .map_err(|cause| ImageIoError::Write {
+            path: path.into(),
+            cause,
+        })
+}
+
 /// The file [`encode_file`] would write, in memory (for standard output); errors name
 /// `name`.
 pub fn encode_bytes(
