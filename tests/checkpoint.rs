@@ -106,3 +106,28 @@ fn model_directory_and_bare_files_open() {
     let err = ModelSource::open(&fixture("does-not-exist")).err().unwrap();
     assert!(format!("{err:#}").contains("does not exist"));
 }
+
+/// Saved weights carry their config: a file moved away from its `config.json` still
+/// loads with what the shapes cannot tell (σ_data, the residual flag), where inference
+/// would fall back to the released model's values.
+#[test]
+fn saved_weights_carry_their_config() {
+    let mut cfg = ModelConfig::from_json_file(&fixture("tiny/config.json")).unwrap();
+    cfg.sigma_data = 0.1;
+    cfg.residual = !cfg.residual;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moved.safetensors");
+    infdit::checkpoint::save_model_weights(&path, &reference().tensors, &cfg).unwrap();
+    let src = ModelSource::open(&path).unwrap();
+    assert_eq!(src.config, cfg);
+    assert_same_tensors(&src.checkpoint, &reference());
+    assert_ne!(src.checkpoint.infer_config().unwrap(), cfg);
+    // A config.json beside the file still comes first.
+    std::fs::copy(fixture("tiny/config.json"), dir.path().join("config.json")).unwrap();
+    let beside = ModelConfig::from_json_file(&fixture("tiny/config.json")).unwrap();
+    assert_eq!(ModelSource::open(&path).unwrap().config, beside);
+    // Files with no stored config: PyTorch pickles and plain safetensors.
+    for f in ["pickles/tiny_deepspeed.pt", "tiny/weights.safetensors"] {
+        assert_eq!(infdit::checkpoint::embedded_config(&fixture(f)).unwrap(), None);
+    }
+}

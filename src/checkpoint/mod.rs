@@ -251,12 +251,76 @@ impl ModelSource {
         let checkpoint = Checkpoint::open(&weights)?;
         let config = if config_path.is_file() {
             ModelConfig::from_json_file(&config_path)?
+        } else if let Some(cfg) = embedded_config(&weights)? {
+            cfg
         } else {
+            tracing::warn!(
+                "{}: no config.json beside it and none stored in the file: the config is \
+                 inferred from tensor shapes, with the released model's σ_data, residual \
+                 flag, eps and RoPE settings (put the model's config.json beside the weights \
+                 if it was trained with others)",
+                weights.display()
+            );
             checkpoint.infer_config()?
         };
         checkpoint.validate(&config)?;
         Ok(Self { config, checkpoint })
     }
+}
+
+/// The safetensors metadata key under which saved weights carry their model config, so
+/// that a weights file moved away from its `config.json` still loads as the model it is:
+/// σ_data and the residual flag, for one, leave no trace in the tensor shapes.
+pub const CONFIG_METADATA_KEY: &str = "infdit.config";
+
+/// Saves model weights as safetensors, atomically, with `cfg` in the file's metadata.
+pub fn save_model_weights(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    cfg: &ModelConfig,
+) -> Result<()> {
+    let metadata = HashMap::from([(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(cfg)?)]);
+    crate::fsutil::write_atomically(path, |tmp| {
+        Ok(safetensors::serialize_to_file(
+            tensors.iter(),
+            Some(metadata),
+            tmp,
+        )?)
+    })
+}
+
+/// The model config stored in a safetensors file's metadata by [`save_model_weights`], if
+/// any. PyTorch files and safetensors written by other tools have none.
+pub fn embedded_config(path: &Path) -> Result<Option<ModelConfig>> {
+    use std::io::Read;
+    if is_zip_file(path)? {
+        return Ok(None);
+    }
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .with_context(|| format!("{} is not a readable safetensors file", path.display()))?;
+    // The header is JSON; a length beyond any real header means a damaged file, which
+    // the tensor reader reports.
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Ok(None);
+    }
+    let mut header = Vec::new();
+    file.take(len).read_to_end(&mut header)?;
+    let header: serde_json::Value = match serde_json::from_slice(&header) {
+        Ok(v) => v,
+        Err(_) => return Ok(None),
+    };
+    let Some(text) = header["__metadata__"][CONFIG_METADATA_KEY].as_str() else {
+        return Ok(None);
+    };
+    let cfg: ModelConfig = serde_json::from_str(text)
+        .with_context(|| format!("{}: unreadable stored model config", path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}: invalid stored model config", path.display()))?;
+    Ok(Some(cfg))
 }
 
 fn find_weights(dir: &Path) -> Result<PathBuf> {
