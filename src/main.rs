@@ -3,7 +3,8 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use infdit::cli::Cli;
+use infdit::cli::{Cli, Command};
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc's `purge_delay` option: -1 keeps freed memory mapped for reuse.
@@ -31,15 +32,22 @@ fn main() -> std::process::ExitCode {
         tracing::debug!("no interrupt handler: {e}");
     }
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "warn",
-        1 => "debug",
+    let quiet = matches!(&cli.command, Command::Upscale(args) if args.quiet);
+    let level = match (cli.verbose, quiet) {
+        (0, true) => "error",
+        (0, false) => "warn",
+        (1, _) => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("INFDIT_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour only on a terminal (not in logs or pipes), and never under NO_COLOR; the
+    // module path only when asked for detail.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_target(cli.verbose > 0)
         .without_time()
         .init();
     match cli.run() {

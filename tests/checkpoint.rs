@@ -128,6 +128,9 @@ fn saved_weights_carry_their_config() {
     assert_eq!(ModelSource::open(&path).unwrap().config, beside);
     // Files with no stored config: PyTorch pickles and plain safetensors.
     for f in ["pickles/tiny_deepspeed.pt", "tiny/weights.safetensors"] {
-        assert_eq!(infdit::checkpoint::embedded_config(&fixture(f)).unwrap(), None);
+        assert_eq!(
+            infdit::checkpoint::embedded_config(&fixture(f)).unwrap(),
+            None
+        );
     }
 }

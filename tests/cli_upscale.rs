@@ -872,6 +872,32 @@ fn model_errors_are_clear() {
     assert_eq!(err.matches("no_such_dir").count(), 2, "{err}");
     assert!(!err.contains(".part"), "{err}");
 
+    // CLIP weights: a mistyped path is an error; weights the model does not use, a warning
+    // (plain text in a log, silent under -q).
+    let missing = dir.path().join("clip.bin");
+    check(
+        &upscale(&good, &[s(&src), "--clip", s(&missing)]),
+        "no such file",
+    );
+    std::fs::write(&missing, b"unused").unwrap();
+    let out = upscale(&good, &[s(&src), "--clip", s(&missing), "--overwrite"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WARN --clip is not used"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains('\x1b'), "{}", stderr(&out));
+    let out = upscale(
+        &good,
+        &[s(&src), "--clip", s(&missing), "--overwrite", "-q"],
+    );
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        stderr(&out)
+    );
+
     let help = Command::new(env!("CARGO_BIN_EXE_infdit"))
         .args(["upscale", "--help"])
         .output()
@@ -1131,10 +1157,16 @@ fn standard_input_and_output() {
     let feeder = std::thread::spawn(move || {
         use std::io::Write;
         let zeros = vec![0u8; 1 << 20];
-        (0..256).take_while(|_| stdin.write_all(&zeros).is_ok()).count()
+        (0..256)
+            .take_while(|_| stdin.write_all(&zeros).is_ok())
+            .count()
     });
     let out = child.wait_with_output().unwrap();
-    assert!(stderr(&out).contains("unrecognised contents"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unrecognised contents"),
+        "{}",
+        stderr(&out)
+    );
     assert!(feeder.join().unwrap() < 256, "the whole stream was read");
 }
 
@@ -1152,7 +1184,10 @@ fn unusable_outputs_are_refused_up_front() {
     for (args, needle) in [
         (vec![s(&a), "-o", s(&missing)], "cannot create a file in"),
         (vec![s(&a), s(&b), "-o", s(&single)], "names a file"),
-        (vec![s(&a), "-o", s(&single), "--format", "jpg"], "does not match"),
+        (
+            vec![s(&a), "-o", s(&single), "--format", "jpg"],
+            "does not match",
+        ),
     ] {
         let err = upscale_fails(&model, &args);
         assert!(err.contains(needle), "{args:?}: {err}");

@@ -448,6 +448,9 @@ impl UpscaleArgs {
     }
 
     fn load_upscaler(&self, device: &Device, dtype: DType) -> Result<Upscaler> {
+        if let Some(clip) = self.clip.as_deref().filter(|c| !c.exists()) {
+            bail!("--clip {}: no such file", clip.display());
+        }
         let (model, clip, defaults) = match &self.model {
             Some(path) => {
                 let src = ModelSource::open(path)?;
@@ -474,6 +477,9 @@ impl UpscaleArgs {
                 (model, None, defaults)
             }
         };
+        if self.clip.is_some() && clip.is_none() {
+            tracing::warn!("--clip is not used: this model takes no image embedding");
+        }
         let sampler = SamplerConfig {
             kind: self.sampler.unwrap_or(defaults.sampler),
             steps: self.steps.unwrap_or(defaults.steps),
