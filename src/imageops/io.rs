@@ -341,6 +341,13 @@ fn decode_reader(
         reader.limits(l.for_decoder());
         reader
     }
+    if format == InputFormat::Tiff && tiff_has_wide_integer_samples(&mut reader) {
+        return Err(ImageIoError::Unsupported {
+            path: path.into(),
+            detail: "TIFF with 32-bit integer samples (convert it to 16-bit or floating point)"
+                .into(),
+        });
+    }
     if !matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
         let decoder = reader_for(reader, image_format, limits)
             .into_decoder()
@@ -366,6 +373,24 @@ fn decode_reader(
         );
     }
     Ok(decoded)
+}
+
+/// Whether a TIFF stores 32-bit samples as integers. The image crate takes 32-bit samples
+/// without a SampleFormat tag (which means unsigned integers) for floats and decodes them
+/// to black, so these files are refused instead. Leaves `reader` at the start.
+fn tiff_has_wide_integer_samples(reader: &mut (impl BufRead + Seek)) -> bool {
+    use tiff::tags::{SampleFormat, Tag};
+    let wide_integers = tiff::decoder::Decoder::new(&mut *reader).is_ok_and(|mut d| {
+        let bits = d.find_tag_unsigned_vec::<u16>(Tag::BitsPerSample);
+        let formats = d.find_tag_unsigned_vec::<u16>(Tag::SampleFormat);
+        let float = formats.ok().flatten().is_some_and(|f| {
+            f.iter()
+                .all(|&f| SampleFormat::from_u16(f) == Some(SampleFormat::IEEEFP))
+        });
+        bits.ok().flatten().is_some_and(|b| b.contains(&32)) && !float
+    });
+    let _ = reader.seek(io::SeekFrom::Start(0));
+    wide_integers
 }
 
 fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoError> {
@@ -1363,6 +1388,31 @@ mod tests {
             image::metadata::Orientation::from_exif_chunk(&exif),
             Some(image::metadata::Orientation::NoTransforms)
         );
+    }
+
+    /// 32-bit TIFF samples: floats decode; integers (which the image crate would turn to
+    /// black) are refused with a hint.
+    #[test]
+    fn thirty_two_bit_tiff_floats_decode_integers_are_refused() {
+        use tiff::encoder::{colortype, TiffEncoder};
+        let encode = |write: &dyn Fn(&mut TiffEncoder<&mut Cursor<Vec<u8>>>)| {
+            let mut bytes = Cursor::new(Vec::new());
+            write(&mut TiffEncoder::new(&mut bytes).unwrap());
+            bytes.into_inner()
+        };
+        let floats = encode(&|e| {
+            e.write_image::<colortype::RGB32Float>(2, 1, &[0.0, 0.5, 1.0, 0.25, 0.75, 2.0])
+                .unwrap()
+        });
+        let d = decode_bytes(&floats, &limits()).unwrap();
+        assert_eq!(d.rgb.data, [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]);
+        let integers = encode(&|e| {
+            e.write_image::<colortype::RGB32>(2, 1, &[0, 1 << 31, u32::MAX, 7, 8, 9])
+                .unwrap()
+        });
+        let e = decode_bytes(&integers, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("32-bit integer samples"), "{e}");
     }
 
     const FUZZ_ROUNDS: usize = 200;
