@@ -468,6 +468,23 @@ fn alpha_is_kept_and_upscaled() {
     let out = dir.path().join("out.jpg");
     upscale_ok(&model, &[s(&src), "-o", s(&out)]);
     assert_eq!(read(&out).1.color(), ColorType::Rgb8);
+
+    // White beside transparent black: the edge's half-transparent pixels stay white
+    // rather than taking on the hidden black (a dark fringe).
+    let img: ImageBuffer<Rgba<u8>, Vec<u8>> =
+        ImageBuffer::from_fn(
+            20,
+            12,
+            |x, _| if x < 10 { Rgba([0; 4]) } else { Rgba([255; 4]) },
+        );
+    save(img, &src, ImageFormat::Png);
+    let out = dir.path().join("fringe.png");
+    upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+    let rgba = read(&out).1.into_rgba8();
+    for x in 32..48 {
+        let p = rgba.get_pixel(x, 20);
+        assert!(p[3] == 0 || p[0] >= 240, "fringe at x = {x}: {p:?}");
+    }
 }
 
 #[test]

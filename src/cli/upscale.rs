@@ -10,7 +10,7 @@ use crate::imageops::io::{
     has_input_extension, DecodeLimits, EncodeOptions, InputFormat, OutputFormat,
 };
 use crate::model::InfDit;
-use crate::pipeline::{resize_clamped, BatchChoice, OutputSize, UpscaleOptions, Upscaler};
+use crate::pipeline::{BatchChoice, OutputSize, UpscaleOptions, Upscaler};
 use crate::sampler::{SamplerConfig, SamplerKind};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -683,7 +683,7 @@ impl UpscaleArgs {
         );
         let mut last_json = Instant::now() - Duration::from_secs(1);
         let name = json_str(&input.display().to_string());
-        let rgb = up.upscale_rgb(&img.rgb, &mut |p| {
+        let result = up.upscale_planes(&img.rgb, img.alpha.as_ref(), &mut |p| {
             bar.set_position(p.done as u64);
             if json && (last_json.elapsed() >= Duration::from_millis(250) || p.done == p.total) {
                 last_json = Instant::now();
@@ -695,11 +695,7 @@ impl UpscaleArgs {
         });
         bar.finish_and_clear();
         multi.remove(&bar);
-        let rgb = rgb?;
-        let alpha = img
-            .alpha
-            .as_ref()
-            .map(|a| resize_clamped(a, rgb.height, rgb.width));
+        let (rgb, alpha) = result?;
         let mut opts = EncodeOptions::matching(out_format, &img);
         opts.quality = self.quality;
         if self.no_exif {

@@ -1,6 +1,7 @@
 //! Image handling: the planar float image type the model works on, PyTorch-exact resizing,
 //! and decoding/encoding of files.
 
+pub mod bleed;
 pub mod exif;
 pub mod io;
 pub mod resize;

@@ -7,6 +7,7 @@ use crate::engine::memory::{
     available_memory, device_free_memory, format_size, host_image_bytes, MemoryModel,
 };
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
+use crate::imageops::bleed::fill_transparent;
 use crate::imageops::io::{from_model_range, to_model_range};
 use crate::imageops::resize::resize_bicubic;
 use crate::imageops::{Dihedral, Planar};
@@ -249,8 +250,7 @@ impl Upscaler {
     ) -> Result<image::DynamicImage> {
         use crate::imageops::io::{image_to_planes, planes_to_image};
         let (rgb, alpha) = image_to_planes(img);
-        let out = self.upscale_rgb(&rgb, progress)?;
-        let alpha = alpha.map(|a| resize_clamped(&a, out.height, out.width));
+        let (out, alpha) = self.upscale_planes(&rgb, alpha.as_ref(), progress)?;
         let color = img.color();
         let deep = color.bytes_per_pixel() / color.channel_count() > 1;
         Ok(planes_to_image(
@@ -259,6 +259,23 @@ impl Upscaler {
             deep,
             !color.has_color(),
         ))
+    }
+
+    /// Upscales colour and, if there is one, an alpha plane (values in [0, 1]). Colour
+    /// under fully transparent pixels is first replaced by the colour around it
+    /// ([`fill_transparent`]), so that the hidden colour does not fringe the edges.
+    pub fn upscale_planes(
+        &self,
+        rgb: &Planar,
+        alpha: Option<&Planar>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(Planar, Option<Planar>)> {
+        let Some(alpha) = alpha else {
+            return Ok((self.upscale_rgb(rgb, progress)?, None));
+        };
+        let out = self.upscale_rgb(&fill_transparent(rgb, alpha), progress)?;
+        let alpha = resize_clamped(alpha, out.height, out.width);
+        Ok((out, Some(alpha)))
     }
 
     /// Upscales an RGB image with values in [0, 1]; returns values in [0, 1].
