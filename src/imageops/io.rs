@@ -341,12 +341,21 @@ fn decode_reader(
         reader.limits(l.for_decoder());
         reader
     }
-    if format == InputFormat::Tiff && tiff_has_wide_integer_samples(&mut reader) {
-        return Err(ImageIoError::Unsupported {
-            path: path.into(),
-            detail: "TIFF with 32-bit integer samples (convert it to 16-bit or floating point)"
-                .into(),
-        });
+    if format == InputFormat::Tiff {
+        let facts = TiffFacts::read(&mut reader);
+        if facts.wide_integer_samples {
+            return Err(ImageIoError::Unsupported {
+                path: path.into(),
+                detail: "TIFF with 32-bit integer samples (convert it to 16-bit or floating point)"
+                    .into(),
+            });
+        }
+        let decoder = reader_for(reader, image_format, limits)
+            .into_decoder()
+            .map_err(err)?;
+        let mut decoded = decode_with(decoder, format, true, path, limits)?;
+        decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
+        return Ok(decoded);
     }
     if !matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
         let decoder = reader_for(reader, image_format, limits)
@@ -375,22 +384,46 @@ fn decode_reader(
     Ok(decoded)
 }
 
-/// Whether a TIFF stores 32-bit samples as integers. The image crate takes 32-bit samples
-/// without a SampleFormat tag (which means unsigned integers) for floats and decodes them
-/// to black, so these files are refused instead. Leaves `reader` at the start.
-fn tiff_has_wide_integer_samples(reader: &mut (impl BufRead + Seek)) -> bool {
-    use tiff::tags::{SampleFormat, Tag};
-    let wide_integers = tiff::decoder::Decoder::new(&mut *reader).is_ok_and(|mut d| {
-        let bits = d.find_tag_unsigned_vec::<u16>(Tag::BitsPerSample);
-        let formats = d.find_tag_unsigned_vec::<u16>(Tag::SampleFormat);
-        let float = formats.ok().flatten().is_some_and(|f| {
-            f.iter()
-                .all(|&f| SampleFormat::from_u16(f) == Some(SampleFormat::IEEEFP))
-        });
-        bits.ok().flatten().is_some_and(|b| b.contains(&32)) && !float
-    });
-    let _ = reader.seek(io::SeekFrom::Start(0));
-    wide_integers
+/// What the image crate's TIFF decoder gets wrong, read with the tiff crate.
+#[derive(Default)]
+struct TiffFacts {
+    /// 32-bit samples stored as integers. The image crate takes 32-bit samples without a
+    /// SampleFormat tag (which means unsigned integers) for floats and decodes them to
+    /// black, so these files are refused instead.
+    wide_integer_samples: bool,
+    /// The ICC profile, which the image crate does not read from TIFF (the tag's type is
+    /// UNDEFINED, not BYTE).
+    icc_profile: Option<Vec<u8>>,
+}
+
+impl TiffFacts {
+    /// Reads the facts from the TIFF `reader` opens, and leaves it at the start.
+    fn read(reader: &mut (impl BufRead + Seek)) -> Self {
+        use tiff::tags::{SampleFormat, Tag};
+        let facts = tiff::decoder::Decoder::new(&mut *reader).map_or_else(
+            |_| Self::default(),
+            |mut d| {
+                let bits = d.find_tag_unsigned_vec::<u16>(Tag::BitsPerSample);
+                let formats = d.find_tag_unsigned_vec::<u16>(Tag::SampleFormat);
+                let float = formats.ok().flatten().is_some_and(|f| {
+                    f.iter()
+                        .all(|&f| SampleFormat::from_u16(f) == Some(SampleFormat::IEEEFP))
+                });
+                let icc_profile = d
+                    .find_tag(Tag::IccProfile)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.into_u8_vec().ok());
+                Self {
+                    wide_integer_samples: bits.ok().flatten().is_some_and(|b| b.contains(&32))
+                        && !float,
+                    icc_profile,
+                }
+            },
+        );
+        let _ = reader.seek(io::SeekFrom::Start(0));
+        facts
+    }
 }
 
 fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoError> {
@@ -1270,19 +1303,22 @@ mod tests {
     }
 
     #[test]
-    fn icc_profile_survives_png_round_trip() {
+    fn icc_profile_survives_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let icc: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
-        let path = dir.path().join("icc.png");
-        let opts = EncodeOptions {
-            icc_profile: Some(icc.clone()),
-            ..EncodeOptions::new(OutputFormat::Png)
-        };
-        encode_file(&path, &gradient(4, 4), None, &opts).unwrap();
-        assert_eq!(
-            decode_file(&path, &limits()).unwrap().icc_profile,
-            Some(icc)
-        );
+        for format in [OutputFormat::Png, OutputFormat::Tiff, OutputFormat::Jpeg] {
+            let path = dir.path().join(format!("icc.{}", format.extension()));
+            let opts = EncodeOptions {
+                icc_profile: Some(icc.clone()),
+                ..EncodeOptions::new(format)
+            };
+            encode_file(&path, &gradient(4, 4), None, &opts).unwrap();
+            assert_eq!(
+                decode_file(&path, &limits()).unwrap().icc_profile,
+                Some(icc.clone()),
+                "{format}"
+            );
+        }
     }
 
     #[test]
