@@ -49,7 +49,7 @@ impl SamplerConfig {
     /// positive, finite and ordered.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.steps == 0 {
-            anyhow::bail!("--steps must be at least 1");
+            anyhow::bail!("the number of steps must be at least 1");
         }
         let positive = |v: f32| v.is_finite() && v > 0.0;
         if !positive(self.sigma_max) || !positive(self.sigma_min) || !positive(self.rho) {

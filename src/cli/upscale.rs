@@ -127,20 +127,35 @@ pub struct UpscaleArgs {
     pub max_input_side: u32,
 }
 
-/// Recommended sampler settings stored beside a model as `sampling.json`.
+/// Recommended sampler settings stored beside a model as `sampling.json`. A setting the
+/// file leaves out takes the default.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingDefaults {
     pub steps: usize,
     pub sigma_max: f32,
     pub sampler: SamplerKind,
     /// See `UpscaleOptions::self_ensemble`.
-    #[serde(default = "no_self_ensemble")]
     pub self_ensemble: usize,
 }
 
-/// Models without a recommendation get the library's default (a single upscale).
-fn no_self_ensemble() -> usize {
-    UpscaleOptions::default().self_ensemble
+impl SamplingDefaults {
+    /// Reads and checks a `sampling.json`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let defaults: Self = serde_json::from_str(text)?;
+        SamplerConfig {
+            kind: defaults.sampler,
+            steps: defaults.steps,
+            sigma_max: defaults.sigma_max,
+            ..SamplerConfig::default()
+        }
+        .validate()?;
+        anyhow::ensure!(
+            matches!(defaults.self_ensemble, 1 | 2 | 4 | 8),
+            "self_ensemble must be 1, 2, 4 or 8"
+        );
+        Ok(defaults)
+    }
 }
 
 impl Default for SamplingDefaults {
@@ -150,7 +165,7 @@ impl Default for SamplingDefaults {
             steps: s.steps,
             sigma_max: s.sigma_max,
             sampler: s.kind,
-            self_ensemble: no_self_ensemble(),
+            self_ensemble: UpscaleOptions::default().self_ensemble,
         }
     }
 }
@@ -466,7 +481,7 @@ impl UpscaleArgs {
                     path.parent().map(Path::to_path_buf).unwrap_or_default()
                 };
                 let defaults = match std::fs::read_to_string(dir.join("sampling.json")) {
-                    Ok(text) => serde_json::from_str(&text)
+                    Ok(text) => SamplingDefaults::parse(&text)
                         .context("reading sampling.json beside the model")?,
                     Err(_) => SamplingDefaults::default(),
                 };
@@ -573,16 +588,15 @@ impl UpscaleArgs {
     ) -> Result<(PathBuf, OutputFormat)> {
         let input = &item.path;
         let by_source = source_format.map_or(OutputFormat::Png, InputFormat::default_output);
+        // The stem is kept as the OS gave it, so names that are not UTF-8 stay distinct.
         let named = |dir: &Path, format: OutputFormat| {
-            let stem = input
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "image".into());
-            dir.join(format!(
-                "{stem}_{}.{}",
-                self.size().suffix(),
-                format.extension()
-            ))
+            let mut name = match input.file_stem() {
+                _ if is_stdio(input) => "stdin".into(),
+                Some(stem) => stem.to_os_string(),
+                None => "image".into(),
+            };
+            name.push(format!("_{}.{}", self.size().suffix(), format.extension()));
+            dir.join(name)
         };
         let beside = input.parent().map(Path::to_path_buf).unwrap_or_default();
         if self.to_stdout() {
