@@ -5,12 +5,62 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+fn infdit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs `args`, which must fail with exit status 1 (an error, not a panic's 101 or a usage
+/// error's 2), and returns the standard error.
+fn fails(args: &[&str]) -> String {
+    let o = infdit(args);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+    stderr(&o)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+#[test]
+fn convert_writes_safetensors_files_with_ordinary_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::fixture("tiny/weights.safetensors");
+    for out in ["-", "out.bin", "out"] {
+        let target = dir.path().join(out);
+        let err = fails(&[
+            "convert",
+            s(&input),
+            if out == "-" { out } else { s(&target) },
+        ]);
+        assert!(err.contains(".safetensors"), "{out}: {err}");
+        assert!(!target.exists() && !Path::new("-").exists());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let out = dir.path().join("w.safetensors");
+        for _ in 0..2 {
+            // The second time in place.
+            let from = if out.exists() {
+                out.clone()
+            } else {
+                input.clone()
+            };
+            let o = infdit(&["convert", s(&from), s(&out)]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert_eq!(mode(&out), mode(&plain));
+        }
+    }
 }
 
 #[test]
