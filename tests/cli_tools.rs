@@ -29,6 +29,38 @@ fn s(p: &Path) -> &str {
 }
 
 #[test]
+fn bench_engine_checks_its_arguments_and_fails_when_a_case_fails() {
+    for args in [
+        &["--sizes", "abc"][..],
+        &["--sizes", "100"],
+        &["--max-memory", "abc"],
+        &["--config", "nonexistent.json"],
+        &["--batches", "0"],
+    ] {
+        let o = infdit(&[&["bench", "engine"][..], args].concat());
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            o.stdout.is_empty(),
+            "{args:?}: checked before any case runs"
+        );
+    }
+    // A budget too small for any batch: the case fails, and so does the bench.
+    let o = infdit(&[
+        "bench",
+        "engine",
+        "--sizes",
+        "128",
+        "--batches",
+        "auto",
+        "--max-memory",
+        "1K",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("failed"));
+    assert!(stderr(&o).contains("1 of 1 cases failed"), "{}", stderr(&o));
+}
+
+#[test]
 fn convert_writes_safetensors_files_with_ordinary_permissions() {
     let dir = tempfile::tempdir().unwrap();
     let input = common::fixture("tiny/weights.safetensors");
