@@ -24,8 +24,86 @@ fn fails(args: &[&str]) -> String {
     stderr(&o)
 }
 
+fn write_image(path: &Path, w: u32, h: u32) {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, (x + 2 * y) as u8])
+    })
+    .save(path)
+    .unwrap();
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+#[test]
+fn eval_refuses_settings_it_cannot_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let hr = dir.path().join("a.png");
+    write_image(&hr, 64, 64);
+    for (args, flag) in [
+        (
+            &["--baseline", "bicubic", "--prescale", "0"][..],
+            "--prescale",
+        ),
+        (&["--baseline", "bicubic", "--prescale=-1"], "--prescale"),
+        (
+            &["--baseline", "bicubic", "--prescale", "nan"],
+            "--prescale",
+        ),
+        (&["--baseline", "bicubic", "--crop", "0"], "--crop"),
+        (&["--baseline", "denoiser", "--sigmas", "0"], "--sigmas"),
+        (&["--baseline", "denoiser", "--sigmas=0.1,-1"], "--sigmas"),
+        (&["--baseline", "denoiser", "--sigmas", "nan"], "--sigmas"),
+    ] {
+        let err = fails(&[&["eval", "--hr", s(&hr)][..], args].concat());
+        assert!(
+            err.starts_with(&format!("error: {flag}")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn eval_reports_each_failed_image_and_scores_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let hr = dir.path().join("hr");
+    std::fs::create_dir(&hr).unwrap();
+    write_image(&hr.join("a.png"), 48, 40);
+    write_image(&hr.join("b.png"), 3, 3);
+    write_image(&hr.join("c.png"), 32, 32);
+    let o = infdit(&["eval", "--hr", s(&hr), "--baseline", "bicubic"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let small = hr.join("b.png");
+    assert!(
+        err.contains(&format!(
+            "error: {}: 3x3 is too small for --baseline: at least 20x20 px",
+            small.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("1 of 3 images failed"), "{err}");
+    assert!(out.contains("a.png") && out.contains("c.png") && out.contains("mean"));
+    assert!(!out.contains("b.png"), "{out}");
+
+    // One file: the same error line, and no table.
+    let tiny = dir.path().join("tiny.png");
+    write_image(&tiny, 1, 1);
+    let o = infdit(&["eval", "--hr", s(&tiny), "--baseline", "bicubic"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!("error: {}: 1x1 is too small", tiny.display())),
+        "{err}"
+    );
+
+    // Against upscaled files: the pair that cannot be scored is reported, the others scored.
+    let o = infdit(&["eval", "--hr", s(&hr), "--sr", s(&hr)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("too small to score"), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("c.png"));
 }
 
 #[test]
