@@ -189,3 +189,75 @@ fn errors_are_printed_without_backtraces() {
         "{err}"
     );
 }
+
+/// A photo and the minimal config: (photo folder, config path).
+fn training_setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    write_image(&photos.join("a.png"), 160, 128);
+    let cfg = dir.join("config.json");
+    let minimal = infdit::config::ModelConfig::minimal();
+    std::fs::write(&cfg, serde_json::to_string(&minimal).unwrap()).unwrap();
+    (photos, cfg)
+}
+
+#[test]
+fn train_refuses_what_it_cannot_do_and_names_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, cfg) = training_setup(dir.path());
+    let out = dir.path().join("run");
+    let run = |extra: &[&str]| {
+        let common = ["train", "-q", "--data", s(&photos), "--out", s(&out)];
+        let small = ["--config", s(&cfg), "--crop", "32", "--batch-size", "1"];
+        infdit(&[&common[..], &small, extra].concat())
+    };
+    let err = stderr(&run(&["--steps", "0"]));
+    assert!(err.contains("--steps must be at least 1"), "{err}");
+    let missing = dir.path().join("missing");
+    for flag in ["--resume", "--manifest"] {
+        let o = run(&["--steps", "1", flag, s(&missing)]);
+        assert_eq!(o.status.code(), Some(1), "{flag}");
+        assert!(stderr(&o).contains(s(&missing)), "{flag}: {}", stderr(&o));
+    }
+    assert!(!out.exists(), "refused runs write nothing");
+
+    // Photos that cannot be decoded are skipped with a warning that says why (most
+    // photos are bad, so that some are drawn).
+    for k in 0..9 {
+        std::fs::write(photos.join(format!("b{k}.jpg")), b"not a jpeg").unwrap();
+    }
+    let o = run(&["--steps", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("skipping") && err.contains(".jpg: "), "{err}");
+    assert!(out.join("weights.safetensors").is_file());
+    // Resumed where it stands, there is nothing to train.
+    let o = run(&["--resume", s(&out), "--steps", "4"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already at step 4"), "{}", stderr(&o));
+
+    // With none usable the run fails, naming a photo and the cause, and logs nothing.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("x.jpg"), b"not a jpeg").unwrap();
+    let out2 = dir.path().join("run2");
+    let o = infdit(&[
+        "train",
+        "-q",
+        "--data",
+        s(&bad),
+        "--out",
+        s(&out2),
+        "--config",
+        s(&cfg),
+        "--crop",
+        "32",
+        "--steps",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("no usable training photos"), "{err}");
+    assert!(err.contains("x.jpg: ") && err.contains("Jpeg"), "{err}");
+    assert!(!out2.join("loss.csv").exists());
+}
