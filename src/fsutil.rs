@@ -108,9 +108,18 @@ pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
 }
 
 /// Syncs `tmp` and renames it to `path`.
+///
+/// What is renamed is the file now at `tmp`'s path, with the permissions `tmp` was created
+/// with: a writer given only the path may have replaced the file (the safetensors crate
+/// writes its own private 0600 temporary file and renames it over the path).
 pub fn commit(tmp: PartFile, path: &Path) -> io::Result<()> {
     let tmp = tmp.release();
-    tmp.as_file().sync_all()?;
+    let placed = File::open(tmp.path())?;
+    let wanted = tmp.as_file().metadata()?.permissions();
+    if placed.metadata()?.permissions() != wanted {
+        placed.set_permissions(wanted)?;
+    }
+    placed.sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -149,6 +158,37 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         write_atomically(&target, |tmp| Ok(std::fs::write(tmp, b"whole")?)).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
+    }
+
+    /// Outputs get the permissions of a plainly created file (0666 less the umask), also
+    /// where the writer replaced the temporary file and where an output is replaced.
+    #[cfg(unix)]
+    #[test]
+    fn outputs_get_the_permissions_of_a_created_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let plain = dir.path().join("plain");
+        File::create(&plain).unwrap();
+        let target = dir.path().join("w.safetensors");
+        let tensors = [(
+            "t".to_string(),
+            candle_core::Tensor::zeros(2, candle_core::DType::F32, &candle_core::Device::Cpu)
+                .unwrap(),
+        )]
+        .into_iter()
+        .collect();
+        save_safetensors(&target, &tensors).unwrap();
+        assert_eq!(mode(&target), mode(&plain));
+        // Replaced in place: a private file becomes an ordinary one too.
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        save_safetensors(&target, &tensors).unwrap();
+        assert_eq!(mode(&target), mode(&plain));
+        let other = dir.path().join("other.bin");
+        write_atomically(&other, |tmp| Ok(std::fs::write(tmp, b"x")?)).unwrap();
+        assert_eq!(mode(&other), mode(&plain));
+        // Nothing else is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[test]

@@ -11,6 +11,14 @@ use tracing_subscriber::EnvFilter;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> std::process::ExitCode {
+    // Error messages are for users: candle attaches a backtrace to its errors whenever
+    // RUST_BACKTRACE is set, and its message would then carry a dozen stack frames.
+    // RUST_LIB_BACKTRACE governs such captured backtraces (only); panics still print
+    // theirs under RUST_BACKTRACE. A value the user set is kept.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // No other thread exists yet to read the environment concurrently.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     // Tensors are large and short-lived; returning their memory to the OS after every op
     // made a third of CPU time go to zeroing freshly faulted pages.
     // SAFETY: sets a process-wide allocator option; no memory is touched.

@@ -74,16 +74,7 @@ pub fn write_tensors(path: &Path, tensors: &[(&str, Tensor)]) -> Result<()> {
         .iter()
         .map(|(k, t)| Ok((k.to_string(), t.to_dtype(DType::F32)?)))
         .collect::<Result<_>>()?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    candle_core::safetensors::save(&map, tmp.path())?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::fsutil::save_safetensors(path, &map)
 }
 
 /// One denoiser call: returns `(denoised, net_out_F)`.

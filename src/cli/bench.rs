@@ -4,7 +4,7 @@
 
 use super::{parse_device, DTypeArg};
 use crate::config::ModelConfig;
-use crate::engine::memory::{format_size, peak_rss};
+use crate::engine::memory::{format_size, parse_size, peak_rss};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
 use crate::imageops::Planar;
 use crate::model::attention::{paged_attention, PagedKv};
@@ -84,16 +84,16 @@ pub struct AttentionArgs {
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     dtype: DTypeArg,
     /// Blocks (batch entries).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one())]
     blocks: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one())]
     heads: usize,
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
     queries: usize,
     /// Keys per block (4096: a block and its three neighbours).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one())]
     keys: usize,
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 80, value_parser = at_least_one())]
     head_dim: usize,
     #[arg(long, default_value_t = 10)]
     repeat: usize,
@@ -106,12 +106,17 @@ pub struct OpsArgs {
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     dtype: DTypeArg,
     /// Tokens (65536: 64 blocks of 32×32).
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = 65536, value_parser = at_least_one())]
     tokens: usize,
-    #[arg(long, default_value_t = 1280)]
+    #[arg(long, default_value_t = 1280, value_parser = at_least_one())]
     hidden: usize,
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+}
+
+/// A count that must be positive.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 /// Milliseconds per call of `f` on `device` over `reps` calls (at least one), after one
@@ -285,7 +290,7 @@ pub struct DataArgs {
     data: PathBuf,
     #[arg(long, default_value_t = 128)]
     crop: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = at_least_one())]
     count: usize,
 }
 
@@ -459,11 +464,40 @@ fn parse_wh(s: &str) -> Result<(usize, usize)> {
     let parse = |v: &str| {
         v.trim()
             .parse::<usize>()
-            .with_context(|| format!("invalid size `{s}`"))
+            .with_context(|| format!("invalid size `{s}` (expected N or WxH)"))
     };
     match s.split_once(['x', 'X']) {
         Some((w, h)) => Ok((parse(w)?, parse(h)?)),
         None => Ok((parse(s)?, parse(s)?)),
+    }
+}
+
+/// A bench image size (`N` or `WxH`): whole blocks of `cfg`.
+fn case_size(s: &str, cfg: &ModelConfig) -> Result<(usize, usize)> {
+    let (w, h) = parse_wh(s)?;
+    let b = cfg.image_block_size_px;
+    if w == 0 || h == 0 || !w.is_multiple_of(b) || !h.is_multiple_of(b) {
+        bail!("invalid size `{s}`: bench sizes must be positive multiples of {b} px");
+    }
+    Ok((w, h))
+}
+
+/// A `--batches` entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BatchArg {
+    Full,
+    Auto,
+    Blocks(usize),
+}
+
+fn parse_batch(b: &str) -> Result<BatchArg> {
+    match b {
+        "full" => Ok(BatchArg::Full),
+        "auto" => Ok(BatchArg::Auto),
+        _ => match b.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(BatchArg::Blocks(n)),
+            _ => bail!("invalid batch `{b}` (expected a positive number, full or auto)"),
+        },
     }
 }
 
@@ -494,7 +528,17 @@ impl EngineBenchArgs {
     fn run(self) -> Result<()> {
         let exe = std::env::current_exe()?;
         let c = &self.common;
+        // Arguments every case shares are checked once, here, rather than failing each case.
+        let cfg = load_config(&c.config)?;
+        parse_size(&c.max_memory).context("--max-memory")?;
+        for size in &self.sizes {
+            case_size(size, &cfg).context("--sizes")?;
+        }
+        for batch in &self.batches {
+            parse_batch(batch).context("--batches")?;
+        }
         let mut results = Vec::new();
+        let mut failed = 0;
         println!(
             "{:>11} {:>6} {:>10} {:>12} {:>12}",
             "size", "batch", "s/NFE", "peak RSS", "K/V cache"
@@ -521,6 +565,8 @@ impl EngineBenchArgs {
                     .args([
                         "--repeat",
                         &c.repeat.to_string(),
+                        "--max-memory",
+                        &c.max_memory,
                         "--size",
                         size,
                         "--batch",
@@ -528,6 +574,7 @@ impl EngineBenchArgs {
                     ])
                     .output()?;
                 if !out.status.success() {
+                    failed += 1;
                     println!(
                         "{size:>11} {batch:>6} failed: {}",
                         String::from_utf8_lossy(&out.stderr).trim()
@@ -554,6 +601,12 @@ impl EngineBenchArgs {
                 Ok(std::fs::write(tmp, serde_json::to_vec_pretty(&results)?)?)
             })?;
         }
+        if failed > 0 {
+            bail!(
+                "{failed} of {} cases failed",
+                self.sizes.len() * self.batches.len()
+            );
+        }
         Ok(())
     }
 }
@@ -563,24 +616,21 @@ impl OneArgs {
         let c = &self.common;
         let cfg = load_config(&c.config)?;
         let device = parse_device(&c.device)?;
-        let (w, h) = parse_wh(&self.size)?;
-        let s = cfg.image_block_size_px;
-        if w % s != 0 || h % s != 0 {
-            bail!("bench sizes must be multiples of {s} px");
-        }
-        let batching = match self.batch.as_str() {
-            "full" => Batching::Full,
-            "auto" => {
+        let (w, h) = case_size(&self.size, &cfg)?;
+        let batch = parse_batch(&self.batch)?;
+        let batching = match batch {
+            BatchArg::Full => Batching::Full,
+            BatchArg::Auto => {
                 let mm = crate::engine::memory::MemoryModel::new(&cfg, c.dtype.into(), &device);
                 Batching::Blocks(mm.choose_batch(
                     h,
                     w,
                     c.order,
-                    crate::engine::memory::parse_size(&c.max_memory)?,
+                    parse_size(&c.max_memory).context("--max-memory")?,
                     256,
                 )?)
             }
-            b => Batching::Blocks(b.parse().with_context(|| format!("invalid batch `{b}`"))?),
+            BatchArg::Blocks(n) => Batching::Blocks(n),
         };
         let model = InfDit::random(&cfg, 1, c.dtype.into(), &device)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
@@ -631,7 +681,7 @@ impl OneArgs {
             width: w,
             height: h,
             batch: match batching {
-                Batching::Blocks(b) if self.batch == "auto" => format!("auto:{b}"),
+                Batching::Blocks(b) if batch == BatchArg::Auto => format!("auto:{b}"),
                 _ => self.batch.clone(),
             },
             seconds_per_nfe: start.elapsed().as_secs_f64() / c.repeat.max(1) as f64,
@@ -640,5 +690,46 @@ impl OneArgs {
             device: format!("{device:?}"),
             dtype: format!("{:?}", c.dtype).to_lowercase(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_bench_sizes_and_batches_are_checked() {
+        let cfg = load_config("tiny").unwrap();
+        let b = cfg.image_block_size_px;
+        assert_eq!(case_size(&b.to_string(), &cfg).unwrap(), (b, b));
+        assert_eq!(
+            case_size(&format!("{}x{b}", 2 * b), &cfg).unwrap(),
+            (2 * b, b)
+        );
+        for bad in ["abc", "0", "", &format!("{}", b + 1), &format!("{b}x0")] {
+            assert!(case_size(bad, &cfg).is_err(), "{bad}");
+        }
+        assert_eq!(parse_batch("full").unwrap(), BatchArg::Full);
+        assert_eq!(parse_batch("auto").unwrap(), BatchArg::Auto);
+        assert_eq!(parse_batch("4").unwrap(), BatchArg::Blocks(4));
+        for bad in ["0", "-1", "many", ""] {
+            assert!(parse_batch(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attention_shape_counts_must_be_positive() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            bench: BenchCommand,
+        }
+        for flag in ["--blocks", "--heads", "--queries", "--keys", "--head-dim"] {
+            let args = ["bench", "attention", flag, "0"];
+            assert!(Cli::try_parse_from(args).is_err(), "{flag} 0 accepted");
+            let args = ["bench", "attention", flag, "1"];
+            assert!(Cli::try_parse_from(args).is_ok(), "{flag} 1 refused");
+        }
     }
 }

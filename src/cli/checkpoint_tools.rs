@@ -2,11 +2,11 @@
 
 use super::DTypeArg;
 use crate::checkpoint::{expected_shapes, is_ignored_key, Checkpoint};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -120,8 +120,23 @@ pub struct ConvertArgs {
     pub keep_rope_buffers: bool,
 }
 
+/// Refuses output paths that `--model` and `inspect` would not read back as safetensors.
+fn check_output_name(output: &Path) -> Result<()> {
+    if output.as_os_str() == "-" {
+        bail!("convert writes a file, not standard output: give an output path ending in .safetensors");
+    }
+    if output.extension().is_none_or(|e| e != "safetensors") {
+        bail!(
+            "{}: the output is safetensors and its name must end in .safetensors",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
 impl ConvertArgs {
     pub fn run(self) -> Result<()> {
+        check_output_name(&self.output)?;
         let ck = Checkpoint::open(&self.input)?;
         let dtype: Option<DType> = self.dtype.map(Into::into);
         let tensors: HashMap<String, Tensor> = ck
@@ -143,5 +158,23 @@ impl ConvertArgs {
             self.output.display()
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn convert_outputs_must_be_safetensors_files() {
+        for ok in ["a.safetensors", "dir/b.safetensors", "/abs/c.safetensors"] {
+            assert!(check_output_name(Path::new(ok)).is_ok(), "{ok}");
+        }
+        let e = check_output_name(Path::new("-")).unwrap_err();
+        assert!(e.to_string().contains("standard output"), "{e}");
+        for bad in ["out.bin", "out.pt", "out", "out.SAFETENSORS", "dir/"] {
+            let e = check_output_name(Path::new(bad)).unwrap_err();
+            assert!(e.to_string().contains(".safetensors"), "{bad}: {e}");
+        }
     }
 }

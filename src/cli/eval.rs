@@ -70,6 +70,9 @@ fn images_in(p: &Path) -> Result<Vec<PathBuf>> {
     if p.is_file() {
         return Ok(vec![p.to_path_buf()]);
     }
+    if !p.exists() {
+        bail!("{} does not exist", p.display());
+    }
     let mut v: Vec<PathBuf> = std::fs::read_dir(p)
         .with_context(|| format!("reading {}", p.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -81,6 +84,12 @@ fn images_in(p: &Path) -> Result<Vec<PathBuf>> {
 
 fn load(p: &Path) -> Result<Planar> {
     Ok(decode_file(p, &DecodeLimits::default())?.rgb)
+}
+
+/// The smallest side that can be scored: SSIM's 11×11 window has to fit inside the
+/// shaved image.
+fn least_side(shave: usize) -> usize {
+    shave.saturating_mul(2).saturating_add(11)
 }
 
 /// Crops both to their common size (upscalers may round sizes by a few pixels); sizes
@@ -97,28 +106,65 @@ fn common(a: &Planar, b: &Planar, shave: usize) -> Result<(Planar, Planar)> {
         );
     }
     let (h, w) = (a.height.min(b.height), a.width.min(b.width));
-    // SSIM's 11×11 window has to fit inside the shaved image.
-    let least = 2 * shave + 11;
+    let least = least_side(shave);
     if h < least || w < least {
         bail!("{w}x{h} is too small to score: at least {least}x{least} with --shave {shave}");
     }
     Ok((a.crop_clamped(0, 0, h, w), b.crop_clamped(0, 0, h, w)))
 }
 
+/// PSNR and SSIM of each column, for one image.
+type Scores = Vec<(f64, f64)>;
+
 impl EvalArgs {
-    pub fn run(self) -> Result<()> {
+    /// The smallest HR side `--baseline` can score: [`least_side`] in whole multiples of 4
+    /// (the HR image is trimmed to them).
+    fn least_hr_side(&self) -> usize {
+        least_side(self.shave).div_ceil(4).saturating_mul(4)
+    }
+
+    /// Refuses settings that cannot give scores (they would panic or print NaN later).
+    fn validate(&self) -> Result<()> {
+        if !(self.prescale > 0.0 && self.prescale <= 1.0) {
+            bail!(
+                "--prescale {} must lie in (0, 1]: it is the factor HR images are shrunk by",
+                self.prescale
+            );
+        }
+        let least = self.least_hr_side();
+        if let Some(n) = self.crop.filter(|&n| n < least) {
+            bail!(
+                "--crop {n} is too small to score: at least {least} with --shave {}",
+                self.shave
+            );
+        }
+        if let Some(s) = self.sigmas.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            bail!("--sigmas: noise level {s} must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn run(self) -> Result<std::process::ExitCode> {
+        self.validate()?;
         let hr_files = images_in(&self.hr)?;
         if hr_files.is_empty() {
             bail!("no images in {}", self.hr.display());
         }
-        let mut rows: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
         let header: Vec<String>;
-        let score = |a: &Planar, b: &Planar| -> Result<(f64, f64)> {
-            let (a, b) = common(a, b, self.shave)?;
-            Ok((psnr_y(&a, &b, self.shave), ssim_y(&a, &b, self.shave)))
+        let mut rows: Vec<(String, Scores)> = Vec::new();
+        let mut failed = 0;
+        let mut record = |f: &Path, scores: Result<Scores>| match scores {
+            Ok(scores) => rows.push((f.display().to_string(), scores)),
+            Err(e) => {
+                // As `upscale` reports a failed input; decoding errors name the file
+                // themselves, the line names it once.
+                failed += 1;
+                let file = f.display().to_string();
+                let msg = format!("{e:#}");
+                let msg = msg.strip_prefix(&format!("{file}: ")).unwrap_or(&msg);
+                eprintln!("error: {file}: {msg}");
+            }
         };
-        // Computed images are scored as the 8-bit files they would be written as.
-        let q = |x: Planar| x.map(|v| (v * 255.0).round() / 255.0);
         match (&self.sr, self.baseline) {
             (_, Some(baseline)) => {
                 let args = super::upscale::UpscaleArgs::for_eval(&self.upscale);
@@ -134,93 +180,119 @@ impl EvalArgs {
                         .collect(),
                 };
                 for f in &hr_files {
-                    let (hr, lr) = self.test_pair(f)?;
-                    let bic =
-                        resize_bicubic(&lr, hr.height, hr.width, true).map(|v| v.clamp(0.0, 1.0));
-                    let mut scores = Vec::new();
-                    match baseline {
-                        Baseline::Bicubic => {
-                            scores.push(score(&hr, &q(up.upscale_rgb(&lr, &mut |_| {})?))?);
-                            scores.push(score(&hr, &q(bic.clone()))?);
-                        }
-                        Baseline::Denoiser => {
-                            scores.push(score(&hr, &q(bic.clone()))?);
-                            for &sigma in &self.sigmas {
-                                for start in [&hr, &bic] {
-                                    let d = up.denoise_once(&lr, start, sigma)?;
-                                    scores.push(score(&hr, &q(d))?);
-                                }
-                            }
-                        }
+                    let scores = self.baseline_scores(f, baseline, &up);
+                    if scores.is_ok() {
+                        eprintln!("{}: done", f.display());
                     }
-                    rows.push((f.display().to_string(), scores));
-                    eprintln!("{}: done", f.display());
+                    record(f, scores);
                 }
             }
             (Some(sr), None) => {
                 header = vec!["sr".into()];
                 let sr_files = images_in(sr)?;
                 for f in &hr_files {
-                    let stem = f
-                        .file_stem()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned();
-                    let m = if sr.is_file() {
-                        sr.clone()
-                    } else {
-                        sr_files
-                            .iter()
-                            .find(|s| {
-                                s.file_stem()
-                                    .is_some_and(|x| x.to_string_lossy().starts_with(&stem))
-                            })
-                            .with_context(|| {
-                                format!("no upscaled image for {} in {}", f.display(), sr.display())
-                            })?
-                            .clone()
-                    };
-                    let scored = score(&load(f)?, &load(&m)?)
-                        .with_context(|| format!("{} and {}", f.display(), m.display()))?;
-                    rows.push((f.display().to_string(), vec![scored]));
+                    record(f, self.sr_scores(f, sr, &sr_files));
                 }
             }
             (None, None) => bail!("give --sr or --baseline"),
         }
-        print!("{:<50}", "image");
-        for h in &header {
-            print!(" {:>10} {:>8}", format!("PSNR-{h}"), "SSIM");
+        if !rows.is_empty() {
+            print_table(&header, &rows);
         }
-        println!();
-        for (name, vals) in &rows {
-            print!("{:<50}", name);
-            for (p, s) in vals {
-                print!(" {p:>10.3} {s:>8.4}");
-            }
-            println!();
+        if failed == 0 {
+            return Ok(std::process::ExitCode::SUCCESS);
         }
-        print!("{:<50}", "mean");
-        for k in 0..header.len() {
-            let n = rows.len() as f64;
-            let p: f64 = rows.iter().map(|r| r.1[k].0).sum::<f64>() / n;
-            let s: f64 = rows.iter().map(|r| r.1[k].1).sum::<f64>() / n;
-            print!(" {p:>10.3} {s:>8.4}");
+        if hr_files.len() > 1 {
+            eprintln!(
+                "{failed} of {} images failed{}",
+                hr_files.len(),
+                if rows.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the mean is over the other {}", rows.len())
+                }
+            );
         }
-        println!();
-        Ok(())
+        Ok(std::process::ExitCode::FAILURE)
     }
-}
 
-impl EvalArgs {
+    /// Scores of one HR image against its upscaled file in `sr` (a file or a directory
+    /// whose `sr_files` are matched by name stem prefix).
+    fn sr_scores(&self, f: &Path, sr: &Path, sr_files: &[PathBuf]) -> Result<Scores> {
+        let stem = f
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let m = if sr.is_file() {
+            sr
+        } else {
+            sr_files
+                .iter()
+                .find(|s| {
+                    s.file_stem()
+                        .is_some_and(|x| x.to_string_lossy().starts_with(&stem))
+                })
+                .with_context(|| format!("no upscaled image in {}", sr.display()))?
+        };
+        let hr = load(f)?;
+        let sr = load(m)?;
+        let scored = score(&hr, &sr, self.shave)
+            .with_context(|| format!("compared with {}", m.display()))?;
+        Ok(vec![scored])
+    }
+
+    /// Scores of the model (or the denoiser) and of bicubic on the test pair of `f`.
+    fn baseline_scores(
+        &self,
+        f: &Path,
+        baseline: Baseline,
+        up: &crate::pipeline::Upscaler,
+    ) -> Result<Scores> {
+        let (hr, lr) = self.test_pair(f)?;
+        let bic = resize_bicubic(&lr, hr.height, hr.width, true).map(|v| v.clamp(0.0, 1.0));
+        let scored = |b: Planar| score(&hr, &quantized(b), self.shave);
+        let mut scores = Vec::new();
+        match baseline {
+            Baseline::Bicubic => {
+                scores.push(scored(up.upscale_rgb(&lr, &mut |_| {})?)?);
+                scores.push(scored(bic)?);
+            }
+            Baseline::Denoiser => {
+                scores.push(scored(bic.clone())?);
+                for &sigma in &self.sigmas {
+                    for start in [&hr, &bic] {
+                        scores.push(scored(up.denoise_once(&lr, start, sigma)?)?);
+                    }
+                }
+            }
+        }
+        Ok(scores)
+    }
+
     /// A test pair for the baselines: the HR image (shrunk by `--prescale`, cropped to
     /// `--crop`, trimmed to whole multiples of 4) and its 4× antialiased bicubic downscale.
     fn test_pair(&self, f: &Path) -> Result<(Planar, Planar)> {
         let mut hr = load(f)?;
-        if self.prescale != 1.0 {
-            let (h, w) = (
-                (hr.height as f64 * self.prescale) as usize,
-                (hr.width as f64 * self.prescale) as usize,
+        let (h, w) = (
+            (hr.height as f64 * self.prescale) as usize,
+            (hr.width as f64 * self.prescale) as usize,
+        );
+        let least = self.least_hr_side();
+        if h < least || w < least {
+            let shrunk = if self.prescale == 1.0 {
+                String::new()
+            } else {
+                format!(" (shrunk to {w}x{h} by --prescale {})", self.prescale)
+            };
+            bail!(
+                "{}x{}{shrunk} is too small for --baseline: at least {least}x{least} px with --shave {}",
+                hr.width,
+                hr.height,
+                self.shave
             );
+        }
+        if self.prescale != 1.0 {
             hr = resize_bicubic(&hr, h, w, true).map(|v| v.clamp(0.0, 1.0));
         }
         if let Some(n) = self.crop {
@@ -231,6 +303,41 @@ impl EvalArgs {
         let lr = resize_bicubic(&hr, hr.height / 4, hr.width / 4, true).map(|v| v.clamp(0.0, 1.0));
         Ok((hr, lr))
     }
+}
+
+/// PSNR and SSIM of `b` against `a`, cropped to their common size.
+fn score(a: &Planar, b: &Planar, shave: usize) -> Result<(f64, f64)> {
+    let (a, b) = common(a, b, shave)?;
+    Ok((psnr_y(&a, &b, shave), ssim_y(&a, &b, shave)))
+}
+
+/// A computed image as the 8-bit file it would be written as.
+fn quantized(x: Planar) -> Planar {
+    x.map(|v| (v * 255.0).round() / 255.0)
+}
+
+/// One row per image and the mean of each column.
+fn print_table(header: &[String], rows: &[(String, Scores)]) {
+    print!("{:<50}", "image");
+    for h in header {
+        print!(" {:>10} {:>8}", format!("PSNR-{h}"), "SSIM");
+    }
+    println!();
+    for (name, vals) in rows {
+        print!("{:<50}", name);
+        for (p, s) in vals {
+            print!(" {p:>10.3} {s:>8.4}");
+        }
+        println!();
+    }
+    print!("{:<50}", "mean");
+    for k in 0..header.len() {
+        let n = rows.len() as f64;
+        let p: f64 = rows.iter().map(|r| r.1[k].0).sum::<f64>() / n;
+        let s: f64 = rows.iter().map(|r| r.1[k].1).sum::<f64>() / n;
+        print!(" {p:>10.3} {s:>8.4}");
+    }
+    println!();
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ impl Cli {
             Command::Parity(c) => c.run(),
             Command::Bench(c) => c.run(),
             Command::Train(a) => a.run(),
-            Command::Eval(a) => a.run(),
+            Command::Eval(a) => return a.run(),
             Command::Completions { shell } => {
                 completions(shell, &mut std::io::stdout());
                 Ok(())

@@ -9,16 +9,20 @@ use anyhow::{ensure, Result};
 use candle_core::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The manifest of the photos `scripts/fetch-training-photos.sh` fetches.
+const DEFAULT_MANIFEST: &str = "scripts/training-photos.manifest.tsv";
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Photo directory (see scripts/fetch-training-photos.sh).
     #[arg(long, default_value = "data/photos")]
     data: PathBuf,
-    /// Manifest whose `holdout` photos are kept out of training.
-    #[arg(long, default_value = "scripts/training-photos.manifest.tsv")]
-    manifest: PathBuf,
+    /// Manifest whose `holdout` photos are kept out of training [default:
+    /// scripts/training-photos.manifest.tsv where it exists].
+    #[arg(long)]
+    manifest: Option<PathBuf>,
     /// Output directory for config.json, weights.safetensors (EMA) and the loss log.
     #[arg(long, short)]
     out: PathBuf,
@@ -113,7 +117,13 @@ impl TrainArgs {
             )?),
             (None, None) => Start::Scratch,
         };
-        let manifest = self.manifest.is_file().then_some(self.manifest.as_path());
+        // A named manifest must be read; the default one is used where it exists (in a
+        // checkout of the repository).
+        let default_manifest = Path::new(DEFAULT_MANIFEST);
+        let manifest = match &self.manifest {
+            Some(m) => Some(m.as_path()),
+            None => default_manifest.is_file().then_some(default_manifest),
+        };
         let data = PhotoDataset::open(&self.data, manifest)?;
         let mut sample_cfg = data.config().clone();
         sample_cfg.degradation.bicubic_prob = opts.bicubic_prob;

@@ -12,8 +12,9 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use rand::Rng;
 
@@ -66,6 +67,9 @@ pub struct PhotoDataset {
     holdout: Vec<PathBuf>,
     cfg: SampleConfig,
     slots: Vec<Option<Slot>>,
+    /// Photos found undecodable and dropped, shared with [`fresh_copy`](Self::fresh_copy)
+    /// copies so that each is reported once (it does not affect what a copy samples).
+    skipped: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl PhotoDataset {
@@ -107,6 +111,7 @@ impl PhotoDataset {
             holdout,
             cfg,
             slots,
+            skipped: Default::default(),
         })
     }
 
@@ -126,6 +131,7 @@ impl PhotoDataset {
             holdout: self.holdout.clone(),
             cfg: self.cfg.clone(),
             slots: (0..self.cfg.cache_slots).map(|_| None).collect(),
+            skipped: Arc::clone(&self.skipped),
         }
     }
 
@@ -137,7 +143,7 @@ impl PhotoDataset {
         &self.root
     }
 
-    /// Training photos (held-out ones excluded).
+    /// Training photos (held-out ones excluded, and undecodable ones once found).
     pub fn files(&self) -> &[PathBuf] {
         &self.files
     }
@@ -155,6 +161,34 @@ impl PhotoDataset {
         &self.holdout
     }
 
+    /// Decodes a random photo. One that cannot be decoded is dropped from the list with a
+    /// warning (once for the dataset and its copies) and another is drawn; when none is
+    /// left, the error is the last one's.
+    fn load_some_photo(&mut self, rng: &mut impl Rng) -> Result<Planar> {
+        loop {
+            let idx = rng.gen_range(0..self.files.len());
+            let err = match load_training_photo(&self.files[idx]) {
+                Ok(image) => return Ok(image),
+                Err(e) => e,
+            };
+            let path = self.files.remove(idx);
+            if self.files.is_empty() {
+                return Err(err.context(format!(
+                    "no usable training photos under {}",
+                    self.root.display()
+                )));
+            }
+            if self
+                .skipped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path)
+            {
+                tracing::warn!("skipping a training photo: {err:#}");
+            }
+        }
+    }
+
     /// Draws one training pair: an `hr_crop_px`² HR crop and its `hr_crop_px / scale`²
     /// LR input, both in `[-1, 1]`.
     pub fn sample(&mut self, rng: &mut impl Rng, hr_crop_px: usize) -> Result<(Planar, Planar)> {
@@ -165,8 +199,7 @@ impl PhotoDataset {
         );
         let slot = rng.gen_range(0..self.slots.len());
         if self.slots[slot].as_ref().is_none_or(|s| s.draws_left == 0) {
-            let idx = rng.gen_range(0..self.files.len());
-            let image = load_training_photo(&self.files[idx])?;
+            let image = self.load_some_photo(rng)?;
             // Vary the photo's lifetime so slots do not all expire together.
             let draws_left = rng.gen_range(1..=2 * self.cfg.draws_per_load - 1);
             self.slots[slot] = Some(Slot { image, draws_left });
@@ -262,14 +295,17 @@ pub fn read_manifest_holdout(manifest: &Path) -> Result<Vec<String>> {
 
 /// Decodes an image file (honouring its EXIF orientation) to `[0, 1]` planar RGB.
 pub fn load_rgb(path: &Path) -> Result<Planar> {
+    // An image error's message already holds its source's: as a context it would be
+    // printed twice.
+    let failed = |e: image::ImageError| anyhow!("decoding {}: {e}", path.display());
     let mut decoder = ImageReader::open(path)
         .with_context(|| format!("opening {}", path.display()))?
-        .with_guessed_format()?
+        .with_guessed_format()
+        .with_context(|| format!("reading {}", path.display()))?
         .into_decoder()
-        .with_context(|| format!("decoding {}", path.display()))?;
-    let orientation = decoder.orientation()?;
-    let mut img = DynamicImage::from_decoder(decoder)
-        .with_context(|| format!("decoding {}", path.display()))?;
+        .map_err(failed)?;
+    let orientation = decoder.orientation().map_err(failed)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(failed)?;
     img.apply_orientation(orientation);
     let rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
@@ -397,6 +433,40 @@ mod tests {
             }
         }
         assert!(ds.sample(&mut rng, 30).is_err());
+    }
+
+    #[test]
+    fn undecodable_photos_are_skipped_until_none_is_left() {
+        let (dir, manifest) = fixture();
+        let root = dir.path().join("photos");
+        fs::write(root.join("pkg-a/broken.jpg"), b"not a jpeg").unwrap();
+        // A photo loaded for every draw.
+        let cfg = SampleConfig {
+            cache_slots: 1,
+            draws_per_load: 1,
+            ..Default::default()
+        };
+        let mut ds = PhotoDataset::open(&root, Some(&manifest))
+            .unwrap()
+            .with_config(cfg);
+        assert_eq!(ds.len(), 4);
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..40 {
+            ds.sample(&mut rng, 64).unwrap();
+        }
+        assert_eq!(ds.len(), 3, "the broken photo is dropped once drawn");
+        assert!(!ds.files().iter().any(|p| p.ends_with("broken.jpg")));
+
+        let bad = tempfile::tempdir().unwrap();
+        fs::write(bad.path().join("a.jpg"), b"junk").unwrap();
+        fs::write(bad.path().join("b.png"), b"junk").unwrap();
+        let mut ds = PhotoDataset::open(bad.path(), None).unwrap();
+        let e = ds.sample(&mut rng, 64).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.starts_with("no usable training photos under"), "{msg}");
+        // The cause is kept: which file, and why.
+        assert!(msg.contains(": decoding "), "{msg}");
+        assert!(msg.matches(": ").count() >= 2, "{msg}");
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl TrainOptions {
     pub fn validate(&self) -> Result<()> {
         let unit = |v: f64| (0.0..=1.0).contains(&v);
         let checks = [
+            (self.steps >= 1, "--steps must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.crop_px >= 1, "--crop must be positive"),
             (self.save_every >= 1, "--save-every must be at least 1"),
@@ -274,15 +275,14 @@ impl Trainer {
         }
         let (weights, ema, step) = match start {
             Start::Resume(dir) => {
-                let state: TrainState =
-                    serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json"))?)
-                        .context("reading train_state.json")?;
-                let raw = candle_core::safetensors::load(
-                    dir.join("raw_weights.safetensors"),
-                    &Device::Cpu,
-                )?;
-                let ema =
-                    candle_core::safetensors::load(dir.join("weights.safetensors"), &Device::Cpu)?;
+                let state = read_state(dir)?;
+                let load = |name: &str| {
+                    let path = dir.join(name);
+                    candle_core::safetensors::load(&path, &Device::Cpu)
+                        .with_context(|| format!("cannot resume: reading {}", path.display()))
+                };
+                let raw = load("raw_weights.safetensors")?;
+                let ema = load("weights.safetensors")?;
                 (raw, ema, state.step)
             }
             Start::Scratch => {
@@ -383,6 +383,13 @@ impl Trainer {
         out: &Path,
         on_step: &mut dyn FnMut(usize, f32, f64),
     ) -> Result<()> {
+        if self.step >= self.opts.steps {
+            bail!(
+                "the run is already at step {} of --steps {}: nothing to train (give more --steps)",
+                self.step,
+                self.opts.steps
+            );
+        }
         let workers = self.opts.data_workers;
         if workers <= 1 {
             let (cfg, opts) = (self.cfg.clone(), self.opts.clone());
@@ -454,27 +461,21 @@ impl Trainer {
                 .collect();
             std::fs::write(&log_path, kept.join("\n") + "\n")?;
         }
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        if log.metadata()?.len() == 0 {
-            writeln!(log, "step,loss,grad_norm,learning_rate,seconds")?;
-        }
+        // Opened at the first logged step: a run that fails before it leaves no log.
+        let mut log = None;
         let start = Instant::now();
         while self.step < self.opts.steps {
             let lr = self.opts.learning_rate_at(self.step);
             opt.set_learning_rate(lr);
             let dev = self.device.clone();
+            // `stage` returns candle errors; these results stay anyhow errors inside it so
+            // that their causes are kept.
             let examples = stage("train/data", &dev, || {
-                (0..self.opts.batch_size)
+                Ok((0..self.opts.batch_size)
                     .map(|_| draw(&mut self.rng))
-                    .collect::<Result<Vec<_>>>()
-                    .map_err(candle_core::Error::wrap)
-            })?;
-            let loss = stage("train/forward", &dev, || {
-                self.loss(&examples).map_err(candle_core::Error::wrap)
-            })?;
+                    .collect::<Result<Vec<_>>>())
+            })??;
+            let loss = stage("train/forward", &dev, || Ok(self.loss(&examples)))??;
             let mut grads = stage("train/backward", &dev, || loss.backward())?;
             // One device-to-host read for the norm, not one per parameter (each is a sync).
             let squares = vars
@@ -507,6 +508,10 @@ impl Trainer {
             }
             self.step += 1;
             let loss_v = loss.to_scalar::<f32>()?;
+            let log = match &mut log {
+                Some(log) => log,
+                None => log.insert(open_log(&log_path)?),
+            };
             writeln!(
                 log,
                 "{},{loss_v},{norm},{lr},{:.1}",
@@ -555,11 +560,39 @@ impl Trainer {
     }
 }
 
+/// Opens the loss log for appending; a new log starts with its header.
+fn open_log(path: &Path) -> Result<std::fs::File> {
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if log.metadata()?.len() == 0 {
+        writeln!(log, "step,loss,grad_norm,learning_rate,seconds")?;
+    }
+    Ok(log)
+}
+
+/// The step and options of the run saved in `dir`.
+fn read_state(dir: &Path) -> Result<TrainState> {
+    if !dir.is_dir() {
+        let why = if dir.exists() {
+            "not a directory"
+        } else {
+            "no such directory"
+        };
+        bail!("cannot resume from {}: {why}", dir.display());
+    }
+    let path = dir.join("train_state.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot resume: reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("cannot resume: parsing {}", path.display()))
+}
+
 /// Where a resumed run's options come from.
 pub fn saved_options(dir: &Path) -> Result<TrainOptions> {
-    let state: TrainState =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json"))?)?;
-    Ok(state.options)
+    Ok(read_state(dir)?.options)
 }
 
 /// The small config the built-in model uses: 64-px blocks (16×16 tokens) keep attention
@@ -585,6 +618,10 @@ mod tests {
     fn unusable_options_are_refused() {
         assert!(TrainOptions::default().validate().is_ok());
         let bad = [
+            TrainOptions {
+                steps: 0,
+                ..Default::default()
+            },
             TrainOptions {
                 batch_size: 0,
                 ..Default::default()

@@ -1,0 +1,263 @@
+//! The tool subcommands (`eval`, `bench`, `convert`, `inspect`, `train`) refuse what they
+//! cannot do with a message, never a panic, and report failures in their exit status.
+
+mod common;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn infdit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `args`, which must fail with exit status 1 (an error, not a panic's 101 or a usage
+/// error's 2), and returns the standard error.
+fn fails(args: &[&str]) -> String {
+    let o = infdit(args);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+    stderr(&o)
+}
+
+fn write_image(path: &Path, w: u32, h: u32) {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, (x + 2 * y) as u8])
+    })
+    .save(path)
+    .unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn eval_refuses_settings_it_cannot_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let hr = dir.path().join("a.png");
+    write_image(&hr, 64, 64);
+    for (args, flag) in [
+        (
+            &["--baseline", "bicubic", "--prescale", "0"][..],
+            "--prescale",
+        ),
+        (&["--baseline", "bicubic", "--prescale=-1"], "--prescale"),
+        (
+            &["--baseline", "bicubic", "--prescale", "nan"],
+            "--prescale",
+        ),
+        (&["--baseline", "bicubic", "--crop", "0"], "--crop"),
+        (&["--baseline", "denoiser", "--sigmas", "0"], "--sigmas"),
+        (&["--baseline", "denoiser", "--sigmas=0.1,-1"], "--sigmas"),
+        (&["--baseline", "denoiser", "--sigmas", "nan"], "--sigmas"),
+    ] {
+        let err = fails(&[&["eval", "--hr", s(&hr)][..], args].concat());
+        assert!(
+            err.starts_with(&format!("error: {flag}")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn eval_reports_each_failed_image_and_scores_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let hr = dir.path().join("hr");
+    std::fs::create_dir(&hr).unwrap();
+    write_image(&hr.join("a.png"), 48, 40);
+    write_image(&hr.join("b.png"), 3, 3);
+    write_image(&hr.join("c.png"), 32, 32);
+    let o = infdit(&["eval", "--hr", s(&hr), "--baseline", "bicubic"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let small = hr.join("b.png");
+    assert!(
+        err.contains(&format!(
+            "error: {}: 3x3 is too small for --baseline: at least 20x20 px",
+            small.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("1 of 3 images failed"), "{err}");
+    assert!(out.contains("a.png") && out.contains("c.png") && out.contains("mean"));
+    assert!(!out.contains("b.png"), "{out}");
+
+    // One file: the same error line, and no table.
+    let tiny = dir.path().join("tiny.png");
+    write_image(&tiny, 1, 1);
+    let o = infdit(&["eval", "--hr", s(&tiny), "--baseline", "bicubic"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!("error: {}: 1x1 is too small", tiny.display())),
+        "{err}"
+    );
+
+    // Against upscaled files: the pair that cannot be scored is reported, the others scored.
+    let o = infdit(&["eval", "--hr", s(&hr), "--sr", s(&hr)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("too small to score"), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("c.png"));
+}
+
+#[test]
+fn bench_engine_checks_its_arguments_and_fails_when_a_case_fails() {
+    for args in [
+        &["--sizes", "abc"][..],
+        &["--sizes", "100"],
+        &["--max-memory", "abc"],
+        &["--config", "nonexistent.json"],
+        &["--batches", "0"],
+    ] {
+        let o = infdit(&[&["bench", "engine"][..], args].concat());
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            o.stdout.is_empty(),
+            "{args:?}: checked before any case runs"
+        );
+    }
+    // A budget too small for any batch: the case fails, and so does the bench.
+    let o = infdit(&[
+        "bench",
+        "engine",
+        "--sizes",
+        "128",
+        "--batches",
+        "auto",
+        "--max-memory",
+        "1K",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("failed"));
+    assert!(stderr(&o).contains("1 of 1 cases failed"), "{}", stderr(&o));
+}
+
+#[test]
+fn convert_writes_safetensors_files_with_ordinary_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::fixture("tiny/weights.safetensors");
+    for out in ["-", "out.bin", "out"] {
+        let target = dir.path().join(out);
+        let err = fails(&[
+            "convert",
+            s(&input),
+            if out == "-" { out } else { s(&target) },
+        ]);
+        assert!(err.contains(".safetensors"), "{out}: {err}");
+        assert!(!target.exists() && !Path::new("-").exists());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let out = dir.path().join("w.safetensors");
+        for _ in 0..2 {
+            // The second time in place.
+            let from = if out.exists() {
+                out.clone()
+            } else {
+                input.clone()
+            };
+            let o = infdit(&["convert", s(&from), s(&out)]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert_eq!(mode(&out), mode(&plain));
+        }
+    }
+}
+
+#[test]
+fn errors_are_printed_without_backtraces() {
+    let o = Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .args(["inspect", s(&common::fixture("pickles/corrupt.pt"))])
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("is not a readable PyTorch checkpoint"),
+        "{err}"
+    );
+}
+
+/// A photo and the minimal config: (photo folder, config path).
+fn training_setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    write_image(&photos.join("a.png"), 160, 128);
+    let cfg = dir.join("config.json");
+    let minimal = infdit::config::ModelConfig::minimal();
+    std::fs::write(&cfg, serde_json::to_string(&minimal).unwrap()).unwrap();
+    (photos, cfg)
+}
+
+#[test]
+fn train_refuses_what_it_cannot_do_and_names_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, cfg) = training_setup(dir.path());
+    let out = dir.path().join("run");
+    let run = |extra: &[&str]| {
+        let common = ["train", "-q", "--data", s(&photos), "--out", s(&out)];
+        let small = ["--config", s(&cfg), "--crop", "32", "--batch-size", "1"];
+        infdit(&[&common[..], &small, extra].concat())
+    };
+    let err = stderr(&run(&["--steps", "0"]));
+    assert!(err.contains("--steps must be at least 1"), "{err}");
+    let missing = dir.path().join("missing");
+    for flag in ["--resume", "--manifest"] {
+        let o = run(&["--steps", "1", flag, s(&missing)]);
+        assert_eq!(o.status.code(), Some(1), "{flag}");
+        assert!(stderr(&o).contains(s(&missing)), "{flag}: {}", stderr(&o));
+    }
+    assert!(!out.exists(), "refused runs write nothing");
+
+    // Photos that cannot be decoded are skipped with a warning that says why (most
+    // photos are bad, so that some are drawn).
+    for k in 0..9 {
+        std::fs::write(photos.join(format!("b{k}.jpg")), b"not a jpeg").unwrap();
+    }
+    let o = run(&["--steps", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("skipping") && err.contains(".jpg: "), "{err}");
+    assert!(out.join("weights.safetensors").is_file());
+    // Resumed where it stands, there is nothing to train.
+    let o = run(&["--resume", s(&out), "--steps", "4"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already at step 4"), "{}", stderr(&o));
+
+    // With none usable the run fails, naming a photo and the cause, and logs nothing.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("x.jpg"), b"not a jpeg").unwrap();
+    let out2 = dir.path().join("run2");
+    let o = infdit(&[
+        "train",
+        "-q",
+        "--data",
+        s(&bad),
+        "--out",
+        s(&out2),
+        "--config",
+        s(&cfg),
+        "--crop",
+        "32",
+        "--steps",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("no usable training photos"), "{err}");
+    assert!(err.contains("x.jpg: ") && err.contains("Jpeg"), "{err}");
+    assert!(!out2.join("loss.csv").exists());
+}
