@@ -173,6 +173,32 @@ fn convert_writes_safetensors_files_with_ordinary_permissions() {
     }
 }
 
+/// A converted file carries the model config it was converted with (here the one beside
+/// the input), so it loads as the same model with no config.json beside it.
+#[test]
+fn convert_stores_the_model_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let mut cfg =
+        infdit::config::ModelConfig::from_json_file(&common::fixture("tiny/config.json")).unwrap();
+    cfg.sigma_data = 0.25;
+    std::fs::write(
+        model.join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    let input = model.join("weights.safetensors");
+    std::fs::copy(common::fixture("tiny/weights.safetensors"), &input).unwrap();
+    let out = dir.path().join("moved.safetensors");
+    let o = infdit(&["convert", s(&input), s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        infdit::checkpoint::ModelSource::open(&out).unwrap().config,
+        cfg
+    );
+}
+
 #[test]
 fn errors_are_printed_without_backtraces() {
     let o = Command::new(env!("CARGO_BIN_EXE_infdit"))

@@ -116,6 +116,26 @@ impl Checkpoint {
             .collect()
     }
 
+    /// The model config of these weights: from `config_json` if that file exists, else
+    /// the one stored in the checkpoint ([`save_model_weights`]), else inferred from the
+    /// tensor shapes, with a warning.
+    pub fn config(&self, config_json: &Path) -> Result<ModelConfig> {
+        if config_json.is_file() {
+            return ModelConfig::from_json_file(config_json);
+        }
+        if let Some(cfg) = embedded_config(&self.path)? {
+            return Ok(cfg);
+        }
+        tracing::warn!(
+            "{}: no config.json beside it and none stored in the file: the config is \
+             inferred from tensor shapes, with the released model's σ_data, residual flag, \
+             eps and RoPE settings (put the model's config.json beside the weights if it \
+             was trained with others)",
+            self.path.display()
+        );
+        self.infer_config()
+    }
+
     /// Infers the model config from tensor shapes, so a bare checkpoint file is usable.
     /// Values that leave no trace in the weights (eps, RoPE table, σ_data, sr scale,
     /// residual) take the released model's values; the RoPE table side is read from its
@@ -249,20 +269,7 @@ impl ModelSource {
             bail!("model {} does not exist", path.display());
         };
         let checkpoint = Checkpoint::open(&weights)?;
-        let config = if config_path.is_file() {
-            ModelConfig::from_json_file(&config_path)?
-        } else if let Some(cfg) = embedded_config(&weights)? {
-            cfg
-        } else {
-            tracing::warn!(
-                "{}: no config.json beside it and none stored in the file: the config is \
-                 inferred from tensor shapes, with the released model's σ_data, residual \
-                 flag, eps and RoPE settings (put the model's config.json beside the weights \
-                 if it was trained with others)",
-                weights.display()
-            );
-            checkpoint.infer_config()?
-        };
+        let config = checkpoint.config(&config_path)?;
         checkpoint.validate(&config)?;
         Ok(Self { config, checkpoint })
     }

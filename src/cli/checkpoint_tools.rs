@@ -151,7 +151,15 @@ impl ConvertArgs {
                 Ok((k.clone(), t))
             })
             .collect::<Result<_>>()?;
-        crate::fsutil::save_safetensors(&self.output, &tensors)?;
+        // The config travels inside the file, so the result loads as the same model
+        // wherever it is put.
+        match ck.config(&self.input.with_file_name("config.json")) {
+            Ok(cfg) => crate::checkpoint::save_model_weights(&self.output, &tensors, &cfg)?,
+            Err(e) => {
+                tracing::warn!("no model config stored in the output: {e:#}");
+                crate::fsutil::save_safetensors(&self.output, &tensors)?
+            }
+        }
         println!(
             "wrote {} tensors to {}",
             tensors.len(),

@@ -533,13 +533,16 @@ impl Trainer {
         crate::fsutil::write_atomically(&out.join("config.json"), |p| {
             Ok(std::fs::write(p, &cfg_json)?)
         })?;
-        crate::fsutil::save_safetensors(&out.join("weights.safetensors"), &self.ema)?;
+        let save = |name: &str, tensors| {
+            crate::checkpoint::save_model_weights(&out.join(name), tensors, &self.cfg)
+        };
+        save("weights.safetensors", &self.ema)?;
         let raw: HashMap<String, Tensor> = self
             .named_vars()
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().clone()))
             .collect();
-        crate::fsutil::save_safetensors(&out.join("raw_weights.safetensors"), &raw)?;
+        save("raw_weights.safetensors", &raw)?;
         let state = serde_json::to_string_pretty(&TrainState {
             step: self.step,
             options: self.opts.clone(),
