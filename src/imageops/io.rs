@@ -336,6 +336,26 @@ fn decode_reader(
             return decode_with(decoder, format, false, path, limits);
         }
     };
+    let several = several_images(format, &mut reader);
+    let decoded = decode_image_crate(reader, format, image_format, path, limits)?;
+    if let Some(what) = several {
+        tracing::warn!(
+            "{}: {what}: only the first image is upscaled",
+            path.display()
+        );
+    }
+    Ok(decoded)
+}
+
+/// Decodes a format the image crate reads.
+fn decode_image_crate(
+    mut reader: impl BufRead + Seek,
+    format: InputFormat,
+    image_format: ImageFormat,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
+    let err = |e| ImageIoError::from_decode(path, e);
     fn reader_for<R: BufRead + Seek>(r: R, f: ImageFormat, l: &DecodeLimits) -> ImageReader<R> {
         let mut reader = ImageReader::with_format(r, f);
         reader.limits(l.for_decoder());
@@ -374,12 +394,16 @@ fn decode_reader(
     let decoder = reader_for(Cursor::new(&data[..]), image_format, limits)
         .into_decoder()
         .map_err(err)?;
-    let decoded = decode_with(decoder, format, true, path, limits)?;
-    if format == InputFormat::Gif && gif_is_animated(&data) {
-        tracing::warn!(
-            "{}: animated GIF: only the first frame is upscaled",
-            path.display()
-        );
+    let mut decoded = decode_with(decoder, format, true, path, limits)?;
+    // The GIF decoder gives RGBA even where no colour is transparent; such an alpha plane
+    // says nothing and would only make the output bigger.
+    if format == InputFormat::Gif
+        && decoded
+            .alpha
+            .as_ref()
+            .is_some_and(|a| a.data.iter().all(|&v| v >= 1.0))
+    {
+        decoded.alpha = None;
     }
     Ok(decoded)
 }
@@ -466,12 +490,29 @@ fn unreadable_format(head: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Whether a GIF (already decoded once, so known to be valid) holds more than one frame.
-fn gif_is_animated(data: &[u8]) -> bool {
+/// What the file holds beyond its first image (animation frames, TIFF pages), named for
+/// a warning: only the first is upscaled. Leaves `reader` at the start.
+fn several_images(format: InputFormat, reader: &mut (impl BufRead + Seek)) -> Option<&'static str> {
+    use image::codecs::{gif::GifDecoder, png::PngDecoder, webp::WebPDecoder};
     use image::AnimationDecoder;
-    image::codecs::gif::GifDecoder::new(Cursor::new(data))
-        .map(|d| d.into_frames().take(2).count() > 1)
-        .unwrap_or(false)
+    let several = match format {
+        InputFormat::Png => PngDecoder::new(&mut *reader)
+            .and_then(|d| d.is_apng())
+            .unwrap_or(false)
+            .then_some("animated PNG"),
+        InputFormat::WebP => WebPDecoder::new(&mut *reader)
+            .is_ok_and(|d| d.has_animation())
+            .then_some("animated WebP"),
+        InputFormat::Gif => GifDecoder::new(&mut *reader)
+            .is_ok_and(|d| d.into_frames().take(2).count() > 1)
+            .then_some("animated GIF"),
+        InputFormat::Tiff => tiff::decoder::Decoder::new(&mut *reader)
+            .is_ok_and(|d| d.more_images())
+            .then_some("multi-page TIFF"),
+        _ => None,
+    };
+    let _ = reader.seek(io::SeekFrom::Start(0));
+    several
 }
 
 /// Decodes once the format is known and accepted.
@@ -1114,24 +1155,46 @@ mod tests {
     }
 
     #[test]
-    fn animated_gif_gives_its_first_frame() {
+    fn files_of_several_images_give_their_first() {
         use image::codecs::gif::GifEncoder;
         use image::{Delay, Frame, Rgba, RgbaImage};
         let frame = |v: u8| {
             let img = RgbaImage::from_pixel(4, 2, Rgba([v, 0, 255 - v, 255]));
             Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(100, 1))
         };
-        let mut bytes = Vec::new();
-        GifEncoder::new(&mut bytes)
-            .encode_frames([frame(200), frame(10)])
-            .unwrap();
-        assert!(gif_is_animated(&bytes));
-        let d = decode_bytes(&bytes, &limits()).unwrap();
+        let gif = |frames: Vec<Frame>| {
+            let mut bytes = Vec::new();
+            GifEncoder::new(&mut bytes).encode_frames(frames).unwrap();
+            bytes
+        };
+        let animated = gif(vec![frame(200), frame(10)]);
+        let several = |format, bytes: &[u8]| several_images(format, &mut Cursor::new(bytes));
+        assert_eq!(several(InputFormat::Gif, &animated), Some("animated GIF"));
+        assert_eq!(several(InputFormat::Gif, &gif(vec![frame(200)])), None);
+        let d = decode_bytes(&animated, &limits()).unwrap();
         assert_eq!(d.format, InputFormat::Gif);
         assert_eq!(
             (d.rgb.at(0, 1, 3), d.rgb.at(2, 0, 0)),
             (200.0 / 255.0, 55.0 / 255.0)
         );
+        // The GIF decoder's RGBA has nothing transparent here: no alpha plane.
+        assert!(d.alpha.is_none());
+
+        let mut pages = Cursor::new(Vec::new());
+        let mut tiff = tiff::encoder::TiffEncoder::new(&mut pages).unwrap();
+        for v in [40u8, 90] {
+            tiff.write_image::<tiff::encoder::colortype::Gray8>(3, 1, &[v; 3])
+                .unwrap();
+        }
+        let pages = pages.into_inner();
+        assert_eq!(several(InputFormat::Tiff, &pages), Some("multi-page TIFF"));
+        assert_eq!(
+            decode_bytes(&pages, &limits()).unwrap().rgb.at(0, 0, 0),
+            40.0 / 255.0
+        );
+        let opts = EncodeOptions::new(OutputFormat::Png);
+        let png = encode_bytes(Path::new("x.png"), &gradient(3, 2), None, &opts).unwrap();
+        assert_eq!(several(InputFormat::Png, &png), None);
     }
 
     #[test]
