@@ -1494,21 +1494,19 @@ mod tests {
     #[test]
     fn thirty_two_bit_tiff_floats_decode_integers_are_refused() {
         use tiff::encoder::{colortype, TiffEncoder};
-        let encode = |write: &dyn Fn(&mut TiffEncoder<&mut Cursor<Vec<u8>>>)| {
-            let mut bytes = Cursor::new(Vec::new());
-            write(&mut TiffEncoder::new(&mut bytes).unwrap());
-            bytes.into_inner()
-        };
-        let floats = encode(&|e| {
-            e.write_image::<colortype::RGB32Float>(2, 1, &[0.0, 0.5, 1.0, 0.25, 0.75, 2.0])
-                .unwrap()
-        });
-        let d = decode_bytes(&floats, &limits()).unwrap();
+        let mut floats = Cursor::new(Vec::new());
+        TiffEncoder::new(&mut floats)
+            .unwrap()
+            .write_image::<colortype::RGB32Float>(2, 1, &[0.0, 0.5, 1.0, 0.25, 0.75, 2.0])
+            .unwrap();
+        let d = decode_bytes(floats.get_ref(), &limits()).unwrap();
         assert_eq!(d.rgb.data, [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]);
-        let integers = encode(&|e| {
-            e.write_image::<colortype::RGB32>(2, 1, &[0, 1 << 31, u32::MAX, 7, 8, 9])
-                .unwrap()
-        });
+        let mut integers = Cursor::new(Vec::new());
+        TiffEncoder::new(&mut integers)
+            .unwrap()
+            .write_image::<colortype::RGB32>(2, 1, &[0, 1 << 31, u32::MAX, 7, 8, 9])
+            .unwrap();
+        let integers = integers.into_inner();
         let e = decode_bytes(&integers, &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("32-bit integer samples"), "{e}");
