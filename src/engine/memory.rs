@@ -168,7 +168,8 @@ impl<'a> MemoryModel<'a> {
         let one = self.estimate(height, width, order, 1);
         if one.total() > budget {
             bail!(
-                "a {width}×{height} output needs at least {} (weights {}, K/V cache {}, activations {}, images {}, GPU runtime {}) but the memory budget is {}; raise --max-memory",
+                "a {width}×{height} model pass (the image padded to whole {}-px blocks) needs at least {} (weights {}, K/V cache {}, activations {}, images {}, GPU runtime {}) but the memory budget is {}; raise --max-memory",
+                self.cfg.image_block_size_px,
                 format_size(one.total()),
                 format_size(one.weights),
                 format_size(one.cache),

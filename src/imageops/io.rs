@@ -68,11 +68,10 @@ impl Default for DecodeLimits {
 }
 
 impl DecodeLimits {
-    /// The same bounds for a decoder, which enforces what it can of them itself.
+    /// The allocation bound for a decoder, which enforces it while decoding. The sizes are
+    /// checked here, right after the header is read, where the message can name them.
     fn for_decoder(&self) -> image::Limits {
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(self.max_width);
-        limits.max_image_height = Some(self.max_height);
+        let mut limits = image::Limits::no_limits();
         limits.max_alloc = Some(self.max_alloc);
         limits
     }
@@ -1572,6 +1571,10 @@ mod tests {
         };
         let e = decode_file(&path, &narrow).unwrap_err();
         assert!(matches!(e, ImageIoError::TooLarge { .. }), "{e}");
+        assert!(
+            e.to_string().contains("30x20 exceeds the 16x32768 limit"),
+            "{e}"
+        );
         let short = DecodeLimits {
             max_height: 16,
             ..limits()
