@@ -89,6 +89,7 @@ fn inspect_reports_the_config_and_convert_round_trips() {
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("2 layers, hidden 64, 4 heads"), "{text}");
+    assert!(text.contains("config (inferred from the shapes"), "{text}");
     assert!(text.contains("all 55 denoiser tensors present"), "{text}");
     let st = dir.path().join("tiny.safetensors");
     infdit(&[
@@ -104,6 +105,12 @@ fn inspect_reports_the_config_and_convert_round_trips() {
         .values()
         .all(|t| t.dtype() == candle_core::DType::BF16));
     assert_eq!(ck.tensors.len(), 60);
+    let out = infdit(&["inspect", st.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("config (stored in the file): 2 layers"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -20,6 +20,29 @@ pub struct Checkpoint {
     pub tensors: HashMap<String, Tensor>,
 }
 
+/// Where a checkpoint's model config came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A `config.json` beside the weights.
+    File,
+    /// The weights file's own metadata.
+    Stored,
+    /// The tensor shapes, with the released model's values for the rest.
+    Inferred,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::File => "from config.json",
+            Self::Stored => "stored in the file",
+            Self::Inferred => {
+                "inferred from the shapes; σ_data, residual, eps and RoPE settings are the released model's"
+            }
+        })
+    }
+}
+
 /// Prefixes under which training frameworks nest a state dict, tried in order.
 const PICKLE_ROOT_KEYS: [&str; 3] = ["module", "state_dict", "model"];
 
@@ -120,20 +143,31 @@ impl Checkpoint {
     /// the one stored in the checkpoint ([`save_model_weights`]), else inferred from the
     /// tensor shapes, with a warning.
     pub fn config(&self, config_json: &Path) -> Result<ModelConfig> {
+        let (cfg, source) = self.config_and_source(config_json)?;
+        if source == ConfigSource::Inferred {
+            tracing::warn!(
+                "{}: no config.json beside it and none stored in the file: the config is \
+                 inferred from tensor shapes, with the released model's σ_data, residual \
+                 flag, eps and RoPE settings (put the model's config.json beside the weights \
+                 if it was trained with others)",
+                self.path.display()
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// [`Checkpoint::config`], silently, and where the config came from.
+    pub fn config_and_source(&self, config_json: &Path) -> Result<(ModelConfig, ConfigSource)> {
         if config_json.is_file() {
-            return ModelConfig::from_json_file(config_json);
+            return Ok((
+                ModelConfig::from_json_file(config_json)?,
+                ConfigSource::File,
+            ));
         }
         if let Some(cfg) = embedded_config(&self.path)? {
-            return Ok(cfg);
+            return Ok((cfg, ConfigSource::Stored));
         }
-        tracing::warn!(
-            "{}: no config.json beside it and none stored in the file: the config is \
-             inferred from tensor shapes, with the released model's σ_data, residual flag, \
-             eps and RoPE settings (put the model's config.json beside the weights if it \
-             was trained with others)",
-            self.path.display()
-        );
-        self.infer_config()
+        Ok((self.infer_config()?, ConfigSource::Inferred))
     }
 
     /// Infers the model config from tensor shapes, so a bare checkpoint file is usable.

@@ -64,15 +64,15 @@ impl InspectArgs {
                 println!("  {name:<70} {shape:?} {:?}", ck.tensors[name].dtype());
             }
         }
-        match ck.infer_config() {
-            Ok(cfg) => {
+        match ck.config_and_source(&path.with_file_name("config.json")) {
+            Ok((cfg, source)) => {
                 let preset = if cfg == crate::config::ModelConfig::released() {
-                    " (the released Inf-DiT)"
+                    ", the released Inf-DiT"
                 } else {
                     ""
                 };
                 println!(
-                    "config{preset}: {} layers, hidden {}, {} heads, MLP {}, patch {}, block {} px, vector {}, sr ×{}",
+                    "config ({source}{preset}): {} layers, hidden {}, {} heads, MLP {}, patch {}, block {} px, vector {}, sr ×{}",
                     cfg.num_layers,
                     cfg.hidden_size,
                     cfg.num_attention_heads,
