@@ -77,6 +77,28 @@ fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut Cli::command(), "infdit", out);
 }
 
+/// A progress bar style from `template`, which may use `{rate}`: items per second to two
+/// or three significant digits (indicatif's `{per_sec}` prints four decimals).
+fn bar_style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .expect("a valid progress template")
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let r = s.per_sec();
+                let digits = if r >= 10.0 {
+                    0
+                } else if r >= 1.0 {
+                    1
+                } else {
+                    2
+                };
+                let _ = write!(w, "{r:.digits$}/s");
+            },
+        )
+        .progress_chars("=> ")
+}
+
 /// `cpu`, `cuda`, `cuda:N` or `metal`.
 pub fn parse_device(s: &str) -> Result<Device> {
     const CUDA: (&str, bool) = ("cuda", cfg!(feature = "cuda"));

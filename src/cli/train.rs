@@ -8,7 +8,7 @@ use crate::train::trainer::{saved_options, small_config, Start, TrainOptions, Tr
 use anyhow::{ensure, Result};
 use candle_core::DType;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 
 /// The manifest of the photos `scripts/fetch-training-photos.sh` fetches.
@@ -133,10 +133,9 @@ impl TrainArgs {
         if self.quiet {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        bar.set_style(
-            ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps {per_sec} ETA {eta} {msg}")?
-                .progress_chars("=> "),
-        );
+        bar.set_style(super::bar_style(
+            "[{bar:30}] {pos}/{len} steps {rate} ETA {eta} {msg}",
+        ));
         bar.set_position(trainer.step() as u64);
         let crops_per_step = opts.batch_size;
         let mut smooth = None::<f32>;

@@ -15,7 +15,7 @@ use crate::sampler::{SamplerConfig, SamplerKind};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -301,13 +301,9 @@ impl UpscaleArgs {
         }
         let total_bar = (inputs.len() > 1).then(|| {
             let b = multi.add(ProgressBar::new(inputs.len() as u64));
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>8} [{bar:30}] {pos}/{len} images, ETA {eta}",
-                )
-                .unwrap()
-                .progress_chars("=> "),
-            );
+            b.set_style(super::bar_style(
+                "{prefix:>8} [{bar:30}] {pos}/{len} images, ETA {eta}",
+            ));
             b.set_prefix("total");
             b
         });
@@ -681,13 +677,9 @@ impl UpscaleArgs {
         };
         let total = up.work(img.rgb.height, img.rgb.width)?;
         let bar = multi.add(ProgressBar::new(total as u64));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>8} [{bar:30}] {pos}/{len} blocks {per_sec} ETA {eta} {msg}",
-            )
-            .unwrap()
-            .progress_chars("=> "),
-        );
+        bar.set_style(super::bar_style(
+            "{prefix:>8} [{bar:30}] {pos}/{len} blocks {rate} ETA {eta} {msg}",
+        ));
         bar.set_prefix("image");
         bar.set_message(
             input
