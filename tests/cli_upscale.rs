@@ -178,20 +178,57 @@ fn scans_pass_over_hidden_files_link_loops_and_earlier_results() {
     assert_eq!(listing(&out), ["a_x4.png", "sub"]);
     assert_eq!(listing(&out.join("sub")), ["b_x4.png"]);
 
-    // Twice beside the inputs, then once more by a pattern: never `a_x4_x4.png`.
+    // An output directory inside the scanned tree is not scanned on the next run.
+    let inner = d.join("sub/out");
+    upscale_ok(&model, &[s(&d), "-r", "-o", s(&inner)]);
+    upscale_ok(&model, &[s(&d), "-r", "-o", s(&inner)]);
+    assert_eq!(listing(&inner), ["a_x4.png", "sub"]);
+    assert_eq!(listing(&inner.join("sub")), ["b_x4.png"]);
+    std::fs::remove_dir_all(&inner).unwrap();
+
+    // Beside the inputs, again with other sizes, then by patterns (`**` through the link
+    // loops too): earlier results of any size are passed over, never upscaled again.
     upscale_ok(&model, &[s(&d)]);
-    let again = upscale_ok(&model, &[s(&d), "--overwrite"]);
+    let again = upscale_ok(&model, &[s(&d), "--scale", "2"]);
     assert!(
         stderr(&again).contains("passing over 1 earlier result"),
         "{}",
         stderr(&again)
     );
-    upscale_ok(&model, &[&format!("{}/*.png", s(&d)), "--overwrite"]);
-    assert!(
-        listing(&d).iter().all(|n| !n.contains("x4_x4")),
-        "{:?}",
-        listing(&d)
+    upscale_ok(&model, &[&format!("{}/*.png", s(&d)), "--width", "20"]);
+    upscale_ok(&model, &[&format!("{}/**/*.png", s(&d)), "--scale", "3"]);
+    let pngs = |dir: &Path| -> Vec<String> {
+        listing(dir)
+            .into_iter()
+            .filter(|n| n.ends_with(".png"))
+            .collect()
+    };
+    assert_eq!(
+        pngs(&d),
+        [
+            "._a.png",
+            "a.png",
+            "a_w20.png",
+            "a_x2.png",
+            "a_x3.png",
+            "a_x4.png"
+        ]
     );
+    assert_eq!(pngs(&d.join("sub")), ["b.png", "b_x3.png"]);
+    // Not a regular file (a named pipe would block the run): not an input of a scan.
+    #[cfg(unix)]
+    {
+        let fifo = d.join("fifo.png");
+        let made = Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            upscale_ok(&model, &[s(&d), "--scale", "2", "--overwrite"]);
+            std::fs::remove_file(&fifo).unwrap();
+        }
+    }
+    // An output that would replace its input is refused.
+    let a = d.join("a.png");
+    let err = upscale_fails(&model, &[s(&a), "-o", s(&a), "--overwrite"]);
+    assert!(err.contains("would replace its own input"), "{err}");
     // Named one by one, an earlier result is upscaled like any file, and the same file
     // under two spellings only once.
     let named = d.join("a_x4.png");
@@ -485,6 +522,16 @@ fn alpha_is_kept_and_upscaled() {
         let p = rgba.get_pixel(x, 20);
         assert!(p[3] == 0 || p[0] >= 240, "fringe at x = {x}: {p:?}");
     }
+    // JPEG keeps no alpha, so nothing is filled: the hidden black stays black.
+    let out = dir.path().join("flat.jpg");
+    upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+    let rgb = read(&out).1.into_rgb8();
+    assert!(rgb.get_pixel(4, 20)[0] < 16, "{:?}", rgb.get_pixel(4, 20));
+    assert!(
+        rgb.get_pixel(76, 20)[0] > 240,
+        "{:?}",
+        rgb.get_pixel(76, 20)
+    );
 }
 
 #[test]

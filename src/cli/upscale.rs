@@ -12,7 +12,7 @@ use crate::imageops::io::{
 use crate::model::InfDit;
 use crate::pipeline::{BatchChoice, OutputSize, UpscaleOptions, Upscaler};
 use crate::sampler::{SamplerConfig, SamplerKind};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar};
@@ -259,9 +259,8 @@ impl UpscaleArgs {
         let mut seen = HashSet::new();
         inputs.retain(|i| seen.insert(i.path.canonicalize().unwrap_or_else(|_| i.path.clone())));
         if earlier > 0 && !self.quiet {
-            let suffix = self.size().suffix();
             eprintln!(
-                "note: passing over {earlier} earlier result(s) (NAME_{suffix} beside NAME); name them one by one to upscale them"
+                "note: passing over {earlier} earlier result(s) (NAME_x4 and the like beside NAME); name them one by one to upscale them"
             );
         }
         // Files named or found, readable or not: a summary line only when there are several.
@@ -415,44 +414,39 @@ impl UpscaleArgs {
         let mut files = Vec::new();
         let mut failures = Vec::new();
         let mut earlier = 0;
-        let suffix = self.size().suffix();
+        // An output directory inside the scanned tree holds this command's results: a
+        // scan never enters it.
+        let output_dir = self
+            .output
+            .as_deref()
+            .filter(|o| !is_stdio(o))
+            .and_then(|o| o.canonicalize().ok())
+            .filter(|o| o.is_dir());
         for arg in &self.inputs {
             let path = Path::new(arg);
-            if arg == STDIO {
+            let found = if arg == STDIO || (path.exists() && !path.is_dir()) {
                 files.push(Input::named(path.to_path_buf()));
+                continue;
             } else if path.is_dir() {
-                let mut found = Vec::new();
-                if let Err(e) = list_images(path, path, self.recursive, &mut found) {
-                    failures.push((arg.clone(), format!("{e:#}")));
-                }
-                earlier += drop_earlier_results(&mut found, &suffix);
-                files.extend(found);
-            } else if path.exists() {
-                files.push(Input::named(path.to_path_buf()));
+                let depth = if self.recursive { usize::MAX } else { 0 };
+                let mut scan = Scan::new(output_dir.clone());
+                scan.walk(path, path, depth).map(|()| scan.found)
             } else if arg.contains(['*', '?', '[']) {
-                // As in a shell, `*` does not match a leading dot.
-                let options = glob::MatchOptions {
-                    require_literal_leading_dot: true,
-                    ..Default::default()
-                };
-                match glob::glob_with(arg, options) {
-                    Ok(paths) => {
-                        let mut found: Vec<Input> = paths
-                            .filter_map(|p| p.ok())
-                            .filter(|p| p.is_file() && has_input_extension(p))
-                            .map(Input::named)
-                            .collect();
-                        if found.is_empty() {
-                            failures.push((arg.clone(), "the pattern matches no image".into()));
-                        }
-                        found.sort();
-                        earlier += drop_earlier_results(&mut found, &suffix);
-                        files.extend(found);
+                match_pattern(arg, output_dir.clone()).and_then(|found| {
+                    if found.is_empty() {
+                        bail!("the pattern matches no image")
                     }
-                    Err(e) => failures.push((arg.clone(), format!("invalid pattern: {e}"))),
-                }
+                    Ok(found)
+                })
             } else {
-                failures.push((arg.clone(), "no such file or directory".into()));
+                Err(anyhow!("no such file or directory"))
+            };
+            match found {
+                Ok(mut found) => {
+                    earlier += drop_earlier_results(&mut found);
+                    files.extend(found);
+                }
+                Err(e) => failures.push((arg.clone(), format!("{e:#}"))),
             }
         }
         (files, failures, earlier)
@@ -646,18 +640,28 @@ impl UpscaleArgs {
             max_height: self.max_input_side,
             ..DecodeLimits::default()
         };
+        // Standard input, and streams named as files (`<(…)`, a named pipe), can be read
+        // only once: they are read into memory, where the format is sniffed and decoded.
         let piped = if is_stdio(input) {
-            Some(read_stdin(&limits)?)
+            let name = Path::new("<stdin>");
+            Some((read_stream(std::io::stdin().lock(), name, &limits)?, name))
+        } else if std::fs::metadata(input).is_ok_and(|m| !m.is_file()) {
+            let file = std::fs::File::open(input)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+            Some((read_stream(file, input, &limits)?, input.as_path()))
         } else {
             None
         };
         // The output name needs the source format; sniff it cheaply before decoding.
         let format = match &piped {
-            Some(bytes) => InputFormat::detect(bytes, input),
+            Some((bytes, _)) => InputFormat::detect(bytes, input),
             None => InputFormat::of_file(input).unwrap_or(None),
         };
         let (out, out_format) = self.output_path(item, format)?;
         let stdout = is_stdio(&out);
+        if !stdout && out.canonicalize().ok() == input.canonicalize().ok() && out.exists() {
+            bail!("the output {} would replace its own input", out.display());
+        }
         if let Some(earlier) = produced.get(&out) {
             bail!(
                 "its output {} was already written from {} in this run (rename one of the inputs)",
@@ -672,7 +676,7 @@ impl UpscaleArgs {
             check_writable(&out)?;
         }
         let img = match &piped {
-            Some(bytes) => decode_named_bytes(bytes, Path::new("<stdin>"), &limits)?,
+            Some((bytes, name)) => decode_named_bytes(bytes, name, &limits)?,
             None => decode_file(input, &limits)?,
         };
         let total = up.work(img.rgb.height, img.rgb.width)?;
@@ -689,7 +693,11 @@ impl UpscaleArgs {
         );
         let mut last_json = Instant::now() - Duration::from_secs(1);
         let name = json_str(&input.display().to_string());
-        let result = up.upscale_planes(&img.rgb, img.alpha.as_ref(), &mut |p| {
+        // Alpha the output cannot keep (JPEG) is left out from the start: the colour under
+        // transparent pixels then stays what the file holds rather than the fill that only
+        // makes sense beneath an alpha channel.
+        let alpha = img.alpha.as_ref().filter(|_| out_format.supports_alpha());
+        let result = up.upscale_planes(&img.rgb, alpha, &mut |p| {
             bar.set_position(p.done as u64);
             if json && (last_json.elapsed() >= Duration::from_millis(250) || p.done == p.total) {
                 last_json = Instant::now();
@@ -720,104 +728,154 @@ impl UpscaleArgs {
     }
 }
 
-/// Reads the image on standard input. Its first bytes must open an accepted format, and
-/// it may not be larger than the decoder's memory budget: endless or non-image input is
-/// refused as it arrives instead of filling memory.
-fn read_stdin(limits: &DecodeLimits) -> Result<Vec<u8>> {
+/// Reads an image from a stream (standard input, a pipe) that comes from `name`. Its first
+/// bytes must open an accepted format, and it may not be larger than the decoder's memory
+/// budget: endless or non-image input is refused as it arrives instead of filling memory.
+fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
     const HEAD: u64 = 64;
-    let name = Path::new("<stdin>");
-    let mut stdin = std::io::stdin().lock();
     let mut bytes = Vec::new();
-    let read = |r: &mut dyn Read, bytes: &mut Vec<u8>, n: u64| {
-        r.take(n)
+    let mut read = |bytes: &mut Vec<u8>, n: u64| {
+        (&mut stream)
+            .take(n)
             .read_to_end(bytes)
-            .context("cannot read standard input")
+            .with_context(|| format!("cannot read {}", name.display()))
     };
-    read(&mut stdin, &mut bytes, HEAD)?;
+    read(&mut bytes, HEAD)?;
     if InputFormat::detect(&bytes, name).is_none() {
         // The decoder words the refusal.
         decode_named_bytes(&bytes, name, limits)?;
     }
-    read(
-        &mut stdin,
-        &mut bytes,
-        limits.max_alloc.saturating_sub(HEAD) + 1,
-    )?;
+    read(&mut bytes, limits.max_alloc.saturating_sub(HEAD) + 1)?;
     if bytes.len() as u64 > limits.max_alloc {
         bail!(
-            "standard input holds more than {} bytes, more than an image within the decoding limits",
+            "{} holds more than {} bytes, more than an image within the decoding limits",
+            name.display(),
             limits.max_alloc
         );
     }
     Ok(bytes)
 }
 
-/// The images in `dir` (and below it when `recursive`), with their place under `root`.
+/// A walk over directories for images, as directory arguments and patterns need it.
 /// Hidden entries (`.name`, such as macOS's `._photo.jpg` resource files) are passed over,
-/// as a shell's `*` would. Linked directories are followed once each, so a link back up
-/// the tree cannot make the walk endless.
-fn list_images(root: &Path, dir: &Path, recursive: bool, out: &mut Vec<Input>) -> Result<()> {
-    let mut visited = HashSet::new();
-    walk_images(root, dir, recursive, &mut visited, out)
+/// as a shell's `*` would; so is anything that is not a regular file (a named pipe would
+/// block the run). Linked directories are followed once each, so a link back up the tree
+/// cannot make the walk endless.
+struct Scan {
+    visited: HashSet<PathBuf>,
+    found: Vec<Input>,
 }
 
-fn walk_images(
-    root: &Path,
-    dir: &Path,
-    recursive: bool,
-    visited: &mut HashSet<PathBuf>,
-    out: &mut Vec<Input>,
-) -> Result<()> {
-    let canonical = dir
-        .canonicalize()
-        .with_context(|| format!("cannot read directory {}", dir.display()))?;
-    if !visited.insert(canonical) {
-        tracing::debug!("{}: already listed (linked directory)", dir.display());
-        return Ok(());
-    }
-    let mut entries = Vec::new();
-    for entry in std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read directory {}", dir.display()))?
-    {
-        let entry = entry?;
-        if !entry.file_name().to_string_lossy().starts_with('.') {
-            entries.push(entry.path());
+impl Scan {
+    /// A scan that never enters `skip` (canonical), the run's output directory.
+    fn new(skip: Option<PathBuf>) -> Self {
+        Self {
+            visited: skip.into_iter().collect(),
+            found: Vec::new(),
         }
     }
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            if recursive {
-                walk_images(root, &p, true, visited, out)?;
+
+    /// Adds the images in `dir` and, `depth` levels down, in its subdirectories, with
+    /// their place under `root`.
+    fn walk(&mut self, root: &Path, dir: &Path, depth: usize) -> Result<()> {
+        let canonical = dir
+            .canonicalize()
+            .with_context(|| format!("cannot read directory {}", dir.display()))?;
+        if !self.visited.insert(canonical) {
+            tracing::debug!("{}: already listed or the output directory", dir.display());
+            return Ok(());
+        }
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read directory {}", dir.display()))?
+        {
+            let entry = entry?;
+            if !entry.file_name().to_string_lossy().starts_with('.') {
+                entries.push(entry.path());
             }
-        } else if has_input_extension(&p) {
-            let subdir = dir
-                .strip_prefix(root)
-                .unwrap_or(Path::new(""))
-                .to_path_buf();
-            out.push(Input { path: p, subdir });
         }
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                if depth > 0 {
+                    self.walk(root, &p, depth - 1)?;
+                }
+            } else if p.is_file() && has_input_extension(&p) {
+                let subdir = dir
+                    .strip_prefix(root)
+                    .unwrap_or(Path::new(""))
+                    .to_path_buf();
+                self.found.push(Input { path: p, subdir });
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-/// Drops files that a directory or a pattern turned up which are this run's own earlier
-/// results (`a_x4.png` beside `a.png`), so that running a command again does not upscale
-/// its outputs once more. Files named one by one are always kept. Returns how many were
-/// dropped.
-fn drop_earlier_results(found: &mut Vec<Input>, suffix: &str) -> usize {
+/// The images a glob pattern names. The walk starts at the pattern's last directory
+/// without wildcards and goes as deep as the pattern does (all the way for `**`), with
+/// [`Scan`]'s rules, so that links cannot make it endless either.
+fn match_pattern(arg: &str, output_dir: Option<PathBuf>) -> Result<Vec<Input>> {
+    let pattern = glob::Pattern::new(arg).map_err(|e| anyhow!("invalid pattern: {e}"))?;
+    let options = glob::MatchOptions {
+        require_literal_leading_dot: true,
+        ..Default::default()
+    };
+    let components: Vec<_> = Path::new(arg).components().collect();
+    let literal = components
+        .iter()
+        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+        .count();
+    let base: PathBuf = components[..literal].iter().collect();
+    let depth = if arg.contains("**") {
+        usize::MAX
+    } else {
+        (components.len() - literal).saturating_sub(1)
+    };
+    let start = if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &base
+    };
+    if !start.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut scan = Scan::new(output_dir);
+    scan.walk(start, start, depth)?;
+    let mut found: Vec<Input> = scan
+        .found
+        .into_iter()
+        .map(|i| {
+            // A walk from "." gives "./a.png"; the pattern was written as "a.png".
+            let path = match i.path.strip_prefix(".") {
+                Ok(p) if base.as_os_str().is_empty() => p.to_path_buf(),
+                _ => i.path,
+            };
+            Input::named(path)
+        })
+        .filter(|i| pattern.matches_path_with(&i.path, options))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Drops files that a directory or a pattern turned up which are earlier results of this
+/// tool (`a_x4.png`, `a_x2.5.jpg`, `a_w3840.png`, `a_x4_x2.png` beside `a.png`), so that
+/// running a command again, with any size, does not upscale its outputs once more. Files
+/// named one by one are always kept. Returns how many were dropped.
+fn drop_earlier_results(found: &mut Vec<Input>) -> usize {
     let key = |p: &Path| Some((p.parent()?.to_path_buf(), p.file_stem()?.to_owned()));
-    let sources: HashSet<_> = found.iter().filter_map(|i| key(&i.path)).collect();
-    let ending = format!("_{suffix}");
+    let stems: HashSet<_> = found.iter().filter_map(|i| key(&i.path)).collect();
     let before = found.len();
     found.retain(|i| {
         let source = i
             .path
             .file_stem()
             .and_then(|s| s.to_str())
-            .and_then(|stem| stem.strip_suffix(&ending))
+            .and_then(|stem| stem.rsplit_once('_'))
+            .filter(|(_, suffix)| OutputSize::is_suffix(suffix))
             .zip(i.path.parent());
-        !source.is_some_and(|(stem, dir)| sources.contains(&(dir.to_path_buf(), stem.into())))
+        !source.is_some_and(|((stem, _), dir)| stems.contains(&(dir.to_path_buf(), stem.into())))
     });
     before - found.len()
 }

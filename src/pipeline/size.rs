@@ -100,6 +100,23 @@ impl OutputSize {
         })
     }
 
+    /// Whether `s` has the form of a [`OutputSize::suffix`], of any size.
+    pub fn is_suffix(s: &str) -> bool {
+        let number = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        let factor = |t: &str| {
+            let (whole, fraction) = t.split_once('.').unwrap_or((t, "0"));
+            number(whole) && number(fraction)
+        };
+        if let Some((w, h)) = s.split_once('x').filter(|(w, _)| !w.is_empty()) {
+            return number(w) && number(h);
+        }
+        match s.split_at_checked(1) {
+            Some(("x", rest)) => factor(rest),
+            Some(("w" | "h", rest)) => number(rest),
+            _ => false,
+        }
+    }
+
     /// The suffix of output file names: `x4`, `x2.5`, `w3840`, `h2160`, `3840x2160`.
     pub fn suffix(&self) -> String {
         match *self {
@@ -118,6 +135,27 @@ mod tests {
     fn plan(size: OutputSize, h: usize, w: usize) -> (usize, usize, usize) {
         let p = size.plan(h, w).unwrap();
         (p.scale, p.height, p.width)
+    }
+
+    #[test]
+    fn suffixes_are_recognised() {
+        for size in [
+            OutputSize::Scale(4.0),
+            OutputSize::Scale(2.5),
+            OutputSize::Width(3840),
+            OutputSize::Height(2160),
+            OutputSize::Within {
+                width: 3840,
+                height: 2160,
+            },
+        ] {
+            assert!(OutputSize::is_suffix(&size.suffix()), "{size:?}");
+        }
+        for other in [
+            "", "x", "x2.", "w", "h12a", "4x", "x4x", "final", "v2", "2024",
+        ] {
+            assert!(!OutputSize::is_suffix(other), "{other}");
+        }
     }
 
     #[test]
