@@ -105,7 +105,18 @@ fn inspect_reports_the_config_and_convert_round_trips() {
         .values()
         .all(|t| t.dtype() == candle_core::DType::BF16));
     assert_eq!(ck.tensors.len(), 60);
+    // A config that was only inferred is not stored (it would pass for a known one);
+    // one from a config.json beside the input is.
     let out = infdit(&["inspect", st.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("config (inferred from the shapes"), "{text}");
+    let known = dir.path().join("known.safetensors");
+    infdit(&[
+        "convert",
+        fixture("tiny/weights.safetensors").to_str().unwrap(),
+        known.to_str().unwrap(),
+    ]);
+    let out = infdit(&["inspect", known.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("config (stored in the file): 2 layers"),

@@ -158,13 +158,19 @@ impl Checkpoint {
 
     /// [`Checkpoint::config`], silently, and where the config came from.
     pub fn config_and_source(&self, config_json: &Path) -> Result<(ModelConfig, ConfigSource)> {
+        let stored = embedded_config(&self.path)?;
         if config_json.is_file() {
-            return Ok((
-                ModelConfig::from_json_file(config_json)?,
-                ConfigSource::File,
-            ));
+            let cfg = ModelConfig::from_json_file(config_json)?;
+            if stored.as_ref().is_some_and(|s| *s != cfg) {
+                tracing::warn!(
+                    "{} differs from the config stored in {}; using {0}",
+                    config_json.display(),
+                    self.path.display()
+                );
+            }
+            return Ok((cfg, ConfigSource::File));
         }
-        if let Some(cfg) = embedded_config(&self.path)? {
+        if let Some(cfg) = stored {
             return Ok((cfg, ConfigSource::Stored));
         }
         Ok((self.infer_config()?, ConfigSource::Inferred))

@@ -1,7 +1,7 @@
 //! `infdit inspect` and `infdit convert`.
 
 use super::DTypeArg;
-use crate::checkpoint::{expected_shapes, is_ignored_key, Checkpoint};
+use crate::checkpoint::{expected_shapes, is_ignored_key, Checkpoint, ConfigSource};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
@@ -153,10 +153,16 @@ impl ConvertArgs {
             .collect::<Result<_>>()?;
         // The config travels inside the file, so the result loads as the same model
         // wherever it is put.
-        match ck.config(&self.input.with_file_name("config.json")) {
-            Ok(cfg) => crate::checkpoint::save_model_weights(&self.output, &tensors, &cfg)?,
-            Err(e) => {
-                tracing::warn!("no model config stored in the output: {e:#}");
+        // The config travels inside the file where it is known (not where it would only be
+        // inferred from the shapes: storing a guess would hide that it is one).
+        match ck.config_and_source(&self.input.with_file_name("config.json")) {
+            Ok((cfg, ConfigSource::File | ConfigSource::Stored)) => {
+                crate::checkpoint::save_model_weights(&self.output, &tensors, &cfg)?
+            }
+            known => {
+                if let Err(e) = known {
+                    tracing::warn!("no model config stored in the output: {e:#}");
+                }
                 crate::fsutil::save_safetensors(&self.output, &tensors)?
             }
         }
