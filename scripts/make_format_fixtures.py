@@ -10,6 +10,7 @@ Outputs (tests/fixtures/formats/):
   rgba16.jxl, rgba16.png             lossless 16-bit RGBA
   gray8.jxl, gray8.png               lossless 8-bit grayscale
   lossy.jxl, lossy.png               lossy (VarDCT, distance 1), reference decode
+  anim.jxl                           an animation of three 8×8 frames
   exif_container.jxl                 rgb8's codestream in a container with an Exif box
                                      that says "rotate 90°", which JPEG XL readers ignore:
                                      the codestream's own orientation governs
@@ -82,6 +83,8 @@ def main():
     )
     assert np.array_equal(imagecodecs.jpegxl_decode(container), rgb8)
     open(os.path.join(OUT, "exif_container.jxl"), "wb").write(container)
+    frames = np.stack([pattern(3, 8)[:8, :8] // (k + 1) for k in range(3)])
+    open(os.path.join(OUT, "anim.jxl"), "wb").write(imagecodecs.jpegxl_encode(frames))
 
 
 if __name__ == "__main__":

@@ -319,11 +319,15 @@ fn decode_reader(
         });
     };
     let err = |e| ImageIoError::from_decode(path, e);
-    let image_format = match format.image_format() {
-        Some(f) => f,
+    let (decoded, several) = match format.image_format() {
+        Some(image_format) => {
+            let several = several_images(format, &mut reader);
+            let decoded = decode_image_crate(reader, format, image_format, path, limits)?;
+            (decoded, several)
+        }
         None => {
             let data = read_all(reader, path)?;
-            jxl_check_complete(&data, limits).map_err(|detail| ImageIoError::Corrupt {
+            let frames = jxl_frames(&data, limits).map_err(|detail| ImageIoError::Corrupt {
                 path: path.into(),
                 detail,
             })?;
@@ -332,11 +336,10 @@ fn decode_reader(
             // The decoder has already turned the image upright by the codestream's
             // orientation, which is the one JPEG XL readers obey; an EXIF orientation in
             // the file is not applied again.
-            return decode_with(decoder, format, false, path, limits);
+            let decoded = decode_with(decoder, format, false, path, limits)?;
+            (decoded, (frames > 1).then_some("animated JPEG XL"))
         }
     };
-    let several = several_images(format, &mut reader);
-    let decoded = decode_image_crate(reader, format, image_format, path, limits)?;
     if let Some(what) = several {
         tracing::warn!(
             "{}: {what}: only the first image is upscaled",
@@ -369,9 +372,22 @@ fn decode_image_crate(
                     .into(),
             });
         }
+        // TIFF can lay samples out in ways the decoder does not read (float grayscale,
+        // signed or 64-bit samples); its own words for them are internal.
+        let layout = |e| {
+            match ImageIoError::from_decode(path, e) {
+            ImageIoError::Unsupported { path, detail } => ImageIoError::Unsupported {
+                path,
+                detail: format!(
+                    "a TIFF sample layout this decoder does not read ({detail}); convert it to 8- or 16-bit RGB or grayscale"
+                ),
+            },
+            e => e,
+        }
+        };
         let decoder = reader_for(reader, image_format, limits)
             .into_decoder()
-            .map_err(err)?;
+            .map_err(layout)?;
         let mut decoded = decode_with(decoder, format, true, path, limits)?;
         decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
         return Ok(decoded);
@@ -457,17 +473,18 @@ fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoEr
     Ok(data)
 }
 
-/// Checks that a JPEG XL file holds all of its image. jxl-oxide renders whatever part of a
-/// frame has arrived (progressive decoding), so a half-downloaded file would otherwise be
-/// upscaled with its missing part made up. Loading only parses; pixels are decoded later.
-fn jxl_check_complete(data: &[u8], limits: &DecodeLimits) -> Result<(), String> {
+/// The number of frames of a JPEG XL file, once it is known to hold all of them.
+/// jxl-oxide renders whatever part of a frame has arrived (progressive decoding), so a
+/// half-downloaded file would otherwise be upscaled with its missing part made up.
+/// Loading only parses; pixels are decoded later.
+fn jxl_frames(data: &[u8], limits: &DecodeLimits) -> Result<usize, String> {
     let budget = usize::try_from(limits.max_alloc).unwrap_or(usize::MAX);
     let image = JxlImage::builder()
         .alloc_tracker(AllocTracker::with_limit(budget))
         .read(data)
         .map_err(one_line)?;
     if image.is_loading_done() {
-        Ok(())
+        Ok(image.num_loaded_keyframes())
     } else {
         Err("JPEG XL data ends before the image does (truncated file?)".into())
     }
@@ -1473,6 +1490,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn animated_jpeg_xl_gives_its_first_frame() {
+        let bytes = std::fs::read(format_fixture("anim.jxl")).unwrap();
+        assert_eq!(jxl_frames(&bytes, &limits()), Ok(3));
+        let d = decode_bytes(&bytes, &limits()).unwrap();
+        let rgb8 = decode_file(&format_fixture("rgb8.png"), &limits())
+            .unwrap()
+            .rgb;
+        assert_eq!(d.rgb, rgb8.crop_clamped(0, 0, 8, 8));
+    }
+
     /// JPEG XL readers turn an image by its codestream's orientation and ignore the EXIF
     /// one; applying both would turn a phone photo twice.
     #[test]
@@ -1506,6 +1534,13 @@ mod tests {
             .write_image::<colortype::RGB32>(2, 1, &[0, 1 << 31, u32::MAX, 7, 8, 9])
             .unwrap();
         let integers = integers.into_inner();
+        let mut gray = Cursor::new(Vec::new());
+        TiffEncoder::new(&mut gray)
+            .unwrap()
+            .write_image::<colortype::Gray32Float>(2, 1, &[0.0, 0.5])
+            .unwrap();
+        let e = decode_bytes(gray.get_ref(), &limits()).unwrap_err();
+        assert!(e.to_string().contains("convert it to 8- or 16-bit"), "{e}");
         let e = decode_bytes(&integers, &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("32-bit integer samples"), "{e}");
