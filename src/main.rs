@@ -39,6 +39,23 @@ fn main() -> std::process::ExitCode {
     }) {
         tracing::debug!("no interrupt handler: {e}");
     }
+    // `println!` panics when standard output fails (a full disk behind `> file`); that is
+    // an error to report, not a crash.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if let Some(cause) = message.strip_prefix("failed printing to stdout: ") {
+            infdit::fsutil::remove_partial_files();
+            eprintln!("error: cannot write to standard output: {cause}");
+            std::process::exit(1);
+        }
+        default_hook(info)
+    }));
     let cli = Cli::parse();
     let quiet = matches!(&cli.command, Command::Upscale(args) if args.quiet);
     let level = match (cli.verbose, quiet) {

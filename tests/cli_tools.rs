@@ -287,3 +287,23 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
     assert!(err.contains("x.jpg: ") && err.contains("Jpeg"), "{err}");
     assert!(!out2.join("loss.csv").exists());
 }
+
+/// A failing standard output (a full disk behind `> file`) is an error, not a panic.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_standard_output_is_an_error() {
+    let tiny = common::fixture("tiny");
+    for args in [vec!["inspect", s(&tiny)], vec!["completions", "bash"]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_infdit"))
+            .args(&args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("cannot write to standard output"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}

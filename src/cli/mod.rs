@@ -63,7 +63,11 @@ impl Cli {
             Command::Train(a) => a.run(),
             Command::Eval(a) => return a.run(),
             Command::Completions { shell } => {
-                completions(shell, &mut std::io::stdout());
+                // Generated in memory: clap_complete panics on a failed write.
+                let mut script = Vec::new();
+                completions(shell, &mut script);
+                std::io::Write::write_all(&mut std::io::stdout().lock(), &script)
+                    .context("cannot write to standard output")?;
                 Ok(())
             }
         }?;
