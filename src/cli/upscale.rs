@@ -7,7 +7,8 @@ use crate::engine::memory::parse_size;
 use crate::engine::Order;
 use crate::imageops::io::{
     check_writable, decode_file, decode_named_bytes, encode_bytes, encode_file,
-    has_input_extension, DecodeLimits, EncodeOptions, InputFormat, OutputFormat,
+    has_input_extension, peek_file_size, peek_size, DecodeLimits, EncodeOptions, InputFormat,
+    OutputFormat,
 };
 use crate::model::InfDit;
 use crate::pipeline::{BatchChoice, OutputSize, UpscaleOptions, Upscaler};
@@ -674,6 +675,16 @@ impl UpscaleArgs {
         }
         if !stdout {
             check_writable(&out)?;
+        }
+        // A size that cannot be upscaled, or not in this machine's memory, is refused from
+        // the header, before a large image is decoded.
+        let peeked = match &piped {
+            Some((bytes, name)) => peek_size(bytes, name),
+            None => peek_file_size(input),
+        };
+        if let Some((h, w)) = peeked {
+            up.work(h, w)?;
+            up.check_host_memory(h, w)?;
         }
         let img = match &piped {
             Some((bytes, name)) => decode_named_bytes(bytes, name, &limits)?,

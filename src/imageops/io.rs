@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Cursor, Seek, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Cursor, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -297,6 +297,42 @@ pub fn input_format_names() -> String {
 /// Whether `path`'s extension names an input format (for directory listings).
 pub fn has_input_extension(path: &Path) -> bool {
     InputFormat::from_path(path).is_some()
+}
+
+/// The upright size (height, width) of the image in `bytes`, read from its header
+/// without decoding it, so that a caller can refuse work it cannot do before decoding a
+/// large image. `None` where the header does not tell (decoding then reports why).
+pub fn peek_size(bytes: &[u8], name: &Path) -> Option<(usize, usize)> {
+    let (w, h, turned) = match InputFormat::detect(bytes, name)?.image_format() {
+        Some(f) => {
+            let mut decoder = ImageReader::with_format(Cursor::new(bytes), f)
+                .into_decoder()
+                .ok()?;
+            let (w, h) = decoder.dimensions();
+            let turned = decoder.orientation().ok().is_some_and(|o| {
+                use image::metadata::Orientation::*;
+                matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
+            });
+            (w, h, turned)
+        }
+        None => {
+            let image = JxlImage::builder().read(bytes).ok()?;
+            (image.width(), image.height(), false)
+        }
+    };
+    let (h, w) = (h as usize, w as usize);
+    Some(if turned { (w, h) } else { (h, w) })
+}
+
+/// [`peek_size`] of a file.
+pub fn peek_file_size(path: &Path) -> Option<(usize, usize)> {
+    let mut head = Vec::new();
+    File::open(path)
+        .ok()?
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .ok()?;
+    peek_size(&head, path)
 }
 
 /// Detects and vets the format, then decodes.
@@ -1348,6 +1384,14 @@ mod tests {
         // Without the tag the same data stays as stored.
         let plain = decode_file(&path, &limits()).unwrap();
         assert_eq!((plain.rgb.height, plain.rgb.width), (8, 16));
+        // The header alone tells the upright size.
+        assert_eq!(peek_size(&rotated, Path::new("r.jpg")), Some((16, 8)));
+        assert_eq!(peek_file_size(&path), Some((8, 16)));
+        assert_eq!(
+            peek_file_size(&format_fixture("exif_container.jxl")),
+            Some((17, 23))
+        );
+        assert_eq!(peek_size(b"not an image", Path::new("x.png")), None);
     }
 
     #[test]

@@ -223,7 +223,7 @@ impl Upscaler {
     /// Refuses an image whose sampler buffers cannot fit in the host's memory, before any
     /// is allocated (an allocation that fails aborts the process). On the CPU the
     /// memory budget counts them already; a GPU budget covers only the device.
-    fn check_host_memory(&self, height: usize, width: usize) -> Result<()> {
+    pub fn check_host_memory(&self, height: usize, width: usize) -> Result<()> {
         let Some(available) = available_memory() else {
             return Ok(());
         };
