@@ -5,7 +5,7 @@ use crate::checkpoint::ModelSource;
 use crate::config::ModelConfig;
 use crate::train::data::PhotoDataset;
 use crate::train::trainer::{saved_options, small_config, Start, TrainOptions, Trainer};
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use candle_core::DType;
 use clap::Args;
 use indicatif::ProgressBar;
@@ -87,6 +87,17 @@ pub struct TrainArgs {
 impl TrainArgs {
     pub fn run(self) -> Result<()> {
         let device = parse_device(&self.device)?;
+        // A new run must not overwrite a saved one (its weights, state and loss log).
+        let resumes_out = self
+            .resume
+            .as_deref()
+            .is_some_and(|r| r.canonicalize().ok() == self.out.canonicalize().ok());
+        if self.out.join("train_state.json").is_file() && !resumes_out {
+            bail!(
+                "{} holds a saved training run: continue it with --resume {0}, or choose another --out",
+                self.out.display()
+            );
+        }
         let mut opts = match &self.resume {
             Some(dir) => saved_options(dir)?,
             None => TrainOptions::default(),
