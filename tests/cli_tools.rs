@@ -264,7 +264,11 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
     // A new run does not overwrite a saved one.
     let o = run(&["--steps", "2"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("holds a saved training run"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("holds a saved training run"),
+        "{}",
+        stderr(&o)
+    );
 
     // With none usable the run fails, naming a photo and the cause, and logs nothing.
     let bad = dir.path().join("bad");

@@ -4,106 +4,68 @@
 //! there. Upscaling colour and alpha separately would carry that hidden colour into the
 //! half-transparent edge pixels of the result (dark fringes around a sprite on a
 //! transparent background). So before upscaling, every fully transparent pixel takes the
-//! colour of the visible pixels around it, by pull-push: a pyramid of averages over
-//! visible pixels is built up, and the holes are filled from the finest level that has
-//! colour there. Visible pixels, partly transparent ones included, are left as they are.
+//! colour of the nearest visible pixel. Nearest, not an average of the surroundings: beside
+//! a thin line the fill is the line's own colour, not a blend with whatever lies further
+//! off. Visible pixels, partly transparent ones included, are left as they are.
 
 use super::Planar;
 
-/// `rgb` with each pixel whose `alpha` is 0 given the colour of the nearest visible pixels
+/// `rgb` with each pixel whose `alpha` is 0 given the colour of the nearest visible pixel
 /// (unchanged when no pixel, or every pixel, is transparent).
 pub fn fill_transparent(rgb: &Planar, alpha: &Planar) -> Planar {
+    let (h, w) = (rgb.height, rgb.width);
     assert_eq!(
         (alpha.height, alpha.width),
-        (rgb.height, rgb.width),
+        (h, w),
         "alpha and colour sizes differ"
     );
-    let visible: Vec<f32> = alpha
-        .plane(0)
-        .iter()
-        .map(|&a| if a > 0.0 { 1.0 } else { 0.0 })
+    let mut nearest: Vec<Option<(usize, usize)>> = (0..h * w)
+        .map(|i| (alpha.data[i] > 0.0).then_some((i / w, i % w)))
         .collect();
-    if visible.iter().all(|&v| v == 1.0) || visible.iter().all(|&v| v == 0.0) {
+    if nearest.iter().all(Option::is_some) || nearest.iter().all(Option::is_none) {
         return rgb.clone();
     }
-    let base = Level {
-        h: rgb.height,
-        w: rgb.width,
-        weight: visible,
-        colour: rgb.data.clone(),
+    // Two sweeps of an 8-neighbour distance transform: each pixel takes whichever of
+    // its already-visited neighbours' nearest visible pixels is closest to it.
+    let dist = |(y, x): (usize, usize), (sy, sx): (usize, usize)| {
+        y.abs_diff(sy).pow(2) + x.abs_diff(sx).pow(2)
     };
-    let mut levels = vec![base];
-    while levels.last().is_some_and(|l| l.h > 1 || l.w > 1) {
-        let next = levels.last().unwrap().pull();
-        levels.push(next);
-    }
-    for i in (0..levels.len() - 1).rev() {
-        let (fine, coarse) = levels.split_at_mut(i + 1);
-        fine[i].push(&coarse[0]);
-    }
-    let base = levels.swap_remove(0);
-    Planar::new(rgb.channels, rgb.height, rgb.width, base.colour)
-}
-
-/// One pyramid level: colour (3 planes, the average over visible pixels where `weight`
-/// is above 0) and the share of it that is known, in [0, 1].
-struct Level {
-    h: usize,
-    w: usize,
-    weight: Vec<f32>,
-    colour: Vec<f32>,
-}
-
-impl Level {
-    /// The next coarser level: each pixel is the weighted average of a 2×2 block.
-    fn pull(&self) -> Level {
-        let (h, w) = (self.h.div_ceil(2), self.w.div_ceil(2));
-        let (n, fine_n) = (h * w, self.h * self.w);
-        let mut weight = vec![0.0; n];
-        let mut colour = vec![0.0; 3 * n];
-        for y in 0..self.h {
-            for x in 0..self.w {
-                let (i, j) = (y * self.w + x, (y / 2) * w + x / 2);
-                let wt = self.weight[i];
-                weight[j] += wt;
-                for c in 0..3 {
-                    colour[c * n + j] += wt * self.colour[c * fine_n + i];
+    let mut relax = |y: usize, x: usize, neighbours: [(isize, isize); 4]| {
+        for (dy, dx) in neighbours {
+            let (ny, nx) = (y as isize + dy, x as isize + dx);
+            if ny < 0 || nx < 0 || ny >= h as isize || nx >= w as isize {
+                continue;
+            }
+            if let Some(source) = nearest[ny as usize * w + nx as usize] {
+                let here = &mut nearest[y * w + x];
+                if here.is_none_or(|current| dist((y, x), source) < dist((y, x), current)) {
+                    *here = Some(source);
                 }
             }
         }
-        for j in 0..n {
-            if weight[j] > 0.0 {
-                for c in 0..3 {
-                    colour[c * n + j] /= weight[j];
-                }
-            }
-            weight[j] = weight[j].min(1.0);
-        }
-        Level {
-            h,
-            w,
-            weight,
-            colour,
+    };
+    for y in 0..h {
+        for x in 0..w {
+            relax(y, x, [(0, -1), (-1, -1), (-1, 0), (-1, 1)]);
         }
     }
-
-    /// Fills the unknown share of each pixel from `coarse`, the level above.
-    fn push(&mut self, coarse: &Level) {
-        let (n, coarse_n) = (self.h * self.w, coarse.h * coarse.w);
-        for y in 0..self.h {
-            for x in 0..self.w {
-                let (i, j) = (y * self.w + x, (y / 2) * coarse.w + x / 2);
-                let wt = self.weight[i];
-                if wt < 1.0 {
-                    for c in 0..3 {
-                        let known = self.colour[c * n + i];
-                        self.colour[c * n + i] =
-                            wt * known + (1.0 - wt) * coarse.colour[c * coarse_n + j];
-                    }
-                }
+    for y in (0..h).rev() {
+        for x in (0..w).rev() {
+            relax(y, x, [(0, 1), (1, 1), (1, 0), (1, -1)]);
+        }
+    }
+    let mut out = rgb.clone();
+    let n = h * w;
+    for (i, source) in nearest.into_iter().enumerate() {
+        let Some((sy, sx)) = source else { continue };
+        let j = sy * w + sx;
+        if j != i {
+            for c in 0..rgb.channels {
+                out.data[c * n + i] = rgb.data[c * n + j];
             }
         }
     }
+    out
 }
 
 #[cfg(test)]
@@ -159,7 +121,38 @@ mod tests {
             }
         }
         // Right beside the visible pixels the fill is their colour, not a far average.
-        assert!(filled.at(0, 2, 6) >= 0.5);
+        assert_eq!(filled.at(0, 2, 6), 0.5);
+    }
+
+    #[test]
+    fn thin_lines_keep_their_own_colour_beside_them() {
+        // A blue and a yellow column, three transparent columns apart.
+        let (h, w) = (4, 7);
+        let rgb = planes(h, w, |_, x| match x {
+            1 => [0.0, 0.0, 1.0],
+            5 => [1.0, 1.0, 0.0],
+            _ => [0.0, 0.0, 0.0],
+        });
+        let alpha = Planar::new(
+            1,
+            h,
+            w,
+            (0..h * w)
+                .map(|i| if [1, 5].contains(&(i % w)) { 1.0 } else { 0.0 })
+                .collect(),
+        );
+        let filled = fill_transparent(&rgb, &alpha);
+        for y in 0..h {
+            for (x, want) in [
+                (0, [0.0, 0.0, 1.0]),
+                (2, [0.0, 0.0, 1.0]),
+                (4, [1.0, 1.0, 0.0]),
+                (6, [1.0, 1.0, 0.0]),
+            ] {
+                let got: Vec<f32> = (0..3).map(|c| filled.at(c, y, x)).collect();
+                assert_eq!(got, want, "({y}, {x})");
+            }
+        }
     }
 
     #[test]

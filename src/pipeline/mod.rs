@@ -262,7 +262,7 @@ impl Upscaler {
     }
 
     /// Upscales colour and, if there is one, an alpha plane (values in [0, 1]). Colour
-    /// under fully transparent pixels is first replaced by the colour around it
+    /// under fully transparent pixels is first replaced by the nearest visible colour
     /// ([`fill_transparent`]), so that the hidden colour does not fringe the edges.
     pub fn upscale_planes(
         &self,
