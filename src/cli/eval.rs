@@ -24,7 +24,8 @@ pub struct EvalArgs {
     /// Ground-truth image or directory.
     #[arg(long)]
     hr: PathBuf,
-    /// Upscaled image or directory (matched to HR files by name stem prefix).
+    /// Upscaled image or directory (matched to HR files by name: `photo.png` or
+    /// `photo_x4.png` for `photo.png`).
     #[arg(long, required_unless_present = "baseline")]
     sr: Option<PathBuf>,
     #[arg(long, value_enum)]
@@ -90,6 +91,24 @@ fn load(p: &Path) -> Result<Planar> {
 /// shaved image.
 fn least_side(shave: usize) -> usize {
     shave.saturating_mul(2).saturating_add(11)
+}
+
+/// The upscaled file of the HR image named `stem`: the file of the same stem, else one
+/// whose stem continues it after a separator (`photo_x4`, `photo-sr`, `photo.out`), so
+/// that `p.png` is not paired with `photo_x4.png`.
+fn upscaled_of<'a>(stem: &str, files: &'a [PathBuf]) -> Option<&'a PathBuf> {
+    let stem_of = |f: &PathBuf| f.file_stem().map(|s| s.to_string_lossy().into_owned());
+    files
+        .iter()
+        .find(|f| stem_of(f).is_some_and(|s| s == stem))
+        .or_else(|| {
+            files.iter().find(|f| {
+                stem_of(f).is_some_and(|s| {
+                    s.strip_prefix(stem)
+                        .is_some_and(|rest| rest.starts_with(['_', '-', '.', ' ']))
+                })
+            })
+        })
 }
 
 /// Crops both to their common size (upscalers may round sizes by a few pixels); sizes
@@ -217,7 +236,7 @@ impl EvalArgs {
     }
 
     /// Scores of one HR image against its upscaled file in `sr` (a file or a directory
-    /// whose `sr_files` are matched by name stem prefix).
+    /// whose `sr_files` are matched by name, see [`upscaled_of`]).
     fn sr_scores(&self, f: &Path, sr: &Path, sr_files: &[PathBuf]) -> Result<Scores> {
         let stem = f
             .file_stem()
@@ -227,13 +246,8 @@ impl EvalArgs {
         let m = if sr.is_file() {
             sr
         } else {
-            sr_files
-                .iter()
-                .find(|s| {
-                    s.file_stem()
-                        .is_some_and(|x| x.to_string_lossy().starts_with(&stem))
-                })
-                .with_context(|| format!("no upscaled image in {}", sr.display()))?
+            upscaled_of(&stem, sr_files)
+                .with_context(|| format!("no upscaled image for {stem} in {}", sr.display()))?
         };
         let hr = load(f)?;
         let sr = load(m)?;
@@ -343,6 +357,23 @@ fn print_table(header: &[String], rows: &[(String, Scores)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upscaled_files_are_matched_by_whole_name() {
+        let files: Vec<PathBuf> = [
+            "sr/photo_x4.png",
+            "sr/p.png",
+            "sr/pic-sr.jpg",
+            "sr/photo2.png",
+        ]
+        .map(PathBuf::from)
+        .into();
+        let of = |stem| upscaled_of(stem, &files).map(|p| p.to_str().unwrap());
+        assert_eq!(of("p"), Some("sr/p.png"));
+        assert_eq!(of("photo"), Some("sr/photo_x4.png"));
+        assert_eq!(of("pic"), Some("sr/pic-sr.jpg"));
+        assert_eq!(of("ph"), None);
+    }
 
     fn flat(h: usize, w: usize) -> Planar {
         Planar::new(3, h, w, vec![0.5; 3 * h * w])
