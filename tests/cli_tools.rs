@@ -261,14 +261,21 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
     let o = run(&["--resume", s(&out), "--steps", "4"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("already at step 4"), "{}", stderr(&o));
-    // A new run does not overwrite a saved one.
+    // A new run does not overwrite a saved one, or a model.
     let o = run(&["--steps", "2"]);
     assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
     assert!(
-        stderr(&o).contains("holds a saved training run"),
-        "{}",
-        stderr(&o)
+        err.contains("holds a model or a saved training run"),
+        "{err}"
     );
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let weights = model.join("weights.safetensors");
+    std::fs::copy(common::fixture("tiny/weights.safetensors"), &weights).unwrap();
+    let o = infdit(&["train", "-q", "--data", s(&photos), "--out", s(&model)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("holds a model"), "{}", stderr(&o));
 
     // With none usable the run fails, naming a photo and the cause, and logs nothing.
     let bad = dir.path().join("bad");

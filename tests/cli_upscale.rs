@@ -237,6 +237,43 @@ fn scans_pass_over_hidden_files_link_loops_and_earlier_results() {
     assert!(d.join("a_x4_x2.png").exists());
 }
 
+/// Patterns match as a shell's do: case matters, `*` passes over hidden names unless the
+/// pattern spells the dot, `//` and `/./` mean what they do in a path, `**` goes down any
+/// number of levels; earlier results are passed over even when a link of their chain is
+/// gone.
+#[test]
+fn patterns_match_as_a_shell_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let d = dir.path().join("d");
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    let names = [
+        "a.png",
+        "UP.PNG",
+        ".h.png",
+        "sub/b.png",
+        "a_x4_x2.png",
+        "a_w20_x4.png",
+    ];
+    for name in names {
+        save(gradient(8, 6), &d.join(name), ImageFormat::Png);
+    }
+    // Each pattern's results go to a fresh directory, which is then listed.
+    let mut k = 0;
+    let mut run = |pattern: &str| {
+        k += 1;
+        let out = dir.path().join(format!("out{k}"));
+        let arg = format!("{}/{pattern}", s(&d));
+        upscale_ok(&model, &[&arg, "--scale", "3", "-o", s(&out)]);
+        listing(&out)
+    };
+    assert_eq!(run("*.png"), ["a_x3.png"]);
+    assert_eq!(run("*.PNG"), ["UP_x3.png"]);
+    assert_eq!(run(".*.png"), [".h_x3.png"]);
+    assert_eq!(run("sub/./*.png"), ["b_x3.png"]);
+    assert_eq!(run("**/*.png"), ["a_x3.png", "b_x3.png"]);
+}
+
 /// JPEG XL (decoded by jxl-oxide, not the image crate) is found in directories, keeps its
 /// 16 bits and alpha, and is written as PNG.
 #[test]

@@ -93,22 +93,35 @@ fn least_side(shave: usize) -> usize {
     shave.saturating_mul(2).saturating_add(11)
 }
 
-/// The upscaled file of the HR image named `stem`: the file of the same stem, else one
-/// whose stem continues it after a separator (`photo_x4`, `photo-sr`, `photo.out`), so
-/// that `p.png` is not paired with `photo_x4.png`.
-fn upscaled_of<'a>(stem: &str, files: &'a [PathBuf]) -> Option<&'a PathBuf> {
+/// The upscaled file of the HR image named `stem`: the file of the same stem, else the
+/// one whose stem continues it after a separator (`photo_x4`, `photo-sr`, `photo.out`), so
+/// that `p.png` is not paired with `photo_x4.png`. Several of the latter are ambiguous.
+fn upscaled_of<'a>(stem: &str, files: &'a [PathBuf]) -> Result<&'a PathBuf> {
     let stem_of = |f: &PathBuf| f.file_stem().map(|s| s.to_string_lossy().into_owned());
-    files
+    if let Some(exact) = files.iter().find(|f| stem_of(f).is_some_and(|s| s == stem)) {
+        return Ok(exact);
+    }
+    let continued: Vec<&PathBuf> = files
         .iter()
-        .find(|f| stem_of(f).is_some_and(|s| s == stem))
-        .or_else(|| {
-            files.iter().find(|f| {
-                stem_of(f).is_some_and(|s| {
-                    s.strip_prefix(stem)
-                        .is_some_and(|rest| rest.starts_with(['_', '-', '.', ' ']))
-                })
+        .filter(|f| {
+            stem_of(f).is_some_and(|s| {
+                s.strip_prefix(stem)
+                    .is_some_and(|rest| rest.starts_with(['_', '-', '.', ' ']))
             })
         })
+        .collect();
+    match continued[..] {
+        [one] => Ok(one),
+        [] => bail!("no upscaled image for {stem}"),
+        _ => bail!(
+            "several upscaled images could be {stem}'s: {}",
+            continued
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Crops both to their common size (upscalers may round sizes by a few pixels); sizes
@@ -246,8 +259,7 @@ impl EvalArgs {
         let m = if sr.is_file() {
             sr
         } else {
-            upscaled_of(&stem, sr_files)
-                .with_context(|| format!("no upscaled image for {stem} in {}", sr.display()))?
+            upscaled_of(&stem, sr_files).with_context(|| format!("in {}", sr.display()))?
         };
         let hr = load(f)?;
         let sr = load(m)?;
@@ -368,11 +380,14 @@ mod tests {
         ]
         .map(PathBuf::from)
         .into();
-        let of = |stem| upscaled_of(stem, &files).map(|p| p.to_str().unwrap());
+        let of = |stem| upscaled_of(stem, &files).ok().map(|p| p.to_str().unwrap());
         assert_eq!(of("p"), Some("sr/p.png"));
         assert_eq!(of("photo"), Some("sr/photo_x4.png"));
         assert_eq!(of("pic"), Some("sr/pic-sr.jpg"));
         assert_eq!(of("ph"), None);
+        let two = [PathBuf::from("a_x2.png"), PathBuf::from("a_x4.png")];
+        let err = upscaled_of("a", &two).unwrap_err().to_string();
+        assert!(err.contains("several"), "{err}");
     }
 
     fn flat(h: usize, w: usize) -> Planar {

@@ -87,14 +87,17 @@ pub struct TrainArgs {
 impl TrainArgs {
     pub fn run(self) -> Result<()> {
         let device = parse_device(&self.device)?;
-        // A new run must not overwrite a saved one (its weights, state and loss log).
+        // A new run must not overwrite a saved one or a model (weights, state, loss log).
         let resumes_out = self
             .resume
             .as_deref()
             .is_some_and(|r| r.canonicalize().ok() == self.out.canonicalize().ok());
-        if self.out.join("train_state.json").is_file() && !resumes_out {
+        let holds_model = ["train_state.json", "weights.safetensors"]
+            .iter()
+            .any(|f| self.out.join(f).is_file());
+        if holds_model && !resumes_out {
             bail!(
-                "{} holds a saved training run: continue it with --resume {0}, or choose another --out",
+                "{} holds a model or a saved training run: continue it with --resume {0}, or choose another --out",
                 self.out.display()
             );
         }

@@ -775,6 +775,8 @@ fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Res
 struct Scan {
     visited: HashSet<PathBuf>,
     found: Vec<Input>,
+    /// Pass over hidden entries (a pattern decides for itself, as a shell does).
+    skip_hidden: bool,
 }
 
 impl Scan {
@@ -783,6 +785,7 @@ impl Scan {
         Self {
             visited: skip.into_iter().collect(),
             found: Vec::new(),
+            skip_hidden: true,
         }
     }
 
@@ -801,7 +804,7 @@ impl Scan {
             .with_context(|| format!("cannot read directory {}", dir.display()))?
         {
             let entry = entry?;
-            if !entry.file_name().to_string_lossy().starts_with('.') {
+            if !(self.skip_hidden && entry.file_name().to_string_lossy().starts_with('.')) {
                 entries.push(entry.path());
             }
         }
@@ -827,12 +830,17 @@ impl Scan {
 /// without wildcards and goes as deep as the pattern does (all the way for `**`), with
 /// [`Scan`]'s rules, so that links cannot make it endless either.
 fn match_pattern(arg: &str, output_dir: Option<PathBuf>) -> Result<Vec<Input>> {
-    let pattern = glob::Pattern::new(arg).map_err(|e| anyhow!("invalid pattern: {e}"))?;
+    // As in a shell: case matters, `*` stops at `/` and does not match a leading dot.
     let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
         require_literal_leading_dot: true,
-        ..Default::default()
     };
     let components: Vec<_> = Path::new(arg).components().collect();
+    // The walk gives paths without `//` or inner `/./`; so must the pattern.
+    let normalized: PathBuf = components.iter().collect();
+    let pattern = glob::Pattern::new(&normalized.to_string_lossy())
+        .map_err(|e| anyhow!("invalid pattern: {e}"))?;
     let literal = components
         .iter()
         .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
@@ -852,6 +860,7 @@ fn match_pattern(arg: &str, output_dir: Option<PathBuf>) -> Result<Vec<Input>> {
         return Ok(Vec::new());
     }
     let mut scan = Scan::new(output_dir);
+    scan.skip_hidden = false;
     scan.walk(start, start, depth)?;
     let mut found: Vec<Input> = scan
         .found
@@ -879,14 +888,22 @@ fn drop_earlier_results(found: &mut Vec<Input>) -> usize {
     let stems: HashSet<_> = found.iter().filter_map(|i| key(&i.path)).collect();
     let before = found.len();
     found.retain(|i| {
-        let source = i
-            .path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|stem| stem.rsplit_once('_'))
-            .filter(|(_, suffix)| OutputSize::is_suffix(suffix))
-            .zip(i.path.parent());
-        !source.is_some_and(|((stem, _), dir)| stems.contains(&(dir.to_path_buf(), stem.into())))
+        let (Some(mut stem), Some(dir)) =
+            (i.path.file_stem().and_then(|s| s.to_str()), i.path.parent())
+        else {
+            return true;
+        };
+        // `a_x4_x2` comes from `a_x4`, or from `a` where that one was deleted.
+        while let Some((source, suffix)) = stem.rsplit_once('_') {
+            if !OutputSize::is_suffix(suffix) {
+                break;
+            }
+            if stems.contains(&(dir.to_path_buf(), source.into())) {
+                return false;
+            }
+            stem = source;
+        }
+        true
     });
     before - found.len()
 }
