@@ -104,6 +104,16 @@ fn eval_reports_each_failed_image_and_scores_the_others() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("too small to score"), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("c.png"));
+
+    // An upscaled file a few pixels off the HR size is scored on the shared part, with a
+    // warning that says so.
+    let sr = dir.path().join("sr");
+    std::fs::create_dir(&sr).unwrap();
+    write_image(&sr.join("a_x4.png"), 46, 40);
+    let a = hr.join("a.png");
+    let o = infdit(&["eval", "--hr", s(&a), "--sr", s(&sr)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is 46x40"), "{}", stderr(&o));
 }
 
 #[test]

@@ -263,6 +263,17 @@ impl EvalArgs {
         };
         let hr = load(f)?;
         let sr = load(m)?;
+        if (sr.height, sr.width) != (hr.height, hr.width) {
+            tracing::warn!(
+                "{} is {}x{}, {} is {}x{}: scoring the part they share",
+                m.display(),
+                sr.width,
+                sr.height,
+                f.display(),
+                hr.width,
+                hr.height
+            );
+        }
         let scored = score(&hr, &sr, self.shave)
             .with_context(|| format!("compared with {}", m.display()))?;
         Ok(vec![scored])
