@@ -7,8 +7,7 @@ use crate::engine::memory::parse_size;
 use crate::engine::Order;
 use crate::imageops::io::{
     check_writable, decode_file, decode_named_bytes, encode_bytes, encode_file,
-    has_input_extension, peek_file_size, peek_size, DecodeLimits, EncodeOptions, InputFormat,
-    OutputFormat,
+    has_input_extension, peek, peek_file, DecodeLimits, EncodeOptions, InputFormat, OutputFormat,
 };
 use crate::model::InfDit;
 use crate::pipeline::{BatchChoice, OutputSize, UpscaleOptions, Upscaler};
@@ -653,12 +652,13 @@ impl UpscaleArgs {
         } else {
             None
         };
-        // The output name needs the source format; sniff it cheaply before decoding.
-        let format = match &piped {
-            Some((bytes, _)) => InputFormat::detect(bytes, input),
-            None => InputFormat::of_file(input).unwrap_or(None),
+        // The output name needs the source format, and the size check below the size:
+        // both come from the header, before decoding.
+        let peeked = match &piped {
+            Some((bytes, name)) => peek(bytes, name),
+            None => peek_file(input),
         };
-        let (out, out_format) = self.output_path(item, format)?;
+        let (out, out_format) = self.output_path(item, peeked.map(|p| p.format))?;
         let stdout = is_stdio(&out);
         if !stdout && out.canonicalize().ok() == input.canonicalize().ok() && out.exists() {
             bail!("the output {} would replace its own input", out.display());
@@ -678,11 +678,7 @@ impl UpscaleArgs {
         }
         // A size that cannot be upscaled, or not in this machine's memory, is refused from
         // the header, before a large image is decoded.
-        let peeked = match &piped {
-            Some((bytes, name)) => peek_size(bytes, name),
-            None => peek_file_size(input),
-        };
-        if let Some((h, w)) = peeked {
+        if let Some((h, w)) = peeked.and_then(|p| p.size) {
             up.work(h, w)?;
             up.check_host_memory(h, w)?;
         }

@@ -246,12 +246,6 @@ impl InputFormat {
         }
     }
 
-    /// The format of the file at `path`, from its first bytes (see [`Self::detect`]).
-    pub fn of_file(path: &Path) -> io::Result<Option<Self>> {
-        let mut reader = BufReader::new(File::open(path)?);
-        Ok(Self::detect(reader.fill_buf()?, path))
-    }
-
     /// The output format a result takes by default: the input's, where it can be written,
     /// else PNG (lossless, alpha and 16 bits kept).
     pub fn default_output(self) -> OutputFormat {
@@ -299,40 +293,55 @@ pub fn has_input_extension(path: &Path) -> bool {
     InputFormat::from_path(path).is_some()
 }
 
-/// The upright size (height, width) of the image in `bytes`, read from its header
-/// without decoding it, so that a caller can refuse work it cannot do before decoding a
-/// large image. `None` where the header does not tell (decoding then reports why).
-pub fn peek_size(bytes: &[u8], name: &Path) -> Option<(usize, usize)> {
-    let (w, h, turned) = match InputFormat::detect(bytes, name)?.image_format() {
-        Some(f) => {
-            let mut decoder = ImageReader::with_format(Cursor::new(bytes), f)
-                .into_decoder()
-                .ok()?;
-            let (w, h) = decoder.dimensions();
-            let turned = decoder.orientation().ok().is_some_and(|o| {
-                use image::metadata::Orientation::*;
-                matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
-            });
-            (w, h, turned)
-        }
-        None => {
-            let image = JxlImage::builder().read(bytes).ok()?;
-            (image.width(), image.height(), false)
-        }
-    };
-    let (h, w) = (h as usize, w as usize);
-    Some(if turned { (w, h) } else { (h, w) })
+/// What a file's first bytes tell before it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    pub format: InputFormat,
+    /// The upright size (height, width), where the header tells it; read so that a caller
+    /// can refuse work it cannot do before decoding a large image.
+    pub size: Option<(usize, usize)>,
 }
 
-/// [`peek_size`] of a file.
-pub fn peek_file_size(path: &Path) -> Option<(usize, usize)> {
+/// The format and size of the image in `bytes` (its head is enough), or `None` for no
+/// accepted format (decoding then reports why).
+pub fn peek(bytes: &[u8], name: &Path) -> Option<Peek> {
+    let format = InputFormat::detect(bytes, name)?;
+    let size = match format.image_format() {
+        Some(f) => ImageReader::with_format(Cursor::new(bytes), f)
+            .into_decoder()
+            .ok()
+            .map(|mut decoder| {
+                let (w, h) = decoder.dimensions();
+                let turned = decoder.orientation().ok().is_some_and(|o| {
+                    use image::metadata::Orientation::*;
+                    matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
+                });
+                if turned {
+                    (w, h)
+                } else {
+                    (h, w)
+                }
+            }),
+        None => JxlImage::builder()
+            .read(bytes)
+            .ok()
+            .map(|image| (image.height(), image.width())),
+    };
+    Some(Peek {
+        format,
+        size: size.map(|(h, w)| (h as usize, w as usize)),
+    })
+}
+
+/// [`peek`] at a file, from its first MiB.
+pub fn peek_file(path: &Path) -> Option<Peek> {
     let mut head = Vec::new();
     File::open(path)
         .ok()?
         .take(1 << 20)
         .read_to_end(&mut head)
         .ok()?;
-    peek_size(&head, path)
+    peek(&head, path)
 }
 
 /// Detects and vets the format, then decodes.
@@ -356,11 +365,7 @@ fn decode_reader(
     };
     let err = |e| ImageIoError::from_decode(path, e);
     let (decoded, several) = match format.image_format() {
-        Some(image_format) => {
-            let several = several_images(format, &mut reader);
-            let decoded = decode_image_crate(reader, format, image_format, path, limits)?;
-            (decoded, several)
-        }
+        Some(image_format) => decode_image_crate(reader, format, image_format, path, limits)?,
         None => {
             let data = read_all(reader, path)?;
             let frames = jxl_frames(&data, limits).map_err(|detail| ImageIoError::Corrupt {
@@ -385,54 +390,55 @@ fn decode_reader(
     Ok(decoded)
 }
 
-/// Decodes a format the image crate reads.
+/// Decodes a format the image crate reads; also names what the file holds beyond the
+/// image decoded (see [`several_images`]).
 fn decode_image_crate(
     mut reader: impl BufRead + Seek,
     format: InputFormat,
     image_format: ImageFormat,
     path: &Path,
     limits: &DecodeLimits,
-) -> Result<DecodedImage, ImageIoError> {
+) -> Result<(DecodedImage, Option<&'static str>), ImageIoError> {
     let err = |e| ImageIoError::from_decode(path, e);
     fn reader_for<R: BufRead + Seek>(r: R, f: ImageFormat, l: &DecodeLimits) -> ImageReader<R> {
         let mut reader = ImageReader::with_format(r, f);
         reader.limits(l.for_decoder());
         reader
     }
-    if format == InputFormat::Tiff {
-        let facts = TiffFacts::read(&mut reader);
-        if facts.wide_integer_samples {
-            return Err(ImageIoError::Unsupported {
-                path: path.into(),
-                detail: "TIFF with 32-bit integer samples (convert it to 16-bit or floating point)"
-                    .into(),
-            });
-        }
-        // TIFF can lay samples out in ways the decoder does not read (float grayscale,
-        // signed or 64-bit samples); its own words for them are internal.
-        let layout = |e| {
-            match ImageIoError::from_decode(path, e) {
-            ImageIoError::Unsupported { path, detail } => ImageIoError::Unsupported {
-                path,
-                detail: format!(
-                    "a TIFF sample layout this decoder does not read ({detail}); convert it to 8- or 16-bit RGB or grayscale"
-                ),
-            },
-            e => e,
-        }
-        };
-        let decoder = reader_for(reader, image_format, limits)
-            .into_decoder()
-            .map_err(layout)?;
-        let mut decoded = decode_with(decoder, format, true, path, limits)?;
-        decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
-        return Ok(decoded);
+    let tiff = (format == InputFormat::Tiff).then(|| TiffFacts::read(&mut reader));
+    let several = match &tiff {
+        Some(facts) => facts.pages.then_some("multi-page TIFF"),
+        None => several_images(format, &mut reader),
+    };
+    if tiff.as_ref().is_some_and(|f| f.wide_integer_samples) {
+        return Err(ImageIoError::Unsupported {
+            path: path.into(),
+            detail: "TIFF with 32-bit integer samples (convert it to 16-bit or floating point)"
+                .into(),
+        });
     }
     if !matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
         let decoder = reader_for(reader, image_format, limits)
             .into_decoder()
-            .map_err(err)?;
-        return decode_with(decoder, format, true, path, limits);
+            .map_err(|e| match err(e) {
+                // TIFF can lay samples out in ways the decoder does not read (float
+                // grayscale, signed or 64-bit samples); its own words for them are internal.
+                ImageIoError::Unsupported { path, detail } if tiff.is_some() => {
+                    ImageIoError::Unsupported {
+                        path,
+                        detail: format!(
+                            "a TIFF sample layout this decoder does not read ({detail}); \
+                             convert it to 8- or 16-bit RGB or grayscale"
+                        ),
+                    }
+                }
+                e => e,
+            })?;
+        let mut decoded = decode_with(decoder, format, true, path, limits)?;
+        if let Some(facts) = tiff {
+            decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
+        }
+        return Ok((decoded, several));
     }
     // Both decoders read the whole file into memory anyway, so this copy is cheap.
     let data = read_all(reader, path)?;
@@ -456,7 +462,7 @@ fn decode_image_crate(
     {
         decoded.alpha = None;
     }
-    Ok(decoded)
+    Ok((decoded, several))
 }
 
 /// What the image crate's TIFF decoder gets wrong, read with the tiff crate.
@@ -469,6 +475,8 @@ struct TiffFacts {
     /// The ICC profile, which the image crate does not read from TIFF (the tag's type is
     /// UNDEFINED, not BYTE).
     icc_profile: Option<Vec<u8>>,
+    /// More pages follow the first.
+    pages: bool,
 }
 
 impl TiffFacts {
@@ -493,6 +501,7 @@ impl TiffFacts {
                     wide_integer_samples: bits.ok().flatten().is_some_and(|b| b.contains(&32))
                         && !float,
                     icc_profile,
+                    pages: d.more_images(),
                 }
             },
         );
@@ -542,8 +551,9 @@ fn unreadable_format(head: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// What the file holds beyond its first image (animation frames, TIFF pages), named for
-/// a warning: only the first is upscaled. Leaves `reader` at the start.
+/// What the file holds beyond its first image (animation frames), named for a warning:
+/// only the first is upscaled. TIFF pages are among the [`TiffFacts`]. Leaves `reader` at
+/// the start.
 fn several_images(format: InputFormat, reader: &mut (impl BufRead + Seek)) -> Option<&'static str> {
     use image::codecs::{gif::GifDecoder, png::PngDecoder, webp::WebPDecoder};
     use image::AnimationDecoder;
@@ -558,9 +568,6 @@ fn several_images(format: InputFormat, reader: &mut (impl BufRead + Seek)) -> Op
         InputFormat::Gif => GifDecoder::new(&mut *reader)
             .is_ok_and(|d| d.into_frames().take(2).count() > 1)
             .then_some("animated GIF"),
-        InputFormat::Tiff => tiff::decoder::Decoder::new(&mut *reader)
-            .is_ok_and(|d| d.more_images())
-            .then_some("multi-page TIFF"),
         _ => None,
     };
     let _ = reader.seek(io::SeekFrom::Start(0));
@@ -1239,11 +1246,17 @@ mod tests {
                 .unwrap();
         }
         let pages = pages.into_inner();
-        assert_eq!(several(InputFormat::Tiff, &pages), Some("multi-page TIFF"));
-        assert_eq!(
-            decode_bytes(&pages, &limits()).unwrap().rgb.at(0, 0, 0),
-            40.0 / 255.0
-        );
+        let (first, several_pages) = decode_image_crate(
+            Cursor::new(&pages),
+            InputFormat::Tiff,
+            ImageFormat::Tiff,
+            Path::new("pages.tiff"),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(several_pages, Some("multi-page TIFF"));
+        assert_eq!(first.rgb.at(0, 0, 0), 40.0 / 255.0);
+        assert_eq!(decode_bytes(&pages, &limits()).unwrap(), first);
         let opts = EncodeOptions::new(OutputFormat::Png);
         let png = encode_bytes(Path::new("x.png"), &gradient(3, 2), None, &opts).unwrap();
         assert_eq!(several(InputFormat::Png, &png), None);
@@ -1385,13 +1398,15 @@ mod tests {
         let plain = decode_file(&path, &limits()).unwrap();
         assert_eq!((plain.rgb.height, plain.rgb.width), (8, 16));
         // The header alone tells the upright size.
-        assert_eq!(peek_size(&rotated, Path::new("r.jpg")), Some((16, 8)));
-        assert_eq!(peek_file_size(&path), Some((8, 16)));
+        let size = |p: Option<Peek>| p.and_then(|p| p.size);
+        assert_eq!(size(peek(&rotated, Path::new("r.jpg"))), Some((16, 8)));
+        assert_eq!(size(peek_file(&path)), Some((8, 16)));
+        let jxl = peek_file(&format_fixture("exif_container.jxl")).unwrap();
         assert_eq!(
-            peek_file_size(&format_fixture("exif_container.jxl")),
-            Some((17, 23))
+            (jxl.format, jxl.size),
+            (InputFormat::JpegXl, Some((17, 23)))
         );
-        assert_eq!(peek_size(b"not an image", Path::new("x.png")), None);
+        assert_eq!(peek(b"not an image", Path::new("x.png")), None);
     }
 
     #[test]
