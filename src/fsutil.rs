@@ -5,6 +5,7 @@
 //! since it runs no destructors.
 
 use anyhow::{Context, Result};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -133,12 +134,22 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
 }
 
 /// Saves tensors as safetensors, atomically.
-pub fn save_safetensors(
+pub fn save_safetensors(path: &Path, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
+    save_safetensors_with_metadata(path, tensors, None)
+}
+
+/// [`save_safetensors`] with string metadata in the file's header.
+pub fn save_safetensors_with_metadata(
     path: &Path,
-    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    tensors: &HashMap<String, candle_core::Tensor>,
+    metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
     write_atomically(path, |tmp| {
-        Ok(candle_core::safetensors::save(tensors, tmp)?)
+        Ok(safetensors::serialize_to_file(
+            tensors.iter(),
+            metadata,
+            tmp,
+        )?)
     })
 }
 

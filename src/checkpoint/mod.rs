@@ -327,13 +327,7 @@ pub fn save_model_weights(
     cfg: &ModelConfig,
 ) -> Result<()> {
     let metadata = HashMap::from([(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(cfg)?)]);
-    crate::fsutil::write_atomically(path, |tmp| {
-        Ok(safetensors::serialize_to_file(
-            tensors.iter(),
-            Some(metadata),
-            tmp,
-        )?)
-    })
+    crate::fsutil::save_safetensors_with_metadata(path, tensors, Some(metadata))
 }
 
 /// The model config stored in a safetensors file's metadata by [`save_model_weights`], if

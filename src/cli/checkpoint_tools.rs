@@ -151,16 +151,15 @@ impl ConvertArgs {
                 Ok((k.clone(), t))
             })
             .collect::<Result<_>>()?;
-        // The config travels inside the file, so the result loads as the same model
-        // wherever it is put.
-        // The config travels inside the file where it is known (not where it would only be
-        // inferred from the shapes: storing a guess would hide that it is one).
+        // The config travels inside the file where it is known, so the result loads as
+        // the same model wherever it is put; not where it would only be inferred from the
+        // shapes (storing a guess would hide that it is one).
         match ck.config_and_source(&self.input.with_file_name("config.json")) {
             Ok((cfg, ConfigSource::File | ConfigSource::Stored)) => {
                 crate::checkpoint::save_model_weights(&self.output, &tensors, &cfg)?
             }
-            known => {
-                if let Err(e) = known {
+            unknown => {
+                if let Err(e) = unknown {
                     tracing::warn!("no model config stored in the output: {e:#}");
                 }
                 crate::fsutil::save_safetensors(&self.output, &tensors)?
