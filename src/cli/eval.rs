@@ -188,13 +188,10 @@ impl EvalArgs {
         let mut record = |f: &Path, scores: Result<Scores>| match scores {
             Ok(scores) => rows.push((f.display().to_string(), scores)),
             Err(e) => {
-                // As `upscale` reports a failed input; decoding errors name the file
-                // themselves, the line names it once.
+                // As `upscale` reports a failed input.
                 failed += 1;
                 let file = f.display().to_string();
-                let msg = format!("{e:#}");
-                let msg = msg.strip_prefix(&format!("{file}: ")).unwrap_or(&msg);
-                eprintln!("error: {file}: {msg}");
+                eprintln!("error: {file}: {}", super::failure_message(&file, &e));
             }
         };
         match (&self.sr, self.baseline) {

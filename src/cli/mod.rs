@@ -81,6 +81,16 @@ fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut Cli::command(), "infdit", out);
 }
 
+/// The message of `e`, the failure of one input `file` in a batch, for a line that names
+/// the file itself: decoding errors begin with the file's name, which is then left out.
+fn failure_message(file: &str, e: &anyhow::Error) -> String {
+    let msg = format!("{e:#}");
+    match msg.strip_prefix(&format!("{file}: ")) {
+        Some(rest) => rest.to_string(),
+        None => msg,
+    }
+}
+
 /// A progress bar style from `template`, which may use `{rate}`: items per second to two
 /// or three significant digits (indicatif's `{per_sec}` prints four decimals).
 fn bar_style(template: &str) -> indicatif::ProgressStyle {

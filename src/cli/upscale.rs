@@ -343,11 +343,9 @@ impl UpscaleArgs {
                     );
                 }
                 Err(e) => {
-                    // Decoding errors name the file themselves; the line names it once.
                     let file = shown(input, "<stdin>");
-                    let msg = format!("{e:#}");
-                    let msg = msg.strip_prefix(&format!("{file}: ")).unwrap_or(&msg);
-                    failures.push((file, msg.to_string()));
+                    let msg = super::failure_message(&file, &e);
+                    failures.push((file, msg));
                 }
             }
             if let Some(b) = &total_bar {
