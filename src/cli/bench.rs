@@ -2,7 +2,7 @@
 //! engine, for a config with random weights. Each case runs in a child process so its
 //! peak RSS is its own.
 
-use super::{parse_device, DTypeArg};
+use super::{at_least_one, parse_device, DTypeArg};
 use crate::config::ModelConfig;
 use crate::engine::memory::{format_size, parse_size, peak_rss};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
@@ -112,11 +112,6 @@ pub struct OpsArgs {
     hidden: usize,
     #[arg(long, default_value_t = 5)]
     repeat: usize,
-}
-
-/// A count that must be positive.
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 /// Milliseconds per call of `f` on `device` over `reps` calls (at least one), after one

@@ -81,6 +81,11 @@ fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut Cli::command(), "infdit", out);
 }
 
+/// A flag's parser for a count or size that must be positive.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
 /// The message of `e`, the failure of one input `file` in a batch, for a line that names
 /// the file itself: decoding errors begin with the file's name, which is then left out.
 fn failure_message(file: &str, e: &anyhow::Error) -> String {

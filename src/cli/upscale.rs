@@ -58,10 +58,10 @@ pub struct UpscaleArgs {
     pub scale: Option<f64>,
     /// Output width in pixels; the height follows the aspect ratio (with --height: the
     /// largest size inside WIDTH×HEIGHT).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_parser = super::at_least_one())]
     pub width: Option<usize>,
     /// Output height in pixels; the width follows the aspect ratio.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_parser = super::at_least_one())]
     pub height: Option<usize>,
     /// Sampler steps (default: the model's recommendation; 20 for the released model).
     #[arg(long)]
@@ -91,7 +91,7 @@ pub struct UpscaleArgs {
     #[arg(long)]
     pub max_memory: Option<String>,
     /// Blocks per forward (overrides --max-memory).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_parser = super::at_least_one())]
     pub block_batch: Option<usize>,
     /// Block order (auto walks along the long side so memory follows the short side).
     #[arg(long, value_enum, default_value_t = Order::Auto)]
