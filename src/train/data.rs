@@ -14,16 +14,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use image::{DynamicImage, ImageDecoder, ImageReader};
+use anyhow::{bail, ensure, Context, Result};
 use rand::Rng;
 
 use super::degrade::{degrade, DegradationConfig};
-use crate::imageops::io::to_model_range;
+use crate::imageops::io::{decode_file, has_input_extension, to_model_range, DecodeLimits};
 use crate::imageops::resize::{resize_bicubic, resize_short_side};
 use crate::imageops::Planar;
-
-const EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
 /// How crops and LR inputs are drawn.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,7 +70,7 @@ pub struct PhotoDataset {
 }
 
 impl PhotoDataset {
-    /// Lists the photos under `dir` (jpg/jpeg/png/webp, hidden entries skipped, sorted).
+    /// Lists the photos under `dir` (every format upscaling reads, hidden entries skipped, sorted).
     /// If `manifest` is given, the files it flags as held out (paths relative to `dir`)
     /// are excluded from training and reported by [`holdout_files`](Self::holdout_files).
     pub fn open(dir: impl AsRef<Path>, manifest: Option<&Path>) -> Result<Self> {
@@ -245,11 +242,7 @@ fn list_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let ft = entry.file_type()?;
         if ft.is_dir() {
             list_images(&path, out)?;
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        {
+        } else if has_input_extension(&path) {
             out.push(path);
         }
     }
@@ -293,30 +286,10 @@ pub fn read_manifest_holdout(manifest: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Decodes an image file (honouring its EXIF orientation) to `[0, 1]` planar RGB.
+/// Decodes an image file to `[0, 1]` planar RGB with the upscaler's decoder, so training
+/// reads every format, orientation and bit depth that upscaling does (alpha is left out).
 pub fn load_rgb(path: &Path) -> Result<Planar> {
-    // An image error's message already holds its source's: as a context it would be
-    // printed twice.
-    let failed = |e: image::ImageError| anyhow!("decoding {}: {e}", path.display());
-    let mut decoder = ImageReader::open(path)
-        .with_context(|| format!("opening {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("reading {}", path.display()))?
-        .into_decoder()
-        .map_err(failed)?;
-    let orientation = decoder.orientation().map_err(failed)?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(failed)?;
-    img.apply_orientation(orientation);
-    let rgb = img.to_rgb8();
-    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    let n = w * h;
-    let mut data = vec![0.0f32; 3 * n];
-    for (i, px) in rgb.pixels().enumerate() {
-        for c in 0..3 {
-            data[c * n + i] = px.0[c] as f32 / 255.0;
-        }
-    }
-    Ok(Planar::new(3, h, w, data))
+    Ok(decode_file(path, &DecodeLimits::default())?.rgb)
 }
 
 /// A photo as training uses it: decoded and shrunk by half (antialiased bicubic).
@@ -465,8 +438,8 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(msg.starts_with("no usable training photos under"), "{msg}");
         // The cause is kept: which file, and why.
-        assert!(msg.contains(": decoding "), "{msg}");
-        assert!(msg.matches(": ").count() >= 2, "{msg}");
+        assert!(msg.contains("a.jpg: ") || msg.contains("b.png: "), "{msg}");
+        assert!(msg.contains("unrecognised contents"), "{msg}");
     }
 
     #[test]
