@@ -4,6 +4,10 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Epsilon of the LayerNorms the official code creates in its DiT mixins, where it is
+/// fixed instead of following `--layernorm-epsilon`.
+pub const MIXIN_LAYERNORM_EPS: f64 = 1e-6;
+
 fn default_rope_theta() -> f64 {
     10000.0
 }
@@ -26,6 +30,10 @@ pub struct ModelConfig {
     pub image_block_size_px: usize,
     /// Width of the global image-condition vector (768 for CLIP ViT-L/14; 0 = none).
     pub vector_dim: usize,
+    /// Epsilon of the transformer's own LayerNorms (before attention, cross-attention and
+    /// MLP, and the final one). The LayerNorms of the DiT additions (QK-norm, the
+    /// cross-attention's q/k norms, the norm after cross-attention, the final adaLN's
+    /// norm) use [`MIXIN_LAYERNORM_EPS`] whatever this says, as the official code does.
     pub layernorm_eps: f64,
     /// Side of the RoPE table (8·image_size/patch in the official code).
     pub rope_table_size: usize,
@@ -131,8 +139,8 @@ impl ModelConfig {
             "image_block_size_px must be a multiple of sr_scale·lr_patch_size"
         );
         ensure!(
-            self.rope_position_modulus > 0 && self.rope_position_modulus <= self.rope_table_size,
-            "rope_position_modulus must be in 1..=rope_table_size"
+            self.rope_position_modulus > 0 && self.rope_table_size > 0,
+            "rope_position_modulus and rope_table_size must be positive"
         );
         ensure!(
             self.time_embed_channels.is_multiple_of(2),
@@ -160,6 +168,32 @@ impl ModelConfig {
         self.lr_block_px() / self.lr_patch_size
     }
 
+    /// Distinct RoPE positions a token can take: positions wrap at the modulus, and each
+    /// needs an entry in the table.
+    pub fn rope_positions(&self) -> usize {
+        self.rope_position_modulus.min(self.rope_table_size)
+    }
+
+    /// The largest image side in pixels whose token positions all have a RoPE entry, where
+    /// that is a limit: only when the modulus exceeds the table. (The official code rounds
+    /// the two differently, `8·image_size // patch` against `(image_size // patch)·8`, so
+    /// an `--image-size` that is no multiple of the patch gives such a model.)
+    pub fn max_image_side(&self) -> Option<usize> {
+        (self.rope_position_modulus > self.rope_table_size)
+            .then_some(self.rope_table_size * self.patch_size)
+    }
+
+    /// Refuses an HR image larger than [`Self::max_image_side`].
+    pub fn check_image_side(&self, height: usize, width: usize) -> Result<()> {
+        if let Some(max) = self.max_image_side() {
+            ensure!(
+                height.max(width) <= max,
+                "a {width}×{height} image is larger than this model's position table allows ({max} px per side)"
+            );
+        }
+        Ok(())
+    }
+
     /// Number of weights (parameters the forward pass uses).
     pub fn parameter_count(&self) -> usize {
         crate::checkpoint::expected_shapes(self)
@@ -183,6 +217,23 @@ mod tests {
         assert_eq!(cfg.block_tokens(), 32);
         assert_eq!(cfg.lr_block_tokens(), 16);
         assert_eq!(cfg.vector_dim, 768);
+    }
+
+    #[test]
+    fn a_modulus_past_the_table_limits_the_image_side() {
+        // The official code with `--image-size 34` and patch 4: table 64, modulus 68.
+        let cfg = ModelConfig {
+            rope_table_size: 64,
+            rope_position_modulus: 68,
+            ..ModelConfig::minimal()
+        };
+        cfg.validate().unwrap();
+        assert_eq!(cfg.max_image_side(), Some(256));
+        assert_eq!(cfg.rope_positions(), 64);
+        cfg.check_image_side(256, 96).unwrap();
+        let e = cfg.check_image_side(96, 288).unwrap_err().to_string();
+        assert!(e.contains("288×96") && e.contains("256 px"), "{e}");
+        assert_eq!(ModelConfig::released().max_image_side(), None);
     }
 
     #[test]

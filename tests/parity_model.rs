@@ -157,3 +157,51 @@ fn four_step_heun_sample_matches_reference() {
     let d = planar_diff(&out, &case.planar("sample").unwrap());
     assert!(d < ATOL_SAMPLE, "sample: {d}");
 }
+
+/// Configs unlike the tiny one, from the official code: three layers of width 48 (3 heads),
+/// an MLP ratio of 2.5, `--layernorm-epsilon 1e-3` (which the official code applies to its
+/// transformer's LayerNorms only), 64-px blocks, an `--image-size` that is no multiple of
+/// the patch (a RoPE modulus of 68 over a 64-entry table); and head dim 24 with positions
+/// that wrap (a 16-position table under a 64-token-wide image) at ×2. Each in full mode and
+/// block by block, one and three blocks per forward.
+#[test]
+fn other_configs_match_the_official_code() {
+    let modes = [
+        full(),
+        EngineOptions {
+            batching: Batching::Blocks(1),
+            order: Order::Auto,
+        },
+        EngineOptions {
+            batching: Batching::Blocks(3),
+            order: Order::ColumnMajor,
+        },
+    ];
+    for (dir, case) in [
+        ("official/config_b", "denoise_sigma2p5.safetensors"),
+        ("official/config_c", "denoise_sigma0p5.safetensors"),
+    ] {
+        let model = fixture_model(dir);
+        let case = Case::open(&fixture(&format!("{dir}/{case}"))).unwrap();
+        for opts in modes {
+            let (den, f) = denoise(&model, &case, opts).unwrap();
+            let d = planar_diff(&den, &case.planar("denoised").unwrap());
+            assert!(d < ATOL_DENOISE, "{dir} {opts:?}: denoised max |Δ| {d}");
+            let d = planar_diff(&f, &case.planar("net_out_F").unwrap());
+            assert!(d < ATOL_DENOISE, "{dir} {opts:?}: net_out_F max |Δ| {d}");
+        }
+    }
+    let model = fixture_model("official/config_b");
+    let case = Case::open(&fixture("official/config_b/sample_heun3.safetensors")).unwrap();
+    let sampler = SamplerConfig {
+        steps: 3,
+        ..Default::default()
+    };
+    for opts in [modes[0], modes[2]] {
+        let (out, first) = sample_case(&model, &case, &sampler, opts).unwrap();
+        let d0 = planar_diff(&first, &case.planar("x_after_step0").unwrap());
+        assert!(d0 < ATOL_SAMPLE, "{opts:?}: x_after_step0: {d0}");
+        let d = planar_diff(&out, &case.planar("sample").unwrap());
+        assert!(d < ATOL_SAMPLE, "{opts:?}: sample: {d}");
+    }
+}

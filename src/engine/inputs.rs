@@ -129,7 +129,7 @@ pub fn prepare_batch(
     x: &Planar,
     cond: &Conditioning,
     c_in: f32,
-) -> HostBatch {
+) -> Result<HostBatch> {
     let cfg = model.config();
     let n = blocks.len();
     let s = cfg.image_block_size_px;
@@ -181,8 +181,8 @@ pub fn prepare_batch(
             }
         }
     }
-    let (rope_cos, rope_sin) = model.rope().lookup(&pos);
-    HostBatch {
+    let (rope_cos, rope_sin) = model.rope().lookup(&pos)?;
+    Ok(HostBatch {
         ids: blocks
             .iter()
             .map(|&(i, j)| BlockId::new(image, i, j))
@@ -193,7 +193,7 @@ pub fn prepare_batch(
         lr_mask: mask,
         rope_cos,
         rope_sin,
-    }
+    })
 }
 
 /// Writes `[n, C, S, S]` block outputs into `out` at their block positions.

@@ -154,6 +154,7 @@ impl<'m> Engine<'m> {
             height.is_multiple_of(s) && width.is_multiple_of(s) && height > 0 && width > 0,
             "image {width}×{height} is not a whole number of {s}-px blocks"
         );
+        self.model.config().check_image_side(height, width)?;
         Ok((height / s, width / s))
     }
 
@@ -233,7 +234,7 @@ impl<'m> Engine<'m> {
             cached.retain(live);
             cached.extend(chunk.iter().filter(|b| live(b)));
             cache.set_plan(BatchPlan { retain, evict });
-            let host = next.take().expect("prepared before use");
+            let host = next.take().expect("prepared before use")?;
             let blocks = stage("engine/inputs", dev, || {
                 host.upload(self.model, &emb_act)
                     .map_err(candle_core::Error::wrap)

@@ -6,7 +6,7 @@
 //! makes block-by-block inference identical to whole-image inference.
 
 use super::ops::{attention, fused_kernels, linear, rope_interleaved, LayerNorm, Linear};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, MIXIN_LAYERNORM_EPS};
 use crate::profile::stage;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -398,7 +398,7 @@ impl SelfAttention {
             dense: linear(d, d, vb.pp("dense"))?,
             qk_norm: LayerNorm::new(
                 hd,
-                cfg.layernorm_eps,
+                MIXIN_LAYERNORM_EPS,
                 adaln.pp(format!("q_layer_norm.{layer}")),
             )?,
             slot_embed: re.get(layer)?,

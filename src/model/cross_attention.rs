@@ -2,7 +2,7 @@
 //! the LR tokens of the 3×3-block window around it.
 
 use super::ops::{attention, linear, patch_linear, patchify, LayerNorm, Linear};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, MIXIN_LAYERNORM_EPS};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -29,7 +29,7 @@ impl LrCrossAttention {
         let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim());
         let t = cfg.block_tokens() * cfg.block_tokens();
         let w = (3 * cfg.lr_block_tokens()).pow(2);
-        let eps = cfg.layernorm_eps;
+        let eps = MIXIN_LAYERNORM_EPS;
         Ok(Self {
             proj_lr: patch_linear(d, cfg.out_channels, cfg.lr_patch_size, vb.pp("proj_lr"))?,
             query: linear(d, d, vb.pp("cross_attention.query"))?,

@@ -4,7 +4,7 @@ use super::attention::{BlockId, KvCache, SelfAttention};
 use super::cross_attention::LrCrossAttention;
 use super::ops::{linear, ln_modulate, split_last, LayerNorm, Linear};
 use super::Tap;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, MIXIN_LAYERNORM_EPS};
 use crate::profile::stage;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -76,7 +76,7 @@ impl DitLayer {
                 attn: LrCrossAttention::new(cfg, adaln.clone())?,
                 post_cross_ln: LayerNorm::new(
                     d,
-                    cfg.layernorm_eps,
+                    MIXIN_LAYERNORM_EPS,
                     adaln.pp("post_cross_attention_layernorm"),
                 )?,
             })
@@ -153,7 +153,10 @@ impl DitLayer {
 pub struct FinalLayer {
     adaln_modulation: Linear,
     linear: Linear,
-    ln: LayerNorm,
+    /// The transformer's `final_layernorm` (the config's epsilon).
+    final_layernorm: LayerNorm,
+    /// The adaLN head's own `norm_final` (a fixed epsilon).
+    norm_final: LayerNorm,
 }
 
 impl FinalLayer {
@@ -163,7 +166,8 @@ impl FinalLayer {
         Ok(Self {
             adaln_modulation: linear(d, 2 * d, vb.pp("adaLN_modulation.1"))?,
             linear: linear(d, p * p * cfg.out_channels, vb.pp("linear"))?,
-            ln: LayerNorm::no_affine(d, cfg.layernorm_eps, vb.dtype(), vb.device())?,
+            final_layernorm: LayerNorm::no_affine(d, cfg.layernorm_eps, vb.dtype(), vb.device())?,
+            norm_final: LayerNorm::no_affine(d, MIXIN_LAYERNORM_EPS, vb.dtype(), vb.device())?,
         })
     }
 
@@ -171,7 +175,8 @@ impl FinalLayer {
         let m = self.adaln_modulation.forward(emb_act)?;
         tap("final_adaln_mod", &m)?;
         let m = split_last(&m, 2)?;
-        let y = ln_modulate(&self.ln, &self.ln.forward(h)?, &m[0], &m[1])?;
+        let h = self.final_layernorm.forward(h)?;
+        let y = ln_modulate(&self.norm_final, &h, &m[0], &m[1])?;
         self.linear.forward(&y)
     }
 }

@@ -203,7 +203,9 @@ impl Upscaler {
         let mut sizes = Vec::new();
         for s in passes(self.opts.size.plan(height, width)?.scale, cfg.sr_scale)? {
             let m = cfg.image_block_size_px / s;
-            sizes.push((h.div_ceil(m) * m * s, w.div_ceil(m) * m * s));
+            let size = (h.div_ceil(m) * m * s, w.div_ceil(m) * m * s);
+            cfg.check_image_side(size.0, size.1)?;
+            sizes.push(size);
             (h, w) = (h * s, w * s);
         }
         Ok(sizes)

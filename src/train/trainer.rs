@@ -223,7 +223,7 @@ fn make_example(
     let x = noised(&target, sigma, rng);
     // Random RoPE offsets so the model sees the whole position table (`--random-position`).
     let tokens = h.max(w) / cfg.patch_size;
-    let max_off = cfg.rope_position_modulus.saturating_sub(tokens);
+    let max_off = cfg.rope_positions().saturating_sub(tokens);
     let positions = Positions::Offset {
         row: rng.gen_range(0..=max_off),
         col: rng.gen_range(0..=max_off),
@@ -338,7 +338,7 @@ impl Trainer {
                 .broadcast_as((blocks.len(), 1, self.cfg.hidden_size))?
                 .contiguous()?;
             batches.push(
-                prepare_batch(&self.model, k, &blocks, &ex.x, &ex.cond, pre.c_in)
+                prepare_batch(&self.model, k, &blocks, &ex.x, &ex.cond, pre.c_in)?
                     .upload(&self.model, &emb)?,
             );
             gather_blocks(&ex.x, &blocks, s, &mut x_blocks);

@@ -12,7 +12,12 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub fn tiny_model() -> InfDit {
-    let src = ModelSource::open(&fixture("tiny")).unwrap();
+    fixture_model("tiny")
+}
+
+/// The model in a fixture directory (`config.json` + `weights.safetensors`), f32 on the CPU.
+pub fn fixture_model(dir: &str) -> InfDit {
+    let src = ModelSource::open(&fixture(dir)).unwrap();
     InfDit::from_source(&src, DType::F32, &Device::Cpu).unwrap()
 }
 
