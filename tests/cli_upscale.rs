@@ -246,12 +246,13 @@ fn patterns_match_as_a_shell_does() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let d = dir.path().join("d");
-    std::fs::create_dir_all(d.join("sub")).unwrap();
+    std::fs::create_dir_all(d.join("sub/deep")).unwrap();
     let names = [
         "a.png",
         "UP.PNG",
         ".h.png",
         "sub/b.png",
+        "sub/deep/c.png",
         "a_x4_x2.png",
         "a_w20_x4.png",
     ];
@@ -260,18 +261,38 @@ fn patterns_match_as_a_shell_does() {
     }
     // Each pattern's results go to a fresh directory, which is then listed.
     let mut k = 0;
-    let mut run = |pattern: &str| {
+    let mut run = |pattern: &str, recursive: bool| {
         k += 1;
         let out = dir.path().join(format!("out{k}"));
         let arg = format!("{}/{pattern}", s(&d));
-        upscale_ok(&model, &[&arg, "--scale", "3", "-o", s(&out)]);
-        listing(&out)
+        let mut args = vec![&arg[..], "--scale", "3", "-o", s(&out)];
+        if recursive {
+            args.push("-r");
+        }
+        upscale_ok(&model, &args);
+        out
     };
-    assert_eq!(run("*.png"), ["a_x3.png"]);
-    assert_eq!(run("*.PNG"), ["UP_x3.png"]);
-    assert_eq!(run(".*.png"), [".h_x3.png"]);
-    assert_eq!(run("sub/./*.png"), ["b_x3.png"]);
-    assert_eq!(run("**/*.png"), ["a_x3.png", "b_x3.png"]);
+    assert_eq!(listing(&run("*.png", false)), ["a_x3.png"]);
+    assert_eq!(listing(&run("*.PNG", false)), ["UP_x3.png"]);
+    assert_eq!(listing(&run(".*.png", false)), [".h_x3.png"]);
+    assert_eq!(listing(&run("sub/./*.png", false)), ["b_x3.png"]);
+    assert_eq!(
+        listing(&run("**/*.png", false)),
+        ["a_x3.png", "b_x3.png", "c_x3.png"]
+    );
+    // A directory the pattern matches is read as if named, as after the shell's expansion.
+    assert_eq!(
+        listing(&run("*", false)),
+        ["UP_x3.png", "a_x3.png", "b_x3.png"]
+    );
+    // With -r, matched directories are descended and the tree is kept under -o.
+    let out = run("s*", true);
+    assert_eq!(listing(&out), ["sub"]);
+    assert_eq!(listing(&out.join("sub")), ["b_x3.png", "deep"]);
+    assert_eq!(listing(&out.join("sub/deep")), ["c_x3.png"]);
+    let out = run("**/*.png", true);
+    assert_eq!(listing(&out), ["a_x3.png", "sub"]);
+    assert_eq!(listing(&out.join("sub/deep")), ["c_x3.png"]);
 }
 
 /// JPEG XL (decoded by jxl-oxide, not the image crate) is found in directories, keeps its

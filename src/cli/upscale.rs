@@ -430,7 +430,7 @@ impl UpscaleArgs {
                 let mut scan = Scan::new(output_dir.clone());
                 scan.walk(path, path, depth).map(|()| scan.found)
             } else if arg.contains(['*', '?', '[']) {
-                match_pattern(arg, output_dir.clone()).and_then(|found| {
+                match_pattern(arg, output_dir.clone(), self.recursive).and_then(|found| {
                     if found.is_empty() {
                         bail!("the pattern matches no image")
                     }
@@ -769,6 +769,8 @@ fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Res
 struct Scan {
     visited: HashSet<PathBuf>,
     found: Vec<Input>,
+    /// Every directory listed, entered or not (a pattern may name some of them).
+    dirs: Vec<PathBuf>,
     /// Pass over hidden entries (a pattern decides for itself, as a shell does).
     skip_hidden: bool,
 }
@@ -779,6 +781,7 @@ impl Scan {
         Self {
             visited: skip.into_iter().collect(),
             found: Vec::new(),
+            dirs: Vec::new(),
             skip_hidden: true,
         }
     }
@@ -805,6 +808,7 @@ impl Scan {
         entries.sort();
         for p in entries {
             if p.is_dir() {
+                self.dirs.push(p.clone());
                 if depth > 0 {
                     self.walk(root, &p, depth - 1)?;
                 }
@@ -822,8 +826,11 @@ impl Scan {
 
 /// The images a glob pattern names. The walk starts at the pattern's last directory
 /// without wildcards and goes as deep as the pattern does (all the way for `**`), with
-/// [`Scan`]'s rules, so that links cannot make it endless either.
-fn match_pattern(arg: &str, output_dir: Option<PathBuf>) -> Result<Vec<Input>> {
+/// [`Scan`]'s rules, so that links cannot make it endless either. Directories the pattern
+/// matches are scanned as if named (`'shots/*'` reads the folders in `shots`, as the
+/// shell's expansion would). With `recursive`, results keep their folder under that
+/// starting directory, so that `-o` recreates the tree.
+fn match_pattern(arg: &str, output_dir: Option<PathBuf>, recursive: bool) -> Result<Vec<Input>> {
     // As in a shell: case matters, `*` stops at `/` and does not match a leading dot.
     let options = glob::MatchOptions {
         case_sensitive: true,
@@ -853,23 +860,39 @@ fn match_pattern(arg: &str, output_dir: Option<PathBuf>) -> Result<Vec<Input>> {
     if !start.is_dir() {
         return Ok(Vec::new());
     }
-    let mut scan = Scan::new(output_dir);
+    // A walk from "." gives "./a.png"; the pattern was written as "a.png".
+    let as_written = |p: PathBuf| match p.strip_prefix(".") {
+        Ok(rel) if base.as_os_str().is_empty() => rel.to_path_buf(),
+        _ => p,
+    };
+    let matches = |p: &Path| pattern.matches_path_with(p, options);
+    let mut scan = Scan::new(output_dir.clone());
     scan.skip_hidden = false;
     scan.walk(start, start, depth)?;
     let mut found: Vec<Input> = scan
         .found
         .into_iter()
-        .map(|i| {
-            // A walk from "." gives "./a.png"; the pattern was written as "a.png".
-            let path = match i.path.strip_prefix(".") {
-                Ok(p) if base.as_os_str().is_empty() => p.to_path_buf(),
-                _ => i.path,
-            };
-            Input::named(path)
+        .map(|i| Input {
+            path: as_written(i.path),
+            subdir: i.subdir,
         })
-        .filter(|i| pattern.matches_path_with(&i.path, options))
+        .filter(|i| matches(&i.path))
         .collect();
+    for dir in scan.dirs {
+        if matches(&as_written(dir.clone())) {
+            let mut inner = Scan::new(output_dir.clone());
+            inner.walk(start, &dir, if recursive { usize::MAX } else { 0 })?;
+            found.extend(inner.found.into_iter().map(|i| Input {
+                path: as_written(i.path),
+                subdir: i.subdir,
+            }));
+        }
+    }
+    if !recursive {
+        found.iter_mut().for_each(|i| i.subdir.clear());
+    }
     found.sort();
+    found.dedup();
     Ok(found)
 }
 
