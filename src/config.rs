@@ -103,9 +103,12 @@ impl ModelConfig {
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: Self =
+        let json: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        cfg.validate()
+        let cfg =
+            Self::deserialize(&json).with_context(|| format!("parsing {}", path.display()))?;
+        check_variant(&json)
+            .and_then(|()| cfg.validate())
             .with_context(|| format!("invalid model config {}", path.display()))?;
         Ok(cfg)
     }
@@ -203,6 +206,55 @@ impl ModelConfig {
     }
 }
 
+/// Switches of the official model that change what it computes, as the reference
+/// `config.json` records them, with the values of the released model. infdit implements
+/// that model; a config with another value is refused rather than computed differently.
+const RELEASED_SWITCHES: [(&str, &str, fn(&serde_json::Value) -> bool); 7] = [
+    ("nogate", "adaLN without gates", |v| v == true),
+    (
+        "cross_adaln",
+        "no adaLN from a cross-attention context",
+        |v| v == false,
+    ),
+    ("qk_ln", "QK-norm", |v| v == true),
+    ("re_position", "the per-layer slot embeddings", |v| {
+        v == true
+    }),
+    (
+        "cross_lr",
+        "the layer-0 cross-attention to the LR image",
+        |v| v == true,
+    ),
+    (
+        "use_final_layernorm",
+        "the transformer's final LayerNorm",
+        |v| v == true,
+    ),
+    ("layernorm_order", "no sandwich LayerNorms", |v| {
+        v != "sandwich"
+    }),
+];
+
+/// Refuses a config whose recorded switches ask for a model variant infdit does not
+/// implement (fields that are absent are taken as the released model's).
+fn check_variant(json: &serde_json::Value) -> Result<()> {
+    for (key, meaning, released) in RELEASED_SWITCHES {
+        if let Some(v) = json.get(key) {
+            ensure!(
+                released(v),
+                "{key} = {v} is not supported: infdit implements the released Inf-DiT ({meaning})"
+            );
+        }
+    }
+    if let Some(v) = json.get("scale_factor") {
+        ensure!(
+            v.as_f64() == Some(1.0),
+            "scale_factor = {v} is not supported: infdit diffuses pixels as they are (scale_factor 1)"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +286,39 @@ mod tests {
         let e = cfg.check_image_side(96, 288).unwrap_err().to_string();
         assert!(e.contains("288×96") && e.contains("256 px"), "{e}");
         assert_eq!(ModelConfig::released().max_image_side(), None);
+    }
+
+    #[test]
+    fn other_model_variants_are_refused() {
+        let text = std::fs::read_to_string("tests/fixtures/tiny/config.json").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        for (from, to, needle) in [
+            ("\"nogate\": true", "\"nogate\": false", "nogate = false"),
+            ("\"qk_ln\": true", "\"qk_ln\": false", "QK-norm"),
+            (
+                "\"layernorm_order\": \"pre\"",
+                "\"layernorm_order\": \"sandwich\"",
+                "sandwich",
+            ),
+            (
+                "\"scale_factor\": 1",
+                "\"scale_factor\": 0.18215",
+                "scale_factor",
+            ),
+        ] {
+            assert!(text.contains(from), "{from}");
+            std::fs::write(&path, text.replace(from, to)).unwrap();
+            let e = format!("{:#}", ModelConfig::from_json_file(&path).unwrap_err());
+            assert!(e.contains(needle), "{e}");
+        }
+        // "post" is what the official layers compute as "pre": only sandwich differs.
+        let post = text.replace(
+            "\"layernorm_order\": \"pre\"",
+            "\"layernorm_order\": \"post\"",
+        );
+        std::fs::write(&path, post).unwrap();
+        ModelConfig::from_json_file(&path).unwrap();
     }
 
     #[test]
