@@ -206,10 +206,13 @@ impl ModelConfig {
     }
 }
 
+/// Whether a switch's recorded value is the released model's.
+type IsReleased = fn(&serde_json::Value) -> bool;
+
 /// Switches of the official model that change what it computes, as the reference
 /// `config.json` records them, with the values of the released model. infdit implements
 /// that model; a config with another value is refused rather than computed differently.
-const RELEASED_SWITCHES: [(&str, &str, fn(&serde_json::Value) -> bool); 7] = [
+const RELEASED_SWITCHES: [(&str, &str, IsReleased); 7] = [
     ("nogate", "adaLN without gates", |v| v == true),
     (
         "cross_adaln",
