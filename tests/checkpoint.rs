@@ -30,6 +30,42 @@ fn pytorch_state_dict_and_deepspeed_checkpoints_load() {
     }
 }
 
+/// Written by torch.save itself (torch 2.11): a DeepSpeed-style dict in bf16, with the
+/// objects such files carry besides tensors (an argparse Namespace, a set, torch.Size
+/// shapes, an OrderedDict), which must be passed over, not executed.
+#[test]
+fn a_checkpoint_written_by_pytorch_in_bf16_loads() {
+    let want = reference();
+    let ck = Checkpoint::open(&fixture("pickles/tiny_deepspeed_bf16_torch.pt")).unwrap();
+    assert_eq!(ck.shapes(), want.shapes());
+    for (name, t) in &want.tensors {
+        let got = ck.tensors[name]
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let t = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (g, w) in got.iter().zip(&t) {
+            assert!((g - w).abs() <= w.abs() / 128.0, "{name}: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn legacy_pytorch_format_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.pt");
+    let mut bytes = vec![
+        0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+    ];
+    bytes.extend_from_slice(b".\x80\x02");
+    std::fs::write(&path, bytes).unwrap();
+    let err = format!("{:#}", Checkpoint::open(&path).err().unwrap());
+    assert!(err.contains("legacy format"), "{err}");
+}
+
 #[test]
 fn malicious_pickle_is_refused_and_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -52,6 +52,11 @@ impl Checkpoint {
     pub fn open(path: &Path) -> Result<Self> {
         let tensors = if is_zip_file(path)? {
             read_pickle(path)?
+        } else if is_legacy_torch_file(path)? {
+            bail!(
+                "{} is in PyTorch's legacy format (before 1.6), which infdit does not read: save it again with torch.save in a current PyTorch",
+                path.display()
+            )
         } else if looks_like_pytorch(path) {
             bail!(
                 "{} is not a readable PyTorch checkpoint (not a zip archive)",
@@ -240,11 +245,28 @@ fn isqrt(n: usize) -> usize {
 
 /// True when `path` starts with the zip signature (PyTorch's checkpoint container).
 pub fn is_zip_file(path: &Path) -> Result<bool> {
+    Ok(file_head(path, 4)?.starts_with(b"PK\x03\x04"))
+}
+
+/// Whether the file opens with the magic number of PyTorch's pre-zip `torch.save` format:
+/// protocol-2 pickle of the long 0x1950a86a20f9469cfc6c.
+fn is_legacy_torch_file(path: &Path) -> Result<bool> {
+    const MAGIC: [u8; 14] = [
+        0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+    ];
+    Ok(file_head(path, MAGIC.len())? == MAGIC)
+}
+
+/// The first `n` bytes of a file (all of it if shorter).
+fn file_head(path: &Path, n: usize) -> Result<Vec<u8>> {
     use std::io::Read;
-    let mut magic = [0u8; 4];
-    let mut f =
+    let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(f.read(&mut magic)? == 4 && &magic == b"PK\x03\x04")
+    let mut head = Vec::with_capacity(n);
+    file.take(n as u64)
+        .read_to_end(&mut head)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(head)
 }
 
 fn looks_like_pytorch(path: &Path) -> bool {
