@@ -309,7 +309,10 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("no usable training photos"), "{err}");
-    assert!(err.contains("x.jpg: ") && err.contains("Jpeg"), "{err}");
+    assert!(
+        err.contains("x.jpg: ") && err.contains("unrecognised contents"),
+        "{err}"
+    );
     assert!(!out2.join("loss.csv").exists());
 }
 
