@@ -107,13 +107,32 @@ impl ModelConfig {
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let cfg =
             Self::deserialize(&json).with_context(|| format!("parsing {}", path.display()))?;
-        check_variant(&json)
-            .and_then(|()| cfg.validate())
+        cfg.validate()
+            .and_then(|()| check_variant(&json, &cfg))
             .with_context(|| format!("invalid model config {}", path.display()))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        ensure!(
+            positive(self.sigma_data),
+            "sigma_data must be positive, not {}",
+            self.sigma_data
+        );
+        ensure!(
+            self.layernorm_eps.is_finite() && self.layernorm_eps >= 0.0,
+            "layernorm_eps must not be negative, not {}",
+            self.layernorm_eps
+        );
+        ensure!(
+            positive(self.rope_theta) && positive(self.time_embed_max_period),
+            "rope_theta and time_embed_max_period must be positive"
+        );
+        ensure!(
+            self.out_channels == 3,
+            "out_channels must be 3: infdit upscales RGB images"
+        );
         ensure!(
             self.num_attention_heads > 0
                 && self.hidden_size.is_multiple_of(self.num_attention_heads),
@@ -128,7 +147,7 @@ impl ModelConfig {
         );
         ensure!(
             self.in_channels == 2 * self.out_channels,
-            "in_channels must be noisy image + LR image channels (2·out_channels)"
+            "in_channels must be noisy image + LR image channels (6)"
         );
         ensure!(
             self.patch_size > 0 && self.image_block_size_px.is_multiple_of(self.patch_size),
@@ -212,7 +231,7 @@ type IsReleased = fn(&serde_json::Value) -> bool;
 /// Switches of the official model that change what it computes, as the reference
 /// `config.json` records them, with the values of the released model. infdit implements
 /// that model; a config with another value is refused rather than computed differently.
-const RELEASED_SWITCHES: [(&str, &str, IsReleased); 7] = [
+const RELEASED_SWITCHES: [(&str, &str, IsReleased); 8] = [
     ("nogate", "adaLN without gates", |v| v == true),
     (
         "cross_adaln",
@@ -233,14 +252,19 @@ const RELEASED_SWITCHES: [(&str, &str, IsReleased); 7] = [
         "the transformer's final LayerNorm",
         |v| v == true,
     ),
-    ("layernorm_order", "no sandwich LayerNorms", |v| {
-        v != "sandwich"
+    // The official layers compute "post" as "pre"; only "sandwich" adds LayerNorms.
+    ("layernorm_order", "pre-LayerNorm", |v| {
+        v == "pre" || v == "post"
+    }),
+    ("mlp_activation", "tanh-approximated GELU", |v| {
+        v.as_str().is_some_and(|s| s.starts_with("gelu_tanh"))
     }),
 ];
 
 /// Refuses a config whose recorded switches ask for a model variant infdit does not
-/// implement (fields that are absent are taken as the released model's).
-fn check_variant(json: &serde_json::Value) -> Result<()> {
+/// implement (fields that are absent are taken as the released model's), or whose
+/// recorded derived sizes contradict the sizes they derive from.
+fn check_variant(json: &serde_json::Value, cfg: &ModelConfig) -> Result<()> {
     for (key, meaning, released) in RELEASED_SWITCHES {
         if let Some(v) = json.get(key) {
             ensure!(
@@ -254,6 +278,18 @@ fn check_variant(json: &serde_json::Value) -> Result<()> {
             v.as_f64() == Some(1.0),
             "scale_factor = {v} is not supported: infdit diffuses pixels as they are (scale_factor 1)"
         );
+    }
+    for (key, derived) in [
+        ("head_dim", cfg.head_dim()),
+        ("block_size_tokens", cfg.block_tokens()),
+        ("lr_block_size_tokens", cfg.lr_block_tokens()),
+    ] {
+        if let Some(v) = json.get(key) {
+            ensure!(
+                v.as_u64() == Some(derived as u64),
+                "{key} = {v} contradicts the other sizes, which give {derived}"
+            );
+        }
     }
     Ok(())
 }
@@ -309,6 +345,28 @@ mod tests {
                 "\"scale_factor\": 0.18215",
                 "scale_factor",
             ),
+            (
+                "\"layernorm_order\": \"pre\"",
+                "\"layernorm_order\": \"foo\"",
+                "pre-LayerNorm",
+            ),
+            ("\"gelu_tanh (", "\"gelu (", "tanh-approximated GELU"),
+            (
+                "\"head_dim\": 16",
+                "\"head_dim\": 32",
+                "head_dim = 32 contradicts",
+            ),
+            (
+                "\"sigma_data\": 0.5",
+                "\"sigma_data\": 0",
+                "sigma_data must be positive",
+            ),
+            (
+                "\"layernorm_eps\": 1e-06",
+                "\"layernorm_eps\": -1",
+                "must not be negative",
+            ),
+            ("\"out_channels\": 3", "\"out_channels\": 1", "RGB"),
         ] {
             assert!(text.contains(from), "{from}");
             std::fs::write(&path, text.replace(from, to)).unwrap();

@@ -257,6 +257,14 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
     }
     assert!(!out.exists(), "refused runs write nothing");
 
+    // A run that diverges stops at once and saves no poisoned weights.
+    let o = run(&["--steps", "2", "--lr", "1e30"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("training diverged at step 2"), "{err}");
+    assert!(!out.join("weights.safetensors").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+
     // Photos that cannot be decoded are skipped with a warning that says why (most
     // photos are bad, so that some are drawn).
     for k in 0..9 {

@@ -13,7 +13,7 @@ use crate::imageops::resize::resize_bicubic;
 use crate::imageops::{Dihedral, Planar};
 use crate::model::InfDit;
 use crate::sampler::{sample, SamplerConfig};
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use candle_core::Device;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -334,6 +334,11 @@ impl Upscaler {
             &mut |x, sigma| engine.denoise(x, sigma, &cond, on_blocks),
             &mut |_, _| {},
         )?;
+        // Clamping would turn NaN into black and hide weights or a config that are broken.
+        ensure!(
+            out.data.iter().all(|v| v.is_finite()),
+            "the model's output holds NaN or infinite values: its weights or config are broken"
+        );
         Ok(self
             .image(&out, &cond)
             .crop_clamped(0, 0, lr.height * scale, lr.width * scale))
@@ -586,6 +591,22 @@ mod tests {
         };
         assert!(max_diff(true, &up) < 0.01);
         assert!(max_diff(false, &Planar::new(3, 32, 32, vec![0.5; 3 * 32 * 32])) < 0.01);
+    }
+
+    /// NaN weights must fail the upscale, not give a black image (clamping maps NaN to 0).
+    #[test]
+    fn a_model_that_outputs_nan_is_an_error() {
+        let cfg = crate::config::ModelConfig::minimal();
+        let mut weights = crate::train::trainer::init_weights(&cfg, 1).unwrap();
+        let bias = weights.get_mut("mixins.final_layer.linear.bias").unwrap();
+        *bias = (bias.ones_like().unwrap() * f64::NAN).unwrap();
+        let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let lr = Planar::new(3, 8, 8, vec![0.5; 192]);
+        let e = one_step(InfDit::new(&cfg, vb).unwrap(), 1.0)
+            .upscale_rgb(&lr, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NaN"), "{e}");
     }
 
     #[test]

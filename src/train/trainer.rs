@@ -96,11 +96,11 @@ impl TrainOptions {
             (self.save_every >= 1, "--save-every must be at least 1"),
             (
                 self.learning_rate.is_finite() && self.learning_rate >= 0.0,
-                "--lr must not be negative",
+                "--lr must be a finite number, not negative",
             ),
             (
                 self.min_learning_rate.is_finite() && self.min_learning_rate >= 0.0,
-                "--min-lr must not be negative",
+                "--min-lr must be a finite number, not negative",
             ),
             (
                 self.p_std.is_finite() && self.p_std >= 0.0 && self.p_mean.is_finite(),
@@ -477,6 +477,7 @@ impl Trainer {
             })??;
             let loss = stage("train/forward", &dev, || Ok(self.loss(&examples)))??;
             let mut grads = stage("train/backward", &dev, || loss.backward())?;
+            let loss_v = loss.to_scalar::<f32>()?;
             // One device-to-host read for the norm, not one per parameter (each is a sync).
             let squares = vars
                 .iter()
@@ -488,6 +489,13 @@ impl Trainer {
                 .sum_all()?
                 .to_scalar::<f64>()?
                 .sqrt();
+            // A NaN or infinite step would poison every weight and each later save.
+            if !(loss_v.is_finite() && norm.is_finite()) {
+                bail!(
+                    "training diverged at step {}: loss {loss_v}, gradient norm {norm}; this step is not applied and the weights saved last are kept (a lower --lr may help)",
+                    self.step + 1
+                );
+            }
             if norm > self.opts.grad_clip {
                 let k = self.opts.grad_clip / norm;
                 for v in &vars {
@@ -507,7 +515,6 @@ impl Trainer {
                 self.ema.insert(name.clone(), updated);
             }
             self.step += 1;
-            let loss_v = loss.to_scalar::<f32>()?;
             let log = match &mut log {
                 Some(log) => log,
                 None => log.insert(open_log(&log_path)?),
