@@ -1111,6 +1111,23 @@ fn conditioned_models_need_clip_weights_and_use_them() {
     let b = dir.path().join("b.png");
     upscale_ok(&model, &[s(&input), "-o", s(&b)]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // CLIP weights of another width are refused once, before any image.
+    let narrow = ModelConfig {
+        vector_dim: 64,
+        ..tiny_config()
+    };
+    let narrow = write_model(&dir.path().join("narrow"), &narrow, 13);
+    let out = dir.path().join("out");
+    let err = upscale_fails(
+        &narrow,
+        &[s(&input), s(&a), "-o", s(&out), "--clip", s(&clip)],
+    );
+    assert!(
+        err.contains("768-d embeddings but the model takes 64-d"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 /// An output whose image buffers cannot fit in any machine's memory is refused at once,

@@ -185,6 +185,14 @@ impl Upscaler {
                 model.config().vector_dim
             );
         }
+        if let Some(clip) = clip.as_ref().filter(|_| model.config().vector_dim > 0) {
+            ensure!(
+                clip.cfg.embed_dim == model.config().vector_dim,
+                "the CLIP weights give {}-d embeddings but the model takes {}-d ones: they do not belong together",
+                clip.cfg.embed_dim,
+                model.config().vector_dim
+            );
+        }
         Ok(Self { model, clip, opts })
     }
 
