@@ -295,6 +295,29 @@ fn patterns_match_as_a_shell_does() {
     assert_eq!(listing(&out.join("sub/deep")), ["c_x3.png"]);
 }
 
+/// A link up the tree does not move a pattern's results under the link's path, and a
+/// directory that is also the output directory is still read.
+#[cfg(unix)]
+#[test]
+fn pattern_links_and_output_directory_as_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let t = dir.path().join("t");
+    std::fs::create_dir_all(t.join("sub")).unwrap();
+    std::fs::create_dir_all(t.join("sub2")).unwrap();
+    std::os::unix::fs::symlink("..", t.join("sub/up")).unwrap();
+    save(gradient(8, 6), &t.join("sub2/f.png"), ImageFormat::Png);
+    let out = dir.path().join("out");
+    let pattern = format!("{}/*", s(&t));
+    upscale_ok(&model, &[&pattern, "-r", "-o", s(&out)]);
+    assert_eq!(listing(&out), ["sub2"]);
+    assert_eq!(listing(&out.join("sub2")), ["f_x4.png"]);
+
+    let same = t.join("sub2");
+    let o = upscale_ok(&model, &[s(&same), "-o", s(&same)]);
+    assert_eq!(listing(&same), ["f.png", "f_x4.png"], "{}", stderr(&o));
+}
+
 /// JPEG XL (decoded by jxl-oxide, not the image crate) is found in directories, keeps its
 /// 16 bits and alpha, and is written as PNG.
 #[test]

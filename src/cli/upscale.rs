@@ -257,7 +257,14 @@ impl UpscaleArgs {
         let (mut inputs, mut failures, earlier) = self.collect_inputs();
         // The same file named twice, however spelt, is upscaled once.
         let mut seen = HashSet::new();
+        let listed_twice = inputs.len();
         inputs.retain(|i| seen.insert(i.path.canonicalize().unwrap_or_else(|_| i.path.clone())));
+        let listed_twice = listed_twice - inputs.len();
+        if listed_twice > 0 && !self.quiet {
+            eprintln!(
+                "note: {listed_twice} input(s) name a file already listed (another spelling or a link to it) and are upscaled once"
+            );
+        }
         if earlier > 0 && !self.quiet {
             eprintln!(
                 "note: passing over {earlier} earlier result(s) (NAME_x4 and the like beside NAME); name them one by one to upscale them"
@@ -427,7 +434,7 @@ impl UpscaleArgs {
                 continue;
             } else if path.is_dir() {
                 let depth = if self.recursive { usize::MAX } else { 0 };
-                let mut scan = Scan::new(output_dir.clone());
+                let mut scan = Scan::new(skipped_output(&output_dir, path));
                 scan.walk(path, path, depth).map(|()| scan.found)
             } else if arg.contains(['*', '?', '[']) {
                 match_pattern(arg, output_dir.clone(), self.recursive).and_then(|found| {
@@ -866,7 +873,8 @@ fn match_pattern(arg: &str, output_dir: Option<PathBuf>, recursive: bool) -> Res
         _ => p,
     };
     let matches = |p: &Path| pattern.matches_path_with(p, options);
-    let mut scan = Scan::new(output_dir.clone());
+    let skip = skipped_output(&output_dir, start);
+    let mut scan = Scan::new(skip.clone());
     scan.skip_hidden = false;
     scan.walk(start, start, depth)?;
     let mut found: Vec<Input> = scan
@@ -878,22 +886,33 @@ fn match_pattern(arg: &str, output_dir: Option<PathBuf>, recursive: bool) -> Res
         })
         .filter(|i| matches(&i.path))
         .collect();
+    // One scan for all matched directories, which never re-enters the starting directory
+    // (a link up the tree would otherwise list its files again under the link's path).
+    let mut inner = Scan::new(skip);
+    inner.visited.extend(start.canonicalize().ok());
     for dir in scan.dirs {
         if matches(&as_written(dir.clone())) {
-            let mut inner = Scan::new(output_dir.clone());
             inner.walk(start, &dir, if recursive { usize::MAX } else { 0 })?;
-            found.extend(inner.found.into_iter().map(|i| Input {
-                path: as_written(i.path),
-                subdir: i.subdir,
-            }));
         }
     }
+    found.extend(inner.found.into_iter().map(|i| Input {
+        path: as_written(i.path),
+        subdir: i.subdir,
+    }));
     if !recursive {
         found.iter_mut().for_each(|i| i.subdir.clear());
     }
     found.sort();
     found.dedup();
     Ok(found)
+}
+
+/// The output directory a scan from `root` must pass over: none when the scan is of the
+/// output directory itself (`infdit upscale photos -o photos` reads `photos`).
+fn skipped_output(output_dir: &Option<PathBuf>, root: &Path) -> Option<PathBuf> {
+    output_dir
+        .clone()
+        .filter(|o| root.canonicalize().ok().as_ref() != Some(o))
 }
 
 /// Drops files that a directory or a pattern turned up which are earlier results of this
