@@ -383,7 +383,7 @@ fn decode_reader(
     };
     if let Some(what) = several {
         tracing::warn!(
-            "{}: {what}: only the first image is upscaled",
+            "{}: {what}: only the first image is read",
             path.display()
         );
     }
@@ -552,7 +552,7 @@ fn unreadable_format(head: &[u8]) -> Option<&'static str> {
 }
 
 /// What the file holds beyond its first image (animation frames), named for a warning:
-/// only the first is upscaled. TIFF pages are among the [`TiffFacts`]. Leaves `reader` at
+/// only the first is read. TIFF pages are among the [`TiffFacts`]. Leaves `reader` at
 /// the start.
 fn several_images(format: InputFormat, reader: &mut (impl BufRead + Seek)) -> Option<&'static str> {
     use image::codecs::{gif::GifDecoder, png::PngDecoder, webp::WebPDecoder};
