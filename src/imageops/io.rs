@@ -382,10 +382,7 @@ fn decode_reader(
         }
     };
     if let Some(what) = several {
-        tracing::warn!(
-            "{}: {what}: only the first image is read",
-            path.display()
-        );
+        tracing::warn!("{}: {what}: only the first image is read", path.display());
     }
     Ok(decoded)
 }
