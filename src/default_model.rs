@@ -23,6 +23,7 @@ pub fn load(dtype: DType, device: &Device) -> Result<(InfDit, SamplingDefaults)>
         checkpoint: Checkpoint {
             path: "<built-in model>".into(),
             tensors,
+            unreadable: Default::default(),
         },
     };
     let sampling = serde_json::from_str(SAMPLING).context("built-in sampling settings")?;

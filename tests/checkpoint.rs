@@ -170,3 +170,155 @@ fn saved_weights_carry_their_config() {
         );
     }
 }
+
+fn values(ck: &Checkpoint, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = &ck.tensors[name];
+    (t.dims().to_vec(), tensor_vec(t))
+}
+
+/// torch names the archive's folder after the file; with 21 characters its first central
+/// directory entry is as long as the zip64 end records, which misled the zip offset
+/// detection into starting at the second entry.
+#[test]
+fn a_pytorch_archive_whatever_its_folder_name_loads() {
+    let ck = Checkpoint::open(&fixture("pickles/model_weights_epoch_1.pt")).unwrap();
+    let (dims, a) = values(&ck, "a");
+    assert_eq!(dims, [4, 6]);
+    assert_eq!(a, (0..24).map(|i| i as f32).collect::<Vec<_>>());
+    assert_eq!(values(&ck, "b"), (vec![5], vec![-1.0, -0.5, 0.0, 0.5, 1.0]));
+}
+
+/// Views saved without `.contiguous()` keep their storage and strides in the file.
+#[test]
+fn tensors_saved_as_strided_views_load_as_their_values() {
+    let ck = Checkpoint::open(&fixture("pickles/strided_views.pt")).unwrap();
+    let base = |r: usize, c: usize| (r * 6 + c) as f32;
+    let grid = |rows: &[usize], cols: &[usize]| -> Vec<f32> {
+        rows.iter()
+            .flat_map(|&r| cols.iter().map(move |&c| base(r, c)))
+            .collect()
+    };
+    assert_eq!(
+        values(&ck, "rows"),
+        (vec![2, 6], grid(&[0, 2], &[0, 1, 2, 3, 4, 5]))
+    );
+    assert_eq!(
+        values(&ck, "cols"),
+        (vec![4, 2], grid(&[0, 1, 2, 3], &[1, 2]))
+    );
+    let transposed: Vec<f32> = (0..6)
+        .flat_map(|c| (0..4).map(move |r| base(r, c)))
+        .collect();
+    assert_eq!(values(&ck, "transposed"), (vec![6, 4], transposed));
+    assert_eq!(
+        values(&ck, "row"),
+        (vec![6], grid(&[1], &[0, 1, 2, 3, 4, 5]))
+    );
+    assert_eq!(
+        values(&ck, "expanded"),
+        (vec![2, 3], vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0])
+    );
+}
+
+#[test]
+fn pickle_protocol_4_is_named_with_the_way_out() {
+    let err = format!(
+        "{:#}",
+        Checkpoint::open(&fixture("pickles/protocol4.pt"))
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains(
+            "saved with pickle protocol 4; re-save it with torch.save's default protocol (2)"
+        ),
+        "{err}"
+    );
+}
+
+/// Tensors whose storage type candle cannot read are named, not dropped unseen.
+#[test]
+fn unreadable_tensors_are_named() {
+    let ck = Checkpoint::open(&fixture("pickles/int_and_bool.pt")).unwrap();
+    assert_eq!(ck.shapes().into_keys().collect::<Vec<_>>(), ["weight"]);
+    let unreadable: Vec<_> = ck.unreadable.iter().collect();
+    assert_eq!(unreadable.len(), 2, "{unreadable:?}");
+    assert!(
+        ck.unreadable["count"].contains("IntStorage"),
+        "{unreadable:?}"
+    );
+    assert!(
+        ck.unreadable["mask"].contains("BoolStorage"),
+        "{unreadable:?}"
+    );
+}
+
+/// DataParallel and Lightning save every key under `module.` or `model.`.
+#[test]
+fn a_wrapper_prefix_on_every_key_is_removed() {
+    let want = reference();
+    let dir = tempfile::tempdir().unwrap();
+    for prefix in ["module.", "model.", "model.module."] {
+        let path = dir.path().join("wrapped.safetensors");
+        let wrapped = want
+            .tensors
+            .iter()
+            .map(|(k, t)| (format!("{prefix}{k}"), t.clone()))
+            .collect();
+        infdit::fsutil::save_safetensors(&path, &wrapped).unwrap();
+        let ck = Checkpoint::open(&path).unwrap();
+        assert_same_tensors(&ck, &want);
+    }
+    // Without the Inf-DiT names under it, a common prefix is part of the names.
+    let path = dir.path().join("other.safetensors");
+    let t = want.tensors["mixins.final_layer.linear.bias"].clone();
+    let other = [
+        ("model.x".to_string(), t.clone()),
+        ("model.y".to_string(), t),
+    ];
+    infdit::fsutil::save_safetensors(&path, &other.into_iter().collect()).unwrap();
+    let names: Vec<_> = Checkpoint::open(&path)
+        .unwrap()
+        .shapes()
+        .into_keys()
+        .collect();
+    assert_eq!(names, ["model.x", "model.y"]);
+}
+
+/// A config.json beside the weights comes first, so a broken stored config is then not
+/// in the way; without one, it is reported.
+#[test]
+fn a_broken_stored_config_matters_only_without_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let metadata = std::collections::HashMap::from([(
+        infdit::checkpoint::CONFIG_METADATA_KEY.to_string(),
+        "{not json".to_string(),
+    )]);
+    infdit::fsutil::save_safetensors_with_metadata(&path, &reference().tensors, Some(metadata))
+        .unwrap();
+    let err = format!("{:#}", ModelSource::open(&path).err().unwrap());
+    assert!(err.contains("unreadable stored model config"), "{err}");
+    std::fs::copy(fixture("tiny/config.json"), dir.path().join("config.json")).unwrap();
+    let cfg = ModelConfig::from_json_file(&fixture("tiny/config.json")).unwrap();
+    assert_eq!(ModelSource::open(&path).unwrap().config, cfg);
+}
+
+/// Integer tensors would be cast into meaningless weights.
+#[test]
+fn integer_model_weights_are_refused_by_name() {
+    let cfg = ModelConfig::from_json_file(&fixture("tiny/config.json")).unwrap();
+    for dtype in [candle_core::DType::U8, candle_core::DType::I64] {
+        let mut ck = reference();
+        let name = "mixins.final_layer.linear.bias";
+        let t = ck.tensors[name].to_dtype(dtype).unwrap();
+        ck.tensors.insert(name.into(), t);
+        let err = format!("{:#}", ck.validate(&cfg).unwrap_err());
+        assert!(
+            err.contains(&format!(
+                "{name} is stored as {dtype:?}; model weights must be floating point"
+            )),
+            "{err}"
+        );
+    }
+}

@@ -209,6 +209,40 @@ fn convert_stores_the_model_config() {
     );
 }
 
+/// A tensor that cannot be read fails the conversion, by name, instead of being dropped
+/// from a file that then passes for complete.
+#[test]
+fn convert_refuses_to_drop_unreadable_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let input = common::fixture("pickles/int_and_bool.pt");
+    let err = fails(&["convert", s(&input), s(&out)]);
+    assert!(err.contains("2 tensors cannot be read"), "{err}");
+    assert!(
+        err.contains("count (unsupported storage type IntStorage)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("mask (unsupported storage type BoolStorage)"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+/// convert takes a model directory, as inspect and --model do.
+#[test]
+fn convert_reads_a_model_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let o = infdit(&["convert", s(&common::fixture("tiny")), s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let src = infdit::checkpoint::ModelSource::open(&out).unwrap();
+    assert_eq!(
+        src.config,
+        infdit::config::ModelConfig::from_json_file(&common::fixture("tiny/config.json")).unwrap()
+    );
+}
+
 #[test]
 fn errors_are_printed_without_backtraces() {
     let o = Command::new(env!("CARGO_BIN_EXE_infdit"))

@@ -5,8 +5,10 @@
 //! never imports or calls anything, so a checkpoint cannot run code.
 
 mod keys;
+mod pth;
 
 pub use keys::{expected_shapes, is_ignored_key};
+pub use pth::PthTensors;
 
 use crate::config::ModelConfig;
 use anyhow::{bail, Context, Result};
@@ -18,6 +20,9 @@ use std::path::{Path, PathBuf};
 pub struct Checkpoint {
     pub path: PathBuf,
     pub tensors: HashMap<String, Tensor>,
+    /// Tensors of the file that could not be read (a storage type candle has not got, such
+    /// as int32 or bool), by name, with why.
+    pub unreadable: BTreeMap<String, String>,
 }
 
 /// Where a checkpoint's model config came from.
@@ -50,7 +55,7 @@ impl Checkpoint {
     /// Reads a PyTorch zip checkpoint (`.pt`, `.pth`, `.bin`, `.ckpt`; told by content)
     /// or a safetensors file.
     pub fn open(path: &Path) -> Result<Self> {
-        let tensors = if is_zip_file(path)? {
+        let (mut tensors, unreadable) = if is_zip_file(path)? {
             read_pickle(path)?
         } else if is_legacy_torch_file(path)? {
             bail!(
@@ -63,15 +68,20 @@ impl Checkpoint {
                 path.display()
             )
         } else {
-            candle_core::safetensors::load(path, &Device::Cpu)
-                .with_context(|| format!("{} is not a readable safetensors file", path.display()))?
+            let tensors =
+                candle_core::safetensors::load(path, &Device::Cpu).with_context(|| {
+                    format!("{} is not a readable safetensors file", path.display())
+                })?;
+            (tensors, BTreeMap::new())
         };
-        if tensors.is_empty() {
+        if tensors.is_empty() && unreadable.is_empty() {
             bail!("{}: no tensors found", path.display());
         }
+        strip_wrapper_prefixes(&mut tensors);
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
+            unreadable,
         })
     }
 
@@ -91,10 +101,18 @@ impl Checkpoint {
         let mut problems = Vec::new();
         for (name, shape) in &expected {
             match self.tensors.get(name) {
-                None => problems.push(format!("missing {name} (expected shape {shape:?})")),
+                None => match self.unreadable.get(name) {
+                    Some(why) => problems.push(format!("{name} cannot be read: {why}")),
+                    None => problems.push(format!("missing {name} (expected shape {shape:?})")),
+                },
                 Some(t) if t.dims() != shape.as_slice() => problems.push(format!(
                     "{name} has shape {:?}, expected {shape:?}",
                     t.dims()
+                )),
+                // Integer weights would be cast silently into nonsense values.
+                Some(t) if !t.dtype().is_float() => problems.push(format!(
+                    "{name} is stored as {:?}; model weights must be floating point",
+                    t.dtype()
                 )),
                 Some(_) => {}
             }
@@ -162,20 +180,23 @@ impl Checkpoint {
     }
 
     /// [`Checkpoint::config`], silently, and where the config came from.
+    /// A `config.json` beside the file takes precedence, so a stored config that cannot
+    /// be used is then only warned about.
     pub fn config_and_source(&self, config_json: &Path) -> Result<(ModelConfig, ConfigSource)> {
-        let stored = embedded_config(&self.path)?;
         if config_json.is_file() {
             let cfg = ModelConfig::from_json_file(config_json)?;
-            if stored.as_ref().is_some_and(|s| *s != cfg) {
-                tracing::warn!(
+            match embedded_config(&self.path) {
+                Ok(Some(stored)) if stored != cfg => tracing::warn!(
                     "{} differs from the config stored in {}; using {0}",
                     config_json.display(),
                     self.path.display()
-                );
+                ),
+                Err(e) => tracing::warn!("{e:#}; using {}", config_json.display()),
+                Ok(_) => {}
             }
             return Ok((cfg, ConfigSource::File));
         }
-        if let Some(cfg) = stored {
+        if let Some(cfg) = embedded_config(&self.path)? {
             return Ok((cfg, ConfigSource::Stored));
         }
         Ok((self.infer_config()?, ConfigSource::Inferred))
@@ -199,7 +220,7 @@ impl Checkpoint {
                 .dims()
                 .to_vec())
         };
-        let re_pos = dims("mixins.adaln_layer.re_pos_embed")?;
+        let re_pos = dims(ANCHOR_KEY)?;
         let [num_layers, _, heads, head_dim] = re_pos[..] else {
             bail!("re_pos_embed has unexpected rank: {re_pos:?}")
         };
@@ -236,6 +257,34 @@ impl Checkpoint {
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// A tensor every Inf-DiT checkpoint has, by which its key names are recognised.
+const ANCHOR_KEY: &str = "mixins.adaln_layer.re_pos_embed";
+
+/// Names under which wrappers nest a model, so that every key starts with them:
+/// DataParallel's `module.`, Lightning's `model.`, or both.
+const WRAPPER_NAMES: [&str; 2] = ["module", "model"];
+
+/// Removes a prefix of wrapper names that every key carries, but only where the Inf-DiT key
+/// names appear under it: other files keep their names.
+fn strip_wrapper_prefixes(tensors: &mut HashMap<String, Tensor>) {
+    let Some(prefix) = tensors
+        .keys()
+        .find_map(|k| k.strip_suffix(ANCHOR_KEY))
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    let wrapped = prefix
+        .strip_suffix('.')
+        .is_some_and(|p| p.split('.').all(|name| WRAPPER_NAMES.contains(&name)));
+    if wrapped && tensors.keys().all(|k| k.starts_with(&prefix)) {
+        *tensors = std::mem::take(tensors)
+            .into_iter()
+            .map(|(k, t)| (k[prefix.len()..].to_string(), t))
+            .collect();
     }
 }
 
@@ -277,17 +326,12 @@ fn looks_like_pytorch(path: &Path) -> bool {
 
 /// The tensors of a PyTorch zip checkpoint: the state dict at the top level or nested
 /// under one of [`PICKLE_ROOT_KEYS`] (DeepSpeed's `module`, Lightning's `state_dict`).
-pub fn open_pth(path: &Path) -> Result<candle_core::pickle::PthTensors> {
-    let open_err = || format!("{} is not a readable PyTorch checkpoint", path.display());
+pub fn open_pth(path: &Path) -> Result<PthTensors> {
     for key in PICKLE_ROOT_KEYS.iter().map(Some).chain([None]) {
-        match candle_core::pickle::PthTensors::new(path, key.copied()) {
-            Ok(pth) if !pth.tensor_infos().is_empty() => return Ok(pth),
-            Ok(_) => continue,
-            Err(e) if key.is_some() => {
-                tracing::debug!("no state dict under {key:?}: {e}");
-                continue;
-            }
-            Err(e) => return Err(anyhow::Error::from(e).context(open_err())),
+        let pth = PthTensors::new(path, key.copied())
+            .with_context(|| format!("{} is not a readable PyTorch checkpoint", path.display()))?;
+        if !pth.tensor_infos().is_empty() || !pth.unreadable().is_empty() {
+            return Ok(pth);
         }
     }
     bail!(
@@ -296,20 +340,20 @@ pub fn open_pth(path: &Path) -> Result<candle_core::pickle::PthTensors> {
     )
 }
 
-fn read_pickle(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let pth = open_pth(path)?;
-    pth.tensor_infos()
-        .keys()
+/// The readable tensors of a PyTorch checkpoint, and the unreadable ones with why.
+fn read_pickle(path: &Path) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
+    let mut pth = open_pth(path)?;
+    let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
+    let tensors = names
+        .into_iter()
         .map(|name| {
             let t = pth
-                .get(name)
-                .with_context(|| {
-                    format!("{} is not a readable PyTorch checkpoint", path.display())
-                })?
+                .get(&name)?
                 .with_context(|| format!("{}: tensor {name} vanished", path.display()))?;
-            Ok((name.clone(), t))
+            Ok((name, t))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((tensors, pth.unreadable().clone()))
 }
 
 /// A model directory (`config.json` + weights) or a single checkpoint file.
@@ -323,15 +367,9 @@ impl ModelSource {
     /// other checkpoint file), or a checkpoint file whose config is read from a
     /// `config.json` beside it or inferred from its shapes.
     pub fn open(path: &Path) -> Result<Self> {
-        let (config_path, weights) = if path.is_dir() {
-            (path.join("config.json"), find_weights(path)?)
-        } else if path.is_file() {
-            (path.with_file_name("config.json"), path.to_path_buf())
-        } else {
-            bail!("model {} does not exist", path.display());
-        };
+        let weights = weights_path(path)?;
         let checkpoint = Checkpoint::open(&weights)?;
-        let config = checkpoint.config(&config_path)?;
+        let config = checkpoint.config(&weights.with_file_name("config.json"))?;
         checkpoint.validate(&config)?;
         Ok(Self { config, checkpoint })
     }
@@ -384,6 +422,18 @@ pub fn embedded_config(path: &Path) -> Result<Option<ModelConfig>> {
     cfg.validate()
         .with_context(|| format!("{}: invalid stored model config", path.display()))?;
     Ok(Some(cfg))
+}
+
+/// The weights file of a model path: `path` itself, or the one in a model directory.
+/// Its config is the `config.json` beside it.
+pub fn weights_path(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        find_weights(path)
+    } else if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        bail!("model {} does not exist", path.display())
+    }
 }
 
 fn find_weights(dir: &Path) -> Result<PathBuf> {

@@ -1,7 +1,7 @@
 //! `infdit inspect` and `infdit convert`.
 
 use super::DTypeArg;
-use crate::checkpoint::{expected_shapes, is_ignored_key, Checkpoint, ConfigSource};
+use crate::checkpoint::{expected_shapes, is_ignored_key, weights_path, Checkpoint, ConfigSource};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
@@ -19,13 +19,7 @@ pub struct InspectArgs {
 
 impl InspectArgs {
     pub fn run(self) -> Result<()> {
-        let path = if self.checkpoint.is_dir() {
-            crate::checkpoint::ModelSource::open(&self.checkpoint)?
-                .checkpoint
-                .path
-        } else {
-            self.checkpoint.clone()
-        };
+        let path = weights_path(&self.checkpoint)?;
         let ck = Checkpoint::open(&path)?;
         let shapes = ck.shapes();
         let mut groups: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
@@ -59,6 +53,9 @@ impl InspectArgs {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        for (name, why) in &ck.unreadable {
+            println!("  cannot read {name}: {why}");
+        }
         if self.all {
             for (name, shape) in &shapes {
                 println!("  {name:<70} {shape:?} {:?}", ck.tensors[name].dtype());
@@ -107,7 +104,7 @@ impl InspectArgs {
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// Input checkpoint (.pt, .pth, .bin, .safetensors).
+    /// Input checkpoint (.pt, .pth, .bin, .safetensors) or model directory.
     pub input: PathBuf,
     /// Output .safetensors file.
     pub output: PathBuf,
@@ -137,7 +134,22 @@ fn check_output_name(output: &Path) -> Result<()> {
 impl ConvertArgs {
     pub fn run(self) -> Result<()> {
         check_output_name(&self.output)?;
-        let ck = Checkpoint::open(&self.input)?;
+        let input = weights_path(&self.input)?;
+        let ck = Checkpoint::open(&input)?;
+        // Writing the rest would pass for a complete conversion.
+        if !ck.unreadable.is_empty() {
+            bail!(
+                "{}: {} tensor{} cannot be read, so it cannot be converted whole: {}",
+                input.display(),
+                ck.unreadable.len(),
+                if ck.unreadable.len() == 1 { "" } else { "s" },
+                ck.unreadable
+                    .iter()
+                    .map(|(name, why)| format!("{name} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let dtype: Option<DType> = self.dtype.map(Into::into);
         let tensors: HashMap<String, Tensor> = ck
             .tensors
@@ -154,7 +166,7 @@ impl ConvertArgs {
         // The config travels inside the file where it is known, so the result loads as
         // the same model wherever it is put; not where it would only be inferred from the
         // shapes (storing a guess would hide that it is one).
-        match ck.config_and_source(&self.input.with_file_name("config.json")) {
+        match ck.config_and_source(&input.with_file_name("config.json")) {
             Ok((cfg, ConfigSource::File | ConfigSource::Stored)) => {
                 crate::checkpoint::save_model_weights(&self.output, &tensors, &cfg)?
             }

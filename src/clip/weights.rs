@@ -450,7 +450,7 @@ fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
 }
 
 fn read_pth(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let pth = crate::checkpoint::open_pth(path)?;
+    let mut pth = crate::checkpoint::open_pth(path)?;
     let mut names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
     let Some(format) = ClipWeightFormat::detect(names.iter().map(String::as_str)) else {
         names.sort();

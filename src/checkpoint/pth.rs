@@ -1,0 +1,233 @@
+//! PyTorch zip checkpoints. The pickle is interpreted by candle's reader, which treats the
+//! opcode stream as data and never imports or calls anything; the archive and the tensor
+//! data are read here, so that files candle's own loader refuses still load: archives
+//! whose zip64 end records mislead the zip crate's offset detection, and tensors saved as
+//! strided views.
+
+use anyhow::{bail, Context, Result};
+use candle_core::pickle::{Object, Stack, TensorInfo};
+use candle_core::{Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+type Archive = zip::ZipArchive<BufReader<File>>;
+
+/// The newest pickle protocol candle's reader understands: protocol 4 brings frames,
+/// memoize and stack-global opcodes it has not got.
+const MAX_PICKLE_PROTOCOL: u8 = 3;
+
+/// The tensors of one state dict in a PyTorch checkpoint, read on demand.
+pub struct PthTensors {
+    path: PathBuf,
+    archive: Archive,
+    infos: HashMap<String, TensorInfo>,
+    unreadable: BTreeMap<String, String>,
+}
+
+impl PthTensors {
+    /// Opens the state dict of `path` at the top level of its pickle, or under `key` when
+    /// the top level is a dict.
+    pub fn new(path: &Path, key: Option<&str>) -> Result<Self> {
+        let mut archive = open_archive(path)?;
+        let mut infos = HashMap::new();
+        let mut unreadable = BTreeMap::new();
+        let names = archive
+            .file_names()
+            .map(|n| n.map(|n| n.into_owned()))
+            .collect::<Result<Vec<String>, _>>()?;
+        for name in names.iter().filter(|n| n.ends_with("data.pkl")) {
+            let root = read_pickle_object(&mut archive, name)?;
+            let Some(entries) = state_dict(root, key) else {
+                continue;
+            };
+            let dir = Path::new(name.trim_end_matches(".pkl"));
+            for (name, value) in entries {
+                let label = match &name {
+                    Object::Unicode(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                match value.into_tensor_info(name, dir) {
+                    Ok(Some(info)) => {
+                        infos.insert(info.name.clone(), info);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        unreadable.insert(label, e.to_string());
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            archive,
+            infos,
+            unreadable,
+        })
+    }
+
+    pub fn tensor_infos(&self) -> &HashMap<String, TensorInfo> {
+        &self.infos
+    }
+
+    /// Tensors in the state dict that cannot be read (e.g. int32 or bool storage), with why.
+    pub fn unreadable(&self) -> &BTreeMap<String, String> {
+        &self.unreadable
+    }
+
+    /// Reads tensor `name` onto the CPU in its stored dtype; `None` if there is none.
+    pub fn get(&mut self, name: &str) -> Result<Option<Tensor>> {
+        let Some(info) = self.infos.get(name) else {
+            return Ok(None);
+        };
+        let path = &self.path;
+        read_tensor(&mut self.archive, info)
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "{}: cannot read tensor {name} ({:?}, shape {:?}, strides {:?})",
+                    path.display(),
+                    info.dtype,
+                    info.layout.dims(),
+                    info.layout.stride()
+                )
+            })
+    }
+}
+
+/// PyTorch writes its archives from the first byte. Left to detect the offset, the zip
+/// crate trusts a central directory that ends right at the zip32 end record, which torch's
+/// zip64 end records (76 bytes) sit in front of: when the first central entry is also 76
+/// bytes long (an archive folder of 21 characters), it starts from the second entry and
+/// refuses the file.
+fn open_archive(path: &Path) -> Result<Archive> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let config = zip::read::Config {
+        archive_offset: zip::read::ArchiveOffset::Known(0),
+    };
+    Ok(zip::ZipArchive::with_config(config, BufReader::new(file))?)
+}
+
+/// The object a `data.pkl` in the archive unpickles to.
+fn read_pickle_object(archive: &mut Archive, name: &str) -> Result<Object> {
+    let mut bytes = Vec::new();
+    archive.by_name(name)?.read_to_end(&mut bytes)?;
+    if let [0x80, protocol, ..] = bytes[..] {
+        if protocol > MAX_PICKLE_PROTOCOL {
+            bail!(
+                "saved with pickle protocol {protocol}; re-save it with torch.save's default protocol (2)"
+            );
+        }
+    }
+    let mut stack = Stack::empty();
+    stack.read_loop(&mut bytes.as_slice())?;
+    Ok(stack.finalize()?)
+}
+
+/// The dict of name → value holding the tensors: the root object (a TorchScript module's
+/// attributes, as candle does) or, with `key`, the entry under it.
+fn state_dict(root: Object, key: Option<&str>) -> Option<Vec<(Object, Object)>> {
+    let root = match root {
+        Object::Build { callable, args } => match *callable {
+            Object::Reduce { callable, .. }
+                if matches!(&*callable, Object::Class { module_name, class_name }
+                    if module_name == "__torch__" && class_name == "Module") =>
+            {
+                *args
+            }
+            _ => return None,
+        },
+        other => other,
+    };
+    let Object::Dict(entries) = root else {
+        return None;
+    };
+    let Some(key) = key else {
+        return Some(entries);
+    };
+    match entries
+        .into_iter()
+        .find(|(k, _)| matches!(k, Object::Unicode(s) if s == key))
+    {
+        Some((_, Object::Dict(inner))) => Some(inner),
+        _ => None,
+    }
+}
+
+/// Reads one tensor. A view saved as is (a slice, a transpose, an expand) keeps its whole
+/// storage and strides in the file: the storage is read and the view's elements gathered.
+fn read_tensor(archive: &mut Archive, info: &TensorInfo) -> Result<Tensor> {
+    let layout = &info.layout;
+    let elem = info.dtype.size_in_bytes();
+    // candle's TensorInfo keeps the storage offset in bytes.
+    let offset = layout.start_offset() / elem;
+    let contiguous = layout.is_contiguous();
+    let needed = if contiguous {
+        offset + layout.shape().elem_count()
+    } else {
+        info.storage_size
+    };
+    let mut bytes = Vec::with_capacity(needed * elem);
+    archive
+        .by_name(&info.path)?
+        .take((needed * elem) as u64)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() < needed * elem {
+        bail!(
+            "its storage ends after {} of {} bytes",
+            bytes.len(),
+            needed * elem
+        );
+    }
+    let cpu = &Device::Cpu;
+    if contiguous {
+        return Ok(Tensor::from_raw_buffer(
+            &bytes[offset * elem..],
+            info.dtype,
+            layout.dims(),
+            cpu,
+        )?);
+    }
+    let storage = Tensor::from_raw_buffer(&bytes, info.dtype, &[info.storage_size], cpu)?;
+    let index = strided_indices(layout.dims(), layout.stride(), offset);
+    if let Some(&last) = index.iter().max() {
+        if last as usize >= info.storage_size {
+            bail!(
+                "the view reaches element {last} of a storage of {}",
+                info.storage_size
+            );
+        }
+    }
+    let n = index.len();
+    let index = Tensor::from_vec(index, n, cpu)?;
+    Ok(storage.index_select(&index, 0)?.reshape(layout.dims())?)
+}
+
+/// Storage positions of a view's elements in row-major order.
+fn strided_indices(dims: &[usize], strides: &[usize], offset: usize) -> Vec<i64> {
+    let mut index = vec![offset as i64];
+    for (&dim, &stride) in dims.iter().zip(strides) {
+        index = index
+            .iter()
+            .flat_map(|&base| (0..dim).map(move |i| base + (i * stride) as i64))
+            .collect();
+    }
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_indices_follow_the_view() {
+        // base = arange(24).reshape(4, 6); base[:, 1:3] has strides (6, 1) from offset 1.
+        assert_eq!(
+            strided_indices(&[4, 2], &[6, 1], 1),
+            vec![1, 2, 7, 8, 13, 14, 19, 20]
+        );
+        assert_eq!(strided_indices(&[2, 3], &[0, 1], 0), vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(strided_indices(&[], &[], 5), vec![5]);
+    }
+}
