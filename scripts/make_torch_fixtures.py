@@ -9,6 +9,8 @@ Outputs (tests/fixtures/pickles/):
                             transpose, an offset row, a broadcast (stride 0) expand
   int_and_bool.pt           a float tensor beside int32 and bool ones
   protocol4.pt              a state dict saved with pickle_protocol=4
+  forged_storage_size.pt    a tensor whose pickle claims a 2^31-element storage
+  forged_view_size.pt       a tensor whose pickle claims a 2^40-element zero-stride view
 """
 import os
 
@@ -48,3 +50,30 @@ save(
     "int_and_bool.pt",
 )
 save({"a": base}, "protocol4.pt", pickle_protocol=4)
+
+
+def forge(name, edits):
+    """A copy of a saved 7-element tensor whose pickle claims other sizes (what a damaged
+    or hostile file may claim): `edits` replaces byte strings of the pickle."""
+    import zipfile
+
+    save({"w": torch.arange(7, dtype=torch.float32)}, name)
+    path = os.path.join(OUT, name)
+    with zipfile.ZipFile(path) as z:
+        entries = [(i, z.read(i)) for i in z.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for info, data in entries:
+            if info.filename.endswith("data.pkl"):
+                for old, new in edits:
+                    assert data.count(old) == 1, old
+                    data = data.replace(old, new)
+            z.writestr(info, data)
+
+
+# The storage claims 2^31-1 elements and the view a stride of 2 (so it is read whole).
+forge("forged_storage_size.pt", [(b"K\x07t", b"J\xff\xff\xff\x7ft"), (b"K\x01\x85", b"K\x02\x85")])
+# The view claims 2^40 elements over the 7 (zero strides).
+forge(
+    "forged_view_size.pt",
+    [(b"K\x07\x85q\x08K\x01\x85", b"J\x00\x00\x10\x00J\x00\x00\x10\x00\x86q\x08K\x00K\x00\x86")],
+)

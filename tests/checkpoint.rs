@@ -220,6 +220,23 @@ fn tensors_saved_as_strided_views_load_as_their_values() {
     );
 }
 
+/// Sizes a pickle claims are checked against the archive before memory is taken for them.
+#[test]
+fn forged_sizes_are_refused_before_allocating() {
+    for (file, needle) in [
+        ("forged_storage_size.pt", "its storage holds 28 bytes"),
+        ("forged_view_size.pt", "is not a weight"),
+    ] {
+        let err = format!(
+            "{:#}",
+            Checkpoint::open(&fixture(&format!("pickles/{file}")))
+                .err()
+                .unwrap()
+        );
+        assert!(err.contains("tensor w") && err.contains(needle), "{err}");
+    }
+}
+
 #[test]
 fn pickle_protocol_4_is_named_with_the_way_out() {
     let err = format!(

@@ -18,6 +18,9 @@ type Archive = zip::ZipArchive<BufReader<File>>;
 /// memoize and stack-global opcodes it has not got.
 const MAX_PICKLE_PROTOCOL: u8 = 3;
 
+/// Most elements a saved view may have per element of its storage.
+const MAX_VIEW_REPEAT: usize = 64;
+
 /// The tensors of one state dict in a PyTorch checkpoint, read on demand.
 pub struct PthTensors {
     path: PathBuf,
@@ -164,20 +167,29 @@ fn read_tensor(archive: &mut Archive, info: &TensorInfo) -> Result<Tensor> {
     let offset = layout.start_offset() / elem;
     let contiguous = layout.is_contiguous();
     let needed = if contiguous {
-        offset + layout.shape().elem_count()
+        offset.checked_add(layout.shape().elem_count())
     } else {
-        info.storage_size
+        Some(info.storage_size)
     };
-    let mut bytes = Vec::with_capacity(needed * elem);
-    archive
-        .by_name(&info.path)?
-        .take((needed * elem) as u64)
+    // The sizes come from the pickle: they are checked against the stored entry before
+    // anything is allocated for them.
+    let mut entry = archive.by_name(&info.path)?;
+    let stored = entry.size();
+    let needed_bytes = needed
+        .and_then(|n| n.checked_mul(elem))
+        .filter(|&b| b as u64 <= stored);
+    let Some(needed_bytes) = needed_bytes else {
+        bail!("its storage holds {stored} bytes, fewer than the tensor needs");
+    };
+    let mut bytes = Vec::with_capacity(needed_bytes);
+    (&mut entry)
+        .take(needed_bytes as u64)
         .read_to_end(&mut bytes)?;
-    if bytes.len() < needed * elem {
+    drop(entry);
+    if bytes.len() < needed_bytes {
         bail!(
-            "its storage ends after {} of {} bytes",
-            bytes.len(),
-            needed * elem
+            "its storage ends after {} of {needed_bytes} bytes",
+            bytes.len()
         );
     }
     let cpu = &Device::Cpu;
@@ -188,6 +200,15 @@ fn read_tensor(archive: &mut Archive, info: &TensorInfo) -> Result<Tensor> {
             layout.dims(),
             cpu,
         )?);
+    }
+    // A view repeats storage elements only through zero strides (an expand); far more
+    // elements than its storage holds are no weight, and would only cost memory here.
+    let count = layout.shape().elem_count();
+    if count > info.storage_size.saturating_mul(MAX_VIEW_REPEAT) {
+        bail!(
+            "a view of {count} elements over a storage of {} is not a weight",
+            info.storage_size
+        );
     }
     let storage = Tensor::from_raw_buffer(&bytes, info.dtype, &[info.storage_size], cpu)?;
     let index = strided_indices(layout.dims(), layout.stride(), offset);
