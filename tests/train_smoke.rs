@@ -3,6 +3,7 @@
 
 mod common;
 use infdit::config::ModelConfig;
+use std::path::Path;
 use std::process::Command;
 
 /// Two generated photos and the minimal config in `dir`: (photo folder, config path).
@@ -74,7 +75,7 @@ fn train_saves_resumes_and_produces_a_loadable_model() {
     let (photos, cfg_path) = setup(dir.path());
     let cfg = ModelConfig::minimal();
     let out = dir.path().join("run");
-    let train = |steps: &str, resume: bool| {
+    let train_into = |out: &Path, steps: &str, resume: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_infdit"));
         c.args([
             "train",
@@ -95,7 +96,7 @@ fn train_saves_resumes_and_produces_a_loadable_model() {
             "1",
         ]);
         if resume {
-            c.args(["--resume", out.to_str().unwrap()]);
+            c.args(["--resume", dir.path().join("run").to_str().unwrap()]);
         } else {
             c.args([
                 "--config",
@@ -107,7 +108,14 @@ fn train_saves_resumes_and_produces_a_loadable_model() {
         let o = c.output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
+    let train = |steps: &str, resume: bool| train_into(&out, steps, resume);
     train("2", false);
+    // Resumed into another folder, the run takes its loss history along.
+    let branch = dir.path().join("branch");
+    train_into(&branch, "3", true);
+    let log = std::fs::read_to_string(branch.join("loss.csv")).unwrap();
+    let steps: Vec<&str> = log.lines().skip(1).map(|l| &l[..2]).collect();
+    assert_eq!(steps, ["1,", "2,", "3,"], "{log}");
     train("3", true);
     let log = std::fs::read_to_string(out.join("loss.csv")).unwrap();
     let rows: Vec<&str> = log.lines().skip(1).collect();

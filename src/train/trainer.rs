@@ -18,7 +18,7 @@ use rand_distr::{Distribution, Normal, StandardNormal};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Hyper-parameters of a run (saved as `train.json` beside the checkpoints).
@@ -260,6 +260,8 @@ pub struct Trainer {
     ema: HashMap<String, Tensor>,
     step: usize,
     rng: rand::rngs::StdRng,
+    /// The loss log of the run resumed, carried into a new output folder.
+    history: Option<PathBuf>,
 }
 
 impl Trainer {
@@ -273,6 +275,10 @@ impl Trainer {
                 cfg.image_block_size_px
             );
         }
+        let history = match &start {
+            Start::Resume(dir) => Some(dir.join("loss.csv")),
+            _ => None,
+        };
         let (weights, ema, step) = match start {
             Start::Resume(dir) => {
                 let state = read_state(dir)?;
@@ -318,6 +324,7 @@ impl Trainer {
             ema,
             step,
             rng,
+            history,
         })
     }
 
@@ -448,6 +455,13 @@ impl Trainer {
         )?;
         let names = self.named_vars();
         let log_path = out.join("loss.csv");
+        // Resumed into another folder, the run keeps its history there.
+        if let Some(history) = self.history.as_ref().filter(|h| h.is_file()) {
+            if !log_path.exists() {
+                std::fs::copy(history, &log_path)
+                    .with_context(|| format!("copying {}", history.display()))?;
+            }
+        }
         // A resumed run continues from its last checkpoint: drop rows logged after it.
         if let Ok(text) = std::fs::read_to_string(&log_path) {
             let kept: Vec<&str> = text
