@@ -327,17 +327,15 @@ fn looks_like_pytorch(path: &Path) -> bool {
 /// The tensors of a PyTorch zip checkpoint: the state dict at the top level or nested
 /// under one of [`PICKLE_ROOT_KEYS`] (DeepSpeed's `module`, Lightning's `state_dict`).
 pub fn open_pth(path: &Path) -> Result<PthTensors> {
-    for key in PICKLE_ROOT_KEYS.iter().map(Some).chain([None]) {
-        let pth = PthTensors::new(path, key.copied())
-            .with_context(|| format!("{} is not a readable PyTorch checkpoint", path.display()))?;
-        if !pth.tensor_infos().is_empty() || !pth.unreadable().is_empty() {
-            return Ok(pth);
-        }
+    match PthTensors::open(path, &PICKLE_ROOT_KEYS)
+        .with_context(|| format!("{} is not a readable PyTorch checkpoint", path.display()))?
+    {
+        Some(pth) => Ok(pth),
+        None => bail!(
+            "{}: the pickle holds no tensors (only tensor data is read; any code in a pickle is never run)",
+            path.display()
+        ),
     }
-    bail!(
-        "{}: the pickle holds no tensors (only tensor data is read; any code in a pickle is never run)",
-        path.display()
-    )
 }
 
 /// The readable tensors of a PyTorch checkpoint, and the unreadable ones with why.

@@ -30,44 +30,56 @@ pub struct PthTensors {
 }
 
 impl PthTensors {
-    /// Opens the state dict of `path` at the top level of its pickle, or under `key` when
-    /// the top level is a dict.
-    pub fn new(path: &Path, key: Option<&str>) -> Result<Self> {
+    /// Opens the state dict of `path`: the dict under the first of `keys` that holds
+    /// tensors in the pickle's top-level dict, else the top level itself; `None` when
+    /// neither holds any. Each pickle in the archive is parsed once, whatever the keys.
+    pub fn open(path: &Path, keys: &[&str]) -> Result<Option<Self>> {
         let mut archive = open_archive(path)?;
-        let mut infos = HashMap::new();
-        let mut unreadable = BTreeMap::new();
         let names = archive
             .file_names()
             .map(|n| n.map(|n| n.into_owned()))
             .collect::<Result<Vec<String>, _>>()?;
-        for name in names.iter().filter(|n| n.ends_with("data.pkl")) {
-            let root = read_pickle_object(&mut archive, name)?;
-            let Some(entries) = state_dict(root, key) else {
-                continue;
-            };
-            let dir = Path::new(name.trim_end_matches(".pkl"));
-            for (name, value) in entries {
-                let label = match &name {
-                    Object::Unicode(s) => s.clone(),
-                    other => format!("{other:?}"),
+        let roots = names
+            .iter()
+            .filter(|n| n.ends_with("data.pkl"))
+            .map(|name| {
+                let dir = PathBuf::from(name.trim_end_matches(".pkl"));
+                Ok((dir, read_pickle_object(&mut archive, name)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for key in keys.iter().copied().map(Some).chain([None]) {
+            let mut infos = HashMap::new();
+            let mut unreadable = BTreeMap::new();
+            for (dir, root) in &roots {
+                let Some(entries) = state_dict(root, key) else {
+                    continue;
                 };
-                match value.into_tensor_info(name, dir) {
-                    Ok(Some(info)) => {
-                        infos.insert(info.name.clone(), info);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        unreadable.insert(label, e.to_string());
+                for (name, value) in entries.iter().cloned() {
+                    let label = match &name {
+                        Object::Unicode(s) => s.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    match value.into_tensor_info(name, dir) {
+                        Ok(Some(info)) => {
+                            infos.insert(info.name.clone(), info);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            unreadable.insert(label, e.to_string());
+                        }
                     }
                 }
             }
+            if !infos.is_empty() || !unreadable.is_empty() {
+                return Ok(Some(Self {
+                    path: path.to_path_buf(),
+                    archive,
+                    infos,
+                    unreadable,
+                }));
+            }
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            archive,
-            infos,
-            unreadable,
-        })
+        Ok(None)
     }
 
     pub fn tensor_infos(&self) -> &HashMap<String, TensorInfo> {
@@ -130,14 +142,14 @@ fn read_pickle_object(archive: &mut Archive, name: &str) -> Result<Object> {
 
 /// The dict of name → value holding the tensors: the root object (a TorchScript module's
 /// attributes, as candle does) or, with `key`, the entry under it.
-fn state_dict(root: Object, key: Option<&str>) -> Option<Vec<(Object, Object)>> {
+fn state_dict<'a>(root: &'a Object, key: Option<&str>) -> Option<&'a [(Object, Object)]> {
     let root = match root {
-        Object::Build { callable, args } => match *callable {
+        Object::Build { callable, args } => match &**callable {
             Object::Reduce { callable, .. }
-                if matches!(&*callable, Object::Class { module_name, class_name }
+                if matches!(&**callable, Object::Class { module_name, class_name }
                     if module_name == "__torch__" && class_name == "Module") =>
             {
-                *args
+                &**args
             }
             _ => return None,
         },
@@ -150,7 +162,7 @@ fn state_dict(root: Object, key: Option<&str>) -> Option<Vec<(Object, Object)>> 
         return Some(entries);
     };
     match entries
-        .into_iter()
+        .iter()
         .find(|(k, _)| matches!(k, Object::Unicode(s) if s == key))
     {
         Some((_, Object::Dict(inner))) => Some(inner),

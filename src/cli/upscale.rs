@@ -257,9 +257,9 @@ impl UpscaleArgs {
         let (mut inputs, mut failures, earlier) = self.collect_inputs();
         // The same file named twice, however spelt, is upscaled once.
         let mut seen = HashSet::new();
-        let listed_twice = inputs.len();
+        let before = inputs.len();
         inputs.retain(|i| seen.insert(i.path.canonicalize().unwrap_or_else(|_| i.path.clone())));
-        let listed_twice = listed_twice - inputs.len();
+        let listed_twice = before - inputs.len();
         if listed_twice > 0 && !self.quiet {
             eprintln!(
                 "note: {listed_twice} input(s) name a file already listed (another spelling or a link to it) and are upscaled once"
@@ -872,6 +872,10 @@ fn match_pattern(arg: &str, output_dir: Option<PathBuf>, recursive: bool) -> Res
         Ok(rel) if base.as_os_str().is_empty() => rel.to_path_buf(),
         _ => p,
     };
+    let written = |i: Input| Input {
+        path: as_written(i.path),
+        ..i
+    };
     let matches = |p: &Path| pattern.matches_path_with(p, options);
     let skip = skipped_output(&output_dir, start);
     let mut scan = Scan::new(skip.clone());
@@ -880,10 +884,7 @@ fn match_pattern(arg: &str, output_dir: Option<PathBuf>, recursive: bool) -> Res
     let mut found: Vec<Input> = scan
         .found
         .into_iter()
-        .map(|i| Input {
-            path: as_written(i.path),
-            subdir: i.subdir,
-        })
+        .map(written)
         .filter(|i| matches(&i.path))
         .collect();
     // One scan for all matched directories, which never re-enters the starting directory
@@ -895,10 +896,7 @@ fn match_pattern(arg: &str, output_dir: Option<PathBuf>, recursive: bool) -> Res
             inner.walk(start, &dir, if recursive { usize::MAX } else { 0 })?;
         }
     }
-    found.extend(inner.found.into_iter().map(|i| Input {
-        path: as_written(i.path),
-        subdir: i.subdir,
-    }));
+    found.extend(inner.found.into_iter().map(written));
     if !recursive {
         found.iter_mut().for_each(|i| i.subdir.clear());
     }
