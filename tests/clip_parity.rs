@@ -1,5 +1,5 @@
-//! CLIP image encoder: parity with the official encoder on the tiny tower, preprocessing
-//! sanity on non-square inputs, and equivalence of the three weight naming schemes.
+//! CLIP image encoder: parity with the official encoder on the tiny tower (on inputs of
+//! several shapes), preprocessing sanity on non-square inputs, and equivalence of the three weight naming schemes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -102,6 +102,40 @@ fn tiny_case_parity() {
         let d = max_abs_diff(&got[name], &want[name]);
         println!("{name}: max abs diff {d:e}");
         assert!(d <= 1e-5, "{name}: max abs diff {d:e}");
+    }
+}
+
+/// The official encoder (open_clip 3.3.0 with `OpenClipImageEncoder`'s preprocessing) on
+/// LR images of other shapes: wide and tiny ones (short side upsampled to 224), landscape
+/// and portrait ones larger than 224 (antialiased downscale, centre crop along either side).
+#[test]
+fn other_shapes_match_the_official_encoder() {
+    let enc = tiny_encoder();
+    let case = candle_core::safetensors::load(
+        fixture("official/clip_shapes.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut names: Vec<&str> = case
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lr_u8"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4, "cases: {names:?}");
+    for name in names {
+        // ToTensor, then ·2−1, as the official pipeline reads a photo.
+        let lr = (case[&format!("{name}.lr_u8")].to_dtype(DType::F32).unwrap() / 255.0)
+            .and_then(|x| x.affine(2.0, -1.0))
+            .and_then(|x| x.unsqueeze(0))
+            .unwrap();
+        let pixels = enc.preprocess(&Planar::from_tensor(&lr).unwrap()).unwrap();
+        let visual = enc.visual(&pixels).unwrap();
+        let embedding = clip::l2_normalize(&visual).unwrap();
+        for (what, got) in [("visual_out", &visual), ("embedding", &embedding)] {
+            let d = max_abs_diff(got, &case[&format!("{name}.{what}")]);
+            println!("{name} {what}: max abs diff {d:e}");
+            assert!(d <= 1e-5, "{name} {what}: max abs diff {d:e}");
+        }
     }
 }
 
