@@ -192,14 +192,24 @@ fn init_starts_a_new_run_from_a_model_and_residual_changes_only_the_target() {
     }
     let rows = losses(&tuned);
     assert_eq!(rows.len(), 1, "a new run starts at step 1");
-    let o = Command::new(env!("CARGO_BIN_EXE_infdit"))
-        .args(["train", "-q", "--data", photos.to_str().unwrap()])
-        .args(["--out", dir.path().join("x").to_str().unwrap()])
-        .args(["--init", init, "--resume", init])
-        .output()
-        .unwrap();
-    assert!(
-        !o.status.success(),
-        "--init and --resume exclude each other"
-    );
+    // A resumed run keeps its model: options that would change it are refused.
+    for other in [
+        &["--init", init][..],
+        &["--config", cfg_path.to_str().unwrap()],
+        &["--residual"],
+        &["--sigma-data", "0.2"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_infdit"))
+            .args(["train", "-q", "--data", photos.to_str().unwrap()])
+            .args(["--out", dir.path().join("x").to_str().unwrap()])
+            .args(["--resume", init])
+            .args(other)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("cannot be used with"),
+            "--resume with {other:?}: {err}"
+        );
+    }
 }

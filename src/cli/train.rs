@@ -29,8 +29,8 @@ pub struct TrainArgs {
     /// Model config.json (default: the small built-in architecture).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Continue the run saved in this directory.
-    #[arg(long, conflicts_with = "init")]
+    /// Continue the run saved in this directory (with its config).
+    #[arg(long, conflicts_with_all = ["init", "config", "residual", "sigma_data"])]
     resume: Option<PathBuf>,
     /// Start a new run from this model's weights (directory or checkpoint) instead of
     /// fresh ones, e.g. to fine-tune; its config is used unless --config is given.
@@ -140,6 +140,7 @@ impl TrainArgs {
         };
         let data = PhotoDataset::open(&self.data, manifest)?;
         let mut sample_cfg = data.config().clone();
+        sample_cfg.scale = cfg.sr_scale;
         sample_cfg.degradation.bicubic_prob = opts.bicubic_prob;
         let mut data = data.with_config(sample_cfg);
         let mut trainer = Trainer::new(cfg, opts.clone(), device, start)?;

@@ -47,7 +47,7 @@ pub struct Conditioning {
 }
 
 impl Conditioning {
-    pub(super) fn check(&self, cfg: &ModelConfig, x: &Planar) -> Result<()> {
+    pub fn check(&self, cfg: &ModelConfig, x: &Planar) -> Result<()> {
         ensure!(
             (self.concat_lr.height, self.concat_lr.width) == (x.height, x.width),
             "concat_lr is {}×{}, image is {}×{}",

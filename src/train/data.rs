@@ -253,12 +253,16 @@ fn list_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 pub fn read_manifest_holdout(manifest: &Path) -> Result<Vec<String>> {
     let text =
         fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    // Numbered as in the file, before blank and comment lines are passed over.
     let mut lines = text
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'));
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
     let header: Vec<&str> = lines
         .next()
         .context("empty manifest")?
+        .1
         .split('\t')
         .collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
@@ -269,18 +273,17 @@ pub fn read_manifest_holdout(manifest: &Path) -> Result<Vec<String>> {
         );
     };
     let mut out = Vec::new();
-    for (i, line) in lines.enumerate() {
+    for (n, line) in lines {
         let cells: Vec<&str> = line.split('\t').collect();
         ensure!(
             cells.len() == header.len(),
-            "manifest line {}: expected {} columns",
-            i + 2,
+            "manifest line {n}: expected {} columns",
             header.len()
         );
         match cells[hold_col] {
             "1" | "true" | "yes" => out.push(cells[file_col].to_string()),
             "0" | "false" | "no" | "" => {}
-            v => bail!("manifest line {}: holdout value {v:?}", i + 2),
+            v => bail!("manifest line {n}: holdout value {v:?}"),
         }
     }
     Ok(out)
@@ -513,5 +516,9 @@ mod tests {
         assert_eq!(read_manifest_holdout(&m).unwrap(), vec!["a.jpg"]);
         fs::write(&m, "file\tx\na.jpg\t1\n").unwrap();
         assert!(read_manifest_holdout(&m).is_err());
+        // Errors name the line of the file, comments and blank lines included.
+        fs::write(&m, "# photos\nfile\tholdout\n\na.jpg\t1\nb.jpg\tmaybe\n").unwrap();
+        let e = read_manifest_holdout(&m).unwrap_err().to_string();
+        assert!(e.contains("line 5"), "{e}");
     }
 }

@@ -3,14 +3,14 @@
 //! clipping and an EMA of the weights, which is what gets saved for inference.
 
 use super::data::PhotoDataset;
-use crate::checkpoint::{generate_weights, is_norm_key};
+use crate::checkpoint::{generate_weights, is_norm_key, Checkpoint};
 use crate::config::ModelConfig;
 use crate::engine::{gather_blocks, prepare_batch, Conditioning, Positions};
 use crate::imageops::resize::resize_bicubic;
 use crate::imageops::Planar;
 use crate::model::{BlockBatch, InfDit, KvCache, Precond};
 use crate::profile::stage;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
@@ -228,15 +228,18 @@ fn make_example(
         row: rng.gen_range(0..=max_off),
         col: rng.gen_range(0..=max_off),
     };
+    let cond = Conditioning {
+        concat_lr,
+        lr,
+        vector: None,
+        positions,
+    };
+    cond.check(cfg, &x)
+        .context("the photo sampler's scale is not the model's")?;
     Ok(Example {
         target,
         x,
-        cond: Conditioning {
-            concat_lr,
-            lr,
-            vector: None,
-            positions,
-        },
+        cond,
         sigma,
     })
 }
@@ -268,6 +271,12 @@ impl Trainer {
     pub fn new(cfg: ModelConfig, opts: TrainOptions, device: Device, start: Start) -> Result<Self> {
         cfg.validate()?;
         opts.validate()?;
+        // Training draws no CLIP embeddings of its crops.
+        ensure!(
+            cfg.vector_dim == 0,
+            "training models conditioned on an image embedding (vector_dim {}) is not supported; use a config with vector_dim 0",
+            cfg.vector_dim
+        );
         if !opts.crop_px.is_multiple_of(cfg.image_block_size_px) {
             bail!(
                 "--crop {} must be a multiple of the block size {}",
@@ -282,10 +291,13 @@ impl Trainer {
         let (weights, ema, step) = match start {
             Start::Resume(dir) => {
                 let state = read_state(dir)?;
+                // Every weight the config needs, of its shape: a missing one would
+                // otherwise be created fresh without a word.
                 let load = |name: &str| {
                     let path = dir.join(name);
-                    candle_core::safetensors::load(&path, &Device::Cpu)
-                        .with_context(|| format!("cannot resume: reading {}", path.display()))
+                    Checkpoint::open(&path)
+                        .and_then(|c| c.model_tensors(&cfg, DType::F32, &Device::Cpu))
+                        .with_context(|| format!("cannot resume from {}", dir.display()))
                 };
                 let raw = load("raw_weights.safetensors")?;
                 let ema = load("weights.safetensors")?;
@@ -678,6 +690,88 @@ mod tests {
             .unwrap_or_else(|| panic!("accepted {opts:?}"));
             assert!(e.to_string().starts_with("--"), "{e}");
         }
+    }
+
+    #[test]
+    fn models_conditioned_on_an_image_embedding_are_refused() {
+        let cfg = ModelConfig {
+            vector_dim: 16,
+            ..ModelConfig::minimal()
+        };
+        let e = Trainer::new(cfg, TrainOptions::default(), Device::Cpu, Start::Scratch)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("image embedding"), "{e}");
+    }
+
+    /// A saved run whose weights lack one the config needs, or hold one of another
+    /// shape, is refused with the name; before, the weight was made afresh and the EMA
+    /// update panicked.
+    #[test]
+    fn resuming_checks_the_saved_weights_against_the_config() -> Result<()> {
+        let cfg = ModelConfig::minimal();
+        let dir = tempfile::tempdir()?;
+        Trainer::new(
+            cfg.clone(),
+            TrainOptions::default(),
+            Device::Cpu,
+            Start::Scratch,
+        )?
+        .save(dir.path())?;
+        let resume = |cfg: &ModelConfig| {
+            Trainer::new(
+                cfg.clone(),
+                TrainOptions::default(),
+                Device::Cpu,
+                Start::Resume(dir.path()),
+            )
+            .map(|_| ())
+        };
+        resume(&cfg)?;
+        let wider = ModelConfig {
+            mlp_inner_size: cfg.mlp_inner_size * 2,
+            ..cfg.clone()
+        };
+        let e = format!("{:#}", resume(&wider).err().expect("refused"));
+        assert!(e.contains("cannot resume") && e.contains("dense_h_to_4h"), "{e}");
+        let deeper = ModelConfig {
+            num_layers: cfg.num_layers + 1,
+            ..cfg
+        };
+        let e = format!("{:#}", resume(&deeper).err().expect("refused"));
+        assert!(e.contains("missing transformer.layers."), "{e}");
+        Ok(())
+    }
+
+    /// A ×2 model trains on ×2 pairs; pairs of another ratio are an error, not windows
+    /// of the wrong LR.
+    #[test]
+    fn examples_follow_the_models_scale() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let img = image::RgbImage::from_fn(200, 160, |x, y| {
+            image::Rgb([(x * 3) as u8, (y * 5 + x) as u8, ((x ^ y) & 255) as u8])
+        });
+        img.save(dir.path().join("p.png"))?;
+        let cfg = ModelConfig {
+            sr_scale: 2,
+            ..ModelConfig::minimal()
+        };
+        let opts = TrainOptions {
+            crop_px: 64,
+            ..Default::default()
+        };
+        let draw = |scale: usize| {
+            let data = PhotoDataset::open(dir.path(), None)?;
+            let mut sample_cfg = data.config().clone();
+            sample_cfg.scale = scale;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+            make_example(&cfg, &opts, &mut rng, &mut data.with_config(sample_cfg))
+        };
+        let ex = draw(2)?;
+        assert_eq!((ex.cond.lr.height, ex.cond.lr.width), (32, 32));
+        let e = format!("{:#}", draw(4).err().expect("refused"));
+        assert!(e.contains("not 1/2"), "{e}");
+        Ok(())
     }
 
     /// Config, trainer, its weights and two examples.
