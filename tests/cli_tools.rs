@@ -72,6 +72,9 @@ fn eval_reports_each_failed_image_and_scores_the_others() {
     write_image(&hr.join("a.png"), 48, 40);
     write_image(&hr.join("b.png"), 3, 3);
     write_image(&hr.join("c.png"), 32, 32);
+    // Files that are not images, by name or by being hidden, are not scored.
+    std::fs::write(hr.join(".DS_Store"), b"\0\0\0\x01Bud1").unwrap();
+    std::fs::write(hr.join("notes.txt"), b"scores").unwrap();
     let o = infdit(&["eval", "--hr", s(&hr), "--baseline", "bicubic"]);
     let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
     assert_eq!(o.status.code(), Some(1), "{err}");

@@ -1219,9 +1219,17 @@ fn eval_denoiser_diagnostic_scores_both_starts() {
     // Columns: bicubic, D(HR + σn), D(bicubic + σn), each PSNR then SSIM. A trained
     // denoiser removes a little noise from the HR image far better than bicubic recovers it.
     assert!(mean[2] > mean[0] + 5.0, "{text}");
+    // A crop that is not whole blocks is trimmed to them; one smaller than a block is
+    // refused.
     let out = eval("100");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = eval("40");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("whole blocks"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds no whole 64-px block"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Ctrl-C ends a run at once with the conventional status and leaves no output behind.

@@ -1,12 +1,15 @@
 //! `infdit eval`: PSNR and SSIM on the Y channel (4-px border shaved), per image and mean.
 
 use crate::eval::{psnr_y, ssim_y, DEFAULT_SHAVE};
-use crate::imageops::io::{decode_file, DecodeLimits};
+use crate::imageops::io::{decode_rgb, image_files};
 use crate::imageops::resize::resize_bicubic;
 use crate::imageops::Planar;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
+
+/// The factor of `--baseline bicubic`: `upscale`'s default.
+const BICUBIC_FACTOR: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Baseline {
@@ -14,7 +17,8 @@ pub enum Baseline {
     /// with bicubic, and score both against the HR image.
     Bicubic,
     /// Score one denoiser evaluation D(x + σ·noise, σ) at each `--sigmas` level, with the
-    /// same LR: from x = the HR image (the denoiser where it was trained) and from x = the
+    /// same LR (the HR image downscaled by the model's own ratio, trimmed to whole
+    /// blocks): from x = the HR image (the denoiser where it was trained) and from x = the
     /// bicubic upsample (where sampling starts). A diagnostic for trained models.
     Denoiser,
 }
@@ -67,6 +71,7 @@ pub struct UpscaleFlags {
     pub(super) device: String,
 }
 
+/// A named file, or the image files of a directory.
 fn images_in(p: &Path) -> Result<Vec<PathBuf>> {
     if p.is_file() {
         return Ok(vec![p.to_path_buf()]);
@@ -74,17 +79,7 @@ fn images_in(p: &Path) -> Result<Vec<PathBuf>> {
     if !p.exists() {
         bail!("{} does not exist", p.display());
     }
-    let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-        .with_context(|| format!("reading {}", p.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-fn load(p: &Path) -> Result<Planar> {
-    Ok(decode_file(p, &DecodeLimits::default())?.rgb)
+    image_files(p, false)
 }
 
 /// The smallest side that can be scored: SSIM's 11×11 window has to fit inside the
@@ -149,10 +144,12 @@ fn common(a: &Planar, b: &Planar, shave: usize) -> Result<(Planar, Planar)> {
 type Scores = Vec<(f64, f64)>;
 
 impl EvalArgs {
-    /// The smallest HR side `--baseline` can score: [`least_side`] in whole multiples of 4
-    /// (the HR image is trimmed to them).
-    fn least_hr_side(&self) -> usize {
-        least_side(self.shave).div_ceil(4).saturating_mul(4)
+    /// The smallest HR side `--baseline` can score: [`least_side`] in whole multiples of
+    /// `multiple` (the HR image is trimmed to them).
+    fn least_hr_side(&self, multiple: usize) -> usize {
+        least_side(self.shave)
+            .div_ceil(multiple)
+            .saturating_mul(multiple)
     }
 
     /// Refuses settings that cannot give scores (they would panic or print NaN later).
@@ -163,7 +160,7 @@ impl EvalArgs {
                 self.prescale
             );
         }
-        let least = self.least_hr_side();
+        let least = self.least_hr_side(BICUBIC_FACTOR);
         if let Some(n) = self.crop.filter(|&n| n < least) {
             bail!(
                 "--crop {n} is too small to score: at least {least} with --shave {}",
@@ -258,8 +255,8 @@ impl EvalArgs {
         } else {
             upscaled_of(&stem, sr_files).with_context(|| format!("in {}", sr.display()))?
         };
-        let hr = load(f)?;
-        let sr = load(m)?;
+        let hr = decode_rgb(f)?;
+        let sr = decode_rgb(m)?;
         if (sr.height, sr.width) != (hr.height, hr.width) {
             tracing::warn!(
                 "{} is {}x{}, {} is {}x{}: scoring the part they share",
@@ -283,7 +280,13 @@ impl EvalArgs {
         baseline: Baseline,
         up: &crate::pipeline::Upscaler,
     ) -> Result<Scores> {
-        let (hr, lr) = self.test_pair(f)?;
+        let cfg = up.model().config();
+        let (factor, multiple) = match baseline {
+            Baseline::Bicubic => (BICUBIC_FACTOR, BICUBIC_FACTOR),
+            // One denoiser call takes whole blocks at the model's own ratio.
+            Baseline::Denoiser => (cfg.sr_scale, cfg.image_block_size_px),
+        };
+        let (hr, lr) = self.test_pair(f, factor, multiple)?;
         let bic = resize_bicubic(&lr, hr.height, hr.width, true).map(|v| v.clamp(0.0, 1.0));
         let scored = |b: Planar| score(&hr, &quantized(b), self.shave);
         let mut scores = Vec::new();
@@ -305,14 +308,15 @@ impl EvalArgs {
     }
 
     /// A test pair for the baselines: the HR image (shrunk by `--prescale`, cropped to
-    /// `--crop`, trimmed to whole multiples of 4) and its 4× antialiased bicubic downscale.
-    fn test_pair(&self, f: &Path) -> Result<(Planar, Planar)> {
-        let mut hr = load(f)?;
+    /// `--crop`, trimmed to whole multiples of `multiple`) and its antialiased bicubic
+    /// downscale by `factor`.
+    fn test_pair(&self, f: &Path, factor: usize, multiple: usize) -> Result<(Planar, Planar)> {
+        let mut hr = decode_rgb(f)?;
         let (h, w) = (
             (hr.height as f64 * self.prescale) as usize,
             (hr.width as f64 * self.prescale) as usize,
         );
-        let least = self.least_hr_side();
+        let least = self.least_hr_side(multiple);
         if h < least || w < least {
             let shrunk = if self.prescale == 1.0 {
                 String::new()
@@ -332,9 +336,17 @@ impl EvalArgs {
         if let Some(n) = self.crop {
             hr = hr.center_crop(n.min(hr.height), n.min(hr.width));
         }
-        // Whole multiples of 4 so the LR maps back exactly.
-        let hr = hr.crop_clamped(0, 0, hr.height / 4 * 4, hr.width / 4 * 4);
-        let lr = resize_bicubic(&hr, hr.height / 4, hr.width / 4, true).map(|v| v.clamp(0.0, 1.0));
+        if hr.height < multiple || hr.width < multiple {
+            bail!(
+                "a {}x{} crop holds no whole {multiple}-px block of the model",
+                hr.width,
+                hr.height
+            );
+        }
+        // Whole multiples so that the LR maps back exactly.
+        let (h, w) = (hr.height / multiple * multiple, hr.width / multiple * multiple);
+        let hr = hr.crop_clamped(0, 0, h, w);
+        let lr = resize_bicubic(&hr, h / factor, w / factor, true).map(|v| v.clamp(0.0, 1.0));
         Ok((hr, lr))
     }
 }

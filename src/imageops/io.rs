@@ -293,6 +293,42 @@ pub fn has_input_extension(path: &Path) -> bool {
     InputFormat::from_path(path).is_some()
 }
 
+/// The image files in `dir` (by extension; hidden names passed over), in its subfolders
+/// too if `recursive`, sorted. For the tools that read folders of photos (training,
+/// scoring); `upscale` selects its inputs by its own rules.
+pub fn image_files(dir: &Path, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
+    use anyhow::Context;
+    fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        for entry in
+            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            // Linked folders are not followed: a link cycle would never end.
+            if entry.file_type()?.is_dir() {
+                if recursive {
+                    walk(&path, recursive, out)?;
+                }
+            } else if has_input_extension(&path) {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, recursive, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Decodes an image file to `[0, 1]` planar RGB (alpha left out) with the default limits.
+pub fn decode_rgb(path: &Path) -> Result<Planar, ImageIoError> {
+    Ok(decode_file(path, &DecodeLimits::default())?.rgb)
+}
+
 /// What a file's first bytes tell before it is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peek {

@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rand::Rng;
 
 use super::degrade::{degrade, DegradationConfig};
-use crate::imageops::io::{decode_file, has_input_extension, to_model_range, DecodeLimits};
+use crate::imageops::io::{decode_rgb, image_files, to_model_range};
 use crate::imageops::resize::{resize_bicubic, resize_short_side};
 use crate::imageops::Planar;
 
@@ -87,9 +87,7 @@ impl PhotoDataset {
                 .collect(),
             None => HashSet::new(),
         };
-        let mut all = Vec::new();
-        list_images(&root, &mut all)?;
-        all.sort();
+        let all = image_files(&root, true)?;
         let (holdout, files): (Vec<PathBuf>, Vec<PathBuf>) = all.into_iter().partition(|p| {
             p.strip_prefix(&root)
                 .map(|r| held.contains(r))
@@ -231,24 +229,6 @@ fn random_crop(img: &Planar, size: usize, cfg: &SampleConfig, rng: &mut impl Rng
     crop.map(|v| v.clamp(0.0, 1.0))
 }
 
-fn list_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            list_images(&path, out)?;
-        } else if has_input_extension(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// Paths (relative to the photo folder) that the manifest flags as held out.
 pub fn read_manifest_holdout(manifest: &Path) -> Result<Vec<String>> {
     let text =
@@ -289,15 +269,9 @@ pub fn read_manifest_holdout(manifest: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Decodes an image file to `[0, 1]` planar RGB with the upscaler's decoder, so training
-/// reads every format, orientation and bit depth that upscaling does (alpha is left out).
-pub fn load_rgb(path: &Path) -> Result<Planar> {
-    Ok(decode_file(path, &DecodeLimits::default())?.rgb)
-}
-
 /// A photo as training uses it: decoded and shrunk by half (antialiased bicubic).
 pub fn load_training_photo(path: &Path) -> Result<Planar> {
-    let img = load_rgb(path)?;
+    let img = decode_rgb(path)?;
     let (h, w) = ((img.height / 2).max(1), (img.width / 2).max(1));
     Ok(resize_bicubic(&img, h, w, true).map(|v| v.clamp(0.0, 1.0)))
 }
@@ -372,7 +346,7 @@ mod tests {
         let (dir, _) = fixture();
         let p = load_training_photo(&dir.path().join("photos/pkg-a/one.png")).unwrap();
         assert_eq!((p.channels, p.height, p.width), (3, 75, 100));
-        let raw = load_rgb(&dir.path().join("photos/pkg-a/one.png")).unwrap();
+        let raw = decode_rgb(&dir.path().join("photos/pkg-a/one.png")).unwrap();
         assert_eq!(raw.at(0, 0, 1), 43.0 / 255.0);
     }
 
