@@ -3,7 +3,7 @@
 //! see the README) and is compiled in with `include_bytes!`.
 
 use crate::checkpoint::{Checkpoint, ModelSource};
-use crate::cli::SamplingDefaults;
+use crate::pipeline::SamplingDefaults;
 use crate::config::ModelConfig;
 use crate::model::InfDit;
 use anyhow::{Context, Result};
@@ -26,7 +26,7 @@ pub fn load(dtype: DType, device: &Device) -> Result<(InfDit, SamplingDefaults)>
             unreadable: Default::default(),
         },
     };
-    let sampling = serde_json::from_str(SAMPLING).context("built-in sampling settings")?;
+    let sampling = SamplingDefaults::parse(SAMPLING).context("built-in sampling settings")?;
     Ok((InfDit::from_source(&src, dtype, device)?, sampling))
 }
 

@@ -371,6 +371,12 @@ impl ModelSource {
         checkpoint.validate(&config)?;
         Ok(Self { config, checkpoint })
     }
+
+    /// The folder of the weights file, where files that go with the model (`config.json`,
+    /// `sampling.json`, CLIP weights) are looked for.
+    pub fn dir(&self) -> &Path {
+        self.checkpoint.path.parent().unwrap_or(Path::new(""))
+    }
 }
 
 /// The safetensors metadata key under which saved weights carry their model config, so

@@ -7,8 +7,6 @@ mod parity;
 mod train;
 mod upscale;
 
-pub use upscale::SamplingDefaults;
-
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};

@@ -10,7 +10,7 @@ use crate::imageops::io::{
     has_input_extension, peek, peek_file, DecodeLimits, EncodeOptions, InputFormat, OutputFormat,
 };
 use crate::model::InfDit;
-use crate::pipeline::{BatchChoice, OutputSize, UpscaleOptions, Upscaler};
+use crate::pipeline::{BatchChoice, OutputSize, SamplingDefaults, UpscaleOptions, Upscaler};
 use crate::sampler::{SamplerConfig, SamplerKind};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
@@ -125,49 +125,6 @@ pub struct UpscaleArgs {
     /// Refuse inputs with more pixels per side than this.
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_input_side: u32,
-}
-
-/// Recommended sampler settings stored beside a model as `sampling.json`. A setting the
-/// file leaves out takes the default.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SamplingDefaults {
-    pub steps: usize,
-    pub sigma_max: f32,
-    pub sampler: SamplerKind,
-    /// See `UpscaleOptions::self_ensemble`.
-    pub self_ensemble: usize,
-}
-
-impl SamplingDefaults {
-    /// Reads and checks a `sampling.json`.
-    pub fn parse(text: &str) -> Result<Self> {
-        let defaults: Self = serde_json::from_str(text)?;
-        SamplerConfig {
-            kind: defaults.sampler,
-            steps: defaults.steps,
-            sigma_max: defaults.sigma_max,
-            ..SamplerConfig::default()
-        }
-        .validate()?;
-        anyhow::ensure!(
-            matches!(defaults.self_ensemble, 1 | 2 | 4 | 8),
-            "self_ensemble must be 1, 2, 4 or 8"
-        );
-        Ok(defaults)
-    }
-}
-
-impl Default for SamplingDefaults {
-    fn default() -> Self {
-        let s = SamplerConfig::default();
-        Self {
-            steps: s.steps,
-            sigma_max: s.sigma_max,
-            sampler: s.kind,
-            self_ensemble: UpscaleOptions::default().self_ensemble,
-        }
-    }
 }
 
 /// The file name that stands for standard input or output.
@@ -466,20 +423,11 @@ impl UpscaleArgs {
                 let src = ModelSource::open(path)?;
                 let model = InfDit::from_source(&src, dtype, device)?;
                 let clip = if src.config.vector_dim > 0 {
-                    self.find_clip(path, &src, device, dtype)?
+                    self.find_clip(&src, device, dtype)?
                 } else {
                     None
                 };
-                let dir = if path.is_dir() {
-                    path.clone()
-                } else {
-                    path.parent().map(Path::to_path_buf).unwrap_or_default()
-                };
-                let defaults = match std::fs::read_to_string(dir.join("sampling.json")) {
-                    Ok(text) => SamplingDefaults::parse(&text)
-                        .context("reading sampling.json beside the model")?,
-                    Err(_) => SamplingDefaults::default(),
-                };
+                let defaults = SamplingDefaults::beside_model(src.dir())?;
                 (model, clip, defaults)
             }
             None => {
@@ -515,7 +463,6 @@ impl UpscaleArgs {
     /// CLIP weights: `--clip`, the checkpoint itself, or a known file beside the model.
     fn find_clip(
         &self,
-        model_path: &Path,
         src: &ModelSource,
         device: &Device,
         dtype: DType,
@@ -532,14 +479,7 @@ impl UpscaleArgs {
             let w = ClipWeights::from_tensors(src.checkpoint.tensors.clone())?;
             return Ok(Some(ClipEncoder::from_weights(None, w, device, dtype)?));
         }
-        let dir = if model_path.is_dir() {
-            model_path.to_path_buf()
-        } else {
-            model_path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-        };
+        let dir = src.dir();
         for name in [
             "clip.safetensors",
             "open_clip_model.safetensors",

@@ -18,7 +18,9 @@ use candle_core::Device;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
+mod sampling;
 mod size;
+pub use sampling::SamplingDefaults;
 pub use size::{OutputSize, SizePlan};
 
 /// How the batch of blocks per forward is chosen.
