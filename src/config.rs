@@ -1,6 +1,6 @@
 //! Model hyper-parameters, read from a `config.json` or taken from the released preset.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -114,6 +114,19 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("num_layers", self.num_layers),
+            ("hidden_size", self.hidden_size),
+            ("mlp_inner_size", self.mlp_inner_size),
+            ("image_block_size_px", self.image_block_size_px),
+            ("patch_size", self.patch_size),
+            ("lr_patch_size", self.lr_patch_size),
+            ("sr_scale", self.sr_scale),
+            ("time_embed_channels", self.time_embed_channels),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            bail!("{name} must be positive, not 0");
+        }
         let positive = |v: f64| v.is_finite() && v > 0.0;
         ensure!(
             positive(self.sigma_data),
@@ -380,6 +393,29 @@ mod tests {
         );
         std::fs::write(&path, post).unwrap();
         ModelConfig::from_json_file(&path).unwrap();
+    }
+
+    /// Zero sizes are refused before anything divides by them.
+    #[test]
+    fn zero_sizes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let base = serde_json::to_value(ModelConfig::minimal()).unwrap();
+        for key in [
+            "image_block_size_px",
+            "lr_patch_size",
+            "num_layers",
+            "patch_size",
+        ] {
+            let mut json = base.clone();
+            json[key] = 0.into();
+            if key == "image_block_size_px" {
+                json["lr_patch_size"] = 0.into();
+            }
+            std::fs::write(&path, json.to_string()).unwrap();
+            let e = format!("{:#}", ModelConfig::from_json_file(&path).unwrap_err());
+            assert!(e.contains("must be positive"), "{key}: {e}");
+        }
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! see the README) and is compiled in with `include_bytes!`.
 
 use crate::checkpoint::{Checkpoint, ModelSource};
-use crate::pipeline::SamplingDefaults;
 use crate::config::ModelConfig;
 use crate::model::InfDit;
+use crate::pipeline::SamplingDefaults;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 

@@ -5,7 +5,7 @@ use crate::engine::{Conditioning, Engine, EngineOptions, Positions};
 use crate::imageops::Planar;
 use crate::model::InfDit;
 use crate::sampler::{sample, SamplerConfig};
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,12 +50,23 @@ impl Case {
         };
         let positions = match self.0.get("rope_position_ids") {
             Some(ids) => {
+                let patch = model.config().patch_size;
+                let (rows, width) = (concat_lr.height / patch, concat_lr.width / patch);
+                ensure!(
+                    ids.dims() == [1, rows * width, 2],
+                    "rope_position_ids has shape {:?}, not [1, {}, 2] for a {}×{} image",
+                    ids.dims(),
+                    rows * width,
+                    concat_lr.width,
+                    concat_lr.height
+                );
                 let ids = ids.to_dtype(DType::I64)?.squeeze(0)?.to_vec2::<i64>()?;
-                let width = concat_lr.width / model.config().patch_size;
-                Positions::Explicit {
-                    width,
-                    ids: ids.iter().map(|p| (p[0] as usize, p[1] as usize)).collect(),
-                }
+                let ids = ids
+                    .iter()
+                    .map(|p| Ok((usize::try_from(p[0])?, usize::try_from(p[1])?)))
+                    .collect::<Result<_>>()
+                    .context("rope_position_ids holds a negative position")?;
+                Positions::Explicit { width, ids }
             }
             None => Positions::Grid,
         };
@@ -96,6 +107,12 @@ pub fn sample_case(
 ) -> Result<(Planar, Planar)> {
     let cond = case.conditioning(model)?;
     let noise = case.planar("init_noise")?;
+    ensure!(
+        noise.shape() == cond.concat_lr.shape(),
+        "init_noise is {:?}, concat_lr {:?}",
+        noise.shape(),
+        cond.concat_lr.shape()
+    );
     let engine = Engine::new(model, opts);
     let mut first = None;
     let out = sample(

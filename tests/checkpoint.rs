@@ -89,6 +89,13 @@ fn config_is_inferred_from_shapes() {
     let inferred = reference().infer_config().unwrap();
     let cfg = ModelConfig::from_json_file(&fixture("tiny/config.json")).unwrap();
     assert_eq!(inferred, cfg);
+    // Shapes of another rank are an error naming the tensor, not a panic.
+    let mut odd = reference();
+    let name = "mixins.adaln_layer.proj_lr.weight";
+    let flat = odd.tensors[name].flatten_all().unwrap();
+    odd.tensors.insert(name.into(), flat);
+    let e = odd.infer_config().unwrap_err().to_string();
+    assert!(e.contains(name) && e.contains("4 dimensions"), "{e}");
 }
 
 #[test]

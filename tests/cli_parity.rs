@@ -169,3 +169,47 @@ fn parity_clip_reproduces_open_clip() {
         assert!(d < 1e-5, "{n}: {d}");
     }
 }
+
+/// A malformed case file (positions of another image, noise of another size) is an error
+/// that says what is wrong, not a panic.
+#[test]
+fn malformed_cases_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny");
+    let run = |cmd: &str, case: &Case, extra: &[&str]| {
+        let path = dir.path().join("case.safetensors");
+        let tensors: Vec<(&str, candle_core::Tensor)> = case
+            .0
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.clone()))
+            .collect();
+        infdit::parity::write_tensors(&path, &tensors).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_infdit"))
+            .args(["parity", cmd, "--model", model.to_str().unwrap()])
+            .args(["--case", path.to_str().unwrap()])
+            .args([
+                "--out",
+                dir.path().join("out.safetensors").to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let mut case = Case::open(&fixture("case_a_sigma0p05.safetensors")).unwrap();
+    let ids = case.0["rope_position_ids"].narrow(1, 0, 100).unwrap();
+    case.0.insert("rope_position_ids".into(), ids);
+    let err = run("denoise", &case, &[]);
+    assert!(
+        err.contains("rope_position_ids has shape [1, 100, 2]"),
+        "{err}"
+    );
+
+    let mut case = Case::open(&fixture("sampling_256x256_heun4.safetensors")).unwrap();
+    let noise = case.0["init_noise"].narrow(2, 0, 128).unwrap();
+    case.0.insert("init_noise".into(), noise);
+    let err = run("sample", &case, &["--steps", "4"]);
+    assert!(err.contains("init_noise is (3, 128, 256)"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

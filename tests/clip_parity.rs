@@ -111,11 +111,9 @@ fn tiny_case_parity() {
 #[test]
 fn other_shapes_match_the_official_encoder() {
     let enc = tiny_encoder();
-    let case = candle_core::safetensors::load(
-        fixture("official/clip_shapes.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let case =
+        candle_core::safetensors::load(fixture("official/clip_shapes.safetensors"), &Device::Cpu)
+            .unwrap();
     let mut names: Vec<&str> = case
         .keys()
         .filter_map(|k| k.strip_suffix(".lr_u8"))

@@ -11,7 +11,7 @@ pub use keys::{expected_shapes, is_ignored_key};
 pub use pth::PthTensors;
 
 use crate::config::ModelConfig;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -207,29 +207,31 @@ impl Checkpoint {
     /// residual) take the released model's values; the RoPE table side is read from its
     /// buffer if present.
     pub fn infer_config(&self) -> Result<ModelConfig> {
-        let dims = |name: &str| -> Result<Vec<usize>> {
-            Ok(self
-                .tensors
-                .get(name)
-                .with_context(|| {
-                    format!(
-                        "{}: missing {name}; not an Inf-DiT checkpoint",
-                        self.path.display()
-                    )
-                })?
-                .dims()
-                .to_vec())
+        // The shape of `name`, which must have `rank` dimensions.
+        let dims = |name: &str, rank: usize| -> Result<Vec<usize>> {
+            let t = self.tensors.get(name).with_context(|| {
+                format!(
+                    "{}: missing {name}; not an Inf-DiT checkpoint",
+                    self.path.display()
+                )
+            })?;
+            ensure!(
+                t.rank() == rank,
+                "{}: {name} has shape {:?}; an Inf-DiT checkpoint has {rank} dimensions there",
+                self.path.display(),
+                t.dims()
+            );
+            Ok(t.dims().to_vec())
         };
-        let re_pos = dims(ANCHOR_KEY)?;
-        let [num_layers, _, heads, head_dim] = re_pos[..] else {
-            bail!("re_pos_embed has unexpected rank: {re_pos:?}")
+        let [num_layers, _, heads, head_dim] = dims(ANCHOR_KEY, 4)?[..] else {
+            unreachable!("rank checked")
         };
-        let patch = dims("mixins.patch_embed.proj.weight")?;
-        let mlp = dims("transformer.layers.0.mlp.dense_h_to_4h.weight")?;
-        let time = dims("time_embed.mlp.0.weight")?;
-        let lr_q = dims("mixins.adaln_layer.lr_query_position_embedding")?;
-        let proj_lr = dims("mixins.adaln_layer.proj_lr.weight")?;
-        let lr_k = dims("mixins.adaln_layer.lr_key_position_embedding")?;
+        let patch = dims("mixins.patch_embed.proj.weight", 4)?;
+        let mlp = dims("transformer.layers.0.mlp.dense_h_to_4h.weight", 2)?;
+        let time = dims("time_embed.mlp.0.weight", 2)?;
+        let lr_q = dims("mixins.adaln_layer.lr_query_position_embedding", 4)?;
+        let proj_lr = dims("mixins.adaln_layer.proj_lr.weight", 4)?;
+        let lr_k = dims("mixins.adaln_layer.lr_key_position_embedding", 4)?;
         let vector_dim = match self.tensors.get("cond_embed.map_vector.0.weight") {
             Some(t) => t.dim(1)?,
             None => 0,

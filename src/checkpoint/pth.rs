@@ -222,19 +222,31 @@ fn read_tensor(archive: &mut Archive, info: &TensorInfo) -> Result<Tensor> {
             info.storage_size
         );
     }
-    let storage = Tensor::from_raw_buffer(&bytes, info.dtype, &[info.storage_size], cpu)?;
-    let index = strided_indices(layout.dims(), layout.stride(), offset);
-    if let Some(&last) = index.iter().max() {
-        if last as usize >= info.storage_size {
-            bail!(
+    // Checked before any index is computed: forged strides could overflow it.
+    if count > 0 {
+        match last_element(layout.dims(), layout.stride(), offset) {
+            Some(last) if last < info.storage_size => {}
+            Some(last) => bail!(
                 "the view reaches element {last} of a storage of {}",
                 info.storage_size
-            );
+            ),
+            None => bail!("the view's strides overflow"),
         }
     }
+    let storage = Tensor::from_raw_buffer(&bytes, info.dtype, &[info.storage_size], cpu)?;
+    let index = strided_indices(layout.dims(), layout.stride(), offset);
     let n = index.len();
     let index = Tensor::from_vec(index, n, cpu)?;
     Ok(storage.index_select(&index, 0)?.reshape(layout.dims())?)
+}
+
+/// The storage position of a non-empty view's last element, or `None` if it overflows.
+fn last_element(dims: &[usize], strides: &[usize], offset: usize) -> Option<usize> {
+    dims.iter()
+        .zip(strides)
+        .try_fold(offset, |acc, (&dim, &stride)| {
+            dim.checked_sub(1)?.checked_mul(stride)?.checked_add(acc)
+        })
 }
 
 /// Storage positions of a view's elements in row-major order.
@@ -262,5 +274,17 @@ mod tests {
         );
         assert_eq!(strided_indices(&[2, 3], &[0, 1], 0), vec![0, 1, 2, 0, 1, 2]);
         assert_eq!(strided_indices(&[], &[], 5), vec![5]);
+    }
+
+    #[test]
+    fn last_element_is_checked_arithmetic() {
+        assert_eq!(last_element(&[4, 2], &[6, 1], 1), Some(20));
+        assert_eq!(last_element(&[], &[], 5), Some(5));
+        assert_eq!(
+            last_element(&[2, 3], &[usize::MAX / 2, 1], 0),
+            Some(usize::MAX / 2 + 2)
+        );
+        assert_eq!(last_element(&[3, 1], &[usize::MAX / 2 + 1, 1], 0), None);
+        assert_eq!(last_element(&[2], &[1], usize::MAX), None);
     }
 }

@@ -344,7 +344,10 @@ impl EvalArgs {
             );
         }
         // Whole multiples so that the LR maps back exactly.
-        let (h, w) = (hr.height / multiple * multiple, hr.width / multiple * multiple);
+        let (h, w) = (
+            hr.height / multiple * multiple,
+            hr.width / multiple * multiple,
+        );
         let hr = hr.crop_clamped(0, 0, h, w);
         let lr = resize_bicubic(&hr, h / factor, w / factor, true).map(|v| v.clamp(0.0, 1.0));
         Ok((hr, lr))

@@ -299,9 +299,7 @@ pub fn has_input_extension(path: &Path) -> bool {
 pub fn image_files(dir: &Path, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
     use anyhow::Context;
     fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-        for entry in
-            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?
-        {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let entry = entry?;
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;

@@ -39,6 +39,11 @@ impl Planar {
         )
     }
 
+    /// (channels, height, width).
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.channels, self.height, self.width)
+    }
+
     pub fn plane(&self, c: usize) -> &[f32] {
         let n = self.height * self.width;
         &self.data[c * n..(c + 1) * n]
@@ -56,11 +61,7 @@ impl Planar {
 
     /// Combines two images of the same shape sample by sample.
     pub fn zip_map(&self, other: &Planar, f: impl Fn(f32, f32) -> f32) -> Planar {
-        assert_eq!(
-            (self.channels, self.height, self.width),
-            (other.channels, other.height, other.width),
-            "planar shapes differ"
-        );
+        assert_eq!(self.shape(), other.shape(), "planar shapes differ");
         let data = self
             .data
             .iter()

@@ -82,7 +82,10 @@ mod tests {
         // A folder of that name cannot be read: an error, not the defaults.
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
-        let e = format!("{:#}", SamplingDefaults::beside_model(dir.path()).unwrap_err());
+        let e = format!(
+            "{:#}",
+            SamplingDefaults::beside_model(dir.path()).unwrap_err()
+        );
         assert!(e.contains("sampling.json beside the model"), "{e}");
     }
 }

@@ -733,7 +733,10 @@ mod tests {
             ..cfg.clone()
         };
         let e = format!("{:#}", resume(&wider).err().expect("refused"));
-        assert!(e.contains("cannot resume") && e.contains("dense_h_to_4h"), "{e}");
+        assert!(
+            e.contains("cannot resume") && e.contains("dense_h_to_4h"),
+            "{e}"
+        );
         let deeper = ModelConfig {
             num_layers: cfg.num_layers + 1,
             ..cfg
