@@ -603,13 +603,28 @@ fn alpha_is_kept_and_upscaled() {
         let p = rgba.get_pixel(x, 20);
         assert!(p[3] == 0 || p[0] >= 240, "fringe at x = {x}: {p:?}");
     }
-    // JPEG keeps no alpha, so nothing is filled: the hidden black stays black.
+    // JPEG keeps no alpha: the image is written as seen over white, whatever colour the
+    // file hides under its transparent pixels.
+    let img: ImageBuffer<Rgba<u8>, Vec<u8>> = ImageBuffer::from_fn(20, 12, |x, _| {
+        if x < 10 {
+            Rgba([255, 0, 255, 0])
+        } else {
+            Rgba([200, 120, 40, 255])
+        }
+    });
+    save(img, &src, ImageFormat::Png);
     let out = dir.path().join("flat.jpg");
     upscale_ok(&model, &[s(&src), "-o", s(&out)]);
     let rgb = read(&out).1.into_rgb8();
-    assert!(rgb.get_pixel(4, 20)[0] < 16, "{:?}", rgb.get_pixel(4, 20));
+    let near =
+        |p: &image::Rgb<u8>, want: [u8; 3]| p.0.iter().zip(want).all(|(&a, b)| a.abs_diff(b) <= 12);
     assert!(
-        rgb.get_pixel(76, 20)[0] > 240,
+        near(rgb.get_pixel(4, 20), [255, 255, 255]),
+        "{:?}",
+        rgb.get_pixel(4, 20)
+    );
+    assert!(
+        near(rgb.get_pixel(76, 20), [200, 120, 40]),
         "{:?}",
         rgb.get_pixel(76, 20)
     );

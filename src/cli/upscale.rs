@@ -645,11 +645,9 @@ impl UpscaleArgs {
         );
         let mut last_json = Instant::now() - Duration::from_secs(1);
         let name = json_str(&input.display().to_string());
-        // Alpha the output cannot keep (JPEG) is left out from the start: the colour under
-        // transparent pixels then stays what the file holds rather than the fill that only
-        // makes sense beneath an alpha channel.
-        let alpha = img.alpha.as_ref().filter(|_| out_format.supports_alpha());
-        let result = up.upscale_planes(&img.rgb, alpha, &mut |p| {
+        // Alpha is upscaled even for a format that cannot keep it (JPEG): the encoder then
+        // composites the result over white.
+        let result = up.upscale_planes(&img.rgb, img.alpha.as_ref(), &mut |p| {
             bar.set_position(p.done as u64);
             if json && (last_json.elapsed() >= Duration::from_millis(250) || p.done == p.total) {
                 last_json = Instant::now();

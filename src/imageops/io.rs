@@ -960,7 +960,16 @@ impl<'a> Encoded<'a> {
         };
         let format = opts.format;
         let deep = opts.sixteen_bit && format.supports_sixteen_bit();
-        let alpha = alpha.filter(|_| format.supports_alpha());
+        // A format without alpha (JPEG) gets the image as seen over a white page, not the
+        // colour that happens to lie under transparent pixels.
+        let flattened;
+        let (rgb, alpha) = match alpha {
+            Some(a) if !format.supports_alpha() => {
+                flattened = onto_white(rgb, a);
+                (&flattened, None)
+            }
+            _ => (rgb, alpha),
+        };
         let gray = opts.grayscale && !(format == OutputFormat::Tiff && alpha.is_some());
         let (buf, color) = quantise_planes(rgb, alpha, gray, deep);
         Ok(Self {
@@ -1002,6 +1011,18 @@ impl<'a> Encoded<'a> {
         }
         enc.write_image(&self.buf, self.width, self.height, self.color)
     }
+}
+
+/// `rgb` composited over white by `alpha` (values in `[0, 1]`).
+fn onto_white(rgb: &Planar, alpha: &Planar) -> Planar {
+    let n = alpha.data.len();
+    let mut out = rgb.clone();
+    for plane in out.data.chunks_exact_mut(n) {
+        for (v, &a) in plane.iter_mut().zip(&alpha.data) {
+            *v = *v * a + (1.0 - a);
+        }
+    }
+    out
 }
 
 /// Interleaved, quantised samples (native-endian bytes, as the encoders expect) and their
