@@ -997,7 +997,19 @@ impl<'a> Encoded<'a> {
     }
 
     fn encode_with(&self, mut enc: impl ImageEncoder) -> ImageResult<()> {
-        if let Some(icc) = &self.opts.icc_profile {
+        let gray = matches!(
+            self.color,
+            ExtendedColorType::L8
+                | ExtendedColorType::La8
+                | ExtendedColorType::L16
+                | ExtendedColorType::La16
+        );
+        if let Some(icc) = self
+            .opts
+            .icc_profile
+            .as_ref()
+            .filter(|icc| icc_describes(icc, gray))
+        {
             enc.set_icc_profile(icc.clone())
                 .map_err(ImageError::Unsupported)?;
         }
@@ -1011,6 +1023,14 @@ impl<'a> Encoded<'a> {
         }
         enc.write_image(&self.buf, self.width, self.height, self.color)
     }
+}
+
+/// Whether an ICC profile is for the colour model of the samples written: a CMYK profile
+/// (kept from a print JPEG, whose samples were converted to RGB) or a gray one over RGB
+/// samples would make colour-managed viewers misrender or reject the file.
+fn icc_describes(icc: &[u8], gray: bool) -> bool {
+    // The header's data colour space field.
+    icc.get(16..20) == Some(if gray { b"GRAY" } else { b"RGB " })
 }
 
 /// `rgb` composited over white by `alpha` (values in `[0, 1]`).
@@ -1495,19 +1515,29 @@ mod tests {
     #[test]
     fn icc_profile_survives_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let icc: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
+        let profile = |space: &[u8; 4]| {
+            let mut icc: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
+            icc[16..20].copy_from_slice(space);
+            icc
+        };
         for format in [OutputFormat::Png, OutputFormat::Tiff, OutputFormat::Jpeg] {
             let path = dir.path().join(format!("icc.{}", format.extension()));
-            let opts = EncodeOptions {
-                icc_profile: Some(icc.clone()),
-                ..EncodeOptions::new(format)
+            let written = |icc: Vec<u8>, grayscale: bool| {
+                let opts = EncodeOptions {
+                    icc_profile: Some(icc),
+                    grayscale,
+                    ..EncodeOptions::new(format)
+                };
+                encode_file(&path, &gradient(4, 4), None, &opts).unwrap();
+                decode_file(&path, &limits()).unwrap().icc_profile
             };
-            encode_file(&path, &gradient(4, 4), None, &opts).unwrap();
-            assert_eq!(
-                decode_file(&path, &limits()).unwrap().icc_profile,
-                Some(icc.clone()),
-                "{format}"
-            );
+            let (rgb, gray, cmyk) = (profile(b"RGB "), profile(b"GRAY"), profile(b"CMYK"));
+            assert_eq!(written(rgb.clone(), false), Some(rgb.clone()), "{format}");
+            assert_eq!(written(gray.clone(), true), Some(gray.clone()), "{format}");
+            // A profile for another colour model than the samples written is left out.
+            assert_eq!(written(cmyk, false), None, "{format}");
+            assert_eq!(written(gray, false), None, "{format}");
+            assert_eq!(written(rgb, true), None, "{format}");
         }
     }
 
