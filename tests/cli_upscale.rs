@@ -273,7 +273,7 @@ fn patterns_match_as_a_shell_does() {
         out
     };
     assert_eq!(listing(&run("*.png", false)), ["a_x3.png"]);
-    assert_eq!(listing(&run("*.PNG", false)), ["UP_x3.png"]);
+    assert_eq!(listing(&run("*.PNG", false)), ["UP_x3.PNG"]);
     assert_eq!(listing(&run(".*.png", false)), [".h_x3.png"]);
     assert_eq!(listing(&run("sub/./*.png", false)), ["b_x3.png"]);
     assert_eq!(
@@ -283,7 +283,7 @@ fn patterns_match_as_a_shell_does() {
     // A directory the pattern matches is read as if named, as after the shell's expansion.
     assert_eq!(
         listing(&run("*", false)),
-        ["UP_x3.png", "a_x3.png", "b_x3.png"]
+        ["UP_x3.PNG", "a_x3.png", "b_x3.png"]
     );
     // With -r, matched directories are descended and the tree is kept under -o.
     let out = run("s*", true);
@@ -362,13 +362,16 @@ fn every_input_format_in_and_every_output_format_out() {
         ("g.tga", ImageFormat::Tga),
         ("h.ppm", ImageFormat::Pnm),
         ("i.qoi", ImageFormat::Qoi),
+        ("j.JPG", ImageFormat::Jpeg),
+        ("k.tif", ImageFormat::Tiff),
     ];
     for (name, format) in sources {
         save(img.clone(), &inputs.join(name), format);
     }
 
     // A directory in: each output keeps its input's format (BMP, GIF, TGA, PNM and QOI,
-    // which are not written, become PNG) and is exactly 4× the input.
+    // which are not written, become PNG), and its spelling of the extension, and is
+    // exactly 4× the input.
     let out = dir.path().join("out");
     upscale_ok(&model, &[s(&inputs), "-o", s(&out)]);
     let want = [
@@ -381,6 +384,8 @@ fn every_input_format_in_and_every_output_format_out() {
         ("g_x4.png", ImageFormat::Png),
         ("h_x4.png", ImageFormat::Png),
         ("i_x4.png", ImageFormat::Png),
+        ("j_x4.JPG", ImageFormat::Jpeg),
+        ("k_x4.tif", ImageFormat::Tiff),
     ];
     assert_eq!(
         listing(&out),
@@ -1383,4 +1388,32 @@ fn unusable_outputs_are_refused_up_front() {
     let bare = dir.path().join("bare");
     upscale_ok(&model, &[s(&a), "-o", s(&bare)]);
     assert_eq!(read(&bare).0, ImageFormat::Png);
+}
+
+/// File names need not be UTF-8 on Unix: such a name is read when named, found by a
+/// pattern, and written beside with the usual suffix.
+#[cfg(unix)]
+#[test]
+fn file_names_that_are_not_utf8_are_read() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let shots = dir.path().join("shots");
+    std::fs::create_dir(&shots).unwrap();
+    let latin1 = shots.join(OsStr::from_bytes(b"caf\xe9.png"));
+    save(gradient(16, 12), &latin1, ImageFormat::Png);
+    save(gradient(16, 12), &shots.join("ok.png"), ImageFormat::Png);
+    let out = upscale_command(&model, &[]).arg(&latin1).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(shots.join(OsStr::from_bytes(b"caf\xe9_x4.png")).is_file());
+    let pattern = format!("{}/*.png", shots.display());
+    let to = dir.path().join("to");
+    upscale_ok(&model, &[&pattern, "-o", s(&to)]);
+    let mut made: Vec<Vec<u8>> = std::fs::read_dir(&to)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .collect();
+    made.sort();
+    assert_eq!(made, [b"caf\xe9_x4.png".to_vec(), b"ok_x4.png".to_vec()]);
 }

@@ -45,7 +45,7 @@ pub struct UpscaleArgs {
     /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI,
     /// JPEG XL); `-` reads one image from standard input.
     #[arg(required = true)]
-    pub inputs: Vec<String>,
+    pub inputs: Vec<PathBuf>,
     /// Output file (one input file) or directory (several inputs, a directory or a pattern;
     /// with -r, subfolders are recreated in it); `-` writes to standard output. Default:
     /// beside each input as NAME_xSCALE.EXT (NAME_wWIDTH, NAME_hHEIGHT, NAME_WIDTHxHEIGHT).
@@ -230,7 +230,12 @@ impl UpscaleArgs {
         // Files named or found, readable or not: a summary line only when there are several.
         let listed = inputs.len() + failures.len();
         if inputs.is_empty() && failures.is_empty() {
-            bail!("no images found in {}", self.inputs.join(", "));
+            let named: Vec<_> = self
+                .inputs
+                .iter()
+                .map(|i| i.display().to_string())
+                .collect();
+            bail!("no images found in {}", named.join(", "));
         }
         if let Some(out) = self.output.as_deref().filter(|o| !is_stdio(o)) {
             let names_a_file =
@@ -384,17 +389,18 @@ impl UpscaleArgs {
             .filter(|o| !is_stdio(o))
             .and_then(|o| o.canonicalize().ok())
             .filter(|o| o.is_dir());
-        for arg in &self.inputs {
-            let path = Path::new(arg);
-            let found = if arg == STDIO || (path.exists() && !path.is_dir()) {
-                files.push(Input::named(path.to_path_buf()));
+        for path in &self.inputs {
+            // A name that is not UTF-8 is a file name, never a pattern.
+            let pattern = path.to_str().filter(|p| p.contains(['*', '?', '[']));
+            let found = if is_stdio(path) || (path.exists() && !path.is_dir()) {
+                files.push(Input::named(path.clone()));
                 continue;
             } else if path.is_dir() {
                 let depth = if self.recursive { usize::MAX } else { 0 };
                 let mut scan = Scan::new(skipped_output(&output_dir, path));
                 scan.walk(path, path, depth).map(|()| scan.found)
-            } else if arg.contains(['*', '?', '[']) {
-                match_pattern(arg, output_dir.clone(), self.recursive).and_then(|found| {
+            } else if let Some(pattern) = pattern {
+                match_pattern(pattern, output_dir.clone(), self.recursive).and_then(|found| {
                     if found.is_empty() {
                         bail!("the pattern matches no image")
                     }
@@ -408,7 +414,7 @@ impl UpscaleArgs {
                     earlier += drop_earlier_results(&mut found);
                     files.extend(found);
                 }
-                Err(e) => failures.push((arg.clone(), format!("{e:#}"))),
+                Err(e) => failures.push((path.display().to_string(), format!("{e:#}"))),
             }
         }
         (files, failures, earlier)
@@ -509,7 +515,7 @@ impl UpscaleArgs {
     /// file; a directory or pattern input makes `-o` a directory even when it finds one image.
     fn one_named_file(&self) -> bool {
         // A device or a named pipe counts as a file: it gives one image.
-        matches!(self.inputs.as_slice(), [one] if one == STDIO || Path::new(one).exists() && !Path::new(one).is_dir())
+        matches!(self.inputs.as_slice(), [one] if is_stdio(one) || one.exists() && !one.is_dir())
     }
 
     fn to_stdout(&self) -> bool {
@@ -530,7 +536,13 @@ impl UpscaleArgs {
                 Some(stem) => stem.to_os_string(),
                 None => "image".into(),
             };
-            name.push(format!("_{}.{}", self.size().suffix(), format.extension()));
+            // The input's own spelling of the extension where it names the format
+            // written (`.JPG`, `.jpeg`, `.tif`), else the conventional one.
+            let ext = match input.extension().and_then(|e| e.to_str()) {
+                Some(ext) if OutputFormat::from_path(input) == Some(format) => ext,
+                _ => format.extension(),
+            };
+            name.push(format!("_{}.{ext}", self.size().suffix()));
             dir.join(name)
         };
         let beside = input.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -814,7 +826,9 @@ fn match_pattern(arg: &str, output_dir: Option<PathBuf>, recursive: bool) -> Res
         path: as_written(i.path),
         ..i
     };
-    let matches = |p: &Path| pattern.matches_path_with(p, options);
+    // Names that are not UTF-8 are matched with their undecodable bytes as U+FFFD, which
+    // a wildcard matches.
+    let matches = |p: &Path| pattern.matches_with(&p.to_string_lossy(), options);
     let skip = skipped_output(&output_dir, start);
     let mut scan = Scan::new(skip.clone());
     scan.skip_hidden = false;
@@ -856,21 +870,26 @@ fn skipped_output(output_dir: &Option<PathBuf>, root: &Path) -> Option<PathBuf> 
 /// running a command again, with any size, does not upscale its outputs once more. Files
 /// named one by one are always kept. Returns how many were dropped.
 fn drop_earlier_results(found: &mut Vec<Input>) -> usize {
-    let key = |p: &Path| Some((p.parent()?.to_path_buf(), p.file_stem()?.to_owned()));
+    // Stems as text: bytes that are not UTF-8 compare as U+FFFD on both sides.
+    let key = |p: &Path| {
+        Some((
+            p.parent()?.to_path_buf(),
+            p.file_stem()?.to_string_lossy().into_owned(),
+        ))
+    };
     let stems: HashSet<_> = found.iter().filter_map(|i| key(&i.path)).collect();
     let before = found.len();
     found.retain(|i| {
-        let (Some(mut stem), Some(dir)) =
-            (i.path.file_stem().and_then(|s| s.to_str()), i.path.parent())
-        else {
+        let Some((dir, stem)) = key(&i.path) else {
             return true;
         };
+        let mut stem = stem.as_str();
         // `a_x4_x2` comes from `a_x4`, or from `a` where that one was deleted.
         while let Some((source, suffix)) = stem.rsplit_once('_') {
             if !OutputSize::is_suffix(suffix) {
                 break;
             }
-            if stems.contains(&(dir.to_path_buf(), source.into())) {
+            if stems.contains(&(dir.clone(), source.to_owned())) {
                 return false;
             }
             stem = source;
