@@ -732,7 +732,7 @@ mod tests {
             mlp_inner_size: cfg.mlp_inner_size * 2,
             ..cfg.clone()
         };
-        let e = format!("{:#}", resume(&wider).err().expect("refused"));
+        let e = format!("{:#}", resume(&wider).expect_err("refused"));
         assert!(
             e.contains("cannot resume") && e.contains("dense_h_to_4h"),
             "{e}"
@@ -741,7 +741,7 @@ mod tests {
             num_layers: cfg.num_layers + 1,
             ..cfg
         };
-        let e = format!("{:#}", resume(&deeper).err().expect("refused"));
+        let e = format!("{:#}", resume(&deeper).expect_err("refused"));
         assert!(e.contains("missing transformer.layers."), "{e}");
         Ok(())
     }
