@@ -6,10 +6,33 @@
 use image::metadata::Orientation;
 
 /// A decoded file's EXIF chunk (TIFF layout, as the `image` crate reads and writes it)
-/// with its orientation reset, since decoding has already applied it.
+/// with its orientation reset, since decoding has already applied it. A thumbnail stored
+/// turned is unlinked: it would show sideways under the upright tag.
 pub fn upright(mut chunk: Vec<u8>) -> Vec<u8> {
-    let _ = Orientation::remove_from_exif_chunk(&mut chunk);
+    let turned = Orientation::remove_from_exif_chunk(&mut chunk)
+        .is_some_and(|o| o != Orientation::NoTransforms);
+    if turned {
+        drop_thumbnail(&mut chunk);
+    }
     chunk
+}
+
+/// Ends the IFD chain after the first IFD, leaving out IFD1, which holds the thumbnail.
+fn drop_thumbnail(chunk: &mut [u8]) {
+    let Some(tiff) = Tiff::new(chunk) else {
+        return;
+    };
+    let Some(ifd0) = tiff.u32_at(chunk, 4) else {
+        return;
+    };
+    // Reading the count bounds `ifd0` by the chunk's length, so this cannot overflow.
+    let Some(count) = tiff.u16_at(chunk, ifd0) else {
+        return;
+    };
+    let next = ifd0 + 2 + 12 * usize::from(count);
+    if let Some(pointer) = chunk.get_mut(next..next + 4) {
+        pointer.fill(0);
+    }
 }
 
 /// The chunk with its pixel dimensions (ImageWidth/ImageLength in the first IFD,
@@ -152,7 +175,8 @@ mod tests {
         entry(&mut c, 0x0112, SHORT, short(6));
         let exif_ifd = 8 + 2 + 3 * 12 + 4;
         entry(&mut c, 0x8769, LONG, t.word32(exif_ifd));
-        c.extend(t.word32(0));
+        // The next IFD (a thumbnail's), past the end here: only the pointer matters.
+        c.extend(t.word32(4096));
         c.extend(t.word16(2));
         entry(&mut c, 0xA002, SHORT, short(240));
         entry(&mut c, 0xA003, LONG, t.word32(135));
@@ -192,6 +216,18 @@ mod tests {
             assert_eq!(value(&c, be, exif + 12), (LONG, 5));
             assert_eq!(c.len(), chunk(be).len());
         }
+    }
+
+    /// The thumbnail IFD is unlinked when the image was turned upright, kept otherwise.
+    #[test]
+    fn a_turned_thumbnail_is_dropped() {
+        let next_ifd = |c: &[u8]| Tiff { big_endian: false }.u32_at(c, 8 + 2 + 3 * 12);
+        let turned = chunk(false);
+        assert_eq!(next_ifd(&turned), Some(4096));
+        assert_eq!(next_ifd(&upright(turned)), Some(0));
+        let mut straight = chunk(false);
+        Orientation::remove_from_exif_chunk(&mut straight);
+        assert_eq!(next_ifd(&upright(straight)), Some(4096));
     }
 
     #[test]
