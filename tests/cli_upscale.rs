@@ -644,15 +644,33 @@ fn grayscale_png_stays_grayscale() {
         ImageBuffer::from_fn(20, 12, |x, y| image::Luma([(x * 2500 + y * 1000) as u16]));
     let gray_alpha: ImageBuffer<image::LumaA<u8>, Vec<u8>> =
         ImageBuffer::from_fn(20, 12, |x, _| image::LumaA([(x * 10) as u8, 200]));
-    let cases: [(&str, DynamicImage, ColorType); 3] = [
-        ("l8.png", gray.into(), ColorType::L8),
-        ("l16.png", gray16.into(), ColorType::L16),
-        ("la8.png", gray_alpha.into(), ColorType::La8),
+    // GIF and BMP store gray through a palette, which decodes as RGB.
+    let cases: [(&str, DynamicImage, ImageFormat, ColorType); 5] = [
+        (
+            "l8.png",
+            gray.clone().into(),
+            ImageFormat::Png,
+            ColorType::L8,
+        ),
+        ("l16.png", gray16.into(), ImageFormat::Png, ColorType::L16),
+        (
+            "la8.png",
+            gray_alpha.into(),
+            ImageFormat::Png,
+            ColorType::La8,
+        ),
+        (
+            "l8.gif",
+            DynamicImage::from(gray.clone()).into_rgba8().into(),
+            ImageFormat::Gif,
+            ColorType::L8,
+        ),
+        ("l8.bmp", gray.into(), ImageFormat::Bmp, ColorType::L8),
     ];
-    for (name, img, color) in cases {
+    for (name, img, format, color) in cases {
         let src = dir.path().join(name);
-        save(img, &src, ImageFormat::Png);
-        let out = dir.path().join(format!("out_{name}"));
+        save(img, &src, format);
+        let out = dir.path().join(format!("out_{name}.png"));
         upscale_ok(&model, &[s(&src), "-o", s(&out)]);
         let (_, decoded) = read(&out);
         assert_eq!(decoded.color(), color, "{name}");

@@ -666,12 +666,24 @@ fn decode_with(
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);
     let color = img.color();
+    // Colour-mapped images (GIF, BMP, TGA, palette PNG) reach us expanded to RGB even
+    // when their palette is gray.
+    let palette_format = matches!(
+        format,
+        InputFormat::Gif | InputFormat::Bmp | InputFormat::Png | InputFormat::Tga
+    );
+    let gray_pixels = palette_format
+        && match &img {
+            DynamicImage::ImageRgb8(b) => b.pixels().all(|p| p[0] == p[1] && p[1] == p[2]),
+            DynamicImage::ImageRgba8(b) => b.pixels().all(|p| p[0] == p[1] && p[1] == p[2]),
+            _ => false,
+        };
     let (rgb, alpha) = to_planes(&img);
     Ok(DecodedImage {
         rgb,
         alpha,
         sixteen_bit: color.bytes_per_pixel() > color.channel_count(),
-        grayscale: !color.has_color(),
+        grayscale: !color.has_color() || gray_pixels,
         icc_profile,
         exif,
         format,
