@@ -13,7 +13,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Cursor, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, tiff::TiffEncoder, webp::WebPEncoder};
+use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, webp::WebPEncoder};
 use image::{
     DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageFormat,
     ImageReader, ImageResult,
@@ -468,6 +468,9 @@ fn decode_image_crate(
         let mut decoded = decode_with(decoder, format, true, path, limits)?;
         if let Some(facts) = tiff {
             decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
+            if let Some(alpha) = decoded.alpha.as_ref().filter(|_| facts.associated_alpha) {
+                unpremultiply(&mut decoded.rgb, alpha);
+            }
         }
         return Ok((decoded, several));
     }
@@ -508,6 +511,9 @@ struct TiffFacts {
     icc_profile: Option<Vec<u8>>,
     /// More pages follow the first.
     pages: bool,
+    /// The extra sample is associated (premultiplied) alpha, which the image crate
+    /// passes on as if it were straight.
+    associated_alpha: bool,
 }
 
 impl TiffFacts {
@@ -528,11 +534,13 @@ impl TiffFacts {
                     .ok()
                     .flatten()
                     .and_then(|v| v.into_u8_vec().ok());
+                let extra = d.find_tag_unsigned_vec::<u16>(Tag::ExtraSamples);
                 Self {
                     wide_integer_samples: bits.ok().flatten().is_some_and(|b| b.contains(&32))
                         && !float,
                     icc_profile,
                     pages: d.more_images(),
+                    associated_alpha: extra.ok().flatten().is_some_and(|e| e.first() == Some(&1)),
                 }
             },
         );
@@ -838,7 +846,7 @@ pub struct EncodeOptions {
     /// Write 16 bits per sample. Honoured by PNG and TIFF; the others fall back to 8 bits.
     pub sixteen_bit: bool,
     /// Write a single luma channel (plus alpha). WebP stores it as RGB; TIFF with alpha is
-    /// written as RGBA because the TIFF encoder has no gray+alpha layout.
+    /// written as RGBA, a layout more readers take than gray+alpha.
     pub grayscale: bool,
     /// Attached to the output unchanged.
     pub icc_profile: Option<Vec<u8>>,
@@ -982,6 +990,8 @@ impl<'a> Encoded<'a> {
             }
             _ => (rgb, alpha),
         };
+        // Gray with alpha as TIFF is RGBA: the image crate (like other readers) does not
+        // read gray+alpha TIFF back.
         let gray = opts.grayscale && !(format == OutputFormat::Tiff && alpha.is_some());
         let (buf, color) = quantise_planes(rgb, alpha, gray, deep);
         Ok(Self {
@@ -1003,12 +1013,19 @@ impl<'a> Encoded<'a> {
                 self.opts.quality.clamp(1, 100),
             )),
             OutputFormat::Webp => self.encode_with(WebPEncoder::new_lossless(w)),
-            OutputFormat::Tiff => self.encode_with(TiffEncoder::new(w)),
+            OutputFormat::Tiff => self.encode_tiff(w).map_err(|e| match e {
+                tiff::TiffError::IoError(e) => ImageError::IoError(e),
+                e => ImageError::Encoding(image::error::EncodingError::new(
+                    ImageFormat::Tiff.into(),
+                    e,
+                )),
+            }),
         };
         written.map_err(|e| ImageIoError::from_encode(self.path, e))
     }
 
-    fn encode_with(&self, mut enc: impl ImageEncoder) -> ImageResult<()> {
+    /// The ICC profile to embed: the source's, where it describes the samples written.
+    fn icc_profile(&self) -> Option<&Vec<u8>> {
         let gray = matches!(
             self.color,
             ExtendedColorType::L8
@@ -1016,12 +1033,61 @@ impl<'a> Encoded<'a> {
                 | ExtendedColorType::L16
                 | ExtendedColorType::La16
         );
-        if let Some(icc) = self
-            .opts
+        self.opts
             .icc_profile
             .as_ref()
             .filter(|icc| icc_describes(icc, gray))
-        {
+    }
+
+    /// TIFF through the tiff crate, which (unlike the `image` crate's encoder) can say
+    /// that the fourth sample is alpha (ExtraSamples).
+    fn encode_tiff(&self, w: impl Write + Seek) -> tiff::TiffResult<()> {
+        use tiff::encoder::colortype::{Gray16, Gray8, RGB16, RGB8, RGBA16, RGBA8};
+        let mut tiff = tiff::encoder::TiffEncoder::new(w)?;
+        let wide = || -> Vec<u16> {
+            self.buf
+                .chunks_exact(2)
+                .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+                .collect()
+        };
+        match self.color {
+            ExtendedColorType::L8 => self.tiff_image::<Gray8, _>(&mut tiff, &self.buf),
+            ExtendedColorType::Rgb8 => self.tiff_image::<RGB8, _>(&mut tiff, &self.buf),
+            ExtendedColorType::Rgba8 => self.tiff_image::<RGBA8, _>(&mut tiff, &self.buf),
+            ExtendedColorType::L16 => self.tiff_image::<Gray16, _>(&mut tiff, &wide()),
+            ExtendedColorType::Rgb16 => self.tiff_image::<RGB16, _>(&mut tiff, &wide()),
+            ExtendedColorType::Rgba16 => self.tiff_image::<RGBA16, _>(&mut tiff, &wide()),
+            other => unreachable!("quantise_planes gives no {other:?}"),
+        }
+    }
+
+    fn tiff_image<C, W>(
+        &self,
+        tiff: &mut tiff::encoder::TiffEncoder<W>,
+        samples: &[C::Inner],
+    ) -> tiff::TiffResult<()>
+    where
+        C: tiff::encoder::colortype::ColorType,
+        W: Write + Seek,
+        [C::Inner]: tiff::encoder::TiffValue,
+    {
+        use tiff::tags::Tag;
+        let mut image = tiff.new_image::<C>(self.width, self.height)?;
+        if matches!(
+            self.color,
+            ExtendedColorType::Rgba8 | ExtendedColorType::Rgba16
+        ) {
+            // 2: unassociated alpha, which is what is written (colour not premultiplied).
+            image.encoder().write_tag(Tag::ExtraSamples, &[2u16][..])?;
+        }
+        if let Some(icc) = self.icc_profile() {
+            image.encoder().write_tag(Tag::IccProfile, &icc[..])?;
+        }
+        image.write_data(samples)
+    }
+
+    fn encode_with(&self, mut enc: impl ImageEncoder) -> ImageResult<()> {
+        if let Some(icc) = self.icc_profile() {
             enc.set_icc_profile(icc.clone())
                 .map_err(ImageError::Unsupported)?;
         }
@@ -1043,6 +1109,18 @@ impl<'a> Encoded<'a> {
 fn icc_describes(icc: &[u8], gray: bool) -> bool {
     // The header's data colour space field.
     icc.get(16..20) == Some(if gray { b"GRAY" } else { b"RGB " })
+}
+
+/// Divides premultiplied colour by its alpha (fully transparent pixels keep their zero).
+fn unpremultiply(rgb: &mut Planar, alpha: &Planar) {
+    let n = alpha.data.len();
+    for plane in rgb.data.chunks_exact_mut(n) {
+        for (v, &a) in plane.iter_mut().zip(&alpha.data) {
+            if a > 0.0 {
+                *v = (*v / a).min(1.0);
+            }
+        }
+    }
 }
 
 /// `rgb` composited over white by `alpha` (values in `[0, 1]`).
@@ -1409,6 +1487,53 @@ mod tests {
                 assert_eq!(d.rgb, img, "{fmt}");
             }
         }
+    }
+
+    /// TIFF alpha is written as such (ExtraSamples: unassociated), and premultiplied
+    /// (associated) alpha is divided out on reading.
+    #[test]
+    fn tiff_alpha_is_tagged_and_premultiplied_alpha_undone() {
+        use tiff::tags::Tag;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.tiff");
+        let (img, alpha) = (gradient(6, 10), ramp(6, 10, 3));
+        encode_file(
+            &path,
+            &img,
+            Some(&alpha),
+            &EncodeOptions::new(OutputFormat::Tiff),
+        )
+        .unwrap();
+        let mut d = tiff::decoder::Decoder::new(File::open(&path).unwrap()).unwrap();
+        let extra = d.find_tag_unsigned_vec::<u16>(Tag::ExtraSamples).unwrap();
+        assert_eq!(extra, Some(vec![2]));
+
+        let (w, h) = (3u32, 1u32);
+        // Straight (200, 100, 50) at alpha 255, 128 and 0, stored premultiplied.
+        let straight = [200.0f32, 100.0, 50.0];
+        let mut samples = Vec::new();
+        for a in [255u8, 128, 0] {
+            samples.extend(straight.map(|c| (c * f32::from(a) / 255.0).round() as u8));
+            samples.push(a);
+        }
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        let mut image = enc
+            .new_image::<tiff::encoder::colortype::RGBA8>(w, h)
+            .unwrap();
+        image
+            .encoder()
+            .write_tag(Tag::ExtraSamples, &[1u16][..])
+            .unwrap();
+        image.write_data(&samples).unwrap();
+        let d = decode_bytes(buf.get_ref(), &limits()).unwrap();
+        for x in 0..2 {
+            for (c, want) in straight.iter().enumerate() {
+                let got = d.rgb.at(c, 0, x) * 255.0;
+                assert!((got - want).abs() < 1.5, "x {x} c {c}: {got}");
+            }
+        }
+        assert_eq!(d.rgb.at(0, 0, 2), 0.0);
     }
 
     #[test]
