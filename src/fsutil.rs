@@ -60,14 +60,11 @@ impl PartFile {
             .as_file_mut()
     }
 
-    /// Takes the file off the list and hands it over (to be persisted or dropped).
-    fn release(mut self) -> NamedTempFile {
-        let file = self
-            .0
+    /// Hands the file over, still listed: the caller unlists it once it is renamed.
+    fn into_listed(mut self) -> NamedTempFile {
+        self.0
             .take()
-            .expect("a PartFile holds its file until dropped");
-        unlist(file.path());
-        file
+            .expect("a PartFile holds its file until dropped")
     }
 }
 
@@ -87,6 +84,9 @@ pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Held while the file is created, so that an interrupt cannot fall between its
+    // creation and its listing.
+    let mut listed = partial();
     let mut b = tempfile::Builder::new();
     b.prefix(".infdit-").suffix(".part");
     #[cfg(unix)]
@@ -104,7 +104,7 @@ pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
             format!("cannot create a file in {}: {cause}", dir.display()),
         )
     })?;
-    partial().push(file.path().to_path_buf());
+    listed.push(file.path().to_path_buf());
     Ok(PartFile(Some(file)))
 }
 
@@ -114,15 +114,21 @@ pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
 /// with: a writer given only the path may have replaced the file (the safetensors crate
 /// writes its own private 0600 temporary file and renames it over the path).
 pub fn commit(tmp: PartFile, path: &Path) -> io::Result<()> {
-    let tmp = tmp.release();
-    let placed = File::open(tmp.path())?;
-    let wanted = tmp.as_file().metadata()?.permissions();
-    if placed.metadata()?.permissions() != wanted {
-        placed.set_permissions(wanted)?;
-    }
-    placed.sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    let tmp = tmp.into_listed();
+    let listed = tmp.path().to_path_buf();
+    // Listed until renamed: an interrupt during the (slow) sync still removes it.
+    let placed = (|| {
+        let placed = File::open(tmp.path())?;
+        let wanted = tmp.as_file().metadata()?.permissions();
+        if placed.metadata()?.permissions() != wanted {
+            placed.set_permissions(wanted)?;
+        }
+        placed.sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    })();
+    unlist(&listed);
+    placed
 }
 
 /// Runs `write` on a temporary path beside `path`, then renames it to `path`. On error

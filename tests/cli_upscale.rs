@@ -1435,3 +1435,36 @@ fn file_names_that_are_not_utf8_are_read() {
     made.sort();
     assert_eq!(made, [b"caf\xe9_x4.png".to_vec(), b"ok_x4.png".to_vec()]);
 }
+
+/// `--overwrite` replaces earlier results, never another input of the run, nor something
+/// that is not a file (a pipe, a device, a directory), and a format that contradicts the
+/// output's name is refused even where infdit does not write that format.
+#[cfg(unix)]
+#[test]
+fn outputs_that_must_not_be_replaced_are_refused() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let a = dir.path().join("a.png");
+    save(gradient(16, 12), &a, ImageFormat::Png);
+    // Another input of the run, named as a's result.
+    let other = dir.path().join("a_x4.png");
+    save(gradient(8, 8), &other, ImageFormat::Png);
+    let err = upscale_fails(&model, &[s(&a), s(&other), "--overwrite"]);
+    assert!(err.contains("is another input of this run"), "{err}");
+    assert_eq!(dims(&other), (8, 8), "the other input is untouched");
+    // A named pipe and a directory where the output would go.
+    let fifo = dir.path().join("f.png");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let err = upscale_fails(&model, &[s(&a), "-o", s(&fifo), "--overwrite"]);
+    assert!(err.contains("is not a regular file"), "{err}");
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    let b = dir.path().join("b.png");
+    save(gradient(16, 12), &b, ImageFormat::Png);
+    std::fs::create_dir(dir.path().join("b_x4.png")).unwrap();
+    let err = upscale_fails(&model, &[s(&b), "--overwrite"]);
+    assert!(err.contains("is a directory"), "{err}");
+    let err = upscale_fails(&model, &[s(&a), "-o", "o.bmp", "--format", "png"]);
+    assert!(err.contains("does not match the name"), "{err}");
+}

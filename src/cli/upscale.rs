@@ -281,7 +281,7 @@ impl UpscaleArgs {
         let mut produced = HashMap::new();
         for item in &inputs {
             let input = &item.path;
-            match self.process(item, &upscaler, &multi, json, &produced) {
+            match self.process(item, &upscaler, &multi, json, &produced, &seen) {
                 Ok(Outcome::Written(out)) => {
                     written += 1;
                     produced.insert(out.clone(), input.clone());
@@ -558,11 +558,18 @@ impl UpscaleArgs {
                     && !out.is_dir()
                     && !out.to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) =>
             {
-                let format = match (self.format, OutputFormat::from_path(out)) {
-                    (Some(f), Some(named)) if f != named => bail!(
-                        "--format {f} does not match the name {}: change one of them",
-                        out.display()
-                    ),
+                let named_format = OutputFormat::from_path(out);
+                let format = match (self.format, named_format) {
+                    // Also an image extension that is not written (`.bmp`).
+                    (Some(f), named)
+                        if named.is_some_and(|n| n != f)
+                            || named.is_none() && InputFormat::from_path(out).is_some() =>
+                    {
+                        bail!(
+                            "--format {f} does not match the name {}: change one of them",
+                            out.display()
+                        )
+                    }
                     (Some(f), _) | (None, Some(f)) => f,
                     (None, None) if out.extension().is_none() => by_source,
                     (None, None) => bail!("cannot tell the output format from {}: use .png, .jpg, .webp or .tiff, or --format", out.display()),
@@ -590,6 +597,7 @@ impl UpscaleArgs {
         multi: &MultiProgress,
         json: bool,
         produced: &HashMap<PathBuf, PathBuf>,
+        inputs: &HashSet<PathBuf>,
     ) -> Result<Outcome> {
         let input = &item.path;
         let limits = DecodeLimits {
@@ -617,8 +625,8 @@ impl UpscaleArgs {
         };
         let (out, out_format) = self.output_path(item, peeked.map(|p| p.format))?;
         let stdout = is_stdio(&out);
-        if !stdout && out.canonicalize().ok() == input.canonicalize().ok() && out.exists() {
-            bail!("the output {} would replace its own input", out.display());
+        if !stdout {
+            check_replaceable(&out, input, inputs)?;
         }
         if let Some(earlier) = produced.get(&out) {
             bail!(
@@ -779,6 +787,45 @@ impl Scan {
         }
         Ok(())
     }
+}
+
+/// Refuses an output that must not be replaced, whatever `--overwrite` says: an input
+/// of the run (its own or another's, which would then be read in its new form), or
+/// something other than a file (a directory, a device such as `/dev/null`, a pipe), which
+/// the rename into place would destroy. Also a name the file system cannot hold.
+fn check_replaceable(out: &Path, input: &Path, inputs: &HashSet<PathBuf>) -> Result<()> {
+    // Most file systems hold names of up to 255 bytes.
+    if out.file_name().is_some_and(|n| n.len() > 255) {
+        bail!(
+            "the output name {} is longer than a file name can be",
+            out.display()
+        );
+    }
+    let Ok(meta) = std::fs::metadata(out) else {
+        return Ok(());
+    };
+    let canonical = out.canonicalize().ok();
+    if canonical == input.canonicalize().ok() {
+        bail!("the output {} would replace its own input", out.display());
+    }
+    if canonical.is_some_and(|c| inputs.contains(&c)) {
+        bail!(
+            "the output {} is another input of this run, which is not replaced",
+            out.display()
+        );
+    }
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        bail!(
+            "the output {} is {what}, which is not replaced",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// The images a glob pattern names. The walk starts at the pattern's last directory
