@@ -9,6 +9,17 @@ pub mod resize;
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 
+/// Mirror-reflects index `i` into `0..n` without repeating the edge (`dcb|abcd|cba`,
+/// period 2(n−1)); every index is 0 for n = 1. For padding that continues textures.
+pub fn reflect(i: isize, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n as isize - 1);
+    let m = i.rem_euclid(period);
+    (if m < n as isize { m } else { period - m }) as usize
+}
+
 /// A planar (CHW) float image. The pipeline keeps images in this layout on the host so that
 /// only the blocks being computed ever move to the compute device.
 #[derive(Debug, Clone, PartialEq)]

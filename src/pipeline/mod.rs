@@ -10,7 +10,7 @@ use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positi
 use crate::imageops::bleed::fill_transparent;
 use crate::imageops::io::{from_model_range, to_model_range};
 use crate::imageops::resize::resize_bicubic;
-use crate::imageops::{Dihedral, Planar};
+use crate::imageops::{reflect, Dihedral, Planar};
 use crate::model::InfDit;
 use crate::sampler::{sample, SamplerConfig};
 use anyhow::{bail, ensure, Result};
@@ -100,20 +100,6 @@ pub fn passes(scale: usize, model_scale: usize) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-/// Mirror-reflects index `i` into `0..n` (period 2(n−1)), edge-clamping for n = 1.
-fn reflect(i: usize, n: usize) -> usize {
-    if n == 1 {
-        return 0;
-    }
-    let p = 2 * (n - 1);
-    let m = i % p;
-    if m < n {
-        m
-    } else {
-        p - m
-    }
-}
-
 /// Pads bottom and right to multiples of `multiple` by reflection (`dcb|abcd|cba`),
 /// which continues textures and edges better than repeating the border pixel. The
 /// model's blocks need whole multiples; the padding is cropped from the output, so no
@@ -127,9 +113,9 @@ pub fn pad_reflect(img: &Planar, multiple: usize) -> Planar {
     let mut data = Vec::with_capacity(img.channels * h * w);
     for c in 0..img.channels {
         for y in 0..h {
-            let sy = reflect(y, img.height);
+            let sy = reflect(y as isize, img.height);
             for x in 0..w {
-                data.push(img.at(c, sy, reflect(x, img.width)));
+                data.push(img.at(c, sy, reflect(x as isize, img.width)));
             }
         }
     }

@@ -15,7 +15,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal, Poisson};
 
 use crate::imageops::resize::resize_bicubic;
-use crate::imageops::Planar;
+use crate::imageops::{reflect, Planar};
 
 /// Blur-kernel sampling for one stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -388,16 +388,6 @@ pub fn sinc_kernel(size: usize, omega: f64) -> Vec<f32> {
     }
     let sum: f64 = w.iter().sum();
     w.iter().map(|v| (v / sum) as f32).collect()
-}
-
-/// Reflect (mirror without repeating the edge) an index into `0..n`.
-fn reflect(i: isize, n: usize) -> usize {
-    if n == 1 {
-        return 0;
-    }
-    let period = 2 * (n as isize - 1);
-    let m = i.rem_euclid(period);
-    (if m < n as isize { m } else { period - m }) as usize
 }
 
 /// Correlates every channel with `k`, reflect-padded so the size is kept.
