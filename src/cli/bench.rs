@@ -8,6 +8,7 @@ use crate::engine::memory::{format_size, parse_size, peak_rss};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
 use crate::imageops::Planar;
 use crate::model::attention::{paged_attention, PagedKv};
+use crate::model::ops::max_abs_diff;
 use crate::model::InfDit;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -229,13 +230,7 @@ impl OpsArgs {
         let (cos, sin) = (angle.cos()?.to_dtype(dtype)?, angle.sin()?.to_dtype(dtype)?);
         let fused = fused_kernels(&[x]);
         let f32_of = |t: &Tensor| t.to_dtype(DType::F32);
-        let max_diff = |a: &Tensor, b: &Tensor| -> candle_core::Result<f32> {
-            (f32_of(a)? - f32_of(b)?)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()
-        };
+        let max_diff = max_abs_diff;
         let (w, b, eps) = ln.parts();
         let reference = modulate_composed(
             &layer_norm_composed(&f32_of(x)?, &f32_of(w)?, &f32_of(b)?, eps)?,
@@ -357,11 +352,7 @@ impl AttentionArgs {
             &kc.narrow(0, 0, m)?,
             &vc.narrow(0, 0, m)?,
         )?;
-        let max_abs_diff = (ours.to_dtype(DType::F32)? - reference)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
+        let diff_to_reference = max_abs_diff(&ours, &reference)?;
         let ms = time_ms(&device, &|| attention(&qc, &kc, &vc), self.repeat)?;
         let composed_ms = time_ms(
             &device,
@@ -372,12 +363,7 @@ impl AttentionArgs {
         let (paged_ms, paged_max_abs_diff) = match self.paged_kv(&kc)? {
             Some(kv) => {
                 let (k_all, v_all) = kv.gather()?;
-                let diff = (attend(&qc, &kv)? - attention(&qc, &k_all, &v_all)?)?
-                    .to_dtype(DType::F32)?
-                    .abs()?
-                    .flatten_all()?
-                    .max(0)?
-                    .to_scalar::<f32>()?;
+                let diff = max_abs_diff(&attend(&qc, &kv)?, &attention(&qc, &k_all, &v_all)?)?;
                 let ms = time_ms(&device, &|| attend(&qc, &kv), self.repeat)?;
                 (Some(ms), Some(diff))
             }
@@ -390,7 +376,7 @@ impl AttentionArgs {
             ms,
             tflops: flops / (ms * 1e-3) / 1e12,
             composed_ms,
-            max_abs_diff,
+            max_abs_diff: diff_to_reference,
             paged_ms,
             paged_max_abs_diff,
         })

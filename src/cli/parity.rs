@@ -166,12 +166,8 @@ impl ParityCommand {
                 names.sort();
                 anyhow::ensure!(!names.is_empty(), "the files share no tensor names");
                 for n in names {
-                    let d = (a.get(n)?.to_dtype(candle_core::DType::F32)?
-                        - b.get(n)?.to_dtype(candle_core::DType::F32)?)?;
-                    println!(
-                        "{n}: max |diff| {:.3e}",
-                        d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?
-                    );
+                    let d = crate::model::ops::max_abs_diff(a.get(n)?, b.get(n)?)?;
+                    println!("{n}: max |diff| {d:.3e}");
                 }
                 Ok(())
             }

@@ -271,6 +271,16 @@ pub fn fused_attention(device: &Device, dtype: DType, head_dim: usize) -> bool {
     }
 }
 
+/// The largest |a − b| over two tensors of one shape, compared in f32 (for checks of a
+/// kernel against its reference).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()
+}
+
 /// `INFDIT_ATTENTION=composed` turns the fused attention kernels off (for comparisons and
 /// as an escape hatch).
 pub fn composed_forced() -> bool {
