@@ -2,13 +2,14 @@
 
 use super::{parse_device, DTypeArg};
 use crate::checkpoint::ModelSource;
+use crate::clip::{l2_normalize, load_clip_file, ClipVisionConfig};
 use crate::engine::{Batching, EngineOptions, Order};
 use crate::imageops::resize::{resize_bicubic, resize_short_side};
 use crate::model::InfDit;
 use crate::parity::{denoise, sample_case, write_tensors, Case};
 use crate::sampler::{SamplerConfig, SamplerKind};
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -176,7 +177,21 @@ impl ParityCommand {
                 weights,
                 case,
                 out,
-            } => crate::clip::run_parity(&config, &weights, &case, &out),
+            } => {
+                let cfg = ClipVisionConfig::from_json_file(&config)?;
+                let encoder = load_clip_file(&weights, Some(&cfg), &dev, DType::F32)?;
+                let pixels = encoder.preprocess(&Case::open(&case)?.planar("lr_image")?)?;
+                let visual = encoder.visual(&pixels)?;
+                let embedding = l2_normalize(&visual)?;
+                write_tensors(
+                    &out,
+                    &[
+                        ("preprocessed", pixels.to_tensor(&dev)?),
+                        ("visual_out", visual),
+                        ("embedding", embedding),
+                    ],
+                )
+            }
         }
     }
 }

@@ -9,9 +9,6 @@ pub mod config;
 pub mod model;
 pub mod weights;
 
-use std::collections::HashMap;
-use std::path::Path;
-
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -130,32 +127,4 @@ impl ClipEncoder {
     pub fn encode(&self, lr: &Planar) -> Result<Tensor> {
         l2_normalize(&self.visual(&self.preprocess(lr)?)?)
     }
-}
-
-/// Reproduces a CLIP parity case on the CPU in f32: reads `lr_image` ([1,3,H,W], `[-1, 1]`)
-/// from `case` and writes `preprocessed` [1,3,S,S], `visual_out` and `embedding`
-/// ([1, embed_dim]) to the safetensors file `out`.
-pub fn run_parity(config: &Path, weights: &Path, case: &Path, out: &Path) -> Result<()> {
-    let device = Device::Cpu;
-    let cfg = ClipVisionConfig::from_json_file(config)?;
-    let encoder = load_clip_file(weights, Some(&cfg), &device, DType::F32)?;
-    let case_tensors = candle_core::safetensors::load(case, &device)
-        .with_context(|| format!("reading {}", case.display()))?;
-    let lr = case_tensors
-        .get("lr_image")
-        .with_context(|| format!("`lr_image` not found in {}", case.display()))?;
-    let lr = Planar::from_tensor(lr)?;
-    let pixels = encoder.preprocess(&lr)?;
-    let visual = encoder.visual(&pixels)?;
-    let embedding = l2_normalize(&visual)?;
-    let outputs: HashMap<String, Tensor> = [
-        ("preprocessed".to_string(), pixels.to_tensor(&device)?),
-        ("visual_out".to_string(), visual),
-        ("embedding".to_string(), embedding),
-    ]
-    .into_iter()
-    .collect();
-    candle_core::safetensors::save(&outputs, out)
-        .with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
 }
