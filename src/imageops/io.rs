@@ -117,10 +117,26 @@ impl ImageIoError {
             {
                 Self::Read { path, cause }
             }
-            e => Self::Corrupt {
-                path,
-                detail: one_line(e),
-            },
+            e => {
+                let detail = one_line(e);
+                // The JPEG decoder reports the variants it does not read (12-bit,
+                // arithmetic-coded, lossless) as decoding errors.
+                let variant = [
+                    "cannot yet decode",
+                    "can only parse 8-bit",
+                    "is not supported",
+                ]
+                .iter()
+                .any(|m| detail.contains(m));
+                if variant {
+                    Self::Unsupported {
+                        path,
+                        detail: format!("{detail}; convert it to PNG"),
+                    }
+                } else {
+                    Self::Corrupt { path, detail }
+                }
+            }
         }
     }
 
@@ -363,7 +379,10 @@ pub fn peek(bytes: &[u8], name: &Path) -> Option<Peek> {
     };
     Some(Peek {
         format,
-        size: size.map(|(h, w)| (h as usize, w as usize)),
+        // An empty image is left for decoding to report.
+        size: size
+            .filter(|&(h, w)| h > 0 && w > 0)
+            .map(|(h, w)| (h as usize, w as usize)),
     })
 }
 
@@ -458,8 +477,8 @@ fn decode_image_crate(
                     ImageIoError::Unsupported {
                         path,
                         detail: format!(
-                            "a TIFF sample layout this decoder does not read ({detail}); \
-                             convert it to 8- or 16-bit RGB or grayscale"
+                            "a TIFF layout this decoder does not read ({detail}); \
+                             convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
                         ),
                     }
                 }
@@ -634,6 +653,12 @@ fn decode_with(
         path: path.into(),
         detail,
     };
+    if w == 0 || h == 0 {
+        return Err(ImageIoError::Corrupt {
+            path: path.into(),
+            detail: format!("the image is {w}x{h}: it has no pixels"),
+        });
+    }
     if w > limits.max_width || h > limits.max_height {
         let (mw, mh) = (limits.max_width, limits.max_height);
         return Err(too_large(format!("{w}x{h} exceeds the {mw}x{mh} limit")));
@@ -1536,6 +1561,28 @@ mod tests {
         assert_eq!(d.rgb.at(0, 0, 2), 0.0);
     }
 
+    /// A JPEG variant the decoder does not read is named as unsupported, not as corrupt;
+    /// an image without pixels is corrupt.
+    #[test]
+    fn unreadable_variants_and_empty_images_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let jpg = dir.path().join("t.jpg");
+        encode_file(
+            &jpg,
+            &gradient(8, 8),
+            None,
+            &EncodeOptions::new(OutputFormat::Jpeg),
+        )
+        .unwrap();
+        let mut bytes = std::fs::read(&jpg).unwrap();
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bytes[sof + 4] = 12; // sample precision: a 12-bit JPEG
+        let e = decode_bytes(&bytes, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        let e = decode_bytes(b"P6\n0 5\n255\n", &limits()).unwrap_err();
+        assert!(e.to_string().contains("no pixels"), "{e}");
+    }
+
     #[test]
     fn grayscale_stays_grayscale() {
         let dir = tempfile::tempdir().unwrap();
@@ -1818,7 +1865,7 @@ mod tests {
             .write_image::<colortype::Gray32Float>(2, 1, &[0.0, 0.5])
             .unwrap();
         let e = decode_bytes(gray.get_ref(), &limits()).unwrap_err();
-        assert!(e.to_string().contains("convert it to 8- or 16-bit"), "{e}");
+        assert!(e.to_string().contains("convert it to PNG"), "{e}");
         let e = decode_bytes(&integers, &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("32-bit integer samples"), "{e}");
