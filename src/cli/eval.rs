@@ -257,6 +257,9 @@ impl EvalArgs {
         };
         let hr = decode_rgb(f)?;
         let sr = decode_rgb(m)?;
+        let scored = score(&hr, &sr, self.shave)
+            .with_context(|| format!("compared with {}", m.display()))?;
+        // Only sizes close enough to be scored get here.
         if (sr.height, sr.width) != (hr.height, hr.width) {
             tracing::warn!(
                 "{} is {}x{}, {} is {}x{}: scoring the part they share",
@@ -268,8 +271,6 @@ impl EvalArgs {
                 hr.height
             );
         }
-        let scored = score(&hr, &sr, self.shave)
-            .with_context(|| format!("compared with {}", m.display()))?;
         Ok(vec![scored])
     }
 
