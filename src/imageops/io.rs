@@ -711,11 +711,11 @@ fn decode_with(
             DynamicImage::ImageRgba8(b) => b.pixels().all(|p| p[0] == p[1] && p[1] == p[2]),
             _ => false,
         };
-    let (rgb, alpha) = to_planes(&img);
+    let (rgb, alpha) = image_to_planes(&img);
     Ok(DecodedImage {
         rgb,
         alpha,
-        sixteen_bit: color.bytes_per_pixel() > color.channel_count(),
+        sixteen_bit: is_deep(color),
         grayscale: !color.has_color() || gray_pixels,
         icc_profile,
         exif,
@@ -748,8 +748,14 @@ fn jpeg_is_complete(data: &[u8]) -> bool {
     false
 }
 
-/// Splits an interleaved image into RGB and alpha planes, scaled to `[0, 1]`.
-fn to_planes(img: &DynamicImage) -> (Planar, Option<Planar>) {
+/// Whether samples of `color` have more than 8 bits (16-bit or float).
+pub fn is_deep(color: image::ColorType) -> bool {
+    color.bytes_per_pixel() > color.channel_count()
+}
+
+/// RGB and optional alpha planes of an in-memory image, scaled to `[0, 1]` (luma is
+/// copied to all three colour planes).
+pub fn image_to_planes(img: &DynamicImage) -> (Planar, Option<Planar>) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     match img {
         DynamicImage::ImageLuma8(b) => split(b.as_raw(), 1, h, w, 255.0),
@@ -1192,12 +1198,6 @@ fn quantise_planes(
         _ => ExtendedColorType::Rgba16,
     };
     (interleave(&planes, deep), color)
-}
-
-/// RGB and optional alpha planes of an in-memory image, scaled to `[0, 1]` (luma is
-/// copied to all three colour planes).
-pub fn image_to_planes(img: &DynamicImage) -> (Planar, Option<Planar>) {
-    to_planes(img)
 }
 
 /// An in-memory image from `[0, 1]` planes, 16-bit when `sixteen_bit`, luma when `grayscale`,

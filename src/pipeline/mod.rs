@@ -246,15 +246,14 @@ impl Upscaler {
         img: &image::DynamicImage,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<image::DynamicImage> {
-        use crate::imageops::io::{image_to_planes, planes_to_image};
+        use crate::imageops::io::{image_to_planes, is_deep, planes_to_image};
         let (rgb, alpha) = image_to_planes(img);
         let (out, alpha) = self.upscale_planes(&rgb, alpha.as_ref(), progress)?;
         let color = img.color();
-        let deep = color.bytes_per_pixel() / color.channel_count() > 1;
         Ok(planes_to_image(
             &out,
             alpha.as_ref(),
-            deep,
+            is_deep(color),
             !color.has_color(),
         ))
     }
