@@ -284,11 +284,20 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
         let small = ["--config", s(&cfg), "--crop", "32", "--batch-size", "1"];
         infdit(&[&common[..], &small, extra].concat())
     };
+    // A resumed run takes its config from the run.
+    let resume = |extra: &[&str]| {
+        let common = ["train", "-q", "--data", s(&photos), "--out", s(&out)];
+        infdit(&[&common[..], extra].concat())
+    };
     let err = stderr(&run(&["--steps", "0"]));
     assert!(err.contains("--steps must be at least 1"), "{err}");
     let missing = dir.path().join("missing");
     for flag in ["--resume", "--manifest"] {
-        let o = run(&["--steps", "1", flag, s(&missing)]);
+        let o = if flag == "--resume" {
+            resume(&["--steps", "1", flag, s(&missing)])
+        } else {
+            run(&["--steps", "1", flag, s(&missing)])
+        };
         assert_eq!(o.status.code(), Some(1), "{flag}");
         assert!(stderr(&o).contains(s(&missing)), "{flag}: {}", stderr(&o));
     }
@@ -313,7 +322,7 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
     assert!(err.contains("skipping") && err.contains(".jpg: "), "{err}");
     assert!(out.join("weights.safetensors").is_file());
     // Resumed where it stands, there is nothing to train.
-    let o = run(&["--resume", s(&out), "--steps", "4"]);
+    let o = resume(&["--resume", s(&out), "--steps", "4"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("already at step 4"), "{}", stderr(&o));
     // A new run does not overwrite a saved one, or a model.
@@ -379,4 +388,19 @@ fn a_full_standard_output_is_an_error() {
             stderr(&o)
         );
     }
+}
+
+/// `inspect` reports on any checkpoint, and its status says whether `--model` would take it.
+#[test]
+fn inspect_fails_for_what_upscale_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let foo = dir.path().join("foo.safetensors");
+    let t = candle_core::Tensor::zeros((2, 2), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    infdit::fsutil::save_safetensors(&foo, &[("foo".to_string(), t)].into()).unwrap();
+    let o = infdit(&["inspect", s(&foo)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("not an Inf-DiT denoiser checkpoint"));
+    let o = infdit(&["inspect", s(&common::fixture("tiny"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

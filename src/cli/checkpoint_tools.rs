@@ -18,7 +18,8 @@ pub struct InspectArgs {
 }
 
 impl InspectArgs {
-    pub fn run(self) -> Result<()> {
+    /// Prints the report; fails (after it) where `--model` would refuse the checkpoint.
+    pub fn run(self) -> Result<std::process::ExitCode> {
         let path = weights_path(&self.checkpoint)?;
         let ck = Checkpoint::open(&path)?;
         let shapes = ck.shapes();
@@ -61,7 +62,7 @@ impl InspectArgs {
                 println!("  {name:<70} {shape:?} {:?}", ck.tensors[name].dtype());
             }
         }
-        match ck.config_and_source(&path.with_file_name("config.json")) {
+        let usable = match ck.config_and_source(&path.with_file_name("config.json")) {
             Ok((cfg, source)) => {
                 let preset = if cfg == crate::config::ModelConfig::released() {
                     ", the released Inf-DiT"
@@ -92,13 +93,24 @@ impl InspectArgs {
                                 unknown.join(", ")
                             );
                         }
+                        true
                     }
-                    Err(e) => println!("{e:#}"),
+                    Err(e) => {
+                        println!("{e:#}");
+                        false
+                    }
                 }
             }
-            Err(e) => println!("not an Inf-DiT denoiser checkpoint: {e:#}"),
-        }
-        Ok(())
+            Err(e) => {
+                println!("not an Inf-DiT denoiser checkpoint: {e:#}");
+                false
+            }
+        };
+        Ok(if usable {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        })
     }
 }
 

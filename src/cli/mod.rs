@@ -54,7 +54,7 @@ impl Cli {
     pub fn run(self) -> Result<std::process::ExitCode> {
         match self.command {
             Command::Upscale(a) => return a.run(),
-            Command::Inspect(a) => a.run(),
+            Command::Inspect(a) => return a.run(),
             Command::Convert(a) => a.run(),
             Command::Parity(c) => c.run(),
             Command::Bench(c) => c.run(),
