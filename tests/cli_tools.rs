@@ -55,6 +55,8 @@ fn eval_refuses_settings_it_cannot_score() {
         (&["--baseline", "denoiser", "--sigmas", "0"], "--sigmas"),
         (&["--baseline", "denoiser", "--sigmas=0.1,-1"], "--sigmas"),
         (&["--baseline", "denoiser", "--sigmas", "nan"], "--sigmas"),
+        // Upscaler settings without a baseline would be ignored.
+        (&["--sr", s(&hr), "--steps", "3"], "--model, --steps"),
     ] {
         let err = fails(&[&["eval", "--hr", s(&hr)][..], args].concat());
         assert!(

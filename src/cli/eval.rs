@@ -30,7 +30,11 @@ pub struct EvalArgs {
     hr: PathBuf,
     /// Upscaled image or directory (matched to HR files by name: `photo.png` or
     /// `photo_x4.png` for `photo.png`).
-    #[arg(long, required_unless_present = "baseline")]
+    #[arg(
+        long,
+        required_unless_present = "baseline",
+        conflicts_with = "baseline"
+    )]
     sr: Option<PathBuf>,
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
@@ -166,6 +170,15 @@ impl EvalArgs {
                 "--crop {n} is too small to score: at least {least} with --shave {}",
                 self.shave
             );
+        }
+        let u = &self.upscale;
+        let upscaler_flags = u.model.is_some()
+            || u.steps.is_some()
+            || u.sigma_max.is_some()
+            || u.sampler.is_some()
+            || u.self_ensemble.is_some();
+        if self.baseline.is_none() && upscaler_flags {
+            bail!("--model, --steps, --sigma-max, --sampler and --self-ensemble apply only with --baseline");
         }
         if let Some(s) = self.sigmas.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             bail!("--sigmas: noise level {s} must be positive");
