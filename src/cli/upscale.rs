@@ -290,7 +290,7 @@ impl UpscaleArgs {
                         json,
                         "done",
                         input,
-                        &format!("\"output\":{}", json_str(&out.display().to_string())),
+                        serde_json::json!({ "output": out.display().to_string() }),
                         || format!("{} → {}", shown(input, "<stdin>"), shown(&out, "<stdout>")),
                     );
                 }
@@ -301,7 +301,7 @@ impl UpscaleArgs {
                         json,
                         "skipped",
                         input,
-                        &format!("\"output\":{}", json_str(&out.display().to_string())),
+                        serde_json::json!({ "output": out.display().to_string() }),
                         || {
                             format!(
                                 "{}: skipped, {} exists (use --overwrite)",
@@ -326,11 +326,7 @@ impl UpscaleArgs {
         }
         for (file, err) in &failures {
             if json {
-                println!(
-                    "{{\"event\":\"error\",\"input\":{},\"error\":{}}}",
-                    json_str(file),
-                    json_str(err)
-                );
+                emit("error", file, serde_json::json!({ "error": err }));
             }
             eprintln!("error: {file}: {err}");
         }
@@ -356,14 +352,11 @@ impl UpscaleArgs {
         json: bool,
         event: &str,
         input: &Path,
-        fields: &str,
+        fields: serde_json::Value,
         text: impl FnOnce() -> String,
     ) {
         if json {
-            println!(
-                "{{\"event\":\"{event}\",\"input\":{},{fields}}}",
-                json_str(&input.display().to_string())
-            );
+            emit(event, &input.display().to_string(), fields);
         } else if !self.quiet {
             // indicatif drops `println` while its target is hidden (stderr is not a
             // terminal, or --progress none), which would silence these lines in logs.
@@ -664,17 +657,15 @@ impl UpscaleArgs {
                 .unwrap_or_default(),
         );
         let mut last_json = Instant::now() - Duration::from_secs(1);
-        let name = json_str(&input.display().to_string());
+        let name = input.display().to_string();
         // Alpha is upscaled even for a format that cannot keep it (JPEG): the encoder then
         // composites the result over white.
         let result = up.upscale_planes(&img.rgb, img.alpha.as_ref(), &mut |p| {
             bar.set_position(p.done as u64);
             if json && (last_json.elapsed() >= Duration::from_millis(250) || p.done == p.total) {
                 last_json = Instant::now();
-                println!(
-                    "{{\"event\":\"progress\",\"input\":{name},\"done\":{},\"total\":{}}}",
-                    p.done, p.total
-                );
+                let counts = serde_json::json!({ "done": p.done, "total": p.total });
+                emit("progress", &name, counts);
             }
         });
         bar.finish_and_clear();
@@ -946,6 +937,12 @@ fn drop_earlier_results(found: &mut Vec<Input>) -> usize {
     before - found.len()
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
+/// One `--progress json` line: `event` and `input`, then the event's own `fields` (an
+/// object).
+fn emit(event: &str, input: &str, fields: serde_json::Value) {
+    let mut line = serde_json::json!({ "event": event, "input": input });
+    if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
+        line.extend(fields);
+    }
+    println!("{line}");
 }
