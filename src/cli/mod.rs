@@ -3,6 +3,7 @@
 mod bench;
 mod checkpoint_tools;
 mod eval;
+mod inputs;
 mod parity;
 mod train;
 mod upscale;

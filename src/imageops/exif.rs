@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(next_ifd(&turned), Some(4096));
         assert_eq!(next_ifd(&upright(turned)), Some(0));
         let mut straight = chunk(false);
-        Orientation::remove_from_exif_chunk(&mut straight);
+        let _ = Orientation::remove_from_exif_chunk(&mut straight);
         assert_eq!(next_ifd(&upright(straight)), Some(4096));
     }
 
