@@ -1468,3 +1468,19 @@ fn outputs_that_must_not_be_replaced_are_refused() {
     let err = upscale_fails(&model, &[s(&a), "-o", "o.bmp", "--format", "png"]);
     assert!(err.contains("does not match the name"), "{err}");
 }
+
+/// A run in which every input fails leaves no output directory behind that it created.
+#[test]
+fn a_failed_run_leaves_no_new_output_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let bad = dir.path().join("bad.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    let out = dir.path().join("out/deeper/");
+    upscale_fails(&model, &[s(&bad), "-o", s(&out)]);
+    assert!(!dir.path().join("out").exists());
+    // One that existed stays.
+    std::fs::create_dir(dir.path().join("kept")).unwrap();
+    upscale_fails(&model, &[s(&bad), "-o", s(&dir.path().join("kept"))]);
+    assert!(dir.path().join("kept").is_dir());
+}

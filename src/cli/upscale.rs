@@ -235,6 +235,18 @@ impl UpscaleArgs {
                 );
             }
         }
+        // An output directory this run creates (with the parents it creates) is removed
+        // again if no image lands in it.
+        let new_output_dir = self
+            .output
+            .as_deref()
+            .filter(|o| !is_stdio(o))
+            .and_then(|o| {
+                o.ancestors()
+                    .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                    .last()
+            })
+            .map(Path::to_path_buf);
         let upscaler = self.build_upscaler()?;
         let json = self.progress == ProgressMode::Json && !self.quiet;
         let bars = self.progress == ProgressMode::Bar && !self.quiet;
@@ -298,6 +310,9 @@ impl UpscaleArgs {
         }
         if let Some(b) = total_bar {
             b.finish_and_clear();
+        }
+        if let Some(dir) = new_output_dir.filter(|_| written == 0) {
+            remove_empty_dirs(&dir);
         }
         for (file, err) in &failures {
             if json {
@@ -684,6 +699,18 @@ fn check_replaceable(out: &Path, input: &Path, inputs: &HashSet<PathBuf>) -> Res
         );
     }
     Ok(())
+}
+
+/// Removes `dir` and the folders under it, as far as they hold no files.
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// One `--progress json` line: `event` and `input`, then the event's own `fields` (an
