@@ -248,6 +248,14 @@ impl UpscaleArgs {
             })
             .map(Path::to_path_buf);
         let upscaler = self.build_upscaler()?;
+        tracing::debug!(
+            "model: {} ({:?}), sampler {:?}",
+            self.model
+                .as_deref()
+                .map_or("built-in".into(), |m| m.display().to_string()),
+            upscaler.model().config(),
+            upscaler.options().sampler
+        );
         let json = self.progress == ProgressMode::Json && !self.quiet;
         let bars = self.progress == ProgressMode::Bar && !self.quiet;
         let multi = MultiProgress::new();
@@ -589,6 +597,17 @@ impl UpscaleArgs {
             Some((bytes, name)) => decode_named_bytes(bytes, name, &limits)?,
             None => decode_file(input, &limits)?,
         };
+        tracing::debug!(
+            "{}: {:?}, {}×{}{}{}{} → {}",
+            input.display(),
+            img.format,
+            img.rgb.width,
+            img.rgb.height,
+            if img.alpha.is_some() { ", alpha" } else { "" },
+            if img.grayscale { ", gray" } else { "" },
+            if img.sixteen_bit { ", 16-bit" } else { "" },
+            out.display()
+        );
         let total = up.work(img.rgb.height, img.rgb.width)?;
         let bar = multi.add(ProgressBar::new(total as u64));
         bar.set_style(super::bar_style(

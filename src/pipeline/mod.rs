@@ -395,7 +395,15 @@ impl Upscaler {
     }
 
     fn engine(&self, height: usize, width: usize) -> Result<Engine<'_>> {
-        let batching = Batching::Blocks(self.batch_size(height, width)?);
+        let batch = self.batch_size(height, width)?;
+        tracing::debug!(
+            "{width}×{height} pass: {} blocks per forward, order {:?}, {:?} {:?}",
+            batch,
+            self.opts.order,
+            self.model.device(),
+            self.model.dtype()
+        );
+        let batching = Batching::Blocks(batch);
         Ok(Engine::new(
             &self.model,
             EngineOptions {
