@@ -256,6 +256,10 @@ impl InputFormat {
         if head.starts_with(JXL_CODESTREAM) || head.starts_with(JXL_CONTAINER) {
             return Some(Self::JpegXl);
         }
+        // BigTIFF, which the image crate's format guess does not know.
+        if head.starts_with(b"II\x2b\0") || head.starts_with(b"MM\0\x2b") {
+            return Some(Self::Tiff);
+        }
         match image::guess_format(head) {
             Ok(f) => Self::from_image_format(f),
             Err(_) => Self::from_path(path).filter(|f| *f == Self::Tga),
@@ -468,23 +472,27 @@ fn decode_image_crate(
         });
     }
     if !matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
-        let decoder = reader_for(reader, image_format, limits)
+        let decoded = reader_for(&mut reader, image_format, limits)
             .into_decoder()
-            .map_err(|e| match err(e) {
-                // TIFF can lay samples out in ways the decoder does not read (float
-                // grayscale, signed or 64-bit samples); its own words for them are internal.
-                ImageIoError::Unsupported { path, detail } if tiff.is_some() => {
-                    ImageIoError::Unsupported {
-                        path,
-                        detail: format!(
-                            "a TIFF layout this decoder does not read ({detail}); \
-                             convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
-                        ),
-                    }
-                }
-                e => e,
-            })?;
-        let mut decoded = decode_with(decoder, format, true, path, limits)?;
+            .map_err(err)
+            .and_then(|decoder| decode_with(decoder, format, true, path, limits));
+        let mut decoded = match (decoded, &tiff) {
+            // The image crate maps only some TIFF layouts (not gray+alpha, float gray,
+            // palette, JPEG-compressed YCbCr); the tiff crate reads more of them.
+            (Err(ImageIoError::Unsupported { detail, .. }), Some(_)) => {
+                reader
+                    .seek(io::SeekFrom::Start(0))
+                    .map_err(ImageIoError::read(path))?;
+                decode_tiff(reader, limits).map_err(|why| ImageIoError::Unsupported {
+                    path: path.into(),
+                    detail: format!(
+                        "a TIFF layout this decoder does not read ({detail}; {why}); \
+                         convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
+                    ),
+                })?
+            }
+            (decoded, _) => decoded?,
+        };
         if let Some(facts) = tiff {
             decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
             if let Some(alpha) = decoded.alpha.as_ref().filter(|_| facts.associated_alpha) {
@@ -516,6 +524,84 @@ fn decode_image_crate(
         decoded.alpha = None;
     }
     Ok((decoded, several))
+}
+
+/// Decodes a TIFF with the tiff crate: gray, gray+alpha, RGB and RGBA in 8 or 16 bits
+/// or floats, in whatever compression it reads. For the layouts the image crate refuses;
+/// the reason is returned for anything else.
+fn decode_tiff(reader: impl Read + Seek, limits: &DecodeLimits) -> Result<DecodedImage, String> {
+    use tiff::decoder::{Decoder, DecodingResult};
+    use tiff::ColorType;
+    let budget = usize::try_from(limits.max_alloc).unwrap_or(usize::MAX);
+    let mut tiff_limits = tiff::decoder::Limits::default();
+    tiff_limits.decoding_buffer_size = budget;
+    tiff_limits.intermediate_buffer_size = budget;
+    let mut d = Decoder::new(reader)
+        .map_err(|e| e.to_string())?
+        .with_limits(tiff_limits);
+    let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
+    if w == 0 || h == 0 || w > limits.max_width || h > limits.max_height {
+        return Err(format!("a {w}x{h} image"));
+    }
+    // 0: WhiteIsZero, 1: BlackIsZero, 2: RGB.
+    let photometric = d
+        .find_tag_unsigned::<u16>(tiff::tags::Tag::PhotometricInterpretation)
+        .ok()
+        .flatten();
+    let (channels, bits, gray) = match (d.colortype().map_err(|e| e.to_string())?, photometric) {
+        (ColorType::Gray(b), _) => (1, b, true),
+        (ColorType::GrayA(b), _) => (2, b, true),
+        (ColorType::RGB(b), _) => (3, b, false),
+        (ColorType::RGBA(b), _) => (4, b, false),
+        // Gray or RGB with one extra sample, taken as alpha.
+        (
+            ColorType::Multiband {
+                bit_depth,
+                num_samples: 2,
+            },
+            Some(0 | 1),
+        ) => (2, bit_depth, true),
+        (
+            ColorType::Multiband {
+                bit_depth,
+                num_samples: 4,
+            },
+            Some(2),
+        ) => (4, bit_depth, false),
+        (other, _) => return Err(format!("colour type {other:?}")),
+    };
+    let (h, w) = (h as usize, w as usize);
+    // Interleaved samples only (a planar file would hold the same count, plane by plane).
+    if d.find_tag_unsigned::<u16>(tiff::tags::Tag::PlanarConfiguration)
+        .ok()
+        .flatten()
+        .is_some_and(|p| p == 2)
+    {
+        return Err("planar samples".into());
+    }
+    let planes = |v: &[f32], max| split(v, channels, h, w, max);
+    let (rgb, alpha) = match d.read_image().map_err(|e| e.to_string())? {
+        DecodingResult::U8(v) => split(&v, channels, h, w, 255.0),
+        DecodingResult::U16(v) => split(&v, channels, h, w, 65535.0),
+        DecodingResult::F16(v) => planes(&v.iter().map(|x| x.to_f32()).collect::<Vec<_>>(), 1.0),
+        DecodingResult::F32(v) => planes(&v, 1.0),
+        DecodingResult::F64(v) => planes(&v.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1.0),
+        _ => return Err("integer samples wider than 16 bits or signed".into()),
+    };
+    let rgb = if photometric == Some(0) {
+        rgb.map(|v| 1.0 - v)
+    } else {
+        rgb
+    };
+    Ok(DecodedImage {
+        rgb,
+        alpha,
+        sixteen_bit: bits > 8,
+        grayscale: gray,
+        icc_profile: None,
+        exif: None,
+        format: InputFormat::Tiff,
+    })
 }
 
 /// What the image crate's TIFF decoder gets wrong, read with the tiff crate.
@@ -1859,16 +1945,58 @@ mod tests {
             .write_image::<colortype::RGB32>(2, 1, &[0, 1 << 31, u32::MAX, 7, 8, 9])
             .unwrap();
         let integers = integers.into_inner();
+        // Float gray, which the image crate refuses, is read with the tiff crate.
         let mut gray = Cursor::new(Vec::new());
         TiffEncoder::new(&mut gray)
             .unwrap()
             .write_image::<colortype::Gray32Float>(2, 1, &[0.0, 0.5])
             .unwrap();
-        let e = decode_bytes(gray.get_ref(), &limits()).unwrap_err();
-        assert!(e.to_string().contains("convert it to PNG"), "{e}");
+        let d = decode_bytes(gray.get_ref(), &limits()).unwrap();
+        assert!(d.grayscale && d.sixteen_bit);
+        assert_eq!(d.rgb.data, [0.0, 0.5, 0.0, 0.5, 0.0, 0.5]);
         let e = decode_bytes(&integers, &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("32-bit integer samples"), "{e}");
+    }
+
+    /// Gray with alpha, and BigTIFF, which the image crate does not read, are read with the
+    /// tiff crate.
+    #[test]
+    fn gray_alpha_and_big_tiff_decode() {
+        use tiff::encoder::{colortype, TiffEncoder};
+        struct GrayAlpha8;
+        impl colortype::ColorType for GrayAlpha8 {
+            type Inner = u8;
+            const TIFF_VALUE: tiff::tags::PhotometricInterpretation =
+                tiff::tags::PhotometricInterpretation::BlackIsZero;
+            const BITS_PER_SAMPLE: &'static [u16] = &[8, 8];
+            const SAMPLE_FORMAT: &'static [tiff::tags::SampleFormat] =
+                &[tiff::tags::SampleFormat::Uint; 2];
+            fn horizontal_predict(_: &[u8], _: &mut Vec<u8>) {
+                unreachable!("written without a predictor")
+            }
+        }
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = TiffEncoder::new(&mut buf).unwrap();
+        let mut image = enc.new_image::<GrayAlpha8>(2, 1).unwrap();
+        image
+            .encoder()
+            .write_tag(tiff::tags::Tag::ExtraSamples, &[2u16][..])
+            .unwrap();
+        image.write_data(&[51, 255, 204, 0]).unwrap();
+        let d = decode_bytes(buf.get_ref(), &limits()).unwrap();
+        assert!(d.grayscale && !d.sixteen_bit);
+        assert_eq!(d.rgb.plane(1), [0.2, 0.8]);
+        assert_eq!(d.alpha.unwrap().data, [1.0, 0.0]);
+
+        let mut big = Cursor::new(Vec::new());
+        TiffEncoder::new_big(&mut big)
+            .unwrap()
+            .write_image::<colortype::RGB8>(1, 1, &[255, 0, 51])
+            .unwrap();
+        let d = decode_bytes(big.get_ref(), &limits()).unwrap();
+        assert_eq!(d.format, InputFormat::Tiff);
+        assert_eq!(d.rgb.data, [1.0, 0.0, 0.2]);
     }
 
     const FUZZ_ROUNDS: usize = 200;
