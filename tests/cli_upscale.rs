@@ -1484,3 +1484,25 @@ fn a_failed_run_leaves_no_new_output_directory() {
     upscale_fails(&model, &[s(&bad), "-o", s(&dir.path().join("kept"))]);
     assert!(dir.path().join("kept").is_dir());
 }
+
+/// Phone photos in a format that is recognised but not read (HEIC, AVIF) are reported by
+/// a folder scan with the way out, not passed over in silence; the others are upscaled.
+#[test]
+fn heic_files_in_a_folder_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let shots = dir.path().join("shots");
+    std::fs::create_dir(&shots).unwrap();
+    save(gradient(16, 12), &shots.join("a.png"), ImageFormat::Png);
+    std::fs::write(
+        shots.join("IMG_0001.HEIC"),
+        b"\0\0\0\x18ftypheic\0\0\0\0mif1heic",
+    )
+    .unwrap();
+    let err = upscale_fails(&model, &[s(&shots)]);
+    assert!(
+        err.contains("IMG_0001.HEIC") && err.contains("convert it to PNG or JPEG"),
+        "{err}"
+    );
+    assert!(shots.join("a_x4.png").is_file());
+}

@@ -313,6 +313,17 @@ pub fn has_input_extension(path: &Path) -> bool {
     InputFormat::from_path(path).is_some()
 }
 
+/// Whether `path`'s extension names an image format that is recognised but not read
+/// (HEIF/HEIC, AVIF): a folder scan lists such files so that each is reported with the
+/// way out, rather than passed over in silence.
+pub fn has_refused_extension(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["heic", "heif", "avif"]
+            .iter()
+            .any(|r| e.eq_ignore_ascii_case(r))
+    })
+}
+
 /// The image files in `dir` (by extension; hidden names passed over), in its subfolders
 /// too if `recursive`, sorted. For the tools that read folders of photos (training,
 /// scoring); `upscale` selects its inputs by its own rules.
