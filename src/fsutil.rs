@@ -139,6 +139,27 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     commit(tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The outermost folder on the way to `path` (itself included) that does not exist yet:
+/// what creating `path` with its parents makes, and [`remove_empty_dirs`] takes back.
+pub fn first_missing_dir(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf)
+}
+
+/// Removes `dir` and the folders under it, as far as they hold no files.
+pub fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// Saves tensors as safetensors, atomically.
 pub fn save_safetensors(path: &Path, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
     save_safetensors_with_metadata(path, tensors, None)

@@ -154,17 +154,16 @@ impl TrainArgs {
         bar.set_position(trainer.step() as u64);
         let crops_per_step = opts.batch_size;
         let mut smooth = None::<f32>;
-        let existed = self.out.exists();
+        let created = crate::fsutil::first_missing_dir(&self.out);
         let run = trainer.run(&mut data, &self.out, &mut |step, loss, _| {
             let s = smooth.map_or(loss, |m| 0.98 * m + 0.02 * loss);
             smooth = Some(s);
             bar.set_position(step as u64);
             bar.set_message(format!("loss {s:.4} ({crops_per_step} crops/step)"));
         });
-        if run.is_err() && !existed {
-            // A run that failed before writing anything leaves no empty folder behind
-            // (`remove_dir` removes only an empty one).
-            let _ = std::fs::remove_dir(&self.out);
+        if let Some(dir) = created.filter(|_| run.is_err()) {
+            // A run that failed before writing anything leaves no empty folder behind.
+            crate::fsutil::remove_empty_dirs(&dir);
         }
         run?;
         bar.finish();

@@ -6,6 +6,7 @@ use crate::checkpoint::ModelSource;
 use crate::clip::{load_clip_file, ClipEncoder, ClipWeights};
 use crate::engine::memory::parse_size;
 use crate::engine::Order;
+use crate::fsutil::{first_missing_dir, remove_empty_dirs};
 use crate::imageops::io::{
     check_writable, decode_file, decode_named_bytes, encode_bytes, encode_file, peek, peek_file,
     DecodeLimits, EncodeOptions, InputFormat, OutputFormat,
@@ -241,12 +242,7 @@ impl UpscaleArgs {
             .output
             .as_deref()
             .filter(|o| !is_stdio(o))
-            .and_then(|o| {
-                o.ancestors()
-                    .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-                    .last()
-            })
-            .map(Path::to_path_buf);
+            .and_then(first_missing_dir);
         let upscaler = self.build_upscaler()?;
         tracing::debug!(
             "model: {} ({:?}), sampler {:?}",
@@ -718,18 +714,6 @@ fn check_replaceable(out: &Path, input: &Path, inputs: &HashSet<PathBuf>) -> Res
         );
     }
     Ok(())
-}
-
-/// Removes `dir` and the folders under it, as far as they hold no files.
-fn remove_empty_dirs(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_dirs(&entry.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 /// One `--progress json` line: `event` and `input`, then the event's own `fields` (an
