@@ -163,14 +163,12 @@ impl ModelConfig {
             "in_channels must be noisy image + LR image channels (6)"
         );
         ensure!(
-            self.patch_size > 0 && self.image_block_size_px.is_multiple_of(self.patch_size),
+            self.image_block_size_px.is_multiple_of(self.patch_size),
             "image_block_size_px must be a multiple of patch_size"
         );
         ensure!(
-            self.sr_scale > 0
-                && self
-                    .image_block_size_px
-                    .is_multiple_of(self.sr_scale * self.lr_patch_size),
+            self.image_block_size_px
+                .is_multiple_of(self.sr_scale * self.lr_patch_size),
             "image_block_size_px must be a multiple of sr_scale·lr_patch_size"
         );
         ensure!(

@@ -230,14 +230,13 @@ impl OpsArgs {
         let (cos, sin) = (angle.cos()?.to_dtype(dtype)?, angle.sin()?.to_dtype(dtype)?);
         let fused = fused_kernels(&[x]);
         let f32_of = |t: &Tensor| t.to_dtype(DType::F32);
-        let max_diff = max_abs_diff;
         let (w, b, eps) = ln.parts();
         let reference = modulate_composed(
             &layer_norm_composed(&f32_of(x)?, &f32_of(w)?, &f32_of(b)?, eps)?,
             &f32_of(shift)?,
             &f32_of(scale)?,
         )?;
-        let ln_diff = max_diff(&ln_modulate(&ln, x, shift, scale)?, &reference)?;
+        let ln_diff = max_abs_diff(&ln_modulate(&ln, x, shift, scale)?, &reference)?;
         let ln_ms = time_ms(device, &|| ln_modulate(&ln, x, shift, scale), self.repeat)?;
         let rope = (&cos, &sin);
         let (q, k, v) = split_qkv(&qkv, &qk_norm, rope, heads, fused)?;
@@ -253,9 +252,9 @@ impl OpsArgs {
             heads,
             false,
         )?;
-        let qkv_diff = max_diff(&q, &rq)?
-            .max(max_diff(&k, &rk)?)
-            .max(max_diff(&v, &rv)?);
+        let qkv_diff = max_abs_diff(&q, &rq)?
+            .max(max_abs_diff(&k, &rk)?)
+            .max(max_abs_diff(&v, &rv)?);
         let qkv_ms = time_ms(
             device,
             &|| split_qkv(&qkv, &qk_norm, rope, heads, fused).map(|(q, _, _)| q),

@@ -796,19 +796,15 @@ fn decode_with(
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);
     let color = img.color();
-    // Colour-mapped images (GIF, BMP, TGA, palette PNG) reach us expanded to RGB even
-    // when their palette is gray.
-    let palette_format = matches!(
+    let (rgb, alpha) = image_to_planes(&img);
+    // Colour-mapped images (GIF, BMP, TGA, palette PNG) reach us expanded to 8-bit RGB
+    // even when their palette is gray.
+    let gray_pixels = matches!(
         format,
         InputFormat::Gif | InputFormat::Bmp | InputFormat::Png | InputFormat::Tga
-    );
-    let gray_pixels = palette_format
-        && match &img {
-            DynamicImage::ImageRgb8(b) => b.pixels().all(|p| p[0] == p[1] && p[1] == p[2]),
-            DynamicImage::ImageRgba8(b) => b.pixels().all(|p| p[0] == p[1] && p[1] == p[2]),
-            _ => false,
-        };
-    let (rgb, alpha) = image_to_planes(&img);
+    ) && matches!(color, image::ColorType::Rgb8 | image::ColorType::Rgba8)
+        && rgb.plane(0) == rgb.plane(1)
+        && rgb.plane(1) == rgb.plane(2);
     Ok(DecodedImage {
         rgb,
         alpha,
@@ -1239,27 +1235,29 @@ fn icc_describes(icc: &[u8], gray: bool) -> bool {
     icc.get(16..20) == Some(if gray { b"GRAY" } else { b"RGB " })
 }
 
-/// Divides premultiplied colour by its alpha (fully transparent pixels keep their zero).
-fn unpremultiply(rgb: &mut Planar, alpha: &Planar) {
+/// Sets every colour sample `v` to `f(v, a)`, `a` being its pixel's alpha.
+fn with_alpha(rgb: &mut Planar, alpha: &Planar, f: impl Fn(f32, f32) -> f32) {
     let n = alpha.data.len();
     for plane in rgb.data.chunks_exact_mut(n) {
         for (v, &a) in plane.iter_mut().zip(&alpha.data) {
-            if a > 0.0 {
-                *v = (*v / a).min(1.0);
-            }
+            *v = f(*v, a);
         }
     }
 }
 
+/// Divides premultiplied colour by its alpha (fully transparent pixels keep their zero).
+fn unpremultiply(rgb: &mut Planar, alpha: &Planar) {
+    with_alpha(
+        rgb,
+        alpha,
+        |v, a| if a > 0.0 { (v / a).min(1.0) } else { v },
+    );
+}
+
 /// `rgb` composited over white by `alpha` (values in `[0, 1]`).
 fn onto_white(rgb: &Planar, alpha: &Planar) -> Planar {
-    let n = alpha.data.len();
     let mut out = rgb.clone();
-    for plane in out.data.chunks_exact_mut(n) {
-        for (v, &a) in plane.iter_mut().zip(&alpha.data) {
-            *v = *v * a + (1.0 - a);
-        }
-    }
+    with_alpha(&mut out, alpha, |v, a| v * a + (1.0 - a));
     out
 }
 
