@@ -9,11 +9,16 @@ Outputs (tests/fixtures/pickles/):
                             transpose, an offset row, a broadcast (stride 0) expand
   int_and_bool.pt           a float tensor beside int32 and bool ones
   protocol4.pt              a state dict saved with pickle_protocol=4
+  protocol5_deepspeed.pt    a DeepSpeed-shaped dict (bf16, a view, a set, a numpy scalar)
+                            saved with pickle_protocol=5
   forged_storage_size.pt    a tensor whose pickle claims a 2^31-element storage
   forged_view_size.pt       a tensor whose pickle claims a 2^40-element zero-stride view
 """
+import argparse
+import collections
 import os
 
+import numpy
 import torch
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "pickles")
@@ -76,4 +81,25 @@ forge("forged_storage_size.pt", [(b"K\x07t", b"J\xff\xff\xff\x7ft"), (b"K\x01\x8
 forge(
     "forged_view_size.pt",
     [(b"K\x07\x85q\x08K\x01\x85", b"J\x00\x00\x10\x00J\x00\x00\x10\x00\x86q\x08K\x00K\x00\x86")],
+)
+
+
+# What a DeepSpeed-style checkpoint saved with the newest pickle protocol holds: frames,
+# memoised strings and globals, a set, a frozenset and bytes (a numpy scalar's payload)
+# beside the tensors.
+module = collections.OrderedDict(
+    [("w", base.to(torch.bfloat16)), ("rows", base[::2]), ("b", torch.linspace(-1, 1, 5))]
+)
+save(
+    {
+        "module": module,
+        "param_shapes": [collections.OrderedDict((k, v.shape) for k, v in module.items())],
+        "sparse_tensor_module_names": {"emb", "head"},
+        "frozen": frozenset({1}),
+        "np_scalar": numpy.float32(0.5),
+        "args": argparse.Namespace(lr=1e-4, name="run"),
+        "global_steps": 7,
+    },
+    "protocol5_deepspeed.pt",
+    pickle_protocol=5,
 )

@@ -5,6 +5,7 @@
 //! never imports or calls anything, so a checkpoint cannot run code.
 
 mod keys;
+mod pickle;
 mod pth;
 
 pub use keys::{expected_shapes, is_ignored_key};

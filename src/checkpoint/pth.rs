@@ -1,4 +1,5 @@
-//! PyTorch zip checkpoints. The pickle is interpreted by candle's reader, which treats the
+//! PyTorch zip checkpoints. The pickle is interpreted by candle's reader (after newer
+//! protocols are rewritten into the opcodes it takes, see `pickle`), which treats the
 //! opcode stream as data and never imports or calls anything; the archive and the tensor
 //! data are read here, so that files candle's own loader refuses still load: archives
 //! whose zip64 end records mislead the zip crate's offset detection, and tensors saved as
@@ -13,10 +14,6 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 type Archive = zip::ZipArchive<BufReader<File>>;
-
-/// The newest pickle protocol candle's reader understands: protocol 4 brings frames,
-/// memoize and stack-global opcodes it has not got.
-const MAX_PICKLE_PROTOCOL: u8 = 3;
 
 /// Most elements a saved view may have per element of its storage.
 const MAX_VIEW_REPEAT: usize = 64;
@@ -128,15 +125,9 @@ fn open_archive(path: &Path) -> Result<Archive> {
 fn read_pickle_object(archive: &mut Archive, name: &str) -> Result<Object> {
     let mut bytes = Vec::new();
     archive.by_name(name)?.read_to_end(&mut bytes)?;
-    if let [0x80, protocol, ..] = bytes[..] {
-        if protocol > MAX_PICKLE_PROTOCOL {
-            bail!(
-                "saved with pickle protocol {protocol}; re-save it with torch.save's default protocol (2)"
-            );
-        }
-    }
+    let bytes = super::pickle::to_protocol_2(&bytes)?;
     let mut stack = Stack::empty();
-    stack.read_loop(&mut bytes.as_slice())?;
+    stack.read_loop(&mut &bytes[..])?;
     Ok(stack.finalize()?)
 }
 
