@@ -99,27 +99,53 @@ impl Schedule {
         }
     }
 
+    /// The batches of `batch` blocks in order, each with what the K/V cache keeps and
+    /// drops around it.
+    pub fn steps(&self, batch: usize) -> Vec<Step<'_>> {
+        let batch = batch.max(1);
+        let mut cached: HashSet<(usize, usize)> = HashSet::new();
+        self.order
+            .chunks(batch)
+            .enumerate()
+            .map(|(k, blocks)| {
+                let end = k * batch + blocks.len() - 1;
+                let live = |b: &(usize, usize)| self.last_reader[b].is_some_and(|r| r > end);
+                let retain: Vec<bool> = blocks.iter().map(live).collect();
+                let evict: Vec<(usize, usize)> =
+                    cached.iter().filter(|b| !live(b)).copied().collect();
+                let held = cached.len() + retain.iter().filter(|&&r| r).count();
+                cached.retain(live);
+                cached.extend(blocks.iter().filter(|b| live(b)));
+                Step {
+                    blocks,
+                    retain,
+                    evict,
+                    cached: held,
+                }
+            })
+            .collect()
+    }
+
     /// Cache blocks the schedule holds at most per layer with batches of `batch` blocks.
     pub fn peak_cached_blocks(&self, batch: usize) -> usize {
-        let mut cached: HashSet<(usize, usize)> = HashSet::new();
-        let mut peak = 0;
-        for (start, chunk) in self
-            .order
-            .chunks(batch.max(1))
-            .enumerate()
-            .map(|(k, c)| (k * batch.max(1), c))
-        {
-            let end = start + chunk.len() - 1;
-            cached.extend(
-                chunk
-                    .iter()
-                    .filter(|b| self.last_reader[b].is_some_and(|r| r > end)),
-            );
-            peak = peak.max(cached.len());
-            cached.retain(|b| self.last_reader[b].is_some_and(|r| r > end));
-        }
-        peak
+        self.steps(batch)
+            .iter()
+            .map(|s| s.cached)
+            .max()
+            .unwrap_or(0)
     }
+}
+
+/// One batch of a [`Schedule`].
+#[derive(Debug, Clone)]
+pub struct Step<'s> {
+    pub blocks: &'s [(usize, usize)],
+    /// For each block of the batch, whether a later batch reads its K/V.
+    pub retain: Vec<bool>,
+    /// Cached blocks this batch reads for the last time.
+    pub evict: Vec<(usize, usize)>,
+    /// Blocks in the cache while the batch runs: those from before and those it adds.
+    pub cached: usize,
 }
 
 /// Evaluates `D(x, σ)` block by block.
@@ -213,27 +239,22 @@ impl<'m> Engine<'m> {
             Batching::Blocks(b) => b.clamp(1, schedule.order.len()),
         };
         let mut out = Planar::zeros(cfg.out_channels, x.height, x.width);
-        let mut cache =
-            KvCache::new(cfg.num_layers).with_capacity(schedule.peak_cached_blocks(batch));
-        let mut cached: HashSet<(usize, usize)> = HashSet::new();
+        let steps = schedule.steps(batch);
+        let peak = steps.iter().map(|s| s.cached).max().unwrap_or(0);
+        let mut cache = KvCache::new(cfg.num_layers).with_capacity(peak);
         let dev = self.model.device();
-        let prepare = |chunk: &[(usize, usize)]| {
-            inputs::prepare_batch(self.model, 0, chunk, x, cond, pre.c_in)
-        };
-        let chunks: Vec<&[(usize, usize)]> = schedule.order.chunks(batch).collect();
-        let mut next = chunks.first().map(|c| prepare(c));
-        for (k, chunk) in chunks.iter().enumerate() {
-            let end = k * batch + chunk.len() - 1;
-            let live = |b: &(usize, usize)| schedule.last_reader[b].is_some_and(|r| r > end);
-            let retain: Vec<bool> = chunk.iter().map(live).collect();
-            let evict: Vec<BlockId> = cached
-                .iter()
-                .filter(|b| !live(b))
-                .map(|&(i, j)| BlockId::new(0, i, j))
-                .collect();
-            cached.retain(live);
-            cached.extend(chunk.iter().filter(|b| live(b)));
-            cache.set_plan(BatchPlan { retain, evict });
+        let prepare =
+            |step: &Step| inputs::prepare_batch(self.model, 0, step.blocks, x, cond, pre.c_in);
+        let mut next = steps.first().map(prepare);
+        for (k, step) in steps.iter().enumerate() {
+            cache.set_plan(BatchPlan {
+                retain: step.retain.clone(),
+                evict: step
+                    .evict
+                    .iter()
+                    .map(|&(i, j)| BlockId::new(0, i, j))
+                    .collect(),
+            });
             let host = next.take().expect("prepared before use")?;
             let blocks = stage("engine/inputs", dev, || {
                 host.upload(self.model, &emb_act)
@@ -246,14 +267,14 @@ impl<'m> Engine<'m> {
                 None => self.model.forward_blocks(&blocks, &mut cache),
             })?;
             // The next batch's host inputs are built while the device runs this one.
-            next = chunks.get(k + 1).map(|c| prepare(c));
+            next = steps.get(k + 1).map(prepare);
             stage("engine/outputs", dev, || {
-                inputs::scatter_blocks(&f, chunk, cfg.image_block_size_px, &mut out)
+                inputs::scatter_blocks(&f, step.blocks, cfg.image_block_size_px, &mut out)
                     .map_err(candle_core::Error::wrap)
             })?;
             self.peak_cache_bytes
                 .set(self.peak_cache_bytes.get().max(cache.bytes()));
-            on_blocks(chunk.len());
+            on_blocks(step.blocks.len());
         }
         debug_assert!(cache.is_empty(), "every cached block must be consumed");
         Ok((out, pre))
@@ -278,6 +299,33 @@ mod tests {
             Schedule::new(40, 3, Order::ColumnMajor).peak_cached_blocks(1),
             42
         );
+    }
+
+    #[test]
+    fn every_retained_block_is_evicted_once_after_its_last_reader() {
+        for (r, c, batch) in [(3, 5, 1), (5, 3, 4), (4, 4, 3), (1, 6, 2), (2, 2, 9)] {
+            let s = Schedule::new(r, c, Order::Auto);
+            let steps = s.steps(batch);
+            let mut evicted_at = HashMap::new();
+            for (k, step) in steps.iter().enumerate() {
+                for b in &step.evict {
+                    assert!(evicted_at.insert(*b, k).is_none(), "{b:?} evicted twice");
+                }
+            }
+            for (k, step) in steps.iter().enumerate() {
+                for (b, &kept) in step.blocks.iter().zip(&step.retain) {
+                    let read_by = s.last_reader[b].map(|r| r / batch);
+                    assert_eq!(kept, read_by.is_some_and(|later| later > k), "{b:?}");
+                    if kept {
+                        assert_eq!(evicted_at[b], read_by.unwrap());
+                    }
+                }
+            }
+            assert_eq!(
+                evicted_at.len(),
+                steps.iter().flat_map(|s| &s.retain).filter(|&&r| r).count()
+            );
+        }
     }
 
     #[test]
