@@ -80,42 +80,59 @@ impl ClipWeightFormat {
     }
 }
 
+/// Tower-level tensors: open_clip name, Hugging Face name under `vision_model.`.
+const HF_TOWER: [(&str, &str); 7] = [
+    ("conv1.weight", "embeddings.patch_embedding.weight"),
+    ("class_embedding", "embeddings.class_embedding"),
+    (
+        "positional_embedding",
+        "embeddings.position_embedding.weight",
+    ),
+    ("ln_pre.weight", "pre_layrnorm.weight"),
+    ("ln_pre.bias", "pre_layrnorm.bias"),
+    ("ln_post.weight", "post_layernorm.weight"),
+    ("ln_post.bias", "post_layernorm.bias"),
+];
+
+/// Modules of each residual block: open_clip name, Hugging Face name. The attention's
+/// input projection is apart: open_clip fuses what Hugging Face keeps as q, k and v.
+const HF_BLOCK: [(&str, &str); 5] = [
+    ("ln_1", "layer_norm1"),
+    ("ln_2", "layer_norm2"),
+    ("attn.out_proj", "self_attn.out_proj"),
+    ("mlp.c_fc", "mlp.fc1"),
+    ("mlp.c_proj", "mlp.fc2"),
+];
+
+const OPENCLIP_BLOCK: &str = "transformer.resblocks.";
+const HF_BLOCK_PREFIX: &str = "encoder.layers.";
+const QKV: [&str; 3] = ["q", "k", "v"];
+const PARAMS: [&str; 2] = ["weight", "bias"];
+
 /// Canonical (open_clip, tower-rooted) name → Hugging Face name, for error messages.
 fn hf_name(canonical: &str) -> String {
-    let fixed = match canonical {
-        "conv1.weight" => Some("vision_model.embeddings.patch_embedding.weight"),
-        "class_embedding" => Some("vision_model.embeddings.class_embedding"),
-        "positional_embedding" => Some("vision_model.embeddings.position_embedding.weight"),
-        "ln_pre.weight" => Some("vision_model.pre_layrnorm.weight"),
-        "ln_pre.bias" => Some("vision_model.pre_layrnorm.bias"),
-        "ln_post.weight" => Some("vision_model.post_layernorm.weight"),
-        "ln_post.bias" => Some("vision_model.post_layernorm.bias"),
-        "proj" => Some(HF_PROJ),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return name.to_string();
+    if canonical == "proj" {
+        return HF_PROJ.to_string();
     }
-    if let Some(rest) = canonical.strip_prefix("transformer.resblocks.") {
-        if let Some((idx, sub)) = rest.split_once('.') {
-            let sub = match sub {
-                "attn.in_proj_weight" => "self_attn.{q,k,v}_proj.weight".to_string(),
-                "attn.in_proj_bias" => "self_attn.{q,k,v}_proj.bias".to_string(),
-                s => {
-                    let (module, param) = s.rsplit_once('.').unwrap_or((s, ""));
-                    let module = match module {
-                        "ln_1" => "layer_norm1",
-                        "ln_2" => "layer_norm2",
-                        "attn.out_proj" => "self_attn.out_proj",
-                        "mlp.c_fc" => "mlp.fc1",
-                        "mlp.c_proj" => "mlp.fc2",
-                        m => m,
-                    };
-                    format!("{module}.{param}")
-                }
-            };
-            return format!("vision_model.encoder.layers.{idx}.{sub}");
-        }
+    if let Some((_, hf)) = HF_TOWER.iter().find(|(oc, _)| *oc == canonical) {
+        return format!("{HF_PREFIX}{hf}");
+    }
+    let block = canonical
+        .strip_prefix(OPENCLIP_BLOCK)
+        .and_then(|rest| rest.split_once('.'));
+    if let Some((idx, sub)) = block {
+        let sub = match sub.strip_prefix("attn.in_proj_") {
+            Some(param) => format!("self_attn.{{q,k,v}}_proj.{param}"),
+            None => {
+                let (module, param) = sub.rsplit_once('.').unwrap_or((sub, ""));
+                let module = HF_BLOCK
+                    .iter()
+                    .find(|(oc, _)| *oc == module)
+                    .map_or(module, |(_, hf)| hf);
+                format!("{module}.{param}")
+            }
+        };
+        return format!("{HF_PREFIX}{HF_BLOCK_PREFIX}{idx}.{sub}");
     }
     canonical.to_string()
 }
@@ -150,7 +167,7 @@ pub fn canonical_keys(layers: usize) -> Vec<String> {
             "mlp.c_proj.weight",
             "mlp.c_proj.bias",
         ] {
-            keys.push(format!("transformer.resblocks.{i}.{sub}"));
+            keys.push(format!("{OPENCLIP_BLOCK}{i}.{sub}"));
         }
     }
     keys
@@ -312,8 +329,8 @@ fn strip_prefix(tensors: HashMap<String, Tensor>, prefix: &str) -> HashMap<Strin
 /// Hugging Face CLIP → open_clip names: q/k/v fused into `in_proj_*`, projection transposed.
 fn from_hf(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
-    // layer → (q_w, k_w, v_w, q_b, k_b, v_b)
-    let mut qkv: BTreeMap<usize, [Option<Tensor>; 6]> = BTreeMap::new();
+    // layer → [q, k, v] for each of PARAMS
+    let mut qkv: BTreeMap<usize, [[Option<Tensor>; 3]; 2]> = BTreeMap::new();
     let mut unknown = Vec::new();
     for (name, t) in tensors {
         if name == HF_PROJ {
@@ -323,56 +340,37 @@ fn from_hf(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> 
         let Some(rest) = name.strip_prefix(HF_PREFIX) else {
             continue;
         };
-        let fixed = match rest {
-            "embeddings.patch_embedding.weight" => Some("conv1.weight"),
-            "embeddings.class_embedding" => Some("class_embedding"),
-            "embeddings.position_embedding.weight" => Some("positional_embedding"),
-            "pre_layrnorm.weight" => Some("ln_pre.weight"),
-            "pre_layrnorm.bias" => Some("ln_pre.bias"),
-            "post_layernorm.weight" => Some("ln_post.weight"),
-            "post_layernorm.bias" => Some("ln_post.bias"),
-            // A persistent buffer holding 0..T, not a parameter.
-            "embeddings.position_ids" => continue,
-            _ => None,
-        };
-        if let Some(canonical) = fixed {
+        // A persistent buffer holding 0..T, not a parameter.
+        if rest == "embeddings.position_ids" {
+            continue;
+        }
+        if let Some((canonical, _)) = HF_TOWER.iter().find(|(_, hf)| *hf == rest) {
             out.insert(canonical.to_string(), t);
             continue;
         }
-        let layer = rest.strip_prefix("encoder.layers.").and_then(|r| {
+        let layer = rest.strip_prefix(HF_BLOCK_PREFIX).and_then(|r| {
             let (idx, sub) = r.split_once('.')?;
-            Some((idx.parse::<usize>().ok()?, sub))
+            Some((idx.parse::<usize>().ok()?, sub.rsplit_once('.')?))
         });
-        let Some((idx, sub)) = layer else {
+        let Some((idx, (module, param))) = layer else {
             unknown.push(name);
             continue;
         };
-        let slot = match sub {
-            "self_attn.q_proj.weight" => Some(0),
-            "self_attn.k_proj.weight" => Some(1),
-            "self_attn.v_proj.weight" => Some(2),
-            "self_attn.q_proj.bias" => Some(3),
-            "self_attn.k_proj.bias" => Some(4),
-            "self_attn.v_proj.bias" => Some(5),
-            _ => None,
-        };
-        if let Some(slot) = slot {
-            qkv.entry(idx).or_default()[slot] = Some(t);
+        let projection = module
+            .strip_prefix("self_attn.")
+            .and_then(|m| m.strip_suffix("_proj"))
+            .and_then(|m| QKV.iter().position(|&x| x == m));
+        let param_slot = PARAMS.iter().position(|&p| p == param);
+        if let (Some(which), Some(p)) = (projection, param_slot) {
+            qkv.entry(idx).or_default()[p][which] = Some(t);
             continue;
         }
-        let (module, param) = sub.rsplit_once('.').unwrap_or((sub, ""));
-        let module = match module {
-            "layer_norm1" => "ln_1",
-            "layer_norm2" => "ln_2",
-            "self_attn.out_proj" => "attn.out_proj",
-            "mlp.fc1" => "mlp.c_fc",
-            "mlp.fc2" => "mlp.c_proj",
-            _ => {
-                unknown.push(name);
-                continue;
+        match HF_BLOCK.iter().find(|(_, hf)| *hf == module) {
+            Some((canonical, _)) => {
+                out.insert(format!("{OPENCLIP_BLOCK}{idx}.{canonical}.{param}"), t);
             }
-        };
-        out.insert(format!("transformer.resblocks.{idx}.{module}.{param}"), t);
+            None => unknown.push(name),
+        }
     }
     if !unknown.is_empty() {
         unknown.sort();
@@ -382,29 +380,22 @@ fn from_hf(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> 
         );
     }
     let mut missing = Vec::new();
-    for (idx, parts) in qkv {
-        let names = [
-            "q_proj.weight",
-            "k_proj.weight",
-            "v_proj.weight",
-            "q_proj.bias",
-            "k_proj.bias",
-            "v_proj.bias",
-        ];
-        for (part, name) in parts.iter().zip(names) {
-            if part.is_none() {
-                missing.push(format!("{HF_PREFIX}encoder.layers.{idx}.self_attn.{name}"));
+    for (idx, by_param) in qkv {
+        for (param, parts) in PARAMS.iter().zip(by_param) {
+            if let [Some(q), Some(k), Some(v)] = parts {
+                out.insert(
+                    format!("{OPENCLIP_BLOCK}{idx}.attn.in_proj_{param}"),
+                    Tensor::cat(&[q, k, v], 0)?,
+                );
+                continue;
             }
-        }
-        if let [Some(qw), Some(kw), Some(vw), Some(qb), Some(kb), Some(vb)] = parts {
-            out.insert(
-                format!("transformer.resblocks.{idx}.attn.in_proj_weight"),
-                Tensor::cat(&[qw, kw, vw], 0)?,
-            );
-            out.insert(
-                format!("transformer.resblocks.{idx}.attn.in_proj_bias"),
-                Tensor::cat(&[qb, kb, vb], 0)?,
-            );
+            for (which, part) in QKV.iter().zip(&parts) {
+                if part.is_none() {
+                    missing.push(format!(
+                        "{HF_PREFIX}{HF_BLOCK_PREFIX}{idx}.self_attn.{which}_proj.{param}"
+                    ));
+                }
+            }
         }
     }
     ensure!(
@@ -485,4 +476,35 @@ pub fn load_clip_file(
         ClipWeights::from_tensors(tensors).with_context(|| format!("in {}", path.display()))?;
     ClipEncoder::from_weights(config.cloned(), weights, device, dtype)
         .with_context(|| format!("in {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names shown in messages are the names read: every canonical tensor, spelt the
+    /// Hugging Face way, comes back under its own name (the fused q/k/v from three parts).
+    #[test]
+    fn hugging_face_names_round_trip() {
+        let t = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
+        let mut hf = HashMap::new();
+        for key in canonical_keys(2) {
+            let name = hf_name(&key);
+            match name.split_once("{q,k,v}") {
+                Some((head, tail)) => {
+                    for x in QKV {
+                        hf.insert(format!("{head}{x}{tail}"), t.clone());
+                    }
+                }
+                None => {
+                    hf.insert(name, t.clone());
+                }
+            }
+        }
+        let mut back: Vec<String> = from_hf(hf).unwrap().into_keys().collect();
+        back.sort();
+        let mut expected = canonical_keys(2);
+        expected.sort();
+        assert_eq!(back, expected);
+    }
 }
