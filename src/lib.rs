@@ -19,4 +19,5 @@ pub mod parity;
 pub mod pipeline;
 pub mod profile;
 pub mod sampler;
+pub mod switches;
 pub mod train;

@@ -4,15 +4,16 @@
 //! plain call.
 
 use candle_core::{Device, Result};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Stage name, total time, calls; in first-seen order.
 static TIMES: Mutex<Vec<(&'static str, Duration, usize)>> = Mutex::new(Vec::new());
 
 pub fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("INFDIT_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
+    crate::switches::PROFILE
+        .get()
+        .is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Runs `f` as the stage `name` on `device`.

@@ -7,6 +7,7 @@
 
 use super::attention::PagedKv;
 use super::fused_ops::{compute_capability_major, into_tensor, with_views};
+use crate::switches::{FLASH_SHAPE, PAGED};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
@@ -47,18 +48,18 @@ const W4: KernelShape = KernelShape {
 /// measured, and only on compute capability 9.0, else `w4`).
 fn shape(dev: &CudaDevice) -> KernelShape {
     static SHAPE: OnceLock<KernelShape> = OnceLock::new();
-    *SHAPE.get_or_init(|| match std::env::var("INFDIT_FLASH_SHAPE").as_deref() {
-        Ok("w8") => KernelShape {
+    *SHAPE.get_or_init(|| match FLASH_SHAPE.get() {
+        Some("w8") => KernelShape {
             prefix: "w8",
             threads: 256,
             hopper: false,
         },
-        Ok("wg") if compute_capability_major(dev) == Some(9) => KernelShape {
+        Some("wg") if compute_capability_major(dev) == Some(9) => KernelShape {
             prefix: "wg",
             threads: 256,
             hopper: true,
         },
-        Ok("wg") => {
+        Some("wg") => {
             tracing::warn!("INFDIT_FLASH_SHAPE=wg needs an sm_90 GPU; using w4");
             W4
         }
@@ -96,8 +97,7 @@ fn launch_config(n: usize, h: usize, tq: usize, sh: KernelShape) -> Result<Launc
 /// Whether paged neighbour reads serve the block attention (off with `INFDIT_PAGED=0`,
 /// which gathers the neighbours into one sequence first, as the other devices do).
 pub fn paged_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("INFDIT_PAGED").map_or(true, |v| v != "0"))
+    PAGED.on_unless_zero()
 }
 
 /// Whether the kernel serves attention on `device` in `dtype` with this head dim: the

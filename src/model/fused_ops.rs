@@ -4,6 +4,7 @@
 //! kernels cost more than the matmuls around them. Inference only: callers use them when
 //! [`applies`] holds and keep candle's differentiable composition otherwise.
 
+use crate::switches::FUSED;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -55,16 +56,13 @@ pub(crate) fn compute_capability_major(dev: &CudaDevice) -> Option<i32> {
 }
 
 fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("INFDIT_FUSED").map_or(true, |v| v != "0"))
+    FUSED.on_unless_zero()
 }
 
 /// Whether the vectorised LayerNorm + modulation and QKV kernels serve where their shapes
 /// and alignment allow (`INFDIT_FUSED=v2`; opt-in until measured on a GPU).
 fn vectorised(dtype: DType) -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    matches!(dtype, DType::BF16 | DType::F16)
-        && *ON.get_or_init(|| std::env::var("INFDIT_FUSED").is_ok_and(|v| v == "v2"))
+    matches!(dtype, DType::BF16 | DType::F16) && FUSED.is("v2")
 }
 
 /// Whether each tensor's first element is `bytes`-aligned within its storage (the storage

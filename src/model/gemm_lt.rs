@@ -42,8 +42,7 @@ pub fn residual_fits(residual: &Tensor) -> bool {
 }
 
 fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("INFDIT_GEMM").is_ok_and(|v| v == "lt"))
+    crate::switches::GEMM.is("lt")
 }
 
 fn lt_err(e: result::CublasError) -> candle_core::Error {

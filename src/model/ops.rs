@@ -284,8 +284,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 /// `INFDIT_ATTENTION=composed` turns the fused attention kernels off (for comparisons and
 /// as an escape hatch).
 pub fn composed_forced() -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var("INFDIT_ATTENTION").is_ok_and(|v| v == "composed"))
+    crate::switches::ATTENTION.is("composed")
 }
 
 /// softmax(q·kᵀ/√d)·v for `[n, heads, Tq, d]` × `[n, heads, Tk, d]`: one fused pass where
