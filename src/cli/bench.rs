@@ -7,7 +7,7 @@ use crate::config::ModelConfig;
 use crate::engine::memory::{format_size, parse_size, peak_rss};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
 use crate::imageops::Planar;
-use crate::model::attention::{paged_attention, PagedKv};
+use crate::model::kv_cache::{paged_attention, PagedKv};
 use crate::model::ops::max_abs_diff;
 use crate::model::InfDit;
 use anyhow::{bail, Context, Result};

@@ -85,7 +85,7 @@ impl<'a> MemoryModel<'a> {
             dtype_bytes: dtype.size_in_bytes() as u64,
             include_host: device.is_cpu(),
             fused_attention: crate::model::ops::fused_attention(device, dtype, cfg.head_dim()),
-            paged_kv: crate::model::attention::paged_serves(
+            paged_kv: crate::model::kv_cache::paged_serves(
                 device,
                 dtype,
                 cfg.head_dim(),

@@ -5,8 +5,8 @@
 //! [`forward_paged`] reads the block attention's neighbour slots in place (no gathered
 //! copy of the keys and values).
 
-use super::attention::PagedKv;
 use super::fused_ops::{compute_capability_major, into_tensor, with_views};
+use super::kv_cache::PagedKv;
 use crate::switches::{FLASH_SHAPE, PAGED};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};

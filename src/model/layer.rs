@@ -1,7 +1,8 @@
 //! One transformer layer (NOTES §5.6) and the final layer (§5.9).
 
-use super::attention::{BlockId, KvCache, SelfAttention};
+use super::attention::SelfAttention;
 use super::cross_attention::LrCrossAttention;
+use super::kv_cache::{BlockId, KvCache};
 use super::ops::{linear, ln_modulate, split_last, LayerNorm, Linear};
 use super::Tap;
 use crate::config::{ModelConfig, MIXIN_LAYERNORM_EPS};

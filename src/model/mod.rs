@@ -17,6 +17,7 @@ pub mod fused;
 pub mod fused_ops;
 #[cfg(feature = "cuda")]
 pub mod gemm_lt;
+pub mod kv_cache;
 pub mod layer;
 pub mod ops;
 pub mod precond;
@@ -24,7 +25,7 @@ pub mod precond;
 pub(crate) mod ptx;
 pub mod rope;
 
-pub use attention::{BatchPlan, BlockId, KvCache};
+pub use kv_cache::{BatchPlan, BlockId, KvCache};
 pub use precond::Precond;
 
 use crate::config::ModelConfig;
