@@ -1,0 +1,667 @@
+//! Decoding files and bytes into [`DecodedImage`]s: format vetting, limits, orientation,
+//! and the checks that refuse truncated files the decoders would accept.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Cursor, Seek};
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
+
+use super::format::{input_format_names, several_images, unreadable_format, InputFormat};
+use super::planes::{image_to_planes, is_deep, unpremultiply};
+use super::tiff::{decode_tiff, TiffFacts};
+use super::{one_line, DecodeLimits, DecodedImage, ImageIoError};
+use crate::imageops::Planar;
+
+/// Decodes an image file. The format is detected from the contents, so a misnamed file
+/// still decodes.
+pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<DecodedImage, ImageIoError> {
+    let file = File::open(path).map_err(ImageIoError::read(path))?;
+    decode_reader(BufReader::new(file), path, limits)
+}
+
+/// Decodes an image held in memory; errors name the file as `<memory>`.
+pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage, ImageIoError> {
+    decode_named_bytes(bytes, Path::new("<memory>"), limits)
+}
+
+/// Decodes an image held in memory that came from `name` (standard input, say).
+pub fn decode_named_bytes(
+    bytes: &[u8],
+    name: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
+    decode_reader(Cursor::new(bytes), name, limits)
+}
+
+/// Decodes an image file to `[0, 1]` planar RGB (alpha left out) with the default limits.
+pub fn decode_rgb(path: &Path) -> Result<Planar, ImageIoError> {
+    Ok(decode_file(path, &DecodeLimits::default())?.rgb)
+}
+
+/// Detects and vets the format, then decodes.
+fn decode_reader(
+    mut reader: impl BufRead + Seek,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
+    let head = reader.fill_buf().map_err(ImageIoError::read(path))?;
+    let Some(format) = InputFormat::detect(head, path) else {
+        let what = match (unreadable_format(head), image::guess_format(head)) {
+            (Some(name), _) => format!("{name} (convert it to PNG or JPEG first)"),
+            (None, Ok(f)) => format!("{f:?}"),
+            (None, Err(_)) => "unrecognised contents".into(),
+        };
+        let detail = format!("{what} (supported: {})", input_format_names());
+        return Err(ImageIoError::Unsupported {
+            path: path.into(),
+            detail,
+        });
+    };
+    let err = |e| ImageIoError::from_decode(path, e);
+    let (decoded, several) = match format.image_format() {
+        Some(image_format) => decode_image_crate(reader, format, image_format, path, limits)?,
+        None => {
+            let data = read_all(reader, path)?;
+            let frames = jxl_frames(&data, limits).map_err(|detail| ImageIoError::Corrupt {
+                path: path.into(),
+                detail,
+            })?;
+            let mut decoder = JxlDecoder::new(Cursor::new(&data[..])).map_err(err)?;
+            decoder.set_limits(limits.for_decoder()).map_err(err)?;
+            // The decoder has already turned the image upright by the codestream's
+            // orientation, which is the one JPEG XL readers obey; an EXIF orientation in
+            // the file is not applied again.
+            let decoded = decode_with(decoder, format, false, path, limits)?;
+            (decoded, (frames > 1).then_some("animated JPEG XL"))
+        }
+    };
+    if let Some(what) = several {
+        tracing::warn!("{}: {what}: only the first image is read", path.display());
+    }
+    Ok(decoded)
+}
+
+/// Decodes a format the image crate reads; also names what the file holds beyond the
+/// image decoded (see [`several_images`]).
+fn decode_image_crate(
+    mut reader: impl BufRead + Seek,
+    format: InputFormat,
+    image_format: ImageFormat,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<(DecodedImage, Option<&'static str>), ImageIoError> {
+    let err = |e| ImageIoError::from_decode(path, e);
+    fn reader_for<R: BufRead + Seek>(r: R, f: ImageFormat, l: &DecodeLimits) -> ImageReader<R> {
+        let mut reader = ImageReader::with_format(r, f);
+        reader.limits(l.for_decoder());
+        reader
+    }
+    let tiff = (format == InputFormat::Tiff).then(|| TiffFacts::read(&mut reader));
+    let several = match &tiff {
+        Some(facts) => facts.pages.then_some("multi-page TIFF"),
+        None => several_images(format, &mut reader),
+    };
+    if tiff.as_ref().is_some_and(|f| f.wide_integer_samples) {
+        return Err(ImageIoError::Unsupported {
+            path: path.into(),
+            detail: "TIFF with 32-bit integer samples (convert it to 16-bit or floating point)"
+                .into(),
+        });
+    }
+    if !matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
+        let decoded = reader_for(&mut reader, image_format, limits)
+            .into_decoder()
+            .map_err(err)
+            .and_then(|decoder| decode_with(decoder, format, true, path, limits));
+        let mut decoded = match (decoded, &tiff) {
+            // The image crate maps only some TIFF layouts (not gray+alpha, float gray,
+            // palette, JPEG-compressed YCbCr); the tiff crate reads more of them.
+            (Err(ImageIoError::Unsupported { detail, .. }), Some(_)) => {
+                reader
+                    .seek(io::SeekFrom::Start(0))
+                    .map_err(ImageIoError::read(path))?;
+                decode_tiff(reader, limits).map_err(|why| ImageIoError::Unsupported {
+                    path: path.into(),
+                    detail: format!(
+                        "a TIFF layout this decoder does not read ({detail}; {why}); \
+                         convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
+                    ),
+                })?
+            }
+            (decoded, _) => decoded?,
+        };
+        if let Some(facts) = tiff {
+            decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
+            if let Some(alpha) = decoded.alpha.as_ref().filter(|_| facts.associated_alpha) {
+                unpremultiply(&mut decoded.rgb, alpha);
+            }
+        }
+        return Ok((decoded, several));
+    }
+    // Both decoders read the whole file into memory anyway, so this copy is cheap.
+    let data = read_all(reader, path)?;
+    if format == InputFormat::Jpeg && !jpeg_is_complete(&data) {
+        return Err(ImageIoError::Corrupt {
+            path: path.into(),
+            detail: "JPEG ends before its end-of-image marker (truncated file?)".into(),
+        });
+    }
+    let decoder = reader_for(Cursor::new(&data[..]), image_format, limits)
+        .into_decoder()
+        .map_err(err)?;
+    let mut decoded = decode_with(decoder, format, true, path, limits)?;
+    // The GIF decoder gives RGBA even where no colour is transparent; such an alpha plane
+    // says nothing and would only make the output bigger.
+    if format == InputFormat::Gif
+        && decoded
+            .alpha
+            .as_ref()
+            .is_some_and(|a| a.data.iter().all(|&v| v >= 1.0))
+    {
+        decoded.alpha = None;
+    }
+    Ok((decoded, several))
+}
+
+fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoError> {
+    let mut data = Vec::new();
+    reader
+        .read_to_end(&mut data)
+        .map_err(ImageIoError::read(path))?;
+    Ok(data)
+}
+
+/// The number of frames of a JPEG XL file, once it is known to hold all of them.
+/// jxl-oxide renders whatever part of a frame has arrived (progressive decoding), so a
+/// half-downloaded file would otherwise be upscaled with its missing part made up.
+/// Loading only parses; pixels are decoded later.
+fn jxl_frames(data: &[u8], limits: &DecodeLimits) -> Result<usize, String> {
+    let budget = usize::try_from(limits.max_alloc).unwrap_or(usize::MAX);
+    let image = JxlImage::builder()
+        .alloc_tracker(AllocTracker::with_limit(budget))
+        .read(data)
+        .map_err(one_line)?;
+    if image.is_loading_done() {
+        Ok(image.num_loaded_keyframes())
+    } else {
+        Err("JPEG XL data ends before the image does (truncated file?)".into())
+    }
+}
+
+/// Decodes once the format is known and accepted.
+fn decode_with(
+    mut decoder: impl ImageDecoder,
+    format: InputFormat,
+    exif_orientation: bool,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
+    let err = |e| ImageIoError::from_decode(path, e);
+    let (w, h) = decoder.dimensions();
+    let orientation = if exif_orientation {
+        decoder.orientation().map_err(err)?
+    } else {
+        image::metadata::Orientation::NoTransforms
+    };
+    // Not every decoder enforces the limits itself, so check them here before any pixel
+    // buffer exists. Rotations copy the decoded buffer once more.
+    let too_large = |detail| ImageIoError::TooLarge {
+        path: path.into(),
+        detail,
+    };
+    if w == 0 || h == 0 {
+        return Err(ImageIoError::Corrupt {
+            path: path.into(),
+            detail: format!("the image is {w}x{h}: it has no pixels"),
+        });
+    }
+    if w > limits.max_width || h > limits.max_height {
+        let (mw, mh) = (limits.max_width, limits.max_height);
+        return Err(too_large(format!("{w}x{h} exceeds the {mw}x{mh} limit")));
+    }
+    let copies = if orientation == image::metadata::Orientation::NoTransforms {
+        1
+    } else {
+        2
+    };
+    let float_planes = if decoder.color_type().has_alpha() {
+        4
+    } else {
+        3
+    };
+    let needed = decoder
+        .total_bytes()
+        .saturating_mul(copies)
+        .saturating_add(u64::from(w) * u64::from(h) * float_planes * 4);
+    if needed > limits.max_alloc {
+        let max = limits.max_alloc;
+        return Err(too_large(format!(
+            "{w}x{h} needs {needed} bytes, over the {max}-byte limit"
+        )));
+    }
+    // A damaged profile should not cost the user the image; it only loses colour metadata.
+    let icc_profile = decoder.icc_profile().unwrap_or_else(|e| {
+        tracing::warn!("{}: ignoring unreadable ICC profile: {e}", path.display());
+        None
+    });
+    let exif = decoder
+        .exif_metadata()
+        .unwrap_or_else(|e| {
+            tracing::warn!("{}: ignoring unreadable EXIF metadata: {e}", path.display());
+            None
+        })
+        .map(crate::imageops::exif::upright);
+
+    let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
+    img.apply_orientation(orientation);
+    let color = img.color();
+    let (rgb, alpha) = image_to_planes(&img);
+    // Colour-mapped images (GIF, BMP, TGA, palette PNG) reach us expanded to 8-bit RGB
+    // even when their palette is gray.
+    let gray_pixels = matches!(
+        format,
+        InputFormat::Gif | InputFormat::Bmp | InputFormat::Png | InputFormat::Tga
+    ) && matches!(color, image::ColorType::Rgb8 | image::ColorType::Rgba8)
+        && rgb.plane(0) == rgb.plane(1)
+        && rgb.plane(1) == rgb.plane(2);
+    Ok(DecodedImage {
+        rgb,
+        alpha,
+        sixteen_bit: is_deep(color),
+        grayscale: !color.has_color() || gray_pixels,
+        icc_profile,
+        exif,
+        format,
+    })
+}
+
+/// Whether a JPEG stream reaches its end-of-image marker. The `image` crate decodes JPEG
+/// leniently and fills a truncated scan with gray instead of failing, which would silently
+/// upscale a half-downloaded photo. Segments are skipped by their length (so an embedded
+/// thumbnail's marker does not count) and anything after the marker is ignored (so appended
+/// trailers are fine).
+fn jpeg_is_complete(data: &[u8]) -> bool {
+    let mut i = 2; // past SOI
+    while i + 1 < data.len() {
+        if data[i] != 0xFF {
+            i += 1; // entropy-coded data
+            continue;
+        }
+        match data[i + 1] {
+            0xD9 => return true,
+            0xFF => i += 1,                      // fill byte
+            0x00 | 0x01 | 0xD0..=0xD7 => i += 2, // stuffed 0xFF, TEM, restart: no length
+            _ if i + 3 < data.len() => {
+                i += 2 + usize::from(u16::from_be_bytes([data[i + 2], data[i + 3]]))
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imageops::io::test_support::{gradient, limits, with_exif_orientation};
+    use crate::imageops::io::{
+        encode_bytes, encode_file, has_input_extension, peek, peek_file, EncodeOptions,
+        OutputFormat, Peek,
+    };
+    use std::path::PathBuf;
+
+    /// A 5×3 RGB image of eight flat colours (so GIF's palette holds it exactly).
+    fn eight_colours() -> image::RgbImage {
+        image::RgbImage::from_fn(5, 3, |x, y| {
+            let k = (x + 2 * y) % 8;
+            image::Rgb([(k * 32) as u8, (255 - k * 30) as u8, (k * 70 % 256) as u8])
+        })
+    }
+
+    #[test]
+    fn every_input_format_decodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = eight_colours();
+        let want = image_to_planes(&DynamicImage::ImageRgb8(src.clone())).0;
+        // JPEG XL, which the image crate cannot write, has its own tests below.
+        for format in InputFormat::ALL {
+            let Some(image_format) = format.image_format() else {
+                continue;
+            };
+            let ext = image_format.extensions_str()[0];
+            let path = dir.path().join(format!("in.{ext}"));
+            let img = DynamicImage::ImageRgb8(src.clone());
+            // TGA and GIF (through the image crate) store RGBA; the extra alpha is opaque.
+            img.save_with_format(&path, image_format).unwrap();
+            let d = decode_file(&path, &limits()).unwrap();
+            assert_eq!(d.format, format);
+            assert_eq!(InputFormat::from_path(&path), Some(format));
+            assert_eq!((d.rgb.height, d.rgb.width), (3, 5), "{format:?}");
+            // Sharp 8×8-block edges are JPEG's worst case; it only has to be close.
+            let tol = if format == InputFormat::Jpeg {
+                0.25
+            } else {
+                0.0
+            };
+            assert!(
+                d.rgb.max_abs_diff(&want) <= tol,
+                "{format:?}: {}",
+                d.rgb.max_abs_diff(&want)
+            );
+        }
+        assert!(has_input_extension(Path::new("a/B.PPM")));
+        assert!(has_input_extension(Path::new("a/b.JXL")));
+        assert!(!has_input_extension(Path::new("a/b.exr")));
+    }
+
+    #[test]
+    fn files_of_several_images_give_their_first() {
+        use image::codecs::gif::GifEncoder;
+        use image::{Delay, Frame, Rgba, RgbaImage};
+        let frame = |v: u8| {
+            let img = RgbaImage::from_pixel(4, 2, Rgba([v, 0, 255 - v, 255]));
+            Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(100, 1))
+        };
+        let gif = |frames: Vec<Frame>| {
+            let mut bytes = Vec::new();
+            GifEncoder::new(&mut bytes).encode_frames(frames).unwrap();
+            bytes
+        };
+        let animated = gif(vec![frame(200), frame(10)]);
+        let several = |format, bytes: &[u8]| several_images(format, &mut Cursor::new(bytes));
+        assert_eq!(several(InputFormat::Gif, &animated), Some("animated GIF"));
+        assert_eq!(several(InputFormat::Gif, &gif(vec![frame(200)])), None);
+        let d = decode_bytes(&animated, &limits()).unwrap();
+        assert_eq!(d.format, InputFormat::Gif);
+        assert_eq!(
+            (d.rgb.at(0, 1, 3), d.rgb.at(2, 0, 0)),
+            (200.0 / 255.0, 55.0 / 255.0)
+        );
+        // The GIF decoder's RGBA has nothing transparent here: no alpha plane.
+        assert!(d.alpha.is_none());
+
+        let mut pages = Cursor::new(Vec::new());
+        let mut tiff = tiff::encoder::TiffEncoder::new(&mut pages).unwrap();
+        for v in [40u8, 90] {
+            tiff.write_image::<tiff::encoder::colortype::Gray8>(3, 1, &[v; 3])
+                .unwrap();
+        }
+        let pages = pages.into_inner();
+        let (first, several_pages) = decode_image_crate(
+            Cursor::new(&pages),
+            InputFormat::Tiff,
+            ImageFormat::Tiff,
+            Path::new("pages.tiff"),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(several_pages, Some("multi-page TIFF"));
+        assert_eq!(first.rgb.at(0, 0, 0), 40.0 / 255.0);
+        assert_eq!(decode_bytes(&pages, &limits()).unwrap(), first);
+        let opts = EncodeOptions::new(OutputFormat::Png);
+        let png = encode_bytes(Path::new("x.png"), &gradient(3, 2), None, &opts).unwrap();
+        assert_eq!(several(InputFormat::Png, &png), None);
+    }
+
+    /// A JPEG variant the decoder does not read is named as unsupported, not as corrupt;
+    /// an image without pixels is corrupt.
+    #[test]
+    fn unreadable_variants_and_empty_images_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let jpg = dir.path().join("t.jpg");
+        encode_file(
+            &jpg,
+            &gradient(8, 8),
+            None,
+            &EncodeOptions::new(OutputFormat::Jpeg),
+        )
+        .unwrap();
+        let mut bytes = std::fs::read(&jpg).unwrap();
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bytes[sof + 4] = 12; // sample precision: a 12-bit JPEG
+        let e = decode_bytes(&bytes, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        let e = decode_bytes(b"P6\n0 5\n255\n", &limits()).unwrap_err();
+        assert!(e.to_string().contains("no pixels"), "{e}");
+    }
+
+    #[test]
+    fn exif_rotated_jpeg_decodes_upright() {
+        // 16 wide, 8 high: left half black, right half white.
+        let (h, w) = (8, 16);
+        let data = (0..3 * h * w)
+            .map(|i| if i % w < w / 2 { 0.0 } else { 1.0 })
+            .collect();
+        let img = Planar::new(3, h, w, data);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.jpg");
+        encode_file(&path, &img, None, &EncodeOptions::new(OutputFormat::Jpeg)).unwrap();
+        let rotated = with_exif_orientation(&std::fs::read(&path).unwrap(), 6);
+        let d = decode_bytes(&rotated, &limits()).unwrap();
+        // Orientation 6 = rotate 90° clockwise: the left (black) half ends up on top.
+        assert_eq!((d.rgb.height, d.rgb.width), (16, 8));
+        assert!(d.rgb.at(0, 2, 4) < 0.1 && d.rgb.at(1, 13, 4) > 0.9);
+        // Without the tag the same data stays as stored.
+        let plain = decode_file(&path, &limits()).unwrap();
+        assert_eq!((plain.rgb.height, plain.rgb.width), (8, 16));
+        // The header alone tells the upright size.
+        let size = |p: Option<Peek>| p.and_then(|p| p.size);
+        assert_eq!(size(peek(&rotated, Path::new("r.jpg"))), Some((16, 8)));
+        assert_eq!(size(peek_file(&path)), Some((8, 16)));
+        let jxl = peek_file(&format_fixture("exif_container.jxl")).unwrap();
+        assert_eq!(
+            (jxl.format, jxl.size),
+            (InputFormat::JpegXl, Some((17, 23)))
+        );
+        assert_eq!(peek(b"not an image", Path::new("x.png")), None);
+    }
+
+    #[test]
+    fn truncated_and_garbage_files_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.png");
+        encode_file(
+            &path,
+            &gradient(32, 32),
+            None,
+            &EncodeOptions::new(OutputFormat::Png),
+        )
+        .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for cut in [20, 40, bytes.len() / 2, bytes.len() - 12] {
+            let e = decode_bytes(&bytes[..cut], &limits()).unwrap_err();
+            assert!(
+                matches!(e, ImageIoError::Corrupt { .. }),
+                "cut at {cut}: {e}"
+            );
+        }
+        let jpg = dir.path().join("t.jpg");
+        let opts = EncodeOptions::new(OutputFormat::Jpeg);
+        encode_file(&jpg, &gradient(64, 64), None, &opts).unwrap();
+        let bytes = std::fs::read(&jpg).unwrap();
+        for cut in [30, bytes.len() / 2, bytes.len() - 2] {
+            let e = decode_bytes(&bytes[..cut], &limits()).unwrap_err();
+            assert!(
+                matches!(e, ImageIoError::Corrupt { .. }),
+                "jpeg cut at {cut}: {e}"
+            );
+        }
+        // Bytes appended after the end marker are tolerated.
+        let trailer = [bytes.as_slice(), b"\xff\xd8 trailing data"].concat();
+        assert!(decode_bytes(&trailer, &limits()).is_ok());
+        let garbage = dir.path().join("garbage.png");
+        std::fs::write(&garbage, b"this is not an image at all").unwrap();
+        let e = decode_file(&garbage, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("garbage.png"), "{e}");
+        let e = decode_bytes(b"", &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        // A recognised but unsupported format.
+        let e = decode_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n", &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        for (head, name) in [
+            (&b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"[..], "HEIF/HEIC"),
+            (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf", "AVIF"),
+        ] {
+            let e = decode_bytes(head, &limits()).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{name} (convert it to PNG or JPEG first)")),
+                "{e}"
+            );
+        }
+        // A GIF header with no image after it.
+        let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0", &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
+    }
+
+    fn format_fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/formats")
+            .join(name)
+    }
+
+    /// The fixtures' PNGs are what libjxl decodes the `.jxl` files to.
+    #[test]
+    fn jpeg_xl_decodes_as_libjxl_does() {
+        for (name, sixteen_bit, grayscale, alpha, tol) in [
+            ("rgb8", false, false, false, 0.0),
+            ("rgba16", true, false, true, 0.0),
+            ("gray8", false, true, false, 0.0),
+            ("lossy", false, false, false, 1.5 / 255.0),
+        ] {
+            let d = decode_file(&format_fixture(&format!("{name}.jxl")), &limits()).unwrap();
+            let want = decode_file(&format_fixture(&format!("{name}.png")), &limits()).unwrap();
+            assert_eq!(d.format, InputFormat::JpegXl);
+            assert_eq!(
+                (d.sixteen_bit, d.grayscale, d.alpha.is_some()),
+                (sixteen_bit, grayscale, alpha),
+                "{name}"
+            );
+            let diff = d.rgb.max_abs_diff(&want.rgb);
+            assert!(diff <= tol, "{name}: {diff}");
+            if let (Some(a), Some(b)) = (&d.alpha, &want.alpha) {
+                assert_eq!(a.max_abs_diff(b), 0.0, "{name}");
+            }
+            assert!(d.icc_profile.is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn animated_jpeg_xl_gives_its_first_frame() {
+        let bytes = std::fs::read(format_fixture("anim.jxl")).unwrap();
+        assert_eq!(jxl_frames(&bytes, &limits()), Ok(3));
+        let d = decode_bytes(&bytes, &limits()).unwrap();
+        let rgb8 = decode_file(&format_fixture("rgb8.png"), &limits())
+            .unwrap()
+            .rgb;
+        assert_eq!(d.rgb, rgb8.crop_clamped(0, 0, 8, 8));
+    }
+
+    /// JPEG XL readers turn an image by its codestream's orientation and ignore the EXIF
+    /// one; applying both would turn a phone photo twice.
+    #[test]
+    fn jpeg_xl_orientation_comes_from_the_codestream() {
+        let d = decode_file(&format_fixture("exif_container.jxl"), &limits()).unwrap();
+        let want = decode_file(&format_fixture("rgb8.png"), &limits()).unwrap();
+        assert_eq!(d.rgb, want.rgb);
+        let exif = d.exif.expect("the Exif box is read");
+        assert!(exif.windows(6).any(|w| w == b"infdit"));
+        assert_eq!(
+            image::metadata::Orientation::from_exif_chunk(&exif),
+            Some(image::metadata::Orientation::NoTransforms)
+        );
+    }
+
+    const FUZZ_ROUNDS: usize = 200;
+
+    #[test]
+    fn damaged_jpeg_xl_is_refused() {
+        let bytes = std::fs::read(format_fixture("lossy.jxl")).unwrap();
+        for cut in [2, 10, bytes.len() / 2, bytes.len() - 1] {
+            let e = decode_bytes(&bytes[..cut], &limits()).unwrap_err();
+            assert!(
+                matches!(e, ImageIoError::Corrupt { .. }),
+                "cut at {cut}: {e}"
+            );
+        }
+        // Damage anywhere gives an error or an image, never a panic.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for name in ["lossy.jxl", "rgba16.jxl"] {
+            let bytes = std::fs::read(format_fixture(name)).unwrap();
+            for _ in 0..FUZZ_ROUNDS {
+                let mut damaged = bytes.clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let i = rng.gen_range(0..damaged.len());
+                    damaged[i] ^= 1 << rng.gen_range(0..8);
+                }
+                let _ = decode_bytes(&damaged, &limits());
+            }
+        }
+        let small = DecodeLimits {
+            max_width: 16,
+            ..limits()
+        };
+        let e = decode_bytes(&bytes, &small).unwrap_err();
+        assert!(matches!(e, ImageIoError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.png");
+        let e = decode_file(&path, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("nope.png"), "{e}");
+    }
+
+    #[test]
+    fn oversized_images_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.png");
+        encode_file(
+            &path,
+            &gradient(20, 30),
+            None,
+            &EncodeOptions::new(OutputFormat::Png),
+        )
+        .unwrap();
+        let narrow = DecodeLimits {
+            max_width: 16,
+            ..limits()
+        };
+        let e = decode_file(&path, &narrow).unwrap_err();
+        assert!(matches!(e, ImageIoError::TooLarge { .. }), "{e}");
+        assert!(
+            e.to_string().contains("30x20 exceeds the 16x32768 limit"),
+            "{e}"
+        );
+        let short = DecodeLimits {
+            max_height: 16,
+            ..limits()
+        };
+        assert!(matches!(
+            decode_file(&path, &short),
+            Err(ImageIoError::TooLarge { .. })
+        ));
+        let tight = DecodeLimits {
+            max_alloc: 1000,
+            ..limits()
+        };
+        assert!(matches!(
+            decode_file(&path, &tight),
+            Err(ImageIoError::TooLarge { .. })
+        ));
+        assert!(decode_file(
+            &path,
+            &DecodeLimits {
+                max_width: 30,
+                max_height: 20,
+                ..limits()
+            }
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,299 @@
+//! Which format a file holds, told from its first bytes or its name, and which files
+//! a folder holds.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, Cursor, Read, Seek};
+use std::path::{Path, PathBuf};
+
+use image::{ImageDecoder, ImageFormat, ImageReader};
+use jxl_oxide::JxlImage;
+
+use super::encode::OutputFormat;
+
+/// An accepted input format. Multi-frame GIFs are read as their first frame. Formats the
+/// `image` crate knows beyond these (EXR, HDR, ...) are refused rather than half-supported:
+/// their values lie outside [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputFormat {
+    Png,
+    Jpeg,
+    WebP,
+    Tiff,
+    Bmp,
+    Gif,
+    Tga,
+    Pnm,
+    Qoi,
+    /// Decoded by jxl-oxide; the `image` crate has no JPEG XL decoder.
+    JpegXl,
+}
+
+impl InputFormat {
+    /// Every accepted input format.
+    pub const ALL: [Self; 10] = [
+        Self::Png,
+        Self::Jpeg,
+        Self::WebP,
+        Self::Tiff,
+        Self::Bmp,
+        Self::Gif,
+        Self::Tga,
+        Self::Pnm,
+        Self::Qoi,
+        Self::JpegXl,
+    ];
+
+    /// The `image` crate's name for the format, where that crate decodes it.
+    pub fn image_format(self) -> Option<ImageFormat> {
+        Some(match self {
+            Self::Png => ImageFormat::Png,
+            Self::Jpeg => ImageFormat::Jpeg,
+            Self::WebP => ImageFormat::WebP,
+            Self::Tiff => ImageFormat::Tiff,
+            Self::Bmp => ImageFormat::Bmp,
+            Self::Gif => ImageFormat::Gif,
+            Self::Tga => ImageFormat::Tga,
+            Self::Pnm => ImageFormat::Pnm,
+            Self::Qoi => ImageFormat::Qoi,
+            Self::JpegXl => return None,
+        })
+    }
+
+    fn from_image_format(format: ImageFormat) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.image_format() == Some(format))
+    }
+
+    /// The format a file's extension names, in any case (`a/B.PPM` is PNM).
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?;
+        if ext.eq_ignore_ascii_case("jxl") {
+            return Some(Self::JpegXl);
+        }
+        ImageFormat::from_extension(ext).and_then(Self::from_image_format)
+    }
+
+    /// The format `head`, a file's first bytes, opens with. TGA has no signature, so only
+    /// the name of the file it came from (`path`) can tell it.
+    pub fn detect(head: &[u8], path: &Path) -> Option<Self> {
+        if head.starts_with(JXL_CODESTREAM) || head.starts_with(JXL_CONTAINER) {
+            return Some(Self::JpegXl);
+        }
+        // BigTIFF, which the image crate's format guess does not know.
+        if head.starts_with(b"II\x2b\0") || head.starts_with(b"MM\0\x2b") {
+            return Some(Self::Tiff);
+        }
+        match image::guess_format(head) {
+            Ok(f) => Self::from_image_format(f),
+            Err(_) => Self::from_path(path).filter(|f| *f == Self::Tga),
+        }
+    }
+
+    /// The output format a result takes by default: the input's, where it can be written,
+    /// else PNG (lossless, alpha and 16 bits kept).
+    pub fn default_output(self) -> OutputFormat {
+        match self {
+            Self::Jpeg => OutputFormat::Jpeg,
+            Self::WebP => OutputFormat::Webp,
+            Self::Tiff => OutputFormat::Tiff,
+            _ => OutputFormat::Png,
+        }
+    }
+
+    /// The name users know the format by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Png => "PNG",
+            Self::Jpeg => "JPEG",
+            Self::WebP => "WebP",
+            Self::Tiff => "TIFF",
+            Self::Bmp => "BMP",
+            Self::Gif => "GIF",
+            Self::Tga => "TGA",
+            Self::Pnm => "PNM",
+            Self::Qoi => "QOI",
+            Self::JpegXl => "JPEG XL",
+        }
+    }
+}
+
+impl fmt::Display for InputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const JXL_CODESTREAM: &[u8] = b"\xff\x0a";
+const JXL_CONTAINER: &[u8] = b"\0\0\0\x0cJXL \r\n\x87\n";
+
+/// The input format names, for help texts and errors: "PNG, JPEG, ...".
+pub fn input_format_names() -> String {
+    InputFormat::ALL.map(InputFormat::name).join(", ")
+}
+
+/// Whether `path`'s extension names an input format (for directory listings).
+pub fn has_input_extension(path: &Path) -> bool {
+    InputFormat::from_path(path).is_some()
+}
+
+/// Whether `path`'s extension names an image format that is recognised but not read
+/// (HEIF/HEIC, AVIF): a folder scan lists such files so that each is reported with the
+/// way out, rather than passed over in silence.
+pub fn has_refused_extension(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["heic", "heif", "avif"]
+            .iter()
+            .any(|r| e.eq_ignore_ascii_case(r))
+    })
+}
+
+/// The image files in `dir` (by extension; hidden names passed over), in its subfolders
+/// too if `recursive`, sorted. For the tools that read folders of photos (training,
+/// scoring); `upscale` selects its inputs by its own rules.
+pub fn image_files(dir: &Path, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
+    use anyhow::Context;
+    fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            // Linked folders are not followed: a link cycle would never end.
+            if entry.file_type()?.is_dir() {
+                if recursive {
+                    walk(&path, recursive, out)?;
+                }
+            } else if has_input_extension(&path) {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, recursive, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// What a file's first bytes tell before it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    pub format: InputFormat,
+    /// The upright size (height, width), where the header tells it; read so that a caller
+    /// can refuse work it cannot do before decoding a large image.
+    pub size: Option<(usize, usize)>,
+}
+
+/// The format and size of the image in `bytes` (its head is enough), or `None` for no
+/// accepted format (decoding then reports why).
+pub fn peek(bytes: &[u8], name: &Path) -> Option<Peek> {
+    let format = InputFormat::detect(bytes, name)?;
+    let size = match format.image_format() {
+        Some(f) => ImageReader::with_format(Cursor::new(bytes), f)
+            .into_decoder()
+            .ok()
+            .map(|mut decoder| {
+                let (w, h) = decoder.dimensions();
+                let turned = decoder.orientation().ok().is_some_and(|o| {
+                    use image::metadata::Orientation::*;
+                    matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
+                });
+                if turned {
+                    (w, h)
+                } else {
+                    (h, w)
+                }
+            }),
+        None => JxlImage::builder()
+            .read(bytes)
+            .ok()
+            .map(|image| (image.height(), image.width())),
+    };
+    Some(Peek {
+        format,
+        // An empty image is left for decoding to report.
+        size: size
+            .filter(|&(h, w)| h > 0 && w > 0)
+            .map(|(h, w)| (h as usize, w as usize)),
+    })
+}
+
+/// [`peek`] at a file, from its first MiB.
+pub fn peek_file(path: &Path) -> Option<Peek> {
+    let mut head = Vec::new();
+    File::open(path)
+        .ok()?
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .ok()?;
+    peek(&head, path)
+}
+
+/// The name of a common format that `head`, a file's first bytes, opens but no decoder
+/// here reads: phones' HEIF/HEIC and AVIF (both ISO-BMFF with their brand).
+pub(super) fn unreadable_format(head: &[u8]) -> Option<&'static str> {
+    const HEIF: [&[u8]; 7] = [
+        b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1",
+    ];
+    let brand = (head.get(4..8) == Some(b"ftyp"))
+        .then(|| head.get(8..12))
+        .flatten();
+    match brand {
+        Some(b"avif" | b"avis") => Some("AVIF"),
+        Some(b) if HEIF.contains(&b) => Some("HEIF/HEIC"),
+        _ => None,
+    }
+}
+
+/// What the file holds beyond its first image (animation frames), named for a warning:
+/// only the first is read. TIFF pages are among the [`TiffFacts`](super::tiff::TiffFacts). Leaves `reader` at
+/// the start.
+pub(super) fn several_images(
+    format: InputFormat,
+    reader: &mut (impl BufRead + Seek),
+) -> Option<&'static str> {
+    use image::codecs::{gif::GifDecoder, png::PngDecoder, webp::WebPDecoder};
+    use image::AnimationDecoder;
+    let several = match format {
+        InputFormat::Png => PngDecoder::new(&mut *reader)
+            .and_then(|d| d.is_apng())
+            .unwrap_or(false)
+            .then_some("animated PNG"),
+        InputFormat::WebP => WebPDecoder::new(&mut *reader)
+            .is_ok_and(|d| d.has_animation())
+            .then_some("animated WebP"),
+        InputFormat::Gif => GifDecoder::new(&mut *reader)
+            .is_ok_and(|d| d.into_frames().take(2).count() > 1)
+            .then_some("animated GIF"),
+        _ => None,
+    };
+    let _ = reader.seek(io::SeekFrom::Start(0));
+    several
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imageops::io::test_support::{gradient, limits};
+    use crate::imageops::io::{decode_file, encode_file, EncodeOptions};
+
+    #[test]
+    fn format_is_detected_from_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("actually_png.jpg");
+        encode_file(
+            &path,
+            &gradient(4, 4),
+            None,
+            &EncodeOptions::new(OutputFormat::Png),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_file(&path, &limits()).unwrap().format,
+            InputFormat::Png
+        );
+    }
+}

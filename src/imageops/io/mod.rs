@@ -1,0 +1,174 @@
+//! Decoding and encoding image files.
+//!
+//! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI and JPEG XL files into
+//! [`Planar`] images in `[0, 1]`, upright (orientation applied), with alpha split off and
+//! 16-bit precision kept, and reports what the caller needs to write a faithful result back:
+//! bit depth, grayness, the ICC profile and the EXIF metadata. Encoding writes PNG, JPEG,
+//! WebP or TIFF atomically, so an interrupted or failed run never leaves a truncated output
+//! file behind.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use image::ImageError;
+
+use super::Planar;
+
+mod decode;
+mod encode;
+mod format;
+mod planes;
+#[cfg(test)]
+mod test_support;
+mod tiff;
+
+pub use decode::{decode_bytes, decode_file, decode_named_bytes, decode_rgb};
+pub use encode::{check_writable, encode_bytes, encode_file, EncodeOptions, OutputFormat};
+pub use format::{
+    has_input_extension, has_refused_extension, image_files, input_format_names, peek, peek_file,
+    InputFormat, Peek,
+};
+pub use planes::{from_model_range, image_to_planes, is_deep, planes_to_image, to_model_range};
+
+/// A decoded image file, split into the parts the pipeline treats differently.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedImage {
+    /// Colour, 3 channels in `[0, 1]`. Grayscale files are expanded to three equal channels
+    /// because the model only takes RGB.
+    pub rgb: Planar,
+    /// Opacity, 1 channel in `[0, 1]`, when the file has an alpha channel.
+    pub alpha: Option<Planar>,
+    /// The file stored more than 8 bits per sample, so the output should too.
+    pub sixteen_bit: bool,
+    /// The file was grayscale, so the output can be written as grayscale again.
+    pub grayscale: bool,
+    /// The embedded ICC profile, to be attached to the output unchanged: the model works on
+    /// the encoded values and does no colour management.
+    pub icc_profile: Option<Vec<u8>>,
+    /// The EXIF metadata (PNG, JPEG, WebP), orientation reset since it has been applied.
+    pub exif: Option<Vec<u8>>,
+    /// The format detected from the file's contents (not its extension).
+    pub format: InputFormat,
+}
+
+/// Bounds checked before any pixel data is decoded, so that a small malicious file
+/// (a "decompression bomb") cannot make us allocate unbounded memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted width in pixels, as stored (before EXIF rotation).
+    pub max_width: u32,
+    /// Largest accepted height in pixels, as stored (before EXIF rotation).
+    pub max_height: u32,
+    /// Budget in bytes for the decoder's pixel buffer plus the float planes built from it.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 32768×32768 pixels and 4 GiB: far beyond any photo, small enough for a workstation.
+    fn default() -> Self {
+        Self {
+            max_width: 32768,
+            max_height: 32768,
+            max_alloc: 4 << 30,
+        }
+    }
+}
+
+impl DecodeLimits {
+    /// The allocation bound for a decoder, which enforces it while decoding. The sizes are
+    /// checked here, right after the header is read, where the message can name them.
+    fn for_decoder(&self) -> image::Limits {
+        let mut limits = image::Limits::no_limits();
+        limits.max_alloc = Some(self.max_alloc);
+        limits
+    }
+}
+
+/// Everything that can go wrong reading or writing an image file; each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageIoError {
+    // The I/O error is part of the message, not a `source`: a chain printer would
+    // otherwise repeat it.
+    #[error("cannot read {}: {cause}", path.display())]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("{}: unsupported image format: {detail}", path.display())]
+    Unsupported { path: PathBuf, detail: String },
+    #[error("{}: corrupt or truncated image data: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{}: image too large: {detail}", path.display())]
+    TooLarge { path: PathBuf, detail: String },
+    #[error("cannot write {}: {cause}", path.display())]
+    Write { path: PathBuf, cause: io::Error },
+    #[error("cannot encode {}: {detail}", path.display())]
+    Encode { path: PathBuf, detail: String },
+}
+
+impl ImageIoError {
+    fn from_decode(path: &Path, e: ImageError) -> Self {
+        let path = path.to_path_buf();
+        match e {
+            ImageError::Limits(e) => Self::TooLarge {
+                path,
+                detail: one_line(e),
+            },
+            ImageError::Unsupported(e) => Self::Unsupported {
+                path,
+                detail: one_line(e),
+            },
+            // Running out of input mid-image is a property of the file, not of the disk.
+            ImageError::IoError(cause)
+                if !matches!(
+                    cause.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+                ) =>
+            {
+                Self::Read { path, cause }
+            }
+            e => {
+                let detail = one_line(e);
+                // The JPEG decoder reports the variants it does not read (12-bit,
+                // arithmetic-coded, lossless) as decoding errors.
+                let variant = [
+                    "cannot yet decode",
+                    "can only parse 8-bit",
+                    "is not supported",
+                ]
+                .iter()
+                .any(|m| detail.contains(m));
+                if variant {
+                    Self::Unsupported {
+                        path,
+                        detail: format!("{detail}; convert it to PNG"),
+                    }
+                } else {
+                    Self::Corrupt { path, detail }
+                }
+            }
+        }
+    }
+
+    /// Wraps a read failure of `path`.
+    fn read(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
+        move |cause| Self::Read {
+            path: path.into(),
+            cause,
+        }
+    }
+
+    fn from_encode(path: &Path, e: ImageError) -> Self {
+        let path = path.to_path_buf();
+        match e {
+            ImageError::IoError(cause) => Self::Write { path, cause },
+            e => Self::Encode {
+                path,
+                detail: one_line(e),
+            },
+        }
+    }
+}
+
+/// Some decoder messages end in a newline; ours are single lines.
+fn one_line(e: impl fmt::Display) -> String {
+    e.to_string().trim().replace('\n', "; ")
+}

@@ -1,0 +1,34 @@
+//! Helpers shared by the tests of the io modules.
+
+use super::DecodeLimits;
+use crate::imageops::Planar;
+
+#[path = "../../../tests/common/exif.rs"]
+mod exif;
+
+pub(super) use exif::with_exif_orientation;
+
+/// A smooth colour gradient (so JPEG stays close) sampled on the 8-bit grid.
+pub(super) fn gradient(h: usize, w: usize) -> Planar {
+    let mut data = Vec::with_capacity(3 * h * w);
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                let v = (x * 7 + y * 5 + c * 40) % 256;
+                data.push(v as f32 / 255.0);
+            }
+        }
+    }
+    Planar::new(3, h, w, data)
+}
+
+pub(super) fn ramp(h: usize, w: usize, seed: usize) -> Planar {
+    let data = (0..h * w)
+        .map(|i| ((i * 37 + seed) % 256) as f32 / 255.0)
+        .collect();
+    Planar::new(1, h, w, data)
+}
+
+pub(super) fn limits() -> DecodeLimits {
+    DecodeLimits::default()
+}
