@@ -28,7 +28,11 @@ fn remove_listed(which: impl Fn(&Path) -> bool) {
     partial().retain(|path| {
         let remove = which(path);
         if remove {
-            let _ = std::fs::remove_file(path);
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
         }
         !remove
     });
@@ -80,21 +84,30 @@ impl Drop for PartFile {
 /// would (0666 less the umask) rather than tempfile's private 0600, since it becomes the
 /// output.
 pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    // Held while the file is created, so that an interrupt cannot fall between its
-    // creation and its listing.
-    let mut listed = partial();
     let mut b = tempfile::Builder::new();
-    b.prefix(".infdit-").suffix(".part");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         b.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    let file = b.tempfile_in(dir).map_err(|e| {
+    let file = create_listed(path, |dir| b.tempfile_in(dir), |f| f.path())?;
+    Ok(PartFile(Some(file)))
+}
+
+/// Creates a temporary entry (`.infdit-*.part`) in `path`'s directory with `create` and
+/// lists it, holding the list while it is created so that an interrupt cannot fall
+/// between its creation and its listing.
+fn create_listed<T>(
+    path: &Path,
+    create: impl FnOnce(&Path) -> io::Result<T>,
+    path_of: impl Fn(&T) -> &Path,
+) -> io::Result<T> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut listed = partial();
+    let entry = create(dir).map_err(|e| {
         // tempfile appends the random temporary path to the OS error; the user needs only
         // the OS error.
         let message = e.to_string();
@@ -104,8 +117,18 @@ pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
             format!("cannot create a file in {}: {cause}", dir.display()),
         )
     })?;
-    listed.push(file.path().to_path_buf());
-    Ok(PartFile(Some(file)))
+    listed.push(path_of(&entry).to_path_buf());
+    Ok(entry)
+}
+
+/// Gives the file at `path` the permissions `wanted` (a writer may have replaced it by a
+/// private one) and syncs it, before it is renamed into place.
+fn settle(path: &Path, wanted: std::fs::Permissions) -> io::Result<()> {
+    let placed = File::open(path)?;
+    if placed.metadata()?.permissions() != wanted {
+        placed.set_permissions(wanted)?;
+    }
+    placed.sync_all()
 }
 
 /// Syncs `tmp` and renames it to `path`.
@@ -118,12 +141,7 @@ pub fn commit(tmp: PartFile, path: &Path) -> io::Result<()> {
     let listed = tmp.path().to_path_buf();
     // Listed until renamed: an interrupt during the (slow) sync still removes it.
     let placed = (|| {
-        let placed = File::open(tmp.path())?;
-        let wanted = tmp.as_file().metadata()?.permissions();
-        if placed.metadata()?.permissions() != wanted {
-            placed.set_permissions(wanted)?;
-        }
-        placed.sync_all()?;
+        settle(tmp.path(), tmp.as_file().metadata()?.permissions())?;
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
     })();
@@ -160,6 +178,35 @@ pub fn remove_empty_dirs(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Runs `write` on a file in a temporary folder beside `path`, then renames the file to
+/// `path`: for writers that make a temporary file of their own beside the path they are
+/// given, as the safetensors crate does. Inside the listed folder, an interrupt removes
+/// that file too.
+fn write_in_temp_dir(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = create_listed(
+        path,
+        |dir| {
+            tempfile::Builder::new()
+                .prefix(".infdit-")
+                .suffix(".part")
+                .tempdir_in(dir)
+        },
+        |d| d.path(),
+    )?;
+    let written = (|| -> Result<()> {
+        let tmp = dir.path().join("file");
+        let created = File::create(&tmp)?.metadata()?.permissions();
+        write(&tmp)?;
+        settle(&tmp, created)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    let listed = dir.path().to_path_buf();
+    drop(dir);
+    unlist(&listed);
+    written.with_context(|| format!("writing {}", path.display()))
+}
+
 /// Saves tensors as safetensors, atomically.
 pub fn save_safetensors(path: &Path, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
     save_safetensors_with_metadata(path, tensors, None)
@@ -171,7 +218,7 @@ pub fn save_safetensors_with_metadata(
     tensors: &HashMap<String, candle_core::Tensor>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    write_atomically(path, |tmp| {
+    write_in_temp_dir(path, |tmp| {
         Ok(safetensors::serialize_to_file(
             tensors.iter(),
             metadata,
@@ -254,5 +301,20 @@ mod tests {
         assert!(!open_path.exists());
         assert!(target.exists());
         drop(open);
+    }
+
+    /// A writer that keeps its own temporary file beside the path it is given (as the
+    /// safetensors crate does) leaves nothing behind when interrupted mid-write.
+    #[test]
+    fn a_writers_own_temporary_file_goes_with_an_interrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("w.safetensors");
+        let err = write_in_temp_dir(&target, |tmp| {
+            std::fs::write(tmp.with_file_name(".tmpWRITER"), b"half")?;
+            remove_listed(|p| p.starts_with(dir.path()));
+            anyhow::bail!("interrupted")
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
