@@ -207,6 +207,49 @@ fn write_in_temp_dir(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Re
     written.with_context(|| format!("writing {}", path.display()))
 }
 
+/// Refuses an output that must not be replaced, whatever `--overwrite` says: an input
+/// of the run (its own or another's, which would then be read in its new form), or
+/// something other than a file (a directory, a device such as `/dev/null`, a pipe), which
+/// the rename into place would destroy. Also a name the file system cannot hold.
+pub fn check_replaceable(
+    out: &Path,
+    input: &Path,
+    inputs: &std::collections::HashSet<PathBuf>,
+) -> Result<()> {
+    // Most file systems hold names of up to 255 bytes.
+    if out.file_name().is_some_and(|n| n.len() > 255) {
+        anyhow::bail!(
+            "the output name {} is longer than a file name can be",
+            out.display()
+        );
+    }
+    let Ok(meta) = std::fs::metadata(out) else {
+        return Ok(());
+    };
+    let canonical = out.canonicalize().ok();
+    if canonical == input.canonicalize().ok() {
+        anyhow::bail!("the output {} would replace its own input", out.display());
+    }
+    if canonical.is_some_and(|c| inputs.contains(&c)) {
+        anyhow::bail!(
+            "the output {} is another input of this run, which is not replaced",
+            out.display()
+        );
+    }
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        anyhow::bail!(
+            "the output {} is {what}, which is not replaced",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Saves tensors as safetensors, atomically.
 pub fn save_safetensors(path: &Path, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
     save_safetensors_with_metadata(path, tensors, None)

@@ -22,6 +22,10 @@ pub enum SamplerKind {
     Euler,
 }
 
+/// The largest σ_max accepted: far above EDM's 80 for images in [-1, 1], and far below
+/// where σ² leaves f32's range and the preconditioning turns to NaN.
+pub const MAX_SIGMA: f32 = 1e4;
+
 #[derive(Debug, Clone, Copy)]
 pub struct SamplerConfig {
     pub kind: SamplerKind,
@@ -62,9 +66,16 @@ impl SamplerConfig {
         }
         if self.sigma_max < self.sigma_min {
             anyhow::bail!(
-                "--sigma-max {} is below the smallest noise level {}",
+                "σ_max {} is below the smallest noise level {}",
                 self.sigma_max,
                 self.sigma_min
+            );
+        }
+        if self.sigma_max > MAX_SIGMA {
+            anyhow::bail!(
+                "σ_max {} is beyond {MAX_SIGMA}, where the noise swamps any image (the default is {})",
+                self.sigma_max,
+                Self::default().sigma_max
             );
         }
         Ok(())

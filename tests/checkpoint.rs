@@ -347,3 +347,17 @@ fn integer_model_weights_are_refused_by_name() {
         );
     }
 }
+
+/// CLIP weights kept beside a model under a known name are not taken for a second model.
+#[test]
+fn clip_weights_beside_the_model_are_not_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mp_rank_00_model_states.pt", "clip.safetensors"] {
+        std::fs::write(dir.path().join(name), b"").unwrap();
+    }
+    let found = infdit::checkpoint::weights_path(dir.path()).unwrap();
+    assert_eq!(found, dir.path().join("mp_rank_00_model_states.pt"));
+    std::fs::write(dir.path().join("other.safetensors"), b"").unwrap();
+    let err = infdit::checkpoint::weights_path(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("several weights files"), "{err}");
+}

@@ -174,17 +174,63 @@ fn convert_writes_safetensors_files_with_ordinary_permissions() {
         let plain = dir.path().join("plain");
         std::fs::File::create(&plain).unwrap();
         let out = dir.path().join("w.safetensors");
-        for _ in 0..2 {
-            // The second time in place.
-            let from = if out.exists() {
-                out.clone()
-            } else {
-                input.clone()
-            };
-            let o = infdit(&["convert", s(&from), s(&out)]);
-            assert!(o.status.success(), "{}", stderr(&o));
-            assert_eq!(mode(&out), mode(&plain));
-        }
+        let o = infdit(&["convert", s(&input), s(&out)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(mode(&out), mode(&plain));
+        // Replaced, a private file becomes an ordinary one too.
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let o = infdit(&["convert", s(&input), s(&out), "--overwrite"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(mode(&out), mode(&plain));
+    }
+}
+
+/// An existing output is replaced only with --overwrite, and the input never.
+#[test]
+fn convert_replaces_only_what_it_is_told_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    std::fs::copy(common::fixture("tiny/weights.safetensors"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let out = dir.path().join("out.safetensors");
+    std::fs::write(&out, b"keep").unwrap();
+    let err = fails(&["convert", s(&input), s(&out)]);
+    assert!(err.contains("pass --overwrite"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep");
+    for extra in [&[][..], &["--overwrite"]] {
+        let mut args = vec!["convert", s(&input), s(&input), "--dtype", "bf16"];
+        args.extend(extra);
+        let err = fails(&args);
+        assert!(err.contains("would replace its own input"), "{err}");
+        assert_eq!(std::fs::read(&input).unwrap(), before);
+    }
+}
+
+/// A config beside the input that the model would not load with fails the conversion
+/// instead of being dropped or stored.
+#[test]
+fn convert_refuses_a_config_that_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::fixture("tiny/weights.safetensors"),
+        dir.path().join("weights.safetensors"),
+    )
+    .unwrap();
+    let mut cfg =
+        infdit::config::ModelConfig::from_json_file(&common::fixture("tiny/config.json")).unwrap();
+    cfg.num_layers += 1;
+    let out = dir.path().join("out.safetensors");
+    for (config, needle) in [
+        ("garbage".to_string(), "config.json"),
+        (
+            serde_json::to_string(&cfg).unwrap(),
+            "does not match the model config",
+        ),
+    ] {
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        let err = fails(&["convert", s(dir.path()), s(&out)]);
+        assert!(err.contains(needle), "{err}");
+        assert!(!out.exists());
     }
 }
 
@@ -205,6 +251,7 @@ fn convert_stores_the_model_config() {
     .unwrap();
     let input = model.join("weights.safetensors");
     std::fs::copy(common::fixture("tiny/weights.safetensors"), &input).unwrap();
+    std::fs::write(model.join("sampling.json"), r#"{"steps": 3}"#).unwrap();
     let out = dir.path().join("moved.safetensors");
     let o = infdit(&["convert", s(&input), s(&out)]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -212,6 +259,9 @@ fn convert_stores_the_model_config() {
         infdit::checkpoint::ModelSource::open(&out).unwrap().config,
         cfg
     );
+    // The sampling settings travel too.
+    let sampling = infdit::pipeline::SamplingDefaults::of_model(&out).unwrap();
+    assert_eq!(sampling.steps, 3);
 }
 
 /// A tensor that cannot be read fails the conversion, by name, instead of being dropped
@@ -405,4 +455,32 @@ fn inspect_fails_for_what_upscale_refuses() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("not an Inf-DiT denoiser checkpoint"));
     let o = infdit(&["inspect", s(&common::fixture("tiny"))]);
     assert!(o.status.success(), "{}", stderr(&o));
+
+    // Sampling settings upscale refuses, and weights that make every output NaN.
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(
+        common::fixture("tiny/config.json"),
+        model.join("config.json"),
+    )
+    .unwrap();
+    let weights = model.join("weights.safetensors");
+    std::fs::copy(common::fixture("tiny/weights.safetensors"), &weights).unwrap();
+    std::fs::write(model.join("sampling.json"), r#"{"steps": 0}"#).unwrap();
+    let o = infdit(&["inspect", s(&model)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sampling.json"));
+    std::fs::remove_file(model.join("sampling.json")).unwrap();
+    let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let name = "mixins.final_layer.linear.weight";
+    let broken = (tensors[name].clone() * f64::NAN).unwrap();
+    tensors.insert(name.to_string(), broken);
+    infdit::fsutil::save_safetensors(&weights, &tensors).unwrap();
+    let o = infdit(&["inspect", s(&model)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("NaN or infinite values in 1 tensor(s): mixins.final_layer.linear.weight"),
+        "{out}"
+    );
 }

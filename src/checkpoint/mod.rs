@@ -86,6 +86,24 @@ impl Checkpoint {
         })
     }
 
+    /// The tensors among `names` that hold a NaN or an infinity, sorted: weights a failed
+    /// training run can leave, which make every output NaN.
+    pub fn non_finite<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        for name in names {
+            let Some(t) = self.tensors.get(name).filter(|t| t.dtype().is_float()) else {
+                continue;
+            };
+            // x − x is 0 for every finite x and NaN for NaN and ±∞.
+            let t = t.to_dtype(DType::F32)?;
+            if t.sub(&t)?.sum_all()?.to_scalar::<f32>()?.is_nan() {
+                found.push(name.to_string());
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
     /// Shapes of every tensor, sorted by name.
     pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
         self.tensors
@@ -393,13 +411,36 @@ pub fn save_model_weights(
     tensors: &HashMap<String, Tensor>,
     cfg: &ModelConfig,
 ) -> Result<()> {
-    let metadata = HashMap::from([(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(cfg)?)]);
+    save_model_weights_with(path, tensors, cfg, HashMap::new())
+}
+
+/// [`save_model_weights`] with more metadata entries (such as the sampling settings).
+pub fn save_model_weights_with(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    cfg: &ModelConfig,
+    mut metadata: HashMap<String, String>,
+) -> Result<()> {
+    metadata.insert(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(cfg)?);
     crate::fsutil::save_safetensors_with_metadata(path, tensors, Some(metadata))
 }
 
 /// The model config stored in a safetensors file's metadata by [`save_model_weights`], if
 /// any. PyTorch files and safetensors written by other tools have none.
 pub fn embedded_config(path: &Path) -> Result<Option<ModelConfig>> {
+    let Some(text) = embedded_metadata(path, CONFIG_METADATA_KEY)? else {
+        return Ok(None);
+    };
+    let cfg: ModelConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{}: unreadable stored model config", path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}: invalid stored model config", path.display()))?;
+    Ok(Some(cfg))
+}
+
+/// The metadata entry `key` of a safetensors file, if any: PyTorch files and damaged
+/// headers have none (the tensor reader reports the damage).
+pub fn embedded_metadata(path: &Path, key: &str) -> Result<Option<String>> {
     use std::io::Read;
     if is_zip_file(path)? {
         return Ok(None);
@@ -421,14 +462,7 @@ pub fn embedded_config(path: &Path) -> Result<Option<ModelConfig>> {
         Ok(v) => v,
         Err(_) => return Ok(None),
     };
-    let Some(text) = header["__metadata__"][CONFIG_METADATA_KEY].as_str() else {
-        return Ok(None);
-    };
-    let cfg: ModelConfig = serde_json::from_str(text)
-        .with_context(|| format!("{}: unreadable stored model config", path.display()))?;
-    cfg.validate()
-        .with_context(|| format!("{}: invalid stored model config", path.display()))?;
-    Ok(Some(cfg))
+    Ok(header["__metadata__"][key].as_str().map(str::to_owned))
 }
 
 /// The weights file of a model path: `path` itself, or the one in a model directory.
@@ -456,6 +490,11 @@ fn find_weights(dir: &Path) -> Result<PathBuf> {
                 p.extension().and_then(|e| e.to_str()),
                 Some("safetensors" | "pt" | "pth" | "bin" | "ckpt")
             )
+        })
+        // CLIP weights kept beside the model are not the model.
+        .filter(|p| {
+            p.file_name()
+                .is_none_or(|n| !crate::clip::FILES_BESIDE_MODEL.iter().any(|c| n == *c))
         })
         .collect();
     found.sort();

@@ -2,6 +2,7 @@
 
 use super::DTypeArg;
 use crate::checkpoint::{expected_shapes, is_ignored_key, weights_path, Checkpoint, ConfigSource};
+use crate::pipeline::SamplingDefaults;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
@@ -70,7 +71,7 @@ impl InspectArgs {
                     ""
                 };
                 println!(
-                    "config ({source}{preset}): {} layers, hidden {}, {} heads, MLP {}, patch {}, block {} px, vector {}, sr ×{}",
+                    "config ({source}{preset}): {} layers, hidden {}, {} heads, MLP {}, patch {}, block {} px, vector {}, sr ×{}, σ_data {}, {}",
                     cfg.num_layers,
                     cfg.hidden_size,
                     cfg.num_attention_heads,
@@ -78,9 +79,11 @@ impl InspectArgs {
                     cfg.patch_size,
                     cfg.image_block_size_px,
                     cfg.vector_dim,
-                    cfg.sr_scale
+                    cfg.sr_scale,
+                    cfg.sigma_data,
+                    if cfg.residual { "residual" } else { "not residual" }
                 );
-                match ck.validate(&cfg) {
+                let weights_usable = match ck.validate(&cfg) {
                     Ok(unknown) => {
                         println!(
                             "all {} denoiser tensors present with the right shapes",
@@ -93,13 +96,23 @@ impl InspectArgs {
                                 unknown.join(", ")
                             );
                         }
-                        true
+                        let shapes = expected_shapes(&cfg);
+                        let broken = ck.non_finite(shapes.keys().map(String::as_str))?;
+                        if !broken.is_empty() {
+                            println!(
+                                "NaN or infinite values in {} tensor(s): {}",
+                                broken.len(),
+                                broken.join(", ")
+                            );
+                        }
+                        broken.is_empty()
                     }
                     Err(e) => {
                         println!("{e:#}");
                         false
                     }
-                }
+                };
+                weights_usable & report_sampling(&path)
             }
             Err(e) => {
                 println!("not an Inf-DiT denoiser checkpoint: {e:#}");
@@ -111,6 +124,33 @@ impl InspectArgs {
         } else {
             std::process::ExitCode::FAILURE
         })
+    }
+}
+
+/// Prints the sampling settings the model carries; false where they are unusable.
+fn report_sampling(weights: &Path) -> bool {
+    match SamplingDefaults::stored(weights) {
+        Ok(stored) => {
+            let s = stored.clone().unwrap_or_default();
+            println!(
+                "sampling ({}): {}, {} step{} from σ {}, self-ensemble {}",
+                if stored.is_some() {
+                    "the model's own"
+                } else {
+                    "defaults"
+                },
+                format!("{:?}", s.sampler).to_lowercase(),
+                s.steps,
+                if s.steps == 1 { "" } else { "s" },
+                s.sigma_max,
+                s.self_ensemble
+            );
+            true
+        }
+        Err(e) => {
+            println!("{e:#}");
+            false
+        }
     }
 }
 
@@ -127,6 +167,9 @@ pub struct ConvertArgs {
     /// dropped by default because they are recomputed).
     #[arg(long)]
     pub keep_rope_buffers: bool,
+    /// Replace an existing output file (never the input).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Refuses output paths that `--model` and `inspect` would not read back as safetensors.
@@ -147,6 +190,13 @@ impl ConvertArgs {
     pub fn run(self) -> Result<()> {
         check_output_name(&self.output)?;
         let input = weights_path(&self.input)?;
+        crate::fsutil::check_replaceable(&self.output, &input, &Default::default())?;
+        if self.output.exists() && !self.overwrite {
+            bail!(
+                "{} exists; pass --overwrite to replace it",
+                self.output.display()
+            );
+        }
         let ck = Checkpoint::open(&input)?;
         // Writing the rest would pass for a complete conversion.
         if !ck.unreadable.is_empty() {
@@ -175,18 +225,34 @@ impl ConvertArgs {
                 Ok((k.clone(), t))
             })
             .collect::<Result<_>>()?;
-        // The config travels inside the file where it is known, so the result loads as
-        // the same model wherever it is put; not where it would only be inferred from the
-        // shapes (storing a guess would hide that it is one).
-        match ck.config_and_source(&input.with_file_name("config.json")) {
+        // The config and sampling settings travel inside the file where they are known,
+        // so the result loads as the same model wherever it is put; not a config that
+        // would only be inferred from the shapes (storing a guess would hide that it is
+        // one).
+        let mut metadata = HashMap::new();
+        if let Some(sampling) = SamplingDefaults::stored(&input)? {
+            metadata.insert(
+                SamplingDefaults::METADATA_KEY.to_string(),
+                sampling.to_json(),
+            );
+        }
+        let config_file = input.with_file_name("config.json");
+        match ck.config_and_source(&config_file) {
             Ok((cfg, ConfigSource::File | ConfigSource::Stored)) => {
-                crate::checkpoint::save_model_weights(&self.output, &tensors, &cfg)?
+                ck.validate(&cfg)?;
+                crate::checkpoint::save_model_weights_with(&self.output, &tensors, &cfg, metadata)?
             }
+            // A config given beside the weights must be one the model loads with.
+            Err(e) if config_file.exists() => return Err(e),
             unknown => {
                 if let Err(e) = unknown {
                     tracing::warn!("no model config stored in the output: {e:#}");
                 }
-                crate::fsutil::save_safetensors(&self.output, &tensors)?
+                crate::fsutil::save_safetensors_with_metadata(
+                    &self.output,
+                    &tensors,
+                    Some(metadata),
+                )?
             }
         }
         println!(

@@ -375,7 +375,7 @@ impl UpscaleArgs {
                 } else {
                     None
                 };
-                let defaults = SamplingDefaults::beside_model(src.dir())?;
+                let defaults = SamplingDefaults::of_model(&src.checkpoint.path)?;
                 (model, clip, defaults)
             }
             None => {
@@ -428,11 +428,7 @@ impl UpscaleArgs {
             return Ok(Some(ClipEncoder::from_weights(None, w, device, dtype)?));
         }
         let dir = src.dir();
-        for name in [
-            "clip.safetensors",
-            "open_clip_model.safetensors",
-            "open_clip_pytorch_model.bin",
-        ] {
+        for name in crate::clip::FILES_BESIDE_MODEL {
             let p = dir.join(name);
             if p.is_file() {
                 return Ok(Some(load_clip_file(&p, None, device, dtype)?));
@@ -568,7 +564,7 @@ impl UpscaleArgs {
         let (out, out_format) = self.output_path(item, peeked.map(|p| p.format))?;
         let stdout = is_stdio(&out);
         if !stdout {
-            check_replaceable(&out, input, inputs)?;
+            crate::fsutil::check_replaceable(&out, input, inputs)?;
         }
         if let Some(earlier) = produced.get(&out) {
             bail!(
@@ -675,45 +671,6 @@ fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Res
         );
     }
     Ok(bytes)
-}
-
-/// Refuses an output that must not be replaced, whatever `--overwrite` says: an input
-/// of the run (its own or another's, which would then be read in its new form), or
-/// something other than a file (a directory, a device such as `/dev/null`, a pipe), which
-/// the rename into place would destroy. Also a name the file system cannot hold.
-fn check_replaceable(out: &Path, input: &Path, inputs: &HashSet<PathBuf>) -> Result<()> {
-    // Most file systems hold names of up to 255 bytes.
-    if out.file_name().is_some_and(|n| n.len() > 255) {
-        bail!(
-            "the output name {} is longer than a file name can be",
-            out.display()
-        );
-    }
-    let Ok(meta) = std::fs::metadata(out) else {
-        return Ok(());
-    };
-    let canonical = out.canonicalize().ok();
-    if canonical == input.canonicalize().ok() {
-        bail!("the output {} would replace its own input", out.display());
-    }
-    if canonical.is_some_and(|c| inputs.contains(&c)) {
-        bail!(
-            "the output {} is another input of this run, which is not replaced",
-            out.display()
-        );
-    }
-    if !meta.is_file() {
-        let what = if meta.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file"
-        };
-        bail!(
-            "the output {} is {what}, which is not replaced",
-            out.display()
-        );
-    }
-    Ok(())
 }
 
 /// One `--progress json` line: `event` and `input`, then the event's own `fields` (an

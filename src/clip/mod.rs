@@ -21,6 +21,14 @@ use crate::imageops::io::from_model_range;
 use crate::imageops::resize::resize_short_side;
 use crate::imageops::Planar;
 
+/// The names under which CLIP weights are found beside a model's weights, in order of
+/// preference. A model folder may hold one of them beside its own weights file.
+pub const FILES_BESIDE_MODEL: [&str; 3] = [
+    "clip.safetensors",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+];
+
 /// open_clip's `OPENAI_DATASET_MEAN`.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// open_clip's `OPENAI_DATASET_STD`. The digits are open_clip's; like torch, they are
