@@ -78,7 +78,7 @@ fn main() -> std::process::ExitCode {
     match cli.run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", infdit::cli::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -108,14 +108,17 @@ impl InspectArgs {
                         broken.is_empty()
                     }
                     Err(e) => {
-                        println!("{e:#}");
+                        println!("{}", super::error_text(&e));
                         false
                     }
                 };
                 weights_usable & report_sampling(&path)
             }
             Err(e) => {
-                println!("not an Inf-DiT denoiser checkpoint: {e:#}");
+                println!(
+                    "not an Inf-DiT denoiser checkpoint: {}",
+                    super::error_text(&e)
+                );
                 false
             }
         };
@@ -148,7 +151,7 @@ fn report_sampling(weights: &Path) -> bool {
             true
         }
         Err(e) => {
-            println!("{e:#}");
+            println!("{}", super::error_text(&e));
             false
         }
     }

@@ -76,7 +76,7 @@ pub fn collect(
                 earlier += drop_earlier_results(&mut found);
                 files.extend(found);
             }
-            Err(e) => failures.push((path.display().to_string(), format!("{e:#}"))),
+            Err(e) => failures.push((path.display().to_string(), super::error_text(&e))),
         }
     }
     (files, failures, earlier)

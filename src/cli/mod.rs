@@ -85,10 +85,27 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
+/// `e` and its causes on one line, `outer: inner: …`, each cause once: some error types
+/// print their cause in their own message and also report it as their source.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// The message of `e`, the failure of one input `file` in a batch, for a line that names
 /// the file itself: decoding errors begin with the file's name, which is then left out.
 fn failure_message(file: &str, e: &anyhow::Error) -> String {
-    let msg = format!("{e:#}");
+    let msg = error_text(e);
     match msg.strip_prefix(&format!("{file}: ")) {
         Some(rest) => rest.to_string(),
         None => msg,
@@ -159,6 +176,32 @@ impl From<DTypeArg> for DType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error that prints its cause in its own message and also reports it as its
+    /// source (as an I/O error wrapped by a writer does) says it once.
+    #[test]
+    fn each_cause_is_said_once() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "write failed: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::other("No space left on device");
+        let e = anyhow::Error::new(Wrapper(io)).context("writing out.png");
+        assert_eq!(
+            error_text(&e),
+            "writing out.png: write failed: No space left on device"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&plain), "outer: inner");
+    }
 
     #[test]
     fn the_command_line_is_well_formed() {

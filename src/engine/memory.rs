@@ -199,12 +199,83 @@ pub fn host_image_bytes(height: usize, width: usize) -> u64 {
     10 * 3 * (height * width) as u64 * 4
 }
 
-/// Available physical memory (Linux `MemAvailable`), if known.
+/// Memory this process can still take, if known: the least of the system's available
+/// memory (Linux `MemAvailable`), what the memory limit of its cgroup (a container's)
+/// leaves, and the address space `RLIMIT_AS` (`ulimit -v`) leaves. Past any of them an
+/// allocation fails, and a failed allocation aborts the process.
 pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    [
+        status_kib("/proc/meminfo", "MemAvailable:"),
+        cgroup_headroom(),
+        address_space_headroom(),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// A `Name: N kB` line of a `/proc` status file, in bytes.
+fn status_kib(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// What the memory limit of this process's cgroup leaves (v2 `memory.max`, else v1
+/// `memory.limit_in_bytes`); `None` without a limit.
+fn cgroup_headroom() -> Option<u64> {
+    let read =
+        |path: String| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in groups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let (limit, usage) = match controllers {
+            "" => (
+                read(format!("/sys/fs/cgroup{path}/memory.max")),
+                read(format!("/sys/fs/cgroup{path}/memory.current")),
+            ),
+            c if c.split(',').any(|c| c == "memory") => {
+                let dir = format!("/sys/fs/cgroup/memory{path}");
+                (
+                    read(format!("{dir}/memory.limit_in_bytes"))
+                        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes".into())),
+                    read(format!("{dir}/memory.usage_in_bytes"))
+                        .or_else(|| read("/sys/fs/cgroup/memory/memory.usage_in_bytes".into())),
+                )
+            }
+            _ => continue,
+        };
+        // v1 spells "no limit" as a huge number (v2 as "max", which does not parse).
+        if let (Some(limit), Some(usage)) = (limit, usage) {
+            if limit < 1 << 60 {
+                return Some(limit.saturating_sub(usage));
+            }
+        }
+    }
+    None
+}
+
+/// Address space left under `RLIMIT_AS`; `None` when unlimited.
+fn address_space_headroom() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one plain struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0
+            || limit.rlim_cur == libc::RLIM_INFINITY
+        {
+            return None;
+        }
+        let used = status_kib("/proc/self/status", "VmSize:")?;
+        Some(limit.rlim_cur.saturating_sub(used))
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
 }
 
 /// Free memory on a CUDA device (the driver's count, after what this process already
@@ -224,10 +295,7 @@ pub fn device_free_memory(device: &Device) -> Option<u64> {
 
 /// Peak resident set size of this process so far (Linux `VmHWM`), in bytes.
 pub fn peak_rss() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    status_kib("/proc/self/status", "VmHWM:")
 }
 
 #[cfg(test)]
