@@ -105,7 +105,7 @@ pub struct UpscaleArgs {
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
     /// Output format (default: the output file's extension, else the input's format).
-    #[arg(long)]
+    #[arg(long, value_enum, ignore_case = true)]
     pub format: Option<OutputFormat>,
     /// JPEG quality (1–100).
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]

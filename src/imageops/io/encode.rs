@@ -63,6 +63,23 @@ impl OutputFormat {
     }
 }
 
+/// For `--format`: the names shells complete, with the other spellings as aliases.
+impl clap::ValueEnum for OutputFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Png, Self::Jpeg, Self::Webp, Self::Tiff]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            Self::Png => PossibleValue::new("png"),
+            Self::Jpeg => PossibleValue::new("jpeg").alias("jpg"),
+            Self::Webp => PossibleValue::new("webp"),
+            Self::Tiff => PossibleValue::new("tiff").alias("tif"),
+        })
+    }
+}
+
 impl FromStr for OutputFormat {
     type Err = String;
 
