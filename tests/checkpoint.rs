@@ -361,3 +361,15 @@ fn clip_weights_beside_the_model_are_not_the_model() {
     let err = infdit::checkpoint::weights_path(dir.path()).unwrap_err();
     assert!(err.to_string().contains("several weights files"), "{err}");
 }
+
+/// A config or an image given where the weights are wanted is named as what it is.
+#[test]
+fn a_config_or_an_image_is_not_taken_for_weights() {
+    for (file, needle) in [
+        ("tiny/config.json", "is a JSON file, not model weights"),
+        ("formats/rgb8.png", "is an image, not model weights"),
+    ] {
+        let err = Checkpoint::open(&fixture(file)).err().unwrap().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+}

@@ -69,10 +69,15 @@ impl Checkpoint {
                 path.display()
             )
         } else {
-            let tensors =
-                candle_core::safetensors::load(path, &Device::Cpu).with_context(|| {
-                    format!("{} is not a readable safetensors file", path.display())
-                })?;
+            let tensors = match candle_core::safetensors::load(path, &Device::Cpu) {
+                Ok(tensors) => tensors,
+                Err(e) => match not_weights(path) {
+                    Some(what) => bail!("{} is {what}", path.display()),
+                    None => Err(e).with_context(|| {
+                        format!("{} is not a readable safetensors file", path.display())
+                    })?,
+                },
+            };
             (tensors, BTreeMap::new())
         };
         if tensors.is_empty() && unreadable.is_empty() {
@@ -325,6 +330,19 @@ fn is_legacy_torch_file(path: &Path) -> Result<bool> {
         0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
     ];
     Ok(file_head(path, MAGIC.len())? == MAGIC)
+}
+
+/// What a file that does not read as safetensors is instead, when that is plain: the
+/// config or an image given where the weights are wanted.
+fn not_weights(path: &Path) -> Option<&'static str> {
+    let head = file_head(path, 64).ok()?;
+    if head.trim_ascii_start().starts_with(b"{") {
+        Some("a JSON file, not model weights: give the model's folder or its weights file")
+    } else if crate::imageops::io::InputFormat::detect(&head, path).is_some() {
+        Some("an image, not model weights")
+    } else {
+        None
+    }
 }
 
 /// The first `n` bytes of a file (all of it if shorter).
