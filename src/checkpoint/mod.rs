@@ -360,7 +360,7 @@ fn file_head(path: &Path, n: usize) -> Result<Vec<u8>> {
 fn looks_like_pytorch(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| ["pt", "pth", "bin", "ckpt"].contains(&e))
+        .is_some_and(|e| ["pt", "pth", "bin", "ckpt"].contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// The tensors of a PyTorch zip checkpoint: the state dict at the top level or nested
@@ -505,7 +505,10 @@ fn find_weights(dir: &Path) -> Result<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             matches!(
-                p.extension().and_then(|e| e.to_str()),
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase)
+                    .as_deref(),
                 Some("safetensors" | "pt" | "pth" | "bin" | "ckpt")
             )
         })

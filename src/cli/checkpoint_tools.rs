@@ -180,7 +180,10 @@ fn check_output_name(output: &Path) -> Result<()> {
     if output.as_os_str() == "-" {
         bail!("convert writes a file, not standard output: give an output path ending in .safetensors");
     }
-    if output.extension().is_none_or(|e| e != "safetensors") {
+    if output
+        .extension()
+        .is_none_or(|e| !e.eq_ignore_ascii_case("safetensors"))
+    {
         bail!(
             "{}: the output is safetensors and its name must end in .safetensors",
             output.display()
@@ -273,12 +276,17 @@ mod tests {
 
     #[test]
     fn convert_outputs_must_be_safetensors_files() {
-        for ok in ["a.safetensors", "dir/b.safetensors", "/abs/c.safetensors"] {
+        for ok in [
+            "a.safetensors",
+            "dir/b.safetensors",
+            "/abs/c.safetensors",
+            "D.SafeTensors",
+        ] {
             assert!(check_output_name(Path::new(ok)).is_ok(), "{ok}");
         }
         let e = check_output_name(Path::new("-")).unwrap_err();
         assert!(e.to_string().contains("standard output"), "{e}");
-        for bad in ["out.bin", "out.pt", "out", "out.SAFETENSORS", "dir/"] {
+        for bad in ["out.bin", "out.pt", "out", "dir/"] {
             let e = check_output_name(Path::new(bad)).unwrap_err();
             assert!(e.to_string().contains(".safetensors"), "{bad}: {e}");
         }
