@@ -1,5 +1,7 @@
-//! torchvision/PyTorch-exact bicubic resizing. No crate reproduces these kernels, and the
-//! model was trained on their exact output, so they are written here from the formulas.
+//! torchvision/PyTorch-exact resizing: bicubic (plain and antialiased), and the area and
+//! bilinear modes the training degradations draw from. No crate reproduces these kernels,
+//! and the model was trained on their exact output, so they are written here from the
+//! formulas. All are separable: per-axis taps, applied by one loop.
 //!
 //! Coordinates and weights are computed in f32 like PyTorch does; f64 would differ by up
 //! to 4e-5 on downscales.
@@ -90,12 +92,67 @@ fn taps(n_in: usize, n_out: usize, antialias: bool) -> Taps {
     }
 }
 
-/// Bicubic resize to `out_h × out_w`, separable: width pass first, then height, as
-/// torchvision does.
+/// `F.interpolate(mode="area")` taps: each output is the mean of the inputs its cell
+/// covers (adaptive average pooling).
+fn taps_area(n_in: usize, n_out: usize) -> Taps {
+    let (start, weights) = (0..n_out)
+        .map(|i| {
+            let lo = i * n_in / n_out;
+            let hi = ((i + 1) * n_in).div_ceil(n_out);
+            (lo, vec![1.0 / (hi - lo) as f32; hi - lo])
+        })
+        .unzip();
+    Taps { start, weights }
+}
+
+/// `F.interpolate(mode="bilinear", align_corners=False)` taps, without antialiasing.
+fn taps_bilinear(n_in: usize, n_out: usize) -> Taps {
+    let scale = n_in as f32 / n_out as f32;
+    let (start, weights) = (0..n_out)
+        .map(|i| {
+            let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src as usize).min(n_in - 1);
+            let l1 = src - i0 as f32;
+            if i0 + 1 < n_in {
+                (i0, vec![1.0 - l1, l1])
+            } else {
+                (i0, vec![1.0])
+            }
+        })
+        .unzip();
+    Taps { start, weights }
+}
+
+/// Bicubic resize to `out_h × out_w`.
 pub fn resize_bicubic(img: &Planar, out_h: usize, out_w: usize, antialias: bool) -> Planar {
+    let th = taps(img.height, out_h, antialias);
+    let tw = taps(img.width, out_w, antialias);
+    apply(img, &th, &tw)
+}
+
+/// Area resize to `out_h × out_w` (`F.interpolate(mode="area")`).
+pub fn resize_area(img: &Planar, out_h: usize, out_w: usize) -> Planar {
+    apply(
+        img,
+        &taps_area(img.height, out_h),
+        &taps_area(img.width, out_w),
+    )
+}
+
+/// Bilinear resize to `out_h × out_w` (`F.interpolate(mode="bilinear")`, no antialias).
+pub fn resize_bilinear(img: &Planar, out_h: usize, out_w: usize) -> Planar {
+    apply(
+        img,
+        &taps_bilinear(img.height, out_h),
+        &taps_bilinear(img.width, out_w),
+    )
+}
+
+/// Applies height taps `th` and width taps `tw`: width pass first, then height, as
+/// torchvision does.
+fn apply(img: &Planar, th: &Taps, tw: &Taps) -> Planar {
     let (c, h, w) = (img.channels, img.height, img.width);
-    let tw = taps(w, out_w, antialias);
-    let th = taps(h, out_h, antialias);
+    let (out_h, out_w) = (th.start.len(), tw.start.len());
     let mut tmp = vec![0.0f32; c * h * out_w];
     for (row_in, row_out) in img.data.chunks_exact(w).zip(tmp.chunks_exact_mut(out_w)) {
         for (x, o) in row_out.iter_mut().enumerate() {
@@ -140,6 +197,23 @@ pub fn resize_short_side(img: &Planar, size: usize, antialias: bool) -> Planar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Values from `F.interpolate` (PyTorch 2.11) on the row [1, 2, 4, 8, 16].
+    #[test]
+    fn area_and_bilinear_match_pytorch() {
+        let row = Planar::new(1, 1, 5, vec![1.0, 2.0, 4.0, 8.0, 16.0]);
+        let close = |got: &Planar, want: &[f32]| {
+            assert_eq!(got.data.len(), want.len());
+            for (g, w) in got.data.iter().zip(want) {
+                assert!((g - w).abs() < 1e-5, "{:?} vs {want:?}", got.data);
+            }
+        };
+        close(&resize_area(&row, 1, 3), &[1.5, 14.0 / 3.0, 12.0]);
+        close(
+            &resize_bilinear(&row, 1, 8),
+            &[1.0, 1.4375, 2.125, 3.375, 5.25, 7.75, 12.5, 16.0],
+        );
+    }
 
     #[test]
     fn identity_size_is_identity_for_plain_kernel() {

@@ -14,7 +14,7 @@ use image::{ExtendedColorType, ImageFormat};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Poisson};
 
-use crate::imageops::resize::resize_bicubic;
+use crate::imageops::resize::{resize_area, resize_bicubic, resize_bilinear};
 use crate::imageops::{reflect, Planar};
 
 /// Blur-kernel sampling for one stage.
@@ -496,73 +496,13 @@ impl ResizeMode {
     }
 }
 
-/// Per output index: first source index and weights.
-type Taps = Vec<(usize, Vec<f32>)>;
-
-fn taps_area(n_in: usize, n_out: usize) -> Taps {
-    (0..n_out)
-        .map(|i| {
-            let lo = i * n_in / n_out;
-            let hi = ((i + 1) * n_in).div_ceil(n_out);
-            let n = hi - lo;
-            (lo, vec![1.0 / n as f32; n])
-        })
-        .collect()
-}
-
-fn taps_bilinear(n_in: usize, n_out: usize) -> Taps {
-    let scale = n_in as f32 / n_out as f32;
-    (0..n_out)
-        .map(|i| {
-            let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
-            let i0 = (src as usize).min(n_in - 1);
-            let l1 = src - i0 as f32;
-            if i0 + 1 < n_in {
-                (i0, vec![1.0 - l1, l1])
-            } else {
-                (i0, vec![1.0])
-            }
-        })
-        .collect()
-}
-
-fn apply_taps(img: &Planar, th: &Taps, tw: &Taps) -> Planar {
-    let (c, h, w) = (img.channels, img.height, img.width);
-    let (oh, ow) = (th.len(), tw.len());
-    let mut tmp = vec![0.0f32; c * h * ow];
-    for (row_in, row_out) in img.data.chunks_exact(w).zip(tmp.chunks_exact_mut(ow)) {
-        for (o, (s, wts)) in row_out.iter_mut().zip(tw) {
-            *o = wts.iter().zip(&row_in[*s..]).map(|(a, b)| a * b).sum();
-        }
-    }
-    let mut out = vec![0.0f32; c * oh * ow];
-    for ch in 0..c {
-        let src = &tmp[ch * h * ow..(ch + 1) * h * ow];
-        let dst = &mut out[ch * oh * ow..(ch + 1) * oh * ow];
-        for (row_out, (s, wts)) in dst.chunks_exact_mut(ow).zip(th) {
-            for (k, wk) in wts.iter().enumerate() {
-                let row_in = &src[(s + k) * ow..(s + k + 1) * ow];
-                row_out
-                    .iter_mut()
-                    .zip(row_in)
-                    .for_each(|(o, v)| *o += wk * v);
-            }
-        }
-    }
-    Planar::new(c, oh, ow, out)
-}
-
 fn resize_mode(img: &Planar, h: usize, w: usize, mode: ResizeMode) -> Planar {
     if (h, w) == (img.height, img.width) {
         return img.clone();
     }
     match mode {
-        ResizeMode::Area => apply_taps(img, &taps_area(img.height, h), &taps_area(img.width, w)),
-        ResizeMode::Bilinear => apply_taps(
-            img,
-            &taps_bilinear(img.height, h),
-            &taps_bilinear(img.width, w),
-        ),
+        ResizeMode::Area => resize_area(img, h, w),
+        ResizeMode::Bilinear => resize_bilinear(img, h, w),
         ResizeMode::Bicubic => resize_bicubic(img, h, w, false),
     }
 }
