@@ -55,8 +55,33 @@ fn eval_refuses_settings_it_cannot_score() {
         (&["--baseline", "denoiser", "--sigmas", "0"], "--sigmas"),
         (&["--baseline", "denoiser", "--sigmas=0.1,-1"], "--sigmas"),
         (&["--baseline", "denoiser", "--sigmas", "nan"], "--sigmas"),
-        // Upscaler settings without a baseline would be ignored.
-        (&["--sr", s(&hr), "--steps", "3"], "--model, --steps"),
+        (&["--baseline", "denoiser", "--sigmas", "1e30"], "--sigmas"),
+        // Options the mode would ignore.
+        (&["--sr", s(&hr), "--steps", "3"], "--steps has no effect"),
+        (
+            &["--sr", s(&hr), "--seed", "1", "--device", "cpu"],
+            "--seed, --device have no effect with --sr",
+        ),
+        (&["--sr", s(&hr), "--crop", "32"], "--crop has no effect"),
+        (
+            &["--sr", s(&hr), "--prescale", "0.5"],
+            "--prescale has no effect",
+        ),
+        (
+            &["--baseline", "bicubic", "--sigmas", "0.1"],
+            "--sigmas has no effect with --baseline bicubic",
+        ),
+        (
+            &[
+                "--baseline",
+                "denoiser",
+                "--steps",
+                "2",
+                "--self-ensemble",
+                "2",
+            ],
+            "--steps, --self-ensemble have no effect with --baseline denoiser",
+        ),
     ] {
         let err = fails(&[&["eval", "--hr", s(&hr)][..], args].concat());
         assert!(
@@ -119,6 +144,46 @@ fn eval_reports_each_failed_image_and_scores_the_others() {
     let o = infdit(&["eval", "--hr", s(&a), "--sr", s(&sr)]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("is 46x40"), "{}", stderr(&o));
+}
+
+/// `upscale` writes `h0_x4.png` beside `h0.png`: a folder of LR inputs and their results
+/// is scored by the results, and an image's upscale is never another image's.
+#[test]
+fn eval_pairs_images_by_the_names_upscale_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hr, lr) = (dir.path().join("hr"), dir.path().join("lr"));
+    std::fs::create_dir(&hr).unwrap();
+    std::fs::create_dir(&lr).unwrap();
+    write_image(&hr.join("h0.png"), 64, 64);
+    write_image(&lr.join("h0.png"), 16, 16);
+    write_image(&lr.join("h0_x4.png"), 64, 64);
+    let o = infdit(&["eval", "--hr", s(&hr), "--sr", s(&lr)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    write_image(&hr.join("h0_b.png"), 64, 64);
+    std::fs::remove_file(lr.join("h0_x4.png")).unwrap();
+    write_image(&lr.join("h0_b_x4.png"), 64, 64);
+    std::fs::remove_file(lr.join("h0.png")).unwrap();
+    let o = infdit(&["eval", "--hr", s(&hr), "--sr", s(&lr)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no upscaled image for h0 "),
+        "{}",
+        stderr(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("h0_b.png"));
+
+    // One upscaled file is the upscale of one HR image.
+    let err = fails(&["eval", "--hr", s(&hr), "--sr", s(&lr.join("h0_b_x4.png"))]);
+    assert!(err.contains("is one image but --hr"), "{err}");
+    let one = infdit(&[
+        "eval",
+        "--hr",
+        s(&hr.join("h0_b.png")),
+        "--sr",
+        s(&lr.join("h0_b_x4.png")),
+    ]);
+    assert!(one.status.success(), "{}", stderr(&one));
 }
 
 #[test]

@@ -4,6 +4,7 @@ use crate::eval::{psnr_y, ssim_y, DEFAULT_SHAVE};
 use crate::imageops::io::{decode_rgb, image_files};
 use crate::imageops::resize::resize_bicubic;
 use crate::imageops::Planar;
+use crate::pipeline::OutputSize;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -23,13 +24,23 @@ pub enum Baseline {
     Denoiser,
 }
 
+/// The noise levels of `--baseline denoiser` without `--sigmas`.
+const DEFAULT_SIGMAS: [f32; 5] = [0.01, 0.03, 0.1, 0.3, 1.0];
+
+/// The noise levels `--sigmas` takes, a decade beyond the sampler's (0.002 to a few tens):
+/// below, the noise is under an 8-bit image's rounding; above, the image is lost in it.
+const SIGMA_RANGE: std::ops::RangeInclusive<f32> = 1e-3..=1e3;
+
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Ground-truth image or directory.
     #[arg(long)]
     hr: PathBuf,
-    /// Upscaled image or directory (matched to HR files by name: `photo.png` or
-    /// `photo_x4.png` for `photo.png`).
+    /// Upscaled images: a directory, or one file when --hr is one image. The upscaled image
+    /// of `photo.png` is `photo_x4.png`, or another name `upscale` gives its results
+    /// (`photo_x2.5`, `photo_w3840`, `photo_h2160`, `photo_3840x2160`; any image
+    /// extension), else `photo.png`: the suffixed one wins, since `upscale` writes beside its
+    /// inputs.
     #[arg(
         long,
         required_unless_present = "baseline",
@@ -45,34 +56,43 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = DEFAULT_SHAVE)]
     shave: usize,
     /// With --baseline: first shrink each HR photo by this factor (antialiased bicubic),
-    /// as training does to hide JPEG artefacts of large photos.
-    #[arg(long, default_value_t = 1.0)]
-    prescale: f64,
+    /// as training does to hide JPEG artefacts of large photos. Default 1 (none).
+    #[arg(long)]
+    prescale: Option<f64>,
     /// With --baseline: then score only the central N×N crop (keeps CPU runs short).
     #[arg(long)]
     crop: Option<usize>,
-    /// With --baseline denoiser: the noise levels, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "0.01,0.03,0.1,0.3,1")]
-    sigmas: Vec<f32>,
+    /// With --baseline denoiser: the noise levels, comma-separated, each in [0.001, 1000].
+    /// Default 0.01,0.03,0.1,0.3,1.
+    #[arg(long, value_delimiter = ',')]
+    sigmas: Option<Vec<f32>>,
 }
 
-/// The upscaler options `eval --baseline` takes (see `infdit upscale --help`).
+/// The upscaler options `eval --baseline` takes (see `infdit upscale --help`); those left
+/// out take `upscale`'s defaults.
 #[derive(Args, Debug)]
 pub struct UpscaleFlags {
+    /// With --baseline: the model directory or checkpoint (default: the built-in model).
     #[arg(long)]
     pub(super) model: Option<PathBuf>,
+    /// With --baseline bicubic: sampler steps (default: the model's recommendation).
     #[arg(long)]
     pub(super) steps: Option<usize>,
+    /// With --baseline bicubic: the starting noise level.
     #[arg(long)]
     pub(super) sigma_max: Option<f32>,
+    /// With --baseline bicubic.
     #[arg(long, value_enum)]
     pub(super) sampler: Option<crate::sampler::SamplerKind>,
+    /// With --baseline bicubic: average over this many flips/rotations (1, 2, 4 or 8).
     #[arg(long)]
     pub(super) self_ensemble: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    pub(super) seed: u64,
-    #[arg(long, default_value = "cpu")]
-    pub(super) device: String,
+    /// With --baseline: the seed of the noise (default 0).
+    #[arg(long)]
+    pub(super) seed: Option<u64>,
+    /// With --baseline: cpu, cuda, cuda:N or metal (default cpu).
+    #[arg(long)]
+    pub(super) device: Option<String>,
 }
 
 /// A named file, or the image files of a directory.
@@ -92,35 +112,37 @@ fn least_side(shave: usize) -> usize {
     shave.saturating_mul(2).saturating_add(11)
 }
 
-/// The upscaled file of the HR image named `stem`: the file of the same stem, else the
-/// one whose stem continues it after a separator (`photo_x4`, `photo-sr`, `photo.out`), so
-/// that `p.png` is not paired with `photo_x4.png`. Several of the latter are ambiguous.
+/// The upscaled image of the HR image named `stem` among `files`: `stem_SUFFIX.*` with a
+/// SUFFIX `upscale` names its results with (`x4`, `x2.5`, `w3840`, …), else `stem.*`. The
+/// suffixed one wins because `upscale` writes its results beside its inputs, so a folder
+/// of LR inputs holds both; two of the same kind are ambiguous.
 fn upscaled_of<'a>(stem: &str, files: &'a [PathBuf]) -> Result<&'a PathBuf> {
     let stem_of = |f: &PathBuf| f.file_stem().map(|s| s.to_string_lossy().into_owned());
-    if let Some(exact) = files.iter().find(|f| stem_of(f).is_some_and(|s| s == stem)) {
-        return Ok(exact);
+    let suffixed = |s: &str| {
+        s.strip_prefix(stem)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(OutputSize::is_suffix)
+    };
+    let same = |s: &str| s == stem;
+    for named in [&suffixed as &dyn Fn(&str) -> bool, &same] {
+        let found: Vec<&PathBuf> = files
+            .iter()
+            .filter(|f| stem_of(f).is_some_and(|s| named(&s)))
+            .collect();
+        match found[..] {
+            [] => continue,
+            [one] => return Ok(one),
+            _ => bail!(
+                "several upscaled images could be {stem}'s: {}",
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
-    let continued: Vec<&PathBuf> = files
-        .iter()
-        .filter(|f| {
-            stem_of(f).is_some_and(|s| {
-                s.strip_prefix(stem)
-                    .is_some_and(|rest| rest.starts_with(['_', '-', '.', ' ']))
-            })
-        })
-        .collect();
-    match continued[..] {
-        [one] => Ok(one),
-        [] => bail!("no upscaled image for {stem}"),
-        _ => bail!(
-            "several upscaled images could be {stem}'s: {}",
-            continued
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
+    bail!("no upscaled image for {stem} ({stem}_x4.* and the like, or {stem}.*)")
 }
 
 /// Crops both to their common size (upscalers may round sizes by a few pixels); sizes
@@ -156,13 +178,20 @@ impl EvalArgs {
             .saturating_mul(multiple)
     }
 
+    fn prescale(&self) -> f64 {
+        self.prescale.unwrap_or(1.0)
+    }
+
+    fn sigmas(&self) -> &[f32] {
+        self.sigmas.as_deref().unwrap_or(&DEFAULT_SIGMAS)
+    }
+
     /// Refuses settings that cannot give scores (they would panic or print NaN later).
     fn validate(&self) -> Result<()> {
-        if !(self.prescale > 0.0 && self.prescale <= 1.0) {
-            bail!(
-                "--prescale {} must lie in (0, 1]: it is the factor HR images are shrunk by",
-                self.prescale
-            );
+        self.refuse_unused()?;
+        let prescale = self.prescale();
+        if !(prescale > 0.0 && prescale <= 1.0) {
+            bail!("--prescale {prescale} must lie in (0, 1]: it is the factor HR images are shrunk by");
         }
         let least = self.least_hr_side(BICUBIC_FACTOR);
         if let Some(n) = self.crop.filter(|&n| n < least) {
@@ -171,19 +200,54 @@ impl EvalArgs {
                 self.shave
             );
         }
-        let u = &self.upscale;
-        let upscaler_flags = u.model.is_some()
-            || u.steps.is_some()
-            || u.sigma_max.is_some()
-            || u.sampler.is_some()
-            || u.self_ensemble.is_some();
-        if self.baseline.is_none() && upscaler_flags {
-            bail!("--model, --steps, --sigma-max, --sampler and --self-ensemble apply only with --baseline");
-        }
-        if let Some(s) = self.sigmas.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            bail!("--sigmas: noise level {s} must be positive");
+        if let Some(s) = self.sigmas().iter().find(|s| !SIGMA_RANGE.contains(s)) {
+            bail!(
+                "--sigmas: noise level {s} must lie in [{}, {}]",
+                SIGMA_RANGE.start(),
+                SIGMA_RANGE.end()
+            );
         }
         Ok(())
+    }
+
+    /// Refuses options the chosen mode would ignore, rather than print scores of settings
+    /// other than those asked for.
+    fn refuse_unused(&self) -> Result<()> {
+        let u = &self.upscale;
+        let baseline = self.baseline.is_some();
+        let sampled = self.baseline == Some(Baseline::Bicubic);
+        let denoiser = self.baseline == Some(Baseline::Denoiser);
+        let unused: Vec<&str> = [
+            ("--model", u.model.is_some(), baseline),
+            ("--seed", u.seed.is_some(), baseline),
+            ("--device", u.device.is_some(), baseline),
+            ("--prescale", self.prescale.is_some(), baseline),
+            ("--crop", self.crop.is_some(), baseline),
+            ("--steps", u.steps.is_some(), sampled),
+            ("--sigma-max", u.sigma_max.is_some(), sampled),
+            ("--sampler", u.sampler.is_some(), sampled),
+            ("--self-ensemble", u.self_ensemble.is_some(), sampled),
+            ("--sigmas", self.sigmas.is_some(), denoiser),
+        ]
+        .into_iter()
+        .filter(|&(_, given, applies)| given && !applies)
+        .map(|(name, ..)| name)
+        .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        let mode = match self.baseline {
+            None => "--sr, which scores the given files as they are",
+            Some(Baseline::Bicubic) => "--baseline bicubic",
+            Some(Baseline::Denoiser) => {
+                "--baseline denoiser, which evaluates the denoiser once per --sigmas level instead of sampling"
+            }
+        };
+        bail!(
+            "{} {} no effect with {mode}",
+            unused.join(", "),
+            if unused.len() == 1 { "has" } else { "have" }
+        )
     }
 
     pub fn run(self) -> Result<std::process::ExitCode> {
@@ -212,8 +276,9 @@ impl EvalArgs {
                     Baseline::Bicubic => vec!["model".into(), "bicubic".into()],
                     Baseline::Denoiser => std::iter::once("bicubic".to_string())
                         .chain(
-                            self.sigmas
+                            self.sigmas()
                                 .iter()
+                                .map(|&s| compact(s))
                                 .flat_map(|s| [format!("hr+{s}"), format!("bic+{s}")]),
                         )
                         .collect(),
@@ -229,6 +294,14 @@ impl EvalArgs {
             (Some(sr), None) => {
                 header = vec!["sr".into()];
                 let sr_files = images_in(sr)?;
+                if sr.is_file() && hr_files.len() > 1 {
+                    bail!(
+                        "--sr {} is one image but --hr {} holds {}: give --sr the folder of upscaled images",
+                        sr.display(),
+                        self.hr.display(),
+                        hr_files.len()
+                    );
+                }
                 for f in &hr_files {
                     record(f, self.sr_scores(f, sr, &sr_files));
                 }
@@ -311,7 +384,7 @@ impl EvalArgs {
             }
             Baseline::Denoiser => {
                 scores.push(scored(bic.clone())?);
-                for &sigma in &self.sigmas {
+                for &sigma in self.sigmas() {
                     for start in [&hr, &bic] {
                         scores.push(scored(up.denoise_once(&lr, start, sigma)?)?);
                     }
@@ -326,16 +399,17 @@ impl EvalArgs {
     /// downscale by `factor`.
     fn test_pair(&self, f: &Path, factor: usize, multiple: usize) -> Result<(Planar, Planar)> {
         let mut hr = decode_rgb(f)?;
+        let prescale = self.prescale();
         let (h, w) = (
-            (hr.height as f64 * self.prescale) as usize,
-            (hr.width as f64 * self.prescale) as usize,
+            (hr.height as f64 * prescale) as usize,
+            (hr.width as f64 * prescale) as usize,
         );
         let least = self.least_hr_side(multiple);
         if h < least || w < least {
-            let shrunk = if self.prescale == 1.0 {
+            let shrunk = if prescale == 1.0 {
                 String::new()
             } else {
-                format!(" (shrunk to {w}x{h} by --prescale {})", self.prescale)
+                format!(" (shrunk to {w}x{h} by --prescale {prescale})")
             };
             bail!(
                 "{}x{}{shrunk} is too small for --baseline: at least {least}x{least} px with --shave {}",
@@ -344,7 +418,7 @@ impl EvalArgs {
                 self.shave
             );
         }
-        if self.prescale != 1.0 {
+        if prescale != 1.0 {
             hr = resize_bicubic(&hr, h, w, true).map(|v| v.clamp(0.0, 1.0));
         }
         if let Some(n) = self.crop {
@@ -374,33 +448,47 @@ fn score(a: &Planar, b: &Planar, shave: usize) -> Result<(f64, f64)> {
     Ok((psnr_y(&a, &b, shave), ssim_y(&a, &b, shave)))
 }
 
+/// `v` in its shorter spelling, plain or scientific (`0.01`, `1e-4`), for column headers.
+fn compact(v: f32) -> String {
+    let (plain, sci) = (format!("{v}"), format!("{v:e}"));
+    if sci.len() < plain.len() {
+        sci
+    } else {
+        plain
+    }
+}
+
 /// A computed image as the 8-bit file it would be written as.
 fn quantized(x: Planar) -> Planar {
     x.map(|v| (v * 255.0).round() / 255.0)
 }
 
-/// One row per image and the mean of each column.
+/// One row per image and the mean of each column; a PSNR column is as wide as its header.
 fn print_table(header: &[String], rows: &[(String, Scores)]) {
+    let labels: Vec<String> = header.iter().map(|h| format!("PSNR-{h}")).collect();
+    let widths: Vec<usize> = labels.iter().map(|l| l.chars().count().max(10)).collect();
+    let print_row = |name: &str, vals: &mut dyn Iterator<Item = (f64, f64)>| {
+        print!("{name:<50}");
+        for ((p, s), w) in vals.zip(&widths) {
+            print!(" {p:>w$.3} {s:>8.4}");
+        }
+        println!();
+    };
     print!("{:<50}", "image");
-    for h in header {
-        print!(" {:>10} {:>8}", format!("PSNR-{h}"), "SSIM");
+    for (l, w) in labels.iter().zip(&widths) {
+        print!(" {l:>w$} {:>8}", "SSIM");
     }
     println!();
     for (name, vals) in rows {
-        print!("{:<50}", name);
-        for (p, s) in vals {
-            print!(" {p:>10.3} {s:>8.4}");
-        }
-        println!();
+        print_row(name, &mut vals.iter().copied());
     }
-    print!("{:<50}", "mean");
-    for k in 0..header.len() {
-        let n = rows.len() as f64;
+    let n = rows.len() as f64;
+    let mean = |k: usize| {
         let p: f64 = rows.iter().map(|r| r.1[k].0).sum::<f64>() / n;
         let s: f64 = rows.iter().map(|r| r.1[k].1).sum::<f64>() / n;
-        print!(" {p:>10.3} {s:>8.4}");
-    }
-    println!();
+        (p, s)
+    };
+    print_row("mean", &mut (0..header.len()).map(mean));
 }
 
 #[cfg(test)]
@@ -408,23 +496,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upscaled_files_are_matched_by_whole_name() {
+    fn upscaled_files_are_matched_by_upscale_names_then_by_stem() {
         let files: Vec<PathBuf> = [
             "sr/photo_x4.png",
             "sr/p.png",
             "sr/pic-sr.jpg",
             "sr/photo2.png",
+            "sr/a_b_x4.png",
+            "sr/h0.png",
+            "sr/h0_x4.png",
+            "sr/wide_w3840.jpg",
         ]
         .map(PathBuf::from)
         .into();
         let of = |stem| upscaled_of(stem, &files).ok().map(|p| p.to_str().unwrap());
         assert_eq!(of("p"), Some("sr/p.png"));
         assert_eq!(of("photo"), Some("sr/photo_x4.png"));
-        assert_eq!(of("pic"), Some("sr/pic-sr.jpg"));
-        assert_eq!(of("ph"), None);
+        assert_eq!(of("a_b"), Some("sr/a_b_x4.png"));
+        // An upscale's result beside its input is the one scored.
+        assert_eq!(of("h0"), Some("sr/h0_x4.png"));
+        assert_eq!(of("wide"), Some("sr/wide_w3840.jpg"));
+        // Another image's result, or a name upscale does not write, is no match.
+        for other in ["a", "pic", "ph"] {
+            assert_eq!(of(other), None, "{other}");
+        }
         let two = [PathBuf::from("a_x2.png"), PathBuf::from("a_x4.png")];
         let err = upscaled_of("a", &two).unwrap_err().to_string();
         assert!(err.contains("several"), "{err}");
+    }
+
+    #[test]
+    fn sigma_headers_are_compact() {
+        assert_eq!(compact(0.01), "0.01");
+        assert_eq!(compact(1.0), "1");
+        assert_eq!(compact(1e30), "1e30");
+        assert_eq!(compact(0.000125), "1.25e-4");
     }
 
     fn flat(h: usize, w: usize) -> Planar {
