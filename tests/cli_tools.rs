@@ -188,19 +188,35 @@ fn eval_pairs_images_by_the_names_upscale_writes() {
 
 #[test]
 fn bench_engine_checks_its_arguments_and_fails_when_a_case_fails() {
-    for args in [
-        &["--sizes", "abc"][..],
-        &["--sizes", "100"],
-        &["--max-memory", "abc"],
-        &["--config", "nonexistent.json"],
-        &["--batches", "0"],
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("weights.safetensors");
+    std::fs::write(&weights, b"\x08\0\0\0\0\0\0\0{}\xff\xfe").unwrap();
+    let unwritable = dir.path().join("missing").join("bench.json");
+    for (args, says) in [
+        (&["--sizes", "abc"][..], "--sizes"),
+        (&["--sizes", "100"], "--sizes"),
+        (&["--max-memory", "abc"], "--max-memory"),
+        (&["--config", "nonexistent.json"], "--config takes"),
+        (&["--config", s(&weights)], "not a weights file"),
+        (&["--batches", "0"], "--batches"),
+        (&["--json", s(&unwritable)], "--json"),
+        (&["--json", s(dir.path())], "is a folder"),
+        // Not built, or no such card: one error, not one per case.
+        (&["--device", "cuda:999"], "cuda"),
     ] {
-        let o = infdit(&[&["bench", "engine"][..], args].concat());
+        let o = infdit(&[&["bench", "engine", "--sizes", "128"][..], args].concat());
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
         assert!(
             o.stdout.is_empty(),
             "{args:?}: checked before any case runs"
         );
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    for cmd in ["engine", "ops", "attention"] {
+        let o = infdit(&["bench", cmd, "--repeat", "0"]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
     }
     // A budget too small for any batch: the case fails, and so does the bench.
     let o = infdit(&[
@@ -214,8 +230,28 @@ fn bench_engine_checks_its_arguments_and_fails_when_a_case_fails() {
         "1K",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("failed"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("128x128   auto failed"));
     assert!(stderr(&o).contains("1 of 1 cases failed"), "{}", stderr(&o));
+}
+
+#[test]
+fn bench_ops_checks_its_shapes_before_timing() {
+    for (args, says) in [
+        (
+            &["--hidden", "63"][..],
+            "--hidden 63 must be a multiple of 32",
+        ),
+        (&["--tokens", "2049", "--hidden", "64"], "--tokens 2049"),
+    ] {
+        let o = infdit(&[&["bench", "ops"][..], args].concat());
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{args:?}: checked before any op runs");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    let o = infdit(&[
+        "bench", "ops", "--tokens", "2048", "--hidden", "32", "--repeat", "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]

@@ -6,6 +6,7 @@ use super::{at_least_one, parse_device, DTypeArg};
 use crate::config::ModelConfig;
 use crate::engine::memory::{format_size, parse_size, peak_rss};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
+use crate::fsutil::{commit, temp_beside};
 use crate::imageops::Planar;
 use crate::model::kv_cache::{paged_attention, PagedKv};
 use crate::model::ops::max_abs_diff;
@@ -45,7 +46,7 @@ pub struct Common {
     #[arg(long, value_enum, default_value_t = Order::Auto)]
     order: Order,
     /// Timed evaluations per case (after one untimed warm-up when > 1).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     repeat: usize,
     /// Budget for `auto` batches.
     #[arg(long, default_value = "8G")]
@@ -96,7 +97,7 @@ pub struct AttentionArgs {
     keys: usize,
     #[arg(long, default_value_t = 80, value_parser = at_least_one())]
     head_dim: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one())]
     repeat: usize,
 }
 
@@ -109,20 +110,20 @@ pub struct OpsArgs {
     /// Tokens (65536: 64 blocks of 32×32).
     #[arg(long, default_value_t = 65536, value_parser = at_least_one())]
     tokens: usize,
+    /// Hidden size: a multiple of 32, for 16 heads of an even size (RoPE rotates pairs).
     #[arg(long, default_value_t = 1280, value_parser = at_least_one())]
     hidden: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one())]
     repeat: usize,
 }
 
-/// Milliseconds per call of `f` on `device` over `reps` calls (at least one), after one
-/// untimed warm-up call; the device is synchronised around the timed calls.
+/// Milliseconds per call of `f` on `device` over `reps` calls, after one untimed warm-up
+/// call; the device is synchronised around the timed calls.
 fn time_ms(
     device: &candle_core::Device,
     f: &dyn Fn() -> candle_core::Result<candle_core::Tensor>,
     reps: usize,
 ) -> Result<f64> {
-    let reps = reps.max(1);
     f()?;
     device.synchronize()?;
     let start = Instant::now();
@@ -136,14 +137,41 @@ fn time_ms(
 /// One timed operation of `bench ops`.
 type OpFn<'a> = Box<dyn Fn() -> candle_core::Result<candle_core::Tensor> + 'a>;
 
+/// The heads `bench ops` splits the hidden size into, as the released model does.
+const OPS_HEADS: usize = 16;
+
+/// Tokens per block of `bench ops` (32×32).
+const OPS_BLOCK_TOKENS: usize = 1024;
+
 impl OpsArgs {
+    /// Refuses shapes the ops cannot take, before the first of them is timed.
+    fn validate(&self) -> Result<()> {
+        if !self.hidden.is_multiple_of(2 * OPS_HEADS) {
+            bail!(
+                "--hidden {} must be a multiple of {}: it is split into {OPS_HEADS} heads, \
+                 whose size must be even for RoPE",
+                self.hidden,
+                2 * OPS_HEADS
+            );
+        }
+        if self.tokens > OPS_BLOCK_TOKENS && !self.tokens.is_multiple_of(OPS_BLOCK_TOKENS) {
+            bail!(
+                "--tokens {} must be at most {OPS_BLOCK_TOKENS} (one block) or whole \
+                 {OPS_BLOCK_TOKENS}-token blocks",
+                self.tokens
+            );
+        }
+        Ok(())
+    }
+
     fn run(self) -> Result<()> {
         use crate::model::ops::{modulate, LayerNorm};
         use candle_core::{DType, Module, Tensor};
+        self.validate()?;
         let device = parse_device(&self.device)?;
         let dtype: DType = self.dtype.into();
         let (n, d) = (self.tokens, self.hidden);
-        let blocks = (n / 1024).max(1);
+        let blocks = (n / OPS_BLOCK_TOKENS).max(1);
         let rnd = |shape: &[usize]| -> candle_core::Result<Tensor> {
             Tensor::randn(0f32, 1.0, shape, &device)?.to_dtype(dtype)
         };
@@ -181,7 +209,7 @@ impl OpsArgs {
             (
                 "transpose+contiguous",
                 Box::new(|| {
-                    x.reshape((blocks, n / blocks, 16, d / 16))?
+                    x.reshape((blocks, n / blocks, OPS_HEADS, d / OPS_HEADS))?
                         .transpose(1, 2)?
                         .contiguous()
                 }),
@@ -211,7 +239,7 @@ impl OpsArgs {
         };
         use candle_core::{DType, Tensor};
         let (blocks, t, d) = x.dims3()?;
-        let (heads, hd) = (16, d / 16);
+        let (heads, hd) = (OPS_HEADS, d / OPS_HEADS);
         let rnd = |shape: &[usize], mean: f32, std: f32| -> candle_core::Result<Tensor> {
             Tensor::randn(mean, std, shape, device)?.to_dtype(dtype)
         };
@@ -436,7 +464,12 @@ fn load_config(name: &str) -> Result<ModelConfig> {
             ) = (2, 64, 4, 256);
             Ok(c)
         }
-        path => ModelConfig::from_json_file(std::path::Path::new(path)),
+        path => ModelConfig::from_json_file(std::path::Path::new(path)).with_context(|| {
+            format!(
+                "--config takes `tiny`, `released` or a model config JSON file (a model's \
+                 config.json), not a weights file; {path} is none of them"
+            )
+        }),
     }
 }
 
@@ -511,19 +544,33 @@ impl EngineBenchArgs {
         // Arguments every case shares are checked once, here, rather than failing each case.
         let cfg = load_config(&c.config)?;
         parse_size(&c.max_memory).context("--max-memory")?;
-        for size in &self.sizes {
-            case_size(size, &cfg).context("--sizes")?;
-        }
+        let sizes = self
+            .sizes
+            .iter()
+            .map(|s| case_size(s, &cfg).context("--sizes"))
+            .collect::<Result<Vec<_>>>()?;
         for batch in &self.batches {
             parse_batch(batch).context("--batches")?;
         }
+        // Opened and closed again, before the cases open it in their own processes.
+        parse_device(&c.device)?;
+        // Created now so that a path that cannot be written fails before the cases run.
+        let json = match &self.json {
+            Some(p) if p.is_dir() => bail!("--json {} is a folder", p.display()),
+            Some(p) => Some((
+                p,
+                temp_beside(p).with_context(|| format!("--json {}", p.display()))?,
+            )),
+            None => None,
+        };
         let mut results = Vec::new();
         let mut failed = 0;
         println!(
             "{:>11} {:>6} {:>10} {:>12} {:>12}",
             "size", "batch", "s/NFE", "peak RSS", "K/V cache"
         );
-        for size in &self.sizes {
+        for &(w, h) in &sizes {
+            let size = format!("{w}x{h}");
             for batch in &self.batches {
                 let out = std::process::Command::new(&exe)
                     .args([
@@ -548,7 +595,7 @@ impl EngineBenchArgs {
                         "--max-memory",
                         &c.max_memory,
                         "--size",
-                        size,
+                        &size,
                         "--batch",
                         batch,
                     ])
@@ -576,15 +623,15 @@ impl EngineBenchArgs {
                 results.push(r);
             }
         }
-        if let Some(p) = &self.json {
-            crate::fsutil::write_atomically(p, |tmp| {
-                Ok(std::fs::write(tmp, serde_json::to_vec_pretty(&results)?)?)
-            })?;
+        if let Some((path, tmp)) = json {
+            std::fs::write(tmp.path(), serde_json::to_vec_pretty(&results)?)
+                .and_then(|()| commit(tmp, path))
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         if failed > 0 {
             bail!(
                 "{failed} of {} cases failed",
-                self.sizes.len() * self.batches.len()
+                sizes.len() * self.batches.len()
             );
         }
         Ok(())
@@ -653,7 +700,7 @@ impl OneArgs {
             engine.denoise(&x, 1.0, &cond, &mut |_| {})?;
         }
         let start = Instant::now();
-        for _ in 0..c.repeat.max(1) {
+        for _ in 0..c.repeat {
             engine.denoise(&x, 1.0, &cond, &mut |_| {})?;
         }
         device.synchronize()?;
@@ -664,7 +711,7 @@ impl OneArgs {
                 Batching::Blocks(b) if batch == BatchArg::Auto => format!("auto:{b}"),
                 _ => self.batch.clone(),
             },
-            seconds_per_nfe: start.elapsed().as_secs_f64() / c.repeat.max(1) as f64,
+            seconds_per_nfe: start.elapsed().as_secs_f64() / c.repeat as f64,
             peak_rss_bytes: peak_rss(),
             peak_kv_cache_bytes: engine.peak_cache_bytes(),
             device: format!("{device:?}"),
