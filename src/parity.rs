@@ -93,6 +93,11 @@ pub fn denoise(model: &InfDit, case: &Case, opts: EngineOptions) -> Result<(Plan
     let cond = case.conditioning(model)?;
     let x = case.planar("x")?;
     let sigma = case.scalar("sigma")?;
+    // The noise embedding takes ln σ: other values give NaN outputs, not a comparison.
+    ensure!(
+        sigma.is_finite() && sigma > 0.0,
+        "the case's sigma is {sigma}: the denoiser takes a positive, finite noise level"
+    );
     let engine = Engine::new(model, opts);
     let (f, pre) = engine.network_output(&x, sigma, &cond, &mut |_| {})?;
     Ok((pre.denoised(f.clone(), &x), f))

@@ -212,4 +212,51 @@ fn malformed_cases_are_refused() {
     let err = run("sample", &case, &["--steps", "4"]);
     assert!(err.contains("init_noise is (3, 128, 256)"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+
+    // A noise level the denoiser cannot take would give NaN outputs.
+    let mut case = Case::open(&fixture("case_a_sigma0p05.safetensors")).unwrap();
+    for sigma in [0.0f32, -1.0, f32::NAN] {
+        let t = candle_core::Tensor::new(&[sigma], &candle_core::Device::Cpu).unwrap();
+        case.0.insert("sigma".into(), t);
+        let err = run("denoise", &case, &[]);
+        assert!(
+            err.contains(&format!("the case's sigma is {sigma}")),
+            "{err}"
+        );
+    }
+    let case = Case::open(&fixture("case_a_sigma0p05.safetensors")).unwrap();
+    let err = run(
+        "denoise",
+        &case,
+        &["--mode", "blocks", "--block-batch", "0"],
+    );
+    assert!(err.contains("--block-batch"), "{err}");
+}
+
+#[test]
+fn parity_diff_names_a_tensor_whose_shapes_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = candle_core::Device::Cpu;
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    let zeros =
+        |shape: &[usize]| candle_core::Tensor::zeros(shape, candle_core::DType::F32, &dev).unwrap();
+    infdit::parity::write_tensors(&a, &[("denoised", zeros(&[3, 8, 8]))]).unwrap();
+    infdit::parity::write_tensors(&b, &[("denoised", zeros(&[3, 8, 4]))]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .args(["parity", "diff", a.to_str().unwrap(), b.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "denoised: shape [3, 8, 8] in {}, [3, 8, 4] in {}",
+            a.display(),
+            b.display()
+        )),
+        "{err}"
+    );
 }

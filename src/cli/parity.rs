@@ -68,7 +68,7 @@ pub struct ModelCaseArgs {
     #[arg(long, value_enum, default_value_t = Mode::Full)]
     mode: Mode,
     /// Blocks per forward in blocks mode.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::at_least_one())]
     block_batch: usize,
     #[arg(long, value_enum, default_value_t = Order::Auto)]
     order: Order,
@@ -85,7 +85,7 @@ impl ModelCaseArgs {
         let model = InfDit::from_source(&src, self.dtype.into(), &parse_device(&self.device)?)?;
         let batching = match self.mode {
             Mode::Full => Batching::Full,
-            Mode::Blocks => Batching::Blocks(self.block_batch.max(1)),
+            Mode::Blocks => Batching::Blocks(self.block_batch),
         };
         Ok((
             model,
@@ -161,13 +161,22 @@ impl ParityCommand {
                     ],
                 )
             }
-            ParityCommand::Diff { a, b } => {
-                let (a, b) = (Case::open(&a)?, Case::open(&b)?);
+            ParityCommand::Diff { a: pa, b: pb } => {
+                let (a, b) = (Case::open(&pa)?, Case::open(&pb)?);
                 let mut names: Vec<&String> = a.0.keys().filter(|k| b.0.contains_key(*k)).collect();
                 names.sort();
                 anyhow::ensure!(!names.is_empty(), "the files share no tensor names");
                 for n in names {
-                    let d = crate::model::ops::max_abs_diff(a.get(n)?, b.get(n)?)?;
+                    let (ta, tb) = (a.get(n)?, b.get(n)?);
+                    anyhow::ensure!(
+                        ta.dims() == tb.dims(),
+                        "{n}: shape {:?} in {}, {:?} in {}",
+                        ta.dims(),
+                        pa.display(),
+                        tb.dims(),
+                        pb.display()
+                    );
+                    let d = crate::model::ops::max_abs_diff(ta, tb)?;
                     println!("{n}: max |diff| {d:.3e}");
                 }
                 Ok(())
