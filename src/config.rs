@@ -143,6 +143,11 @@ impl ModelConfig {
             "rope_theta and time_embed_max_period must be positive"
         );
         ensure!(
+            self.sr_scale >= 2,
+            "sr_scale must be at least 2, not {}: infdit upscales",
+            self.sr_scale
+        );
+        ensure!(
             self.out_channels == 3,
             "out_channels must be 3: infdit upscales RGB images"
         );
@@ -378,6 +383,11 @@ mod tests {
                 "must not be negative",
             ),
             ("\"out_channels\": 3", "\"out_channels\": 1", "RGB"),
+            (
+                "\"sr_scale\": 4",
+                "\"sr_scale\": 1",
+                "sr_scale must be at least 2",
+            ),
         ] {
             assert!(text.contains(from), "{from}");
             std::fs::write(&path, text.replace(from, to)).unwrap();
