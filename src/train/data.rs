@@ -7,7 +7,9 @@
 //! bounds memory and amortises the expensive decode of large photos over many crops.
 //!
 //! Photos flagged as held out in the manifest (`scripts/training-photos.manifest.tsv`:
-//! tab-separated with a header, columns `file` and `holdout`) are never sampled.
+//! tab-separated with a header, columns `file` and `holdout`) are never sampled. Photos
+//! that cannot be decoded, or whose halved size is smaller than the crop (a crop would
+//! have to enlarge them), are skipped with a warning.
 
 use std::collections::HashSet;
 use std::fs;
@@ -72,14 +74,19 @@ pub struct PhotoDataset {
 impl PhotoDataset {
     /// Lists the photos under `dir` (every format upscaling reads, hidden entries skipped, sorted).
     /// If `manifest` is given, the files it flags as held out (paths relative to `dir`)
-    /// are excluded from training and reported by [`holdout_files`](Self::holdout_files).
+    /// are excluded from training and reported by [`holdout_files`](Self::holdout_files);
+    /// a held-out name that matches no photo is an error, since a misspelt one would let
+    /// the photo it meant into training.
     pub fn open(dir: impl AsRef<Path>, manifest: Option<&Path>) -> Result<Self> {
         let root = dir.as_ref().to_path_buf();
-        ensure!(
-            root.is_dir(),
-            "photo folder {} does not exist",
-            root.display()
-        );
+        if !root.is_dir() {
+            let why = if root.exists() {
+                "is not a folder"
+            } else {
+                "does not exist"
+            };
+            bail!("photo folder {} {why}", root.display());
+        }
         let held: HashSet<PathBuf> = match manifest {
             Some(m) => read_manifest_holdout(m)?
                 .into_iter()
@@ -93,6 +100,24 @@ impl PhotoDataset {
                 .map(|r| held.contains(r))
                 .unwrap_or(false)
         });
+        let found: HashSet<&Path> = holdout
+            .iter()
+            .filter_map(|p| p.strip_prefix(&root).ok())
+            .collect();
+        let mut missing: Vec<String> = held
+            .iter()
+            .filter(|h| !found.contains(h.as_path()))
+            .map(|h| h.display().to_string())
+            .collect();
+        if let (Some(m), false) = (manifest, missing.is_empty()) {
+            missing.sort();
+            bail!(
+                "manifest {} holds out photos that are not under {}: {}",
+                m.display(),
+                root.display(),
+                missing.join(", ")
+            );
+        }
         ensure!(
             !files.is_empty(),
             "no training photos under {}",
@@ -156,14 +181,22 @@ impl PhotoDataset {
         &self.holdout
     }
 
-    /// Decodes a random photo. One that cannot be decoded is dropped from the list with a
-    /// warning (once for the dataset and its copies) and another is drawn; when none is
-    /// left, the error is the last one's.
-    fn load_some_photo(&mut self, rng: &mut impl Rng) -> Result<Planar> {
+    /// Decodes a random photo. One that cannot be decoded, or is smaller than a `crop_px`
+    /// crop once halved (a crop would enlarge it), is dropped from the list with a warning
+    /// (once for the dataset and its copies) and another is drawn; when none is left, the
+    /// error is the last one's.
+    fn load_some_photo(&mut self, rng: &mut impl Rng, crop_px: usize) -> Result<Planar> {
         loop {
             let idx = rng.gen_range(0..self.files.len());
-            let err = match load_training_photo(&self.files[idx]) {
-                Ok(image) => return Ok(image),
+            let path = &self.files[idx];
+            let err = match load_training_photo(path) {
+                Ok(image) if image.height.min(image.width) >= crop_px => return Ok(image),
+                Ok(image) => anyhow::anyhow!(
+                    "{}: {}×{} once halved, smaller than the {crop_px}-pixel crop",
+                    path.display(),
+                    image.width,
+                    image.height
+                ),
                 Err(e) => e,
             };
             let path = self.files.remove(idx);
@@ -193,8 +226,10 @@ impl PhotoDataset {
             "crop size {hr_crop_px} must be a positive multiple of the scale {scale}"
         );
         let slot = rng.gen_range(0..self.slots.len());
-        if self.slots[slot].as_ref().is_none_or(|s| s.draws_left == 0) {
-            let image = self.load_some_photo(rng)?;
+        // A photo cached for a smaller crop is replaced too.
+        let spent = |s: &Slot| s.draws_left == 0 || s.image.height.min(s.image.width) < hr_crop_px;
+        if self.slots[slot].as_ref().is_none_or(spent) {
+            let image = self.load_some_photo(rng, hr_crop_px)?;
             // Vary the photo's lifetime so slots do not all expire together.
             let draws_left = rng.gen_range(1..=2 * self.cfg.draws_per_load - 1);
             self.slots[slot] = Some(Slot { image, draws_left });
@@ -207,12 +242,12 @@ impl PhotoDataset {
     }
 }
 
-/// A `size`² crop in `[0, 1]`: optionally the short side resized to `size` first, then a
-/// random window and a random horizontal flip.
+/// A `size`² crop in `[0, 1]` of an image at least `size` on its short side: optionally
+/// the short side shrunk to `size` first, then a random window and a random horizontal
+/// flip.
 fn random_crop(img: &Planar, size: usize, cfg: &SampleConfig, rng: &mut impl Rng) -> Planar {
-    let short = img.height.min(img.width);
     let resized;
-    let src = if short < size || rng.gen::<f64>() < cfg.resize_short_side_prob {
+    let src = if rng.gen::<f64>() < cfg.resize_short_side_prob {
         resized = resize_short_side(img, size, true);
         &resized
     } else {
@@ -368,8 +403,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(9);
         let mut rng2 = StdRng::seed_from_u64(9);
         for _ in 0..10 {
-            // 64 fits inside every half-size photo; 96 forces the short-side resize on some.
-            for crop in [64, 96] {
+            // Both fit inside every half-size photo.
+            for crop in [32, 64] {
                 let (hr, lr) = ds.sample(&mut rng, crop).unwrap();
                 assert_eq!((hr.channels, hr.height, hr.width), (3, crop, crop));
                 assert_eq!((lr.channels, lr.height, lr.width), (3, crop / 4, crop / 4));
@@ -417,6 +452,58 @@ mod tests {
         // The cause is kept: which file, and why.
         assert!(msg.contains("a.jpg: ") || msg.contains("b.png: "), "{msg}");
         assert!(msg.contains("unrecognised contents"), "{msg}");
+    }
+
+    /// A photo smaller than the crop once halved is skipped with the others' warnings
+    /// rather than enlarged; with none left, the error names one.
+    #[test]
+    fn photos_smaller_than_the_crop_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        write_photo(&dir.path().join("big.png"), 200, 160, 1);
+        write_photo(&dir.path().join("small.png"), 100, 300, 2);
+        let cfg = SampleConfig {
+            cache_slots: 1,
+            draws_per_load: 1,
+            ..Default::default()
+        };
+        let mut ds = PhotoDataset::open(dir.path(), None)
+            .unwrap()
+            .with_config(cfg);
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..20 {
+            ds.sample(&mut rng, 64).unwrap();
+        }
+        assert!(!ds.files().iter().any(|p| p.ends_with("small.png")));
+        let e = format!("{:#}", ds.sample(&mut rng, 96).unwrap_err());
+        assert!(e.starts_with("no usable training photos under"), "{e}");
+        assert!(
+            e.contains("big.png: 100×80 once halved, smaller than the 96-pixel crop"),
+            "{e}"
+        );
+    }
+
+    /// A misspelt held-out name would let the photo it meant into training.
+    #[test]
+    fn holdout_names_matching_no_photo_are_refused() {
+        let (dir, manifest) = fixture();
+        let root = dir.path().join("photos");
+        let text = fs::read_to_string(&manifest).unwrap();
+        fs::write(
+            &manifest,
+            text + "pkg-b/Held.png\tpkg-b\tCC0-1.0\tx\t1\nnone.jpg\tpkg-b\tCC0-1.0\tx\ttrue\n",
+        )
+        .unwrap();
+        let e = PhotoDataset::open(&root, Some(&manifest))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("not under") && e.ends_with(": none.jpg, pkg-b/Held.png"),
+            "{e}"
+        );
+        let photo = root.join("pkg-a/one.png");
+        let e = PhotoDataset::open(&photo, None).err().unwrap().to_string();
+        assert!(e.ends_with("one.png is not a folder"), "{e}");
     }
 
     #[test]
