@@ -443,7 +443,7 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
         infdit(&[&common[..], extra].concat())
     };
     let err = stderr(&run(&["--steps", "0"]));
-    assert!(err.contains("--steps must be at least 1"), "{err}");
+    assert!(err.contains("--steps 0 must be at least 1"), "{err}");
     let missing = dir.path().join("missing");
     for flag in ["--resume", "--manifest"] {
         let o = if flag == "--resume" {

@@ -213,3 +213,176 @@ fn init_starts_a_new_run_from_a_model_and_residual_changes_only_the_target() {
         );
     }
 }
+
+/// `infdit train` with `args`, run in `cwd`: (success, stdout, stderr).
+fn train_in(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_infdit"))
+        .current_dir(cwd)
+        .arg("train")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (o.status.success(), text(o.stdout), text(o.stderr))
+}
+
+/// A resumed run keeps its photo folder and manifest (relative paths, resumed from
+/// another working folder), logs what it trains on, and warns when given others.
+#[test]
+fn resume_keeps_the_runs_photos_and_holdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    setup(base);
+    std::fs::write(base.join("m.tsv"), "file\tholdout\np1.png\t1\n").unwrap();
+    let tiny = ["--batch-size", "1", "--crop", "64"];
+    let (ok, stdout, err) = train_in(
+        base,
+        &[
+            &tiny[..],
+            &["-q", "--out", "run", "--data", "photos", "--steps", "1"],
+            &["--config", "config.json"],
+        ]
+        .concat(),
+    );
+    assert!(ok && stdout.is_empty(), "-q prints nothing: {stdout}{err}");
+    let (ok, stdout, err) = train_in(
+        base,
+        &[
+            "--out", "run", "--resume", "run", "--steps", "2", "--data", "photos",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        stdout.starts_with("saved run/weights.safetensors"),
+        "{stdout}"
+    );
+    // The run's photos are kept as absolute paths; the manifest (none) too.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("run/train_state.json")).unwrap())
+            .unwrap();
+    let photos = base.join("photos");
+    assert_eq!(
+        state["options"]["data"]["photos"],
+        photos.to_str().unwrap(),
+        "{state}"
+    );
+    assert!(state["options"]["data"]["manifest"].is_null(), "{state}");
+
+    // A run with a manifest, resumed from elsewhere without --data or --manifest.
+    let (ok, _, err) = train_in(
+        base,
+        &[
+            &tiny[..],
+            &[
+                "--out",
+                "held",
+                "-q",
+                "--steps",
+                "1",
+                "--config",
+                "config.json",
+            ],
+            &["--data", "photos", "--manifest", "m.tsv"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    let elsewhere = base.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let held = base.join("held");
+    let held = held.to_str().unwrap();
+    let resume = ["-v", "--resume", held, "--out", held];
+    let (ok, _, err) = train_in(&elsewhere, &[&resume[..], &["--steps", "2"]].concat());
+    assert!(ok, "{err}");
+    let counts = format!(
+        "2 photos under {}: 1 for training, 1 held out by ",
+        photos.display()
+    );
+    assert!(err.contains(&counts), "{err}");
+    assert!(!err.contains("replaces"), "{err}");
+    // Other photos may be given, with a warning.
+    let copy = base.join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for p in ["p0.png", "p1.png"] {
+        std::fs::copy(photos.join(p), copy.join(p)).unwrap();
+    }
+    let (ok, _, err) = train_in(
+        &elsewhere,
+        &[
+            &resume[..],
+            &["--steps", "3", "--data", copy.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("replaces the resumed run's photo folder"),
+        "{err}"
+    );
+}
+
+/// What a diverged run says it leaves is true: nothing, or the save it made.
+#[test]
+fn divergence_reports_what_was_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let diverge = |out: &str, save_every: &str| {
+        let args = ["--config", "config.json", "--data", "photos", "--out", out];
+        let steep = [
+            "--lr",
+            "1e30",
+            "--steps",
+            "3",
+            "--crop",
+            "64",
+            "--batch-size",
+            "1",
+        ];
+        let (ok, _, err) = train_in(
+            dir.path(),
+            &[&args[..], &steep, &["--save-every", save_every]].concat(),
+        );
+        assert!(!ok && err.contains("training diverged at step 2"), "{err}");
+        err
+    };
+    let err = diverge("a", "5");
+    assert!(err.contains("nothing was saved in a"), "{err}");
+    let err = diverge("b", "1");
+    assert!(err.contains("b keeps the save of step 1"), "{err}");
+}
+
+/// A bad value kept in a run's state is blamed on the state, not on a flag.
+#[test]
+fn errors_about_a_resumed_runs_values_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let args = ["--data", "photos", "--out", "run", "-q", "--steps", "1"];
+    let (ok, _, err) = train_in(
+        dir.path(),
+        &[
+            &args[..],
+            &[
+                "--config",
+                "config.json",
+                "--crop",
+                "64",
+                "--batch-size",
+                "1",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    let state = dir.path().join("run/train_state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&state, text.replace("\"crop_px\": 64", "\"crop_px\": 65")).unwrap();
+    let (ok, _, err) = train_in(
+        dir.path(),
+        &["--resume", "run", "--out", "run", "--steps", "2"],
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("--crop 65 (the resumed run's, from its train_state.json) must be a multiple"),
+        "{err}"
+    );
+}

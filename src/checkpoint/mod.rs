@@ -439,8 +439,16 @@ pub fn save_model_weights_with(
     cfg: &ModelConfig,
     mut metadata: HashMap<String, String>,
 ) -> Result<()> {
-    metadata.insert(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(cfg)?);
+    metadata.extend(model_metadata(cfg)?);
     crate::fsutil::save_safetensors_with_metadata(path, tensors, Some(metadata))
+}
+
+/// The metadata [`save_model_weights`] stores: the model config.
+pub fn model_metadata(cfg: &ModelConfig) -> Result<HashMap<String, String>> {
+    Ok(HashMap::from([(
+        CONFIG_METADATA_KEY.to_string(),
+        serde_json::to_string(cfg)?,
+    )]))
 }
 
 /// The model config stored in a safetensors file's metadata by [`save_model_weights`], if

@@ -3,7 +3,7 @@
 //! clipping and an EMA of the weights, which is what gets saved for inference.
 
 use super::data::PhotoDataset;
-use crate::checkpoint::{generate_weights, is_norm_key, Checkpoint};
+use crate::checkpoint::{embedded_metadata, generate_weights, is_norm_key, Checkpoint};
 use crate::config::ModelConfig;
 use crate::engine::{gather_blocks, prepare_batch, Conditioning, Positions};
 use crate::imageops::resize::resize_bicubic;
@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Hyper-parameters of a run (saved as `train.json` beside the checkpoints).
+/// Hyper-parameters of a run (saved in `train_state.json` beside the checkpoints).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainOptions {
     pub steps: usize,
@@ -55,6 +55,25 @@ pub struct TrainOptions {
     /// resume with the default).
     #[serde(default = "default_bicubic_prob")]
     pub bicubic_prob: f64,
+    /// The photos trained on, saved so that a resumed run keeps its training set and its
+    /// held-out photos (runs saved before it was kept have none).
+    #[serde(default)]
+    pub data: Option<DataSource>,
+    /// The options (by flag name: `crop` for `--crop`) that a resumed run took from its
+    /// saved state rather than from the command line, so that an error about one says
+    /// where its value came from. Not saved.
+    #[serde(skip)]
+    pub inherited: Vec<&'static str>,
+}
+
+/// Where a run's photos come from. The paths are absolute, so that a run resumed from
+/// another working folder still finds them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSource {
+    pub photos: PathBuf,
+    /// The manifest whose held-out photos are kept out of training (none: every photo
+    /// trains).
+    pub manifest: Option<PathBuf>,
 }
 
 fn default_bicubic_prob() -> f64 {
@@ -81,39 +100,98 @@ impl Default for TrainOptions {
             min_learning_rate: 0.0,
             data_workers: 1,
             bicubic_prob: default_bicubic_prob(),
+            data: None,
+            inherited: Vec::new(),
         }
     }
 }
 
 impl TrainOptions {
-    /// Refuses settings that cannot train (they would fail deep inside a step otherwise).
+    /// Option `flag` (`"min_lr"` for `--min-lr`) with its value, as an error names it:
+    /// with where it came from when a resumed run kept it from its saved state.
+    pub fn named(&self, flag: &'static str, value: impl std::fmt::Display) -> String {
+        let from = if self.inherited.contains(&flag) {
+            " (the resumed run's, from its train_state.json)"
+        } else {
+            ""
+        };
+        format!("--{} {value}{from}", flag.replace('_', "-"))
+    }
+
+    /// Refuses settings that cannot train (they would fail deep inside a step otherwise)
+    /// and learning-rate schedules that contradict themselves.
     pub fn validate(&self) -> Result<()> {
         let unit = |v: f64| (0.0..=1.0).contains(&v);
+        let n = |flag, value: &dyn std::fmt::Display| self.named(flag, value);
         let checks = [
-            (self.steps >= 1, "--steps must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.crop_px >= 1, "--crop must be positive"),
-            (self.save_every >= 1, "--save-every must be at least 1"),
+            (
+                self.steps >= 1,
+                n("steps", &self.steps) + " must be at least 1",
+            ),
+            (
+                self.batch_size >= 1,
+                n("batch_size", &self.batch_size) + " must be at least 1",
+            ),
+            (
+                self.crop_px >= 1,
+                n("crop", &self.crop_px) + " must be positive",
+            ),
+            (
+                self.save_every >= 1,
+                n("save_every", &self.save_every) + " must be at least 1",
+            ),
             (
                 self.learning_rate.is_finite() && self.learning_rate >= 0.0,
-                "--lr must be a finite number, not negative",
+                n("lr", &self.learning_rate) + " must be a finite number, not negative",
             ),
             (
                 self.min_learning_rate.is_finite() && self.min_learning_rate >= 0.0,
-                "--min-lr must be a finite number, not negative",
+                n("min_lr", &self.min_learning_rate) + " must be a finite number, not negative",
             ),
             (
                 self.p_std.is_finite() && self.p_std >= 0.0 && self.p_mean.is_finite(),
-                "--p-std must not be negative (and --p-mean finite)",
+                n("p_std", &self.p_std) + " must not be negative (and --p-mean finite)",
             ),
-            (unit(self.lr_dropout), "--lr-dropout must lie in [0, 1]"),
-            (unit(self.bicubic_prob), "--bicubic-prob must lie in [0, 1]"),
-            (unit(self.ema_decay), "the EMA decay must lie in [0, 1]"),
+            (
+                unit(self.lr_dropout),
+                n("lr_dropout", &self.lr_dropout) + " must lie in [0, 1]",
+            ),
+            (
+                unit(self.bicubic_prob),
+                n("bicubic_prob", &self.bicubic_prob) + " must lie in [0, 1]",
+            ),
+            (
+                unit(self.ema_decay),
+                format!("the EMA decay {} must lie in [0, 1]", self.ema_decay),
+            ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => bail!("{message}"),
-            None => Ok(()),
+        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            bail!("{message}");
         }
+        // A decay starting at the last step leaves the rate constant: how a resumed run
+        // ends the decay it kept.
+        match self.decay_start {
+            Some(start) => {
+                ensure!(
+                    start <= self.steps,
+                    "{} is past {}: the learning rate would never decay (--decay-start equal to --steps keeps it constant)",
+                    n("decay_start", &start),
+                    n("steps", &self.steps)
+                );
+                ensure!(
+                    start == self.steps || self.min_learning_rate <= self.learning_rate,
+                    "{} is above {}: the decay would raise the learning rate",
+                    n("min_lr", &self.min_learning_rate),
+                    n("lr", &self.learning_rate)
+                );
+            }
+            None => ensure!(
+                self.min_learning_rate == 0.0,
+                "{} needs --decay-start: without a decay the learning rate never goes down to it",
+                n("min_lr", &self.min_learning_rate)
+            ),
+        }
+        Ok(())
     }
 
     /// The learning rate of step `step` (0-based): linear warm-up, constant, then the
@@ -137,6 +215,87 @@ impl TrainOptions {
 struct TrainState {
     step: usize,
     options: TrainOptions,
+}
+
+/// The files of a save, in the order they are renamed into place (see [`Trainer::save`]).
+const CONFIG_FILE: &str = "config.json";
+const RAW_FILE: &str = "raw_weights.safetensors";
+const EMA_FILE: &str = "weights.safetensors";
+const STATE_FILE: &str = "train_state.json";
+
+/// The safetensors metadata key under which a run's weight files record the step they
+/// were saved at, so that a resume can tell the files of two saves apart.
+const STEP_METADATA_KEY: &str = "infdit.train_step";
+
+/// A writer of one file of a save, given the temporary path to write.
+type Writer<'a> = Box<dyn FnOnce(&Path) -> Result<()> + 'a>;
+
+fn text_writer(text: &str) -> Writer<'_> {
+    Box::new(move |p| Ok(std::fs::write(p, text)?))
+}
+
+fn weights_writer(
+    tensors: &HashMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+) -> Writer<'_> {
+    Box::new(move |p| crate::fsutil::save_safetensors_with_metadata(p, tensors, Some(metadata)))
+}
+
+/// Writes every file to a temporary file beside its destination, then renames them into
+/// place in the order given. An error or an interrupt (which removes the temporary files
+/// being written) before the renames leaves every destination as it was; only the
+/// renames, which take next to no time, can be cut between two files.
+fn write_all_then_rename(files: Vec<(PathBuf, Writer)>) -> Result<()> {
+    let staged = files
+        .into_iter()
+        .map(|(path, write)| {
+            let tmp = crate::fsutil::temp_beside(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            write(tmp.path()).with_context(|| format!("writing {}", path.display()))?;
+            Ok((tmp, path))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (tmp, path) in staged {
+        crate::fsutil::commit(tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The step a resume continues from, given the steps recorded by the state file and by
+/// the raw and EMA weight files. A save renames its files raw weights, EMA weights, state
+/// (see [`Trainer::save`]), so a save cut short between two renames leaves the EMA
+/// weights, the state or both one save behind the raw weights, never ahead: the run goes
+/// on from the raw weights, what the optimisation continues, and says which file lags.
+/// Its options are the state file's either way, since a run's options change only when
+/// it is resumed.
+fn resume_step(dir: &Path, state: usize, raw: usize, ema: usize) -> Result<usize> {
+    ensure!(
+        state <= raw && ema <= raw,
+        "cannot resume from {}: its raw weights are from step {raw}, its EMA weights from step {ema} and {STATE_FILE} from step {state}, which no save leaves",
+        dir.display()
+    );
+    if ema < raw {
+        tracing::warn!(
+            "{}: the EMA weights are from step {ema} and the raw weights from step {raw} (a save was cut short): the average goes on from step {ema}'s",
+            dir.display()
+        );
+    }
+    if state < raw {
+        tracing::warn!(
+            "{}: {STATE_FILE} is from step {state} and the raw weights from step {raw} (a save was cut short): resuming at step {raw}",
+            dir.display()
+        );
+    }
+    Ok(raw)
+}
+
+/// Whether two paths name the same file or folder: the same existing one, or the same
+/// path where either does not exist.
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// Initial weights: Xavier-normal matrices, zero biases, unit LayerNorms, small
@@ -263,8 +422,8 @@ pub struct Trainer {
     ema: HashMap<String, Tensor>,
     step: usize,
     rng: rand::rngs::StdRng,
-    /// The loss log of the run resumed, carried into a new output folder.
-    history: Option<PathBuf>,
+    /// The folder of the run resumed: its loss log is carried into a new output folder.
+    resumed: Option<PathBuf>,
 }
 
 impl Trainer {
@@ -279,29 +438,42 @@ impl Trainer {
         );
         if !opts.crop_px.is_multiple_of(cfg.image_block_size_px) {
             bail!(
-                "--crop {} must be a multiple of the block size {}",
-                opts.crop_px,
+                "{} must be a multiple of the block size {}",
+                opts.named("crop", opts.crop_px),
                 cfg.image_block_size_px
             );
         }
-        let history = match &start {
-            Start::Resume(dir) => Some(dir.join("loss.csv")),
+        let resumed = match &start {
+            Start::Resume(dir) => Some(dir.to_path_buf()),
             _ => None,
         };
         let (weights, ema, step) = match start {
             Start::Resume(dir) => {
                 let state = read_state(dir)?;
                 // Every weight the config needs, of its shape: a missing one would
-                // otherwise be created fresh without a word.
+                // otherwise be created fresh without a word. Files saved before steps
+                // were recorded are taken to be the state's.
                 let load = |name: &str| {
                     let path = dir.join(name);
-                    Checkpoint::open(&path)
-                        .and_then(|c| c.model_tensors(&cfg, DType::F32, &Device::Cpu))
-                        .with_context(|| format!("cannot resume from {}", dir.display()))
+                    (|| {
+                        let weights = Checkpoint::open(&path)?.model_tensors(
+                            &cfg,
+                            DType::F32,
+                            &Device::Cpu,
+                        )?;
+                        let step = match embedded_metadata(&path, STEP_METADATA_KEY)? {
+                            Some(s) => s.parse().with_context(|| {
+                                format!("{}: unreadable step {s:?}", path.display())
+                            })?,
+                            None => state.step,
+                        };
+                        anyhow::Ok((weights, step))
+                    })()
+                    .with_context(|| format!("cannot resume from {}", dir.display()))
                 };
-                let raw = load("raw_weights.safetensors")?;
-                let ema = load("weights.safetensors")?;
-                (raw, ema, state.step)
+                let (raw, raw_step) = load(RAW_FILE)?;
+                let (ema, ema_step) = load(EMA_FILE)?;
+                (raw, ema, resume_step(dir, state.step, raw_step, ema_step)?)
             }
             Start::Scratch => {
                 let w = init_weights(&cfg, opts.seed)?;
@@ -336,7 +508,7 @@ impl Trainer {
             ema,
             step,
             rng,
-            history,
+            resumed,
         })
     }
 
@@ -468,9 +640,10 @@ impl Trainer {
         let names = self.named_vars();
         let log_path = out.join("loss.csv");
         // Resumed into another folder, the run keeps its history there.
-        if let Some(history) = self.history.as_ref().filter(|h| h.is_file()) {
+        let history = self.resumed.as_ref().map(|dir| dir.join("loss.csv"));
+        if let Some(history) = history.filter(|h| h.is_file()) {
             if !log_path.exists() {
-                std::fs::copy(history, &log_path)
+                std::fs::copy(&history, &log_path)
                     .with_context(|| format!("copying {}", history.display()))?;
             }
         }
@@ -489,6 +662,12 @@ impl Trainer {
         }
         // Opened at the first logged step: a run that fails before it leaves no log.
         let mut log = None;
+        // The step whose save `out` holds: a run resumed in place starts with its own.
+        let mut saved = self
+            .resumed
+            .as_deref()
+            .filter(|dir| same_path(dir, out))
+            .map(|_| self.step);
         let start = Instant::now();
         while self.step < self.opts.steps {
             let lr = self.opts.learning_rate_at(self.step);
@@ -517,8 +696,12 @@ impl Trainer {
                 .sqrt();
             // A NaN or infinite step would poison every weight and each later save.
             if !(loss_v.is_finite() && norm.is_finite()) {
+                let kept = match saved {
+                    Some(s) => format!("{} keeps the save of step {s}", out.display()),
+                    None => format!("nothing was saved in {}", out.display()),
+                };
                 bail!(
-                    "training diverged at step {}: loss {loss_v}, gradient norm {norm}; this step is not applied and the weights saved last are kept (a lower --lr may help)",
+                    "training diverged at step {}: loss {loss_v}, gradient norm {norm}; this step is not applied and {kept} (a lower --lr may help)",
                     self.step + 1
                 );
             }
@@ -554,35 +737,42 @@ impl Trainer {
             on_step(self.step, loss_v, norm);
             if self.step.is_multiple_of(self.opts.save_every) || self.step == self.opts.steps {
                 self.save(out)?;
+                saved = Some(self.step);
+                tracing::info!("saved step {} in {}", self.step, out.display());
             }
         }
         Ok(())
     }
 
     /// Writes `config.json`, EMA `weights.safetensors` (the inference model), and the raw
-    /// weights and step for resuming.
+    /// weights and `train_state.json` (step and options) for resuming.
+    ///
+    /// A save is one step's: every file is written to a temporary file first and renamed
+    /// into place only when all are written, so an error or an interrupt while writing
+    /// leaves the previous save whole. The renames go config, raw weights, EMA weights,
+    /// state, and both weight files record their step, so that a save cut short between
+    /// two renames leaves files that a resume can tell apart and order ([`resume_step`]):
+    /// the state is never ahead of the weights it describes. The loss log is appended at
+    /// every step and cut back to the resumed step on resume.
     pub fn save(&self, out: &Path) -> Result<()> {
         let cfg_json = serde_json::to_string_pretty(&self.cfg)?;
-        crate::fsutil::write_atomically(&out.join("config.json"), |p| {
-            Ok(std::fs::write(p, &cfg_json)?)
+        let state = serde_json::to_string_pretty(&TrainState {
+            step: self.step,
+            options: self.opts.clone(),
         })?;
-        let save = |name: &str, tensors| {
-            crate::checkpoint::save_model_weights(&out.join(name), tensors, &self.cfg)
-        };
-        save("weights.safetensors", &self.ema)?;
+        let mut metadata = crate::checkpoint::model_metadata(&self.cfg)?;
+        metadata.insert(STEP_METADATA_KEY.to_string(), self.step.to_string());
         let raw: HashMap<String, Tensor> = self
             .named_vars()
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().clone()))
             .collect();
-        save("raw_weights.safetensors", &raw)?;
-        let state = serde_json::to_string_pretty(&TrainState {
-            step: self.step,
-            options: self.opts.clone(),
-        })?;
-        crate::fsutil::write_atomically(&out.join("train_state.json"), |p| {
-            Ok(std::fs::write(p, &state)?)
-        })
+        write_all_then_rename(vec![
+            (out.join(CONFIG_FILE), text_writer(&cfg_json)),
+            (out.join(RAW_FILE), weights_writer(&raw, metadata.clone())),
+            (out.join(EMA_FILE), weights_writer(&self.ema, metadata)),
+            (out.join(STATE_FILE), text_writer(&state)),
+        ])
     }
 
     pub fn step(&self) -> usize {
@@ -619,7 +809,7 @@ fn read_state(dir: &Path) -> Result<TrainState> {
         };
         bail!("cannot resume from {}: {why}", dir.display());
     }
-    let path = dir.join("train_state.json");
+    let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot resume: reading {}", path.display()))?;
     serde_json::from_str(&text)
@@ -678,6 +868,21 @@ mod tests {
                 lr_dropout: f64::NAN,
                 ..Default::default()
             },
+            // Schedules that contradict themselves.
+            TrainOptions {
+                learning_rate: 1e-4,
+                min_learning_rate: 1.0,
+                decay_start: Some(10),
+                ..Default::default()
+            },
+            TrainOptions {
+                decay_start: Some(2001),
+                ..Default::default()
+            },
+            TrainOptions {
+                min_learning_rate: 1e-5,
+                ..Default::default()
+            },
         ];
         for opts in bad {
             let e = Trainer::new(
@@ -690,6 +895,146 @@ mod tests {
             .unwrap_or_else(|| panic!("accepted {opts:?}"));
             assert!(e.to_string().starts_with("--"), "{e}");
         }
+    }
+
+    /// A decay starting at the last step keeps the rate constant, whatever the floor: how
+    /// a resumed run ends the decay it kept.
+    #[test]
+    fn schedules_are_checked_against_each_other() {
+        let opts = TrainOptions {
+            steps: 100,
+            decay_start: Some(100),
+            learning_rate: 1e-4,
+            min_learning_rate: 1e-3,
+            ..Default::default()
+        };
+        opts.validate().unwrap();
+        assert_eq!(opts.learning_rate_at(99), 1e-4);
+        let e = TrainOptions {
+            decay_start: Some(50),
+            ..opts.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "--min-lr 0.001 is above --lr 0.0001: the decay would raise the learning rate"
+        );
+        let e = TrainOptions {
+            decay_start: Some(101),
+            inherited: vec!["decay_start"],
+            ..opts
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--decay-start 101 (the resumed run's, from its train_state.json) is past --steps 100:"),
+            "{e}"
+        );
+    }
+
+    /// An error about a value a resumed run kept says so, rather than blaming a flag the
+    /// user did not give.
+    #[test]
+    fn errors_name_where_a_value_came_from() {
+        let opts = TrainOptions {
+            crop_px: 65,
+            ..Default::default()
+        };
+        let refuse = |opts: &TrainOptions| {
+            Trainer::new(
+                ModelConfig::minimal(),
+                opts.clone(),
+                Device::Cpu,
+                Start::Scratch,
+            )
+            .err()
+            .expect("refused")
+            .to_string()
+        };
+        assert_eq!(
+            refuse(&opts),
+            "--crop 65 must be a multiple of the block size 32"
+        );
+        let kept = TrainOptions {
+            inherited: vec!["crop", "lr"],
+            ..opts
+        };
+        assert_eq!(
+            refuse(&kept),
+            "--crop 65 (the resumed run's, from its train_state.json) must be a multiple of the block size 32"
+        );
+    }
+
+    /// A save writes all its files before it renames any: one that fails while writing
+    /// changes none, and leaves no temporary file.
+    #[test]
+    fn a_save_that_fails_while_writing_changes_no_file() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = |name: &str| dir.path().join(name);
+        for name in ["a", "b", "c"] {
+            std::fs::write(file(name), "old")?;
+        }
+        let write = text_writer;
+        let failing: Writer = Box::new(|p| {
+            std::fs::write(p, "half")?;
+            bail!("disk full")
+        });
+        let e = write_all_then_rename(vec![
+            (file("a"), write("new")),
+            (file("b"), write("new")),
+            (file("c"), failing),
+        ])
+        .unwrap_err();
+        assert!(format!("{e:#}").ends_with("disk full"), "{e:#}");
+        for name in ["a", "b", "c"] {
+            assert_eq!(std::fs::read_to_string(file(name))?, "old");
+        }
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 3);
+        write_all_then_rename(vec![(file("a"), write("new")), (file("b"), write("new"))])?;
+        assert_eq!(std::fs::read_to_string(file("b"))?, "new");
+        Ok(())
+    }
+
+    /// A save cut short between its renames leaves the EMA weights or the state one save
+    /// behind the raw weights, and the run resumes at the raw weights' step; files in an
+    /// order no save leaves are refused.
+    #[test]
+    fn resuming_after_a_save_cut_short() -> Result<()> {
+        let cfg = ModelConfig::minimal();
+        let (one, two) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let opts = TrainOptions::default();
+        let mut trainer = Trainer::new(cfg.clone(), opts.clone(), Device::Cpu, Start::Scratch)?;
+        trainer.step = 1;
+        trainer.save(one.path())?;
+        trainer.step = 2;
+        trainer.save(two.path())?;
+        // The files of `newer` from the second save, the others from the first.
+        let resume = |newer: &[&str]| -> Result<usize> {
+            let dir = tempfile::tempdir()?;
+            for f in [CONFIG_FILE, RAW_FILE, EMA_FILE, STATE_FILE] {
+                let from = if newer.contains(&f) { &two } else { &one };
+                std::fs::copy(from.path().join(f), dir.path().join(f))?;
+            }
+            let t = Trainer::new(
+                cfg.clone(),
+                opts.clone(),
+                Device::Cpu,
+                Start::Resume(dir.path()),
+            )?;
+            Ok(t.step)
+        };
+        assert_eq!(resume(&[])?, 1);
+        assert_eq!(resume(&[RAW_FILE])?, 2);
+        assert_eq!(resume(&[RAW_FILE, EMA_FILE])?, 2);
+        assert_eq!(resume(&[RAW_FILE, EMA_FILE, STATE_FILE])?, 2);
+        for newer in [&[EMA_FILE][..], &[STATE_FILE], &[EMA_FILE, STATE_FILE]] {
+            let e = resume(newer).unwrap_err().to_string();
+            assert!(e.contains("which no save leaves"), "{newer:?}: {e}");
+        }
+        Ok(())
     }
 
     #[test]
