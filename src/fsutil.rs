@@ -19,13 +19,22 @@ fn partial() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     PARTIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Removes every temporary file still being written: for a signal handler, before exit.
+/// Removes every temporary file still being written, on the way to exiting (a signal
+/// handler, a fatal error). The list stays locked until the process exits, so that no
+/// other thread creates a temporary file after the removal.
 pub fn remove_partial_files() {
-    remove_listed(|_| true);
+    let mut listed = partial();
+    remove_from(&mut listed, |_| true);
+    std::mem::forget(listed);
 }
 
+#[cfg(test)]
 fn remove_listed(which: impl Fn(&Path) -> bool) {
-    partial().retain(|path| {
+    remove_from(&mut partial(), which);
+}
+
+fn remove_from(listed: &mut Vec<PathBuf>, which: impl Fn(&Path) -> bool) {
+    listed.retain(|path| {
         let remove = which(path);
         if remove {
             let _ = if path.is_dir() {
