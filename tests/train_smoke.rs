@@ -347,6 +347,12 @@ fn divergence_reports_what_was_saved() {
     };
     let err = diverge("a", "5");
     assert!(err.contains("nothing was saved in a"), "{err}");
+    // A folder holding only the loss log is no run to resume.
+    let (ok, _, err) = train_in(dir.path(), &["--resume", "a", "--out", "a", "--steps", "4"]);
+    assert!(
+        !ok && err.contains("from a: it holds no save (train_state.json is missing)"),
+        "{err}"
+    );
     let err = diverge("b", "1");
     assert!(err.contains("b keeps the save of step 1"), "{err}");
 }

@@ -142,11 +142,11 @@ impl TrainOptions {
             ),
             (
                 self.learning_rate.is_finite() && self.learning_rate >= 0.0,
-                n("lr", &self.learning_rate) + " must be a finite number, not negative",
+                n("lr", &self.learning_rate) + " must be a finite number, 0 or more",
             ),
             (
                 self.min_learning_rate.is_finite() && self.min_learning_rate >= 0.0,
-                n("min_lr", &self.min_learning_rate) + " must be a finite number, not negative",
+                n("min_lr", &self.min_learning_rate) + " must be a finite number, 0 or more",
             ),
             (
                 self.p_std.is_finite() && self.p_std >= 0.0 && self.p_mean.is_finite(),
@@ -698,7 +698,10 @@ impl Trainer {
             if !(loss_v.is_finite() && norm.is_finite()) {
                 let kept = match saved {
                     Some(s) => format!("{} keeps the save of step {s}", out.display()),
-                    None => format!("nothing was saved in {}", out.display()),
+                    None => format!(
+                        "nothing was saved in {} (its loss.csv logs the steps run)",
+                        out.display()
+                    ),
                 };
                 bail!(
                     "training diverged at step {}: loss {loss_v}, gradient norm {norm}; this step is not applied and {kept} (a lower --lr may help)",
@@ -810,6 +813,12 @@ fn read_state(dir: &Path) -> Result<TrainState> {
         bail!("cannot resume from {}: {why}", dir.display());
     }
     let path = dir.join(STATE_FILE);
+    if !path.exists() {
+        bail!(
+            "cannot resume from {}: it holds no save ({STATE_FILE} is missing)",
+            dir.display()
+        );
+    }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot resume: reading {}", path.display()))?;
     serde_json::from_str(&text)
