@@ -140,11 +140,7 @@ fn settle(path: &Path, wanted: std::fs::Permissions) -> io::Result<()> {
     placed.sync_all()
 }
 
-/// Syncs `tmp` and renames it to `path`.
-///
-/// What is renamed is the file now at `tmp`'s path, with the permissions `tmp` was created
-/// with: a writer given only the path may have replaced the file (the safetensors crate
-/// writes its own private 0600 temporary file and renames it over the path).
+/// Syncs `tmp` and renames it to `path`, with the permissions `tmp` was created with.
 pub fn commit(tmp: PartFile, path: &Path) -> io::Result<()> {
     let tmp = tmp.into_listed();
     let listed = tmp.path().to_path_buf();
@@ -161,9 +157,57 @@ pub fn commit(tmp: PartFile, path: &Path) -> io::Result<()> {
 /// Runs `write` on a temporary path beside `path`, then renames it to `path`. On error
 /// the temporary file is removed and `path` is untouched.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = temp_beside(path)?;
-    write(tmp.path()).with_context(|| format!("writing {}", path.display()))?;
-    commit(tmp, path).with_context(|| format!("writing {}", path.display()))
+    write_all_atomically(vec![(path.to_path_buf(), Box::new(write))])
+}
+
+/// A writer of one file, given the temporary path to write.
+pub type Writer<'a> = Box<dyn FnOnce(&Path) -> Result<()> + 'a>;
+
+/// Writes every file to a temporary path, then renames them into place in the order
+/// given: an error or an interrupt while writing leaves every destination as it was, and
+/// only the renames, which take next to no time, can be cut between two files.
+///
+/// Each temporary path is a file in a listed temporary folder beside its destination, so
+/// that a writer which makes a temporary file of its own beside the path it is given (the
+/// safetensors crate does) leaves nothing behind either: an interrupt removes the folder
+/// whole.
+pub fn write_all_atomically(files: Vec<(PathBuf, Writer<'_>)>) -> Result<()> {
+    let mut staged = Vec::with_capacity(files.len());
+    let written = (|| -> Result<()> {
+        for (path, write) in files {
+            let context = || format!("writing {}", path.display());
+            let dir = create_listed(
+                &path,
+                |dir| {
+                    tempfile::Builder::new()
+                        .prefix(".infdit-")
+                        .suffix(".part")
+                        .tempdir_in(dir)
+                },
+                |d| d.path(),
+            )
+            .with_context(context)?;
+            let tmp = dir.path().join("file");
+            staged.push((dir, path.clone()));
+            let created = File::create(&tmp)
+                .and_then(|f| f.metadata())
+                .with_context(context)?
+                .permissions();
+            write(&tmp).with_context(context)?;
+            settle(&tmp, created).with_context(context)?;
+        }
+        for (dir, path) in &staged {
+            std::fs::rename(dir.path().join("file"), path)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    })();
+    for (dir, _) in staged {
+        let listed = dir.path().to_path_buf();
+        drop(dir);
+        unlist(&listed);
+    }
+    written
 }
 
 /// The outermost folder on the way to `path` (itself included) that does not exist yet:
@@ -187,33 +231,13 @@ pub fn remove_empty_dirs(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// Runs `write` on a file in a temporary folder beside `path`, then renames the file to
-/// `path`: for writers that make a temporary file of their own beside the path they are
-/// given, as the safetensors crate does. Inside the listed folder, an interrupt removes
-/// that file too.
-fn write_in_temp_dir(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = create_listed(
-        path,
-        |dir| {
-            tempfile::Builder::new()
-                .prefix(".infdit-")
-                .suffix(".part")
-                .tempdir_in(dir)
-        },
-        |d| d.path(),
-    )?;
-    let written = (|| -> Result<()> {
-        let tmp = dir.path().join("file");
-        let created = File::create(&tmp)?.metadata()?.permissions();
-        write(&tmp)?;
-        settle(&tmp, created)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    let listed = dir.path().to_path_buf();
-    drop(dir);
-    unlist(&listed);
-    written.with_context(|| format!("writing {}", path.display()))
+/// Whether two paths name the same file or folder: the same existing one, or the same
+/// path where either does not exist.
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// Refuses an output that must not be replaced, whatever `--overwrite` says: an input
@@ -235,11 +259,10 @@ pub fn check_replaceable(
     let Ok(meta) = std::fs::metadata(out) else {
         return Ok(());
     };
-    let canonical = out.canonicalize().ok();
-    if canonical == input.canonicalize().ok() {
+    if same_path(out, input) {
         anyhow::bail!("the output {} would replace its own input", out.display());
     }
-    if canonical.is_some_and(|c| inputs.contains(&c)) {
+    if out.canonicalize().is_ok_and(|c| inputs.contains(&c)) {
         anyhow::bail!(
             "the output {} is another input of this run, which is not replaced",
             out.display()
@@ -270,7 +293,16 @@ pub fn save_safetensors_with_metadata(
     tensors: &HashMap<String, candle_core::Tensor>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    write_in_temp_dir(path, |tmp| {
+    write_atomically(path, safetensors_writer(tensors, metadata))
+}
+
+/// Writes tensors as safetensors to the path it is given (not atomically by itself: for
+/// [`write_all_atomically`]).
+pub fn safetensors_writer(
+    tensors: &HashMap<String, candle_core::Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Writer<'_> {
+    Box::new(move |tmp| {
         Ok(safetensors::serialize_to_file(
             tensors.iter(),
             metadata,
@@ -355,13 +387,44 @@ mod tests {
         drop(open);
     }
 
+    /// Files written together are all written before any is renamed: a write that fails
+    /// changes none, and leaves no temporary file.
+    #[test]
+    fn a_failed_write_of_several_files_changes_none() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = |name: &str| dir.path().join(name);
+        for name in ["a", "b", "c"] {
+            std::fs::write(file(name), "old")?;
+        }
+        let write =
+            |text: &'static str| -> Writer { Box::new(move |p| Ok(std::fs::write(p, text)?)) };
+        let failing: Writer = Box::new(|p| {
+            std::fs::write(p, "half")?;
+            anyhow::bail!("disk full")
+        });
+        let e = write_all_atomically(vec![
+            (file("a"), write("new")),
+            (file("b"), write("new")),
+            (file("c"), failing),
+        ])
+        .unwrap_err();
+        assert!(format!("{e:#}").ends_with("disk full"), "{e:#}");
+        for name in ["a", "b", "c"] {
+            assert_eq!(std::fs::read_to_string(file(name))?, "old");
+        }
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 3);
+        write_all_atomically(vec![(file("a"), write("new")), (file("b"), write("new"))])?;
+        assert_eq!(std::fs::read_to_string(file("b"))?, "new");
+        Ok(())
+    }
+
     /// A writer that keeps its own temporary file beside the path it is given (as the
     /// safetensors crate does) leaves nothing behind when interrupted mid-write.
     #[test]
     fn a_writers_own_temporary_file_goes_with_an_interrupt() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("w.safetensors");
-        let err = write_in_temp_dir(&target, |tmp| {
+        let err = write_atomically(&target, |tmp| {
             std::fs::write(tmp.with_file_name(".tmpWRITER"), b"half")?;
             remove_listed(|p| p.starts_with(dir.path()));
             anyhow::bail!("interrupted")

@@ -3,9 +3,10 @@
 use super::parse_device;
 use crate::checkpoint::ModelSource;
 use crate::config::ModelConfig;
+use crate::fsutil::same_path;
 use crate::train::data::PhotoDataset;
 use crate::train::trainer::{
-    same_path, saved_options, small_config, DataSource, Start, TrainOptions, Trainer,
+    saved_options, small_config, DataSource, Start, TrainOptions, Trainer,
 };
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::DType;

@@ -6,6 +6,7 @@ use super::data::PhotoDataset;
 use crate::checkpoint::{embedded_metadata, generate_weights, is_norm_key, Checkpoint};
 use crate::config::ModelConfig;
 use crate::engine::{gather_blocks, prepare_batch, Conditioning, Positions};
+use crate::fsutil::{safetensors_writer, same_path, write_all_atomically, Writer};
 use crate::imageops::resize::resize_bicubic;
 use crate::imageops::Planar;
 use crate::model::{BlockBatch, InfDit, KvCache, Precond};
@@ -227,38 +228,8 @@ const STATE_FILE: &str = "train_state.json";
 /// were saved at, so that a resume can tell the files of two saves apart.
 const STEP_METADATA_KEY: &str = "infdit.train_step";
 
-/// A writer of one file of a save, given the temporary path to write.
-type Writer<'a> = Box<dyn FnOnce(&Path) -> Result<()> + 'a>;
-
 fn text_writer(text: &str) -> Writer<'_> {
     Box::new(move |p| Ok(std::fs::write(p, text)?))
-}
-
-fn weights_writer(
-    tensors: &HashMap<String, Tensor>,
-    metadata: HashMap<String, String>,
-) -> Writer<'_> {
-    Box::new(move |p| crate::fsutil::save_safetensors_with_metadata(p, tensors, Some(metadata)))
-}
-
-/// Writes every file to a temporary file beside its destination, then renames them into
-/// place in the order given. An error or an interrupt (which removes the temporary files
-/// being written) before the renames leaves every destination as it was; only the
-/// renames, which take next to no time, can be cut between two files.
-fn write_all_then_rename(files: Vec<(PathBuf, Writer)>) -> Result<()> {
-    let staged = files
-        .into_iter()
-        .map(|(path, write)| {
-            let tmp = crate::fsutil::temp_beside(&path)
-                .with_context(|| format!("writing {}", path.display()))?;
-            write(tmp.path()).with_context(|| format!("writing {}", path.display()))?;
-            Ok((tmp, path))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for (tmp, path) in staged {
-        crate::fsutil::commit(tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
 }
 
 /// The step a resume continues from, given the steps recorded by the state file and by
@@ -287,15 +258,6 @@ fn resume_step(dir: &Path, state: usize, raw: usize, ema: usize) -> Result<usize
         );
     }
     Ok(raw)
-}
-
-/// Whether two paths name the same file or folder: the same existing one, or the same
-/// path where either does not exist.
-pub fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
 }
 
 /// Initial weights: Xavier-normal matrices, zero biases, unit LayerNorms, small
@@ -770,10 +732,16 @@ impl Trainer {
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().clone()))
             .collect();
-        write_all_then_rename(vec![
+        write_all_atomically(vec![
             (out.join(CONFIG_FILE), text_writer(&cfg_json)),
-            (out.join(RAW_FILE), weights_writer(&raw, metadata.clone())),
-            (out.join(EMA_FILE), weights_writer(&self.ema, metadata)),
+            (
+                out.join(RAW_FILE),
+                safetensors_writer(&raw, Some(metadata.clone())),
+            ),
+            (
+                out.join(EMA_FILE),
+                safetensors_writer(&self.ema, Some(metadata)),
+            ),
             (out.join(STATE_FILE), text_writer(&state)),
         ])
     }
@@ -975,36 +943,6 @@ mod tests {
             refuse(&kept),
             "--crop 65 (the resumed run's, from its train_state.json) must be a multiple of the block size 32"
         );
-    }
-
-    /// A save writes all its files before it renames any: one that fails while writing
-    /// changes none, and leaves no temporary file.
-    #[test]
-    fn a_save_that_fails_while_writing_changes_no_file() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let file = |name: &str| dir.path().join(name);
-        for name in ["a", "b", "c"] {
-            std::fs::write(file(name), "old")?;
-        }
-        let write = text_writer;
-        let failing: Writer = Box::new(|p| {
-            std::fs::write(p, "half")?;
-            bail!("disk full")
-        });
-        let e = write_all_then_rename(vec![
-            (file("a"), write("new")),
-            (file("b"), write("new")),
-            (file("c"), failing),
-        ])
-        .unwrap_err();
-        assert!(format!("{e:#}").ends_with("disk full"), "{e:#}");
-        for name in ["a", "b", "c"] {
-            assert_eq!(std::fs::read_to_string(file(name))?, "old");
-        }
-        assert_eq!(std::fs::read_dir(dir.path())?.count(), 3);
-        write_all_then_rename(vec![(file("a"), write("new")), (file("b"), write("new"))])?;
-        assert_eq!(std::fs::read_to_string(file("b"))?, "new");
-        Ok(())
     }
 
     /// A save cut short between its renames leaves the EMA weights or the state one save
