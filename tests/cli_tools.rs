@@ -584,4 +584,15 @@ fn inspect_fails_for_what_upscale_refuses() {
         out.contains("NaN or infinite values in 1 tensor(s): mixins.final_layer.linear.weight"),
         "{out}"
     );
+    // `upscale` refuses them on loading, before any sampling, and writes nothing.
+    let photo = dir.path().join("photo.png");
+    image::RgbImage::new(8, 8).save(&photo).unwrap();
+    let o = infdit(&["upscale", s(&photo), "--model", s(&model)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("NaN or infinite values in 1 tensor(s), e.g. mixins.final_layer.linear.weight: the weights are broken"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("photo_x4.png").exists());
 }

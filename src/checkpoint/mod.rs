@@ -94,19 +94,11 @@ impl Checkpoint {
     /// The tensors among `names` that hold a NaN or an infinity, sorted: weights a failed
     /// training run can leave, which make every output NaN.
     pub fn non_finite<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>> {
-        let mut found = Vec::new();
-        for name in names {
-            let Some(t) = self.tensors.get(name).filter(|t| t.dtype().is_float()) else {
-                continue;
-            };
-            // x − x is 0 for every finite x and NaN for NaN and ±∞.
-            let t = t.to_dtype(DType::F32)?;
-            if t.sub(&t)?.sum_all()?.to_scalar::<f32>()?.is_nan() {
-                found.push(name.to_string());
-            }
-        }
-        found.sort();
-        Ok(found)
+        non_finite(
+            names
+                .into_iter()
+                .filter_map(|n| Some((n, self.tensors.get(n)?))),
+        )
     }
 
     /// Shapes of every tensor, sorted by name.
@@ -316,6 +308,30 @@ fn strip_wrapper_prefixes(tensors: &mut HashMap<String, Tensor>) {
 
 fn isqrt(n: usize) -> usize {
     (n as f64).sqrt().round() as usize
+}
+
+/// The names of the tensors among `tensors` that hold a NaN or an infinity, sorted.
+/// Computed in each tensor's own dtype and on its device: x − x is 0 for every finite x
+/// and NaN for NaN and ±∞, so the sum of the differences is exact in any float type.
+pub fn non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for (name, t) in tensors {
+        if !t.dtype().is_float() {
+            continue;
+        }
+        let sum = t
+            .sub(t)?
+            .sum_all()?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
+        if sum.is_nan() {
+            found.push(name.to_string());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// True when `path` starts with the zip signature (PyTorch's checkpoint container).

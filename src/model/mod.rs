@@ -208,6 +208,22 @@ impl InfDit {
         device: &Device,
     ) -> anyhow::Result<Self> {
         let tensors = src.checkpoint.model_tensors(&src.config, dtype, device)?;
+        // NaN or infinite weights make every output NaN: say so before minutes of sampling, not after.
+        let broken = crate::checkpoint::non_finite(tensors.iter().map(|(k, t)| (k.as_str(), t)))?;
+        if !broken.is_empty() {
+            // f16 turns weights beyond ±65504 into infinities.
+            let cause = if dtype == DType::F16 {
+                "the weights are broken or too large for f16 (try --dtype bf16 or f32)"
+            } else {
+                "the weights are broken"
+            };
+            anyhow::bail!(
+                "{}: NaN or infinite values in {} tensor(s), e.g. {}: {cause}",
+                src.checkpoint.path.display(),
+                broken.len(),
+                broken[0]
+            );
+        }
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         Ok(Self::new(&src.config, vb)?)
     }
