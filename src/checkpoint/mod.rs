@@ -380,7 +380,7 @@ fn looks_like_pytorch(path: &Path) -> bool {
 }
 
 /// The tensors of a PyTorch zip checkpoint: the state dict at the top level or nested
-/// under one of [`PICKLE_ROOT_KEYS`] (DeepSpeed's `module`, Lightning's `state_dict`).
+/// under one of `PICKLE_ROOT_KEYS` (DeepSpeed's `module`, Lightning's `state_dict`).
 pub fn open_pth(path: &Path) -> Result<PthTensors> {
     match PthTensors::open(path, &PICKLE_ROOT_KEYS)
         .with_context(|| format!("{} is not a readable PyTorch checkpoint", path.display()))?

@@ -4,7 +4,7 @@
 //! The composed form materialises `[n, heads, Tq, Tk]` scores several times over (scaled
 //! queries, transposed keys, scores, probabilities; in training also their gradients),
 //! which made attention more than half of a CPU training step. Here a tile of
-//! [`TILE`] query rows computes its scores into a buffer that stays in cache, and the
+//! `TILE` query rows computes its scores into a buffer that stays in cache, and the
 //! backward pass recomputes them (as FlashAttention does) instead of keeping them, so
 //! neither inference nor training holds a score tensor. The products run on the `gemm`
 //! crate that candle's CPU matmul also uses.

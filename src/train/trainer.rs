@@ -716,7 +716,7 @@ impl Trainer {
     /// into place only when all are written, so an error or an interrupt while writing
     /// leaves the previous save whole. The renames go config, raw weights, EMA weights,
     /// state, and both weight files record their step, so that a save cut short between
-    /// two renames leaves files that a resume can tell apart and order ([`resume_step`]):
+    /// two renames leaves files that a resume can tell apart and order (`resume_step`):
     /// the state is never ahead of the weights it describes. The loss log is appended at
     /// every step and cut back to the resumed step on resume.
     pub fn save(&self, out: &Path) -> Result<()> {
