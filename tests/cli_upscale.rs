@@ -727,6 +727,50 @@ fn exif_rotated_jpeg_comes_out_upright() {
     assert_eq!((d.rgb.width, d.rgb.height), (48, 96));
 }
 
+/// A PNG's gAMA and cHRM (here linear Display P3) stay on a PNG upscale, written to a file
+/// or to standard output; a JPEG, which has no place for them, is written with a warning.
+#[test]
+fn png_colour_chunks_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let src = dir.path().join("linear_p3.png");
+    let gamma = png::ScaledFloat::from_scaled(100_000);
+    let p3 = png::SourceChromaticities::new(
+        (0.3127, 0.3290),
+        (0.680, 0.320),
+        (0.265, 0.690),
+        (0.150, 0.060),
+    );
+    let mut encoder = png::Encoder::new(std::fs::File::create(&src).unwrap(), 20, 12);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_source_gamma(gamma);
+    encoder.set_source_chromaticities(p3);
+    encoder
+        .write_header()
+        .unwrap()
+        .write_image_data(gradient(20, 12).as_raw())
+        .unwrap();
+    let colour = |png: &[u8]| {
+        let reader = png::Decoder::new(std::io::Cursor::new(png))
+            .read_info()
+            .unwrap();
+        let info = reader.info();
+        (info.gama_chunk, info.chrm_chunk, info.srgb, info.size())
+    };
+    let want = (Some(gamma), Some(p3), None, (80, 48));
+    let out = dir.path().join("up.png");
+    upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+    assert_eq!(colour(&std::fs::read(&out).unwrap()), want);
+    let piped = upscale_ok(&model, &[s(&src), "-o", "-"]);
+    assert_eq!(colour(&piped.stdout), want);
+
+    let jpeg = dir.path().join("up.jpg");
+    let err = stderr(&upscale_ok(&model, &[s(&src), "-o", s(&jpeg)]));
+    let warning = "JPEG cannot record the input's gamma 1.00 (gAMA) and primaries other than \
+                   sRGB's (cHRM)";
+    assert_eq!(err.matches(warning).count(), 1, "{err}");
+}
+
 #[test]
 fn odd_sizes_upscale_exactly() {
     let dir = tempfile::tempdir().unwrap();

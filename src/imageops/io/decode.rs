@@ -10,6 +10,7 @@ use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 
 use super::format::{input_format_names, several_images, unreadable_format, InputFormat};
 use super::planes::{image_to_planes, is_deep, unpremultiply};
+use super::png::PngFacts;
 use super::tiff::{decode_tiff, TiffFacts};
 use super::{one_line, DecodeLimits, DecodedImage, ImageIoError};
 use crate::imageops::Planar;
@@ -99,9 +100,11 @@ fn decode_image_crate(
         reader
     }
     let tiff = (format == InputFormat::Tiff).then(|| TiffFacts::read(&mut reader));
-    let several = match &tiff {
-        Some(facts) => facts.pages.then_some("multi-page TIFF"),
-        None => several_images(format, &mut reader),
+    let png = (format == InputFormat::Png).then(|| PngFacts::read(&mut reader, limits));
+    let several = match (&tiff, &png) {
+        (Some(facts), _) => facts.pages.then_some("multi-page TIFF"),
+        (_, Some(facts)) => facts.animated.then_some("animated PNG"),
+        _ => several_images(format, &mut reader),
     };
     if tiff.as_ref().is_some_and(|f| f.wide_integer_samples) {
         return Err(ImageIoError::Unsupported {
@@ -137,6 +140,9 @@ fn decode_image_crate(
             if let Some(alpha) = decoded.alpha.as_ref().filter(|_| facts.associated_alpha) {
                 unpremultiply(&mut decoded.rgb, alpha);
             }
+        }
+        if let Some(facts) = png {
+            decoded.png_colour = facts.colour;
         }
         return Ok((decoded, several));
     }
@@ -272,6 +278,7 @@ fn decode_with(
         sixteen_bit: is_deep(color),
         grayscale: !color.has_color() || gray_pixels,
         icc_profile,
+        png_colour: Default::default(),
         exif,
         format,
     })
@@ -307,8 +314,7 @@ mod tests {
     use super::*;
     use crate::imageops::io::test_support::{gradient, limits, with_exif_orientation};
     use crate::imageops::io::{
-        encode_bytes, encode_file, has_input_extension, peek, peek_file, EncodeOptions,
-        OutputFormat, Peek,
+        encode_file, has_input_extension, peek, peek_file, EncodeOptions, OutputFormat, Peek,
     };
     use std::path::PathBuf;
 
@@ -400,9 +406,6 @@ mod tests {
         assert_eq!(several_pages, Some("multi-page TIFF"));
         assert_eq!(first.rgb.at(0, 0, 0), 40.0 / 255.0);
         assert_eq!(decode_bytes(&pages, &limits()).unwrap(), first);
-        let opts = EncodeOptions::new(OutputFormat::Png);
-        let png = encode_bytes(Path::new("x.png"), &gradient(3, 2), None, &opts).unwrap();
-        assert_eq!(several(InputFormat::Png, &png), None);
     }
 
     /// A JPEG variant the decoder does not read is named as unsupported, not as corrupt;

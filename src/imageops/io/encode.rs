@@ -5,11 +5,11 @@ use std::io::{BufWriter, Cursor, Seek, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, webp::WebPEncoder};
+use image::codecs::{jpeg::JpegEncoder, webp::WebPEncoder};
 use image::{ExtendedColorType, ImageEncoder, ImageError, ImageFormat, ImageResult};
 
 use super::planes::{quantise_planes, with_alpha};
-use super::{DecodedImage, ImageIoError};
+use super::{DecodedImage, ImageIoError, PngColour};
 use crate::imageops::Planar;
 
 /// Output file formats.
@@ -40,6 +40,16 @@ impl OutputFormat {
         path.extension()
             .and_then(|e| e.to_str())
             .and_then(Self::from_extension)
+    }
+
+    /// The name users know the format by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Png => "PNG",
+            Self::Jpeg => "JPEG",
+            Self::Webp => "WebP",
+            Self::Tiff => "TIFF",
+        }
     }
 
     /// The conventional extension, without the dot.
@@ -111,6 +121,9 @@ pub struct EncodeOptions {
     pub icc_profile: Option<Vec<u8>>,
     /// Attached to PNG, JPEG and WebP outputs with the pixel dimensions set to the output's.
     pub exif: Option<Vec<u8>>,
+    /// Written to PNG outputs; the other formats have no place for them, and a warning says
+    /// when that changes how viewers show the colours.
+    pub png_colour: PngColour,
 }
 
 impl EncodeOptions {
@@ -123,16 +136,19 @@ impl EncodeOptions {
             grayscale: false,
             icc_profile: None,
             exif: None,
+            png_colour: PngColour::default(),
         }
     }
 
-    /// Options that preserve `source`'s bit depth, grayness, ICC profile and EXIF metadata.
+    /// Options that preserve `source`'s bit depth, grayness, colour space (ICC profile and
+    /// PNG colour chunks) and EXIF metadata.
     pub fn matching(format: OutputFormat, source: &DecodedImage) -> Self {
         Self {
             sixteen_bit: source.sixteen_bit,
             grayscale: source.grayscale,
             icc_profile: source.icc_profile.clone(),
             exif: source.exif.clone(),
+            png_colour: source.png_colour,
             ..Self::new(format)
         }
     }
@@ -194,12 +210,12 @@ pub fn encode_bytes(
 
 /// Checked, quantised samples ready for an encoder.
 pub(super) struct Encoded<'a> {
-    path: &'a Path,
+    pub(super) path: &'a Path,
     pub(super) buf: Vec<u8>,
     pub(super) color: ExtendedColorType,
     pub(super) width: u32,
     pub(super) height: u32,
-    opts: &'a EncodeOptions,
+    pub(super) opts: &'a EncodeOptions,
 }
 
 impl<'a> Encoded<'a> {
@@ -253,20 +269,25 @@ impl<'a> Encoded<'a> {
         // read gray+alpha TIFF back.
         let gray = opts.grayscale && !(format == OutputFormat::Tiff && alpha.is_some());
         let (buf, color) = quantise_planes(rgb, alpha, gray, deep);
-        Ok(Self {
+        let encoded = Self {
             path,
             buf,
             color,
             width,
             height,
             opts,
-        })
+        };
+        encoded.warn_of_lost_colour();
+        Ok(encoded)
     }
 
     /// Encodes into `w` in the options' format.
     fn write(&self, w: impl Write + Seek) -> Result<(), ImageIoError> {
         let written = match self.opts.format {
-            OutputFormat::Png => self.encode_with(PngEncoder::new(w)),
+            OutputFormat::Png => self.encode_png(w).map_err(|e| match e {
+                png::EncodingError::IoError(e) => ImageError::IoError(e),
+                e => encoding_error(ImageFormat::Png, e),
+            }),
             OutputFormat::Jpeg => self.encode_with(JpegEncoder::new_with_quality(
                 w,
                 self.opts.quality.clamp(1, 100),
@@ -274,10 +295,7 @@ impl<'a> Encoded<'a> {
             OutputFormat::Webp => self.encode_with(WebPEncoder::new_lossless(w)),
             OutputFormat::Tiff => self.encode_tiff(w).map_err(|e| match e {
                 tiff::TiffError::IoError(e) => ImageError::IoError(e),
-                e => ImageError::Encoding(image::error::EncodingError::new(
-                    ImageFormat::Tiff.into(),
-                    e,
-                )),
+                e => encoding_error(ImageFormat::Tiff, e),
             }),
         };
         written.map_err(|e| ImageIoError::from_encode(self.path, e))
@@ -298,21 +316,35 @@ impl<'a> Encoded<'a> {
             .filter(|icc| icc_describes(icc, gray))
     }
 
+    /// The EXIF metadata to embed, its pixel dimensions set to the output's.
+    pub(super) fn exif(&self) -> Option<Vec<u8>> {
+        let exif = self.opts.exif.clone()?;
+        Some(crate::imageops::exif::with_dimensions(
+            exif,
+            self.width,
+            self.height,
+        ))
+    }
+
     fn encode_with(&self, mut enc: impl ImageEncoder) -> ImageResult<()> {
         if let Some(icc) = self.icc_profile() {
             enc.set_icc_profile(icc.clone())
                 .map_err(ImageError::Unsupported)?;
         }
-        if let Some(exif) = &self.opts.exif {
-            // TIFF's encoder cannot carry EXIF; the image matters more than its metadata.
-            let _ = enc.set_exif_metadata(crate::imageops::exif::with_dimensions(
-                exif.clone(),
-                self.width,
-                self.height,
-            ));
+        if let Some(exif) = self.exif() {
+            // An encoder that cannot carry EXIF still writes the image, which matters more.
+            let _ = enc.set_exif_metadata(exif);
         }
         enc.write_image(&self.buf, self.width, self.height, self.color)
     }
+}
+
+/// An encoder crate's own error, other than I/O, as the image crate's.
+fn encoding_error(
+    format: ImageFormat,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> ImageError {
+    ImageError::Encoding(image::error::EncodingError::new(format.into(), e))
 }
 
 /// Whether an ICC profile is for the colour model of the samples written: a CMYK profile

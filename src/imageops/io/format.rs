@@ -249,19 +249,16 @@ pub(super) fn unreadable_format(head: &[u8]) -> Option<&'static str> {
 }
 
 /// What the file holds beyond its first image (animation frames), named for a warning:
-/// only the first is read. TIFF pages are among the [`TiffFacts`](super::tiff::TiffFacts). Leaves `reader` at
-/// the start.
+/// only the first is read. TIFF pages and PNG animations are among the
+/// [`TiffFacts`](super::tiff::TiffFacts) and [`PngFacts`](super::png::PngFacts). Leaves
+/// `reader` at the start.
 pub(super) fn several_images(
     format: InputFormat,
     reader: &mut (impl BufRead + Seek),
 ) -> Option<&'static str> {
-    use image::codecs::{gif::GifDecoder, png::PngDecoder, webp::WebPDecoder};
+    use image::codecs::{gif::GifDecoder, webp::WebPDecoder};
     use image::AnimationDecoder;
     let several = match format {
-        InputFormat::Png => PngDecoder::new(&mut *reader)
-            .and_then(|d| d.is_apng())
-            .unwrap_or(false)
-            .then_some("animated PNG"),
         InputFormat::WebP => WebPDecoder::new(&mut *reader)
             .is_ok_and(|d| d.has_animation())
             .then_some("animated WebP"),

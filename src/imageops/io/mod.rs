@@ -3,9 +3,9 @@
 //! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI and JPEG XL files into
 //! [`Planar`] images in `[0, 1]`, upright (orientation applied), with alpha split off and
 //! 16-bit precision kept, and reports what the caller needs to write a faithful result back:
-//! bit depth, grayness, the ICC profile and the EXIF metadata. Encoding writes PNG, JPEG,
-//! WebP or TIFF atomically, so an interrupted or failed run never leaves a truncated output
-//! file behind.
+//! bit depth, grayness, the colour space (ICC profile, PNG colour chunks) and the EXIF
+//! metadata. Encoding writes PNG, JPEG, WebP or TIFF atomically, so an interrupted or failed
+//! run never leaves a truncated output file behind.
 
 use std::fmt;
 use std::io;
@@ -19,10 +19,12 @@ mod decode;
 mod encode;
 mod format;
 mod planes;
+mod png;
 #[cfg(test)]
 mod test_support;
 mod tiff;
 
+pub use self::png::PngColour;
 pub use decode::{decode_bytes, decode_file, decode_named_bytes, decode_rgb};
 pub use encode::{check_writable, encode_bytes, encode_file, EncodeOptions, OutputFormat};
 pub use format::{
@@ -46,6 +48,8 @@ pub struct DecodedImage {
     /// The embedded ICC profile, to be attached to the output unchanged: the model works on
     /// the encoded values and does no colour management.
     pub icc_profile: Option<Vec<u8>>,
+    /// A PNG's sRGB, gAMA, cHRM, cICP, mDCV and cLLI chunks, for the same reason.
+    pub png_colour: PngColour,
     /// The EXIF metadata (PNG, JPEG, WebP), orientation reset since it has been applied.
     pub exif: Option<Vec<u8>>,
     /// The format detected from the file's contents (not its extension).

@@ -86,6 +86,7 @@ pub(super) fn decode_tiff(
         sixteen_bit: bits > 8,
         grayscale: gray,
         icc_profile: None,
+        png_colour: Default::default(),
         exif: None,
         format: InputFormat::Tiff,
     })
