@@ -583,7 +583,7 @@ impl UpscaleArgs {
         // the header, before a large image is decoded.
         if let Some((h, w)) = peeked.and_then(|p| p.size) {
             up.work(h, w)?;
-            up.check_host_memory(h, w)?;
+            up.check_memory(h, w)?;
         }
         let img = match &piped {
             Some((bytes, name)) => decode_named_bytes(bytes, name, &limits)?,

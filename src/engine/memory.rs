@@ -37,8 +37,10 @@ pub fn format_size(bytes: u64) -> String {
         format!("{gib:.1} GiB")
     } else if bytes >= 1 << 20 {
         format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
-    } else {
+    } else if bytes >= 1 << 10 {
         format!("{:.0} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} B")
     }
 }
 

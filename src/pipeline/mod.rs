@@ -34,7 +34,7 @@ pub enum BatchChoice {
 
 #[derive(Debug, Clone)]
 pub struct UpscaleOptions {
-    /// The output size: the model reaches the smallest of [`SCALES`] that covers it in
+    /// The output size: the model reaches the smallest of its [`scales`] that covers it in
     /// passes of at most its trained ratio (8 = 4·2, 16 = 4·4 for a ×4 model), and other
     /// sizes are reduced from that with the antialiased bicubic kernel.
     pub size: OutputSize,
@@ -75,16 +75,26 @@ pub fn resize_clamped(img: &Planar, height: usize, width: usize) -> Planar {
     resize_bicubic(img, height, width, true).map(|v| v.clamp(0.0, 1.0))
 }
 
-/// The overall factors the model reaches (other sizes are reduced from one of them).
-pub const SCALES: [usize; 4] = [2, 4, 8, 16];
+/// The largest overall factor: beyond it a diffusion model invents rather than restores.
+pub const MAX_SCALE: usize = 16;
+
+/// The overall factors a model trained at ×`model_scale` reaches in passes (other sizes
+/// are reduced from one of them): 2, 4, 8 and 16 for a ×2, ×4 or ×8 model; 3 and 9 for a
+/// ×3 one.
+pub fn scales(model_scale: usize) -> Vec<usize> {
+    (2..=MAX_SCALE)
+        .filter(|&s| passes(s, model_scale).is_ok())
+        .collect()
+}
 
 /// The per-pass factors for an overall scale with a model trained at ×`model_scale`: the
 /// largest pass the model can do first (a pass may enlarge by any divisor of its ratio),
 /// so ×8 with a ×4 model is ×4 then ×2, and ×4 with a ×2 model is ×2 twice.
 pub fn passes(scale: usize, model_scale: usize) -> Result<Vec<usize>> {
-    if !SCALES.contains(&scale) {
-        bail!("unsupported scale {scale} (use 2, 4, 8 or 16)");
-    }
+    ensure!(
+        (2..=MAX_SCALE).contains(&scale),
+        "unsupported scale {scale} (2 to {MAX_SCALE})"
+    );
     let mut left = scale;
     let mut out = Vec::new();
     while left > 1 {
@@ -98,6 +108,21 @@ pub fn passes(scale: usize, model_scale: usize) -> Result<Vec<usize>> {
         left /= pass;
     }
     Ok(out)
+}
+
+/// The padded side of each pass's output for an input side of `side` px: each pass pads
+/// its input to whole LR blocks (`block_px / pass` px) and enlarges it by its factor.
+fn padded_sides(
+    side: usize,
+    passes: &[usize],
+    block_px: usize,
+) -> impl Iterator<Item = usize> + '_ {
+    passes.iter().scan(side, move |side, &s| {
+        let m = block_px / s;
+        let padded = side.div_ceil(m) * m * s;
+        *side *= s;
+        Some(padded)
+    })
 }
 
 /// Pads bottom and right to multiples of `multiple` by reflection (`dcb|abcd|cba`),
@@ -149,13 +174,19 @@ impl Upscaler {
     /// `clip` is required when the model has an image-condition vector.
     pub fn new(model: InfDit, clip: Option<ClipEncoder>, opts: UpscaleOptions) -> Result<Self> {
         opts.size.validate()?;
-        // A factor's passes can be checked before any image (a size's depend on the image).
+        // A factor can be checked before any image (a size depends on the image).
         if let OutputSize::Scale(s) = opts.size {
-            let covering = SCALES
-                .into_iter()
-                .find(|&f| f as f64 >= s)
-                .expect("validated");
-            passes(covering, model.config().sr_scale)?;
+            let model_scale = model.config().sr_scale;
+            let reached = scales(model_scale);
+            ensure!(
+                reached.iter().any(|&f| f as f64 >= s),
+                "a ×{model_scale} model cannot upscale ×{s}: it reaches {}",
+                reached
+                    .iter()
+                    .map(|f| format!("×{f}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         opts.sampler.validate()?;
         if ![1, 2, 4, 8].contains(&opts.self_ensemble) {
@@ -192,17 +223,33 @@ impl Upscaler {
         &self.model
     }
 
-    /// The padded output size of each pass for an LR image.
+    /// How an LR image of `height`×`width` reaches the output size.
+    fn plan(&self, height: usize, width: usize) -> Result<SizePlan> {
+        let scales = scales(self.model.config().sr_scale);
+        self.opts.size.plan(height, width, &scales)
+    }
+
+    /// The padded output size of each pass for an LR image, checked against the largest
+    /// image the model's position table allows.
     fn pass_sizes(&self, height: usize, width: usize) -> Result<Vec<(usize, usize)>> {
         let cfg = self.model.config();
-        let (mut h, mut w) = (height, width);
-        let mut sizes = Vec::new();
-        for s in passes(self.opts.size.plan(height, width)?.scale, cfg.sr_scale)? {
-            let m = cfg.image_block_size_px / s;
-            let size = (h.div_ceil(m) * m * s, w.div_ceil(m) * m * s);
-            cfg.check_image_side(size.0, size.1)?;
-            sizes.push(size);
-            (h, w) = (h * s, w * s);
+        let scale = self.plan(height, width)?.scale;
+        let passes = passes(scale, cfg.sr_scale)?;
+        let sizes: Vec<_> = padded_sides(height, &passes, cfg.image_block_size_px)
+            .zip(padded_sides(width, &passes, cfg.image_block_size_px))
+            .collect();
+        if let Some(max) = cfg.max_image_side() {
+            let fits =
+                |side| padded_sides(side, &passes, cfg.image_block_size_px).all(|s| s <= max);
+            if !fits(height.max(width)) {
+                // The sides of the padded passes mean little to a user; the input does.
+                let largest = (1..=max).rev().find(|&side| fits(side)).unwrap_or(0);
+                bail!(
+                    "a {width}×{height} input is too large to upscale ×{scale} with this model: \
+                     its position table allows images of {max} px per side, so inputs of at \
+                     most {largest} px per side"
+                );
+            }
         }
         Ok(sizes)
     }
@@ -218,15 +265,16 @@ impl Upscaler {
         Ok(blocks * self.opts.sampler.nfe() * self.opts.self_ensemble)
     }
 
-    /// Refuses an image whose sampler buffers cannot fit in the host's memory, before any
-    /// is allocated (an allocation that fails aborts the process). On the CPU the
-    /// memory budget counts them already; a GPU budget covers only the device.
-    pub fn check_host_memory(&self, height: usize, width: usize) -> Result<()> {
-        let Some(available) = available_memory() else {
-            return Ok(());
-        };
+    /// Refuses, before any work, an image that cannot be upscaled in memory: one whose
+    /// sampler buffers cannot fit in the host's memory (an allocation that fails aborts
+    /// the process; on the CPU the memory budget counts them already, a GPU budget covers
+    /// only the device), or one with a pass of which not even one block fits the memory
+    /// budget. Every pass is checked, in every orientation the self-ensemble gives it, so
+    /// that no pass runs only for a later one to fail.
+    pub fn check_memory(&self, height: usize, width: usize) -> Result<()> {
+        let sizes = self.pass_sizes(height, width)?;
         // The last pass is the largest.
-        if let Some(&(h, w)) = self.pass_sizes(height, width)?.last() {
+        if let (Some(available), Some(&(h, w))) = (available_memory(), sizes.last()) {
             let needed = host_image_bytes(h, w);
             if needed > available {
                 bail!(
@@ -234,6 +282,13 @@ impl Upscaler {
                     format_size(needed),
                     format_size(available)
                 );
+            }
+        }
+        let transposed = Dihedral::first(self.opts.self_ensemble).any(|t| t.transpose);
+        for (h, w) in sizes {
+            self.batch_size(h, w)?;
+            if transposed {
+                self.batch_size(w, h)?;
             }
         }
         Ok(())
@@ -278,8 +333,8 @@ impl Upscaler {
     /// Upscales an RGB image with values in [0, 1]; returns values in [0, 1].
     pub fn upscale_rgb(&self, rgb: &Planar, progress: &mut dyn FnMut(Progress)) -> Result<Planar> {
         let total = self.work(rgb.height, rgb.width)?;
-        self.check_host_memory(rgb.height, rgb.width)?;
-        let plan = self.opts.size.plan(rgb.height, rgb.width)?;
+        self.check_memory(rgb.height, rgb.width)?;
+        let plan = self.plan(rgb.height, rgb.width)?;
         let mut done = 0;
         let signed = to_model_range(rgb.clone());
         let n = self.opts.self_ensemble;
@@ -309,7 +364,8 @@ impl Upscaler {
         })
     }
 
-    /// One ×2 or ×4 pass on a [-1, 1] image.
+    /// One pass of a factor dividing the model's ratio on a [-1, 1] image; the result is
+    /// clamped to [-1, 1], as an image written between two passes would be.
     fn pass(
         &self,
         lr: &Planar,
@@ -336,7 +392,8 @@ impl Upscaler {
         );
         Ok(self
             .image(&out, &cond)
-            .crop_clamped(0, 0, lr.height * scale, lr.width * scale))
+            .crop_clamped(0, 0, lr.height * scale, lr.width * scale)
+            .map(|v| v.clamp(-1.0, 1.0)))
     }
 
     /// What the model diffuses for the image `img`: the image itself, or for a residual
@@ -382,7 +439,12 @@ impl Upscaler {
         };
         let vector = match &self.clip {
             Some(clip) if cfg.vector_dim > 0 => {
-                Some(clip.encode(&model_lr)?.to_device(self.model.device())?)
+                // The embedding is of the image, not of its padding (the reference crops
+                // where infdit pads, so its encoder sees only the image): the model's LR
+                // view cropped to the input's part, all of it for an image of whole blocks.
+                let side = |n: usize| (n * scale).div_ceil(cfg.sr_scale);
+                let image = model_lr.crop_clamped(0, 0, side(lr.height), side(lr.width));
+                Some(clip.encode(&image)?.to_device(self.model.device())?)
             }
             _ => None,
         };
@@ -476,6 +538,7 @@ impl Upscaler {
 mod tests {
     use super::*;
     use candle_core::DType;
+    use std::path::Path;
 
     #[test]
     fn reflect_padding_mirrors_without_repeating_the_edge() {
@@ -666,5 +729,190 @@ mod tests {
         assert_eq!(passes(8, 2).unwrap(), vec![2, 2, 2]);
         assert!(passes(3, 4).is_err());
         assert!(passes(2, 3).is_err());
+        assert_eq!(passes(9, 3).unwrap(), vec![3, 3]);
+        for model in [2, 4, 8] {
+            assert_eq!(scales(model), [2, 4, 8, 16]);
+        }
+        assert_eq!(scales(3), [3, 9]);
+        assert_eq!(scales(6), [2, 3, 4, 6, 8, 9, 12, 16]);
+    }
+
+    /// A ×3 model upscales ×3 in one pass and other factors from ×3 or ×9.
+    #[test]
+    fn a_three_times_model_reaches_its_own_factors() {
+        let cfg = crate::config::ModelConfig {
+            sr_scale: 3,
+            image_block_size_px: 24,
+            ..crate::config::ModelConfig::minimal()
+        };
+        cfg.validate().unwrap();
+        let model = || InfDit::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+        let lr = Planar::new(3, 5, 7, (0..105).map(|i| (i % 13) as f32 / 12.0).collect());
+        for (scale, size) in [(3.0, (15, 21)), (2.0, (10, 14)), (4.0, (20, 28))] {
+            let out = one_step_to(model(), 2.0, OutputSize::Scale(scale))
+                .upscale_rgb(&lr, &mut |_| {})
+                .unwrap();
+            assert_eq!((out.height, out.width), size, "×{scale}");
+        }
+        let opts = UpscaleOptions {
+            size: OutputSize::Scale(10.0),
+            ..Default::default()
+        };
+        let e = Upscaler::new(model(), None, opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("reaches ×3, ×9"), "{e}");
+    }
+
+    /// A pass that cannot fit the memory budget is refused before the first pass runs,
+    /// in the orientation the self-ensemble gives it too.
+    #[test]
+    fn every_pass_is_checked_against_the_budget_before_any_runs() {
+        let cfg = crate::config::ModelConfig::minimal();
+        let up = |budget, self_ensemble| {
+            let model = InfDit::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+            let opts = UpscaleOptions {
+                size: OutputSize::Scale(16.0),
+                batch: Some(BatchChoice::Budget(budget)),
+                order: Order::RowMajor,
+                self_ensemble,
+                ..Default::default()
+            };
+            Upscaler::new(model, None, opts).unwrap()
+        };
+        let mm = MemoryModel::new(&cfg, DType::F32, &Device::Cpu);
+        let need = |(h, w)| mm.estimate(h, w, Order::RowMajor, 1).total();
+        // A 2×40 strip upscaled ×16 in two ×4 passes, the second the larger.
+        let sizes = up(u64::MAX, 1).pass_sizes(2, 40).unwrap();
+        let (first, last) = (sizes[0], sizes[1]);
+        assert!(need(first) < need(last));
+        let mut calls = 0;
+        let e = up(need(first), 1)
+            .upscale_rgb(&Planar::new(3, 2, 40, vec![0.5; 240]), &mut |_| calls += 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{}×{}", last.1, last.0)), "{e}");
+        assert_eq!(calls, 0, "no block may run");
+        up(need(last), 1).check_memory(2, 40).unwrap();
+    }
+
+    /// A model whose position table limits the image side names the largest input it
+    /// takes at the scale asked for, not the sizes of its padded passes.
+    #[test]
+    fn a_limited_position_table_names_the_largest_input() {
+        let cfg = crate::config::ModelConfig {
+            rope_table_size: 64,
+            rope_position_modulus: 68,
+            ..crate::config::ModelConfig::minimal()
+        };
+        let up = |scale| {
+            let model = InfDit::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+            one_step_to(model, 2.0, OutputSize::Scale(scale))
+        };
+        // 256 px per side: 64 px at ×4 (in 8-px blocks), 128 at ×2 (16-px blocks).
+        up(4.0).pass_sizes(64, 10).unwrap();
+        let e = up(4.0).pass_sizes(65, 10).unwrap_err().to_string();
+        assert!(
+            e.contains("a 10×65 input") && e.contains("at most 64 px"),
+            "{e}"
+        );
+        up(2.0).pass_sizes(128, 128).unwrap();
+        let e = up(2.0).pass_sizes(7, 129).unwrap_err().to_string();
+        assert!(e.contains("at most 128 px"), "{e}");
+        let e = up(16.0).pass_sizes(17, 3).unwrap_err().to_string();
+        assert!(e.contains("at most 16 px"), "{e}");
+    }
+
+    /// Passes hand on a clamped image, as if the image had been written between them.
+    #[test]
+    fn chained_passes_match_passes_run_one_after_the_other() {
+        let cfg = crate::config::ModelConfig::minimal();
+        // A large output bias makes the outputs overshoot [0, 1].
+        let model = || {
+            let mut weights = crate::checkpoint::random_weights(&cfg, 7).unwrap();
+            let bias = weights.get_mut("mixins.final_layer.linear.bias").unwrap();
+            *bias = (&*bias * 50.0).unwrap();
+            let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+            InfDit::new(&cfg, vb).unwrap()
+        };
+        let lr = Planar::new(3, 3, 5, (0..45).map(|i| (i % 5) as f32 / 4.0).collect());
+        let by_hand = |size, seed| UpscaleOptions {
+            size,
+            seed,
+            sampler: one_step(model(), 2.0).opts.sampler,
+            ..Default::default()
+        };
+        let x4 = Upscaler::new(model(), None, by_hand(OutputSize::Scale(4.0), 0)).unwrap();
+        let x2 = Upscaler::new(model(), None, by_hand(OutputSize::Scale(2.0), 1)).unwrap();
+        let x8 = Upscaler::new(model(), None, by_hand(OutputSize::Scale(8.0), 0)).unwrap();
+        let first = x4.upscale_rgb(&lr, &mut |_| {}).unwrap();
+        let clipped = first.data.iter().filter(|&&v| v == 0.0 || v == 1.0).count();
+        assert!(
+            clipped > 0 && clipped < first.data.len(),
+            "some values clip, not all"
+        );
+        let chained = x2.upscale_rgb(&first, &mut |_| {}).unwrap();
+        let direct = x8.upscale_rgb(&lr, &mut |_| {}).unwrap();
+        assert!(direct.max_abs_diff(&chained) < 1e-5);
+    }
+
+    /// The image embedding is of the input, not of the padding that makes it whole blocks.
+    #[test]
+    fn the_image_embedding_sees_the_unpadded_input() {
+        let dev = Device::Cpu;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/clip_tiny_visual.safetensors"
+        );
+        let clip = crate::clip::load_clip_file(Path::new(path), None, &dev, DType::F32).unwrap();
+        let cfg = crate::config::ModelConfig {
+            vector_dim: clip.cfg.embed_dim,
+            ..crate::config::ModelConfig::minimal()
+        };
+        let model = InfDit::random(&cfg, 3, DType::F32, &dev).unwrap();
+        let up = Upscaler::new(model, Some(clip), UpscaleOptions::default()).unwrap();
+        let clip = up.clip.as_ref().unwrap();
+        let embedding = |cond: Conditioning| cond.vector.unwrap().flatten_all().unwrap();
+        let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        // 5×7 px, padded to 8×8 for the 32-px blocks of a ×4 pass.
+        let lr = Planar::new(
+            3,
+            5,
+            7,
+            (0..105).map(|i| (i % 9) as f32 / 4.0 - 1.0).collect(),
+        );
+        let cond = up.conditioning(&lr, 4).unwrap();
+        assert_eq!((cond.lr.height, cond.lr.width), (8, 8));
+        let own = clip.encode(&lr).unwrap().flatten_all().unwrap();
+        assert_eq!(diff(&embedding(cond), &own), 0.0);
+        let padded = clip
+            .encode(&pad_reflect(&lr, 8))
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        assert!(
+            diff(&own, &padded) > 1e-4,
+            "the padding must matter to the test"
+        );
+        // An image of whole blocks in a ×2 pass: the model's halved LR, as the reference.
+        let whole = Planar::new(
+            3,
+            16,
+            16,
+            (0..768).map(|i| (i % 7) as f32 / 3.0 - 1.0).collect(),
+        );
+        let cond = up.conditioning(&whole, 2).unwrap();
+        let model_lr = clip.encode(&cond.lr).unwrap().flatten_all().unwrap();
+        assert_eq!(diff(&embedding(cond), &model_lr), 0.0);
     }
 }

@@ -3,7 +3,7 @@
 //! the result to the exact size. Reducing a larger model output keeps the model's detail,
 //! which a bicubic enlargement of a smaller one would not.
 
-use super::SCALES;
+use super::MAX_SCALE;
 use anyhow::{bail, Result};
 
 /// The size of an upscaled image.
@@ -28,7 +28,7 @@ impl Default for OutputSize {
 /// How one image reaches its output size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizePlan {
-    /// The model's overall factor (one of [`SCALES`]).
+    /// The model's overall factor (one of the scales the plan was given).
     pub scale: usize,
     pub height: usize,
     pub width: usize,
@@ -44,7 +44,7 @@ impl SizePlan {
 impl OutputSize {
     /// Refuses sizes no image can have.
     pub fn validate(&self) -> Result<()> {
-        let max = *SCALES.last().expect("scales") as f64;
+        let max = MAX_SCALE as f64;
         match *self {
             Self::Scale(s) if !(s.is_finite() && s > 1.0 && s <= max) => {
                 bail!("scale {s} is not above 1 and at most {max}")
@@ -57,8 +57,9 @@ impl OutputSize {
         }
     }
 
-    /// The plan for an input of `height`×`width` pixels.
-    pub fn plan(&self, height: usize, width: usize) -> Result<SizePlan> {
+    /// The plan for an input of `height`×`width` pixels and a model that reaches the
+    /// factors `scales` (ascending).
+    pub fn plan(&self, height: usize, width: usize, scales: &[usize]) -> Result<SizePlan> {
         self.validate()?;
         let (h, w) = (height as f64, width as f64);
         let factor = match *self {
@@ -84,13 +85,18 @@ impl OutputSize {
         if out_h <= height && out_w <= width {
             bail!("{out_w}×{out_h} does not enlarge the {width}×{height} input");
         }
-        let Some(&scale) = SCALES
+        let Some(&scale) = scales
             .iter()
             .find(|&&s| s * height >= out_h && s * width >= out_w)
         else {
+            let max = scales.last().copied().unwrap_or(1);
             bail!(
-                "{out_w}×{out_h} is more than {}× the {width}×{height} input",
-                SCALES.last().expect("scales")
+                "{out_w}×{out_h} is more than {max}× the {width}×{height} input{}",
+                if max < MAX_SCALE {
+                    ", the most this model reaches"
+                } else {
+                    ""
+                }
             );
         };
         Ok(SizePlan {
@@ -132,8 +138,10 @@ impl OutputSize {
 mod tests {
     use super::*;
 
+    const X4: &[usize] = &[2, 4, 8, 16];
+
     fn plan(size: OutputSize, h: usize, w: usize) -> (usize, usize, usize) {
-        let p = size.plan(h, w).unwrap();
+        let p = size.plan(h, w, X4).unwrap();
         (p.scale, p.height, p.width)
     }
 
@@ -160,8 +168,8 @@ mod tests {
 
     #[test]
     fn supported_factors_need_no_resampling() {
-        for s in SCALES {
-            let p = OutputSize::Scale(s as f64).plan(30, 50).unwrap();
+        for &s in X4 {
+            let p = OutputSize::Scale(s as f64).plan(30, 50, X4).unwrap();
             assert_eq!((p.scale, p.height, p.width), (s, 30 * s, 50 * s));
             assert!(!p.resamples(30, 50));
         }
@@ -174,7 +182,7 @@ mod tests {
         assert_eq!(plan(OutputSize::Scale(4.5), 10, 10), (8, 45, 45));
         assert_eq!(plan(OutputSize::Scale(12.0), 2, 3), (16, 24, 36));
         assert!(OutputSize::Scale(3.0)
-            .plan(30, 50)
+            .plan(30, 50, X4)
             .unwrap()
             .resamples(30, 50));
     }
@@ -194,21 +202,21 @@ mod tests {
     #[test]
     fn impossible_sizes_are_refused() {
         for bad in [0.5, 1.0, 16.5, f64::NAN, f64::INFINITY] {
-            assert!(OutputSize::Scale(bad).plan(10, 10).is_err(), "{bad}");
+            assert!(OutputSize::Scale(bad).plan(10, 10, X4).is_err(), "{bad}");
         }
-        assert!(OutputSize::Width(0).plan(10, 10).is_err());
+        assert!(OutputSize::Width(0).plan(10, 10, X4).is_err());
         let within = OutputSize::Within {
             width: 0,
             height: 5,
         };
-        assert!(within.plan(10, 10).is_err());
+        assert!(within.plan(10, 10, X4).is_err());
         let err = OutputSize::Width(100)
-            .plan(10, 200)
+            .plan(10, 200, X4)
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not enlarge"), "{err}");
         let err = OutputSize::Width(1700)
-            .plan(10, 100)
+            .plan(10, 100, X4)
             .unwrap_err()
             .to_string();
         assert!(err.contains("more than 16×"), "{err}");
