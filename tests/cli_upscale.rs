@@ -345,6 +345,34 @@ fn jpeg_xl_in_png_out() {
     }
 }
 
+/// A colour-mapped TIFF (which the tiff crate reads only as indices) is upscaled in its
+/// colours, or in gray where its map is gray, and written as TIFF again.
+#[test]
+fn palette_tiff_in_tiff_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats");
+    for name in ["palette4", "palette2_gray"] {
+        std::fs::copy(
+            fixtures.join(format!("{name}.tif")),
+            dir.path().join(format!("{name}.tif")),
+        )
+        .unwrap();
+    }
+    upscale_ok(&model, &[s(&dir.path().join("palette*.tif"))]);
+    for (name, colour) in [
+        ("palette4", ColorType::Rgb8),
+        ("palette2_gray", ColorType::L8),
+    ] {
+        let out = dir.path().join(format!("{name}_x4.tif"));
+        let (format, img) = read(&out);
+        assert_eq!((format, img.color()), (ImageFormat::Tiff, colour), "{name}");
+        assert_eq!((img.width(), img.height()), (92, 68), "{name}");
+        let d = distance_to_bicubic(&dir.path().join(format!("{name}.tif")), &out);
+        assert!(d < 0.015, "{name} is far from its input: {d}");
+    }
+}
+
 #[test]
 fn every_input_format_in_and_every_output_format_out() {
     let dir = tempfile::tempdir().unwrap();

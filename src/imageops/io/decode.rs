@@ -9,7 +9,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 
 use super::format::{input_format_names, several_images, unreadable_format, InputFormat};
-use super::planes::{image_to_planes, is_deep, unpremultiply};
+use super::planes::{image_to_planes, is_deep, is_gray, unpremultiply};
 use super::png::PngFacts;
 use super::tiff::{decode_tiff, TiffFacts};
 use super::{one_line, DecodeLimits, DecodedImage, ImageIoError};
@@ -265,13 +265,13 @@ fn decode_with(
     let color = img.color();
     let (rgb, alpha) = image_to_planes(&img);
     // Colour-mapped images (GIF, BMP, TGA, palette PNG) reach us expanded to 8-bit RGB
-    // even when their palette is gray.
+    // even when their palette is gray. (Colour-mapped TIFF, read in tiff.rs, follows the
+    // same rule.)
     let gray_pixels = matches!(
         format,
         InputFormat::Gif | InputFormat::Bmp | InputFormat::Png | InputFormat::Tga
     ) && matches!(color, image::ColorType::Rgb8 | image::ColorType::Rgba8)
-        && rgb.plane(0) == rgb.plane(1)
-        && rgb.plane(1) == rgb.plane(2);
+        && is_gray(&rgb);
     Ok(DecodedImage {
         rgb,
         alpha,
@@ -312,11 +312,12 @@ fn jpeg_is_complete(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageops::io::test_support::{gradient, limits, with_exif_orientation};
+    use crate::imageops::io::test_support::{
+        format_fixture, gradient, limits, with_exif_orientation,
+    };
     use crate::imageops::io::{
         encode_file, has_input_extension, peek, peek_file, EncodeOptions, OutputFormat, Peek,
     };
-    use std::path::PathBuf;
 
     /// A 5×3 RGB image of eight flat colours (so GIF's palette holds it exactly).
     fn eight_colours() -> image::RgbImage {
@@ -517,12 +518,6 @@ mod tests {
         // A GIF header with no image after it.
         let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
-    }
-
-    fn format_fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/formats")
-            .join(name)
     }
 
     /// The fixtures' PNGs are what libjxl decodes the `.jxl` files to.

@@ -58,6 +58,11 @@ pub(super) fn split<T: Copy + Into<f32>>(
     )
 }
 
+/// Whether every pixel of `rgb` is gray: its three planes agree.
+pub(super) fn is_gray(rgb: &Planar) -> bool {
+    rgb.plane(0) == rgb.plane(1) && rgb.plane(1) == rgb.plane(2)
+}
+
 /// Sets every colour sample `v` to `f(v, a)`, `a` being its pixel's alpha.
 pub(super) fn with_alpha(rgb: &mut Planar, alpha: &Planar, f: impl Fn(f32, f32) -> f32) {
     let n = alpha.data.len();

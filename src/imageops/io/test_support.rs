@@ -1,5 +1,7 @@
 //! Helpers shared by the tests of the io modules.
 
+use std::path::{Path, PathBuf};
+
 use super::DecodeLimits;
 use crate::imageops::Planar;
 
@@ -31,4 +33,11 @@ pub(super) fn ramp(h: usize, w: usize, seed: usize) -> Planar {
 
 pub(super) fn limits() -> DecodeLimits {
     DecodeLimits::default()
+}
+
+/// A file of tests/fixtures/formats.
+pub(super) fn format_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/formats")
+        .join(name)
 }

@@ -1,45 +1,49 @@
 //! TIFF through the tiff crate, where the `image` crate reads or writes it wrongly or not at
 //! all: the layouts it refuses, the facts it misses, and alpha tagged as such on writing.
 
-use std::io::{self, BufRead, Read, Seek, Write};
+use std::io::{self, BufRead, Cursor, Read, Seek, Write};
 
 use image::ExtendedColorType;
 
 use super::encode::Encoded;
 use super::format::InputFormat;
-use super::planes::split;
+use super::planes::{is_gray, split};
 use super::{DecodeLimits, DecodedImage};
+use crate::imageops::Planar;
 
 /// Decodes a TIFF with the tiff crate: gray, gray+alpha, RGB and RGBA in 8 or 16 bits
-/// or floats, in whatever compression it reads. For the layouts the image crate refuses;
-/// the reason is returned for anything else.
+/// or floats, gray in 2 or 4 bits, YCbCr (JPEG-compressed above all) and colour-mapped, in
+/// whatever compression it reads. For the layouts the image crate refuses; the reason is
+/// returned for anything else.
 pub(super) fn decode_tiff(
-    reader: impl Read + Seek,
+    mut reader: impl Read + Seek,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, String> {
-    use tiff::decoder::{Decoder, DecodingResult};
+    use tiff::decoder::DecodingResult;
+    use tiff::tags::Tag;
     use tiff::ColorType;
-    let budget = usize::try_from(limits.max_alloc).unwrap_or(usize::MAX);
-    let mut tiff_limits = tiff::decoder::Limits::default();
-    tiff_limits.decoding_buffer_size = budget;
-    tiff_limits.intermediate_buffer_size = budget;
-    let mut d = Decoder::new(reader)
-        .map_err(|e| e.to_string())?
-        .with_limits(tiff_limits);
-    let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
-    if w == 0 || h == 0 || w > limits.max_width || h > limits.max_height {
-        return Err(format!("a {w}x{h} image"));
-    }
-    // 0: WhiteIsZero, 1: BlackIsZero, 2: RGB.
+    let mut d = open(&mut reader, limits)?;
+    // 0: WhiteIsZero, 1: BlackIsZero, 2: RGB, 3: palette, 6: YCbCr.
     let photometric = d
-        .find_tag_unsigned::<u16>(tiff::tags::Tag::PhotometricInterpretation)
+        .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
         .ok()
         .flatten();
+    if photometric == Some(3) {
+        let map = ColourMap::read(&mut d)?;
+        let mut file = Vec::new();
+        reader
+            .seek(io::SeekFrom::Start(0))
+            .and_then(|_| reader.read_to_end(&mut file))
+            .map_err(|e| e.to_string())?;
+        set_photometric(&mut file, 1)?;
+        return map.decode(open(Cursor::new(file), limits)?);
+    }
     let (channels, bits, gray) = match (d.colortype().map_err(|e| e.to_string())?, photometric) {
         (ColorType::Gray(b), _) => (1, b, true),
         (ColorType::GrayA(b), _) => (2, b, true),
         (ColorType::RGB(b), _) => (3, b, false),
         (ColorType::RGBA(b), _) => (4, b, false),
+        (ColorType::YCbCr(8), _) => (3, 8, false),
         // Gray or RGB with one extra sample, taken as alpha.
         (
             ColorType::Multiband {
@@ -57,9 +61,14 @@ pub(super) fn decode_tiff(
         ) => (4, bit_depth, false),
         (other, _) => return Err(format!("colour type {other:?}")),
     };
+    let ycbcr = match photometric {
+        Some(6) => Some(YCbCr::read(&mut d)?),
+        _ => None,
+    };
+    let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
     let (h, w) = (h as usize, w as usize);
     // Interleaved samples only (a planar file would hold the same count, plane by plane).
-    if d.find_tag_unsigned::<u16>(tiff::tags::Tag::PlanarConfiguration)
+    if d.find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
         .ok()
         .flatten()
         .is_some_and(|p| p == 2)
@@ -67,7 +76,11 @@ pub(super) fn decode_tiff(
         return Err("planar samples".into());
     }
     let planes = |v: &[f32], max| split(v, channels, h, w, max);
+    // The tiff crate has already inverted WhiteIsZero samples.
     let (rgb, alpha) = match d.read_image().map_err(|e| e.to_string())? {
+        DecodingResult::U8(v) if bits < 8 => {
+            split(&unpack(&v, bits, w), 1, h, w, f32::from((1u8 << bits) - 1))
+        }
         DecodingResult::U8(v) => split(&v, channels, h, w, 255.0),
         DecodingResult::U16(v) => split(&v, channels, h, w, 65535.0),
         DecodingResult::F16(v) => planes(&v.iter().map(|x| x.to_f32()).collect::<Vec<_>>(), 1.0),
@@ -75,13 +88,11 @@ pub(super) fn decode_tiff(
         DecodingResult::F64(v) => planes(&v.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1.0),
         _ => return Err("integer samples wider than 16 bits or signed".into()),
     };
-    let rgb = if photometric == Some(0) {
-        rgb.map(|v| 1.0 - v)
-    } else {
-        rgb
-    };
     Ok(DecodedImage {
-        rgb,
+        rgb: match ycbcr {
+            Some(m) => m.to_rgb(rgb),
+            None => rgb,
+        },
         alpha,
         sixteen_bit: bits > 8,
         grayscale: gray,
@@ -90,6 +101,256 @@ pub(super) fn decode_tiff(
         exif: None,
         format: InputFormat::Tiff,
     })
+}
+
+/// The tiff crate's decoder for the TIFF `reader` holds, within `limits`.
+fn open<R: Read + Seek>(
+    reader: R,
+    limits: &DecodeLimits,
+) -> Result<tiff::decoder::Decoder<R>, String> {
+    let budget = usize::try_from(limits.max_alloc).unwrap_or(usize::MAX);
+    let mut tiff_limits = tiff::decoder::Limits::default();
+    tiff_limits.decoding_buffer_size = budget;
+    tiff_limits.intermediate_buffer_size = budget;
+    let mut d = tiff::decoder::Decoder::new(reader)
+        .map_err(|e| e.to_string())?
+        .with_limits(tiff_limits);
+    let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
+    if w == 0 || h == 0 || w > limits.max_width || h > limits.max_height {
+        return Err(format!("a {w}x{h} image"));
+    }
+    Ok(d)
+}
+
+/// Samples of `bits` bits (1, 2, 4 or 8) packed from the high bit down, `w` to a row and
+/// rows padded to whole bytes (as the tiff crate returns them), one to a byte.
+fn unpack(packed: &[u8], bits: u8, w: usize) -> Vec<u8> {
+    let bits = usize::from(bits);
+    let mask = ((1u16 << bits) - 1) as u8;
+    packed
+        .chunks_exact((w * bits).div_ceil(8))
+        .flat_map(|row| {
+            (0..w).map(move |x| (row[x * bits / 8] >> (8 - bits - x * bits % 8)) & mask)
+        })
+        .collect()
+}
+
+/// A palette image's ColorMap: 2^bits reds, then as many greens and blues, in 0..=65535.
+struct ColourMap {
+    bits: u8,
+    entries: Vec<u16>,
+}
+
+impl ColourMap {
+    /// Reads and checks the map of the image `d` is at.
+    fn read<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Result<Self, String> {
+        use tiff::tags::Tag;
+        let tag = |d: &mut tiff::decoder::Decoder<R>, tag| {
+            d.find_tag_unsigned_vec::<u16>(tag)
+                .map_err(|e| e.to_string())
+        };
+        if tag(d, Tag::SamplesPerPixel)?.is_some_and(|n| n != [1]) {
+            return Err("palette with extra samples (alpha)".into());
+        }
+        let bits = match tag(d, Tag::BitsPerSample)?.as_deref() {
+            None => 1,
+            Some(&[b @ (1 | 2 | 4 | 8)]) => b as u8,
+            Some(b) => return Err(format!("palette with {b:?}-bit indices")),
+        };
+        let entries = tag(d, Tag::ColorMap)?.ok_or("palette without a ColorMap")?;
+        if entries.len() != 3 << bits {
+            return Err(format!(
+                "a ColorMap of {} entries for {bits}-bit indices (expected {})",
+                entries.len(),
+                3 << bits
+            ));
+        }
+        Ok(Self { bits, entries })
+    }
+
+    /// Maps the indices that `d` reads as gray (see [`set_photometric`]) to colours. The
+    /// image is 8-bit where the map holds 8-bit colours: stored as v·257 (the spec's scaling,
+    /// which libtiff, ImageMagick and GIMP use) or as v·256 (Pillow), which is read as
+    /// libtiff and Pillow read it, v = entry >> 8. It is gray where every pixel is, as for
+    /// the other colour-mapped formats (GIF, PNG, BMP, TGA).
+    fn decode<R: Read + Seek>(
+        &self,
+        mut d: tiff::decoder::Decoder<R>,
+    ) -> Result<DecodedImage, String> {
+        use tiff::decoder::DecodingResult;
+        let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
+        let (h, w) = (h as usize, w as usize);
+        let DecodingResult::U8(packed) = d.read_image().map_err(|e| e.to_string())? else {
+            return Err("palette indices that are not unsigned integers".into());
+        };
+        let indices = unpack(&packed, self.bits, w);
+        let times_257 = self.entries.iter().all(|v| v % 257 == 0);
+        let times_256 = !times_257 && self.entries.iter().all(|v| v % 256 == 0);
+        let colours: Vec<f32> = self
+            .entries
+            .iter()
+            .map(|&v| match times_256 {
+                true => f32::from(v >> 8) / 255.0,
+                false => f32::from(v) / 65535.0,
+            })
+            .collect();
+        let n = 1 << self.bits;
+        let mut data = Vec::with_capacity(3 * h * w);
+        for channel in colours.chunks_exact(n) {
+            data.extend(indices.iter().map(|&i| channel[usize::from(i)]));
+        }
+        let rgb = Planar::new(3, h, w, data);
+        Ok(DecodedImage {
+            grayscale: is_gray(&rgb),
+            rgb,
+            alpha: None,
+            sixteen_bit: !times_257 && !times_256,
+            icc_profile: None,
+            png_colour: Default::default(),
+            exif: None,
+            format: InputFormat::Tiff,
+        })
+    }
+}
+
+/// Sets the first image's PhotometricInterpretation in the TIFF `file` to `value`. With 1
+/// (BlackIsZero) the tiff crate, which refuses colour-mapped images, reads a palette image's
+/// indices as gray samples, uncompressed and unpacked as any gray image's.
+fn set_photometric(file: &mut [u8], value: u8) -> Result<(), String> {
+    const PHOTOMETRIC: u64 = 262;
+    let little = match file.get(..2) {
+        Some(b"II") => true,
+        Some(b"MM") => false,
+        _ => return Err("not a TIFF header".into()),
+    };
+    let uint = |file: &[u8], at: u64, len: usize| -> Option<u64> {
+        let at = usize::try_from(at).ok()?;
+        let bytes = file.get(at..at.checked_add(len)?)?;
+        let fold = |v: u64, &b: &u8| v << 8 | u64::from(b);
+        Some(match little {
+            true => bytes.iter().rev().fold(0, fold),
+            false => bytes.iter().fold(0, fold),
+        })
+    };
+    // Classic TIFF: 2-byte entry count, 12-byte entries whose value starts at byte 8;
+    // BigTIFF: 8-byte count, 20-byte entries, value at byte 12.
+    let (ifd, count_len, entry_len, value_at) = match uint(file, 2, 2) {
+        Some(42) => (uint(file, 4, 4), 2, 12, 8),
+        Some(43) => (uint(file, 8, 8), 8, 20, 12),
+        _ => return Err("not a TIFF header".into()),
+    };
+    let damaged = || "a damaged first image directory".to_string();
+    let ifd = ifd.ok_or_else(damaged)?;
+    let count = uint(file, ifd, count_len).ok_or_else(damaged)?;
+    for k in 0..count {
+        let entry = ifd + count_len as u64 + k * entry_len;
+        if uint(file, entry, 2).ok_or_else(damaged)? != PHOTOMETRIC {
+            continue;
+        }
+        // The value's width by its type: BYTE, SHORT, LONG, LONG8.
+        let width = match uint(file, entry + 2, 2) {
+            Some(1) => 1,
+            Some(3) => 2,
+            Some(4) => 4,
+            Some(16) => 8,
+            _ => return Err("a PhotometricInterpretation of an unusual type".into()),
+        };
+        let at = usize::try_from(entry + value_at).map_err(|_| damaged())?;
+        let field = file.get_mut(at..at + width).ok_or_else(damaged)?;
+        field.fill(0);
+        field[if little { 0 } else { width - 1 }] = value;
+        return Ok(());
+    }
+    Err(damaged())
+}
+
+/// The TIFF 6 (section 21) conversion of YCbCr samples to RGB. Computed in float and
+/// clamped to [0, 1], with nothing rounded until the output is written.
+struct YCbCr {
+    /// LumaRed, LumaGreen, LumaBlue (YCbCrCoefficients).
+    luma: [f32; 3],
+    /// Black and white codes of Y, Cb and Cr (ReferenceBlackWhite).
+    black_white: [f32; 6],
+}
+
+impl YCbCr {
+    /// Reads the conversion's tags (with their defaults) from the image `d` is at.
+    fn read<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Result<Self, String> {
+        use tiff::decoder::ifd::Value;
+        use tiff::tags::{CompressionMethod, Tag};
+        let compression = d.find_tag_unsigned::<u16>(Tag::Compression);
+        let jpeg = compression.ok().flatten() == Some(CompressionMethod::ModernJPEG.to_u16());
+        // Subsampled chroma is upsampled by the JPEG decoder, and by nothing otherwise.
+        let subsampling = d.find_tag_unsigned_vec::<u16>(Tag::ChromaSubsampling);
+        let subsampling = subsampling.ok().flatten().unwrap_or(vec![2, 2]);
+        if !jpeg && subsampling != [1, 1] {
+            return Err(format!(
+                "YCbCr with {subsampling:?} chroma subsampling and no JPEG compression"
+            ));
+        }
+        if d.find_tag(Tag::ExtraSamples).ok().flatten().is_some() {
+            return Err("YCbCr with extra samples (alpha)".into());
+        }
+        let mut reals = |tag, default: &[f32]| -> Result<Vec<f32>, String> {
+            let Some(v) = d
+                .find_tag(Tag::from_u16_exhaustive(tag))
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(default.to_vec());
+            };
+            let values = match v {
+                Value::List(values) => values,
+                v => vec![v],
+            };
+            let real = |v| match v {
+                Value::Rational(n, d) if d != 0 => Some(n as f32 / d as f32),
+                Value::Float(v) => Some(v),
+                Value::Double(v) => Some(v as f32),
+                v => v.into_u32().ok().map(|v| v as f32),
+            };
+            values
+                .into_iter()
+                .map(real)
+                .collect::<Option<Vec<_>>>()
+                .filter(|v| v.len() == default.len())
+                .ok_or_else(|| format!("an unreadable tag {tag}"))
+        };
+        let luma = reals(529, &[0.299, 0.587, 0.114])?;
+        let black_white = reals(532, &[0.0, 255.0, 128.0, 255.0, 128.0, 255.0])?;
+        if luma[1] == 0.0 || black_white.chunks(2).any(|p| p[0] == p[1]) {
+            return Err("YCbCr with degenerate coefficients or reference black and white".into());
+        }
+        Ok(Self {
+            luma: [luma[0], luma[1], luma[2]],
+            black_white: std::array::from_fn(|i| black_white[i]),
+        })
+    }
+
+    /// RGB from planes holding Y, Cb and Cr codes divided by 255. ReferenceBlackWhite maps
+    /// Y's black and white codes to 0 and 255, and Cb's and Cr's to 0 and 127; then
+    /// R = Y + (2 − 2·LumaRed)·Cr, B = Y + (2 − 2·LumaBlue)·Cb and
+    /// G = (Y − LumaBlue·B − LumaRed·R) / LumaGreen.
+    fn to_rgb(&self, ycbcr: Planar) -> Planar {
+        let [red, green, blue] = self.luma;
+        let bw = self.black_white;
+        let full = |v: f32, c: usize, range: f32| {
+            (v * 255.0 - bw[2 * c]) * range / (bw[2 * c + 1] - bw[2 * c]) / 255.0
+        };
+        let n = ycbcr.height * ycbcr.width;
+        let mut rgb = vec![0.0; 3 * n];
+        for i in 0..n {
+            let y = full(ycbcr.data[i], 0, 255.0);
+            let cb = full(ycbcr.data[n + i], 1, 127.0);
+            let cr = full(ycbcr.data[2 * n + i], 2, 127.0);
+            let r = y + (2.0 - 2.0 * red) * cr;
+            let b = y + (2.0 - 2.0 * blue) * cb;
+            let g = (y - blue * b - red * r) / green;
+            for (c, v) in [r, g, b].into_iter().enumerate() {
+                rgb[c * n + i] = v.clamp(0.0, 1.0);
+            }
+        }
+        Planar::new(3, ycbcr.height, ycbcr.width, rgb)
+    }
 }
 
 /// What the image crate's TIFF decoder gets wrong, read with the tiff crate.
@@ -194,12 +455,31 @@ impl Encoded<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageops::io::test_support::{gradient, limits, ramp};
+    use crate::imageops::io::test_support::{format_fixture, gradient, limits, ramp};
     use crate::imageops::io::{
-        decode_bytes, encode_file, EncodeOptions, ImageIoError, OutputFormat,
+        decode_bytes, decode_file, encode_file, EncodeOptions, ImageIoError, OutputFormat,
     };
     use std::fs::File;
     use std::io::Cursor;
+
+    /// `$name`: a colour type the tiff crate's encoder lacks, `$samples` 8-bit samples
+    /// under the PhotometricInterpretation `$photometric`.
+    macro_rules! colour_type {
+        ($name:ident, $photometric:ident, $samples:literal) => {
+            struct $name;
+            impl tiff::encoder::colortype::ColorType for $name {
+                type Inner = u8;
+                const TIFF_VALUE: tiff::tags::PhotometricInterpretation =
+                    tiff::tags::PhotometricInterpretation::$photometric;
+                const BITS_PER_SAMPLE: &'static [u16] = &[8; $samples];
+                const SAMPLE_FORMAT: &'static [tiff::tags::SampleFormat] =
+                    &[tiff::tags::SampleFormat::Uint; $samples];
+                fn horizontal_predict(_: &[u8], _: &mut Vec<u8>) {
+                    unreachable!("written without a predictor")
+                }
+            }
+        };
+    }
 
     /// TIFF alpha is written as such (ExtraSamples: unassociated), and premultiplied
     /// (associated) alpha is divided out on reading.
@@ -275,6 +555,11 @@ mod tests {
         let d = decode_bytes(gray.get_ref(), &limits()).unwrap();
         assert!(d.grayscale && d.sixteen_bit);
         assert_eq!(d.rgb.data, [0.0, 0.5, 0.0, 0.5, 0.0, 0.5]);
+        // As WhiteIsZero, inverted (by the tiff crate, and only once).
+        let mut white = gray.into_inner();
+        set_photometric(&mut white, 0).unwrap();
+        let d = decode_bytes(&white, &limits()).unwrap();
+        assert_eq!(d.rgb.data, [1.0, 0.5, 1.0, 0.5, 1.0, 0.5]);
         let e = decode_bytes(&integers, &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("32-bit integer samples"), "{e}");
@@ -285,18 +570,7 @@ mod tests {
     #[test]
     fn gray_alpha_and_big_tiff_decode() {
         use tiff::encoder::{colortype, TiffEncoder};
-        struct GrayAlpha8;
-        impl colortype::ColorType for GrayAlpha8 {
-            type Inner = u8;
-            const TIFF_VALUE: tiff::tags::PhotometricInterpretation =
-                tiff::tags::PhotometricInterpretation::BlackIsZero;
-            const BITS_PER_SAMPLE: &'static [u16] = &[8, 8];
-            const SAMPLE_FORMAT: &'static [tiff::tags::SampleFormat] =
-                &[tiff::tags::SampleFormat::Uint; 2];
-            fn horizontal_predict(_: &[u8], _: &mut Vec<u8>) {
-                unreachable!("written without a predictor")
-            }
-        }
+        colour_type!(GrayAlpha8, BlackIsZero, 2);
         let mut buf = Cursor::new(Vec::new());
         let mut enc = TiffEncoder::new(&mut buf).unwrap();
         let mut image = enc.new_image::<GrayAlpha8>(2, 1).unwrap();
@@ -318,5 +592,178 @@ mod tests {
         let d = decode_bytes(big.get_ref(), &limits()).unwrap();
         assert_eq!(d.format, InputFormat::Tiff);
         assert_eq!(d.rgb.data, [1.0, 0.0, 0.2]);
+    }
+
+    /// The fixtures' PNGs are what libtiff decodes the TIFFs to (libjpeg for the JPEG ones),
+    /// except ycbcr.png, which holds the TIFF 6 formulas' exact result (libtiff truncates);
+    /// see scripts/make_tiff_fixtures.py.
+    #[test]
+    fn palette_and_ycbcr_tiffs_decode_as_libtiff_does() {
+        // JPEG decoders differ in their IDCT, colour conversion and chroma upsampling:
+        // zune-jpeg is within 3 levels of libjpeg-turbo (0.3 on average without subsampling,
+        // 0.6 with), except in the right-hand column of the 2×2-subsampled image (up to 7),
+        // where the two upsample the chroma edge differently.
+        let level = 1.0 / 255.0;
+        for (name, sixteen_bit, grayscale, (max, mean)) in [
+            ("palette8", false, false, (0.0, 0.0)),
+            ("palette4", false, false, (0.0, 0.0)),
+            ("palette1", false, false, (0.0, 0.0)),
+            ("palette2_gray", false, true, (0.0, 0.0)),
+            ("palette16", true, false, (0.0, 0.0)),
+            ("ycbcr", false, false, (1e-5, 1e-5)),
+            ("ycbcr_jpeg", false, false, (8.0 * level, level)),
+            (
+                "ycbcr_jpeg_tables",
+                false,
+                false,
+                (3.0 * level, 0.5 * level),
+            ),
+        ] {
+            let d = decode_file(&format_fixture(&format!("{name}.tif")), &limits()).unwrap();
+            let want = decode_file(&format_fixture(&format!("{name}.png")), &limits()).unwrap();
+            assert_eq!(d.format, InputFormat::Tiff);
+            assert_eq!(
+                (d.sixteen_bit, d.grayscale, d.alpha.is_some()),
+                (sixteen_bit, grayscale, false),
+                "{name}"
+            );
+            let diff = d.rgb.max_abs_diff(&want.rgb);
+            let mean_diff = d
+                .rgb
+                .zip_map(&want.rgb, |a, b| (a - b).abs())
+                .data
+                .iter()
+                .sum::<f32>()
+                / d.rgb.data.len() as f32;
+            assert!(
+                diff <= max && mean_diff <= mean,
+                "{name}: {diff}, {mean_diff} on average"
+            );
+        }
+    }
+
+    /// Palette indices, and gray samples, of 1, 2 or 4 bits come packed from the high bit
+    /// down in rows padded to whole bytes.
+    #[test]
+    fn sub_byte_samples_unpack() {
+        assert_eq!(
+            unpack(&[0b1010_0000, 0b0110_0000], 1, 3),
+            [1, 0, 1, 0, 1, 1]
+        );
+        assert_eq!(unpack(&[0b1110_0100, 0b1100_0000], 2, 5), [3, 2, 1, 0, 3]);
+        assert_eq!(unpack(&[0x5A, 0xF0], 4, 3), [5, 10, 15]);
+        assert_eq!(unpack(&[7, 200], 8, 2), [7, 200]);
+    }
+
+    /// The same 4-bit samples read as gray (BlackIsZero, and inverted by WhiteIsZero) and
+    /// through the colour map, in every header kind and byte order.
+    #[test]
+    fn palette_indices_read_as_gray() {
+        use tiff::tags::Tag;
+        for name in ["palette8", "palette4", "palette1", "palette2_gray"] {
+            let file = std::fs::read(format_fixture(&format!("{name}.tif"))).unwrap();
+            let mut d = tiff::decoder::Decoder::new(Cursor::new(&file)).unwrap();
+            let map = d.get_tag_u16_vec(Tag::ColorMap).unwrap();
+            let top = (map.len() / 3 - 1) as f32;
+            let colours = decode_bytes(&file, &limits()).unwrap().rgb;
+            let gray = |photometric| {
+                let mut file = file.clone();
+                set_photometric(&mut file, photometric).unwrap();
+                decode_bytes(&file, &limits()).unwrap()
+            };
+            let (black_is_zero, white_is_zero) = (gray(1), gray(0));
+            assert!(
+                black_is_zero.grayscale && !black_is_zero.sixteen_bit,
+                "{name}"
+            );
+            let (n, stride) = (colours.data.len() / 3, map.len() / 3);
+            for i in 0..n {
+                let k = black_is_zero.rgb.data[i] * top;
+                assert_eq!(k, k.round(), "{name}");
+                let inverted = 1.0 - black_is_zero.rgb.data[i];
+                assert!(
+                    (white_is_zero.rgb.data[i] - inverted).abs() < 1e-6,
+                    "{name}"
+                );
+                for c in 0..3 {
+                    let entry = map[c * stride + k as usize] >> 8;
+                    assert_eq!(colours.data[c * n + i], f32::from(entry) / 255.0, "{name}");
+                }
+            }
+        }
+        let e = set_photometric(&mut b"II*\0\x08\0\0\0\0\0".to_vec(), 1).unwrap_err();
+        assert!(e.contains("damaged"), "{e}");
+    }
+
+    /// What is not read is refused with the reason: a palette with alpha or a wrong colour
+    /// map, YCbCr with subsampled chroma and no JPEG compression.
+    #[test]
+    fn unreadable_palette_and_ycbcr_tiffs_are_refused() {
+        use tiff::encoder::colortype;
+        use tiff::tags::Tag;
+        colour_type!(PaletteAlpha8, RGBPalette, 2);
+        colour_type!(Palette8, RGBPalette, 1);
+        let refused = |bytes: &[u8], why: &str| {
+            let e = decode_bytes(bytes, &limits()).unwrap_err();
+            assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+            assert!(e.to_string().contains(why), "{e}");
+        };
+        let map: Vec<u16> = (0..768).map(|i| (i % 256) * 257).collect();
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        let mut image = enc.new_image::<PaletteAlpha8>(2, 1).unwrap();
+        image.encoder().write_tag(Tag::ColorMap, &map[..]).unwrap();
+        image
+            .encoder()
+            .write_tag(Tag::ExtraSamples, &[2u16][..])
+            .unwrap();
+        image.write_data(&[1, 255, 2, 0]).unwrap();
+        refused(buf.get_ref(), "palette with extra samples (alpha)");
+
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        let mut image = enc.new_image::<Palette8>(2, 1).unwrap();
+        image
+            .encoder()
+            .write_tag(Tag::ColorMap, &map[..48])
+            .unwrap();
+        image.write_data(&[1, 2]).unwrap();
+        refused(buf.get_ref(), "a ColorMap of 48 entries for 8-bit indices");
+
+        // The encoder writes YCbCrSubSampling 1×1 (entry: tag 530, SHORT, 2 values); 1×1
+        // decodes, 2×2 is refused.
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        enc.write_image::<colortype::YCbCr8>(2, 2, &[128; 12])
+            .unwrap();
+        let mut bytes = buf.into_inner();
+        let gray = decode_bytes(&bytes, &limits()).unwrap();
+        assert!(gray.rgb.data.iter().all(|&v| v == 128.0 / 255.0));
+        let entry = [0x12, 2, 3, 0, 2, 0, 0, 0, 1, 0, 1, 0];
+        let at = bytes.windows(12).position(|w| w == entry).unwrap();
+        bytes[at + 8..at + 12].copy_from_slice(&[2, 0, 2, 0]);
+        refused(
+            &bytes,
+            "YCbCr with [2, 2] chroma subsampling and no JPEG compression",
+        );
+    }
+
+    /// Damage anywhere in a palette or JPEG-compressed TIFF gives an error or an image,
+    /// never a panic.
+    #[test]
+    fn damaged_palette_and_ycbcr_tiffs_do_not_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for name in ["palette4.tif", "palette1.tif", "ycbcr_jpeg_tables.tif"] {
+            let bytes = std::fs::read(format_fixture(name)).unwrap();
+            for _ in 0..200 {
+                let mut damaged = bytes.clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let i = rng.gen_range(0..damaged.len());
+                    damaged[i] ^= 1 << rng.gen_range(0..8);
+                }
+                let _ = decode_bytes(&damaged, &limits());
+            }
+        }
     }
 }
