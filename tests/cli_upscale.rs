@@ -1239,6 +1239,43 @@ fn conditioned_models_need_clip_weights_and_use_them() {
     let a = dir.path().join("a.png");
     upscale_ok(&model, &[s(&input), "-o", s(&a), "--clip", s(&clip)]);
     assert_eq!(dims(&a), (80, 48));
+    // bf16 on the CPU, which has no bf16 matmul for the encoder.
+    let a16 = dir.path().join("a16.png");
+    upscale_ok(
+        &model,
+        &[
+            s(&input),
+            "-o",
+            s(&a16),
+            "--clip",
+            s(&clip),
+            "--dtype",
+            "bf16",
+        ],
+    );
+    assert_eq!(dims(&a16), (80, 48));
+    // `eval` takes the weights the same way.
+    let hr = dir.path().join("hr.png");
+    save(gradient(48, 40), &hr, ImageFormat::Png);
+    let eval = |clip: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_infdit"))
+            .args([
+                "eval",
+                "--hr",
+                s(&hr),
+                "--baseline",
+                "bicubic",
+                "--steps",
+                "1",
+            ])
+            .args(["--model", s(&model)])
+            .args(clip)
+            .output()
+            .unwrap()
+    };
+    assert!(stderr(&eval(&[])).contains("--clip"));
+    let scored = eval(&["--clip", s(&clip)]);
+    assert!(scored.status.success(), "{}", stderr(&scored));
     // The same file found beside the model is picked up without the flag.
     std::fs::copy(&clip, model.join("clip.safetensors")).unwrap();
     let b = dir.path().join("b.png");

@@ -640,3 +640,14 @@ fn pytorch_checkpoints_load() {
         assert!(d <= 1e-6, "{}: differs by {d:e}", path.display());
     }
 }
+
+/// bf16 asked for on the CPU (which has no bf16 matmul) encodes in f32.
+#[test]
+fn bf16_on_the_cpu_encodes_in_f32() {
+    let path = fixture("clip_tiny_visual.safetensors");
+    let dev = Device::Cpu;
+    let bf16 = clip::load_clip_file(&path, Some(&tiny_config()), &dev, DType::BF16).unwrap();
+    let img = random_image(&mut StdRng::seed_from_u64(5), 40, 57);
+    let e = bf16.encode(&img).unwrap();
+    assert_eq!(max_abs_diff(&e, &tiny_encoder().encode(&img).unwrap()), 0.0);
+}

@@ -75,6 +75,10 @@ pub struct UpscaleFlags {
     /// With --baseline: the model directory or checkpoint (default: the built-in model).
     #[arg(long)]
     pub(super) model: Option<PathBuf>,
+    /// With --baseline: CLIP ViT-L/14 weights for a model conditioned on an image
+    /// embedding (default: the checkpoint's own, or a known file beside the model).
+    #[arg(long)]
+    pub(super) clip: Option<PathBuf>,
     /// With --baseline bicubic: sampler steps (default: the model's recommendation).
     #[arg(long)]
     pub(super) steps: Option<usize>,
@@ -219,6 +223,7 @@ impl EvalArgs {
         let denoiser = self.baseline == Some(Baseline::Denoiser);
         let unused: Vec<&str> = [
             ("--model", u.model.is_some(), baseline),
+            ("--clip", u.clip.is_some(), baseline),
             ("--seed", u.seed.is_some(), baseline),
             ("--device", u.device.is_some(), baseline),
             ("--prescale", self.prescale.is_some(), baseline),

@@ -159,7 +159,7 @@ impl UpscaleArgs {
             self_ensemble: flags.self_ensemble,
             seed: flags.seed.unwrap_or_default(),
             model: flags.model.clone(),
-            clip: None,
+            clip: flags.clip.clone(),
             max_memory: None,
             block_batch: None,
             order: Order::Auto,

@@ -114,6 +114,13 @@ impl ClipEncoder {
                 .context("inferring the CLIP config from the weights")?,
         };
         weights.check(&cfg)?;
+        // candle's CPU matmul has no bf16 kernel; the one encoder forward per pass costs
+        // little in f32.
+        let dtype = if device.is_cpu() && dtype == DType::BF16 {
+            DType::F32
+        } else {
+            dtype
+        };
         let format = weights.format;
         Self::new(cfg, weights.into_var_builder(dtype, device))
             .with_context(|| format!("building the CLIP tower from {format:?} weights"))
