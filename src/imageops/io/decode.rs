@@ -121,17 +121,23 @@ fn decode_image_crate(
         let mut decoded = match (decoded, &tiff) {
             // The image crate maps only some TIFF layouts (not gray+alpha, float gray,
             // palette, JPEG-compressed YCbCr); the tiff crate reads more of them.
-            (Err(ImageIoError::Unsupported { detail, .. }), Some(_)) => {
+            (Err(ImageIoError::Unsupported { detail, .. }), Some(facts)) => {
                 reader
                     .seek(io::SeekFrom::Start(0))
                     .map_err(ImageIoError::read(path))?;
-                decode_tiff(reader, limits).map_err(|why| ImageIoError::Unsupported {
-                    path: path.into(),
-                    detail: format!(
-                        "a TIFF layout this decoder does not read ({detail}; {why}); \
-                         convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
-                    ),
-                })?
+                let mut decoded =
+                    decode_tiff(reader, limits).map_err(|why| ImageIoError::Unsupported {
+                        path: path.into(),
+                        detail: format!(
+                            "a TIFF layout this decoder does not read ({detail}; {why}); \
+                             convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
+                        ),
+                    })?;
+                if let Some(t) = facts.orientation {
+                    decoded.rgb = decoded.rgb.dihedral(t);
+                    decoded.alpha = decoded.alpha.map(|a| a.dihedral(t));
+                }
+                decoded
             }
             (decoded, _) => decoded?,
         };

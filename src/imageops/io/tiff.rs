@@ -9,7 +9,7 @@ use super::encode::Encoded;
 use super::format::InputFormat;
 use super::planes::{is_gray, split};
 use super::{DecodeLimits, DecodedImage};
-use crate::imageops::Planar;
+use crate::imageops::{Dihedral, Planar};
 
 /// Decodes a TIFF with the tiff crate: gray, gray+alpha, RGB and RGBA in 8 or 16 bits
 /// or floats, gray in 2 or 4 bits, YCbCr (JPEG-compressed above all) and colour-mapped, in
@@ -368,6 +368,29 @@ pub(super) struct TiffFacts {
     /// The extra sample is associated (premultiplied) alpha, which the image crate
     /// passes on as if it were straight.
     pub(super) associated_alpha: bool,
+    /// The turn the Orientation tag asks for (the image crate applies it to the files it
+    /// reads; the files the tiff crate reads need it applied here).
+    pub(super) orientation: Option<Dihedral>,
+}
+
+/// The flip or rotation that shows an image stored with the TIFF/EXIF Orientation `value`
+/// upright; `None` for upright (1) and undefined values.
+fn upright(value: u16) -> Option<Dihedral> {
+    let (flip_x, flip_y, transpose) = match value {
+        2 => (true, false, false),
+        3 => (true, true, false),
+        4 => (false, true, false),
+        5 => (false, false, true),
+        6 => (false, true, true),
+        7 => (true, true, true),
+        8 => (true, false, true),
+        _ => return None,
+    };
+    Some(Dihedral {
+        flip_x,
+        flip_y,
+        transpose,
+    })
 }
 
 impl TiffFacts {
@@ -395,6 +418,11 @@ impl TiffFacts {
                     icc_profile,
                     pages: d.more_images(),
                     associated_alpha: extra.ok().flatten().is_some_and(|e| e.first() == Some(&1)),
+                    orientation: d
+                        .find_tag_unsigned::<u16>(Tag::Orientation)
+                        .ok()
+                        .flatten()
+                        .and_then(upright),
                 }
             },
         );
@@ -592,6 +620,50 @@ mod tests {
         let d = decode_bytes(big.get_ref(), &limits()).unwrap();
         assert_eq!(d.format, InputFormat::Tiff);
         assert_eq!(d.rgb.data, [1.0, 0.0, 0.2]);
+    }
+
+    /// The files the tiff crate reads are turned upright as the image crate turns the
+    /// others, for all eight Orientation values.
+    #[test]
+    fn orientation_applies_to_the_files_the_tiff_crate_reads() {
+        use tiff::encoder::{colortype, TiffEncoder};
+        use tiff::tags::Tag;
+        colour_type!(GrayAlpha8, BlackIsZero, 2);
+        let values: Vec<u8> = (0..6).map(|v| v * 40).collect();
+        for orientation in 1..=8u16 {
+            let mut gray_alpha = Cursor::new(Vec::new());
+            let mut enc = TiffEncoder::new(&mut gray_alpha).unwrap();
+            let mut image = enc.new_image::<GrayAlpha8>(3, 2).unwrap();
+            image
+                .encoder()
+                .write_tag(Tag::ExtraSamples, &[2u16][..])
+                .unwrap();
+            image
+                .encoder()
+                .write_tag(Tag::Orientation, orientation)
+                .unwrap();
+            let data: Vec<u8> = values.iter().flat_map(|&v| [v, 255 - v]).collect();
+            image.write_data(&data).unwrap();
+            let mut rgb = Cursor::new(Vec::new());
+            let mut enc = TiffEncoder::new(&mut rgb).unwrap();
+            let mut image = enc.new_image::<colortype::RGB8>(3, 2).unwrap();
+            image
+                .encoder()
+                .write_tag(Tag::Orientation, orientation)
+                .unwrap();
+            let data: Vec<u8> = values.iter().flat_map(|&v| [v, v, v]).collect();
+            image.write_data(&data).unwrap();
+            let ours = decode_bytes(gray_alpha.get_ref(), &limits()).unwrap();
+            let theirs = decode_bytes(rgb.get_ref(), &limits()).unwrap();
+            assert_eq!(ours.rgb, theirs.rgb, "orientation {orientation}");
+            let alpha = ours.alpha.unwrap();
+            let expected = theirs.rgb.plane(0).iter().map(|v| 1.0 - v);
+            assert!(alpha
+                .data
+                .iter()
+                .zip(expected)
+                .all(|(a, e)| (a - e).abs() < 1e-6));
+        }
     }
 
     /// The fixtures' PNGs are what libtiff decodes the TIFFs to (libjpeg for the JPEG ones),
