@@ -78,7 +78,8 @@ fn main() -> std::process::ExitCode {
     match cli.run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", infdit::cli::error_text(&e));
+            let text = infdit::cli::error_text(&e);
+            eprintln!("error: {}", infdit::cli::printable(&text, true));
             std::process::ExitCode::FAILURE
         }
     }

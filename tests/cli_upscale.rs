@@ -1615,3 +1615,23 @@ fn heic_files_in_a_folder_are_reported() {
     );
     assert!(shots.join("a_x4.png").is_file());
 }
+
+/// A file name with control characters is printed escaped, on one line, and cannot drive
+/// the terminal.
+#[cfg(unix)]
+#[test]
+fn control_characters_in_file_names_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let d = dir.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("bad\nname\u{1b}[2J.png"), b"not an image").unwrap();
+    save(gradient(8, 6), &d.join("good\tone.png"), ImageFormat::Png);
+    let out = upscale(&model, &[s(&d), "-o", s(&dir.path().join("out"))]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(!err.contains('\u{1b}'), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(line.contains("bad\\nname\\u{1b}[2J.png: "), "{err}");
+    assert!(err.contains("good\\tone.png → "), "{err}");
+}

@@ -270,7 +270,12 @@ impl EvalArgs {
                 // As `upscale` reports a failed input.
                 failed += 1;
                 let file = f.display().to_string();
-                eprintln!("error: {file}: {}", super::failure_message(&file, &e));
+                let msg = super::failure_message(&file, &e);
+                eprintln!(
+                    "error: {}: {}",
+                    super::printable(&file, false),
+                    super::printable(&msg, false)
+                );
             }
         };
         match (&self.sr, self.baseline) {
@@ -291,7 +296,8 @@ impl EvalArgs {
                 for f in &hr_files {
                     let scores = self.baseline_scores(f, baseline, &up);
                     if scores.is_ok() {
-                        eprintln!("{}: done", f.display());
+                        let file = f.display().to_string();
+                        eprintln!("{}: done", super::printable(&file, false));
                     }
                     record(f, scores);
                 }
@@ -473,7 +479,7 @@ fn print_table(header: &[String], rows: &[(String, Scores)]) {
     let labels: Vec<String> = header.iter().map(|h| format!("PSNR-{h}")).collect();
     let widths: Vec<usize> = labels.iter().map(|l| l.chars().count().max(10)).collect();
     let print_row = |name: &str, vals: &mut dyn Iterator<Item = (f64, f64)>| {
-        print!("{name:<50}");
+        print!("{:<50}", super::printable(name, false));
         for ((p, s), w) in vals.zip(&widths) {
             print!(" {p:>w$.3} {s:>8.4}");
         }

@@ -11,6 +11,7 @@ mod upscale;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
+use std::borrow::Cow;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -112,6 +113,25 @@ fn failure_message(file: &str, e: &anyhow::Error) -> String {
     }
 }
 
+/// `text` with its control characters escaped (`\n`, `\u{1b}`, …) for a terminal: a file
+/// name may hold any of them, and printed raw one would split the line or drive the
+/// terminal. `keep_newlines` keeps the line breaks of a message written in lines.
+pub fn printable(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !(keep_newlines && c == '\n');
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// A progress bar style from `template`, which may use `{rate}`: items per second to two
 /// or three significant digits (indicatif's `{per_sec}` prints four decimals).
 fn bar_style(template: &str) -> indicatif::ProgressStyle {
@@ -201,6 +221,16 @@ mod tests {
         );
         let plain = anyhow::anyhow!("inner").context("outer");
         assert_eq!(error_text(&plain), "outer: inner");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert!(matches!(printable("plain é", false), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("a\nb\u{1b}[31m\t\u{9b}", false),
+            "a\\nb\\u{1b}[31m\\t\\u{9b}"
+        );
+        assert_eq!(printable("problems:\n  one\r", true), "problems:\n  one\\r");
     }
 
     #[test]

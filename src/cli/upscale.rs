@@ -296,7 +296,7 @@ impl UpscaleArgs {
                         || {
                             format!(
                                 "{}: skipped, {} exists (use --overwrite)",
-                                input.display(),
+                                shown(input, "<stdin>"),
                                 out.display()
                             )
                         },
@@ -322,7 +322,11 @@ impl UpscaleArgs {
             if json {
                 emit("error", file, serde_json::json!({ "error": err }));
             }
-            eprintln!("error: {file}: {err}");
+            eprintln!(
+                "error: {}: {}",
+                super::printable(file, false),
+                super::printable(err, false)
+            );
         }
         if let Some(table) = crate::profile::report() {
             eprintln!("{table}");
@@ -354,10 +358,12 @@ impl UpscaleArgs {
         } else if !self.quiet {
             // indicatif drops `println` while its target is hidden (stderr is not a
             // terminal, or --progress none), which would silence these lines in logs.
+            let text = text();
+            let text = super::printable(&text, false);
             if multi.is_hidden() {
-                eprintln!("{}", text());
+                eprintln!("{text}");
             } else {
-                let _ = multi.println(text());
+                let _ = multi.println(text);
             }
         }
     }
