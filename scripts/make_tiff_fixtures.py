@@ -24,6 +24,10 @@ Outputs (tests/fixtures/formats/):
                                   each a whole JPEG stream (tifffile with libjpeg-turbo)
   ycbcr_jpeg_tables.tif, ….png    JPEG-compressed YCbCr, 1×1, abbreviated streams with shared
                                   JPEGTables, as libtiff writes them (through Pillow)
+  planar_rgba16.tif, ….png        16-bit RGBA stored plane by plane (PlanarConfiguration 2),
+                                  LZW with the horizontal predictor (tifffile); the PNG holds
+                                  the same samples
+  planar_gray_alpha8.tif, ….png   8-bit gray+alpha, plane by plane, uncompressed (tifffile)
   ycbcr.tif, ycbcr.png            uncompressed YCbCr, 1×1, Rec. 709 YCbCrCoefficients and a
                                   studio-range ReferenceBlackWhite (16–235, 128±112); the PNG
                                   is 16-bit RGB from the TIFF 6 formulas in double precision.
@@ -255,9 +259,37 @@ def ycbcr():
     save("ycbcr.png", imagecodecs.png_encode(np.round(want * 65535).astype(np.uint16)))
 
 
+def planar():
+    h, w = 5, 7
+    y, x = np.mgrid[0:h, 0:w]
+    rgba = np.stack([x * 9000 + 300, y * 12000 + 7, (x + y) * 5000 + 11, 65535 - x * y * 2000], -1)
+    rgba = rgba.astype(np.uint16)
+    path = os.path.join(OUT, "planar_rgba16.tif")
+    tifffile.imwrite(
+        path, rgba.transpose(2, 0, 1), planarconfig="separate", photometric="rgb",
+        extrasamples=[2],
+        compression="lzw", predictor=True,
+    )
+    with tifffile.TiffFile(path) as t:
+        assert t.pages[0].planarconfig == 2
+        assert np.array_equal(t.asarray().transpose(1, 2, 0), rgba)
+    save("planar_rgba16.png", imagecodecs.png_encode(rgba))
+    gray_alpha = np.stack([x * 30 + y * 7, 255 - x * y * 9], -1).astype(np.uint8)
+    path = os.path.join(OUT, "planar_gray_alpha8.tif")
+    tifffile.imwrite(
+        path, gray_alpha.transpose(2, 0, 1), planarconfig="separate",
+        photometric="minisblack", extrasamples=[2],
+    )
+    with tifffile.TiffFile(path) as t:
+        assert t.pages[0].planarconfig == 2
+        assert np.array_equal(t.asarray().transpose(1, 2, 0), gray_alpha)
+    save("planar_gray_alpha8.png", imagecodecs.png_encode(gray_alpha))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     palettes()
+    planar()
     ycbcr()
 
 

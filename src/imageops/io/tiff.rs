@@ -67,17 +67,21 @@ pub(super) fn decode_tiff(
     };
     let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
     let (h, w) = (h as usize, w as usize);
-    // Interleaved samples only (a planar file would hold the same count, plane by plane).
-    if d.find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
-        .ok()
-        .flatten()
-        .is_some_and(|p| p == 2)
-    {
-        return Err("planar samples".into());
+    let planar = channels > 1
+        && d.find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+            .ok()
+            .flatten()
+            .is_some_and(|p| p == 2);
+    // All planes of a planar image (`read_image` reads only the first).
+    let mut samples = DecodingResult::U8(Vec::new());
+    d.read_image_to_buffer(&mut samples)
+        .map_err(|e| e.to_string())?;
+    if planar {
+        samples = interleave(samples, channels, h * w)?;
     }
     let planes = |v: &[f32], max| split(v, channels, h, w, max);
     // The tiff crate has already inverted WhiteIsZero samples.
-    let (rgb, alpha) = match d.read_image().map_err(|e| e.to_string())? {
+    let (rgb, alpha) = match samples {
         DecodingResult::U8(v) if bits < 8 => {
             split(&unpack(&v, bits, w), 1, h, w, f32::from((1u8 << bits) - 1))
         }
@@ -211,6 +215,34 @@ impl ColourMap {
             format: InputFormat::Tiff,
         })
     }
+}
+
+/// The samples of a planar image (`channels` planes of `n` samples each, as the tiff crate
+/// reads them) interleaved pixel by pixel, as the rest of the decoder takes them.
+fn interleave(
+    samples: tiff::decoder::DecodingResult,
+    channels: usize,
+    n: usize,
+) -> Result<tiff::decoder::DecodingResult, String> {
+    use tiff::decoder::DecodingResult as R;
+    fn go<T: Copy>(v: Vec<T>, channels: usize, n: usize) -> Result<Vec<T>, String> {
+        // The crate reads only the first plane when all of them exceed its buffer limit.
+        if v.len() != channels * n {
+            return Err("planar samples beyond the decoding limits".into());
+        }
+        Ok((0..n)
+            .flat_map(|i| (0..channels).map(move |c| (c, i)))
+            .map(|(c, i)| v[c * n + i])
+            .collect())
+    }
+    Ok(match samples {
+        R::U8(v) => R::U8(go(v, channels, n)?),
+        R::U16(v) => R::U16(go(v, channels, n)?),
+        R::F16(v) => R::F16(go(v, channels, n)?),
+        R::F32(v) => R::F32(go(v, channels, n)?),
+        R::F64(v) => R::F64(go(v, channels, n)?),
+        other => other,
+    })
 }
 
 /// Sets the first image's PhotometricInterpretation in the TIFF `file` to `value`. With 1
@@ -620,6 +652,22 @@ mod tests {
         let d = decode_bytes(big.get_ref(), &limits()).unwrap();
         assert_eq!(d.format, InputFormat::Tiff);
         assert_eq!(d.rgb.data, [1.0, 0.0, 0.2]);
+    }
+
+    /// Samples stored plane by plane (PlanarConfiguration 2) decode as interleaved ones.
+    #[test]
+    fn planar_tiffs_decode() {
+        // The image crate reads the first; the second is a layout it passes to the tiff crate.
+        for (name, sixteen_bit, grayscale) in [
+            ("planar_rgba16", true, false),
+            ("planar_gray_alpha8", false, true),
+        ] {
+            let d = decode_file(&format_fixture(&format!("{name}.tif")), &limits()).unwrap();
+            let want = decode_file(&format_fixture(&format!("{name}.png")), &limits()).unwrap();
+            assert_eq!((d.sixteen_bit, d.grayscale), (sixteen_bit, grayscale), "{name}");
+            assert_eq!(d.rgb, want.rgb, "{name}");
+            assert_eq!(d.alpha, want.alpha, "{name}");
+        }
     }
 
     /// The files the tiff crate reads are turned upright as the image crate turns the
