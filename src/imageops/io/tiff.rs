@@ -174,9 +174,10 @@ impl ColourMap {
 
     /// Maps the indices that `d` reads as gray (see [`set_photometric`]) to colours. The
     /// image is 8-bit where the map holds 8-bit colours: stored as v·257 (the spec's scaling,
-    /// which libtiff, ImageMagick and GIMP use) or as v·256 (Pillow), which is read as
-    /// libtiff and Pillow read it, v = entry >> 8. It is gray where every pixel is, as for
-    /// the other colour-mapped formats (GIF, PNG, BMP, TGA).
+    /// which libtiff, ImageMagick and GIMP use), as v·256 (Pillow), which is read as
+    /// libtiff and Pillow read it, v = entry >> 8, or as v itself (writers that ignore the
+    /// spec's 16-bit range; libtiff, finding no entry above 255, reads them so too). It is
+    /// gray where every pixel is, as for the other colour-mapped formats (GIF, PNG, BMP, TGA).
     fn decode<R: Read + Seek>(
         &self,
         mut d: tiff::decoder::Decoder<R>,
@@ -190,12 +191,14 @@ impl ColourMap {
         let indices = unpack(&packed, self.bits, w);
         let times_257 = self.entries.iter().all(|v| v % 257 == 0);
         let times_256 = !times_257 && self.entries.iter().all(|v| v % 256 == 0);
+        let times_1 = !times_257 && self.entries.iter().all(|&v| v < 256);
         let colours: Vec<f32> = self
             .entries
             .iter()
-            .map(|&v| match times_256 {
-                true => f32::from(v >> 8) / 255.0,
-                false => f32::from(v) / 65535.0,
+            .map(|&v| match (times_256, times_1) {
+                (true, _) => f32::from(v >> 8) / 255.0,
+                (_, true) => f32::from(v) / 255.0,
+                _ => f32::from(v) / 65535.0,
             })
             .collect();
         let n = 1 << self.bits;
@@ -208,7 +211,7 @@ impl ColourMap {
             grayscale: is_gray(&rgb),
             rgb,
             alpha: None,
-            sixteen_bit: !times_257 && !times_256,
+            sixteen_bit: !(times_257 || times_256 || times_1),
             icc_profile: None,
             png_colour: Default::default(),
             exif: None,
@@ -664,7 +667,11 @@ mod tests {
         ] {
             let d = decode_file(&format_fixture(&format!("{name}.tif")), &limits()).unwrap();
             let want = decode_file(&format_fixture(&format!("{name}.png")), &limits()).unwrap();
-            assert_eq!((d.sixteen_bit, d.grayscale), (sixteen_bit, grayscale), "{name}");
+            assert_eq!(
+                (d.sixteen_bit, d.grayscale),
+                (sixteen_bit, grayscale),
+                "{name}"
+            );
             assert_eq!(d.rgb, want.rgb, "{name}");
             assert_eq!(d.alpha, want.alpha, "{name}");
         }
@@ -813,6 +820,32 @@ mod tests {
         }
         let e = set_photometric(&mut b"II*\0\x08\0\0\0\0\0".to_vec(), 1).unwrap_err();
         assert!(e.contains("damaged"), "{e}");
+    }
+
+    /// A colour map in the 0–255 range (against the spec's 0–65535) is read as 8-bit
+    /// colours, as libtiff reads it, not as near-black 16-bit ones.
+    #[test]
+    fn an_eight_bit_range_colour_map_is_read_as_eight_bit() {
+        use tiff::tags::Tag;
+        colour_type!(Palette8, RGBPalette, 1);
+        let map: Vec<u16> = (0..768).map(|i| (i * 7 + 3) % 256).collect();
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        let mut image = enc.new_image::<Palette8>(2, 1).unwrap();
+        image.encoder().write_tag(Tag::ColorMap, &map[..]).unwrap();
+        image.write_data(&[1, 200]).unwrap();
+        let d = decode_bytes(buf.get_ref(), &limits()).unwrap();
+        assert!(!d.sixteen_bit);
+        for (c, i) in [0usize, 1, 2]
+            .into_iter()
+            .flat_map(|c| [(c, 1usize), (c, 200)])
+        {
+            let pixel = usize::from(i == 200);
+            assert_eq!(
+                d.rgb.data[c * 2 + pixel],
+                f32::from(map[c * 256 + i]) / 255.0
+            );
+        }
     }
 
     /// What is not read is refused with the reason: a palette with alpha or a wrong colour
