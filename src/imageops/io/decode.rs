@@ -9,6 +9,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 
 use super::format::{input_format_names, several_images, unreadable_format, InputFormat};
+use super::jpeg::{JpegDecoder, JpegFacts};
 use super::planes::{image_to_planes, is_deep, is_gray, unpremultiply};
 use super::png::PngFacts;
 use super::tiff::{decode_tiff, TiffFacts};
@@ -154,11 +155,8 @@ fn decode_image_crate(
     }
     // Both decoders read the whole file into memory anyway, so this copy is cheap.
     let data = read_all(reader, path)?;
-    if format == InputFormat::Jpeg && !jpeg_is_complete(&data) {
-        return Err(ImageIoError::Corrupt {
-            path: path.into(),
-            detail: "JPEG ends before its end-of-image marker (truncated file?)".into(),
-        });
+    if format == InputFormat::Jpeg {
+        return Ok((decode_jpeg(&data, path, limits)?, several));
     }
     let decoder = reader_for(Cursor::new(&data[..]), image_format, limits)
         .into_decoder()
@@ -166,15 +164,39 @@ fn decode_image_crate(
     let mut decoded = decode_with(decoder, format, true, path, limits)?;
     // The GIF decoder gives RGBA even where no colour is transparent; such an alpha plane
     // says nothing and would only make the output bigger.
-    if format == InputFormat::Gif
-        && decoded
-            .alpha
-            .as_ref()
-            .is_some_and(|a| a.data.iter().all(|&v| v >= 1.0))
+    if decoded
+        .alpha
+        .as_ref()
+        .is_some_and(|a| a.data.iter().all(|&v| v >= 1.0))
     {
         decoded.alpha = None;
     }
     Ok((decoded, several))
+}
+
+/// Decodes a JPEG file's bytes, once its markers have been vetted.
+fn decode_jpeg(
+    data: &[u8],
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
+    let facts = JpegFacts::read(data);
+    if let Some(detail) = facts.unsupported() {
+        return Err(ImageIoError::Unsupported {
+            path: path.into(),
+            detail,
+        });
+    }
+    if !facts.complete {
+        return Err(ImageIoError::Corrupt {
+            path: path.into(),
+            detail: "JPEG ends before its end-of-image marker (truncated file?)".into(),
+        });
+    }
+    let err = |e| ImageIoError::from_decode(path, e);
+    let mut decoder = JpegDecoder::new(data, &facts).map_err(err)?;
+    decoder.set_limits(limits.for_decoder()).map_err(err)?;
+    decode_with(decoder, InputFormat::Jpeg, true, path, limits)
 }
 
 fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoError> {
@@ -288,31 +310,6 @@ fn decode_with(
         exif,
         format,
     })
-}
-
-/// Whether a JPEG stream reaches its end-of-image marker. The `image` crate decodes JPEG
-/// leniently and fills a truncated scan with gray instead of failing, which would silently
-/// upscale a half-downloaded photo. Segments are skipped by their length (so an embedded
-/// thumbnail's marker does not count) and anything after the marker is ignored (so appended
-/// trailers are fine).
-fn jpeg_is_complete(data: &[u8]) -> bool {
-    let mut i = 2; // past SOI
-    while i + 1 < data.len() {
-        if data[i] != 0xFF {
-            i += 1; // entropy-coded data
-            continue;
-        }
-        match data[i + 1] {
-            0xD9 => return true,
-            0xFF => i += 1,                      // fill byte
-            0x00 | 0x01 | 0xD0..=0xD7 => i += 2, // stuffed 0xFF, TEM, restart: no length
-            _ if i + 3 < data.len() => {
-                i += 2 + usize::from(u16::from_be_bytes([data[i + 2], data[i + 3]]))
-            }
-            _ => return false,
-        }
-    }
-    false
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use image::{ImageDecoder, ImageFormat, ImageReader};
 use jxl_oxide::JxlImage;
 
 use super::encode::OutputFormat;
+use super::jpeg::{JpegDecoder, JpegFacts};
 
 /// An accepted input format. Multi-frame GIFs are read as their first frame. Formats the
 /// `image` crate knows beyond these (EXR, HDR, ...) are refused rather than half-supported:
@@ -190,24 +191,28 @@ pub struct Peek {
 /// The format and size of the image in `bytes` (its head is enough), or `None` for no
 /// accepted format (decoding then reports why).
 pub fn peek(bytes: &[u8], name: &Path) -> Option<Peek> {
+    fn upright_size(mut decoder: impl ImageDecoder) -> (u32, u32) {
+        let (w, h) = decoder.dimensions();
+        let turned = decoder.orientation().ok().is_some_and(|o| {
+            use image::metadata::Orientation::*;
+            matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
+        });
+        if turned {
+            (w, h)
+        } else {
+            (h, w)
+        }
+    }
     let format = InputFormat::detect(bytes, name)?;
-    let size = match format.image_format() {
-        Some(f) => ImageReader::with_format(Cursor::new(bytes), f)
+    let size = match (format, format.image_format()) {
+        (InputFormat::Jpeg, _) => JpegDecoder::new(bytes, &JpegFacts::read(bytes))
+            .ok()
+            .map(upright_size),
+        (_, Some(f)) => ImageReader::with_format(Cursor::new(bytes), f)
             .into_decoder()
             .ok()
-            .map(|mut decoder| {
-                let (w, h) = decoder.dimensions();
-                let turned = decoder.orientation().ok().is_some_and(|o| {
-                    use image::metadata::Orientation::*;
-                    matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
-                });
-                if turned {
-                    (w, h)
-                } else {
-                    (h, w)
-                }
-            }),
-        None => JxlImage::builder()
+            .map(upright_size),
+        (_, None) => JxlImage::builder()
             .read(bytes)
             .ok()
             .map(|image| (image.height(), image.width())),

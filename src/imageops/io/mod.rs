@@ -18,6 +18,7 @@ use super::Planar;
 mod decode;
 mod encode;
 mod format;
+mod jpeg;
 mod planes;
 mod png;
 #[cfg(test)]
@@ -129,26 +130,12 @@ impl ImageIoError {
             {
                 Self::Read { path, cause }
             }
-            e => {
-                let detail = one_line(e);
-                // The JPEG decoder reports the variants it does not read (12-bit,
-                // arithmetic-coded, lossless) as decoding errors.
-                let variant = [
-                    "cannot yet decode",
-                    "can only parse 8-bit",
-                    "is not supported",
-                ]
-                .iter()
-                .any(|m| detail.contains(m));
-                if variant {
-                    Self::Unsupported {
-                        path,
-                        detail: format!("{detail}; convert it to PNG"),
-                    }
-                } else {
-                    Self::Corrupt { path, detail }
-                }
-            }
+            // JPEG variants that the decoder reports as decoding errors are refused
+            // before it runs (see jpeg::JpegFacts::unsupported).
+            e => Self::Corrupt {
+                path,
+                detail: one_line(e),
+            },
         }
     }
 
