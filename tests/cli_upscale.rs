@@ -755,6 +755,30 @@ fn exif_rotated_jpeg_comes_out_upright() {
     assert_eq!((d.rgb.width, d.rgb.height), (48, 96));
 }
 
+/// EXIF that is not TIFF data would make the output file invalid: it is left out, with a
+/// warning that names the file.
+#[test]
+fn exif_that_is_not_tiff_data_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let plain = dir.path().join("plain.jpg");
+    save(gradient(16, 8), &plain, ImageFormat::Jpeg);
+    let mut bytes = with_exif_orientation(&std::fs::read(&plain).unwrap(), 6);
+    // SOI, the APP1 marker and length, "Exif\0\0", then the TIFF header.
+    bytes[12..16].copy_from_slice(b"junk");
+    let src = dir.path().join("junk_exif.jpg");
+    std::fs::write(&src, bytes).unwrap();
+    let out = dir.path().join("out.png");
+    let err = stderr(&upscale_ok(&model, &[s(&src), "-o", s(&out)]));
+    assert!(
+        err.contains("junk_exif.jpg: ignoring EXIF metadata without a valid TIFF header"),
+        "{err}"
+    );
+    let d = decode_file(&out, &DecodeLimits::default()).unwrap();
+    assert!(d.exif.is_none());
+    assert_eq!((d.rgb.width, d.rgb.height), (64, 32));
+}
+
 /// A PNG's gAMA and cHRM (here linear Display P3) stay on a PNG upscale, written to a file
 /// or to standard output; a JPEG, which has no place for them, is written with a warning.
 #[test]

@@ -1,38 +1,32 @@
 //! Keeping a photo's EXIF metadata (camera, date, exposure, …) on its upscale. The pixels
 //! change in two ways the metadata records: orientation (applied on decoding, so the tag
 //! is reset to upright) and size (the pixel dimensions are rewritten). Everything else is
-//! carried over byte for byte; a chunk this code cannot follow is carried over as is.
+//! carried over byte for byte; a chunk that is not TIFF data at all is left out, since
+//! it would make the output file invalid.
 
 use image::metadata::Orientation;
 
 /// A decoded file's EXIF chunk (TIFF layout, as the `image` crate reads and writes it)
-/// with its orientation reset, since decoding has already applied it. A thumbnail stored
-/// turned is unlinked: it would show sideways under the upright tag.
-pub fn upright(mut chunk: Vec<u8>) -> Vec<u8> {
-    let turned = Orientation::remove_from_exif_chunk(&mut chunk)
-        .is_some_and(|o| o != Orientation::NoTransforms);
+/// with its orientation reset to upright, whatever value it had: the pixels are written as
+/// decoded, turned by a valid orientation and left as stored otherwise. A thumbnail stored
+/// turned is unlinked: it would show sideways under the upright tag. `None` where the
+/// chunk opens with no TIFF header or its first IFD lies outside it.
+pub fn upright(mut chunk: Vec<u8>) -> Option<Vec<u8>> {
+    let tiff = Tiff::new(&chunk)?;
+    let ifd0 = tiff
+        .u32_at(&chunk, 4)
+        .filter(|&at| at >= 8 && tiff.u16_at(&chunk, at).is_some())?;
+    let turned =
+        Orientation::from_exif_chunk(&chunk).is_some_and(|o| o != Orientation::NoTransforms);
+    for e in tiff.entries(&chunk, ifd0) {
+        if tiff.u16_at(&chunk, e) == Some(ORIENTATION) {
+            tiff.set_single(&mut chunk, e, SHORT, tiff.short_field(1));
+        }
+    }
     if turned {
-        drop_thumbnail(&mut chunk);
+        tiff.drop_thumbnail(&mut chunk, ifd0);
     }
-    chunk
-}
-
-/// Ends the IFD chain after the first IFD, leaving out IFD1, which holds the thumbnail.
-fn drop_thumbnail(chunk: &mut [u8]) {
-    let Some(tiff) = Tiff::new(chunk) else {
-        return;
-    };
-    let Some(ifd0) = tiff.u32_at(chunk, 4) else {
-        return;
-    };
-    // Reading the count bounds `ifd0` by the chunk's length, so this cannot overflow.
-    let Some(count) = tiff.u16_at(chunk, ifd0) else {
-        return;
-    };
-    let next = ifd0 + 2 + 12 * usize::from(count);
-    if let Some(pointer) = chunk.get_mut(next..next + 4) {
-        pointer.fill(0);
-    }
+    Some(chunk)
 }
 
 /// The chunk with its pixel dimensions (ImageWidth/ImageLength in the first IFD,
@@ -56,6 +50,7 @@ pub fn with_dimensions(mut chunk: Vec<u8>, width: u32, height: u32) -> Vec<u8> {
 
 const SHORT: u16 = 3;
 const LONG: u16 = 4;
+const ORIENTATION: u16 = 0x0112;
 
 /// The byte order of a TIFF structure.
 struct Tiff {
@@ -90,14 +85,33 @@ impl Tiff {
         usize::try_from(v).ok()
     }
 
+    /// The offsets of the 12-byte entries of the IFD at `ifd` that lie in the chunk.
+    fn entries(&self, chunk: &[u8], ifd: usize) -> impl Iterator<Item = usize> {
+        // Reading the count bounds `ifd` by the chunk's length, so no offset below overflows.
+        let count = self.u16_at(chunk, ifd).map_or(0, usize::from);
+        let len = chunk.len();
+        (0..count)
+            .map(move |i| ifd + 2 + 12 * i)
+            .take_while(move |&e| e + 12 <= len)
+    }
+
     /// The offset of the 12-byte entry for `tag` in the IFD at `ifd`.
     fn find(&self, chunk: &[u8], ifd: usize, tag: u16) -> Option<usize> {
-        // Reading the count bounds `ifd` by the chunk's length, so no offset below overflows.
-        let count = usize::from(self.u16_at(chunk, ifd)?);
-        (0..count)
-            .map(|i| ifd + 2 + 12 * i)
-            .take_while(|&e| e + 12 <= chunk.len())
+        self.entries(chunk, ifd)
             .find(|&e| self.u16_at(chunk, e) == Some(tag))
+    }
+
+    /// Ends the IFD chain after the first IFD (at `ifd0`), leaving out IFD1, which holds
+    /// the thumbnail.
+    fn drop_thumbnail(&self, chunk: &mut [u8], ifd0: usize) {
+        // Reading the count bounds `ifd0` by the chunk's length, so this cannot overflow.
+        let Some(count) = self.u16_at(chunk, ifd0) else {
+            return;
+        };
+        let next = ifd0 + 2 + 12 * usize::from(count);
+        if let Some(pointer) = chunk.get_mut(next..next + 4) {
+            pointer.fill(0);
+        }
     }
 
     /// Sets the single SHORT or LONG values of the width and height tags of an IFD, where
@@ -112,20 +126,26 @@ impl Tiff {
             if !matches!(kind, Some(SHORT | LONG)) || self.u32_at(chunk, e + 4) != Some(1) {
                 continue;
             }
-            let mut field = [0; 4];
-            let kind = match u16::try_from(value) {
-                Ok(v) if kind == Some(SHORT) => {
-                    field[..2].copy_from_slice(&self.word16(v));
-                    SHORT
-                }
-                _ => {
-                    field = self.word32(value);
-                    LONG
-                }
+            let (kind, field) = match u16::try_from(value) {
+                Ok(v) if kind == Some(SHORT) => (SHORT, self.short_field(v)),
+                _ => (LONG, self.word32(value)),
             };
-            chunk[e + 2..e + 4].copy_from_slice(&self.word16(kind));
-            chunk[e + 8..e + 12].copy_from_slice(&field);
+            self.set_single(chunk, e, kind, field);
         }
+    }
+
+    /// Makes the entry at `e` hold a single value of type `kind`, `field` its value field.
+    fn set_single(&self, chunk: &mut [u8], e: usize, kind: u16, field: [u8; 4]) {
+        chunk[e + 2..e + 4].copy_from_slice(&self.word16(kind));
+        chunk[e + 4..e + 8].copy_from_slice(&self.word32(1));
+        chunk[e + 8..e + 12].copy_from_slice(&field);
+    }
+
+    /// The value field of a single SHORT: the value, then padding.
+    fn short_field(&self, v: u16) -> [u8; 4] {
+        let mut field = [0; 4];
+        field[..2].copy_from_slice(&self.word16(v));
+        field
     }
 
     fn word16(&self, v: u16) -> [u8; 2] {
@@ -198,7 +218,7 @@ mod tests {
     #[test]
     fn orientation_is_reset_and_sizes_rewritten_in_both_byte_orders() {
         for be in [false, true] {
-            let c = with_dimensions(upright(chunk(be)), 960, 70000);
+            let c = with_dimensions(upright(chunk(be)).unwrap(), 960, 70000);
             assert_eq!(
                 Orientation::from_exif_chunk(&c),
                 Some(Orientation::NoTransforms)
@@ -224,19 +244,62 @@ mod tests {
         let next_ifd = |c: &[u8]| Tiff { big_endian: false }.u32_at(c, 8 + 2 + 3 * 12);
         let turned = chunk(false);
         assert_eq!(next_ifd(&turned), Some(4096));
-        assert_eq!(next_ifd(&upright(turned)), Some(0));
+        assert_eq!(next_ifd(&upright(turned).unwrap()), Some(0));
         let mut straight = chunk(false);
         let _ = Orientation::remove_from_exif_chunk(&mut straight);
-        assert_eq!(next_ifd(&upright(straight)), Some(4096));
+        assert_eq!(next_ifd(&upright(straight).unwrap()), Some(4096));
     }
 
+    /// Any Orientation, valid or not and of any type, is written as 1 (upright): the pixels
+    /// are written as decoded. Only a valid one turned them, so only then is the thumbnail
+    /// dropped.
     #[test]
-    fn chunks_it_cannot_follow_are_kept_as_they_are() {
+    fn every_orientation_is_reset() {
+        const AT: usize = 8 + 2 + 12; // the Orientation entry
+        for be in [false, true] {
+            let t = Tiff { big_endian: be };
+            for (kind, v, turned) in [
+                (SHORT, 0, false),
+                (SHORT, 9, false),
+                (SHORT, 1, false),
+                (SHORT, 3, true),
+                (LONG, 6, false),
+            ] {
+                let mut c = chunk(be);
+                let field = if kind == SHORT {
+                    t.short_field(v)
+                } else {
+                    t.word32(u32::from(v))
+                };
+                t.set_single(&mut c, AT, kind, field);
+                let c = upright(c).unwrap();
+                assert_eq!(value(&c, be, AT), (SHORT, 1), "{kind} {v}");
+                let next = t.u32_at(&c, 8 + 2 + 3 * 12);
+                assert_eq!(next == Some(0), turned, "{kind} {v}");
+            }
+        }
+    }
+
+    /// A chunk that is not TIFF data (no TIFF header, or the first IFD outside it or over
+    /// the header) is left out; one that is, however damaged past that, is kept.
+    #[test]
+    fn chunks_that_are_not_tiff_data_are_left_out() {
+        let junk = b"Exif\0\0not a tiff".to_vec();
+        assert_eq!(upright(junk.clone()), None);
+        assert_eq!(with_dimensions(junk.clone(), 9, 9), junk);
         let whole = chunk(false);
-        for cut in [0, 3, 9, 30, 50, whole.len() - 10] {
+        for cut in [0, 3, 8, 9] {
+            assert_eq!(upright(whole[..cut].to_vec()), None, "cut at {cut}");
+        }
+        for ifd0 in [0u32, 4, 7, whole.len() as u32 - 1, u32::MAX] {
+            let mut c = whole.clone();
+            c[4..8].copy_from_slice(&ifd0.to_le_bytes());
+            assert_eq!(upright(c), None, "IFD0 at {ifd0}");
+        }
+        for cut in [10, 30, 50, whole.len() - 10] {
             let part = whole[..cut].to_vec();
-            let out = with_dimensions(part.clone(), 1, 1);
-            assert_eq!(out.len(), part.len());
+            assert_eq!(upright(part.clone()).map(|c| c.len()), Some(cut));
+            assert_eq!(with_dimensions(part, 1, 1).len(), cut);
         }
         // Damaged chunks (any byte changed to any value) never panic or change length.
         use rand::{Rng, SeedableRng};
@@ -248,10 +311,9 @@ mod tests {
                 c[i] = rng.gen();
             }
             let n = c.len();
-            assert_eq!(with_dimensions(upright(c), 70000, 3).len(), n);
+            if let Some(c) = upright(c) {
+                assert_eq!(with_dimensions(c, 70000, 3).len(), n);
+            }
         }
-        let junk = b"Exif\0\0not a tiff".to_vec();
-        assert_eq!(with_dimensions(junk.clone(), 9, 9), junk);
-        assert_eq!(upright(junk.clone()), junk);
     }
 }

@@ -286,7 +286,16 @@ fn decode_with(
             tracing::warn!("{}: ignoring unreadable EXIF metadata: {e}", path.display());
             None
         })
-        .map(crate::imageops::exif::upright);
+        .and_then(|chunk| {
+            let chunk = crate::imageops::exif::upright(chunk);
+            if chunk.is_none() {
+                tracing::warn!(
+                    "{}: ignoring EXIF metadata without a valid TIFF header",
+                    path.display()
+                );
+            }
+            chunk
+        });
 
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);

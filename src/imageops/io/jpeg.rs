@@ -508,4 +508,12 @@ mod tests {
             Some((16, 8))
         );
     }
+
+    #[test]
+    fn exif_that_is_not_tiff_data_is_dropped() {
+        let junk: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(97) ^ 0x5A).collect();
+        let d = decode_bytes(&with_exif(&[junk]), &limits()).unwrap();
+        assert_eq!((d.rgb.height, d.rgb.width), (8, 16));
+        assert_eq!(d.exif, None);
+    }
 }
