@@ -708,6 +708,105 @@ fn grayscale_png_stays_grayscale() {
     }
 }
 
+/// A 20×12 PNG of grays, written by the png crate: `colour` is Indexed (through a gray
+/// palette), Rgb, Grayscale or GrayscaleAlpha; `icc` goes into its iCCP chunk.
+fn gray_png(path: &Path, colour: png::ColorType, deep: bool, icc: Option<&[u8]>) {
+    use png::ColorType::*;
+    let mut info = png::Info::with_size(20, 12);
+    info.color_type = colour;
+    info.bit_depth = if deep {
+        png::BitDepth::Sixteen
+    } else {
+        png::BitDepth::Eight
+    };
+    info.icc_profile = icc.map(std::borrow::Cow::Borrowed);
+    let levels: Vec<u8> = (0..240u32)
+        .map(|i| ((i % 20) * 12 + i / 20) as u8)
+        .collect();
+    let samples: Vec<u8> = match colour {
+        Indexed => {
+            info.palette = Some((0..=255).flat_map(|v| [v; 3]).collect::<Vec<u8>>().into());
+            levels
+        }
+        Rgb => levels.iter().flat_map(|&v| [v; 3]).collect(),
+        GrayscaleAlpha => levels.iter().flat_map(|&v| [v, 255 - v]).collect(),
+        _ => levels,
+    };
+    // 16-bit samples: each 8-bit one twice, big-endian v·257.
+    let samples: Vec<u8> = match deep {
+        true => samples.iter().flat_map(|&v| [v, v]).collect(),
+        false => samples,
+    };
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = png::Encoder::with_info(file, info)
+        .unwrap()
+        .write_header()
+        .unwrap();
+    writer.write_image_data(&samples).unwrap();
+    writer.finish().unwrap();
+}
+
+/// Colour in, colour out: an RGB file stays RGB however gray its pixels, and so does a
+/// gray-palette one with an RGB ICC profile, which keeps it; a gray-palette one without
+/// becomes gray.
+#[test]
+fn colour_stays_colour_and_profiles_follow_the_samples_written() {
+    use png::ColorType::{Indexed, Rgb};
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let profile = |space: &[u8; 4]| {
+        let mut icc: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
+        icc[16..20].copy_from_slice(space);
+        icc
+    };
+    let rgb_icc = profile(b"RGB ");
+    let sources = [
+        ("rgb_icc", Rgb, false, Some(&rgb_icc)),
+        ("palette_icc", Indexed, false, Some(&rgb_icc)),
+        ("palette", Indexed, false, None),
+    ];
+    for (name, colour, deep, icc) in sources {
+        gray_png(
+            &inputs.join(format!("{name}.png")),
+            colour,
+            deep,
+            icc.map(|v| &v[..]),
+        );
+    }
+    // (input, format): gray, alpha, 16-bit, the profile kept.
+    let rgb = Some(&rgb_icc);
+    let want = [
+        ("rgb_icc", "png", false, false, false, rgb),
+        ("rgb_icc", "webp", false, false, false, rgb),
+        ("rgb_icc", "tiff", false, false, false, rgb),
+        ("palette_icc", "png", false, false, false, rgb),
+        ("palette_icc", "webp", false, false, false, rgb),
+        ("palette_icc", "tiff", false, false, false, rgb),
+        ("palette", "png", true, false, false, None),
+        ("palette", "webp", false, false, false, None),
+        ("palette", "tiff", true, false, false, None),
+    ];
+    for format in ["png", "webp", "tiff"] {
+        let out = dir.path().join(format);
+        upscale_ok(&model, &[s(&inputs), "-o", s(&out), "--format", format]);
+    }
+    for (name, format, gray, alpha, deep, icc) in want {
+        let out = dir.path().join(format).join(format!("{name}_x4.{format}"));
+        let d = decode_file(&out, &DecodeLimits::default()).unwrap();
+        let case = format!("{name} as {format}");
+        assert_eq!(
+            (d.grayscale, d.alpha.is_some(), d.sixteen_bit),
+            (gray, alpha, deep),
+            "{case}"
+        );
+        assert_eq!(d.icc_profile.as_ref(), icc, "{case}");
+        let d = distance_to_bicubic(&inputs.join(format!("{name}.png")), &out);
+        assert!(d < 0.015, "{case} is far from its input: {d}");
+    }
+}
+
 #[test]
 fn exif_rotated_jpeg_comes_out_upright() {
     let dir = tempfile::tempdir().unwrap();

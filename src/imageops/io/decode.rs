@@ -8,7 +8,10 @@ use std::path::Path;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 
-use super::format::{input_format_names, several_images, unreadable_format, InputFormat};
+use super::encode::icc_describes;
+use super::format::{
+    input_format_names, is_colour_mapped, several_images, unreadable_format, InputFormat,
+};
 use super::jpeg::{JpegDecoder, JpegFacts};
 use super::planes::{image_to_planes, is_deep, is_gray, unpremultiply};
 use super::png::PngFacts;
@@ -94,12 +97,6 @@ fn decode_image_crate(
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<(DecodedImage, Option<&'static str>), ImageIoError> {
-    let err = |e| ImageIoError::from_decode(path, e);
-    fn reader_for<R: BufRead + Seek>(r: R, f: ImageFormat, l: &DecodeLimits) -> ImageReader<R> {
-        let mut reader = ImageReader::with_format(r, f);
-        reader.limits(l.for_decoder());
-        reader
-    }
     let tiff = (format == InputFormat::Tiff).then(|| TiffFacts::read(&mut reader));
     let png = (format == InputFormat::Png).then(|| PngFacts::read(&mut reader, limits));
     let several = match (&tiff, &png) {
@@ -114,10 +111,15 @@ fn decode_image_crate(
                 .into(),
         });
     }
-    if !matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
+    let colour_mapped =
+        is_colour_mapped(format, reader.fill_buf().map_err(ImageIoError::read(path))?)
+            || tiff.as_ref().is_some_and(|f| f.colour_mapped);
+    let mut decoded = if matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
+        decode_in_memory(reader, format, image_format, path, limits)?
+    } else {
         let decoded = reader_for(&mut reader, image_format, limits)
             .into_decoder()
-            .map_err(err)
+            .map_err(|e| ImageIoError::from_decode(path, e))
             .and_then(|decoder| decode_with(decoder, format, true, path, limits));
         let mut decoded = match (decoded, &tiff) {
             // The image crate maps only some TIFF layouts (not gray+alpha, float gray,
@@ -151,16 +153,37 @@ fn decode_image_crate(
         if let Some(facts) = png {
             decoded.png_colour = facts.colour;
         }
-        return Ok((decoded, several));
+        decoded
+    };
+    if colour_mapped {
+        decoded.grayscale = gray_palette_loses_nothing(&decoded);
     }
+    Ok((decoded, several))
+}
+
+/// The image crate's reader of format `f`, within the limits `l`.
+fn reader_for<R: BufRead + Seek>(r: R, f: ImageFormat, l: &DecodeLimits) -> ImageReader<R> {
+    let mut reader = ImageReader::with_format(r, f);
+    reader.limits(l.for_decoder());
+    reader
+}
+
+/// Decodes a JPEG (checked for its end first) or GIF held in memory.
+fn decode_in_memory(
+    reader: impl BufRead + Seek,
+    format: InputFormat,
+    image_format: ImageFormat,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
     // Both decoders read the whole file into memory anyway, so this copy is cheap.
     let data = read_all(reader, path)?;
     if format == InputFormat::Jpeg {
-        return Ok((decode_jpeg(&data, path, limits)?, several));
+        return decode_jpeg(&data, path, limits);
     }
     let decoder = reader_for(Cursor::new(&data[..]), image_format, limits)
         .into_decoder()
-        .map_err(err)?;
+        .map_err(|e| ImageIoError::from_decode(path, e))?;
     let mut decoded = decode_with(decoder, format, true, path, limits)?;
     // The GIF decoder gives RGBA even where no colour is transparent; such an alpha plane
     // says nothing and would only make the output bigger.
@@ -171,7 +194,18 @@ fn decode_image_crate(
     {
         decoded.alpha = None;
     }
-    Ok((decoded, several))
+    Ok(decoded)
+}
+
+/// Whether a colour-mapped image, which its decoder gives as RGB even where the palette is
+/// gray, is gray: where every pixel is, and writing it as gray loses nothing. An RGB ICC
+/// profile cannot go with gray samples, so an image that carries one stays RGB.
+fn gray_palette_loses_nothing(decoded: &DecodedImage) -> bool {
+    is_gray(&decoded.rgb)
+        && !decoded
+            .icc_profile
+            .as_deref()
+            .is_some_and(|icc| icc_describes(icc, false))
 }
 
 /// Decodes a JPEG file's bytes, once its markers have been vetted.
@@ -301,19 +335,11 @@ fn decode_with(
     img.apply_orientation(orientation);
     let color = img.color();
     let (rgb, alpha) = image_to_planes(&img);
-    // Colour-mapped images (GIF, BMP, TGA, palette PNG) reach us expanded to 8-bit RGB
-    // even when their palette is gray. (Colour-mapped TIFF, read in tiff.rs, follows the
-    // same rule.)
-    let gray_pixels = matches!(
-        format,
-        InputFormat::Gif | InputFormat::Bmp | InputFormat::Png | InputFormat::Tga
-    ) && matches!(color, image::ColorType::Rgb8 | image::ColorType::Rgba8)
-        && is_gray(&rgb);
     Ok(DecodedImage {
         rgb,
         alpha,
         sixteen_bit: is_deep(color),
-        grayscale: !color.has_color() || gray_pixels,
+        grayscale: !color.has_color(),
         icc_profile,
         png_colour: Default::default(),
         exif,
@@ -373,6 +399,93 @@ mod tests {
         assert!(has_input_extension(Path::new("a/B.PPM")));
         assert!(has_input_extension(Path::new("a/b.JXL")));
         assert!(!has_input_extension(Path::new("a/b.exr")));
+    }
+
+    /// An ICC profile for `space` ("RGB ", "GRAY"): its header's colour space field set in
+    /// otherwise arbitrary bytes.
+    fn profile(space: &[u8; 4]) -> Vec<u8> {
+        let mut icc: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
+        icc[16..20].copy_from_slice(space);
+        icc
+    }
+
+    /// A 4×1 PNG of four grays, indexed through a gray palette or stored as RGB, with `icc`.
+    fn gray_png(indexed: bool, icc: Option<&[u8]>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut info = png::Info::with_size(4, 1);
+        info.icc_profile = icc.map(std::borrow::Cow::Borrowed);
+        let levels = [0u8, 90, 170, 255];
+        let samples: Vec<u8> = if indexed {
+            info.color_type = png::ColorType::Indexed;
+            info.palette = Some(
+                levels
+                    .iter()
+                    .flat_map(|&v| [v; 3])
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            vec![0, 1, 2, 3]
+        } else {
+            info.color_type = png::ColorType::Rgb;
+            levels.iter().flat_map(|&v| [v; 3]).collect()
+        };
+        let mut writer = png::Encoder::with_info(&mut out, info)
+            .unwrap()
+            .write_header()
+            .unwrap();
+        writer.write_image_data(&samples).unwrap();
+        writer.finish().unwrap();
+        out
+    }
+
+    /// Colour in, colour out: a true-colour file stays RGB however gray its pixels; a
+    /// colour-mapped one with a gray palette is gray, unless an RGB ICC profile comes with it.
+    #[test]
+    fn colour_in_colour_out() {
+        let (rgb, gray) = (profile(b"RGB "), profile(b"GRAY"));
+        let decoded = |bytes: &[u8]| decode_bytes(bytes, &limits()).unwrap();
+        for indexed in [false, true] {
+            let d = decoded(&gray_png(indexed, None));
+            assert_eq!(d.grayscale, indexed, "indexed: {indexed}");
+            assert_eq!(d.rgb.plane(1)[1], 90.0 / 255.0);
+            let d = decoded(&gray_png(indexed, Some(&rgb)));
+            assert!(!d.grayscale, "indexed: {indexed}");
+            assert_eq!(d.icc_profile.as_ref(), Some(&rgb));
+        }
+        // A gray profile (out of place on a palette) goes with the gray the image becomes.
+        let d = decoded(&gray_png(true, Some(&gray)));
+        assert!(d.grayscale);
+        assert_eq!(d.icc_profile, Some(gray));
+
+        // BMP: 24-bit samples, and 8-bit indices into a gray palette (as the image crate
+        // writes gray).
+        let levels = image::GrayImage::from_fn(4, 2, |x, y| image::Luma([(x * 60 + y) as u8]));
+        for (img, gray) in [
+            (
+                DynamicImage::ImageLuma8(levels.clone()).into_rgb8().into(),
+                false,
+            ),
+            (DynamicImage::ImageLuma8(levels), true),
+        ] {
+            let mut bmp = Cursor::new(Vec::new());
+            img.write_to(&mut bmp, ImageFormat::Bmp).unwrap();
+            assert_eq!(decoded(bmp.get_ref()).grayscale, gray, "BMP {gray}");
+        }
+
+        // TGA: true colour, and colour-mapped (image type 1) with a 24-bit gray map.
+        let dir = tempfile::tempdir().unwrap();
+        let true_colour = dir.path().join("t.tga");
+        image::RgbImage::from_pixel(2, 1, image::Rgb([77; 3]))
+            .save(&true_colour)
+            .unwrap();
+        assert!(!decode_file(&true_colour, &limits()).unwrap().grayscale);
+        let mut mapped = vec![0, 1, 1, 0, 0, 2, 0, 24, 0, 0, 0, 0, 2, 0, 1, 0, 8, 0x20];
+        mapped.extend([10, 10, 10, 200, 200, 200, 1, 0]);
+        let path = dir.path().join("m.tga");
+        std::fs::write(&path, mapped).unwrap();
+        let d = decode_file(&path, &limits()).unwrap();
+        assert!(d.grayscale);
+        assert_eq!(d.rgb.plane(2), [200.0 / 255.0, 10.0 / 255.0]);
     }
 
     #[test]

@@ -350,7 +350,7 @@ fn encoding_error(
 /// Whether an ICC profile is for the colour model of the samples written: a CMYK profile
 /// (kept from a print JPEG, whose samples were converted to RGB) or a gray one over RGB
 /// samples would make colour-managed viewers misrender or reject the file.
-fn icc_describes(icc: &[u8], gray: bool) -> bool {
+pub(super) fn icc_describes(icc: &[u8], gray: bool) -> bool {
     // The header's data colour space field.
     icc.get(16..20) == Some(if gray { b"GRAY" } else { b"RGB " })
 }

@@ -253,6 +253,29 @@ pub(super) fn unreadable_format(head: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// Whether the file whose first bytes are `head` stores its colours through a
+/// palette: every GIF, and the colour-mapped kinds of PNG, BMP and TGA. Decoders give such
+/// images as RGB even where the palette is gray. (A colour-mapped TIFF is told by its
+/// directory; see [`TiffFacts`](super::tiff::TiffFacts).)
+pub(super) fn is_colour_mapped(format: InputFormat, head: &[u8]) -> bool {
+    match format {
+        InputFormat::Gif => true,
+        // The IHDR chunk, always first: colour type 3.
+        InputFormat::Png => head.get(25) == Some(&3),
+        // The info header's bit count, after the 14-byte file header: at 24 in the OS/2
+        // header (12 bytes long), at 28 in the others. Up to 8 bits, pixels are indices.
+        InputFormat::Bmp => {
+            let header_len = head.get(14..18).map(|b| b == [12, 0, 0, 0]);
+            let at = if header_len == Some(true) { 24 } else { 28 };
+            head.get(at..at + 2)
+                .is_some_and(|b| matches!(u16::from_le_bytes([b[0], b[1]]), 1 | 2 | 4 | 8))
+        }
+        // Image type 1 (colour-mapped) or 9 (colour-mapped, run-length encoded).
+        InputFormat::Tga => matches!(head.get(2), Some(1 | 9)),
+        _ => false,
+    }
+}
+
 /// What the file holds beyond its first image (animation frames), named for a warning:
 /// only the first is read. TIFF pages and PNG animations are among the
 /// [`TiffFacts`](super::tiff::TiffFacts) and [`PngFacts`](super::png::PngFacts). Leaves
@@ -297,5 +320,42 @@ mod tests {
             decode_file(&path, &limits()).unwrap().format,
             InputFormat::Png
         );
+    }
+
+    /// Palette images are told from their headers; the true-colour and gray kinds of the same
+    /// formats, and formats without palettes, are not colour-mapped.
+    #[test]
+    fn colour_mapped_headers() {
+        let png = |colour_type: u8| {
+            let mut head = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\0\x02\0\0\0\x01\x08".to_vec();
+            head.push(colour_type);
+            head
+        };
+        // File header, then the info header's length and, for a 40-byte header, width,
+        // height and planes before the bit count; for the 12-byte OS/2 header, shorter ones.
+        let bmp = |header_len: u8, bits: u8| {
+            let mut head = vec![0u8; 30];
+            head[..2].copy_from_slice(b"BM");
+            head[14] = header_len;
+            head[if header_len == 12 { 24 } else { 28 }] = bits;
+            head
+        };
+        let tga = |image_type: u8| vec![0, u8::from(matches!(image_type, 1 | 9)), image_type];
+        let mapped = |format, head: Vec<u8>| is_colour_mapped(format, &head);
+        assert!(mapped(InputFormat::Png, png(3)));
+        assert!(!mapped(InputFormat::Png, png(2)));
+        assert!(!mapped(InputFormat::Png, png(0)));
+        for bits in [1, 4, 8] {
+            assert!(mapped(InputFormat::Bmp, bmp(40, bits)), "{bits}");
+            assert!(mapped(InputFormat::Bmp, bmp(12, bits)), "OS/2 {bits}");
+        }
+        assert!(!mapped(InputFormat::Bmp, bmp(40, 24)));
+        assert!(!mapped(InputFormat::Bmp, bmp(124, 32)));
+        assert!(!mapped(InputFormat::Bmp, bmp(12, 24)));
+        assert!(mapped(InputFormat::Tga, tga(1)) && mapped(InputFormat::Tga, tga(9)));
+        assert!(!mapped(InputFormat::Tga, tga(2)) && !mapped(InputFormat::Tga, tga(3)));
+        assert!(mapped(InputFormat::Gif, Vec::new()));
+        assert!(!mapped(InputFormat::Qoi, Vec::new()));
+        assert!(!mapped(InputFormat::Bmp, b"BM".to_vec()));
     }
 }

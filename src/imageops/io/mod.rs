@@ -44,7 +44,8 @@ pub struct DecodedImage {
     pub alpha: Option<Planar>,
     /// The file stored more than 8 bits per sample, so the output should too.
     pub sixteen_bit: bool,
-    /// The file was grayscale, so the output can be written as grayscale again.
+    /// The file stored gray samples, or is colour-mapped with only gray pixels and no RGB
+    /// ICC profile, so the output can be written as grayscale.
     pub grayscale: bool,
     /// The embedded ICC profile, to be attached to the output unchanged: the model works on
     /// the encoded values and does no colour management.

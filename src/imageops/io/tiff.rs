@@ -7,7 +7,7 @@ use image::ExtendedColorType;
 
 use super::encode::Encoded;
 use super::format::InputFormat;
-use super::planes::{is_gray, split};
+use super::planes::split;
 use super::{DecodeLimits, DecodedImage};
 use crate::imageops::{Dihedral, Planar};
 
@@ -177,7 +177,8 @@ impl ColourMap {
     /// which libtiff, ImageMagick and GIMP use), as v·256 (Pillow), which is read as
     /// libtiff and Pillow read it, v = entry >> 8, or as v itself (writers that ignore the
     /// spec's 16-bit range; libtiff, finding no entry above 255, reads them so too). It is
-    /// gray where every pixel is, as for the other colour-mapped formats (GIF, PNG, BMP, TGA).
+    /// RGB even where the map is gray; the caller decides on that as for the other
+    /// colour-mapped formats.
     fn decode<R: Read + Seek>(
         &self,
         mut d: tiff::decoder::Decoder<R>,
@@ -206,10 +207,9 @@ impl ColourMap {
         for channel in colours.chunks_exact(n) {
             data.extend(indices.iter().map(|&i| channel[usize::from(i)]));
         }
-        let rgb = Planar::new(3, h, w, data);
         Ok(DecodedImage {
-            grayscale: is_gray(&rgb),
-            rgb,
+            rgb: Planar::new(3, h, w, data),
+            grayscale: false,
             alpha: None,
             sixteen_bit: !(times_257 || times_256 || times_1),
             icc_profile: None,
@@ -406,6 +406,8 @@ pub(super) struct TiffFacts {
     /// The turn the Orientation tag asks for (the image crate applies it to the files it
     /// reads; the files the tiff crate reads need it applied here).
     pub(super) orientation: Option<Dihedral>,
+    /// The samples are indices into a colour map (PhotometricInterpretation 3).
+    pub(super) colour_mapped: bool,
 }
 
 /// The flip or rotation that shows an image stored with the TIFF/EXIF Orientation `value`
@@ -458,6 +460,11 @@ impl TiffFacts {
                         .ok()
                         .flatten()
                         .and_then(upright),
+                    colour_mapped: d
+                        .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
+                        .ok()
+                        .flatten()
+                        == Some(3),
                 }
             },
         );
@@ -766,6 +773,34 @@ mod tests {
                 diff <= max && mean_diff <= mean,
                 "{name}: {diff}, {mean_diff} on average"
             );
+        }
+    }
+
+    /// A gray colour map makes a gray image, as for the other colour-mapped formats, unless
+    /// an RGB ICC profile comes with it, which gray samples could not carry.
+    #[test]
+    fn gray_palette_tiff_is_gray_unless_it_has_an_rgb_profile() {
+        use tiff::tags::Tag;
+        colour_type!(Palette8, RGBPalette, 1);
+        let map: Vec<u16> = (0..768).map(|i| (i % 256) * 257).collect();
+        let mut rgb_icc = vec![0u8; 200];
+        rgb_icc[16..20].copy_from_slice(b"RGB ");
+        for icc in [None, Some(rgb_icc)] {
+            let mut buf = Cursor::new(Vec::new());
+            let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+            let mut image = enc.new_image::<Palette8>(2, 1).unwrap();
+            image.encoder().write_tag(Tag::ColorMap, &map[..]).unwrap();
+            if let Some(icc) = &icc {
+                image
+                    .encoder()
+                    .write_tag(Tag::IccProfile, &icc[..])
+                    .unwrap();
+            }
+            image.write_data(&[51, 204]).unwrap();
+            let d = decode_bytes(buf.get_ref(), &limits()).unwrap();
+            assert_eq!(d.grayscale, icc.is_none());
+            assert_eq!(d.icc_profile, icc);
+            assert_eq!(d.rgb.plane(1), [0.2, 0.8]);
         }
     }
 
