@@ -748,10 +748,11 @@ fn gray_png(path: &Path, colour: png::ColorType, deep: bool, icc: Option<&[u8]>)
 
 /// Colour in, colour out: an RGB file stays RGB however gray its pixels, and so does a
 /// gray-palette one with an RGB ICC profile, which keeps it; a gray-palette one without
-/// becomes gray.
+/// becomes gray. The ICC profile goes where it describes the samples written: not a gray
+/// profile onto WebP, which stores gray as RGB.
 #[test]
 fn colour_stays_colour_and_profiles_follow_the_samples_written() {
-    use png::ColorType::{Indexed, Rgb};
+    use png::ColorType::{Grayscale, Indexed, Rgb};
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let inputs = dir.path().join("in");
@@ -761,11 +762,12 @@ fn colour_stays_colour_and_profiles_follow_the_samples_written() {
         icc[16..20].copy_from_slice(space);
         icc
     };
-    let rgb_icc = profile(b"RGB ");
+    let (rgb_icc, gray_icc) = (profile(b"RGB "), profile(b"GRAY"));
     let sources = [
         ("rgb_icc", Rgb, false, Some(&rgb_icc)),
         ("palette_icc", Indexed, false, Some(&rgb_icc)),
         ("palette", Indexed, false, None),
+        ("gray_icc", Grayscale, false, Some(&gray_icc)),
     ];
     for (name, colour, deep, icc) in sources {
         gray_png(
@@ -776,7 +778,7 @@ fn colour_stays_colour_and_profiles_follow_the_samples_written() {
         );
     }
     // (input, format): gray, alpha, 16-bit, the profile kept.
-    let rgb = Some(&rgb_icc);
+    let (rgb, gray) = (Some(&rgb_icc), Some(&gray_icc));
     let want = [
         ("rgb_icc", "png", false, false, false, rgb),
         ("rgb_icc", "webp", false, false, false, rgb),
@@ -787,6 +789,9 @@ fn colour_stays_colour_and_profiles_follow_the_samples_written() {
         ("palette", "png", true, false, false, None),
         ("palette", "webp", false, false, false, None),
         ("palette", "tiff", true, false, false, None),
+        ("gray_icc", "png", true, false, false, gray),
+        ("gray_icc", "webp", false, false, false, None),
+        ("gray_icc", "tiff", true, false, false, gray),
     ];
     for format in ["png", "webp", "tiff"] {
         let out = dir.path().join(format);

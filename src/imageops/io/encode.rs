@@ -18,7 +18,7 @@ pub enum OutputFormat {
     Png,
     Jpeg,
     /// Lossless only: the `image` crate has no lossy WebP encoder. WebP has no grayscale
-    /// storage, so grayscale output is stored as RGB.
+    /// storage: its encoder expands luma to RGB.
     Webp,
     Tiff,
 }
@@ -70,6 +70,11 @@ impl OutputFormat {
     /// Whether an alpha channel can be written.
     pub fn supports_alpha(self) -> bool {
         self != Self::Jpeg
+    }
+
+    /// Whether the file can store one luma sample a pixel (plus alpha).
+    pub fn supports_grayscale(self) -> bool {
+        self != Self::Webp
     }
 }
 
@@ -301,15 +306,17 @@ impl<'a> Encoded<'a> {
         written.map_err(|e| ImageIoError::from_encode(self.path, e))
     }
 
-    /// The ICC profile to embed: the source's, where it describes the samples written.
+    /// The ICC profile to embed: the source's, where it describes the samples the file
+    /// stores (RGB where the format expands luma to RGB).
     pub(super) fn icc_profile(&self) -> Option<&Vec<u8>> {
-        let gray = matches!(
-            self.color,
-            ExtendedColorType::L8
-                | ExtendedColorType::La8
-                | ExtendedColorType::L16
-                | ExtendedColorType::La16
-        );
+        let gray = self.opts.format.supports_grayscale()
+            && matches!(
+                self.color,
+                ExtendedColorType::L8
+                    | ExtendedColorType::La8
+                    | ExtendedColorType::L16
+                    | ExtendedColorType::La16
+            );
         self.opts
             .icc_profile
             .as_ref()
@@ -547,24 +554,30 @@ mod tests {
             icc[16..20].copy_from_slice(space);
             icc
         };
-        for format in [OutputFormat::Png, OutputFormat::Tiff, OutputFormat::Jpeg] {
+        let (rgb, gray, cmyk) = (profile(b"RGB "), profile(b"GRAY"), profile(b"CMYK"));
+        let written = |format: OutputFormat, icc: &[u8], grayscale: bool| {
             let path = dir.path().join(format!("icc.{}", format.extension()));
-            let written = |icc: Vec<u8>, grayscale: bool| {
-                let opts = EncodeOptions {
-                    icc_profile: Some(icc),
-                    grayscale,
-                    ..EncodeOptions::new(format)
-                };
-                encode_file(&path, &gradient(4, 4), None, &opts).unwrap();
-                decode_file(&path, &limits()).unwrap().icc_profile
+            let opts = EncodeOptions {
+                icc_profile: Some(icc.to_vec()),
+                grayscale,
+                ..EncodeOptions::new(format)
             };
-            let (rgb, gray, cmyk) = (profile(b"RGB "), profile(b"GRAY"), profile(b"CMYK"));
-            assert_eq!(written(rgb.clone(), false), Some(rgb.clone()), "{format}");
-            assert_eq!(written(gray.clone(), true), Some(gray.clone()), "{format}");
+            encode_file(&path, &gradient(4, 4), None, &opts).unwrap();
+            decode_file(&path, &limits()).unwrap().icc_profile
+        };
+        for format in ALL {
+            // WebP has no gray storage: its gray output is RGB, which only an RGB profile
+            // describes.
+            let gray_stored = format.supports_grayscale();
+            let keeps = |icc: &[u8], grayscale| written(format, icc, grayscale);
+            assert_eq!(keeps(&rgb, false), Some(rgb.clone()), "{format}");
+            let gray_kept = gray_stored.then(|| gray.clone());
+            assert_eq!(keeps(&gray, true), gray_kept, "{format}");
             // A profile for another colour model than the samples written is left out.
-            assert_eq!(written(cmyk, false), None, "{format}");
-            assert_eq!(written(gray, false), None, "{format}");
-            assert_eq!(written(rgb, true), None, "{format}");
+            assert_eq!(keeps(&cmyk, false), None, "{format}");
+            assert_eq!(keeps(&gray, false), None, "{format}");
+            let rgb_kept = (!gray_stored).then(|| rgb.clone());
+            assert_eq!(keeps(&rgb, true), rgb_kept, "{format}");
         }
     }
 
