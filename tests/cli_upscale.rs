@@ -749,10 +749,11 @@ fn gray_png(path: &Path, colour: png::ColorType, deep: bool, icc: Option<&[u8]>)
 /// Colour in, colour out: an RGB file stays RGB however gray its pixels, and so does a
 /// gray-palette one with an RGB ICC profile, which keeps it; a gray-palette one without
 /// becomes gray. The ICC profile goes where it describes the samples written: not a gray
-/// profile onto WebP, which stores gray as RGB.
+/// profile onto WebP, which stores gray as RGB. Gray with alpha stays so in TIFF, in 8 and
+/// 16 bits, with its gray profile.
 #[test]
 fn colour_stays_colour_and_profiles_follow_the_samples_written() {
-    use png::ColorType::{Grayscale, Indexed, Rgb};
+    use png::ColorType::{Grayscale, GrayscaleAlpha, Indexed, Rgb};
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let inputs = dir.path().join("in");
@@ -768,6 +769,8 @@ fn colour_stays_colour_and_profiles_follow_the_samples_written() {
         ("palette_icc", Indexed, false, Some(&rgb_icc)),
         ("palette", Indexed, false, None),
         ("gray_icc", Grayscale, false, Some(&gray_icc)),
+        ("gray_alpha_icc", GrayscaleAlpha, false, Some(&gray_icc)),
+        ("gray_alpha16", GrayscaleAlpha, true, None),
     ];
     for (name, colour, deep, icc) in sources {
         gray_png(
@@ -792,6 +795,10 @@ fn colour_stays_colour_and_profiles_follow_the_samples_written() {
         ("gray_icc", "png", true, false, false, gray),
         ("gray_icc", "webp", false, false, false, None),
         ("gray_icc", "tiff", true, false, false, gray),
+        ("gray_alpha_icc", "png", true, true, false, gray),
+        ("gray_alpha_icc", "webp", false, true, false, None),
+        ("gray_alpha_icc", "tiff", true, true, false, gray),
+        ("gray_alpha16", "tiff", true, true, true, None),
     ];
     for format in ["png", "webp", "tiff"] {
         let out = dir.path().join(format);

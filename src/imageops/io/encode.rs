@@ -119,8 +119,7 @@ pub struct EncodeOptions {
     pub quality: u8,
     /// Write 16 bits per sample. Honoured by PNG and TIFF; the others fall back to 8 bits.
     pub sixteen_bit: bool,
-    /// Write a single luma channel (plus alpha). WebP stores it as RGB; TIFF with alpha is
-    /// written as RGBA, a layout more readers take than gray+alpha.
+    /// Write a single luma channel (plus alpha). WebP stores it as RGB.
     pub grayscale: bool,
     /// Attached to the output unchanged.
     pub icc_profile: Option<Vec<u8>>,
@@ -270,10 +269,7 @@ impl<'a> Encoded<'a> {
             }
             _ => (rgb, alpha),
         };
-        // Gray with alpha as TIFF is RGBA: the image crate (like other readers) does not
-        // read gray+alpha TIFF back.
-        let gray = opts.grayscale && !(format == OutputFormat::Tiff && alpha.is_some());
-        let (buf, color) = quantise_planes(rgb, alpha, gray, deep);
+        let (buf, color) = quantise_planes(rgb, alpha, opts.grayscale, deep);
         let encoded = Self {
             path,
             buf,
@@ -503,16 +499,23 @@ mod tests {
                 assert!(d.rgb.max_abs_diff(&rgb) <= tol, "{fmt}");
             }
         }
-        // Gray + alpha: PNG keeps LA.
-        let path = dir.path().join("la.png");
-        let opts = EncodeOptions {
-            grayscale: true,
-            ..EncodeOptions::new(OutputFormat::Png)
-        };
-        encode_file(&path, &rgb, Some(&alpha), &opts).unwrap();
-        let d = decode_file(&path, &limits()).unwrap();
-        assert!(d.grayscale);
-        assert_eq!(d.alpha.as_ref(), Some(&alpha));
+        // Gray with alpha, in 8 and 16 bits.
+        for fmt in [OutputFormat::Png, OutputFormat::Tiff] {
+            for deep in [false, true] {
+                let path = dir.path().join(format!("la{deep}.{}", fmt.extension()));
+                let opts = EncodeOptions {
+                    grayscale: true,
+                    sixteen_bit: deep,
+                    ..EncodeOptions::new(fmt)
+                };
+                encode_file(&path, &rgb, Some(&alpha), &opts).unwrap();
+                let d = decode_file(&path, &limits()).unwrap();
+                assert!(d.grayscale, "{fmt} deep={deep}");
+                assert_eq!(d.sixteen_bit, deep, "{fmt}");
+                assert!(d.rgb.max_abs_diff(&rgb) <= 1e-6, "{fmt} deep={deep}");
+                assert_eq!(d.alpha.as_ref(), Some(&alpha), "{fmt} deep={deep}");
+            }
+        }
     }
 
     #[test]
@@ -555,29 +558,34 @@ mod tests {
             icc
         };
         let (rgb, gray, cmyk) = (profile(b"RGB "), profile(b"GRAY"), profile(b"CMYK"));
-        let written = |format: OutputFormat, icc: &[u8], grayscale: bool| {
+        let opacity = ramp(4, 4, 9);
+        let written = |format: OutputFormat, icc: &[u8], grayscale: bool, alpha: bool| {
             let path = dir.path().join(format!("icc.{}", format.extension()));
             let opts = EncodeOptions {
                 icc_profile: Some(icc.to_vec()),
                 grayscale,
                 ..EncodeOptions::new(format)
             };
-            encode_file(&path, &gradient(4, 4), None, &opts).unwrap();
+            let alpha = alpha.then_some(&opacity);
+            encode_file(&path, &gradient(4, 4), alpha, &opts).unwrap();
             decode_file(&path, &limits()).unwrap().icc_profile
         };
         for format in ALL {
             // WebP has no gray storage: its gray output is RGB, which only an RGB profile
             // describes.
             let gray_stored = format.supports_grayscale();
-            let keeps = |icc: &[u8], grayscale| written(format, icc, grayscale);
-            assert_eq!(keeps(&rgb, false), Some(rgb.clone()), "{format}");
-            let gray_kept = gray_stored.then(|| gray.clone());
-            assert_eq!(keeps(&gray, true), gray_kept, "{format}");
-            // A profile for another colour model than the samples written is left out.
-            assert_eq!(keeps(&cmyk, false), None, "{format}");
-            assert_eq!(keeps(&gray, false), None, "{format}");
-            let rgb_kept = (!gray_stored).then(|| rgb.clone());
-            assert_eq!(keeps(&rgb, true), rgb_kept, "{format}");
+            for alpha in [false, true] {
+                let case = format!("{format} alpha {alpha}");
+                let keeps = |icc: &[u8], grayscale| written(format, icc, grayscale, alpha);
+                assert_eq!(keeps(&rgb, false), Some(rgb.clone()), "{case}");
+                let gray_kept = gray_stored.then(|| gray.clone());
+                assert_eq!(keeps(&gray, true), gray_kept, "{case}");
+                // A profile for another colour model than the samples written is left out.
+                assert_eq!(keeps(&cmyk, false), None, "{case}");
+                assert_eq!(keeps(&gray, false), None, "{case}");
+                let rgb_kept = (!gray_stored).then(|| rgb.clone());
+                assert_eq!(keeps(&rgb, true), rgb_kept, "{case}");
+            }
         }
     }
 

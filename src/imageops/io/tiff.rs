@@ -473,9 +473,34 @@ impl TiffFacts {
     }
 }
 
+/// `$name`: a colour type the tiff crate's encoder lacks, `$samples` samples of `$bits`-bit
+/// `$inner`s under the PhotometricInterpretation `$photometric`, written without a predictor.
+macro_rules! colour_type {
+    ($name:ident, $inner:ty, $bits:literal, $photometric:ident, $samples:literal) => {
+        struct $name;
+        impl tiff::encoder::colortype::ColorType for $name {
+            type Inner = $inner;
+            const TIFF_VALUE: tiff::tags::PhotometricInterpretation =
+                tiff::tags::PhotometricInterpretation::$photometric;
+            const BITS_PER_SAMPLE: &'static [u16] = &[$bits; $samples];
+            const SAMPLE_FORMAT: &'static [tiff::tags::SampleFormat] =
+                &[tiff::tags::SampleFormat::Uint; $samples];
+            fn horizontal_predict(_: &[$inner], _: &mut Vec<$inner>) {
+                unreachable!("written without a predictor")
+            }
+        }
+    };
+}
+
+colour_type!(GrayAlpha8, u8, 8, BlackIsZero, 2);
+colour_type!(GrayAlpha16, u16, 16, BlackIsZero, 2);
+
 impl Encoded<'_> {
     /// TIFF through the tiff crate, which (unlike the `image` crate's encoder) can say
-    /// that the fourth sample is alpha (ExtraSamples).
+    /// that the last sample is alpha (ExtraSamples) and writes gray with alpha. Gray+alpha
+    /// stays so rather than becoming RGBA, which would drop a gray profile: libtiff-based
+    /// readers take it, though Pillow (which has no 16-bit gray+alpha mode) opens only
+    /// the 8-bit kind.
     pub(super) fn encode_tiff(&self, w: impl Write + Seek) -> tiff::TiffResult<()> {
         use tiff::encoder::colortype::{Gray16, Gray8, RGB16, RGB8, RGBA16, RGBA8};
         let mut tiff = tiff::encoder::TiffEncoder::new(w)?;
@@ -487,9 +512,11 @@ impl Encoded<'_> {
         };
         match self.color {
             ExtendedColorType::L8 => self.tiff_image::<Gray8, _>(&mut tiff, &self.buf),
+            ExtendedColorType::La8 => self.tiff_image::<GrayAlpha8, _>(&mut tiff, &self.buf),
             ExtendedColorType::Rgb8 => self.tiff_image::<RGB8, _>(&mut tiff, &self.buf),
             ExtendedColorType::Rgba8 => self.tiff_image::<RGBA8, _>(&mut tiff, &self.buf),
             ExtendedColorType::L16 => self.tiff_image::<Gray16, _>(&mut tiff, &wide()),
+            ExtendedColorType::La16 => self.tiff_image::<GrayAlpha16, _>(&mut tiff, &wide()),
             ExtendedColorType::Rgb16 => self.tiff_image::<RGB16, _>(&mut tiff, &wide()),
             ExtendedColorType::Rgba16 => self.tiff_image::<RGBA16, _>(&mut tiff, &wide()),
             other => unreachable!("quantise_planes gives no {other:?}"),
@@ -508,10 +535,8 @@ impl Encoded<'_> {
     {
         use tiff::tags::Tag;
         let mut image = tiff.new_image::<C>(self.width, self.height)?;
-        if matches!(
-            self.color,
-            ExtendedColorType::Rgba8 | ExtendedColorType::Rgba16
-        ) {
+        // Gray+alpha or RGBA: the samples quantise_planes gives end in alpha.
+        if self.color.channel_count().is_multiple_of(2) {
             // 2: unassociated alpha, which is what is written (colour not premultiplied).
             image.encoder().write_tag(Tag::ExtraSamples, &[2u16][..])?;
         }
@@ -532,25 +557,6 @@ mod tests {
     use std::fs::File;
     use std::io::Cursor;
 
-    /// `$name`: a colour type the tiff crate's encoder lacks, `$samples` 8-bit samples
-    /// under the PhotometricInterpretation `$photometric`.
-    macro_rules! colour_type {
-        ($name:ident, $photometric:ident, $samples:literal) => {
-            struct $name;
-            impl tiff::encoder::colortype::ColorType for $name {
-                type Inner = u8;
-                const TIFF_VALUE: tiff::tags::PhotometricInterpretation =
-                    tiff::tags::PhotometricInterpretation::$photometric;
-                const BITS_PER_SAMPLE: &'static [u16] = &[8; $samples];
-                const SAMPLE_FORMAT: &'static [tiff::tags::SampleFormat] =
-                    &[tiff::tags::SampleFormat::Uint; $samples];
-                fn horizontal_predict(_: &[u8], _: &mut Vec<u8>) {
-                    unreachable!("written without a predictor")
-                }
-            }
-        };
-    }
-
     /// TIFF alpha is written as such (ExtraSamples: unassociated), and premultiplied
     /// (associated) alpha is divided out on reading.
     #[test]
@@ -559,16 +565,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.tiff");
         let (img, alpha) = (gradient(6, 10), ramp(6, 10, 3));
-        encode_file(
-            &path,
-            &img,
-            Some(&alpha),
-            &EncodeOptions::new(OutputFormat::Tiff),
-        )
-        .unwrap();
-        let mut d = tiff::decoder::Decoder::new(File::open(&path).unwrap()).unwrap();
-        let extra = d.find_tag_unsigned_vec::<u16>(Tag::ExtraSamples).unwrap();
-        assert_eq!(extra, Some(vec![2]));
+        // RGBA, and gray+alpha (in 8 and 16 bits) with its gray profile.
+        let mut gray_icc = vec![0u8; 200];
+        gray_icc[16..20].copy_from_slice(b"GRAY");
+        for (grayscale, sixteen_bit, photometric, bits) in [
+            (false, false, 2, vec![8; 4]),
+            (true, false, 1, vec![8; 2]),
+            (true, true, 1, vec![16; 2]),
+        ] {
+            let opts = EncodeOptions {
+                grayscale,
+                sixteen_bit,
+                icc_profile: Some(gray_icc.clone()),
+                ..EncodeOptions::new(OutputFormat::Tiff)
+            };
+            encode_file(&path, &img, Some(&alpha), &opts).unwrap();
+            let mut d = tiff::decoder::Decoder::new(File::open(&path).unwrap()).unwrap();
+            let tag = |d: &mut tiff::decoder::Decoder<File>, tag| {
+                d.find_tag_unsigned_vec::<u16>(tag).unwrap()
+            };
+            assert_eq!(tag(&mut d, Tag::ExtraSamples), Some(vec![2]));
+            assert_eq!(
+                tag(&mut d, Tag::PhotometricInterpretation),
+                Some(vec![photometric])
+            );
+            assert_eq!(tag(&mut d, Tag::BitsPerSample), Some(bits));
+            let icc = d.find_tag(Tag::IccProfile).unwrap();
+            assert_eq!(icc.is_some(), grayscale, "gray {grayscale}");
+        }
 
         let (w, h) = (3u32, 1u32);
         // Straight (200, 100, 50) at alpha 255, 128 and 0, stored premultiplied.
@@ -640,7 +664,6 @@ mod tests {
     #[test]
     fn gray_alpha_and_big_tiff_decode() {
         use tiff::encoder::{colortype, TiffEncoder};
-        colour_type!(GrayAlpha8, BlackIsZero, 2);
         let mut buf = Cursor::new(Vec::new());
         let mut enc = TiffEncoder::new(&mut buf).unwrap();
         let mut image = enc.new_image::<GrayAlpha8>(2, 1).unwrap();
@@ -690,7 +713,6 @@ mod tests {
     fn orientation_applies_to_the_files_the_tiff_crate_reads() {
         use tiff::encoder::{colortype, TiffEncoder};
         use tiff::tags::Tag;
-        colour_type!(GrayAlpha8, BlackIsZero, 2);
         let values: Vec<u8> = (0..6).map(|v| v * 40).collect();
         for orientation in 1..=8u16 {
             let mut gray_alpha = Cursor::new(Vec::new());
@@ -781,7 +803,7 @@ mod tests {
     #[test]
     fn gray_palette_tiff_is_gray_unless_it_has_an_rgb_profile() {
         use tiff::tags::Tag;
-        colour_type!(Palette8, RGBPalette, 1);
+        colour_type!(Palette8, u8, 8, RGBPalette, 1);
         let map: Vec<u16> = (0..768).map(|i| (i % 256) * 257).collect();
         let mut rgb_icc = vec![0u8; 200];
         rgb_icc[16..20].copy_from_slice(b"RGB ");
@@ -889,8 +911,8 @@ mod tests {
     fn unreadable_palette_and_ycbcr_tiffs_are_refused() {
         use tiff::encoder::colortype;
         use tiff::tags::Tag;
-        colour_type!(PaletteAlpha8, RGBPalette, 2);
-        colour_type!(Palette8, RGBPalette, 1);
+        colour_type!(PaletteAlpha8, u8, 8, RGBPalette, 2);
+        colour_type!(Palette8, u8, 8, RGBPalette, 1);
         let refused = |bytes: &[u8], why: &str| {
             let e = decode_bytes(bytes, &limits()).unwrap_err();
             assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
