@@ -884,7 +884,7 @@ mod tests {
     #[test]
     fn an_eight_bit_range_colour_map_is_read_as_eight_bit() {
         use tiff::tags::Tag;
-        colour_type!(Palette8, RGBPalette, 1);
+        colour_type!(Palette8, u8, 8, RGBPalette, 1);
         let map: Vec<u16> = (0..768).map(|i| (i * 7 + 3) % 256).collect();
         let mut buf = Cursor::new(Vec::new());
         let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
