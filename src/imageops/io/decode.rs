@@ -168,7 +168,7 @@ fn reader_for<R: BufRead + Seek>(r: R, f: ImageFormat, l: &DecodeLimits) -> Imag
     reader
 }
 
-/// Decodes a JPEG (checked for its end first) or GIF held in memory.
+/// Decodes a JPEG or a GIF from memory.
 fn decode_in_memory(
     reader: impl BufRead + Seek,
     format: InputFormat,
@@ -351,7 +351,7 @@ fn decode_with(
 mod tests {
     use super::*;
     use crate::imageops::io::test_support::{
-        format_fixture, gradient, limits, with_exif_orientation,
+        format_fixture, gradient, icc_profile, limits, with_exif_orientation,
     };
     use crate::imageops::io::{
         encode_file, has_input_extension, peek, peek_file, EncodeOptions, OutputFormat, Peek,
@@ -401,14 +401,6 @@ mod tests {
         assert!(!has_input_extension(Path::new("a/b.exr")));
     }
 
-    /// An ICC profile for `space` ("RGB ", "GRAY"): its header's colour space field set in
-    /// otherwise arbitrary bytes.
-    fn profile(space: &[u8; 4]) -> Vec<u8> {
-        let mut icc: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
-        icc[16..20].copy_from_slice(space);
-        icc
-    }
-
     /// A 4×1 PNG of four grays, indexed through a gray palette or stored as RGB, with `icc`.
     fn gray_png(indexed: bool, icc: Option<&[u8]>) -> Vec<u8> {
         let mut out = Vec::new();
@@ -442,7 +434,7 @@ mod tests {
     /// colour-mapped one with a gray palette is gray, unless an RGB ICC profile comes with it.
     #[test]
     fn colour_in_colour_out() {
-        let (rgb, gray) = (profile(b"RGB "), profile(b"GRAY"));
+        let (rgb, gray) = (icc_profile(b"RGB "), icc_profile(b"GRAY"));
         let decoded = |bytes: &[u8]| decode_bytes(bytes, &limits()).unwrap();
         for indexed in [false, true] {
             let d = decoded(&gray_png(indexed, None));

@@ -368,7 +368,9 @@ fn onto_white(rgb: &Planar, alpha: &Planar) -> Planar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageops::io::test_support::{gradient, limits, ramp, with_exif_orientation};
+    use crate::imageops::io::test_support::{
+        gradient, icc_profile, limits, ramp, with_exif_orientation,
+    };
     use crate::imageops::io::{decode_bytes, decode_file};
     use std::path::PathBuf;
 
@@ -552,12 +554,11 @@ mod tests {
     #[test]
     fn icc_profile_survives_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let profile = |space: &[u8; 4]| {
-            let mut icc: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
-            icc[16..20].copy_from_slice(space);
-            icc
-        };
-        let (rgb, gray, cmyk) = (profile(b"RGB "), profile(b"GRAY"), profile(b"CMYK"));
+        let (rgb, gray, cmyk) = (
+            icc_profile(b"RGB "),
+            icc_profile(b"GRAY"),
+            icc_profile(b"CMYK"),
+        );
         let opacity = ramp(4, 4, 9);
         let written = |format: OutputFormat, icc: &[u8], grayscale: bool, alpha: bool| {
             let path = dir.path().join(format!("icc.{}", format.extension()));

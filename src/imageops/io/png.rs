@@ -261,7 +261,7 @@ impl Encoded<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageops::io::test_support::{gradient, limits, ramp};
+    use crate::imageops::io::test_support::{gradient, icc_profile, limits, ramp};
     use crate::imageops::io::{decode_bytes, encode_bytes, EncodeOptions};
     use crate::imageops::Planar;
     use png::chunk::{cHRM, gAMA, sRGB};
@@ -305,12 +305,6 @@ mod tests {
 
     fn be(values: &[u32]) -> Vec<u8> {
         values.iter().flat_map(|v| v.to_be_bytes()).collect()
-    }
-
-    fn rgb_profile() -> Vec<u8> {
-        let mut icc: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
-        icc[16..20].copy_from_slice(b"RGB ");
-        icc
     }
 
     const LINEAR: u32 = 100_000;
@@ -414,7 +408,7 @@ mod tests {
     /// together, the profile winning; sRGB keeps only the gAMA and cHRM that agree with it.
     #[test]
     fn chunk_precedence_follows_the_specification() {
-        let icc = rgb_profile();
+        let icc = icc_profile(b"RGB ");
         let source = png_with(
             Some(&icc),
             &[

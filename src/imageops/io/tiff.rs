@@ -550,7 +550,7 @@ impl Encoded<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageops::io::test_support::{format_fixture, gradient, limits, ramp};
+    use crate::imageops::io::test_support::{format_fixture, gradient, icc_profile, limits, ramp};
     use crate::imageops::io::{
         decode_bytes, decode_file, encode_file, EncodeOptions, ImageIoError, OutputFormat,
     };
@@ -566,8 +566,7 @@ mod tests {
         let path = dir.path().join("a.tiff");
         let (img, alpha) = (gradient(6, 10), ramp(6, 10, 3));
         // RGBA, and gray+alpha (in 8 and 16 bits) with its gray profile.
-        let mut gray_icc = vec![0u8; 200];
-        gray_icc[16..20].copy_from_slice(b"GRAY");
+        let gray_icc = icc_profile(b"GRAY");
         for (grayscale, sixteen_bit, photometric, bits) in [
             (false, false, 2, vec![8; 4]),
             (true, false, 1, vec![8; 2]),
@@ -805,8 +804,7 @@ mod tests {
         use tiff::tags::Tag;
         colour_type!(Palette8, u8, 8, RGBPalette, 1);
         let map: Vec<u16> = (0..768).map(|i| (i % 256) * 257).collect();
-        let mut rgb_icc = vec![0u8; 200];
-        rgb_icc[16..20].copy_from_slice(b"RGB ");
+        let rgb_icc = icc_profile(b"RGB ");
         for icc in [None, Some(rgb_icc)] {
             let mut buf = Cursor::new(Vec::new());
             let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
