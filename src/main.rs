@@ -56,6 +56,11 @@ fn main() -> std::process::ExitCode {
         }
         default_hook(info)
     }));
+    // AVIF files are decoded in a child process of this program, so that a decoder crash
+    // on a damaged file costs only that file.
+    if let Ok(exe) = std::env::current_exe() {
+        infdit::imageops::io::decode_avif_in_child_process(exe);
+    }
     let cli = Cli::parse();
     let quiet = matches!(&cli.command, Command::Upscale(args) if args.quiet);
     let level = match (cli.verbose, quiet) {

@@ -345,6 +345,77 @@ fn jpeg_xl_in_png_out() {
     }
 }
 
+/// AVIF (decoded by rav1d, not the image crate) is found in directories, is shown upright
+/// by its `irot`, keeps its 16 bits, alpha and HDR colour space, and is written as PNG.
+#[test]
+fn avif_in_png_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats/avif");
+    for name in ["rgba8_444", "irot1", "bt2020_pq"] {
+        let file = format!("{name}.avif");
+        std::fs::copy(fixtures.join(&file), inputs.join(file)).unwrap();
+    }
+    upscale_ok(&model, &[s(&inputs)]);
+    for (name, colour, size) in [
+        ("rgba8_444", ColorType::Rgba8, (148, 92)),
+        ("irot1", ColorType::Rgb8, (92, 148)),
+        ("bt2020_pq", ColorType::Rgb16, (148, 92)),
+    ] {
+        let out = inputs.join(format!("{name}_x4.png"));
+        let (format, img) = read(&out);
+        assert_eq!((format, img.color()), (ImageFormat::Png, colour), "{name}");
+        assert_eq!((img.width(), img.height()), size, "{name}");
+        let d = distance_to_bicubic(&inputs.join(format!("{name}.avif")), &out);
+        assert!(d < 0.02, "{name} is far from its input: {d}");
+    }
+    // The PQ colour space is carried as cICP, so viewers show the result as HDR.
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(inputs.join("bt2020_pq_x4.png")).unwrap(),
+    ));
+    let cicp = decoder
+        .read_info()
+        .unwrap()
+        .info()
+        .coding_independent_code_points;
+    assert_eq!(
+        cicp.map(|c| (c.color_primaries, c.transfer_function)),
+        Some((9, 16))
+    );
+}
+
+/// Damaged AVIF files are errors, never crashes, and cost only themselves: the decoder
+/// (which aborts on some damaged data) runs in a child process. Every byte of the AV1 data
+/// and of the container is changed in turn, and the file is cut at every length.
+#[test]
+fn damaged_avif_files_are_errors_not_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats/avif");
+    let data = std::fs::read(fixtures.join("rgb8_420.avif")).unwrap();
+    for i in 0..data.len() {
+        let mut bad = data.clone();
+        bad[i] ^= 0x5a;
+        std::fs::write(inputs.join(format!("flip{i:03}.avif")), bad).unwrap();
+        std::fs::write(inputs.join(format!("cut{i:03}.avif")), &data[..i]).unwrap();
+    }
+    let out = upscale(
+        &model,
+        &[s(&inputs), "-o", s(&dir.path().join("out")), "-q"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let failed = err.lines().filter(|l| l.starts_with("error: ")).count();
+    let written = listing(&dir.path().join("out")).len();
+    assert_eq!(failed + written, 2 * data.len(), "{err}");
+    assert!(failed >= data.len(), "every cut file fails: {err}");
+}
+
 /// A colour-mapped TIFF (which the tiff crate reads only as indices) is upscaled in its
 /// colours, or in gray where its map is gray, and written as TIFF again.
 #[test]
@@ -1729,7 +1800,7 @@ fn a_failed_run_leaves_no_new_output_directory() {
     assert!(dir.path().join("kept").is_dir());
 }
 
-/// Phone photos in a format that is recognised but not read (HEIC, AVIF) are reported by
+/// Phone photos in a format that is recognised but not read (HEIC) are reported by
 /// a folder scan with the way out, not passed over in silence; the others are upscaled.
 #[test]
 fn heic_files_in_a_folder_are_reported() {

@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Upscale images (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI, JPEG XL).
+    /// Upscale images (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI, JPEG XL, AVIF).
     Upscale(upscale::UpscaleArgs),
     /// List a checkpoint's tensors, parameter counts and the config it matches.
     Inspect(checkpoint_tools::InspectArgs),
@@ -50,6 +50,10 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Decodes one AVIF file for the process that started this one (see
+    /// `imageops::io::decode_avif_in_child_process`); not for users.
+    #[command(name = "decode-avif", hide = true)]
+    DecodeAvif { file: std::path::PathBuf },
 }
 
 impl Cli {
@@ -62,6 +66,7 @@ impl Cli {
             Command::Bench(c) => c.run(),
             Command::Train(a) => a.run(),
             Command::Eval(a) => return a.run(),
+            Command::DecodeAvif { file } => return Ok(crate::imageops::io::avif_child_main(&file)),
             Command::Completions { shell } => {
                 // Generated in memory: clap_complete panics on a failed write.
                 let mut script = Vec::new();
@@ -199,6 +204,17 @@ mod tests {
 
     /// An error that prints its cause in its own message and also reports it as its
     /// source (as an I/O error wrapped by a writer does) says it once.
+    /// The subcommand a parent process runs to decode AVIF files is the one declared.
+    #[test]
+    fn avif_child_command_exists() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let child = cli
+            .find_subcommand(crate::imageops::io::AVIF_CHILD_COMMAND)
+            .unwrap();
+        assert!(child.is_hide_set());
+    }
+
     #[test]
     fn each_cause_is_said_once() {
         #[derive(Debug)]

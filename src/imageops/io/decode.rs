@@ -8,10 +8,12 @@ use std::path::Path;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 
+use super::avif::AvifDecoder;
 use super::encode::icc_describes;
 use super::format::{
     input_format_names, is_colour_mapped, several_images, unreadable_format, InputFormat,
 };
+use super::heif::HeifError;
 use super::jpeg::{JpegDecoder, JpegFacts};
 use super::planes::{image_to_planes, is_deep, is_gray, unpremultiply};
 use super::png::PngFacts;
@@ -67,6 +69,26 @@ fn decode_reader(
     let err = |e| ImageIoError::from_decode(path, e);
     let (decoded, several) = match format.image_format() {
         Some(image_format) => decode_image_crate(reader, format, image_format, path, limits)?,
+        None if format == InputFormat::Avif => {
+            let data = read_all(reader, path)?;
+            let decoder = AvifDecoder::new(&data).map_err(|e| match e {
+                HeifError::Corrupt(detail) => ImageIoError::Corrupt {
+                    path: path.into(),
+                    detail,
+                },
+                HeifError::Unsupported(detail) => ImageIoError::Unsupported {
+                    path: path.into(),
+                    detail: format!("AVIF with {detail}"),
+                },
+            })?;
+            let sequence = decoder.is_sequence();
+            let png_colour = decoder.png_colour();
+            // The decoder has applied the file's rotation and mirroring (`irot`, `imir`),
+            // which AVIF readers obey; an EXIF orientation is not applied again.
+            let mut decoded = decode_with(decoder, format, false, path, limits)?;
+            decoded.png_colour = png_colour;
+            (decoded, sequence.then_some("AVIF image sequence"))
+        }
         None => {
             let data = read_all(reader, path)?;
             let frames = jxl_frames(&data, limits).map_err(|detail| ImageIoError::Corrupt {
@@ -370,7 +392,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = eight_colours();
         let want = image_to_planes(&DynamicImage::ImageRgb8(src.clone())).0;
-        // JPEG XL, which the image crate cannot write, has its own tests below.
+        // JPEG XL and AVIF, which the image crate cannot write, have their own tests (below,
+        // and in `avif`).
         for format in InputFormat::ALL {
             let Some(image_format) = format.image_format() else {
                 continue;
@@ -398,6 +421,7 @@ mod tests {
         }
         assert!(has_input_extension(Path::new("a/B.PPM")));
         assert!(has_input_extension(Path::new("a/b.JXL")));
+        assert!(has_input_extension(Path::new("a/b.Avif")));
         assert!(!has_input_extension(Path::new("a/b.exr")));
     }
 
@@ -622,15 +646,21 @@ mod tests {
         // A recognised but unsupported format.
         let e = decode_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
-        for (head, name) in [
-            (&b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"[..], "HEIF/HEIC"),
-            (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf", "AVIF"),
+        let e = decode_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", &limits())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("HEIF/HEIC (convert it to PNG or JPEG first)"),
+            "{e}"
+        );
+        // AVIF is read, so a file of only its header is a truncated one, however branded.
+        for head in [
+            &b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf"[..],
+            b"\0\0\0\x18ftypmif1\0\0\0\0mif1avif",
         ] {
-            let e = decode_bytes(head, &limits()).unwrap_err().to_string();
-            assert!(
-                e.contains(&format!("{name} (convert it to PNG or JPEG first)")),
-                "{e}"
-            );
+            let e = decode_bytes(head, &limits()).unwrap_err();
+            assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains("truncated"), "{e}");
         }
         // A GIF header with no image after it.
         let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0", &limits()).unwrap_err();

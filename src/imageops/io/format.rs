@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use image::{ImageDecoder, ImageFormat, ImageReader};
 use jxl_oxide::JxlImage;
 
+use super::avif::AvifDecoder;
 use super::encode::OutputFormat;
+use super::heif::brands;
 use super::jpeg::{JpegDecoder, JpegFacts};
 
 /// An accepted input format. Multi-frame GIFs are read as their first frame. Formats the
@@ -28,11 +30,13 @@ pub enum InputFormat {
     Qoi,
     /// Decoded by jxl-oxide; the `image` crate has no JPEG XL decoder.
     JpegXl,
+    /// Decoded by rav1d (see `avif`); the `image` crate's AVIF decoder needs a C library.
+    Avif,
 }
 
 impl InputFormat {
     /// Every accepted input format.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Png,
         Self::Jpeg,
         Self::WebP,
@@ -43,6 +47,7 @@ impl InputFormat {
         Self::Pnm,
         Self::Qoi,
         Self::JpegXl,
+        Self::Avif,
     ];
 
     /// The `image` crate's name for the format, where that crate decodes it.
@@ -57,7 +62,7 @@ impl InputFormat {
             Self::Tga => ImageFormat::Tga,
             Self::Pnm => ImageFormat::Pnm,
             Self::Qoi => ImageFormat::Qoi,
-            Self::JpegXl => return None,
+            Self::JpegXl | Self::Avif => return None,
         })
     }
 
@@ -73,6 +78,9 @@ impl InputFormat {
         if ext.eq_ignore_ascii_case("jxl") {
             return Some(Self::JpegXl);
         }
+        if ext.eq_ignore_ascii_case("avif") {
+            return Some(Self::Avif);
+        }
         ImageFormat::from_extension(ext).and_then(Self::from_image_format)
     }
 
@@ -81,6 +89,9 @@ impl InputFormat {
     pub fn detect(head: &[u8], path: &Path) -> Option<Self> {
         if head.starts_with(JXL_CODESTREAM) || head.starts_with(JXL_CONTAINER) {
             return Some(Self::JpegXl);
+        }
+        if is_avif(head) {
+            return Some(Self::Avif);
         }
         // BigTIFF, which the image crate's format guess does not know.
         if head.starts_with(b"II\x2b\0") || head.starts_with(b"MM\0\x2b") {
@@ -116,6 +127,7 @@ impl InputFormat {
             Self::Pnm => "PNM",
             Self::Qoi => "QOI",
             Self::JpegXl => "JPEG XL",
+            Self::Avif => "AVIF",
         }
     }
 }
@@ -140,14 +152,12 @@ pub fn has_input_extension(path: &Path) -> bool {
 }
 
 /// Whether `path`'s extension names an image format that is recognised but not read
-/// (HEIF/HEIC, AVIF): a folder scan lists such files so that each is reported with the
+/// (HEIF/HEIC): a folder scan lists such files so that each is reported with the
 /// way out, rather than passed over in silence.
 pub fn has_refused_extension(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        ["heic", "heif", "avif"]
-            .iter()
-            .any(|r| e.eq_ignore_ascii_case(r))
-    })
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["heic", "heif"].iter().any(|r| e.eq_ignore_ascii_case(r)))
 }
 
 /// The image files in `dir` (by extension; hidden names passed over), in its subfolders
@@ -212,6 +222,10 @@ pub fn peek(bytes: &[u8], name: &Path) -> Option<Peek> {
             .into_decoder()
             .ok()
             .map(upright_size),
+        (InputFormat::Avif, _) => AvifDecoder::new(bytes).ok().map(|d| {
+            let (w, h) = d.dimensions();
+            (h, w)
+        }),
         (_, None) => JxlImage::builder()
             .read(bytes)
             .ok()
@@ -237,20 +251,22 @@ pub fn peek_file(path: &Path) -> Option<Peek> {
     peek(&head, path)
 }
 
+/// Whether `head` opens an AVIF file: an ISO-BMFF file of the AVIF image or sequence
+/// brand, major or compatible (a file may be branded `mif1` first).
+fn is_avif(head: &[u8]) -> bool {
+    brands(head).iter().any(|b| b == b"avif" || b == b"avis")
+}
+
 /// The name of a common format that `head`, a file's first bytes, opens but no decoder
-/// here reads: phones' HEIF/HEIC and AVIF (both ISO-BMFF with their brand).
+/// here reads: phones' HEIF/HEIC (ISO-BMFF with its brand).
 pub(super) fn unreadable_format(head: &[u8]) -> Option<&'static str> {
-    const HEIF: [&[u8]; 7] = [
+    const HEIF: [&[u8; 4]; 7] = [
         b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1",
     ];
-    let brand = (head.get(4..8) == Some(b"ftyp"))
-        .then(|| head.get(8..12))
-        .flatten();
-    match brand {
-        Some(b"avif" | b"avis") => Some("AVIF"),
-        Some(b) if HEIF.contains(&b) => Some("HEIF/HEIC"),
-        _ => None,
-    }
+    brands(head)
+        .first()
+        .is_some_and(|b| HEIF.contains(&b))
+        .then_some("HEIF/HEIC")
 }
 
 /// Whether the file whose first bytes are `head` stores its colours through a

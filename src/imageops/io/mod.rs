@@ -15,9 +15,11 @@ use image::ImageError;
 
 use super::Planar;
 
+mod avif;
 mod decode;
 mod encode;
 mod format;
+mod heif;
 mod jpeg;
 mod planes;
 mod png;
@@ -26,6 +28,7 @@ mod test_support;
 mod tiff;
 
 pub use self::png::PngColour;
+pub use avif::{avif_child_main, decode_avif_in_child_process, AVIF_CHILD_COMMAND};
 pub use decode::{decode_bytes, decode_file, decode_named_bytes, decode_rgb};
 pub use encode::{check_writable, encode_bytes, encode_file, EncodeOptions, OutputFormat};
 pub use format::{
