@@ -31,7 +31,7 @@ use rav1d::src::lib::{
 };
 
 use super::heif::{
-    Av1Config, CleanAperture, Colour, Heif, HeifError, MasteringDisplay, Nclx, Property,
+    name, Av1Config, CleanAperture, Colour, Heif, HeifError, MasteringDisplay, Nclx, Property,
 };
 use super::png::PngColour;
 
@@ -106,6 +106,9 @@ impl<'a> AvifDecoder<'a> {
             heif,
         };
         decoder.read_properties(primary)?;
+        if let (Some(nclx), false) = (decoder.nclx, config.monochrome) {
+            Matrix::of(nclx, Layout::of_config(&config))?;
+        }
         decoder.find_alpha(primary)?;
         decoder.exif = decoder.find_exif(primary);
         Ok(decoder)
@@ -136,7 +139,7 @@ impl<'a> AvifDecoder<'a> {
                 Property::Other(kind) if essential => {
                     return Err(HeifError::Unsupported(format!(
                         "the essential property '{}'",
-                        String::from_utf8_lossy(kind)
+                        name(kind)
                     )));
                 }
                 _ => {}
@@ -233,11 +236,7 @@ impl<'a> AvifDecoder<'a> {
             Ok(yuv)
         };
         let yuv = decode(&self.colour)?;
-        let (matrix, full_range) = match self.nclx {
-            Some(n) => (n.matrix, n.full_range),
-            None => (yuv.matrix, yuv.full_range),
-        };
-        let colour = yuv.to_rgb(matrix, full_range)?;
+        let colour = yuv.to_rgb(self.nclx.unwrap_or(yuv.colour))?;
         let alpha = match &self.alpha {
             Some(source) => Some(decode(source)?.alpha()),
             None => None,
@@ -308,7 +307,7 @@ fn source(heif: &Heif, id: u32) -> Result<Source, HeifError> {
         }
         kind => Err(HeifError::Unsupported(format!(
             "a primary image of type '{}'",
-            String::from_utf8_lossy(kind).trim()
+            name(kind).trim_end_matches(' ')
         ))),
     }
 }
@@ -468,8 +467,8 @@ struct Yuv {
     depth: u8,
     layout: Layout,
     planes: [Vec<u16>; 3],
-    matrix: u16,
-    full_range: bool,
+    /// The AV1 sequence header's colour description.
+    colour: Nclx,
 }
 
 impl Yuv {
@@ -531,9 +530,10 @@ impl Yuv {
         self.planes[0].iter().map(|&v| f32::from(v) / max).collect()
     }
 
-    /// Interleaved colour in [0, 1]: gray for monochrome pictures, else RGB. The matrix
-    /// is an H.273 code point.
-    fn to_rgb(&self, matrix: u16, full_range: bool) -> Result<Vec<f32>, HeifError> {
+    /// Interleaved colour in [0, 1]: gray for monochrome pictures, else RGB by the matrix
+    /// and range of `colour`.
+    fn to_rgb(&self, colour: Nclx) -> Result<Vec<f32>, HeifError> {
+        let full_range = colour.full_range;
         let depth = i32::from(self.depth);
         let max = ((1 << depth) - 1) as f32;
         let (y_bias, y_range, uv_range) = if full_range {
@@ -551,20 +551,7 @@ impl Yuv {
                 .map(|&v| luma(v).clamp(0.0, 1.0))
                 .collect());
         }
-        let unsupported = |what: &str| Err(HeifError::Unsupported(what.into()));
-        let kind = match matrix {
-            0 if self.layout != Layout::I444 => {
-                return unsupported("identity-matrix (GBR) colour with subsampled chroma")
-            }
-            0 => Matrix::Identity,
-            1 => Matrix::Kr(0.2126, 0.0722),
-            2 | 5 | 6 => Matrix::Kr(0.299, 0.114),
-            4 => Matrix::Kr(0.30, 0.11),
-            7 => Matrix::Kr(0.212, 0.087),
-            8 => Matrix::YCgCo,
-            9 => Matrix::Kr(0.2627, 0.0593),
-            m => return unsupported(&format!("YUV with H.273 matrix coefficients {m}")),
-        };
+        let kind = Matrix::of(colour, self.layout)?;
         // GBR stores each colour like luma; Y'CbCr chroma is centred on zero.
         let chroma = |v: f32| {
             if kind == Matrix::Identity {
@@ -643,6 +630,96 @@ enum Matrix {
     Kr(f32, f32),
 }
 
+impl Matrix {
+    /// The conversion of `colour`'s H.273 matrix for colour samples of this layout; those
+    /// libavif does not convert either are refused by name.
+    fn of(colour: Nclx, layout: Layout) -> Result<Self, HeifError> {
+        let refuse = |what: &str| Err(HeifError::Unsupported(format!("the {what} YUV matrix")));
+        Ok(match colour.matrix {
+            0 if layout != Layout::I444 => return refuse("identity (GBR) with subsampled chroma,"),
+            0 => Self::Identity,
+            1 => Self::Kr(0.2126, 0.0722),
+            2 | 5 | 6 => Self::Kr(0.299, 0.114),
+            4 => Self::Kr(0.30, 0.11),
+            7 => Self::Kr(0.212, 0.087),
+            8 => Self::YCgCo,
+            9 => Self::Kr(0.2627, 0.0593),
+            12 => {
+                let (kr, kb) = luma_weights(colour.primaries);
+                Self::Kr(kr, kb)
+            }
+            10 => return refuse("BT.2020 constant-luminance"),
+            11 => return refuse("SMPTE ST 2085"),
+            13 => return refuse("chromaticity-derived constant-luminance"),
+            14 => return refuse("ICtCp"),
+            m => return refuse(&format!("reserved ({m})")),
+        })
+    }
+}
+
+/// Kr and Kb derived from H.273 colour primaries (its equations 39 and 40), for the
+/// chromaticity-derived matrix; unknown primaries are taken as BT.709's, as libavif does.
+fn luma_weights(primaries: u16) -> (f32, f32) {
+    // Red, green, blue and white (x, y).
+    let [r, g, b, w]: [(f64, f64); 4] = match primaries {
+        4 => [(0.67, 0.33), (0.21, 0.71), (0.14, 0.08), (0.310, 0.316)],
+        5 => [(0.64, 0.33), (0.29, 0.60), (0.15, 0.06), (0.3127, 0.3290)],
+        6 | 7 => [
+            (0.630, 0.340),
+            (0.310, 0.595),
+            (0.155, 0.070),
+            (0.3127, 0.3290),
+        ],
+        8 => [
+            (0.681, 0.319),
+            (0.243, 0.692),
+            (0.145, 0.049),
+            (0.310, 0.316),
+        ],
+        9 => [
+            (0.708, 0.292),
+            (0.170, 0.797),
+            (0.131, 0.046),
+            (0.3127, 0.3290),
+        ],
+        10 => [(1.0, 0.0), (0.0, 1.0), (0.0, 0.0), (1.0 / 3.0, 1.0 / 3.0)],
+        11 => [
+            (0.680, 0.320),
+            (0.265, 0.690),
+            (0.150, 0.060),
+            (0.314, 0.351),
+        ],
+        12 => [
+            (0.680, 0.320),
+            (0.265, 0.690),
+            (0.150, 0.060),
+            (0.3127, 0.3290),
+        ],
+        22 => [
+            (0.630, 0.340),
+            (0.295, 0.605),
+            (0.155, 0.077),
+            (0.3127, 0.3290),
+        ],
+        _ => [(0.64, 0.33), (0.30, 0.60), (0.15, 0.06), (0.3127, 0.3290)],
+    };
+    let z = |(x, y): (f64, f64)| 1.0 - x - y;
+    let (rz, gz, bz, wz) = (z(r), z(g), z(b), z(w));
+    let denom =
+        r.0 * (g.1 * bz - b.1 * gz) + g.0 * (b.1 * rz - r.1 * bz) + b.0 * (r.1 * gz - g.1 * rz);
+    let kr = r.1
+        * (w.0 * (g.1 * bz - b.1 * gz)
+            + w.1 * (b.0 * gz - g.0 * bz)
+            + wz * (g.0 * b.1 - b.0 * g.1))
+        / (w.1 * denom);
+    let kb = b.1
+        * (w.0 * (r.1 * gz - g.1 * rz)
+            + w.1 * (g.0 * rz - r.0 * gz)
+            + wz * (r.0 * g.1 - g.0 * r.1))
+        / (w.1 * denom);
+    (kr as f32, kb as f32)
+}
+
 /// Interleaved colour (1 or 3 channels) and alpha in [0, 1] as an 8- or 16-bit image.
 /// Premultiplied colour is divided by alpha before rounding, which keeps what precision
 /// the samples have where alpha is small.
@@ -710,24 +787,59 @@ fn decode_source(heif: &Heif, source: &Source, av1: &mut Av1Decoder) -> Result<Y
             width,
             height,
         } => {
-            let mut canvas: Option<Yuv> = None;
+            let mut canvas = Canvas {
+                yuv: None,
+                tile: (0, 0),
+                columns: *columns,
+                rows: tiles.len() / columns,
+                size: (*width, *height),
+            };
             for (i, &id) in tiles.iter().enumerate() {
-                let tile = av1.decode(&heif.data(id)?, &av1_config(heif, id)?)?;
-                let c = canvas.get_or_insert_with(|| tile.blank(*width, *height));
-                let (tw, th) = (tile.width, tile.height);
-                if tile.layout != c.layout || tile.depth != c.depth {
-                    return Err(HeifError::Corrupt("the grid's tiles differ in kind".into()));
-                }
-                let (x, y) = ((i % columns) * tw, (i / columns) * th);
-                if i == 0 && (tw * columns < *width || th * (tiles.len() / columns) < *height) {
-                    return Err(HeifError::Corrupt(
-                        "the grid's tiles do not cover the image".into(),
-                    ));
-                }
-                c.paste(&tile, x, y);
+                canvas.place(i, av1.decode(&heif.data(id)?, &av1_config(heif, id)?)?)?;
             }
-            canvas.ok_or_else(|| HeifError::Corrupt("the image grid has no tiles".into()))
+            canvas
+                .yuv
+                .ok_or_else(|| HeifError::Corrupt("the image grid has no tiles".into()))
         }
+    }
+}
+
+/// A grid's picture, assembled from its tiles as they are decoded.
+struct Canvas {
+    yuv: Option<Yuv>,
+    /// The size every tile must have: the first one's.
+    tile: (usize, usize),
+    columns: usize,
+    rows: usize,
+    size: (usize, usize),
+}
+
+impl Canvas {
+    /// Pastes tile `i` (row-major); all tiles must be alike, whole chroma samples in size
+    /// (MIAF), and cover the image.
+    fn place(&mut self, i: usize, tile: Yuv) -> Result<(), HeifError> {
+        let (w, h) = self.size;
+        let yuv = self.yuv.get_or_insert_with(|| {
+            self.tile = (tile.width, tile.height);
+            tile.blank(w, h)
+        });
+        let (tw, th) = self.tile;
+        let bad = |what: &str| Err(HeifError::Corrupt(format!("the grid's tiles {what}")));
+        if tile.layout != yuv.layout
+            || tile.depth != yuv.depth
+            || (tile.width, tile.height) != (tw, th)
+        {
+            return bad("differ in kind or size");
+        }
+        let (sx, sy) = tile.layout.shifts();
+        if tw % (1 << sx) != 0 || th % (1 << sy) != 0 {
+            return bad("are not whole chroma samples wide and high");
+        }
+        if tw * self.columns < w || th * self.rows < h {
+            return bad("do not cover the image");
+        }
+        yuv.paste(&tile, (i % self.columns) * tw, (i / self.columns) * th);
+        Ok(())
     }
 }
 
@@ -759,8 +871,8 @@ impl Av1Decoder {
             dav1d_default_settings(NonNull::from(&mut settings).cast());
             settings.assume_init_mut()
         };
-        // One thread: with several, rav1d panics on some damaged files, and a panic inside
-        // its C-ABI functions aborts the process; alone, it reports them as errors.
+        // One thread: still images gain little from more, and with several rav1d panics on
+        // more kinds of damaged data (see `decode_avif_in_child_process`).
         settings.n_threads = 1;
         // Still images: one frame in flight, only the highest spatial layer shown.
         settings.max_frame_delay = 1;
@@ -785,9 +897,12 @@ impl Av1Decoder {
     }
 
     /// Decodes one item: a temporal unit holding one frame (or the layers of one), whose
-    /// sequence header must agree with its `av1C`. rav1d can panic (and so abort, see
-    /// `new`) on frames whose sequence header was damaged, so that is checked first.
+    /// sequence header must agree with its `av1C` (checked first: a damaged sequence
+    /// header is a common way into rav1d's panics).
     fn decode(&mut self, bytes: &[u8], config: &Av1Config) -> Result<Yuv, HeifError> {
+        if bytes.is_empty() {
+            return Err(HeifError::Corrupt("an AV1 item is empty".into()));
+        }
         check_sequence_header(bytes, config)?;
         let context = self.context;
         let mut data = Dav1dData::default();
@@ -878,8 +993,12 @@ fn copy_planes(p: &Dav1dPicture) -> Yuv {
         depth: p.p.bpc as u8,
         layout: Layout::of_dav1d(p.p.layout),
         planes: Default::default(),
-        matrix: header.map_or(2, |h| h.mtrx as u16),
-        full_range: header.is_some_and(|h| h.color_range != 0),
+        colour: Nclx {
+            primaries: header.map_or(2, |h| h.pri as u16),
+            transfer: header.map_or(2, |h| h.trc as u16),
+            matrix: header.map_or(2, |h| h.mtrx as u16),
+            full_range: header.is_some_and(|h| h.color_range != 0),
+        },
     };
     let wide = yuv.depth > 8;
     for plane in 0..yuv.plane_count() {
@@ -1185,6 +1304,103 @@ mod tests {
         assert!(crop_rect(&clap(30, 18, (0, 1), (0, 1)), (37, 23)).is_err());
         assert!(crop_rect(&clap(30, 18, (4, 1), (0, 1)), (36, 18)).is_err());
         assert!(crop_rect(&clap(30, 18, (0, 0), (0, 1)), (30, 18)).is_err());
+    }
+
+    /// The chromaticity-derived matrix of BT.709 and BT.2020 primaries is their own.
+    #[test]
+    fn luma_weights_follow_the_primaries() {
+        for (primaries, want) in [(1, (0.2126, 0.0722)), (9, (0.2627, 0.0593))] {
+            let (kr, kb) = luma_weights(primaries);
+            assert!(
+                (kr - want.0).abs() < 5e-4 && (kb - want.1).abs() < 5e-4,
+                "{kr} {kb}"
+            );
+        }
+        let nclx = |matrix| Nclx {
+            primaries: 9,
+            transfer: 16,
+            matrix,
+            full_range: false,
+        };
+        assert!(matches!(
+            Matrix::of(nclx(12), Layout::I420),
+            Ok(Matrix::Kr(..))
+        ));
+        let refused = |matrix, layout| match Matrix::of(nclx(matrix), layout) {
+            Err(HeifError::Unsupported(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(14, Layout::I444), "the ICtCp YUV matrix");
+        assert!(refused(0, Layout::I420).contains("identity (GBR)"));
+    }
+
+    fn tile(width: usize, height: usize, layout: Layout) -> Yuv {
+        let blank = Yuv {
+            width: 0,
+            height: 0,
+            depth: 8,
+            layout,
+            planes: Default::default(),
+            colour: Nclx {
+                primaries: 1,
+                transfer: 13,
+                matrix: 1,
+                full_range: true,
+            },
+        };
+        let mut t = blank.blank(width, height);
+        t.planes[0].fill(7);
+        t
+    }
+
+    /// Grid tiles must match the first in size, be whole chroma samples, and cover the
+    /// image; what they cover beyond it is cut off.
+    #[test]
+    fn grid_tiles_are_checked_and_placed() {
+        let canvas = |columns, rows, size| Canvas {
+            yuv: None,
+            tile: (0, 0),
+            columns,
+            rows,
+            size,
+        };
+        let mut c = canvas(2, 1, (7, 4));
+        c.place(0, tile(4, 4, Layout::I420)).unwrap();
+        c.place(1, tile(4, 4, Layout::I420)).unwrap();
+        let yuv = c.yuv.unwrap();
+        assert_eq!((yuv.width, yuv.height, yuv.chroma_size()), (7, 4, (4, 2)));
+        assert!(yuv.planes[0].iter().all(|&v| v == 7));
+        let error = |columns, rows, size, tiles: &[Yuv]| {
+            let mut c = canvas(columns, rows, size);
+            tiles
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, t)| c.place(i, t.clone()))
+                .unwrap_err()
+        };
+        let e = error(
+            2,
+            1,
+            (8, 4),
+            &[tile(4, 4, Layout::I420), tile(5, 4, Layout::I420)],
+        );
+        assert!(
+            matches!(e, HeifError::Corrupt(ref m) if m.contains("differ")),
+            "{e:?}"
+        );
+        let e = error(2, 1, (10, 4), &[tile(5, 4, Layout::I420)]);
+        assert!(
+            matches!(e, HeifError::Corrupt(ref m) if m.contains("chroma")),
+            "{e:?}"
+        );
+        let e = error(2, 1, (9, 4), &[tile(4, 4, Layout::I444)]);
+        assert!(
+            matches!(e, HeifError::Corrupt(ref m) if m.contains("cover")),
+            "{e:?}"
+        );
+        // Odd tiles are fine without subsampling.
+        let mut c = canvas(2, 1, (10, 3));
+        c.place(0, tile(5, 3, Layout::I444)).unwrap();
     }
 
     #[test]

@@ -8,6 +8,11 @@ use std::borrow::Cow;
 /// A box type or brand.
 pub(super) type FourCc = [u8; 4];
 
+/// A box type or brand as text, escaped (a damaged file may hold any bytes there).
+pub(super) fn name(kind: &FourCc) -> String {
+    kind.escape_ascii().to_string()
+}
+
 /// Why a file cannot be read: damaged, or using what is not supported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum HeifError {
@@ -25,6 +30,7 @@ pub(super) type Result<T> = std::result::Result<T, HeifError>;
 /// error, never a panic.
 struct Reader<'a> {
     data: &'a [u8],
+    /// What is read, for errors: "the 'iloc' box".
     what: &'static str,
 }
 
@@ -35,7 +41,10 @@ impl<'a> Reader<'a> {
 
     fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.data.len() {
-            return Err(corrupt(format!("the '{}' box ends early", self.what)));
+            return Err(corrupt(format!(
+                "{} ends early (truncated file?)",
+                self.what
+            )));
         }
         let (head, rest) = self.data.split_at(n);
         self.data = rest;
@@ -99,7 +108,7 @@ impl<'a> Iterator for Boxes<'a> {
         if self.data.is_empty() {
             return None;
         }
-        let mut r = Reader::new(self.data, "box header");
+        let mut r = Reader::new(self.data, "a box header");
         let parsed = (|| {
             let size = r.u32()?;
             let kind = r.fourcc()?;
@@ -114,7 +123,7 @@ impl<'a> Iterator for Boxes<'a> {
                 header
             };
             if size < header as u64 || size > self.data.len() as u64 {
-                let kind = String::from_utf8_lossy(&kind);
+                let kind = name(&kind);
                 return Err(corrupt(format!(
                     "the '{kind}' box runs past the end of its container (truncated file?)"
                 )));
@@ -232,7 +241,7 @@ pub(super) enum Property {
 
 impl Property {
     fn parse(kind: FourCc, body: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(body, "property");
+        let mut r = Reader::new(body, "an item property");
         Ok(match &kind {
             b"av1C" => {
                 let b = r.bytes(4)?;
@@ -361,7 +370,7 @@ impl<'a> Heif<'a> {
             has_tracks: false,
         };
         let mut meta = None;
-        for b in Reader::new(file, "file").boxes() {
+        for b in Reader::new(file, "the file").boxes() {
             // A file cut short (or only its head, read to learn its size) can still be
             // parsed; the missing item data is reported when it is read.
             let (kind, body) = match b {
@@ -387,7 +396,7 @@ impl<'a> Heif<'a> {
     }
 
     fn parse_meta(&mut self, body: &'a [u8]) -> Result<()> {
-        let mut r = Reader::new(body, "meta");
+        let mut r = Reader::new(body, "the 'meta' box");
         r.full_box()?;
         let mut primary = None;
         let mut locations = Vec::new();
@@ -396,7 +405,7 @@ impl<'a> Heif<'a> {
             let (kind, body) = b?;
             match &kind {
                 b"hdlr" => {
-                    let mut r = Reader::new(body, "hdlr");
+                    let mut r = Reader::new(body, "the 'hdlr' box");
                     r.full_box()?;
                     r.u32()?;
                     if &r.fourcc()? != b"pict" {
@@ -406,7 +415,7 @@ impl<'a> Heif<'a> {
                     }
                 }
                 b"pitm" => {
-                    let mut r = Reader::new(body, "pitm");
+                    let mut r = Reader::new(body, "the 'pitm' box");
                     let (version, _) = r.full_box()?;
                     primary = Some(r.item_id(version > 0)?);
                 }
@@ -433,7 +442,7 @@ impl<'a> Heif<'a> {
     }
 
     fn parse_item_info(&mut self, body: &[u8]) -> Result<()> {
-        let mut r = Reader::new(body, "iinf");
+        let mut r = Reader::new(body, "the 'iinf' box");
         let (version, _) = r.full_box()?;
         r.uint(if version == 0 { 2 } else { 4 })?;
         for b in r.boxes() {
@@ -441,7 +450,7 @@ impl<'a> Heif<'a> {
             if &kind != b"infe" {
                 continue;
             }
-            let mut r = Reader::new(body, "infe");
+            let mut r = Reader::new(body, "the 'infe' box");
             let (version, _) = r.full_box()?;
             if version < 2 {
                 // Versions 0 and 1 name no item type; HEIF requires 2 or later.
@@ -461,12 +470,12 @@ impl<'a> Heif<'a> {
     }
 
     fn parse_references(&mut self, body: &[u8]) -> Result<()> {
-        let mut r = Reader::new(body, "iref");
+        let mut r = Reader::new(body, "the 'iref' box");
         let (version, _) = r.full_box()?;
         let wide = version > 0;
         for b in r.boxes() {
             let (kind, body) = b?;
-            let mut r = Reader::new(body, "iref");
+            let mut r = Reader::new(body, "the 'iref' box");
             let from = r.item_id(wide)?;
             let n = r.u16()?;
             let to = (0..n).map(|_| r.item_id(wide)).collect::<Result<_>>()?;
@@ -478,17 +487,17 @@ impl<'a> Heif<'a> {
     /// Reads `ipco` into `self.properties` and returns `ipma`'s associations.
     fn parse_properties(&mut self, body: &[u8]) -> Result<Vec<(u32, PropertyRefs)>> {
         let mut associations = Vec::new();
-        for b in Reader::new(body, "iprp").boxes() {
+        for b in Reader::new(body, "the 'iprp' box").boxes() {
             let (kind, body) = b?;
             match &kind {
                 b"ipco" => {
-                    for p in Reader::new(body, "ipco").boxes() {
+                    for p in Reader::new(body, "the 'ipco' box").boxes() {
                         let (kind, body) = p?;
                         self.properties.push(Property::parse(kind, body)?);
                     }
                 }
                 b"ipma" => {
-                    let mut r = Reader::new(body, "ipma");
+                    let mut r = Reader::new(body, "the 'ipma' box");
                     let (version, flags) = r.full_box()?;
                     let entries = r.u32()?;
                     for _ in 0..entries {
@@ -604,7 +613,7 @@ impl<'a> Heif<'a> {
 
 /// `iloc`: each item's construction method and extents (base offset folded in).
 fn parse_locations(body: &[u8]) -> Result<Vec<(u32, Location)>> {
-    let mut r = Reader::new(body, "iloc");
+    let mut r = Reader::new(body, "the 'iloc' box");
     let (version, _) = r.full_box()?;
     if version > 2 {
         return Err(HeifError::Unsupported(format!("'iloc' version {version}")));
