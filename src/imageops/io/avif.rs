@@ -859,8 +859,16 @@ impl Drop for Picture {
     }
 }
 
+/// A rav1d failure (a negated errno) in words.
 fn av1_error(what: &str, code: i32) -> HeifError {
-    HeifError::Corrupt(format!("AV1 {what} failed (error {})", code.unsigned_abs()))
+    let cause = match code.unsigned_abs() {
+        12 => "out of memory".to_string(),
+        22 => "invalid AV1 data".to_string(),
+        34 => "a frame larger than the image declares".to_string(),
+        92 => "an AV1 feature that is not supported".to_string(),
+        n => format!("error {n}"),
+    };
+    HeifError::Corrupt(format!("AV1 {what} failed: {cause}"))
 }
 
 impl Av1Decoder {

@@ -667,6 +667,16 @@ mod tests {
         assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
     }
 
+    /// A decoder's own message is given, not the image crate's (nested) wrapping of it.
+    #[test]
+    fn decoding_errors_give_the_decoders_message() {
+        let mut bytes = std::fs::read(format_fixture("lossy.jxl")).unwrap();
+        bytes[100] ^= 0xff;
+        let e = decode_bytes(&bytes, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
+        assert!(!e.to_string().contains("Format error"), "{e}");
+    }
+
     /// The fixtures' PNGs are what libjxl decodes the `.jxl` files to.
     #[test]
     fn jpeg_xl_decodes_as_libjxl_does() {

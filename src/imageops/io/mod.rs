@@ -134,6 +134,10 @@ impl ImageIoError {
             {
                 Self::Read { path, cause }
             }
+            ImageError::Decoding(e) => Self::Corrupt {
+                path,
+                detail: one_line(decoding_cause(&e)),
+            },
             // JPEG variants that the decoder reports as decoding errors are refused
             // before it runs (see jpeg::JpegFacts::unsupported).
             e => Self::Corrupt {
@@ -161,6 +165,25 @@ impl ImageIoError {
             },
         }
     }
+}
+
+/// What a decoding error says, without the image crate's "Format error decoding FORMAT: "
+/// wrapping (which some decoders nest): the first cause that is the decoder's own.
+fn decoding_cause(e: &image::error::DecodingError) -> &(dyn std::error::Error + 'static) {
+    use std::error::Error;
+    let mut cause: &(dyn Error + 'static) = e;
+    while let Some(inner) = cause.source() {
+        let wrapper = cause.is::<image::error::DecodingError>()
+            || matches!(
+                cause.downcast_ref::<ImageError>(),
+                Some(ImageError::Decoding(_))
+            );
+        if !wrapper {
+            break;
+        }
+        cause = inner;
+    }
+    cause
 }
 
 /// Some decoder messages end in a newline; ours are single lines.
