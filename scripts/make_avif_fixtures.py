@@ -48,6 +48,8 @@ AVIF files (OUT_DIR/):
                                 by the Exif Orientation)
   bt2020_pq.avif                10-bit 4:2:0, limited range, CICP 9/16/9 (BT.2020, PQ);
                                 the PNGs hold the PQ-coded values (no transfer applied)
+  p3_derived_420.avif           10-bit 4:2:0, full range, CICP 12/13/12: Display P3 with
+                                the chromaticity-derived matrix (Kr, Kb from the primaries)
   anim.avif                     an image sequence ('avis'; colour and alpha tracks in moov,
                                 plus the first frame as items) of three 37×23 4:4:4 RGBA
                                 frames at 10 fps. Its mvhd/tkhd/mdhd times are set to 0
@@ -325,6 +327,8 @@ def cases(src):
          "rgb8_444 + Exif item with Orientation 6 but irot 0: not to be rotated"),
         ("bt2020_pq", [s16], ["-d", "10", "-y", "420", "-r", "limited", "--cicp", "9/16/9"] + LOSSY,
          "10-bit 4:2:0, limited range, CICP 9/16/9 (BT.2020 primaries and matrix, PQ)"),
+        ("p3_derived_420", [s16], ["-d", "10", "-y", "420", "-r", "full", "--cicp", "12/13/12"] + LOSSY,
+         "10-bit 4:2:0, full range, CICP 12/13/12 (Display P3, matrix derived from the primaries)"),
         ("anim", [src[f"frame{k}"][0] for k in range(3)],
          ["-y", "444", "-r", "full", "--cicp", "1/13/6", "--fps", "10", "-k", "0"] + LOSSY,
          "image sequence (avis) of three 37x23 4:4:4 RGBA frames, 10 fps"),

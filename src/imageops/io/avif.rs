@@ -1227,6 +1227,7 @@ mod tests {
             ("lossless_identity", "lossless_identity.png", 0.0, false),
             ("grid_2x2", "grid_2x2.bilinear.png", 2.01, false),
             ("bt2020_pq", "bt2020_pq.bilinear.png", 0.01, true),
+            ("p3_derived_420", "p3_derived_420.bilinear.png", 0.01, true),
             ("anim", "anim.frame0.png", 1.01, false),
         ];
         for (name, reference, tolerance, sixteen) in cases {
