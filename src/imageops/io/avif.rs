@@ -3,7 +3,8 @@
 //! as libavif does: its matrices, ranges and bilinear chroma upsampling, then the clean
 //! aperture, rotation and mirroring the file asks for. Image grids (how cameras store
 //! large photos), alpha (also premultiplied), Exif items, ICC profiles and the H.273
-//! colour description are read.
+//! colour description are read. rav1d aborts the process on some damaged data, so the
+//! command-line tool decodes in a child process (see [`decode_avif_in_child_process`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,8 +73,8 @@ pub(super) struct AvifDecoder<'a> {
     mastering: Option<MasteringDisplay>,
     exif: Option<Vec<u8>>,
     operating_point: u8,
-    /// The pixels of one AV1 picture (of the item or, for a grid, of a tile), so that a
-    /// damaged sequence header cannot make the decoder allocate more.
+    /// The most pixels an AV1 picture (an item or, in a grid, a tile) has by its `ispe`,
+    /// so that a damaged sequence header cannot make the decoder allocate more.
     frame_limit: u32,
 }
 
@@ -83,9 +84,7 @@ impl<'a> AvifDecoder<'a> {
         let heif = Heif::parse(file)?;
         let primary = heif.primary;
         let colour = source(&heif, primary)?;
-        let first = first_picture(&colour);
-        let config = av1_config(&heif, first)?;
-        let (w, h) = stored_size(&heif, &Source::Single(first))?;
+        let config = av1_config(&heif, first_picture(&colour))?;
         let mut decoder = AvifDecoder {
             stored: stored_size(&heif, &colour)?,
             colour,
@@ -102,7 +101,7 @@ impl<'a> AvifDecoder<'a> {
             mastering: None,
             exif: None,
             operating_point: 0,
-            frame_limit: u32::try_from(w * h).unwrap_or(u32::MAX),
+            frame_limit: 0,
             heif,
         };
         decoder.read_properties(primary)?;
@@ -110,6 +109,13 @@ impl<'a> AvifDecoder<'a> {
             Matrix::of(nclx, Layout::of_config(&config))?;
         }
         decoder.find_alpha(primary)?;
+        let mut pictures = vec![first_picture(&decoder.colour)];
+        pictures.extend(decoder.alpha.as_ref().map(first_picture));
+        for id in pictures {
+            let (w, h) = stored_size(&decoder.heif, &Source::Single(id))?;
+            let pixels = u32::try_from(w * h).unwrap_or(u32::MAX);
+            decoder.frame_limit = decoder.frame_limit.max(pixels);
+        }
         decoder.exif = decoder.find_exif(primary);
         Ok(decoder)
     }
