@@ -99,22 +99,36 @@ pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
         use std::os::unix::fs::PermissionsExt;
         b.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    let file = create_listed(path, |dir| b.tempfile_in(dir), |f| f.path())?;
+    let file = create_listed(dir_of(path), |dir| b.tempfile_in(dir), |f| f.path())?;
     Ok(PartFile(Some(file)))
 }
 
-/// Creates a temporary entry (`.infdit-*.part`) in `path`'s directory with `create` and
-/// lists it, holding the list while it is created so that an interrupt cannot fall
-/// between its creation and its listing.
+/// A private scratch file in the system's temporary folder, listed like an output's
+/// temporary file so that an interrupt removes it too.
+pub fn scratch_file() -> io::Result<PartFile> {
+    let file = create_listed(
+        &std::env::temp_dir(),
+        |dir| tempfile::Builder::new().prefix(".infdit-").tempfile_in(dir),
+        |f| f.path(),
+    )?;
+    Ok(PartFile(Some(file)))
+}
+
+/// The directory a file at `path` is in (`.` for a bare name).
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Creates a temporary entry (`.infdit-*.part`) in `dir` with `create` and lists it,
+/// holding the list while it is created so that an interrupt cannot fall between its
+/// creation and its listing.
 fn create_listed<T>(
-    path: &Path,
+    dir: &Path,
     create: impl FnOnce(&Path) -> io::Result<T>,
     path_of: impl Fn(&T) -> &Path,
 ) -> io::Result<T> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let mut listed = partial();
     let entry = create(dir).map_err(|e| {
         // tempfile appends the random temporary path to the OS error; the user needs only
@@ -177,7 +191,7 @@ pub fn write_all_atomically(files: Vec<(PathBuf, Writer<'_>)>) -> Result<()> {
         for (path, write) in files {
             let context = || format!("writing {}", path.display());
             let dir = create_listed(
-                &path,
+                dir_of(&path),
                 |dir| {
                     tempfile::Builder::new()
                         .prefix(".infdit-")

@@ -1085,8 +1085,10 @@ pub fn avif_child_main(file: &Path) -> std::process::ExitCode {
 /// Runs [`avif_child_main`] in `program` on a temporary copy of `file`; returns the samples.
 fn decode_in_child(program: &Path, file: &[u8]) -> Result<Vec<u8>, HeifError> {
     let failed = |what: String| HeifError::Corrupt(format!("AVIF decoding failed: {what}"));
-    let mut copy = tempfile::NamedTempFile::new().map_err(|e| failed(e.to_string()))?;
-    copy.write_all(file).map_err(|e| failed(e.to_string()))?;
+    let mut copy = crate::fsutil::scratch_file().map_err(|e| failed(e.to_string()))?;
+    copy.as_file_mut()
+        .write_all(file)
+        .map_err(|e| failed(e.to_string()))?;
     let out = std::process::Command::new(program)
         .arg(AVIF_CHILD_COMMAND)
         .arg(copy.path())
