@@ -202,8 +202,6 @@ impl From<DTypeArg> for DType {
 mod tests {
     use super::*;
 
-    /// An error that prints its cause in its own message and also reports it as its
-    /// source (as an I/O error wrapped by a writer does) says it once.
     /// The subcommand a parent process runs to decode AVIF files is the one declared.
     #[test]
     fn avif_child_command_exists() {
@@ -215,6 +213,8 @@ mod tests {
         assert!(child.is_hide_set());
     }
 
+    /// An error that prints its cause in its own message and also reports it as its
+    /// source (as an I/O error wrapped by a writer does) says it once.
     #[test]
     fn each_cause_is_said_once() {
         #[derive(Debug)]

@@ -559,6 +559,19 @@ mod tests {
     }
 
     /// An upscaler taking one Euler step from `sigma_max`.
+    /// A model of `cfg` with random weights and its output layer's bias replaced by
+    /// `bias` of it.
+    fn with_output_bias(
+        cfg: &crate::config::ModelConfig,
+        bias: impl Fn(&candle_core::Tensor) -> candle_core::Tensor,
+    ) -> InfDit {
+        let mut weights = crate::checkpoint::random_weights(cfg, 7).unwrap();
+        let b = weights.get_mut("mixins.final_layer.linear.bias").unwrap();
+        *b = bias(b);
+        let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        InfDit::new(cfg, vb).unwrap()
+    }
+
     fn one_step(model: InfDit, sigma_max: f32) -> Upscaler {
         one_step_to(model, sigma_max, OutputSize::default())
     }
@@ -663,12 +676,9 @@ mod tests {
     #[test]
     fn a_model_that_outputs_nan_is_an_error() {
         let cfg = crate::config::ModelConfig::minimal();
-        let mut weights = crate::train::trainer::init_weights(&cfg, 1).unwrap();
-        let bias = weights.get_mut("mixins.final_layer.linear.bias").unwrap();
-        *bias = (bias.ones_like().unwrap() * f64::NAN).unwrap();
-        let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let model = with_output_bias(&cfg, |b| (b.ones_like().unwrap() * f64::NAN).unwrap());
         let lr = Planar::new(3, 8, 8, vec![0.5; 192]);
-        let e = one_step(InfDit::new(&cfg, vb).unwrap(), 1.0)
+        let e = one_step(model, 1.0)
             .upscale_rgb(&lr, &mut |_| {})
             .unwrap_err()
             .to_string();
@@ -829,13 +839,7 @@ mod tests {
     fn chained_passes_match_passes_run_one_after_the_other() {
         let cfg = crate::config::ModelConfig::minimal();
         // A large output bias makes the outputs overshoot [0, 1].
-        let model = || {
-            let mut weights = crate::checkpoint::random_weights(&cfg, 7).unwrap();
-            let bias = weights.get_mut("mixins.final_layer.linear.bias").unwrap();
-            *bias = (&*bias * 50.0).unwrap();
-            let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-            InfDit::new(&cfg, vb).unwrap()
-        };
+        let model = || with_output_bias(&cfg, |b| (b * 50.0).unwrap());
         let lr = Planar::new(3, 3, 5, (0..45).map(|i| (i % 5) as f32 / 4.0).collect());
         let by_hand = |size, seed| UpscaleOptions {
             size,

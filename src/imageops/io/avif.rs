@@ -1,7 +1,7 @@
 //! AVIF: HEIF items holding AV1 pictures. The pictures are decoded by rav1d (a Rust port
 //! of dav1d, built without its assembly so no assembler is needed) and turned into RGB
 //! as libavif does: its matrices, ranges and bilinear chroma upsampling, then the clean
-//! aperture, rotation and mirroring the file asks for. Image grids (how cameras store
+//! aperture; the rotation and mirroring the file asks for are its orientation. Image grids (how cameras store
 //! large photos), alpha (also premultiplied), Exif items, ICC profiles and the H.273
 //! colour description are read. rav1d aborts the process on some damaged data, so the
 //! command-line tool decodes in a child process (see [`decode_avif_in_child_process`]).
@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 
 use image::error::{DecodingError, ImageFormatHint, UnsupportedError, UnsupportedErrorKind};
+use image::metadata::Orientation;
 use image::{
     ColorType, DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageResult, Luma, LumaA, Rgb,
     Rgba,
@@ -32,8 +33,9 @@ use rav1d::src::lib::{
 };
 
 use super::heif::{
-    name, Av1Config, CleanAperture, Colour, Heif, HeifError, MasteringDisplay, Nclx, Property,
+    name, Av1Config, CleanAperture, Colour, Grid, Heif, HeifError, MasteringDisplay, Nclx, Property,
 };
+use super::planes::ycbcr_to_rgb;
 use super::png::PngColour;
 
 /// The `auxC` types that mark an auxiliary image as alpha (AVIF's, and the older HEVC one).
@@ -46,12 +48,7 @@ const ALPHA_URNS: [&str; 2] = [
 #[derive(Debug, Clone)]
 enum Source {
     Single(u32),
-    Grid {
-        tiles: Vec<u32>,
-        columns: usize,
-        width: usize,
-        height: usize,
-    },
+    Grid(Grid),
 }
 
 /// An AVIF file, parsed but not yet decoded; decoding happens in `read_image`.
@@ -189,13 +186,31 @@ impl<'a> AvifDecoder<'a> {
         data.get(4usize.checked_add(offset)?..).map(<[u8]>::to_vec)
     }
 
-    /// The size after the clean aperture and rotation.
-    fn shown_size(&self) -> (usize, usize) {
-        let (w, h) = self.crop.map_or(self.stored, |(_, _, w, h)| (w, h));
-        if self.rotation % 2 == 1 {
-            (h, w)
-        } else {
-            (w, h)
+    /// The size after the clean aperture.
+    fn cropped_size(&self) -> (usize, usize) {
+        self.crop.map_or(self.stored, |(_, _, w, h)| (w, h))
+    }
+
+    /// The rotation (`irot`, quarter turns anticlockwise) then mirror (`imir`) that show
+    /// the cropped picture upright, as the image crate's orientation: a clockwise turn,
+    /// then perhaps a horizontal flip (a vertical one is a half turn more and a
+    /// horizontal flip).
+    fn shown_orientation(&self) -> Orientation {
+        let clockwise = (4 - self.rotation) % 4;
+        let (clockwise, flip) = match self.mirror {
+            Some(0) => ((clockwise + 2) % 4, true),
+            Some(_) => (clockwise, true),
+            None => (clockwise, false),
+        };
+        match (clockwise, flip) {
+            (1, false) => Orientation::Rotate90,
+            (2, false) => Orientation::Rotate180,
+            (3, false) => Orientation::Rotate270,
+            (0, true) => Orientation::FlipHorizontal,
+            (1, true) => Orientation::Rotate90FlipH,
+            (2, true) => Orientation::FlipVertical,
+            (3, true) => Orientation::Rotate270FlipH,
+            _ => Orientation::NoTransforms,
         }
     }
 
@@ -228,7 +243,8 @@ impl<'a> AvifDecoder<'a> {
         }
     }
 
-    /// Decodes and converts the picture(s), then applies the crop, rotation and mirror.
+    /// Decodes and converts the picture(s), then applies the clean aperture (the first of
+    /// the transforms MIAF orders; the caller turns the result by [`Self::orientation`]).
     fn decode_here(self) -> Result<DynamicImage, HeifError> {
         let mut av1 = Av1Decoder::new(self.frame_limit, self.operating_point)?;
         let mut decode = |source: &Source| {
@@ -255,25 +271,10 @@ impl<'a> AvifDecoder<'a> {
             self.depth > 8,
             self.premultiplied,
         );
-        Ok(self.transform(img))
-    }
-
-    /// Clean aperture, then rotation, then mirror: the order MIAF prescribes.
-    fn transform(&self, mut img: DynamicImage) -> DynamicImage {
-        if let Some((x, y, w, h)) = self.crop {
-            img = img.crop_imm(x as u32, y as u32, w as u32, h as u32);
-        }
-        img = match self.rotation {
-            1 => img.rotate270(),
-            2 => img.rotate180(),
-            3 => img.rotate90(),
-            _ => img,
-        };
-        match self.mirror {
-            Some(0) => img.flipv(),
-            Some(_) => img.fliph(),
+        Ok(match self.crop {
+            Some((x, y, w, h)) => img.crop_imm(x as u32, y as u32, w as u32, h as u32),
             None => img,
-        }
+        })
     }
 }
 
@@ -283,33 +284,13 @@ fn source(heif: &Heif, id: u32) -> Result<Source, HeifError> {
     match &item.kind {
         b"av01" => Ok(Source::Single(id)),
         b"grid" => {
-            let data = heif.data(id)?;
-            let short = || HeifError::Corrupt("the image grid's description ends early".into());
-            let [_version, flags, rows, columns] = *data.first_chunk::<4>().ok_or_else(short)?;
-            let rest = &data[4..];
-            let field = if flags & 1 != 0 { 4 } else { 2 };
-            let size = rest.get(..2 * field).ok_or_else(short)?;
-            let read = |b: &[u8]| b.iter().fold(0usize, |v, &x| (v << 8) | usize::from(x));
-            let (width, height) = (read(&size[..field]), read(&size[field..]));
-            let tiles = heif.references_from(id, b"dimg");
-            let (rows, columns) = (usize::from(rows) + 1, usize::from(columns) + 1);
-            if tiles.len() != rows * columns {
-                return Err(HeifError::Corrupt(format!(
-                    "the {columns}x{rows} image grid has {} tiles",
-                    tiles.len()
-                )));
-            }
-            for &t in &tiles {
+            let grid = heif.grid(id)?;
+            for &t in &grid.tiles {
                 if &heif.item(t)?.kind != b"av01" {
                     return Err(HeifError::Unsupported("a grid of non-AV1 tiles".into()));
                 }
             }
-            Ok(Source::Grid {
-                tiles,
-                columns,
-                width,
-                height,
-            })
+            Ok(Source::Grid(grid))
         }
         kind => Err(HeifError::Unsupported(format!(
             "a primary image of type '{}'",
@@ -332,7 +313,7 @@ fn av1_config(heif: &Heif, id: u32) -> Result<Av1Config, HeifError> {
 fn first_picture(source: &Source) -> u32 {
     match source {
         Source::Single(id) => *id,
-        Source::Grid { tiles, .. } => tiles[0],
+        Source::Grid(grid) => grid.tiles[0],
     }
 }
 
@@ -347,7 +328,7 @@ fn stored_size(heif: &Heif, source: &Source) -> Result<(usize, usize), HeifError
                 _ => None,
             })
             .ok_or_else(|| HeifError::Corrupt("the image has no size ('ispe')".into()))?,
-        Source::Grid { width, height, .. } => (*width, *height),
+        Source::Grid(grid) => (grid.width, grid.height),
     };
     if w == 0 || h == 0 {
         return Err(HeifError::Corrupt(format!("the image is {w}x{h}")));
@@ -596,13 +577,7 @@ impl Yuv {
                         let t = yv - cb;
                         [t + cr, yv + cb, t - cr]
                     }
-                    Matrix::Kr(kr, kb) => {
-                        let kg = 1.0 - kr - kb;
-                        let r = yv + 2.0 * (1.0 - kr) * cr;
-                        let b = yv + 2.0 * (1.0 - kb) * cb;
-                        let g = yv - 2.0 * (kr * (1.0 - kr) * cr + kb * (1.0 - kb) * cb) / kg;
-                        [r, g, b]
-                    }
+                    Matrix::Kr(kr, kb) => ycbcr_to_rgb(yv, cb, cr, [kr, 1.0 - kr - kb, kb]),
                 };
                 let o = (y * w + x) * 3;
                 for (dst, v) in out[o..o + 3].iter_mut().zip(rgb) {
@@ -787,20 +762,15 @@ fn quantise(
 fn decode_source(heif: &Heif, source: &Source, av1: &mut Av1Decoder) -> Result<Yuv, HeifError> {
     match source {
         Source::Single(id) => av1.decode(&heif.data(*id)?, &av1_config(heif, *id)?),
-        Source::Grid {
-            tiles,
-            columns,
-            width,
-            height,
-        } => {
+        Source::Grid(grid) => {
             let mut canvas = Canvas {
                 yuv: None,
                 tile: (0, 0),
-                columns: *columns,
-                rows: tiles.len() / columns,
-                size: (*width, *height),
+                columns: grid.columns,
+                rows: grid.tiles.len() / grid.columns,
+                size: (grid.width, grid.height),
             };
-            for (i, &id) in tiles.iter().enumerate() {
+            for (i, &id) in grid.tiles.iter().enumerate() {
                 canvas.place(i, av1.decode(&heif.data(id)?, &av1_config(heif, id)?)?)?;
             }
             canvas
@@ -1122,7 +1092,7 @@ fn image_error(e: HeifError) -> ImageError {
 
 impl ImageDecoder for AvifDecoder<'_> {
     fn dimensions(&self) -> (u32, u32) {
-        let (w, h) = self.shown_size();
+        let (w, h) = self.cropped_size();
         (
             u32::try_from(w).unwrap_or(u32::MAX),
             u32::try_from(h).unwrap_or(u32::MAX),
@@ -1148,6 +1118,12 @@ impl ImageDecoder for AvifDecoder<'_> {
 
     fn exif_metadata(&mut self) -> ImageResult<Option<Vec<u8>>> {
         Ok(self.exif.clone())
+    }
+
+    /// The file's rotation and mirror, which AVIF readers obey rather than an Exif
+    /// Orientation.
+    fn orientation(&mut self) -> ImageResult<Orientation> {
+        Ok(self.shown_orientation())
     }
 
     fn set_limits(&mut self, limits: image::Limits) -> ImageResult<()> {
@@ -1194,22 +1170,12 @@ mod tests {
 
     /// The largest difference of colour and of alpha, in 8-bit levels.
     fn max_diff(got: &DecodedImage, want: &DecodedImage) -> (f32, f32) {
-        assert_eq!(
-            (got.rgb.height, got.rgb.width),
-            (want.rgb.height, want.rgb.width)
-        );
-        let diff = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .map(|(a, b)| (a - b).abs() * 255.0)
-                .fold(0.0, f32::max)
-        };
         let alpha = match (&got.alpha, &want.alpha) {
-            (Some(a), Some(b)) => diff(&a.data, &b.data),
+            (Some(a), Some(b)) => a.max_abs_diff(b),
             (None, None) => 0.0,
             _ => panic!("alpha in one image only"),
         };
-        (diff(&got.rgb.data, &want.rgb.data), alpha)
+        (got.rgb.max_abs_diff(&want.rgb) * 255.0, alpha * 255.0)
     }
 
     /// Each file against libavif's decode of it. 8-bit references made by libavif's own

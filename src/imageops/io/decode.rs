@@ -83,9 +83,9 @@ fn decode_reader(
             })?;
             let sequence = decoder.is_sequence();
             let png_colour = decoder.png_colour();
-            // The decoder has applied the file's rotation and mirroring (`irot`, `imir`),
-            // which AVIF readers obey; an EXIF orientation is not applied again.
-            let mut decoded = decode_with(decoder, format, false, path, limits)?;
+            // The decoder's orientation is the file's rotation and mirroring (`irot`,
+            // `imir`), not its Exif one.
+            let mut decoded = decode_with(decoder, format, true, path, limits)?;
             decoded.png_colour = png_colour;
             (decoded, sequence.then_some("AVIF image sequence"))
         }
@@ -280,17 +280,18 @@ fn jxl_frames(data: &[u8], limits: &DecodeLimits) -> Result<usize, String> {
     }
 }
 
-/// Decodes once the format is known and accepted.
+/// Decodes once the format is known and accepted; `orient` turns the image upright by the
+/// decoder's orientation (its Exif one for most formats), for decoders that have not.
 fn decode_with(
     mut decoder: impl ImageDecoder,
     format: InputFormat,
-    exif_orientation: bool,
+    orient: bool,
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, ImageIoError> {
     let err = |e| ImageIoError::from_decode(path, e);
     let (w, h) = decoder.dimensions();
-    let orientation = if exif_orientation {
+    let orientation = if orient {
         decoder.orientation().map_err(err)?
     } else {
         image::metadata::Orientation::NoTransforms

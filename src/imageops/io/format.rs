@@ -222,10 +222,7 @@ pub fn peek(bytes: &[u8], name: &Path) -> Option<Peek> {
             .into_decoder()
             .ok()
             .map(upright_size),
-        (InputFormat::Avif, _) => AvifDecoder::new(bytes).ok().map(|d| {
-            let (w, h) = d.dimensions();
-            (h, w)
-        }),
+        (InputFormat::Avif, _) => AvifDecoder::new(bytes).ok().map(upright_size),
         (_, None) => JxlImage::builder()
             .read(bytes)
             .ok()

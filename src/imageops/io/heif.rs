@@ -316,6 +316,17 @@ impl Property {
     }
 }
 
+/// A `grid` item's description (ImageGrid) and tiles.
+#[derive(Debug, Clone)]
+pub(super) struct Grid {
+    /// The tiles (the items the grid refers to by `dimg`), row by row.
+    pub tiles: Vec<u32>,
+    pub columns: usize,
+    /// The image's size: the tiles' joined, cut at the right and bottom.
+    pub width: usize,
+    pub height: usize,
+}
+
 /// Where an item's bytes are (`iloc`).
 #[derive(Debug, Clone, Default)]
 struct Location {
@@ -551,6 +562,30 @@ impl<'a> Heif<'a> {
                     .ok_or_else(|| corrupt(format!("item {id} has a property that does not exist")))
             })
             .collect()
+    }
+
+    /// The `grid` item `id`.
+    pub fn grid(&self, id: u32) -> Result<Grid> {
+        let data = self.data(id)?;
+        let mut r = Reader::new(&data, "the image grid's description");
+        let flags = r.bytes(2)?[1];
+        let rows = usize::from(r.u8()?) + 1;
+        let columns = usize::from(r.u8()?) + 1;
+        let field = if flags & 1 != 0 { 4 } else { 2 };
+        let (width, height) = (r.uint(field)? as usize, r.uint(field)? as usize);
+        let tiles = self.references_from(id, b"dimg");
+        if tiles.len() != rows * columns {
+            return Err(corrupt(format!(
+                "the {columns}x{rows} image grid has {} tiles",
+                tiles.len()
+            )));
+        }
+        Ok(Grid {
+            tiles,
+            columns,
+            width,
+            height,
+        })
     }
 
     /// The items `from` refers to by a reference of this kind, in order.

@@ -134,12 +134,12 @@ impl ImageIoError {
             {
                 Self::Read { path, cause }
             }
+            // JPEG variants that the decoder reports as decoding errors are refused
+            // before it runs (see jpeg::JpegFacts::unsupported).
             ImageError::Decoding(e) => Self::Corrupt {
                 path,
                 detail: one_line(decoding_cause(&e)),
             },
-            // JPEG variants that the decoder reports as decoding errors are refused
-            // before it runs (see jpeg::JpegFacts::unsupported).
             e => Self::Corrupt {
                 path,
                 detail: one_line(e),

@@ -63,6 +63,17 @@ pub(super) fn is_gray(rgb: &Planar) -> bool {
     rgb.plane(0) == rgb.plane(1) && rgb.plane(1) == rgb.plane(2)
 }
 
+/// R, G and B (unclamped) of a Y′CbCr sample: Y′ in [0, 1], Cb and Cr centred on zero,
+/// `luma` the weights of red, green and blue in Y′. The matrix of TIFF's YCbCr (section
+/// 21) and of H.273's Y′CbCr matrices.
+pub(super) fn ycbcr_to_rgb(y: f32, cb: f32, cr: f32, luma: [f32; 3]) -> [f32; 3] {
+    let [red, green, blue] = luma;
+    let r = y + (2.0 - 2.0 * red) * cr;
+    let b = y + (2.0 - 2.0 * blue) * cb;
+    let g = (y - blue * b - red * r) / green;
+    [r, g, b]
+}
+
 /// Sets every colour sample `v` to `f(v, a)`, `a` being its pixel's alpha.
 pub(super) fn with_alpha(rgb: &mut Planar, alpha: &Planar, f: impl Fn(f32, f32) -> f32) {
     let n = alpha.data.len();

@@ -7,7 +7,7 @@ use image::ExtendedColorType;
 
 use super::encode::Encoded;
 use super::format::InputFormat;
-use super::planes::split;
+use super::planes::{split, ycbcr_to_rgb};
 use super::{DecodeLimits, DecodedImage};
 use crate::imageops::{Dihedral, Planar};
 
@@ -362,11 +362,9 @@ impl YCbCr {
     }
 
     /// RGB from planes holding Y, Cb and Cr codes divided by 255. ReferenceBlackWhite maps
-    /// Y's black and white codes to 0 and 255, and Cb's and Cr's to 0 and 127; then
-    /// R = Y + (2 − 2·LumaRed)·Cr, B = Y + (2 − 2·LumaBlue)·Cb and
-    /// G = (Y − LumaBlue·B − LumaRed·R) / LumaGreen.
+    /// Y's black and white codes to 0 and 255, and Cb's and Cr's to 0 and 127; then the
+    /// luma weights (YCbCrCoefficients) give RGB.
     fn to_rgb(&self, ycbcr: Planar) -> Planar {
-        let [red, green, blue] = self.luma;
         let bw = self.black_white;
         let full = |v: f32, c: usize, range: f32| {
             (v * 255.0 - bw[2 * c]) * range / (bw[2 * c + 1] - bw[2 * c]) / 255.0
@@ -377,10 +375,7 @@ impl YCbCr {
             let y = full(ycbcr.data[i], 0, 255.0);
             let cb = full(ycbcr.data[n + i], 1, 127.0);
             let cr = full(ycbcr.data[2 * n + i], 2, 127.0);
-            let r = y + (2.0 - 2.0 * red) * cr;
-            let b = y + (2.0 - 2.0 * blue) * cb;
-            let g = (y - blue * b - red * r) / green;
-            for (c, v) in [r, g, b].into_iter().enumerate() {
+            for (c, v) in ycbcr_to_rgb(y, cb, cr, self.luma).into_iter().enumerate() {
                 rgb[c * n + i] = v.clamp(0.0, 1.0);
             }
         }
