@@ -13,10 +13,7 @@ use std::sync::OnceLock;
 
 use image::error::{DecodingError, ImageFormatHint, UnsupportedError, UnsupportedErrorKind};
 use image::metadata::Orientation;
-use image::{
-    ColorType, DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageResult, Luma, LumaA, Rgb,
-    Rgba,
-};
+use image::{ColorType, DynamicImage, ImageDecoder, ImageError, ImageResult};
 use png::{
     CodingIndependentCodePoints, ContentLightLevelInfo, MasteringDisplayColorVolume, ScaledFloat,
     SourceChromaticities,
@@ -35,8 +32,9 @@ use rav1d::src::lib::{
 use super::heif::{
     name, Av1Config, CleanAperture, Colour, Grid, Heif, HeifError, MasteringDisplay, Nclx, Property,
 };
-use super::planes::ycbcr_to_rgb;
+use super::planes::{planes_to_image, with_alpha, ycbcr_to_rgb};
 use super::png::PngColour;
+use crate::imageops::Planar;
 
 /// The `auxC` types that mark an auxiliary image as alpha (AVIF's, and the older HEVC one).
 const ALPHA_URNS: [&str; 2] = [
@@ -258,23 +256,32 @@ impl<'a> AvifDecoder<'a> {
             Ok(yuv)
         };
         let yuv = decode(&self.colour)?;
-        let colour = yuv.to_rgb(self.nclx.unwrap_or(yuv.colour))?;
+        let mut rgb = yuv.to_rgb(self.nclx.unwrap_or(yuv.colour))?;
         let alpha = match &self.alpha {
             Some(source) => Some(decode(source)?.alpha()),
             None => None,
         };
-        let img = quantise(
-            &colour,
-            alpha.as_deref(),
-            yuv.width,
-            yuv.height,
+        // Divided before rounding, which keeps what precision the samples have where
+        // alpha is small. Fully transparent pixels get colour 0, as in libavif: lossy
+        // coding leaves noise where the premultiplied colour was zero.
+        if let (true, Some(a)) = (self.premultiplied, &alpha) {
+            with_alpha(
+                &mut rgb,
+                a,
+                |v, a| if a > 0.0 { (v / a).min(1.0) } else { 0.0 },
+            );
+        }
+        let crop = |p: Planar| match self.crop {
+            Some((x, y, w, h)) => p.crop_clamped(y as isize, x as isize, h, w),
+            None => p,
+        };
+        let (rgb, alpha) = (crop(rgb), alpha.map(crop));
+        Ok(planes_to_image(
+            &rgb,
+            alpha.as_ref(),
             self.depth > 8,
-            self.premultiplied,
-        );
-        Ok(match self.crop {
-            Some((x, y, w, h)) => img.crop_imm(x as u32, y as u32, w as u32, h as u32),
-            None => img,
-        })
+            self.monochrome,
+        ))
     }
 }
 
@@ -512,14 +519,15 @@ impl Yuv {
     }
 
     /// The luma plane as alpha in [0, 1] (alpha is full range, as libavif takes it).
-    fn alpha(&self) -> Vec<f32> {
+    fn alpha(&self) -> Planar {
         let max = f32::from((1u16 << self.depth) - 1);
-        self.planes[0].iter().map(|&v| f32::from(v) / max).collect()
+        let a = self.planes[0].iter().map(|&v| f32::from(v) / max).collect();
+        Planar::new(1, self.height, self.width, a)
     }
 
-    /// Interleaved colour in [0, 1]: gray for monochrome pictures, else RGB by the matrix
-    /// and range of `colour`.
-    fn to_rgb(&self, colour: Nclx) -> Result<Vec<f32>, HeifError> {
+    /// RGB in [0, 1] by the matrix and range of `colour` (luma in all three planes for a
+    /// monochrome picture).
+    fn to_rgb(&self, colour: Nclx) -> Result<Planar, HeifError> {
         let full_range = colour.full_range;
         let depth = i32::from(self.depth);
         let max = ((1 << depth) - 1) as f32;
@@ -533,10 +541,11 @@ impl Yuv {
         let luma = |v: u16| (f32::from(v) - y_bias) / y_range;
         let (w, h) = (self.width, self.height);
         if self.layout == Layout::I400 {
-            return Ok(self.planes[0]
+            let gray: Vec<f32> = self.planes[0]
                 .iter()
                 .map(|&v| luma(v).clamp(0.0, 1.0))
-                .collect());
+                .collect();
+            return Ok(Planar::new(3, h, w, gray.repeat(3)));
         }
         let kind = Matrix::of(colour, self.layout)?;
         // GBR stores each colour like luma; Y'CbCr chroma is centred on zero.
@@ -549,7 +558,8 @@ impl Yuv {
         };
         let (sx, sy) = self.layout.shifts();
         let (cw, ch) = self.chroma_size();
-        let mut out = vec![0.0; w * h * 3];
+        let n = w * h;
+        let mut out = vec![0.0; 3 * n];
         for y in 0..h {
             // Bilinear chroma: 3/4 of the nearest chroma row or column, 1/4 of the next
             // one on the side of this luma sample (itself at the edges).
@@ -579,13 +589,12 @@ impl Yuv {
                     }
                     Matrix::Kr(kr, kb) => ycbcr_to_rgb(yv, cb, cr, [kr, 1.0 - kr - kb, kb]),
                 };
-                let o = (y * w + x) * 3;
-                for (dst, v) in out[o..o + 3].iter_mut().zip(rgb) {
-                    *dst = v.clamp(0.0, 1.0);
+                for (c, v) in rgb.into_iter().enumerate() {
+                    out[c * n + y * w + x] = v.clamp(0.0, 1.0);
                 }
             }
         }
-        Ok(out)
+        Ok(Planar::new(3, h, w, out))
     }
 }
 
@@ -699,63 +708,6 @@ fn luma_weights(primaries: u16) -> (f32, f32) {
             + wz * (r.0 * g.1 - g.0 * r.1))
         / (w.1 * denom);
     (kr as f32, kb as f32)
-}
-
-/// Interleaved colour (1 or 3 channels) and alpha in [0, 1] as an 8- or 16-bit image.
-/// Premultiplied colour is divided by alpha before rounding, which keeps what precision
-/// the samples have where alpha is small.
-fn quantise(
-    colour: &[f32],
-    alpha: Option<&[f32]>,
-    width: usize,
-    height: usize,
-    sixteen: bool,
-    premultiplied: bool,
-) -> DynamicImage {
-    let n = width * height;
-    let channels = colour.len() / n;
-    let max = if sixteen { 65535.0 } else { 255.0 };
-    let q = |v: f32| (v * max).round();
-    let mut samples = Vec::with_capacity(n * (channels + usize::from(alpha.is_some())));
-    for i in 0..n {
-        let px = &colour[i * channels..(i + 1) * channels];
-        match alpha {
-            Some(alpha) => {
-                let a = alpha[i];
-                samples.extend(px.iter().map(|&v| match premultiplied {
-                    true if a > 0.0 => q((v / a).min(1.0)),
-                    true => 0.0,
-                    false => q(v),
-                }));
-                samples.push(q(a));
-            }
-            None => samples.extend(px.iter().map(|&v| q(v))),
-        }
-    }
-    let (w, h) = (width as u32, height as u32);
-    let with_alpha = alpha.is_some();
-    macro_rules! build {
-        ($t:ty, $variant:ident, $px:ident) => {
-            DynamicImage::$variant(
-                ImageBuffer::<$px<$t>, _>::from_raw(
-                    w,
-                    h,
-                    samples.iter().map(|&v| v as $t).collect::<Vec<$t>>(),
-                )
-                .expect("buffer matches its size"),
-            )
-        };
-    }
-    match (sixteen, channels, with_alpha) {
-        (false, 1, false) => build!(u8, ImageLuma8, Luma),
-        (false, 1, true) => build!(u8, ImageLumaA8, LumaA),
-        (false, _, false) => build!(u8, ImageRgb8, Rgb),
-        (false, _, true) => build!(u8, ImageRgba8, Rgba),
-        (true, 1, false) => build!(u16, ImageLuma16, Luma),
-        (true, 1, true) => build!(u16, ImageLumaA16, LumaA),
-        (true, _, false) => build!(u16, ImageRgb16, Rgb),
-        (true, _, true) => build!(u16, ImageRgba16, Rgba),
-    }
 }
 
 /// Decodes a source: one picture, or a grid's tiles joined and cut to the grid's size.
