@@ -29,6 +29,8 @@ pub enum BenchCommand {
     Ops(OpsArgs),
     /// Training pairs per second from the photo pipeline (decode, crop, degradation).
     Data(DataArgs),
+    /// Time decoding image files as `upscale` reads them (any input format).
+    Decode(DecodeArgs),
     /// One case in this process (used by `engine`).
     #[command(hide = true)]
     EngineOne(OneArgs),
@@ -330,6 +332,48 @@ impl DataArgs {
     }
 }
 
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    /// Image files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Timed decodes per file.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one())]
+    repeat: usize,
+}
+
+impl DecodeArgs {
+    fn run(self) -> Result<()> {
+        let limits = crate::imageops::io::DecodeLimits::default();
+        for file in &self.files {
+            let mut times = Vec::with_capacity(self.repeat);
+            let mut shape = String::new();
+            for _ in 0..self.repeat {
+                let start = Instant::now();
+                let img = crate::imageops::io::decode_file(file, &limits)?;
+                times.push(start.elapsed().as_secs_f64());
+                shape = format!(
+                    "{} {}x{}{}",
+                    img.format,
+                    img.rgb.width,
+                    img.rgb.height,
+                    if img.sixteen_bit { " 16-bit" } else { "" }
+                );
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "{}: {shape}: {:.3} s (best {:.3}, worst {:.3}, {} runs)",
+                file.display(),
+                times[times.len() / 2],
+                times[0],
+                times[times.len() - 1],
+                self.repeat
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AttentionResult {
     pub shape: [usize; 5],
@@ -519,6 +563,7 @@ impl BenchCommand {
         match self {
             BenchCommand::Engine(a) => a.run(),
             BenchCommand::Data(a) => a.run(),
+            BenchCommand::Decode(a) => a.run(),
             BenchCommand::Ops(a) => a.run(),
             BenchCommand::Attention(a) => {
                 let r = a.run()?;

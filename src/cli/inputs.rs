@@ -2,7 +2,7 @@
 //! their subfolders), and glob patterns matched as a shell would; earlier results of
 //! this tool found beside their sources are passed over.
 
-use crate::imageops::io::{has_input_extension, has_refused_extension};
+use crate::imageops::io::has_input_extension;
 use crate::pipeline::OutputSize;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashSet;
@@ -133,7 +133,7 @@ impl Scan {
                 if depth > 0 {
                     self.walk(root, &p, depth - 1)?;
                 }
-            } else if p.is_file() && (has_input_extension(&p) || has_refused_extension(&p)) {
+            } else if p.is_file() && has_input_extension(&p) {
                 let subdir = dir
                     .strip_prefix(root)
                     .unwrap_or(Path::new(""))

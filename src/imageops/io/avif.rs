@@ -11,13 +11,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
-use image::error::{DecodingError, ImageFormatHint, UnsupportedError, UnsupportedErrorKind};
-use image::metadata::Orientation;
-use image::{ColorType, DynamicImage, ImageDecoder, ImageError, ImageResult};
-use png::{
-    CodingIndependentCodePoints, ContentLightLevelInfo, MasteringDisplayColorVolume, ScaledFloat,
-    SourceChromaticities,
-};
+use image::{ColorType, DynamicImage};
 use rav1d::include::dav1d::data::Dav1dData;
 use rav1d::include::dav1d::dav1d::{Dav1dContext, Dav1dSettings};
 use rav1d::include::dav1d::headers::{
@@ -30,43 +24,27 @@ use rav1d::src::lib::{
 };
 
 use super::heif::{
-    name, Av1Config, CleanAperture, Colour, Grid, Heif, HeifError, MasteringDisplay, Nclx, Property,
+    color_type, find_alpha, Av1Config, Codec, Coding, Heif, HeifError, Nclx, Presentation,
+    Property, Source,
 };
-use super::planes::{planes_to_image, with_alpha, ycbcr_to_rgb};
-use super::png::PngColour;
+use super::planes::{planes_to_image, unpremultiply_coded, ycbcr_to_rgb};
 use crate::imageops::Planar;
 
-/// The `auxC` types that mark an auxiliary image as alpha (AVIF's, and the older HEVC one).
-const ALPHA_URNS: [&str; 2] = [
-    "urn:mpeg:mpegB:cicp:systems:auxiliary:alpha",
-    "urn:mpeg:hevc:2015:auxid:1",
-];
+/// AVIF's pictures: AV1 items.
+const AV1: Coding = Coding {
+    item: *b"av01",
+    name: "AV1",
+};
 
-/// Where a picture comes from: one AV1 item, or a grid of them.
-#[derive(Debug, Clone)]
-enum Source {
-    Single(u32),
-    Grid(Grid),
-}
-
-/// An AVIF file, parsed but not yet decoded; decoding happens in `read_image`.
+/// An AVIF file, parsed but not yet decoded; decoding happens in [`Codec::decode`].
 pub(super) struct AvifDecoder<'a> {
     heif: Heif<'a>,
+    shown: Presentation,
     colour: Source,
     alpha: Option<Source>,
     premultiplied: bool,
     depth: u8,
     monochrome: bool,
-    /// The stored size, before the clean aperture and rotation.
-    stored: (usize, usize),
-    crop: Option<(usize, usize, usize, usize)>,
-    rotation: u8,
-    mirror: Option<u8>,
-    icc: Option<Vec<u8>>,
-    nclx: Option<Nclx>,
-    light: Option<(u16, u16)>,
-    mastering: Option<MasteringDisplay>,
-    exif: Option<Vec<u8>>,
     operating_point: u8,
     /// The most pixels an AV1 picture (an item or, in a grid, a tile) has by its `ispe`,
     /// so that a damaged sequence header cannot make the decoder allocate more.
@@ -78,167 +56,43 @@ impl<'a> AvifDecoder<'a> {
     pub fn new(file: &'a [u8]) -> Result<Self, HeifError> {
         let heif = Heif::parse(file)?;
         let primary = heif.primary;
-        let colour = source(&heif, primary)?;
-        let config = av1_config(&heif, first_picture(&colour))?;
+        let colour = Source::of(&heif, primary, AV1)?;
+        let config = av1_config(&heif, colour.first())?;
+        let shown = Presentation::read(&heif, colour.stored_size(&heif)?)?;
+        if let (Some(nclx), false) = (shown.nclx, config.monochrome) {
+            Matrix::of(nclx, Layout::of_config(&config))?;
+        }
+        let operating_point = heif
+            .properties(primary)?
+            .into_iter()
+            .find_map(|(p, _)| match *p {
+                Property::OperatingPoint(op) => Some(op),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let (alpha, premultiplied) = match find_alpha(&heif, AV1, shown.stored)? {
+            Some((alpha, premultiplied)) => (Some(alpha), premultiplied),
+            None => (None, false),
+        };
         let mut decoder = AvifDecoder {
-            stored: stored_size(&heif, &colour)?,
+            shown,
             colour,
-            alpha: None,
-            premultiplied: false,
+            alpha,
+            premultiplied,
             depth: config.depth,
             monochrome: config.monochrome,
-            crop: None,
-            rotation: 0,
-            mirror: None,
-            icc: None,
-            nclx: None,
-            light: None,
-            mastering: None,
-            exif: None,
-            operating_point: 0,
+            operating_point,
             frame_limit: 0,
             heif,
         };
-        decoder.read_properties(primary)?;
-        if let (Some(nclx), false) = (decoder.nclx, config.monochrome) {
-            Matrix::of(nclx, Layout::of_config(&config))?;
-        }
-        decoder.find_alpha(primary)?;
-        let mut pictures = vec![first_picture(&decoder.colour)];
-        pictures.extend(decoder.alpha.as_ref().map(first_picture));
+        let mut pictures = vec![decoder.colour.first()];
+        pictures.extend(decoder.alpha.as_ref().map(Source::first));
         for id in pictures {
-            let (w, h) = stored_size(&decoder.heif, &Source::Single(id))?;
+            let (w, h) = Source::Single(id).stored_size(&decoder.heif)?;
             let pixels = u32::try_from(w * h).unwrap_or(u32::MAX);
             decoder.frame_limit = decoder.frame_limit.max(pixels);
         }
-        decoder.exif = decoder.find_exif(primary);
         Ok(decoder)
-    }
-
-    fn read_properties(&mut self, primary: u32) -> Result<(), HeifError> {
-        for (p, essential) in self.heif.properties(primary)? {
-            match p {
-                Property::Colour(Colour::Icc(icc)) if self.icc.is_none() => {
-                    self.icc = Some(icc.clone())
-                }
-                &Property::Colour(Colour::Nclx(nclx)) if self.nclx.is_none() => {
-                    self.nclx = Some(nclx)
-                }
-                &Property::Rotation(r) => self.rotation = r,
-                &Property::Mirror(axis) => self.mirror = Some(axis),
-                Property::CleanAperture(clap) => {
-                    self.crop = Some(crop_rect(clap, self.stored)?);
-                }
-                &Property::LightLevel(max, average) => self.light = Some((max, average)),
-                Property::MasteringDisplay(m) => self.mastering = Some(*m),
-                &Property::OperatingPoint(op) => self.operating_point = op,
-                &Property::LayerSelection(layer) if layer != 0xffff => {
-                    return Err(HeifError::Unsupported(format!(
-                        "a layered image shown at layer {layer} ('lsel')"
-                    )));
-                }
-                Property::Other(kind) if essential => {
-                    return Err(HeifError::Unsupported(format!(
-                        "the essential property '{}'",
-                        name(kind)
-                    )));
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// The alpha item of the primary one, if any, and whether the colour is premultiplied
-    /// by it.
-    fn find_alpha(&mut self, primary: u32) -> Result<(), HeifError> {
-        for id in self.heif.references_to(primary, b"auxl") {
-            let is_alpha = self.heif.properties(id)?.iter().any(
-                |(p, _)| matches!(p, Property::AuxType(t) if ALPHA_URNS.contains(&t.as_str())),
-            );
-            if !is_alpha {
-                continue;
-            }
-            let alpha = source(&self.heif, id)?;
-            if stored_size(&self.heif, &alpha)? != self.stored {
-                return Err(HeifError::Corrupt(
-                    "the alpha image's size differs from the colour image's".into(),
-                ));
-            }
-            self.premultiplied = self.heif.references_from(primary, b"prem").contains(&id);
-            self.alpha = Some(alpha);
-            break;
-        }
-        Ok(())
-    }
-
-    /// The TIFF-headed Exif data of the first `Exif` item describing the primary one.
-    fn find_exif(&self, primary: u32) -> Option<Vec<u8>> {
-        let id = self
-            .heif
-            .references_to(primary, b"cdsc")
-            .into_iter()
-            .find(|&id| self.heif.item(id).is_ok_and(|i| &i.kind == b"Exif"))?;
-        let data = self.heif.data(id).ok()?;
-        let offset = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
-        data.get(4usize.checked_add(offset)?..).map(<[u8]>::to_vec)
-    }
-
-    /// The size after the clean aperture.
-    fn cropped_size(&self) -> (usize, usize) {
-        self.crop.map_or(self.stored, |(_, _, w, h)| (w, h))
-    }
-
-    /// The rotation (`irot`, quarter turns anticlockwise) then mirror (`imir`) that show
-    /// the cropped picture upright, as the image crate's orientation: a clockwise turn,
-    /// then perhaps a horizontal flip (a vertical one is a half turn more and a
-    /// horizontal flip).
-    fn shown_orientation(&self) -> Orientation {
-        let clockwise = (4 - self.rotation) % 4;
-        let (clockwise, flip) = match self.mirror {
-            Some(0) => ((clockwise + 2) % 4, true),
-            Some(_) => (clockwise, true),
-            None => (clockwise, false),
-        };
-        match (clockwise, flip) {
-            (1, false) => Orientation::Rotate90,
-            (2, false) => Orientation::Rotate180,
-            (3, false) => Orientation::Rotate270,
-            (0, true) => Orientation::FlipHorizontal,
-            (1, true) => Orientation::Rotate90FlipH,
-            (2, true) => Orientation::FlipVertical,
-            (3, true) => Orientation::Rotate270FlipH,
-            _ => Orientation::NoTransforms,
-        }
-    }
-
-    /// Whether the file also holds an image sequence or animation.
-    pub fn is_sequence(&self) -> bool {
-        self.heif.has_tracks
-    }
-
-    /// The colour description to carry to PNG outputs: the H.273 code points where no ICC
-    /// profile is given (an ICC profile outranks them, as in libavif), and the HDR levels.
-    pub fn png_colour(&self) -> PngColour {
-        let srgb_like = |n: &Nclx| matches!(n.primaries, 1 | 2) && matches!(n.transfer, 2 | 13);
-        let cicp = self
-            .nclx
-            .filter(|n| self.icc.is_none() && !srgb_like(n))
-            .map(|n| CodingIndependentCodePoints {
-                color_primaries: u8::try_from(n.primaries).unwrap_or(2),
-                transfer_function: u8::try_from(n.transfer).unwrap_or(2),
-                matrix_coefficients: 0,
-                is_video_full_range_image: true,
-            });
-        PngColour {
-            cicp,
-            mastering_display: self.mastering.map(mastering_display),
-            content_light: self.light.map(|(max, average)| ContentLightLevelInfo {
-                max_content_light_level: u32::from(max) * 10_000,
-                max_frame_average_light_level: u32::from(average) * 10_000,
-            }),
-            ..PngColour::default()
-        }
     }
 
     /// Decodes and converts the picture(s), then applies the clean aperture (the first of
@@ -247,62 +101,31 @@ impl<'a> AvifDecoder<'a> {
         let mut av1 = Av1Decoder::new(self.frame_limit, self.operating_point)?;
         let mut decode = |source: &Source| {
             let yuv = decode_source(&self.heif, source, &mut av1)?;
-            if (yuv.width, yuv.height) != self.stored {
+            let (w, h) = self.shown.stored;
+            if (yuv.width, yuv.height) != (w, h) {
                 return Err(HeifError::Corrupt(format!(
-                    "the image is {}x{} by its header but its AV1 picture is {}x{}",
-                    self.stored.0, self.stored.1, yuv.width, yuv.height
+                    "the image is {w}x{h} by its header but its AV1 picture is {}x{}",
+                    yuv.width, yuv.height
                 )));
             }
             Ok(yuv)
         };
         let yuv = decode(&self.colour)?;
-        let mut rgb = yuv.to_rgb(self.nclx.unwrap_or(yuv.colour))?;
+        let mut rgb = yuv.to_rgb(self.shown.nclx.unwrap_or(yuv.colour))?;
         let alpha = match &self.alpha {
             Some(source) => Some(decode(source)?.alpha()),
             None => None,
         };
-        // Divided before rounding, which keeps what precision the samples have where
-        // alpha is small. Fully transparent pixels get colour 0, as in libavif: lossy
-        // coding leaves noise where the premultiplied colour was zero.
         if let (true, Some(a)) = (self.premultiplied, &alpha) {
-            with_alpha(
-                &mut rgb,
-                a,
-                |v, a| if a > 0.0 { (v / a).min(1.0) } else { 0.0 },
-            );
+            unpremultiply_coded(&mut rgb, a);
         }
-        let crop = |p: Planar| match self.crop {
-            Some((x, y, w, h)) => p.crop_clamped(y as isize, x as isize, h, w),
-            None => p,
-        };
-        let (rgb, alpha) = (crop(rgb), alpha.map(crop));
+        let (rgb, alpha) = (self.shown.crop(rgb), alpha.map(|a| self.shown.crop(a)));
         Ok(planes_to_image(
             &rgb,
             alpha.as_ref(),
             self.depth > 8,
             self.monochrome,
         ))
-    }
-}
-
-/// The picture an item shows: an AV1 item, or a grid of AV1 items.
-fn source(heif: &Heif, id: u32) -> Result<Source, HeifError> {
-    let item = heif.item(id)?;
-    match &item.kind {
-        b"av01" => Ok(Source::Single(id)),
-        b"grid" => {
-            let grid = heif.grid(id)?;
-            for &t in &grid.tiles {
-                if &heif.item(t)?.kind != b"av01" {
-                    return Err(HeifError::Unsupported("a grid of non-AV1 tiles".into()));
-                }
-            }
-            Ok(Source::Grid(grid))
-        }
-        kind => Err(HeifError::Unsupported(format!(
-            "a primary image of type '{}'",
-            name(kind).trim_end_matches(' ')
-        ))),
     }
 }
 
@@ -315,101 +138,6 @@ fn av1_config(heif: &Heif, id: u32) -> Result<Av1Config, HeifError> {
             _ => None,
         })
         .ok_or_else(|| HeifError::Corrupt("an image has no AV1 configuration ('av1C')".into()))
-}
-
-fn first_picture(source: &Source) -> u32 {
-    match source {
-        Source::Single(id) => *id,
-        Source::Grid(grid) => grid.tiles[0],
-    }
-}
-
-/// The size of a source as stored (`ispe` of an item; a grid's own size).
-fn stored_size(heif: &Heif, source: &Source) -> Result<(usize, usize), HeifError> {
-    let (w, h) = match source {
-        Source::Single(id) => heif
-            .properties(*id)?
-            .into_iter()
-            .find_map(|(p, _)| match *p {
-                Property::Extents(w, h) => Some((w as usize, h as usize)),
-                _ => None,
-            })
-            .ok_or_else(|| HeifError::Corrupt("the image has no size ('ispe')".into()))?,
-        Source::Grid(grid) => (grid.width, grid.height),
-    };
-    if w == 0 || h == 0 {
-        return Err(HeifError::Corrupt(format!("the image is {w}x{h}")));
-    }
-    Ok((w, h))
-}
-
-/// The clean aperture as a pixel rectangle (x, y, width, height) of a `size` image;
-/// MIAF requires it to be whole pixels inside the image.
-fn crop_rect(
-    clap: &CleanAperture,
-    (w, h): (usize, usize),
-) -> Result<(usize, usize, usize, usize), HeifError> {
-    let bad = || {
-        HeifError::Corrupt(
-            "the clean aperture ('clap') is not a whole-pixel crop of the image".into(),
-        )
-    };
-    // Origin = (size - aperture) / 2 + offset, in exact fractions.
-    let axis = |size: usize, (n, d): (u32, u32), (on, od): (i32, u32)| {
-        let (n, d, on, od, size) = (
-            i128::from(n),
-            i128::from(d),
-            i128::from(on),
-            i128::from(od),
-            size as i128,
-        );
-        if d == 0 || od == 0 || n % d != 0 {
-            return Err(bad());
-        }
-        let extent = n / d;
-        let num = (size - extent) * od + 2 * on;
-        let den = 2 * od;
-        if num % den != 0 {
-            return Err(bad());
-        }
-        let origin = num / den;
-        if extent <= 0 || origin < 0 || origin + extent > size {
-            return Err(bad());
-        }
-        Ok((origin as usize, extent as usize))
-    };
-    let (x, cw) = axis(w, clap.width, clap.horizontal_offset)?;
-    let (y, ch) = axis(h, clap.height, clap.vertical_offset)?;
-    Ok((x, y, cw, ch))
-}
-
-/// An `mdcv` box as PNG's mDCV: primaries told apart by position (the box should list
-/// green, blue, red, but writers differ), all in 0.00002 units.
-fn mastering_display(m: MasteringDisplay) -> MasteringDisplayColorVolume {
-    let mut p = m.primaries;
-    p.sort_by_key(|&(x, _)| std::cmp::Reverse(x));
-    let red = p[0];
-    let (green, blue) = if p[1].1 >= p[2].1 {
-        (p[1], p[2])
-    } else {
-        (p[2], p[1])
-    };
-    let xy = |(x, y): (u16, u16)| {
-        (
-            ScaledFloat::from_scaled(u32::from(x) * 2),
-            ScaledFloat::from_scaled(u32::from(y) * 2),
-        )
-    };
-    MasteringDisplayColorVolume {
-        chromaticities: SourceChromaticities {
-            white: xy(m.white_point),
-            red: xy(red),
-            green: xy(green),
-            blue: xy(blue),
-        },
-        max_luminance: m.max_luminance,
-        min_luminance: m.min_luminance,
-    }
 }
 
 /// How the chroma planes are subsampled.
@@ -1029,84 +757,26 @@ fn decode_in_child(program: &Path, file: &[u8]) -> Result<Vec<u8>, HeifError> {
     })
 }
 
-fn image_error(e: HeifError) -> ImageError {
-    let hint = || ImageFormatHint::Name("AVIF".into());
-    match e {
-        HeifError::Corrupt(detail) => ImageError::Decoding(DecodingError::new(hint(), detail)),
-        HeifError::Unsupported(detail) => {
-            ImageError::Unsupported(UnsupportedError::from_format_and_kind(
-                hint(),
-                UnsupportedErrorKind::GenericFeature(detail),
-            ))
-        }
-    }
-}
+impl Codec for AvifDecoder<'_> {
+    const NAME: &'static str = "AVIF";
 
-impl ImageDecoder for AvifDecoder<'_> {
-    fn dimensions(&self) -> (u32, u32) {
-        let (w, h) = self.cropped_size();
-        (
-            u32::try_from(w).unwrap_or(u32::MAX),
-            u32::try_from(h).unwrap_or(u32::MAX),
-        )
+    fn presentation(&self) -> &Presentation {
+        &self.shown
+    }
+
+    fn is_sequence(&self) -> bool {
+        self.heif.has_tracks
     }
 
     fn color_type(&self) -> ColorType {
-        match (self.depth > 8, self.monochrome, self.alpha.is_some()) {
-            (false, true, false) => ColorType::L8,
-            (false, true, true) => ColorType::La8,
-            (false, false, false) => ColorType::Rgb8,
-            (false, false, true) => ColorType::Rgba8,
-            (true, true, false) => ColorType::L16,
-            (true, true, true) => ColorType::La16,
-            (true, false, false) => ColorType::Rgb16,
-            (true, false, true) => ColorType::Rgba16,
+        color_type(self.depth > 8, self.monochrome, self.alpha.is_some())
+    }
+
+    fn decode(self) -> Result<Vec<u8>, HeifError> {
+        match CHILD_DECODER.get() {
+            Some(program) => decode_in_child(program, self.heif.file()),
+            None => Ok(self.decode_here()?.into_bytes()),
         }
-    }
-
-    fn icc_profile(&mut self) -> ImageResult<Option<Vec<u8>>> {
-        Ok(self.icc.clone())
-    }
-
-    fn exif_metadata(&mut self) -> ImageResult<Option<Vec<u8>>> {
-        Ok(self.exif.clone())
-    }
-
-    /// The file's rotation and mirror, which AVIF readers obey rather than an Exif
-    /// Orientation.
-    fn orientation(&mut self) -> ImageResult<Orientation> {
-        Ok(self.shown_orientation())
-    }
-
-    fn set_limits(&mut self, limits: image::Limits) -> ImageResult<()> {
-        limits.check_support(&image::LimitSupport::default())?;
-        let (w, h) = self.dimensions();
-        limits.check_dimensions(w, h)
-    }
-
-    fn read_image(self, buf: &mut [u8]) -> ImageResult<()> {
-        let decoded;
-        let bytes = match CHILD_DECODER.get() {
-            Some(program) => {
-                decoded = decode_in_child(program, self.heif.file()).map_err(image_error)?;
-                &decoded[..]
-            }
-            None => {
-                decoded = self.decode_here().map_err(image_error)?.into_bytes();
-                &decoded[..]
-            }
-        };
-        if bytes.len() != buf.len() {
-            return Err(image_error(HeifError::Corrupt(
-                "the decoded picture's size differs from the one the file states".into(),
-            )));
-        }
-        buf.copy_from_slice(bytes);
-        Ok(())
-    }
-
-    fn read_image_boxed(self: Box<Self>, buf: &mut [u8]) -> ImageResult<()> {
-        (*self).read_image(buf)
     }
 }
 
@@ -1216,29 +886,6 @@ mod tests {
                 .to_string();
             assert!(e.contains("truncated"), "{name}: {e}");
         }
-    }
-
-    #[test]
-    fn clean_aperture_must_be_whole_pixels_inside() {
-        let clap = |w: u32, h: u32, dx: (i32, u32), dy: (i32, u32)| CleanAperture {
-            width: (w, 1),
-            height: (h, 1),
-            horizontal_offset: dx,
-            vertical_offset: dy,
-        };
-        // Centred: (37 - 30) / 2 - 1/2 = 3.
-        assert_eq!(
-            crop_rect(&clap(30, 18, (-1, 2), (-1, 2)), (37, 23)),
-            Ok((3, 2, 30, 18))
-        );
-        assert_eq!(
-            crop_rect(&clap(37, 23, (0, 1), (0, 1)), (37, 23)),
-            Ok((0, 0, 37, 23))
-        );
-        // Half a pixel off, outside the image, zero denominators.
-        assert!(crop_rect(&clap(30, 18, (0, 1), (0, 1)), (37, 23)).is_err());
-        assert!(crop_rect(&clap(30, 18, (4, 1), (0, 1)), (36, 18)).is_err());
-        assert!(crop_rect(&clap(30, 18, (0, 0), (0, 1)), (30, 18)).is_err());
     }
 
     /// The chromaticity-derived matrix of BT.709 and BT.2020 primaries is their own.

@@ -10,10 +10,9 @@ use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 
 use super::avif::AvifDecoder;
 use super::encode::icc_describes;
-use super::format::{
-    input_format_names, is_colour_mapped, several_images, unreadable_format, InputFormat,
-};
-use super::heif::HeifError;
+use super::format::{input_format_names, is_colour_mapped, several_images, InputFormat};
+use super::heic::HeicDecoder;
+use super::heif::{Codec, HeifDecoder, HeifError};
 use super::jpeg::{JpegDecoder, JpegFacts};
 use super::planes::{image_to_planes, is_deep, is_gray, unpremultiply};
 use super::png::PngFacts;
@@ -55,10 +54,9 @@ fn decode_reader(
 ) -> Result<DecodedImage, ImageIoError> {
     let head = reader.fill_buf().map_err(ImageIoError::read(path))?;
     let Some(format) = InputFormat::detect(head, path) else {
-        let what = match (unreadable_format(head), image::guess_format(head)) {
-            (Some(name), _) => format!("{name} (convert it to PNG or JPEG first)"),
-            (None, Ok(f)) => format!("{f:?}"),
-            (None, Err(_)) => "unrecognised contents".into(),
+        let what = match image::guess_format(head) {
+            Ok(f) => format!("{f:?}"),
+            Err(_) => "unrecognised contents".into(),
         };
         let detail = format!("{what} (supported: {})", input_format_names());
         return Err(ImageIoError::Unsupported {
@@ -71,23 +69,11 @@ fn decode_reader(
         Some(image_format) => decode_image_crate(reader, format, image_format, path, limits)?,
         None if format == InputFormat::Avif => {
             let data = read_all(reader, path)?;
-            let decoder = AvifDecoder::new(&data).map_err(|e| match e {
-                HeifError::Corrupt(detail) => ImageIoError::Corrupt {
-                    path: path.into(),
-                    detail,
-                },
-                HeifError::Unsupported(detail) => ImageIoError::Unsupported {
-                    path: path.into(),
-                    detail: format!("AVIF with {detail}"),
-                },
-            })?;
-            let sequence = decoder.is_sequence();
-            let png_colour = decoder.png_colour();
-            // The decoder's orientation is the file's rotation and mirroring (`irot`,
-            // `imir`), not its Exif one.
-            let mut decoded = decode_with(decoder, format, true, path, limits)?;
-            decoded.png_colour = png_colour;
-            (decoded, sequence.then_some("AVIF image sequence"))
+            decode_heif(AvifDecoder::new(&data), format, path, limits)?
+        }
+        None if format == InputFormat::Heic => {
+            let data = read_all(reader, path)?;
+            decode_heif(HeicDecoder::new(&data), format, path, limits)?
         }
         None => {
             let data = read_all(reader, path)?;
@@ -108,6 +94,36 @@ fn decode_reader(
         tracing::warn!("{}: {what}: only the first image is read", path.display());
     }
     Ok(decoded)
+}
+
+/// Decodes a HEIF file (AVIF, HEIC) its codec has parsed; also names the image sequence
+/// it holds, if any.
+fn decode_heif<C: Codec>(
+    parsed: Result<C, HeifError>,
+    format: InputFormat,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<(DecodedImage, Option<&'static str>), ImageIoError> {
+    let codec = parsed.map_err(|e| match e {
+        HeifError::Corrupt(detail) => ImageIoError::Corrupt {
+            path: path.into(),
+            detail,
+        },
+        HeifError::Unsupported(detail) => ImageIoError::Unsupported {
+            path: path.into(),
+            detail: format!("{format} with {detail}"),
+        },
+    })?;
+    let sequence = codec.is_sequence().then_some(match format {
+        InputFormat::Avif => "AVIF image sequence",
+        _ => "HEIF image sequence",
+    });
+    let png_colour = codec.presentation().png_colour();
+    // The decoder's orientation is the file's rotation and mirroring (`irot`, `imir`),
+    // not its Exif one.
+    let mut decoded = decode_with(HeifDecoder(codec), format, true, path, limits)?;
+    decoded.png_colour = png_colour;
+    Ok((decoded, sequence))
 }
 
 /// Decodes a format the image crate reads; also names what the file holds beyond the
@@ -647,17 +663,13 @@ mod tests {
         // A recognised but unsupported format.
         let e = decode_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
-        let e = decode_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", &limits())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("HEIF/HEIC (convert it to PNG or JPEG first)"),
-            "{e}"
-        );
-        // AVIF is read, so a file of only its header is a truncated one, however branded.
+        // AVIF and HEIC are read, so a file of only its header is a truncated one,
+        // however branded.
         for head in [
             &b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf"[..],
             b"\0\0\0\x18ftypmif1\0\0\0\0mif1avif",
+            b"\0\0\0\x18ftypheic\0\0\0\0mif1heic",
+            b"\0\0\0\x14ftypmif1\0\0\0\0mif1",
         ] {
             let e = decode_bytes(head, &limits()).unwrap_err();
             assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");

@@ -11,7 +11,8 @@ use jxl_oxide::JxlImage;
 
 use super::avif::AvifDecoder;
 use super::encode::OutputFormat;
-use super::heif::brands;
+use super::heic::HeicDecoder;
+use super::heif::{brands, HeifDecoder};
 use super::jpeg::{JpegDecoder, JpegFacts};
 
 /// An accepted input format. Multi-frame GIFs are read as their first frame. Formats the
@@ -32,11 +33,13 @@ pub enum InputFormat {
     JpegXl,
     /// Decoded by rav1d (see `avif`); the `image` crate's AVIF decoder needs a C library.
     Avif,
+    /// HEIF with HEVC pictures, as phones write photos; decoded by heic-decoder.
+    Heic,
 }
 
 impl InputFormat {
     /// Every accepted input format.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Png,
         Self::Jpeg,
         Self::WebP,
@@ -48,6 +51,7 @@ impl InputFormat {
         Self::Qoi,
         Self::JpegXl,
         Self::Avif,
+        Self::Heic,
     ];
 
     /// The `image` crate's name for the format, where that crate decodes it.
@@ -62,7 +66,7 @@ impl InputFormat {
             Self::Tga => ImageFormat::Tga,
             Self::Pnm => ImageFormat::Pnm,
             Self::Qoi => ImageFormat::Qoi,
-            Self::JpegXl | Self::Avif => return None,
+            Self::JpegXl | Self::Avif | Self::Heic => return None,
         })
     }
 
@@ -81,6 +85,12 @@ impl InputFormat {
         if ext.eq_ignore_ascii_case("avif") {
             return Some(Self::Avif);
         }
+        if ["heic", "heif", "hif"]
+            .iter()
+            .any(|e| ext.eq_ignore_ascii_case(e))
+        {
+            return Some(Self::Heic);
+        }
         ImageFormat::from_extension(ext).and_then(Self::from_image_format)
     }
 
@@ -92,6 +102,9 @@ impl InputFormat {
         }
         if is_avif(head) {
             return Some(Self::Avif);
+        }
+        if is_heic(head) {
+            return Some(Self::Heic);
         }
         // BigTIFF, which the image crate's format guess does not know.
         if head.starts_with(b"II\x2b\0") || head.starts_with(b"MM\0\x2b") {
@@ -128,6 +141,7 @@ impl InputFormat {
             Self::Qoi => "QOI",
             Self::JpegXl => "JPEG XL",
             Self::Avif => "AVIF",
+            Self::Heic => "HEIC",
         }
     }
 }
@@ -149,15 +163,6 @@ pub fn input_format_names() -> String {
 /// Whether `path`'s extension names an input format (for directory listings).
 pub fn has_input_extension(path: &Path) -> bool {
     InputFormat::from_path(path).is_some()
-}
-
-/// Whether `path`'s extension names an image format that is recognised but not read
-/// (HEIF/HEIC): a folder scan lists such files so that each is reported with the
-/// way out, rather than passed over in silence.
-pub fn has_refused_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| ["heic", "heif"].iter().any(|r| e.eq_ignore_ascii_case(r)))
 }
 
 /// The image files in `dir` (by extension; hidden names passed over), in its subfolders
@@ -222,7 +227,12 @@ pub fn peek(bytes: &[u8], name: &Path) -> Option<Peek> {
             .into_decoder()
             .ok()
             .map(upright_size),
-        (InputFormat::Avif, _) => AvifDecoder::new(bytes).ok().map(upright_size),
+        (InputFormat::Avif, _) => AvifDecoder::new(bytes)
+            .ok()
+            .map(|d| upright_size(HeifDecoder(d))),
+        (InputFormat::Heic, _) => HeicDecoder::new(bytes)
+            .ok()
+            .map(|d| upright_size(HeifDecoder(d))),
         (_, None) => JxlImage::builder()
             .read(bytes)
             .ok()
@@ -254,16 +264,13 @@ fn is_avif(head: &[u8]) -> bool {
     brands(head).iter().any(|b| b == b"avif" || b == b"avis")
 }
 
-/// The name of a common format that `head`, a file's first bytes, opens but no decoder
-/// here reads: phones' HEIF/HEIC (ISO-BMFF with its brand).
-pub(super) fn unreadable_format(head: &[u8]) -> Option<&'static str> {
-    const HEIF: [&[u8; 4]; 7] = [
-        b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1",
+/// Whether `head` opens a HEIC file: an ISO-BMFF file of a HEVC image brand, or of the
+/// generic HEIF ones (`mif1`, `msf1`) and not AVIF (its decoder tells what it holds).
+fn is_heic(head: &[u8]) -> bool {
+    const HEIC: [&[u8; 4]; 8] = [
+        b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
     ];
-    brands(head)
-        .first()
-        .is_some_and(|b| HEIF.contains(&b))
-        .then_some("HEIF/HEIC")
+    brands(head).iter().any(|b| HEIC.contains(&b))
 }
 
 /// Whether the file whose first bytes are `head` stores its colours through a

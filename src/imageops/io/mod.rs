@@ -19,6 +19,7 @@ mod avif;
 mod decode;
 mod encode;
 mod format;
+mod heic;
 mod heif;
 mod jpeg;
 mod planes;
@@ -32,8 +33,7 @@ pub use avif::{avif_child_main, decode_avif_in_child_process, AVIF_CHILD_COMMAND
 pub use decode::{decode_bytes, decode_file, decode_named_bytes, decode_rgb};
 pub use encode::{check_writable, encode_bytes, encode_file, EncodeOptions, OutputFormat};
 pub use format::{
-    has_input_extension, has_refused_extension, image_files, input_format_names, peek, peek_file,
-    InputFormat, Peek,
+    has_input_extension, image_files, input_format_names, peek, peek_file, InputFormat, Peek,
 };
 pub use planes::{from_model_range, image_to_planes, is_deep, planes_to_image, to_model_range};
 

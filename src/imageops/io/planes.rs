@@ -93,6 +93,18 @@ pub(super) fn unpremultiply(rgb: &mut Planar, alpha: &Planar) {
     );
 }
 
+/// Divides lossily coded premultiplied colour by its alpha, before rounding, which keeps
+/// what precision the samples have where alpha is small. Fully transparent pixels get
+/// colour 0, as in libavif: lossy coding leaves noise where the premultiplied colour was
+/// zero.
+pub(super) fn unpremultiply_coded(rgb: &mut Planar, alpha: &Planar) {
+    with_alpha(
+        rgb,
+        alpha,
+        |v, a| if a > 0.0 { (v / a).min(1.0) } else { 0.0 },
+    );
+}
+
 /// Interleaved, quantised samples (native-endian bytes, as the encoders expect) and their
 /// colour type: luma (Rec. 709 weights, as the `image` crate uses; for gray sources the
 /// channels agree anyway and this only averages away the model's small colour noise) or

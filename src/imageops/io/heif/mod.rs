@@ -1,9 +1,15 @@
-//! The HEIF container (ISO/IEC 23008-12) as AVIF uses it: the items of a file's `meta`
-//! box, their properties and their references. Only what reading a still image needs is
-//! parsed. Written here because the crates that parse it leave out image grids, Exif
-//! items or the clean aperture, all of which cameras and encoders write.
+//! The HEIF container (ISO/IEC 23008-12) as AVIF and HEIC use it: the items of a file's
+//! `meta` box, their properties and their references. Only what reading a still image
+//! needs is parsed. Written here because the crates that parse it leave out image grids,
+//! Exif items or the clean aperture, all of which cameras and encoders write.
+
+mod picture;
+mod presentation;
 
 use std::borrow::Cow;
+
+pub(super) use picture::{find_alpha, Coding, Source};
+pub(super) use presentation::{color_type, Codec, HeifDecoder, Presentation};
 
 /// A box type or brand.
 pub(super) type FourCc = [u8; 4];
@@ -212,11 +218,20 @@ pub(super) struct Av1Config {
     pub subsampling: (bool, bool),
 }
 
+/// What an `hvcC` box says of the HEVC data of its item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HevcConfig {
+    pub depth: u8,
+    pub monochrome: bool,
+}
+
 /// An item property this reader understands; others are kept by type only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Property {
     /// `av1C`: the AV1 codec configuration.
     Av1Config(Av1Config),
+    /// `hvcC`: the HEVC codec configuration (its parameter sets are the HEVC decoder's).
+    HevcConfig(HevcConfig),
     /// `ispe`: the item's width and height.
     Extents(u32, u32),
     /// `pixi`: bits per channel.
@@ -307,6 +322,16 @@ impl Property {
                     white_point,
                     max_luminance: r.u32()?,
                     min_luminance: r.u32()?,
+                })
+            }
+            b"hvcC" => {
+                let b = r.bytes(19)?;
+                if b[0] != 1 {
+                    return Err(corrupt("the 'hvcC' box has an unknown version"));
+                }
+                Self::HevcConfig(HevcConfig {
+                    depth: 8 + (b[17] & 7),
+                    monochrome: b[16] & 3 == 0,
                 })
             }
             b"a1op" => Self::OperatingPoint(r.u8()?),
