@@ -28,6 +28,9 @@ Outputs (tests/fixtures/formats/):
                                   LZW with the horizontal predictor (tifffile); the PNG holds
                                   the same samples
   planar_gray_alpha8.tif, ….png   8-bit gray+alpha, plane by plane, uncompressed (tifffile)
+  tiled_planar_rgb8.tif, ….png    37×23 8-bit RGB, plane by plane in 16×16 tiles (the edge
+                                  tiles stick out), uncompressed (tifffile)
+  tiled_planar_rgba16.tif, ….png  the same in 16-bit RGBA, Deflate-compressed
   ycbcr.tif, ycbcr.png            uncompressed YCbCr, 1×1, Rec. 709 YCbCrCoefficients and a
                                   studio-range ReferenceBlackWhite (16–235, 128±112); the PNG
                                   is 16-bit RGB from the TIFF 6 formulas in double precision.
@@ -286,10 +289,32 @@ def planar():
     save("planar_gray_alpha8.png", imagecodecs.png_encode(gray_alpha))
 
 
+def tiled_planar():
+    h, w = 23, 37
+    y, x = np.mgrid[0:h, 0:w]
+    rgba = np.stack([x * 1700 + 300, y * 2800 + 7, (x + y) * 1000 + 11, 65535 - x * y * 70], -1)
+    rgba = rgba.astype(np.uint16)
+    for name, samples, compression in [
+        ("tiled_planar_rgb8", (rgba[..., :3] >> 8).astype(np.uint8), None),
+        ("tiled_planar_rgba16", rgba, "zlib"),
+    ]:
+        path = os.path.join(OUT, name + ".tif")
+        alpha = {"extrasamples": [2]} if samples.shape[2] == 4 else {}
+        tifffile.imwrite(
+            path, samples.transpose(2, 0, 1), planarconfig="separate", photometric="rgb",
+            tile=(16, 16), compression=compression, **alpha,
+        )
+        with tifffile.TiffFile(path) as t:
+            assert t.pages[0].planarconfig == 2 and t.pages[0].is_tiled
+            assert np.array_equal(t.asarray().transpose(1, 2, 0), samples)
+        save(name + ".png", imagecodecs.png_encode(samples))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     palettes()
     planar()
+    tiled_planar()
     ycbcr()
 
 

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Cursor, Seek};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
@@ -46,8 +47,24 @@ pub fn decode_rgb(path: &Path) -> Result<Planar, ImageIoError> {
     Ok(decode_file(path, &DecodeLimits::default())?.rgb)
 }
 
-/// Detects and vets the format, then decodes.
+/// Detects and vets the format, then decodes. A decoder's panic on data it did not foresee
+/// is the file's error, not the end of a run over many files.
 fn decode_reader(
+    reader: impl BufRead + Seek,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, ImageIoError> {
+    catch_unwind(AssertUnwindSafe(|| detect_and_decode(reader, path, limits))).unwrap_or_else(
+        |_| {
+            Err(ImageIoError::Corrupt {
+                path: path.into(),
+                detail: "the decoder failed on damaged data".into(),
+            })
+        },
+    )
+}
+
+fn detect_and_decode(
     mut reader: impl BufRead + Seek,
     path: &Path,
     limits: &DecodeLimits,
@@ -155,13 +172,21 @@ fn decode_image_crate(
     let mut decoded = if matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
         decode_in_memory(reader, format, image_format, path, limits)?
     } else {
-        let decoded = reader_for(&mut reader, image_format, limits)
-            .into_decoder()
-            .map_err(|e| ImageIoError::from_decode(path, e))
-            .and_then(|decoder| decode_with(decoder, format, true, path, limits));
+        let decoded = if tiff.as_ref().is_some_and(|f| f.tiled_planar) {
+            Err(ImageIoError::Unsupported {
+                path: path.into(),
+                detail: "tiled planar samples".into(),
+            })
+        } else {
+            reader_for(&mut reader, image_format, limits)
+                .into_decoder()
+                .map_err(|e| ImageIoError::from_decode(path, e))
+                .and_then(|decoder| decode_with(decoder, format, true, path, limits))
+        };
         let mut decoded = match (decoded, &tiff) {
             // The image crate maps only some TIFF layouts (not gray+alpha, float gray,
-            // palette, JPEG-compressed YCbCr); the tiff crate reads more of them.
+            // palette, JPEG-compressed YCbCr) and cannot read tiled planar ones; the tiff
+            // crate reads more of them.
             (Err(ImageIoError::Unsupported { detail, .. }), Some(facts)) => {
                 reader
                     .seek(io::SeekFrom::Start(0))
@@ -678,6 +703,40 @@ mod tests {
         // A GIF header with no image after it.
         let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
+    }
+
+    /// A panic while decoding (here: of the reader, past the header) is the file's error.
+    #[test]
+    fn a_panic_while_decoding_is_an_error() {
+        struct Breaks(Cursor<Vec<u8>>);
+        impl io::Read for Breaks {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                assert!(self.0.position() < 64, "read past the header");
+                self.0.read(buf)
+            }
+        }
+        impl BufRead for Breaks {
+            fn fill_buf(&mut self) -> io::Result<&[u8]> {
+                assert!(self.0.position() < 64, "read past the header");
+                let at = self.0.position() as usize;
+                Ok(&self.0.get_ref()[at..(at + 64).min(self.0.get_ref().len())])
+            }
+            fn consume(&mut self, n: usize) {
+                self.0.consume(n)
+            }
+        }
+        impl Seek for Breaks {
+            fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+                self.0.seek(to)
+            }
+        }
+        let mut png = Vec::new();
+        DynamicImage::ImageRgb8(eight_colours())
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        let e = decode_reader(Breaks(Cursor::new(png)), Path::new("p.png"), &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("failed on damaged data"), "{e}");
     }
 
     /// A decoder's own message is given, not the image crate's (nested) wrapping of it.

@@ -5,8 +5,6 @@
 //! aperture, rotation, mirror, colour description and Exif are read by the HEIF code
 //! AVIF shares.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use image::{ColorType, DynamicImage, ImageBuffer};
 
 use super::heif::{
@@ -62,20 +60,14 @@ impl<'a> HeicDecoder<'a> {
         let options = heic_decoder::DecodeOptions {
             apply_transforms: false,
         };
-        // The crate returns errors for damaged data; a panic it did not foresee is still
-        // one file's error, not the end of a run.
-        let file = self.heif.file();
-        let picture = catch_unwind(AssertUnwindSafe(|| {
-            let picture = heic_decoder::decode_with(file, &options)?;
-            let (w, h) = (picture.width, picture.height);
-            let samples = match picture.alpha {
-                Some(_) => picture.to_rgba16().map(|p| (p.data, 4)),
-                None => picture.to_rgb16().map(|p| (p.data, 3)),
-            }?;
-            Ok((w, h, samples))
-        }))
-        .map_err(|_| HeifError::Corrupt("the HEVC decoder failed on damaged data".into()))?;
-        let (w, h, (samples, channels)) = picture.map_err(hevc_error)?;
+        let picture = heic_decoder::decode_with(self.heif.file(), &options).map_err(hevc_error)?;
+        let (w, h) = (picture.width, picture.height);
+        let (samples, channels) = match picture.alpha {
+            Some(_) => picture.to_rgba16().map(|p| (p.data, 4)),
+            None => picture.to_rgb16().map(|p| (p.data, 3)),
+        }
+        .map_err(hevc_error)?;
+        drop(picture);
         let (sw, sh) = self.shown.stored;
         if (w, h) != (sw, sh) {
             return Err(HeifError::Corrupt(format!(

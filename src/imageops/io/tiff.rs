@@ -67,15 +67,16 @@ pub(super) fn decode_tiff(
     };
     let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
     let (h, w) = (h as usize, w as usize);
-    let planar = channels > 1
-        && d.find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
-            .ok()
-            .flatten()
-            .is_some_and(|p| p == 2);
-    // All planes of a planar image (`read_image` reads only the first).
+    let planar = is_planar(&mut d);
+    let tiled = d.find_tag(Tag::TileWidth).ok().flatten().is_some();
     let mut samples = DecodingResult::U8(Vec::new());
-    d.read_image_to_buffer(&mut samples)
-        .map_err(|e| e.to_string())?;
+    if planar && tiled {
+        samples = read_tiled_planes(&mut d, channels, (h, w), limits)?;
+    } else {
+        // All planes of a planar image (`read_image` reads only the first).
+        d.read_image_to_buffer(&mut samples)
+            .map_err(|e| e.to_string())?;
+    }
     if planar {
         samples = interleave(samples, channels, h * w)?;
     }
@@ -218,6 +219,80 @@ impl ColourMap {
             format: InputFormat::Tiff,
         })
     }
+}
+
+/// Whether the image has several samples per pixel stored plane by plane
+/// (PlanarConfiguration 2).
+fn is_planar<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> bool {
+    use tiff::tags::Tag;
+    let samples = d.find_tag_unsigned::<u16>(Tag::SamplesPerPixel);
+    let planar = d.find_tag_unsigned::<u16>(Tag::PlanarConfiguration);
+    samples.ok().flatten().is_some_and(|n| n > 1) && planar.ok().flatten() == Some(2)
+}
+
+/// The samples of a tiled planar `(h, w)` image, plane after plane, read tile by tile.
+/// The tiff crate's whole-image read tells a tile's row from its index as if there were
+/// one plane, so it takes the edge tiles of later planes for whole ones; each tile read
+/// alone comes back as wide as it says, and only its part inside the image is kept.
+fn read_tiled_planes<R: Read + Seek>(
+    d: &mut tiff::decoder::Decoder<R>,
+    channels: usize,
+    (h, w): (usize, usize),
+    limits: &DecodeLimits,
+) -> Result<tiff::decoder::DecodingResult, String> {
+    use tiff::decoder::DecodingResult as R;
+    let (tw, th) = d.chunk_dimensions();
+    let (tw, th) = (tw as usize, th as usize);
+    if tw == 0 || th == 0 {
+        return Err("tiles of no size".into());
+    }
+    let (across, down) = (w.div_ceil(tw), h.div_ceil(th));
+    let n = channels * h * w;
+    if n.saturating_mul(8) as u64 > limits.max_alloc {
+        return Err("planar samples beyond the decoding limits".into());
+    }
+    let mut out: Option<R> = None;
+    for i in 0..channels * across * down {
+        let index = u32::try_from(i).map_err(|_| "too many tiles".to_string())?;
+        let tile = d.read_chunk(index).map_err(|e| e.to_string())?;
+        let stride = d.chunk_data_dimensions(index).0 as usize;
+        let (plane, j) = (i / (across * down), i % (across * down));
+        let (x, y) = (j % across * tw, j / across * th);
+        let (cols, rows) = (tw.min(w - x), th.min(h - y));
+        let at = plane * h * w + y * w + x;
+        let out = out.get_or_insert_with(|| match tile {
+            R::U8(_) => R::U8(vec![0; n]),
+            R::U16(_) => R::U16(vec![0; n]),
+            R::F16(_) => R::F16(vec![half::f16::ZERO; n]),
+            R::F32(_) => R::F32(vec![0.0; n]),
+            R::F64(_) => R::F64(vec![0.0; n]),
+            _ => R::U32(Vec::new()),
+        });
+        fn paste<T: Copy>(
+            out: &mut [T],
+            tile: &[T],
+            (at, w): (usize, usize),
+            (rows, cols, stride): (usize, usize, usize),
+        ) -> Result<(), String> {
+            if stride < cols || tile.len() < (rows - 1) * stride + cols {
+                return Err("a tile is smaller than its place in the image".into());
+            }
+            for r in 0..rows {
+                out[at + r * w..][..cols].copy_from_slice(&tile[r * stride..][..cols]);
+            }
+            Ok(())
+        }
+        let place = ((at, w), (rows, cols, stride));
+        match (out, &tile) {
+            (R::U8(o), R::U8(t)) => paste(o, t, place.0, place.1),
+            (R::U16(o), R::U16(t)) => paste(o, t, place.0, place.1),
+            (R::F16(o), R::F16(t)) => paste(o, t, place.0, place.1),
+            (R::F32(o), R::F32(t)) => paste(o, t, place.0, place.1),
+            (R::F64(o), R::F64(t)) => paste(o, t, place.0, place.1),
+            _ => Err("planar tiles of samples this decoder does not read".into()),
+        }?;
+    }
+    out.ok_or_else(|| "an image without tiles".into())
 }
 
 /// The samples of a planar image (`channels` planes of `n` samples each, as the tiff crate
@@ -403,6 +478,10 @@ pub(super) struct TiffFacts {
     pub(super) orientation: Option<Dihedral>,
     /// The samples are indices into a colour map (PhotometricInterpretation 3).
     pub(super) colour_mapped: bool,
+    /// Several samples per pixel, stored plane by plane in tiles: the tiff crate's
+    /// whole-image read (which the image crate uses) takes the edge tiles of every plane
+    /// after the first for whole ones and panics, so [`decode_tiff`] reads them tile by tile.
+    pub(super) tiled_planar: bool,
 }
 
 /// The flip or rotation that shows an image stored with the TIFF/EXIF Orientation `value`
@@ -460,6 +539,8 @@ impl TiffFacts {
                         .ok()
                         .flatten()
                         == Some(3),
+                    tiled_planar: d.find_tag(Tag::TileWidth).ok().flatten().is_some()
+                        && is_planar(&mut d),
                 }
             },
         );
@@ -684,10 +765,14 @@ mod tests {
     /// Samples stored plane by plane (PlanarConfiguration 2) decode as interleaved ones.
     #[test]
     fn planar_tiffs_decode() {
-        // The image crate reads the first; the second is a layout it passes to the tiff crate.
+        // The image crate reads the first; the second is a layout it passes to the tiff
+        // crate; the tiled ones (with edge tiles sticking out, which the image crate's read
+        // panics on) are read tile by tile.
         for (name, sixteen_bit, grayscale) in [
             ("planar_rgba16", true, false),
             ("planar_gray_alpha8", false, true),
+            ("tiled_planar_rgb8", false, false),
+            ("tiled_planar_rgba16", true, false),
         ] {
             let d = decode_file(&format_fixture(&format!("{name}.tif")), &limits()).unwrap();
             let want = decode_file(&format_fixture(&format!("{name}.png")), &limits()).unwrap();
@@ -951,13 +1036,19 @@ mod tests {
         );
     }
 
-    /// Damage anywhere in a palette or JPEG-compressed TIFF gives an error or an image,
-    /// never a panic.
+    /// Damage anywhere in a palette, JPEG-compressed or tiled planar TIFF gives an error or
+    /// an image, never a panic.
     #[test]
-    fn damaged_palette_and_ycbcr_tiffs_do_not_panic() {
+    fn damaged_palette_ycbcr_and_tiled_planar_tiffs_do_not_panic() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for name in ["palette4.tif", "palette1.tif", "ycbcr_jpeg_tables.tif"] {
+        for name in [
+            "palette4.tif",
+            "palette1.tif",
+            "ycbcr_jpeg_tables.tif",
+            "tiled_planar_rgb8.tif",
+            "tiled_planar_rgba16.tif",
+        ] {
             let bytes = std::fs::read(format_fixture(name)).unwrap();
             for _ in 0..200 {
                 let mut damaged = bytes.clone();
