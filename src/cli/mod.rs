@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Upscale images (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI, JPEG XL, AVIF).
+    /// Upscale images (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI, JPEG XL, AVIF, HEIC).
     Upscale(upscale::UpscaleArgs),
     /// List a checkpoint's tensors, parameter counts and the config it matches.
     Inspect(checkpoint_tools::InspectArgs),
@@ -201,6 +201,24 @@ impl From<DTypeArg> for DType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The help texts name every input format there is.
+    #[test]
+    fn help_names_every_input_format() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let upscale = cli.find_subcommand_mut("upscale").unwrap();
+        let about = upscale.get_about().unwrap().to_string();
+        let inputs = upscale
+            .get_arguments()
+            .find(|a| a.get_id() == "inputs")
+            .and_then(|a| a.get_help())
+            .unwrap()
+            .to_string();
+        let names = crate::imageops::io::input_format_names();
+        assert!(about.contains(&names), "{about}");
+        assert!(inputs.replace('\n', " ").contains(&names), "{inputs}");
+    }
 
     /// The subcommand a parent process runs to decode AVIF files is the one declared.
     #[test]

@@ -45,7 +45,7 @@ pub enum ProgressMode {
 #[command(after_help = EXAMPLES)]
 pub struct UpscaleArgs {
     /// Image files, directories or glob patterns (PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI,
-    /// JPEG XL, AVIF); `-` reads one image from standard input.
+    /// JPEG XL, AVIF, HEIC); `-` reads one image from standard input.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output file (one input file) or directory (several inputs, a directory or a pattern;
