@@ -151,6 +151,42 @@ fn listing(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The H.273 primaries and transfer function a PNG's cICP chunk gives, if it has one.
+fn png_cicp(path: &Path) -> Option<(u8, u8)> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let info = decoder.read_info().unwrap();
+    info.info()
+        .coding_independent_code_points
+        .map(|c| (c.color_primaries, c.transfer_function))
+}
+
+/// Upscales every single-byte change (`^ 0x5a`) and every truncation of `data`, as files
+/// `NAME.ext` in one folder: each must be an error line or an image, never a crash, and
+/// every truncation an error.
+fn damage_every_byte(data: &[u8], ext: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    for i in 0..data.len() {
+        let mut bad = data.to_vec();
+        bad[i] ^= 0x5a;
+        std::fs::write(inputs.join(format!("flip{i:05}.{ext}")), bad).unwrap();
+        std::fs::write(inputs.join(format!("cut{i:05}.{ext}")), &data[..i]).unwrap();
+    }
+    let out = upscale(
+        &model,
+        &[s(&inputs), "-o", s(&dir.path().join("out")), "-q"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let failed = err.lines().filter(|l| l.starts_with("error: ")).count();
+    let written = listing(&dir.path().join("out")).len();
+    assert_eq!(failed + written, 2 * data.len(), "{err}");
+    assert!(failed >= data.len(), "every cut file fails: {err}");
+}
+
 /// What a directory scan or a pattern takes: not hidden files, not a linked directory a
 /// second time (a link back up the tree must not make `-r` endless), and not the results
 /// of an earlier run, so that repeating a command does not upscale its outputs again.
@@ -372,18 +408,7 @@ fn avif_in_png_out() {
         assert!(d < 0.02, "{name} is far from its input: {d}");
     }
     // The PQ colour space is carried as cICP, so viewers show the result as HDR.
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(inputs.join("bt2020_pq_x4.png")).unwrap(),
-    ));
-    let cicp = decoder
-        .read_info()
-        .unwrap()
-        .info()
-        .coding_independent_code_points;
-    assert_eq!(
-        cicp.map(|c| (c.color_primaries, c.transfer_function)),
-        Some((9, 16))
-    );
+    assert_eq!(png_cicp(&inputs.join("bt2020_pq_x4.png")), Some((9, 16)));
 }
 
 /// Damaged AVIF files are errors, never crashes, and cost only themselves: the decoder
@@ -391,29 +416,11 @@ fn avif_in_png_out() {
 /// and of the container is changed in turn, and the file is cut at every length.
 #[test]
 fn damaged_avif_files_are_errors_not_crashes() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let inputs = dir.path().join("in");
-    std::fs::create_dir(&inputs).unwrap();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats/avif");
-    let data = std::fs::read(fixtures.join("rgb8_420.avif")).unwrap();
-    for i in 0..data.len() {
-        let mut bad = data.clone();
-        bad[i] ^= 0x5a;
-        std::fs::write(inputs.join(format!("flip{i:03}.avif")), bad).unwrap();
-        std::fs::write(inputs.join(format!("cut{i:03}.avif")), &data[..i]).unwrap();
-    }
-    let out = upscale(
-        &model,
-        &[s(&inputs), "-o", s(&dir.path().join("out")), "-q"],
+    damage_every_byte(
+        &std::fs::read(fixtures.join("rgb8_420.avif")).unwrap(),
+        "avif",
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    let failed = err.lines().filter(|l| l.starts_with("error: ")).count();
-    let written = listing(&dir.path().join("out")).len();
-    assert_eq!(failed + written, 2 * data.len(), "{err}");
-    assert!(failed >= data.len(), "every cut file fails: {err}");
 }
 
 /// HEIC photos (as phones write them) are upscaled in a folder with the other photos,
@@ -451,47 +458,18 @@ fn heic_in_png_out() {
         assert!(d < 0.02, "{name} is far from its input: {d}");
     }
     assert!(inputs.join("a_x4.png").is_file());
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(inputs.join("nclx_pq_x4.png")).unwrap(),
-    ));
-    let cicp = decoder
-        .read_info()
-        .unwrap()
-        .info()
-        .coding_independent_code_points;
-    assert_eq!(
-        cicp.map(|c| (c.color_primaries, c.transfer_function)),
-        Some((9, 16))
-    );
+    assert_eq!(png_cicp(&inputs.join("nclx_pq_x4.png")), Some((9, 16)));
 }
 
 /// Damaged HEIC files are errors, never crashes, and cost only themselves. Every byte of
 /// the file is changed in turn, and the file is cut at every length.
 #[test]
 fn damaged_heic_files_are_errors_not_crashes() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let inputs = dir.path().join("in");
-    std::fs::create_dir(&inputs).unwrap();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats/heic");
-    let data = std::fs::read(fixtures.join("rgb8_420.heic")).unwrap();
-    for i in 0..data.len() {
-        let mut bad = data.clone();
-        bad[i] ^= 0x5a;
-        std::fs::write(inputs.join(format!("flip{i:04}.heic")), bad).unwrap();
-        std::fs::write(inputs.join(format!("cut{i:04}.heic")), &data[..i]).unwrap();
-    }
-    let out = upscale(
-        &model,
-        &[s(&inputs), "-o", s(&dir.path().join("out")), "-q"],
+    damage_every_byte(
+        &std::fs::read(fixtures.join("rgb8_420.heic")).unwrap(),
+        "heic",
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    let failed = err.lines().filter(|l| l.starts_with("error: ")).count();
-    let written = listing(&dir.path().join("out")).len();
-    assert_eq!(failed + written, 2 * data.len(), "{err}");
-    assert!(failed >= data.len(), "every cut file fails: {err}");
 }
 
 /// A colour-mapped TIFF (which the tiff crate reads only as indices) is upscaled in its
