@@ -57,23 +57,31 @@ impl<'a> HeicDecoder<'a> {
 
     /// Decodes the picture and its alpha, converts them and applies the clean aperture.
     fn decode_here(&self) -> Result<DynamicImage, HeifError> {
+        let (sw, sh) = self.shown.stored;
+        let check_size = |(w, h): (usize, usize)| {
+            if (w, h) == (sw, sh) {
+                return Ok(());
+            }
+            Err(HeifError::Corrupt(format!(
+                "the image is {sw}x{sh} by its header but its HEVC picture is {w}x{h}"
+            )))
+        };
+        // The size the parameter sets give, checked before the decoder allocates for it.
+        let file = self.heif.file();
+        let coded = heic_decoder::probe(file).map_err(hevc_error)?;
+        check_size((coded.coded_width, coded.coded_height))?;
         let options = heic_decoder::DecodeOptions {
             apply_transforms: false,
         };
-        let picture = heic_decoder::decode_with(self.heif.file(), &options).map_err(hevc_error)?;
+        let picture = heic_decoder::decode_with(file, &options).map_err(hevc_error)?;
         let (w, h) = (picture.width, picture.height);
+        check_size((w, h))?;
         let (samples, channels) = match picture.alpha {
             Some(_) => picture.to_rgba16().map(|p| (p.data, 4)),
             None => picture.to_rgb16().map(|p| (p.data, 3)),
         }
         .map_err(hevc_error)?;
         drop(picture);
-        let (sw, sh) = self.shown.stored;
-        if (w, h) != (sw, sh) {
-            return Err(HeifError::Corrupt(format!(
-                "the image is {sw}x{sh} by its header but its HEVC picture is {w}x{h}"
-            )));
-        }
         if channels != 3 + usize::from(self.alpha) {
             return Err(HeifError::Corrupt(
                 "the HEVC decoder and the header disagree on the alpha image".into(),
@@ -329,6 +337,31 @@ mod tests {
         let cicp = heic("nclx_pq").png_colour.cicp.unwrap();
         assert_eq!((cicp.color_primaries, cicp.transfer_function), (9, 16));
         assert_eq!(heic("rgb8_444").png_colour, Default::default());
+    }
+
+    /// A picture of another size than the header says is refused before it is decoded
+    /// (here the 64x64 picture of a 37x23 image, its header made to say 62x62).
+    #[test]
+    fn a_picture_of_another_size_than_its_header_is_refused() {
+        let mut file = std::fs::read(format_fixture("heic/rgb8_444.heic")).unwrap();
+        let find = |file: &[u8], kind: &[u8]| file.windows(4).position(|w| w == kind).unwrap();
+        let ispe = find(&file, b"ispe") + 8;
+        for at in [ispe, ispe + 4] {
+            file[at..at + 4].copy_from_slice(&62u32.to_be_bytes());
+        }
+        // A clean aperture whole pixels inside both 62x62 and 64x64: offset by half a
+        // pixel from the centre.
+        let clap = find(&file, b"clap") + 4 + 16;
+        for (i, v) in [1u32, 2, 1, 2].into_iter().enumerate() {
+            file[clap + 4 * i..][..4].copy_from_slice(&v.to_be_bytes());
+        }
+        let e = crate::imageops::io::decode_bytes(&file, &limits())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("62x62 by its header but its HEVC picture is 64x64"),
+            "{e}"
+        );
     }
 
     /// A file cut short anywhere is an error, and so is any damage the decoder notices.

@@ -121,9 +121,16 @@ impl ImageIoError {
                 path,
                 detail: one_line(e),
             },
+            // What a decoder here refuses reads as "AVIF with …", as when parsing refuses it.
             ImageError::Unsupported(e) => Self::Unsupported {
                 path,
-                detail: one_line(e),
+                detail: one_line(match (e.format_hint(), e.kind()) {
+                    (
+                        image::error::ImageFormatHint::Name(format),
+                        image::error::UnsupportedErrorKind::GenericFeature(feature),
+                    ) => format!("{format} with {feature}"),
+                    _ => e.to_string(),
+                }),
             },
             // Running out of input mid-image is a property of the file, not of the disk.
             ImageError::IoError(cause)
