@@ -76,36 +76,65 @@ impl<'a> HeicDecoder<'a> {
         let picture = heic_decoder::decode_with(file, &options).map_err(hevc_error)?;
         let (w, h) = (picture.width, picture.height);
         check_size((w, h))?;
-        let (samples, channels) = match picture.alpha {
-            Some(_) => picture.to_rgba16().map(|p| (p.data, 4)),
-            None => picture.to_rgb16().map(|p| (p.data, 3)),
-        }
-        .map_err(hevc_error)?;
-        drop(picture);
-        if channels != 3 + usize::from(self.alpha) {
+        if picture.alpha.is_some() != self.alpha {
             return Err(HeifError::Corrupt(
                 "the HEVC decoder and the header disagree on the alpha image".into(),
             ));
         }
+        // Premultiplied colour is divided in floats from 16-bit samples; other pictures
+        // come at their own depth, correctly rounded.
         let (w, h) = (w as u32, h as u32);
-        let image = if self.alpha {
-            ImageBuffer::from_raw(w, h, samples).map(DynamicImage::ImageRgba16)
-        } else {
-            ImageBuffer::from_raw(w, h, samples).map(DynamicImage::ImageRgb16)
+        let short = || HeifError::Corrupt("the HEVC picture is short of samples".into());
+        let image = match (self.alpha, self.depth > 8 || self.premultiplied) {
+            (false, false) => {
+                ImageBuffer::from_raw(w, h, picture.to_rgb8().map(|p| p.data).map_err(hevc_error)?)
+                    .map(DynamicImage::ImageRgb8)
+            }
+            (true, false) => ImageBuffer::from_raw(
+                w,
+                h,
+                picture.to_rgba8().map(|p| p.data).map_err(hevc_error)?,
+            )
+            .map(DynamicImage::ImageRgba8),
+            (false, true) => ImageBuffer::from_raw(
+                w,
+                h,
+                picture.to_rgb16().map(|p| p.data).map_err(hevc_error)?,
+            )
+            .map(DynamicImage::ImageRgb16),
+            (true, true) => ImageBuffer::from_raw(
+                w,
+                h,
+                picture.to_rgba16().map(|p| p.data).map_err(hevc_error)?,
+            )
+            .map(DynamicImage::ImageRgba16),
         }
-        .ok_or_else(|| HeifError::Corrupt("the HEVC picture is short of samples".into()))?;
-        let (mut rgb, alpha) = image_to_planes(&image);
-        drop(image);
-        if let (true, Some(a)) = (self.premultiplied, &alpha) {
-            unpremultiply_coded(&mut rgb, a);
+        .ok_or_else(short)?;
+        drop(picture);
+        let image = match self.shown.crop_rect() {
+            Some((x, y, cw, ch)) => image.crop_imm(x as u32, y as u32, cw as u32, ch as u32),
+            None => image,
+        };
+        if self.premultiplied {
+            let (mut rgb, alpha) = image_to_planes(&image);
+            if let Some(a) = &alpha {
+                unpremultiply_coded(&mut rgb, a);
+            }
+            return Ok(planes_to_image(
+                &rgb,
+                alpha.as_ref(),
+                self.depth > 8,
+                self.monochrome,
+            ));
         }
-        let (rgb, alpha) = (self.shown.crop(rgb), alpha.map(|a| self.shown.crop(a)));
-        Ok(planes_to_image(
-            &rgb,
-            alpha.as_ref(),
-            self.depth > 8,
-            self.monochrome,
-        ))
+        // Monochrome pictures come as equal R, G and B.
+        Ok(match (self.monochrome, self.alpha, self.depth > 8) {
+            (false, ..) => image,
+            (true, false, false) => image.into_luma8().into(),
+            (true, true, false) => image.into_luma_alpha8().into(),
+            (true, false, true) => image.into_luma16().into(),
+            (true, true, true) => image.into_luma_alpha16().into(),
+        })
     }
 }
 
@@ -114,9 +143,9 @@ impl<'a> HeicDecoder<'a> {
 fn hevc_error(e: heic_decoder::HeifError) -> HeifError {
     use heic_decoder::HeifError as E;
     match e {
-        E::Unsupported(what) => {
-            HeifError::Unsupported(format!("a coding feature the HEVC decoder lacks ({what})"))
-        }
+        E::Unsupported(what) => HeifError::Unsupported(format!(
+            "a feature the HEVC decoder does not support ({what})"
+        )),
         E::LimitExceeded(what) => HeifError::Unsupported(format!(
             "a picture over the HEVC decoder's size limit ({what})"
         )),

@@ -84,6 +84,11 @@ impl Presentation {
         self.crop.map_or(self.stored, |(_, _, w, h)| (w, h))
     }
 
+    /// The clean aperture as a pixel rectangle (x, y, width, height) of the stored image.
+    pub fn crop_rect(&self) -> Option<(usize, usize, usize, usize)> {
+        self.crop
+    }
+
     /// Applies the clean aperture, the first of the transforms MIAF orders, to a plane
     /// of the stored size.
     pub fn crop(&self, p: Planar) -> Planar {
