@@ -254,6 +254,40 @@ fn bench_ops_checks_its_shapes_before_timing() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `bench decode` times every file it can read, names each it cannot, and fails if any
+/// failed.
+#[test]
+fn bench_decode_reports_each_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("good.png"), dir.path().join("bad.heic"));
+    write_image(&good, 9, 5);
+    std::fs::write(&bad, b"\0\0\0\x18ftypheic\0\0\0\0mif1heic").unwrap();
+    let grid = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats/heic/grid.heic");
+    let o = infdit(&[
+        "bench",
+        "decode",
+        s(&bad),
+        s(&good),
+        s(&grid),
+        "--repeat",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains("bad.heic"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("PNG 9x5") && lines[1].contains("2 runs"),
+        "{out}"
+    );
+    assert!(lines[2].contains("HEIC 100x90"), "{out}");
+    assert!(stderr(&o).contains("1 of 3 files failed"), "{}", stderr(&o));
+}
+
 #[test]
 fn convert_writes_safetensors_files_with_ordinary_permissions() {
     let dir = tempfile::tempdir().unwrap();

@@ -345,12 +345,20 @@ pub struct DecodeArgs {
 impl DecodeArgs {
     fn run(self) -> Result<()> {
         let limits = crate::imageops::io::DecodeLimits::default();
+        let mut failed = 0;
         for file in &self.files {
             let mut times = Vec::with_capacity(self.repeat);
             let mut shape = String::new();
             for _ in 0..self.repeat {
                 let start = Instant::now();
-                let img = crate::imageops::io::decode_file(file, &limits)?;
+                let img = match crate::imageops::io::decode_file(file, &limits) {
+                    Ok(img) => img,
+                    Err(e) => {
+                        println!("error: {e}");
+                        failed += 1;
+                        break;
+                    }
+                };
                 times.push(start.elapsed().as_secs_f64());
                 shape = format!(
                     "{} {}x{}{}",
@@ -360,6 +368,9 @@ impl DecodeArgs {
                     if img.sixteen_bit { " 16-bit" } else { "" }
                 );
             }
+            if times.is_empty() {
+                continue;
+            }
             times.sort_by(f64::total_cmp);
             println!(
                 "{}: {shape}: {:.3} s (best {:.3}, worst {:.3}, {} runs)",
@@ -367,9 +378,10 @@ impl DecodeArgs {
                 times[times.len() / 2],
                 times[0],
                 times[times.len() - 1],
-                self.repeat
+                times.len()
             );
         }
+        anyhow::ensure!(failed == 0, "{failed} of {} files failed", self.files.len());
         Ok(())
     }
 }
