@@ -472,6 +472,56 @@ fn damaged_heic_files_are_errors_not_crashes() {
     );
 }
 
+/// WebP output is lossy at `--quality` (close to the lossless result, smaller at a lower
+/// quality) or, with `--lossless`, the very samples a PNG output gets. An output larger
+/// than WebP stores is refused before any work.
+#[test]
+fn webp_output_is_lossy_at_the_quality_or_lossless() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let input = dir.path().join("in.png");
+    save(gradient(24, 16), &input, ImageFormat::Png);
+    let out = |name: &str| dir.path().join(name);
+    upscale_ok(&model, &[s(&input), "-o", s(&out("ref.png"))]);
+    upscale_ok(
+        &model,
+        &[s(&input), "-o", s(&out("exact.webp")), "--lossless"],
+    );
+    upscale_ok(&model, &[s(&input), "-o", s(&out("q95.webp"))]);
+    upscale_ok(
+        &model,
+        &[s(&input), "-o", s(&out("q40.webp")), "--quality", "40"],
+    );
+    let pixels = |name: &str| read(&out(name)).1.to_rgb8();
+    let reference = pixels("ref.png");
+    assert_eq!(pixels("exact.webp"), reference);
+    let mean_diff = |name: &str| {
+        let img = pixels(name);
+        let sum: f64 = img
+            .as_raw()
+            .iter()
+            .zip(reference.as_raw())
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+            .sum();
+        sum / img.as_raw().len() as f64
+    };
+    let (d95, d40) = (mean_diff("q95.webp"), mean_diff("q40.webp"));
+    assert!(d95 < 2.0 && d40 > d95, "{d95} {d40}");
+    let len = |name: &str| std::fs::metadata(out(name)).unwrap().len();
+    assert!(len("q40.webp") < len("q95.webp"));
+    let wide = dir.path().join("wide.png");
+    save(gradient(1100, 8), &wide, ImageFormat::Png);
+    let err = upscale_fails(
+        &model,
+        &[s(&wide), "-o", s(&out("wide.webp")), "--width", "16400"],
+    );
+    assert!(
+        err.contains("larger than WebP stores (16383 px a side)"),
+        "{err}"
+    );
+    assert!(!out("wide.webp").exists());
+}
+
 /// A colour-mapped TIFF (which the tiff crate reads only as indices) is upscaled in its
 /// colours, or in gray where its map is gray, and written as TIFF again.
 #[test]

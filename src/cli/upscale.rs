@@ -107,9 +107,12 @@ pub struct UpscaleArgs {
     /// Output format (default: the output file's extension, else the input's format).
     #[arg(long, value_enum, ignore_case = true)]
     pub format: Option<OutputFormat>,
-    /// JPEG quality (1–100).
+    /// JPEG and WebP quality (1–100).
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
+    /// Write WebP losslessly (larger files; PNG and TIFF always are lossless, JPEG never).
+    #[arg(long)]
+    pub lossless: bool,
     /// Do not copy the input's EXIF metadata (camera, date, location, …) to the output.
     #[arg(long)]
     pub no_exif: bool,
@@ -167,6 +170,7 @@ impl UpscaleArgs {
             dtype: None,
             format: None,
             quality: 95,
+            lossless: false,
             no_exif: false,
             overwrite: false,
             recursive: false,
@@ -588,6 +592,7 @@ impl UpscaleArgs {
         // A size that cannot be upscaled, or not in this machine's memory, is refused from
         // the header, before a large image is decoded.
         if let Some((h, w)) = peeked.and_then(|p| p.size) {
+            check_output_size(up, (h, w), out_format)?;
             up.work(h, w)?;
             up.check_memory(h, w)?;
         }
@@ -606,6 +611,7 @@ impl UpscaleArgs {
             if img.sixteen_bit { ", 16-bit" } else { "" },
             out.display()
         );
+        check_output_size(up, (img.rgb.height, img.rgb.width), out_format)?;
         let total = up.work(img.rgb.height, img.rgb.width)?;
         let bar = multi.add(ProgressBar::new(total as u64));
         bar.set_style(super::bar_style(
@@ -635,6 +641,7 @@ impl UpscaleArgs {
         let (rgb, alpha) = result?;
         let mut opts = EncodeOptions::matching(out_format, &img);
         opts.quality = self.quality;
+        opts.lossless = self.lossless;
         if self.no_exif {
             opts.exif = None;
         }
@@ -654,6 +661,23 @@ impl UpscaleArgs {
 /// Reads an image from a stream (standard input, a pipe) that comes from `name`. Its first
 /// bytes must open an accepted format, and it may not be larger than the decoder's memory
 /// budget: endless or non-image input is refused as it arrives instead of filling memory.
+/// Refuses, before any work, an output larger than its format stores (WebP's 16383 px a
+/// side, JPEG's 65535).
+fn check_output_size(
+    up: &Upscaler,
+    (height, width): (usize, usize),
+    format: OutputFormat,
+) -> Result<()> {
+    let (h, w) = up.output_size(height, width)?;
+    if let Some(max) = format.max_side().filter(|&max| h.max(w) > max) {
+        bail!(
+            "its {w}×{h} output is larger than {} stores ({max} px a side): write PNG or TIFF, or choose a smaller size",
+            format.name()
+        );
+    }
+    Ok(())
+}
+
 fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
     const HEAD: u64 = 64;
     let mut bytes = Vec::new();

@@ -223,6 +223,12 @@ impl Upscaler {
         &self.model
     }
 
+    /// The output size (height, width) of an LR image of `height`×`width`.
+    pub fn output_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let plan = self.plan(height, width)?;
+        Ok((plan.height, plan.width))
+    }
+
     /// How an LR image of `height`×`width` reaches the output size.
     fn plan(&self, height: usize, width: usize) -> Result<SizePlan> {
         let scales = scales(self.model.config().sr_scale);

@@ -5,10 +5,11 @@ use std::io::{BufWriter, Cursor, Seek, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-use image::codecs::{jpeg::JpegEncoder, webp::WebPEncoder};
+use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, ImageEncoder, ImageError, ImageFormat, ImageResult};
 
 use super::planes::{quantise_planes, with_alpha};
+use super::webp::WebpError;
 use super::{DecodedImage, ImageIoError, PngColour};
 use crate::imageops::Planar;
 
@@ -17,8 +18,8 @@ use crate::imageops::Planar;
 pub enum OutputFormat {
     Png,
     Jpeg,
-    /// Lossless only: the `image` crate has no lossy WebP encoder. WebP has no grayscale
-    /// storage: its encoder expands luma to RGB.
+    /// Encoded by libwebp, lossy or lossless. WebP has no grayscale storage: luma is
+    /// expanded to RGB.
     Webp,
     Tiff,
 }
@@ -59,6 +60,15 @@ impl OutputFormat {
             Self::Jpeg => "jpg",
             Self::Webp => "webp",
             Self::Tiff => "tiff",
+        }
+    }
+
+    /// The longest side the format stores, where it has a limit an upscale can reach.
+    pub fn max_side(self) -> Option<usize> {
+        match self {
+            Self::Jpeg => Some(usize::from(u16::MAX)),
+            Self::Webp => Some(super::webp::WEBP_MAX_SIDE as usize),
+            Self::Png | Self::Tiff => None,
         }
     }
 
@@ -115,8 +125,10 @@ impl fmt::Display for OutputFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodeOptions {
     pub format: OutputFormat,
-    /// JPEG quality, 1–100; ignored by the other (lossless) formats.
+    /// JPEG and WebP quality, 1–100; ignored by PNG and TIFF (lossless) and lossless WebP.
     pub quality: u8,
+    /// WebP: lossless rather than at `quality` (PNG and TIFF always are, JPEG never).
+    pub lossless: bool,
     /// Write 16 bits per sample. Honoured by PNG and TIFF; the others fall back to 8 bits.
     pub sixteen_bit: bool,
     /// Write a single luma channel (plus alpha). WebP stores it as RGB.
@@ -136,6 +148,7 @@ impl EncodeOptions {
         Self {
             format,
             quality: 95,
+            lossless: false,
             sixteen_bit: false,
             grayscale: false,
             icc_profile: None,
@@ -293,7 +306,10 @@ impl<'a> Encoded<'a> {
                 w,
                 self.opts.quality.clamp(1, 100),
             )),
-            OutputFormat::Webp => self.encode_with(WebPEncoder::new_lossless(w)),
+            OutputFormat::Webp => self.encode_webp(w).map_err(|e| match e {
+                WebpError::Io(e) => ImageError::IoError(e),
+                e => encoding_error(ImageFormat::WebP, e),
+            }),
             OutputFormat::Tiff => self.encode_tiff(w).map_err(|e| match e {
                 tiff::TiffError::IoError(e) => ImageError::IoError(e),
                 e => encoding_error(ImageFormat::Tiff, e),
@@ -388,13 +404,21 @@ mod tests {
             .collect()
     }
 
+    /// Options for `format`, lossless where it can be (WebP).
+    fn lossless(format: OutputFormat) -> EncodeOptions {
+        EncodeOptions {
+            lossless: true,
+            ..EncodeOptions::new(format)
+        }
+    }
+
     #[test]
     fn round_trip_every_format() {
         let dir = tempfile::tempdir().unwrap();
         let img = gradient(12, 20);
         for fmt in ALL {
             let path = dir.path().join(format!("out.{}", fmt.extension()));
-            encode_file(&path, &img, None, &EncodeOptions::new(fmt)).unwrap();
+            encode_file(&path, &img, None, &lossless(fmt)).unwrap();
             let d = decode_file(&path, &limits()).unwrap();
             assert_eq!(d.format.default_output(), fmt);
             assert!(!d.sixteen_bit && !d.grayscale && d.alpha.is_none(), "{fmt}");
@@ -463,7 +487,7 @@ mod tests {
         let (img, alpha) = (gradient(6, 10), ramp(6, 10, 3));
         for fmt in ALL {
             let path = dir.path().join(format!("a.{}", fmt.extension()));
-            encode_file(&path, &img, Some(&alpha), &EncodeOptions::new(fmt)).unwrap();
+            encode_file(&path, &img, Some(&alpha), &lossless(fmt)).unwrap();
             let d = decode_file(&path, &limits()).unwrap();
             if fmt == OutputFormat::Jpeg {
                 assert!(d.alpha.is_none());
@@ -472,6 +496,46 @@ mod tests {
                 assert_eq!(d.rgb, img, "{fmt}");
             }
         }
+    }
+
+    /// WebP is lossy at the quality asked for (close, and smaller at a lower quality), with
+    /// alpha kept exactly, or lossless.
+    #[test]
+    fn webp_is_lossy_at_its_quality_or_lossless() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, w) = (48, 64);
+        let data = (0..3 * h * w)
+            .map(|i| {
+                let (c, y, x) = (i / (h * w), i / w % h, i % w);
+                0.2 + 0.5 * x as f32 / w as f32 * (1.0 - 0.3 * c as f32) + 0.2 * y as f32 / h as f32
+            })
+            .collect();
+        let smooth = Planar::new(3, h, w, data);
+        let alpha = ramp(h, w, 7);
+        let size = |name: &str, opts: &EncodeOptions| {
+            let path = dir.path().join(name);
+            encode_file(&path, &smooth, Some(&alpha), opts).unwrap();
+            let d = decode_file(&path, &limits()).unwrap();
+            assert_eq!(d.alpha.as_ref(), Some(&alpha), "{name}");
+            (
+                std::fs::metadata(&path).unwrap().len(),
+                d.rgb.max_abs_diff(&smooth),
+            )
+        };
+        let opts = |quality| EncodeOptions {
+            quality,
+            ..EncodeOptions::new(OutputFormat::Webp)
+        };
+        let (q95, diff95) = size("q95.webp", &opts(95));
+        let (q50, diff50) = size("q50.webp", &opts(50));
+        let (_, diff) = size("lossless.webp", &lossless(OutputFormat::Webp));
+        assert!(
+            diff95 <= 6.0 / 255.0 && diff50 > diff95,
+            "{diff95} {diff50}"
+        );
+        assert!(q50 < q95, "{q50} {q95}");
+        // Lossless: only the rounding to 8 bits of these continuous samples.
+        assert!(diff <= 0.5 / 255.0 + 1e-6, "{diff}");
     }
 
     #[test]
@@ -655,13 +719,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.webp");
         std::fs::write(&path, b"stale").unwrap();
-        encode_file(
-            &path,
-            &gradient(5, 5),
-            None,
-            &EncodeOptions::new(OutputFormat::Webp),
-        )
-        .unwrap();
+        encode_file(&path, &gradient(5, 5), None, &lossless(OutputFormat::Webp)).unwrap();
         assert_eq!(decode_file(&path, &limits()).unwrap().rgb, gradient(5, 5));
     }
 

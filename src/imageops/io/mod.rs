@@ -27,6 +27,7 @@ mod png;
 #[cfg(test)]
 mod test_support;
 mod tiff;
+mod webp;
 
 pub use self::png::PngColour;
 pub use avif::{avif_child_main, decode_avif_in_child_process, AVIF_CHILD_COMMAND};

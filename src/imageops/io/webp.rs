@@ -1,0 +1,168 @@
+//! WebP output through libwebp: lossy at a quality (as JPEG output is) or lossless. The
+//! ICC profile and Exif go into the extended container (a `VP8X` header and `ICCP` and
+//! `EXIF` chunks), which libwebp's simple encoder does not write.
+
+use std::io::Write;
+
+use image::ExtendedColorType;
+
+use super::encode::Encoded;
+
+/// The longest side a WebP image has: 14 bits store it.
+pub const WEBP_MAX_SIDE: u32 = 16383;
+
+/// Why a WebP file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WebpError {
+    #[error("WebP stores at most {WEBP_MAX_SIDE} pixels a side; this image is {0}x{1} (write PNG, TIFF or JPEG)")]
+    TooLarge(u32, u32),
+    #[error("libwebp: {0}")]
+    Encoder(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Encoded<'_> {
+    /// Writes the samples as WebP: lossless if the options say so, else lossy at their
+    /// quality (sharp RGB-to-YUV conversion, which keeps the fine colour detail an upscale
+    /// adds; alpha stored losslessly).
+    pub(super) fn encode_webp(&self, mut w: impl Write) -> Result<(), WebpError> {
+        let (width, height) = (self.width, self.height);
+        if width > WEBP_MAX_SIDE || height > WEBP_MAX_SIDE {
+            return Err(WebpError::TooLarge(width, height));
+        }
+        // WebP has no gray storage: luma is expanded to RGB.
+        let expanded: Vec<u8>;
+        let (samples, alpha) = match self.color {
+            ExtendedColorType::L8 => {
+                expanded = self.buf.iter().flat_map(|&v| [v; 3]).collect();
+                (&expanded[..], false)
+            }
+            ExtendedColorType::La8 => {
+                expanded = self
+                    .buf
+                    .chunks_exact(2)
+                    .flat_map(|p| [p[0], p[0], p[0], p[1]])
+                    .collect();
+                (&expanded[..], true)
+            }
+            ExtendedColorType::Rgba8 => (&self.buf[..], true),
+            _ => (&self.buf[..], false),
+        };
+        let encoder = if alpha {
+            webp::Encoder::from_rgba(samples, width, height)
+        } else {
+            webp::Encoder::from_rgb(samples, width, height)
+        };
+        let mut config = webp::WebPConfig::new()
+            .map_err(|()| WebpError::Encoder("cannot make a configuration".into()))?;
+        if self.opts.lossless {
+            config.lossless = 1;
+            // Also the colour under fully transparent pixels, which libwebp otherwise drops.
+            config.exact = 1;
+        } else {
+            config.quality = f32::from(self.opts.quality.clamp(1, 100));
+            config.use_sharp_yuv = 1;
+            config.alpha_quality = 100;
+        }
+        let file = encoder
+            .encode_advanced(&config)
+            .map_err(|e| WebpError::Encoder(format!("{e:?}")))?;
+        let icc = self.icc_profile().map(Vec::as_slice);
+        let exif = self.exif();
+        w.write_all(&with_metadata(&file, icc, exif.as_deref())?)?;
+        Ok(())
+    }
+}
+
+/// `file`, a WebP file of one image, with an ICC profile and Exif added in the extended
+/// format's order: `VP8X`, `ICCP`, the image's chunks, `EXIF`.
+fn with_metadata(
+    file: &[u8],
+    icc: Option<&[u8]>,
+    exif: Option<&[u8]>,
+) -> Result<Vec<u8>, WebpError> {
+    if icc.is_none() && exif.is_none() {
+        return Ok(file.to_vec());
+    }
+    let bad = || WebpError::Encoder("its output is not a WebP file".into());
+    if file.get(..4) != Some(b"RIFF") || file.get(8..12) != Some(b"WEBP") {
+        return Err(bad());
+    }
+    let mut chunks = Vec::new();
+    let mut rest = &file[12..];
+    while !rest.is_empty() {
+        let kind: [u8; 4] = rest
+            .get(..4)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?;
+        let size = u32::from_le_bytes(
+            rest.get(4..8)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        ) as usize;
+        let payload = rest.get(8..8 + size).ok_or_else(bad)?;
+        chunks.push((kind, payload));
+        rest = rest.get(8 + size + size % 2..).unwrap_or_default();
+    }
+    let (width, height, alpha) = chunks
+        .iter()
+        .find_map(|&(kind, p)| frame_info(&kind, p))
+        .ok_or_else(bad)?;
+    let alpha = alpha || chunks.iter().any(|(kind, _)| kind == b"ALPH");
+    let flags = u8::from(icc.is_some()) << 5 | u8::from(alpha) << 4 | u8::from(exif.is_some()) << 3;
+    let mut header = vec![flags, 0, 0, 0];
+    header.extend_from_slice(&(width - 1).to_le_bytes()[..3]);
+    header.extend_from_slice(&(height - 1).to_le_bytes()[..3]);
+    let mut body = b"WEBP".to_vec();
+    let mut push = |kind: &[u8; 4], payload: &[u8]| {
+        body.extend_from_slice(kind);
+        body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        body.extend_from_slice(payload);
+        if payload.len() % 2 == 1 {
+            body.push(0);
+        }
+    };
+    push(b"VP8X", &header);
+    if let Some(icc) = icc {
+        push(b"ICCP", icc);
+    }
+    for (kind, payload) in chunks.iter().filter(|(kind, _)| kind != b"VP8X") {
+        push(kind, payload);
+    }
+    if let Some(exif) = exif {
+        push(b"EXIF", exif);
+    }
+    let size = u32::try_from(body.len()).map_err(|_| bad())?;
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The width, height and alpha flag of a frame chunk (`VP8 ` or `VP8L`).
+fn frame_info(kind: &[u8; 4], p: &[u8]) -> Option<(u32, u32, bool)> {
+    match kind {
+        // A key frame: 3 bytes of frame tag, the start code, then 14-bit width and height.
+        b"VP8 " => {
+            let dim = |at: usize| -> Option<u32> {
+                Some(u32::from(
+                    u16::from_le_bytes([*p.get(at)?, *p.get(at + 1)?]) & 0x3fff,
+                ))
+            };
+            Some((dim(6)?, dim(8)?, false))
+        }
+        // The signature byte, then 14 bits of width - 1, 14 of height - 1, the alpha bit.
+        b"VP8L" => {
+            let bits = u32::from_le_bytes(p.get(1..5)?.try_into().ok()?);
+            Some((
+                (bits & 0x3fff) + 1,
+                (bits >> 14 & 0x3fff) + 1,
+                bits >> 28 & 1 == 1,
+            ))
+        }
+        _ => None,
+    }
+}
