@@ -5,7 +5,7 @@
 //! aperture, rotation, mirror, colour description and Exif are read by the HEIF code
 //! AVIF shares.
 
-use image::{ColorType, DynamicImage, ImageBuffer};
+use image::{ColorType, DynamicImage, ImageBuffer, Pixel, Rgb, Rgba};
 
 use super::heif::{
     color_type, find_alpha, Codec, Coding, Heif, HeifError, Presentation, Property, Source,
@@ -84,32 +84,12 @@ impl<'a> HeicDecoder<'a> {
         // Premultiplied colour is divided in floats from 16-bit samples; other pictures
         // come at their own depth, correctly rounded.
         let (w, h) = (w as u32, h as u32);
-        let short = || HeifError::Corrupt("the HEVC picture is short of samples".into());
-        let image = match (self.alpha, self.depth > 8 || self.premultiplied) {
-            (false, false) => {
-                ImageBuffer::from_raw(w, h, picture.to_rgb8().map(|p| p.data).map_err(hevc_error)?)
-                    .map(DynamicImage::ImageRgb8)
-            }
-            (true, false) => ImageBuffer::from_raw(
-                w,
-                h,
-                picture.to_rgba8().map(|p| p.data).map_err(hevc_error)?,
-            )
-            .map(DynamicImage::ImageRgba8),
-            (false, true) => ImageBuffer::from_raw(
-                w,
-                h,
-                picture.to_rgb16().map(|p| p.data).map_err(hevc_error)?,
-            )
-            .map(DynamicImage::ImageRgb16),
-            (true, true) => ImageBuffer::from_raw(
-                w,
-                h,
-                picture.to_rgba16().map(|p| p.data).map_err(hevc_error)?,
-            )
-            .map(DynamicImage::ImageRgba16),
-        }
-        .ok_or_else(short)?;
+        let image: DynamicImage = match (self.alpha, self.depth > 8 || self.premultiplied) {
+            (false, false) => buffer::<Rgb<u8>>(w, h, picture.to_rgb8().map(|p| p.data))?.into(),
+            (true, false) => buffer::<Rgba<u8>>(w, h, picture.to_rgba8().map(|p| p.data))?.into(),
+            (false, true) => buffer::<Rgb<u16>>(w, h, picture.to_rgb16().map(|p| p.data))?.into(),
+            (true, true) => buffer::<Rgba<u16>>(w, h, picture.to_rgba16().map(|p| p.data))?.into(),
+        };
         drop(picture);
         let image = match self.shown.crop_rect() {
             Some((x, y, cw, ch)) => image.crop_imm(x as u32, y as u32, cw as u32, ch as u32),
@@ -136,6 +116,16 @@ impl<'a> HeicDecoder<'a> {
             (true, true, true) => image.into_luma_alpha16().into(),
         })
     }
+}
+
+/// A `w`×`h` image of the samples the HEVC decoder's RGB conversion gave.
+fn buffer<P: Pixel>(
+    w: u32,
+    h: u32,
+    samples: heic_decoder::Result<Vec<P::Subpixel>>,
+) -> Result<ImageBuffer<P, Vec<P::Subpixel>>, HeifError> {
+    ImageBuffer::from_raw(w, h, samples.map_err(hevc_error)?)
+        .ok_or_else(|| HeifError::Corrupt("the HEVC picture is short of samples".into()))
 }
 
 /// The HEVC decoder's error in this module's terms: what it cannot do is unsupported,
