@@ -166,3 +166,63 @@ fn frame_info(kind: &[u8; 4], p: &[u8]) -> Option<(u32, u32, bool)> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chunks of a WebP file: type and payload, padding skipped.
+    fn chunks(file: &[u8]) -> Vec<([u8; 4], Vec<u8>)> {
+        assert_eq!(&file[..4], b"RIFF");
+        let size = u32::from_le_bytes(file[4..8].try_into().unwrap()) as usize;
+        assert_eq!(size + 8, file.len());
+        let mut out = Vec::new();
+        let mut at = 12;
+        while at < file.len() {
+            let kind = file[at..at + 4].try_into().unwrap();
+            let len = u32::from_le_bytes(file[at + 4..at + 8].try_into().unwrap()) as usize;
+            out.push((kind, file[at + 8..at + 8 + len].to_vec()));
+            at += 8 + len + len % 2;
+        }
+        assert_eq!(at, file.len());
+        out
+    }
+
+    /// Odd-sized metadata is padded, the header gives the canvas and the flags, and the
+    /// image crate reads the file with its profile and Exif.
+    #[test]
+    fn metadata_goes_into_the_extended_container() {
+        let samples: Vec<u8> = (0..5 * 3 * 4).map(|i| (i * 9 % 256) as u8).collect();
+        for (lossless, alpha) in [(false, false), (false, true), (true, true)] {
+            let encoder = if alpha {
+                webp::Encoder::from_rgba(&samples, 5, 3)
+            } else {
+                webp::Encoder::from_rgb(&samples[..45], 5, 3)
+            };
+            let plain = encoder.encode_simple(lossless, 90.0).unwrap();
+            let (icc, exif) = (vec![7u8; 133], b"II*\0\x08\0\0\0\0\0\0\0\0".to_vec());
+            let file = with_metadata(&plain, Some(&icc), Some(&exif)).unwrap();
+            let found = chunks(&file);
+            let kinds: Vec<&[u8; 4]> = found.iter().map(|(k, _)| k).collect();
+            let frame: &[u8; 4] = if lossless { b"VP8L" } else { b"VP8 " };
+            let mut want = vec![b"VP8X", b"ICCP"];
+            if alpha && !lossless {
+                want.push(b"ALPH");
+            }
+            want.extend([frame, b"EXIF"]);
+            assert_eq!(kinds, want, "lossless {lossless}, alpha {alpha}");
+            let header = &found[0].1;
+            assert_eq!(header[0], 0x20 | 0x08 | if alpha { 0x10 } else { 0 });
+            assert_eq!(&header[4..], &[4, 0, 0, 2, 0, 0]);
+            assert_eq!((&found[1].1, &found.last().unwrap().1), (&icc, &exif));
+            let mut decoder =
+                image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(&file)).unwrap();
+            use image::ImageDecoder;
+            assert_eq!(decoder.dimensions(), (5, 3));
+            assert_eq!(decoder.icc_profile().unwrap(), Some(icc));
+        }
+        // Without metadata the file is libwebp's own.
+        let plain = webp::Encoder::from_rgb(&samples[..45], 5, 3).encode(90.0);
+        assert_eq!(with_metadata(&plain, None, None).unwrap(), plain.to_vec());
+    }
+}
