@@ -53,6 +53,9 @@ HEIC files (OUT_DIR/):
   nclx_pq.heic        10-bit 4:2:0, limited range, nclx 9/16/9 (BT.2020 primaries and
                       matrix, PQ); the references hold the PQ-coded values
   limited_709.heic    8-bit 4:2:0, limited range, nclx 1/1/1 (BT.709)
+  unspecified_matrix.heic
+                      8-bit 4:4:4, full range, nclx 1/13/2: the matrix left unspecified,
+                      which libheif takes as BT.601
   confwin_420.heic    67x65 8-bit 4:2:0: clap 67x65 of 68x66, and an SPS conformance window
                       cropping x265's 72x72 to 68x66
   irot1.heic, imir0.heic, imir1.heic, irot1_imir0.heic, irot3_imir1.heic
@@ -219,6 +222,9 @@ def encoded_cases(src):
          dict(chroma=420, bits=10, **pq)),
         ("limited_709", "8-bit 4:2:0, limited range, nclx 1/1/1 (BT.709)", rgb8,
          dict(chroma=420, **bt709)),
+        ("unspecified_matrix", "8-bit 4:4:4, full range, nclx 1/13/2 (matrix unspecified)",
+         rgb8, dict(chroma=444, color_primaries=1, transfer_characteristics=13,
+                    matrix_coefficients=2, full_range_flag=1)),
         ("confwin_420", f"{CONF_W}x{CONF_H} 8-bit 4:2:0: clap and an SPS conformance window",
          conf8, dict(chroma=420)),
     ]

@@ -83,12 +83,42 @@ impl<'a> HeicDecoder<'a> {
         }
         // Premultiplied colour is divided in floats from 16-bit samples; other pictures
         // come at their own depth, correctly rounded.
+        // An unspecified matrix (2) is BT.601's, as libheif and libavif (and this
+        // decoder's AVIF side) take it; heic-decoder would take BT.709's.
+        let options = heic_decoder::RgbOptions {
+            color: picture
+                .color_info
+                .filter(|c| c.matrix_coefficients == 2)
+                .map(|c| heic_decoder::ColorInfo {
+                    matrix_coefficients: 6,
+                    ..c
+                }),
+            ..Default::default()
+        };
         let (w, h) = (w as u32, h as u32);
         let image: DynamicImage = match (self.alpha, self.depth > 8 || self.premultiplied) {
-            (false, false) => buffer::<Rgb<u8>>(w, h, picture.to_rgb8().map(|p| p.data))?.into(),
-            (true, false) => buffer::<Rgba<u8>>(w, h, picture.to_rgba8().map(|p| p.data))?.into(),
-            (false, true) => buffer::<Rgb<u16>>(w, h, picture.to_rgb16().map(|p| p.data))?.into(),
-            (true, true) => buffer::<Rgba<u16>>(w, h, picture.to_rgba16().map(|p| p.data))?.into(),
+            (false, false) => {
+                buffer::<Rgb<u8>>(w, h, picture.to_rgb8_with_options(&options).map(|p| p.data))?
+                    .into()
+            }
+            (true, false) => buffer::<Rgba<u8>>(
+                w,
+                h,
+                picture.to_rgba8_with_options(&options).map(|p| p.data),
+            )?
+            .into(),
+            (false, true) => buffer::<Rgb<u16>>(
+                w,
+                h,
+                picture.to_rgb16_with_options(&options).map(|p| p.data),
+            )?
+            .into(),
+            (true, true) => buffer::<Rgba<u16>>(
+                w,
+                h,
+                picture.to_rgba16_with_options(&options).map(|p| p.data),
+            )?
+            .into(),
         };
         drop(picture);
         let image = match self.shown.crop_rect() {
@@ -230,6 +260,8 @@ mod tests {
             ("gray8", 8, 0.0, false),
             ("rgba8", 8, 0.0, false),
             ("exif_icc", 8, 0.0, false),
+            // The matrix unspecified: BT.601, as libheif takes it.
+            ("unspecified_matrix", 8, 0.0, false),
             ("rgb10_444", 10, 0.13, false),
             ("rgba10", 10, 0.13, false),
             ("rgb8_420", 8, 10.01, true),
