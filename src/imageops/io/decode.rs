@@ -700,6 +700,21 @@ mod tests {
             assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
             assert!(e.to_string().contains("truncated"), "{e}");
         }
+        // The low-overhead form of HEIF (brand mif3, whose minor version names the image
+        // brand; a 'mini' box for the 'meta' one) is told and refused by name.
+        for (brand, format) in [(b"avif", "AVIF"), (b"heic", "HEIC")] {
+            let file = [
+                &b"\0\0\0\x10ftypmif3"[..],
+                brand,
+                b"\0\0\0\x10mini",
+                &[0; 8],
+            ]
+            .concat();
+            let e = decode_bytes(&file, &limits()).unwrap_err();
+            assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+            let want = format!("{format} with the low-overhead form of HEIF");
+            assert!(e.to_string().contains(&want), "{e}");
+        }
         // A GIF header with no image after it.
         let e = decode_bytes(b"GIF89a\x01\0\x01\0\0\0\0", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");

@@ -162,11 +162,16 @@ pub(super) fn brands(head: &[u8]) -> Vec<FourCc> {
     }
 }
 
-/// The major brand, then the compatible ones, of an `ftyp` body (minor version skipped).
+/// The major brand, then the compatible ones, of an `ftyp` body. The minor version is
+/// skipped, except under the low-overhead brand `mif3`, where that field names the
+/// image's brand (`avif`, `heic`, ...).
 fn ftyp_brands(body: &[u8]) -> Vec<FourCc> {
-    let major = body.get(..4).into_iter();
+    let major = body.get(..4);
+    let minor = body.get(4..8).filter(|_| major == Some(b"mif3"));
     let compatible = body.get(8..).unwrap_or_default().chunks_exact(4);
     major
+        .into_iter()
+        .chain(minor)
         .chain(compatible)
         .map(|b| b.try_into().expect("four bytes"))
         .collect()
@@ -406,6 +411,7 @@ impl<'a> Heif<'a> {
             has_tracks: false,
         };
         let mut meta = None;
+        let mut mini = false;
         for b in Reader::new(file, "the file").boxes() {
             // A file cut short (or only its head, read to learn its size) can still be
             // parsed; the missing item data is reported when it is read.
@@ -417,12 +423,15 @@ impl<'a> Heif<'a> {
             match &kind {
                 b"meta" if meta.is_none() => meta = Some(body),
                 b"moov" => heif.has_tracks = true,
+                b"mini" => mini = true,
                 _ => {}
             }
         }
         let Some(meta) = meta else {
             return Err(if heif.has_tracks {
                 HeifError::Unsupported("an image sequence without a still image".into())
+            } else if mini {
+                HeifError::Unsupported("the low-overhead form of HEIF (a 'mini' box)".into())
             } else {
                 corrupt("the file has no 'meta' box (truncated?)")
             });
