@@ -473,8 +473,8 @@ fn damaged_heic_files_are_errors_not_crashes() {
 }
 
 /// WebP output is lossy at `--quality` (close to the lossless result, smaller at a lower
-/// quality) or, with `--lossless`, the very samples a PNG output gets. An output larger
-/// than WebP stores is refused before any work.
+/// quality) or, with `--lossless`, the very samples a PNG output gets (a lossless JPEG is
+/// refused). An output larger than WebP stores is refused before any work.
 #[test]
 fn webp_output_is_lossy_at_the_quality_or_lossless() {
     let dir = tempfile::tempdir().unwrap();
@@ -509,6 +509,8 @@ fn webp_output_is_lossy_at_the_quality_or_lossless() {
     assert!(d95 < 2.0 && d40 > d95, "{d95} {d40}");
     let len = |name: &str| std::fs::metadata(out(name)).unwrap().len();
     assert!(len("q40.webp") < len("q95.webp"));
+    let err = upscale_fails(&model, &[s(&input), "-o", s(&out("x.jpg")), "--lossless"]);
+    assert!(err.contains("JPEG output is always lossy"), "{err}");
     let wide = dir.path().join("wide.png");
     save(gradient(1100, 8), &wide, ImageFormat::Png);
     let err = upscale_fails(

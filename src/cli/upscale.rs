@@ -227,6 +227,15 @@ impl UpscaleArgs {
                 );
             }
         }
+        let named_format = self.format.or_else(|| {
+            self.output
+                .as_deref()
+                .filter(|o| !is_stdio(o))
+                .and_then(OutputFormat::from_path)
+        });
+        if self.lossless && named_format == Some(OutputFormat::Jpeg) {
+            bail!("--lossless: JPEG output is always lossy (write PNG, TIFF or WebP)");
+        }
         if self.to_stdout() {
             if !self.one_named_file() {
                 bail!("-o - writes one image: give exactly one input file");
