@@ -122,7 +122,7 @@ impl Presentation {
     }
 
     /// The colour description to carry to PNG outputs: the H.273 code points where no ICC
-    /// profile is given (an ICC profile outranks them, as in libavif and libheif), and the
+    /// profile is given (an ICC profile outranks them, as in libavif), and the
     /// HDR levels.
     pub fn png_colour(&self) -> PngColour {
         let srgb_like = |n: &Nclx| matches!(n.primaries, 1 | 2) && matches!(n.transfer, 2 | 13);
