@@ -415,6 +415,22 @@ mod tests {
         );
     }
 
+    /// A HEIF image in another coding is refused with its name.
+    #[test]
+    fn other_codings_are_named() {
+        let mut file = std::fs::read(format_fixture("heic/rgb8_444.heic")).unwrap();
+        let infe = file.windows(4).position(|w| w == b"infe").unwrap();
+        let kind = infe + file[infe..].windows(4).position(|w| w == b"hvc1").unwrap();
+        file[kind..kind + 4].copy_from_slice(b"unci");
+        let e = crate::imageops::io::decode_bytes(&file, &limits())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("HEIC with a primary image of type 'unci' (uncompressed)"),
+            "{e}"
+        );
+    }
+
     /// A file cut short anywhere is an error, and so is any damage the decoder notices.
     #[test]
     fn truncated_files_are_refused() {

@@ -41,10 +41,22 @@ impl Source {
                 }
                 Ok(Self::Grid(grid))
             }
-            kind => Err(HeifError::Unsupported(format!(
-                "a primary image of type '{}'",
-                name(kind).trim_end_matches(' ')
-            ))),
+            kind => {
+                let coded = match kind {
+                    b"av01" => " (AV1)",
+                    b"hvc1" => " (HEVC)",
+                    b"avc1" => " (H.264)",
+                    b"vvc1" => " (H.266)",
+                    b"jpeg" => " (JPEG)",
+                    b"j2k1" => " (JPEG 2000)",
+                    b"unci" => " (uncompressed)",
+                    _ => "",
+                };
+                Err(HeifError::Unsupported(format!(
+                    "a primary image of type '{}'{coded}",
+                    name(kind).trim_end_matches(' ')
+                )))
+            }
         }
     }
 
