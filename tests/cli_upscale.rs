@@ -474,7 +474,8 @@ fn damaged_heic_files_are_errors_not_crashes() {
 
 /// WebP output is lossy at `--quality` (close to the lossless result, smaller at a lower
 /// quality) or, with `--lossless`, the very samples a PNG output gets (a lossless JPEG is
-/// refused). An output larger than WebP stores is refused before any work.
+/// refused where named, and warned of where it follows the input). An output larger than
+/// WebP stores is refused before any work.
 #[test]
 fn webp_output_is_lossy_at_the_quality_or_lossless() {
     let dir = tempfile::tempdir().unwrap();
@@ -511,6 +512,16 @@ fn webp_output_is_lossy_at_the_quality_or_lossless() {
     assert!(len("q40.webp") < len("q95.webp"));
     let err = upscale_fails(&model, &[s(&input), "-o", s(&out("x.jpg")), "--lossless"]);
     assert!(err.contains("JPEG output is always lossy"), "{err}");
+    // A JPEG output that follows a JPEG input is written lossy, with a warning.
+    let jpeg = dir.path().join("photo.jpg");
+    save(gradient(24, 16), &jpeg, ImageFormat::Jpeg);
+    let done = upscale_ok(&model, &[s(&jpeg), "--lossless"]);
+    assert!(
+        stderr(&done).contains("--lossless applies to WebP"),
+        "{}",
+        stderr(&done)
+    );
+    assert!(dir.path().join("photo_x4.jpg").is_file());
     let wide = dir.path().join("wide.png");
     save(gradient(1100, 8), &wide, ImageFormat::Png);
     let err = upscale_fails(

@@ -581,6 +581,17 @@ impl UpscaleArgs {
             None => peek_file(input),
         };
         let (out, out_format) = self.output_path(item, peeked.map(|p| p.format))?;
+        // A JPEG output named on the command line is refused with --lossless (see `run`);
+        // one that follows a JPEG input is written lossy, with one warning a run.
+        if self.lossless && out_format == OutputFormat::Jpeg {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "--lossless applies to WebP: JPEG outputs are written at --quality {}",
+                    self.quality
+                )
+            });
+        }
         let stdout = is_stdio(&out);
         if !stdout {
             crate::fsutil::check_replaceable(&out, input, inputs)?;
