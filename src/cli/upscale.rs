@@ -678,9 +678,6 @@ impl UpscaleArgs {
     }
 }
 
-/// Reads an image from a stream (standard input, a pipe) that comes from `name`. Its first
-/// bytes must open an accepted format, and it may not be larger than the decoder's memory
-/// budget: endless or non-image input is refused as it arrives instead of filling memory.
 /// Refuses, before any work, an output larger than its format stores (WebP's 16383 px a
 /// side, JPEG's 65535).
 fn check_output_size(
@@ -698,6 +695,9 @@ fn check_output_size(
     Ok(())
 }
 
+/// Reads an image from a stream (standard input, a pipe) that comes from `name`. Its first
+/// bytes must open an accepted format, and it may not be larger than the decoder's memory
+/// budget: endless or non-image input is refused as it arrives instead of filling memory.
 fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
     const HEAD: u64 = 64;
     let mut bytes = Vec::new();
