@@ -434,8 +434,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = eight_colours();
         let want = image_to_planes(&DynamicImage::ImageRgb8(src.clone())).0;
-        // JPEG XL and AVIF, which the image crate cannot write, have their own tests (below,
-        // and in `avif`).
+        // JPEG XL, AVIF and HEIC, which the image crate cannot write, have their own tests
+        // (below, and in `avif` and `heic`).
         for format in InputFormat::ALL {
             let Some(image_format) = format.image_format() else {
                 continue;

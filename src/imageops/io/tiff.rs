@@ -68,9 +68,8 @@ pub(super) fn decode_tiff(
     let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
     let (h, w) = (h as usize, w as usize);
     let planar = is_planar(&mut d);
-    let tiled = d.find_tag(Tag::TileWidth).ok().flatten().is_some();
     let mut samples = DecodingResult::U8(Vec::new());
-    if planar && tiled {
+    if planar && is_tiled(&mut d) {
         samples = read_tiled_planes(&mut d, channels, (h, w), limits)?;
     } else {
         // All planes of a planar image (`read_image` reads only the first).
@@ -228,6 +227,14 @@ fn is_planar<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> bool {
     let samples = d.find_tag_unsigned::<u16>(Tag::SamplesPerPixel);
     let planar = d.find_tag_unsigned::<u16>(Tag::PlanarConfiguration);
     samples.ok().flatten().is_some_and(|n| n > 1) && planar.ok().flatten() == Some(2)
+}
+
+/// Whether the image is stored in tiles rather than strips.
+fn is_tiled<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> bool {
+    d.find_tag(tiff::tags::Tag::TileWidth)
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// The samples of a tiled planar `(h, w)` image, plane after plane, read tile by tile.
@@ -539,8 +546,7 @@ impl TiffFacts {
                         .ok()
                         .flatten()
                         == Some(3),
-                    tiled_planar: d.find_tag(Tag::TileWidth).ok().flatten().is_some()
-                        && is_planar(&mut d),
+                    tiled_planar: is_tiled(&mut d) && is_planar(&mut d),
                 }
             },
         );
