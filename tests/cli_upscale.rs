@@ -160,6 +160,20 @@ fn png_cicp(path: &Path) -> Option<(u8, u8)> {
         .map(|c| (c.color_primaries, c.transfer_function))
 }
 
+/// Checks the PNG each input file in `dir` was upscaled to (`STEM_x4.png`): its colour
+/// type and size, and that it lies within `tolerance` of the input's bicubic upscale.
+fn assert_png_outputs(dir: &Path, expected: &[(&str, ColorType, (u32, u32))], tolerance: f32) {
+    for &(input, colour, size) in expected {
+        let stem = Path::new(input).file_stem().unwrap().to_str().unwrap();
+        let out = dir.join(format!("{stem}_x4.png"));
+        let (format, img) = read(&out);
+        assert_eq!((format, img.color()), (ImageFormat::Png, colour), "{input}");
+        assert_eq!((img.width(), img.height()), size, "{input}");
+        let d = distance_to_bicubic(&dir.join(input), &out);
+        assert!(d < tolerance, "{input} is far from its input: {d}");
+    }
+}
+
 /// Upscales every single-byte change (`^ 0x5a`) and every truncation of `data`, as files
 /// `NAME.ext` in one folder: each must be an error line or an image, never a crash, and
 /// every truncation an error.
@@ -371,14 +385,14 @@ fn jpeg_xl_in_png_out() {
         listing(&inputs),
         ["LOSSY.JXL", "LOSSY_x4.png", "RGBA16.JXL", "RGBA16_x4.png"]
     );
-    for (name, colour) in [("LOSSY", ColorType::Rgb8), ("RGBA16", ColorType::Rgba16)] {
-        let out = inputs.join(format!("{name}_x4.png"));
-        let (format, img) = read(&out);
-        assert_eq!((format, img.color()), (ImageFormat::Png, colour), "{name}");
-        assert_eq!((img.width(), img.height()), (92, 68), "{name}");
-        let d = distance_to_bicubic(&inputs.join(format!("{name}.JXL")), &out);
-        assert!(d < 0.015, "{name} is far from its input: {d}");
-    }
+    assert_png_outputs(
+        &inputs,
+        &[
+            ("LOSSY.JXL", ColorType::Rgb8, (92, 68)),
+            ("RGBA16.JXL", ColorType::Rgba16, (92, 68)),
+        ],
+        0.015,
+    );
 }
 
 /// AVIF (decoded by rav1d, not the image crate) is found in directories, is shown upright
@@ -395,18 +409,15 @@ fn avif_in_png_out() {
         std::fs::copy(fixtures.join(&file), inputs.join(file)).unwrap();
     }
     upscale_ok(&model, &[s(&inputs)]);
-    for (name, colour, size) in [
-        ("rgba8_444", ColorType::Rgba8, (148, 92)),
-        ("irot1", ColorType::Rgb8, (92, 148)),
-        ("bt2020_pq", ColorType::Rgb16, (148, 92)),
-    ] {
-        let out = inputs.join(format!("{name}_x4.png"));
-        let (format, img) = read(&out);
-        assert_eq!((format, img.color()), (ImageFormat::Png, colour), "{name}");
-        assert_eq!((img.width(), img.height()), size, "{name}");
-        let d = distance_to_bicubic(&inputs.join(format!("{name}.avif")), &out);
-        assert!(d < 0.02, "{name} is far from its input: {d}");
-    }
+    assert_png_outputs(
+        &inputs,
+        &[
+            ("rgba8_444.avif", ColorType::Rgba8, (148, 92)),
+            ("irot1.avif", ColorType::Rgb8, (92, 148)),
+            ("bt2020_pq.avif", ColorType::Rgb16, (148, 92)),
+        ],
+        0.02,
+    );
     // The PQ colour space is carried as cICP, so viewers show the result as HDR.
     assert_eq!(png_cicp(&inputs.join("bt2020_pq_x4.png")), Some((9, 16)));
 }
@@ -440,23 +451,16 @@ fn heic_in_png_out() {
     std::fs::copy(fixtures.join("grid.heic"), inputs.join("IMG_0001.HEIC")).unwrap();
     save(gradient(16, 12), &inputs.join("a.png"), ImageFormat::Png);
     upscale_ok(&model, &[s(&inputs)]);
-    for (name, colour, size) in [
-        ("rgba8", ColorType::Rgba8, (148, 92)),
-        ("irot1", ColorType::Rgb8, (92, 148)),
-        ("nclx_pq", ColorType::Rgb16, (148, 92)),
-        ("IMG_0001", ColorType::Rgb8, (400, 360)),
-    ] {
-        let out = inputs.join(format!("{name}_x4.png"));
-        let (format, img) = read(&out);
-        assert_eq!((format, img.color()), (ImageFormat::Png, colour), "{name}");
-        assert_eq!((img.width(), img.height()), size, "{name}");
-        let input = match name {
-            "IMG_0001" => inputs.join("IMG_0001.HEIC"),
-            _ => inputs.join(format!("{name}.heic")),
-        };
-        let d = distance_to_bicubic(&input, &out);
-        assert!(d < 0.02, "{name} is far from its input: {d}");
-    }
+    assert_png_outputs(
+        &inputs,
+        &[
+            ("rgba8.heic", ColorType::Rgba8, (148, 92)),
+            ("irot1.heic", ColorType::Rgb8, (92, 148)),
+            ("nclx_pq.heic", ColorType::Rgb16, (148, 92)),
+            ("IMG_0001.HEIC", ColorType::Rgb8, (400, 360)),
+        ],
+        0.02,
+    );
     assert!(inputs.join("a_x4.png").is_file());
     assert_eq!(png_cicp(&inputs.join("nclx_pq_x4.png")), Some((9, 16)));
 }
