@@ -390,12 +390,23 @@ mod tests {
         assert_eq!(heic("rgb8_444").png_colour, Default::default());
     }
 
+    /// Where the four bytes `kind` (a box or item type) first stand in `file`.
+    fn find(file: &[u8], kind: &[u8; 4]) -> usize {
+        file.windows(4).position(|w| w == kind).unwrap()
+    }
+
+    /// The error decoding `file` gives.
+    fn decoding_error(file: &[u8]) -> String {
+        crate::imageops::io::decode_bytes(file, &limits())
+            .unwrap_err()
+            .to_string()
+    }
+
     /// A picture of another size than the header says is refused before it is decoded
     /// (here the 64x64 picture of a 37x23 image, its header made to say 62x62).
     #[test]
     fn a_picture_of_another_size_than_its_header_is_refused() {
         let mut file = std::fs::read(format_fixture("heic/rgb8_444.heic")).unwrap();
-        let find = |file: &[u8], kind: &[u8]| file.windows(4).position(|w| w == kind).unwrap();
         let ispe = find(&file, b"ispe") + 8;
         for at in [ispe, ispe + 4] {
             file[at..at + 4].copy_from_slice(&62u32.to_be_bytes());
@@ -406,9 +417,7 @@ mod tests {
         for (i, v) in [1u32, 2, 1, 2].into_iter().enumerate() {
             file[clap + 4 * i..][..4].copy_from_slice(&v.to_be_bytes());
         }
-        let e = crate::imageops::io::decode_bytes(&file, &limits())
-            .unwrap_err()
-            .to_string();
+        let e = decoding_error(&file);
         assert!(
             e.contains("62x62 by its header but its HEVC picture is 64x64"),
             "{e}"
@@ -419,12 +428,10 @@ mod tests {
     #[test]
     fn other_codings_are_named() {
         let mut file = std::fs::read(format_fixture("heic/rgb8_444.heic")).unwrap();
-        let infe = file.windows(4).position(|w| w == b"infe").unwrap();
-        let kind = infe + file[infe..].windows(4).position(|w| w == b"hvc1").unwrap();
+        let infe = find(&file, b"infe");
+        let kind = infe + find(&file[infe..], b"hvc1");
         file[kind..kind + 4].copy_from_slice(b"unci");
-        let e = crate::imageops::io::decode_bytes(&file, &limits())
-            .unwrap_err()
-            .to_string();
+        let e = decoding_error(&file);
         assert!(
             e.contains("HEIC with a primary image of type 'unci' (uncompressed)"),
             "{e}"
