@@ -122,8 +122,8 @@ pub fn sample_case(
     let mut first = None;
     let out = sample(
         sampler,
-        &cond.concat_lr,
-        &noise,
+        cond.concat_lr.clone(),
+        noise,
         &mut |x, s| engine.denoise(x, s, &cond, &mut |_| {}),
         &mut |i, x| {
             if i == 0 {

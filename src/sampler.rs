@@ -109,48 +109,40 @@ impl SamplerConfig {
     }
 }
 
-/// `a + k·(b − c)` elementwise, the one update shape every step uses.
-fn axpy_diff(a: &Planar, k: f32, b: &Planar, c: &Planar) -> Planar {
-    let data = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .zip(&c.data)
-        .map(|((a, b), c)| a + k * (b - c))
-        .collect();
-    Planar::new(a.channels, a.height, a.width, data)
-}
-
 /// Runs the sampler from `start + σ_max·noise` (`start` is the bicubic upsample for the
 /// released model). `denoise(x, σ)` is D; `on_step(i, x)` sees the state after step `i`.
+///
+/// The steps are NOTES §6's, computed in place: the state, the derivative (which takes
+/// the place of D) and, for Heun, the Euler guess and its D are the only full-size images
+/// alive, since at 8192² each is 800 MB.
 pub fn sample(
     cfg: &SamplerConfig,
-    start: &Planar,
-    noise: &Planar,
+    start: Planar,
+    noise: Planar,
     denoise: &mut dyn FnMut(&Planar, f32) -> Result<Planar>,
     on_step: &mut dyn FnMut(usize, &Planar),
 ) -> Result<Planar> {
     let sigmas = cfg.sigmas();
-    let mut x = start.zip_map(noise, |a, n| a + sigmas[0] * n);
+    let mut x = start;
+    x.zip_assign(&noise, |a, n| a + sigmas[0] * n);
+    drop(noise);
     for i in 0..cfg.steps {
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let den = denoise(&x, s)?;
-        // d = (x − D)/σ, so x + (σ' − σ)·d = x + ((σ' − σ)/σ)·(x − D).
-        let x_euler = axpy_diff(&x, (s_next - s) / s, &x, &den);
-        x = if s_next == 0.0 || cfg.kind == SamplerKind::Euler {
-            x_euler
+        let h = s_next - s;
+        // d = (x − D(x, σ))/σ
+        let mut d = denoise(&x, s)?;
+        d.zip_assign(&x, |den, x| (x - den) / s);
+        if s_next == 0.0 || cfg.kind == SamplerKind::Euler {
+            x.zip_assign(&d, |x, d| x + h * d);
         } else {
-            let den2 = denoise(&x_euler, s_next)?;
-            let h = s_next - s;
-            let data = x
-                .data
-                .iter()
-                .zip(&den.data)
-                .zip(x_euler.data.iter().zip(&den2.data))
-                .map(|((&x, &d1), (&xe, &d2))| x + h * ((x - d1) / s + (xe - d2) / s_next) / 2.0)
-                .collect();
-            Planar::new(x.channels, x.height, x.width, data)
-        };
+            let x_euler = x.zip_map(&d, |x, d| x + h * d);
+            // d' = (x_e − D(x_e, σ'))/σ', kept in place of D(x_e, σ').
+            let mut d2 = denoise(&x_euler, s_next)?;
+            d2.zip_assign(&x_euler, |den, xe| (xe - den) / s_next);
+            drop(x_euler);
+            d.zip_assign(&d2, |d, d2| (d + d2) / 2.0);
+            x.zip_assign(&d, |x, d| x + h * d);
+        }
         on_step(i, &x);
     }
     Ok(x)
@@ -211,8 +203,8 @@ mod tests {
         };
         let out = sample(
             &cfg,
-            &target,
-            &noise,
+            target.clone(),
+            noise,
             &mut |_, _| Ok(target.clone()),
             &mut |_, _| {},
         )

@@ -197,10 +197,12 @@ impl<'a> MemoryModel<'a> {
     }
 }
 
-/// The sampler's host image buffers for an `height × width` output: about ten f32 RGB
-/// images (state, noise, conditioning, Heun's buffers, the result).
+/// The sampler's host image buffers for an `height × width` output: seven f32 RGB images.
+/// Heun's step holds five at once (the conditioning, the state, the derivative, the Euler
+/// guess and the denoiser's output at it); the self-ensemble's sum is a sixth, and the
+/// seventh covers the smaller buffers around them (measured: 71 bytes per pixel).
 pub fn host_image_bytes(height: usize, width: usize) -> u64 {
-    10 * 3 * (height * width) as u64 * 4
+    7 * 3 * (height * width) as u64 * 4
 }
 
 /// Memory this process can still take, if known: the least of the system's available

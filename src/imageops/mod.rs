@@ -82,6 +82,16 @@ impl Planar {
         Planar::new(self.channels, self.height, self.width, data)
     }
 
+    /// [`Planar::zip_map`] in place: each sample of `self` becomes `f(self, other)`, so
+    /// that full-size updates need no third image.
+    pub fn zip_assign(&mut self, other: &Planar, f: impl Fn(f32, f32) -> f32) {
+        assert_eq!(self.shape(), other.shape(), "planar shapes differ");
+        self.data
+            .iter_mut()
+            .zip(&other.data)
+            .for_each(|(a, &b)| *a = f(*a, b));
+    }
+
     /// Largest |difference| between two images of the same shape.
     pub fn max_abs_diff(&self, other: &Planar) -> f32 {
         self.zip_map(other, |a, b| (a - b).abs())

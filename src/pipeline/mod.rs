@@ -356,11 +356,15 @@ impl Upscaler {
                     progress(Progress { done, total });
                 })?;
             }
-            let img = output_image(img.undo_dihedral(t));
-            sum = Some(match sum {
-                Some(acc) => acc.zip_map(&img, |a, b| a + b),
-                None => img,
+            let img = output_image(if t == Dihedral::IDENTITY {
+                img
+            } else {
+                img.undo_dihedral(t)
             });
+            match &mut sum {
+                Some(acc) => acc.zip_assign(&img, |a, b| a + b),
+                None => sum = Some(img),
+            }
         }
         let mean = sum.expect("at least one transform").map(|v| v / n as f32);
         Ok(if plan.resamples(rgb.height, rgb.width) {
@@ -386,8 +390,8 @@ impl Upscaler {
         let noise = initial_noise(self.opts.seed.wrapping_add(pass), channels, hh, hw);
         let out = sample(
             &self.opts.sampler,
-            &self.diffused(&cond.concat_lr, &cond),
-            &noise,
+            self.diffused(cond.concat_lr.clone(), &cond),
+            noise,
             &mut |x, sigma| engine.denoise(x, sigma, &cond, on_blocks),
             &mut |_, _| {},
         )?;
@@ -396,30 +400,33 @@ impl Upscaler {
             out.data.iter().all(|v| v.is_finite()),
             "the model's output holds NaN or infinite values: its weights or config are broken"
         );
-        Ok(self
-            .image(&out, &cond)
-            .crop_clamped(0, 0, lr.height * scale, lr.width * scale)
-            .map(|v| v.clamp(-1.0, 1.0)))
+        let (h, w) = (lr.height * scale, lr.width * scale);
+        let out = self.image(out, &cond);
+        drop(cond);
+        let out = if out.shape() == (out.channels, h, w) {
+            out
+        } else {
+            out.crop_clamped(0, 0, h, w)
+        };
+        Ok(out.map(|v| v.clamp(-1.0, 1.0)))
     }
 
     /// What the model diffuses for the image `img`: the image itself, or for a residual
     /// model its difference from the bicubic upsample (so sampling from the bicubic
     /// upsample starts a residual model at zero).
-    fn diffused(&self, img: &Planar, cond: &Conditioning) -> Planar {
+    fn diffused(&self, mut img: Planar, cond: &Conditioning) -> Planar {
         if self.model.config().residual {
-            img.zip_map(&cond.concat_lr, |a, b| a - b)
-        } else {
-            img.clone()
+            img.zip_assign(&cond.concat_lr, |a, b| a - b);
         }
+        img
     }
 
     /// The image a diffused sample stands for (the inverse of [`Self::diffused`]).
-    fn image(&self, sample: &Planar, cond: &Conditioning) -> Planar {
+    fn image(&self, mut sample: Planar, cond: &Conditioning) -> Planar {
         if self.model.config().residual {
-            sample.zip_map(&cond.concat_lr, |a, b| a + b)
-        } else {
-            sample.clone()
+            sample.zip_assign(&cond.concat_lr, |a, b| a + b);
         }
+        sample
     }
 
     /// The model's inputs for a ×`scale` pass over the [-1, 1] image `lr`, padded to whole
@@ -499,13 +506,12 @@ impl Upscaler {
         }
         let cond = self.conditioning(&to_model_range(lr.clone()), cfg.sr_scale)?;
         let noise = initial_noise(self.opts.seed, start.channels, hh, hw);
-        let x = self
-            .diffused(&to_model_range(start.clone()), &cond)
-            .zip_map(&noise, |a, n| a + sigma * n);
+        let mut x = self.diffused(to_model_range(start.clone()), &cond);
+        x.zip_assign(&noise, |a, n| a + sigma * n);
         let out = self
             .engine(hh, hw)?
             .denoise(&x, sigma, &cond, &mut |_| {})?;
-        Ok(output_image(self.image(&out, &cond)))
+        Ok(output_image(self.image(out, &cond)))
     }
 
     fn batch_size(&self, height: usize, width: usize) -> Result<usize> {
