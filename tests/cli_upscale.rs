@@ -1060,6 +1060,63 @@ fn exif_rotated_jpeg_comes_out_upright() {
     assert_eq!((d.rgb.width, d.rgb.height), (48, 96));
 }
 
+/// A photo's XMP reaches every output format with its orientation upright and its
+/// dimensions the output's; `--no-metadata` leaves it out, and a packet that is not XML is
+/// left out with a warning naming the file.
+#[test]
+fn xmp_is_kept_upright_with_the_output_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let plain = dir.path().join("plain.jpg");
+    save(gradient(24, 12), &plain, ImageFormat::Jpeg);
+    let with_xmp = |packet: &str| {
+        let jpeg = with_exif_orientation(&std::fs::read(&plain).unwrap(), 6);
+        let signature = b"http://ns.adobe.com/xap/1.0/\0";
+        let length = (2 + signature.len() + packet.len()) as u16;
+        let mut out = jpeg[..2].to_vec();
+        out.extend([0xFF, 0xE1]);
+        out.extend(length.to_be_bytes());
+        out.extend(signature);
+        out.extend(packet.as_bytes());
+        out.extend(&jpeg[2..]);
+        out
+    };
+    let packet = r#"<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" tiff:Orientation="6" exif:PixelXDimension="24" exif:PixelYDimension="12" dc:format="image/jpeg"/></rdf:RDF></x:xmpmeta>"#;
+    let src = dir.path().join("photo.jpg");
+    std::fs::write(&src, with_xmp(packet)).unwrap();
+    for format in ["png", "jpg", "webp", "tiff"] {
+        let out = dir.path().join(format!("out.{format}"));
+        upscale_ok(&model, &[s(&src), "-o", s(&out)]);
+        let d = decode_file(&out, &DecodeLimits::default()).unwrap();
+        assert_eq!((d.rgb.width, d.rgb.height), (48, 96), "{format}");
+        let xmp = String::from_utf8(d.xmp.expect("XMP is kept")).unwrap();
+        for want in [
+            r#"tiff:Orientation="1""#,
+            r#"exif:PixelXDimension="48""#,
+            r#"exif:PixelYDimension="96""#,
+            r#"dc:format="image/jpeg""#,
+        ] {
+            assert!(xmp.contains(want), "{format}: {want} missing from {xmp}");
+        }
+        upscale_ok(
+            &model,
+            &[s(&src), "-o", s(&out), "--overwrite", "--no-metadata"],
+        );
+        let d = decode_file(&out, &DecodeLimits::default()).unwrap();
+        assert_eq!((d.xmp, d.exif), (None, None), "{format}");
+    }
+    let broken = dir.path().join("broken_xmp.jpg");
+    std::fs::write(&broken, with_xmp("<x:xmpmeta><rdf:RDF>")).unwrap();
+    let out = dir.path().join("broken.png");
+    let err = stderr(&upscale_ok(&model, &[s(&broken), "-o", s(&out)]));
+    assert!(
+        err.contains("broken_xmp.jpg: ignoring XMP metadata that is not well-formed XML"),
+        "{err}"
+    );
+    let d = decode_file(&out, &DecodeLimits::default()).unwrap();
+    assert!(d.xmp.is_none() && d.exif.is_some());
+}
+
 /// EXIF that is not TIFF data would make the output file invalid: it is left out, with a
 /// warning that names the file.
 #[test]

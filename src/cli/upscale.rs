@@ -113,8 +113,9 @@ pub struct UpscaleArgs {
     /// Write WebP losslessly (larger files; PNG and TIFF always are lossless, JPEG never).
     #[arg(long)]
     pub lossless: bool,
-    /// Do not copy the input's EXIF metadata (camera, date, location, …) to the output.
-    #[arg(long)]
+    /// Do not copy the input's EXIF and XMP metadata (camera, date, location, keywords, …)
+    /// to the output.
+    #[arg(long, visible_alias = "no-metadata")]
     pub no_exif: bool,
     /// Replace existing outputs (default: skip them).
     #[arg(long)]
@@ -664,6 +665,7 @@ impl UpscaleArgs {
         opts.lossless = self.lossless;
         if self.no_exif {
             opts.exif = None;
+            opts.xmp = None;
         }
         if stdout {
             let bytes = encode_bytes(Path::new("<stdout>"), &rgb, alpha.as_ref(), &opts)?;

@@ -5,6 +5,7 @@ pub mod bleed;
 pub mod exif;
 pub mod io;
 pub mod resize;
+pub mod xmp;
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};

@@ -82,7 +82,7 @@ fn detect_and_decode(
         });
     };
     let err = |e| ImageIoError::from_decode(path, e);
-    let (decoded, several) = match format.image_format() {
+    let (mut decoded, several) = match format.image_format() {
         Some(image_format) => decode_image_crate(reader, format, image_format, path, limits)?,
         None if format == InputFormat::Avif => {
             let data = read_all(reader, path)?;
@@ -94,22 +94,34 @@ fn detect_and_decode(
         }
         None => {
             let data = read_all(reader, path)?;
-            let frames = jxl_frames(&data, limits).map_err(|detail| ImageIoError::Corrupt {
-                path: path.into(),
-                detail,
-            })?;
+            let (frames, xml) =
+                jxl_frames(&data, limits).map_err(|detail| ImageIoError::Corrupt {
+                    path: path.into(),
+                    detail,
+                })?;
             let mut decoder = JxlDecoder::new(Cursor::new(&data[..])).map_err(err)?;
             decoder.set_limits(limits.for_decoder()).map_err(err)?;
             // The decoder has already turned the image upright by the codestream's
             // orientation, which is the one JPEG XL readers obey; an EXIF orientation in
             // the file is not applied again.
-            let decoded = decode_with(decoder, format, false, path, limits)?;
+            let mut decoded = decode_with(decoder, format, false, path, limits)?;
+            decoded.xmp = xml;
             (decoded, (frames > 1).then_some("animated JPEG XL"))
         }
     };
     if let Some(what) = several {
         tracing::warn!("{}: {what}: only the first image is read", path.display());
     }
+    decoded.xmp = decoded.xmp.filter(|packet| {
+        let usable = crate::imageops::xmp::for_output(packet, 1, 1).is_some();
+        if !usable {
+            tracing::warn!(
+                "{}: ignoring XMP metadata that is not well-formed XML",
+                path.display()
+            );
+        }
+        usable
+    });
     Ok(decoded)
 }
 
@@ -209,6 +221,7 @@ fn decode_image_crate(
         };
         if let Some(facts) = tiff {
             decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
+            decoded.xmp = facts.xmp;
             if let Some(alpha) = decoded.alpha.as_ref().filter(|_| facts.associated_alpha) {
                 unpremultiply(&mut decoded.rgb, alpha);
             }
@@ -304,18 +317,23 @@ fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoEr
     Ok(data)
 }
 
-/// The number of frames of a JPEG XL file, once it is known to hold all of them.
+/// The number of frames of a JPEG XL file, once it is known to hold all of them, and its
+/// XMP packet (the first `xml ` box), which jxl-oxide's decoder does not pass on.
 /// jxl-oxide renders whatever part of a frame has arrived (progressive decoding), so a
 /// half-downloaded file would otherwise be upscaled with its missing part made up.
 /// Loading only parses; pixels are decoded later.
-fn jxl_frames(data: &[u8], limits: &DecodeLimits) -> Result<usize, String> {
+fn jxl_frames(data: &[u8], limits: &DecodeLimits) -> Result<(usize, Option<Vec<u8>>), String> {
     let budget = usize::try_from(limits.max_alloc).unwrap_or(usize::MAX);
     let image = JxlImage::builder()
         .alloc_tracker(AllocTracker::with_limit(budget))
         .read(data)
         .map_err(one_line)?;
     if image.is_loading_done() {
-        Ok(image.num_loaded_keyframes())
+        let xml = match image.aux_boxes().first_xml() {
+            jxl_oxide::AuxBoxData::Data(xml) => Some(xml.to_vec()),
+            _ => None,
+        };
+        Ok((image.num_loaded_keyframes(), xml))
     } else {
         Err("JPEG XL data ends before the image does (truncated file?)".into())
     }
@@ -394,6 +412,15 @@ fn decode_with(
             }
             chunk
         });
+    // The image crate fails on a TIFF XMP tag of type UNDEFINED; TiffFacts reads either.
+    let xmp = if format == InputFormat::Tiff {
+        None
+    } else {
+        decoder.xmp_metadata().unwrap_or_else(|e| {
+            tracing::warn!("{}: ignoring unreadable XMP metadata: {e}", path.display());
+            None
+        })
+    };
 
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);
@@ -407,6 +434,7 @@ fn decode_with(
         icc_profile,
         png_colour: Default::default(),
         exif,
+        xmp,
         format,
     })
 }
@@ -793,7 +821,7 @@ mod tests {
     #[test]
     fn animated_jpeg_xl_gives_its_first_frame() {
         let bytes = std::fs::read(format_fixture("anim.jxl")).unwrap();
-        assert_eq!(jxl_frames(&bytes, &limits()), Ok(3));
+        assert_eq!(jxl_frames(&bytes, &limits()), Ok((3, None)));
         let d = decode_bytes(&bytes, &limits()).unwrap();
         let rgb8 = decode_file(&format_fixture("rgb8.png"), &limits())
             .unwrap()
@@ -814,6 +842,28 @@ mod tests {
             image::metadata::Orientation::from_exif_chunk(&exif),
             Some(image::metadata::Orientation::NoTransforms)
         );
+    }
+
+    /// A JPEG XL file's `xml ` box is its XMP; one that is not XML is left out.
+    #[test]
+    fn jpeg_xl_xmp_comes_from_its_xml_box() {
+        let file = std::fs::read(format_fixture("exif_container.jxl")).unwrap();
+        let codestream = file.windows(4).position(|w| w == b"jxlc").unwrap() - 4;
+        let with_xml = |xml: &[u8]| {
+            let mut out = file[..codestream].to_vec();
+            out.extend_from_slice(&(8 + xml.len() as u32).to_be_bytes());
+            out.extend_from_slice(b"xml ");
+            out.extend_from_slice(xml);
+            out.extend_from_slice(&file[codestream..]);
+            out
+        };
+        let xmp = br#"<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>"#;
+        let d = decode_bytes(&with_xml(xmp), &limits()).unwrap();
+        assert_eq!(d.xmp.as_deref(), Some(&xmp[..]));
+        assert!(d.exif.is_some());
+        let d = decode_bytes(&with_xml(b"<x:xmpmeta>"), &limits()).unwrap();
+        assert_eq!(d.xmp, None);
+        assert_eq!(decode_bytes(&file, &limits()).unwrap().xmp, None);
     }
 
     const FUZZ_ROUNDS: usize = 200;

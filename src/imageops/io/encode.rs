@@ -5,7 +5,6 @@ use std::io::{BufWriter, Cursor, Seek, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, ImageEncoder, ImageError, ImageFormat, ImageResult};
 
 use super::planes::{quantise_planes, with_alpha};
@@ -137,6 +136,9 @@ pub struct EncodeOptions {
     pub icc_profile: Option<Vec<u8>>,
     /// Attached to PNG, JPEG and WebP outputs with the pixel dimensions set to the output's.
     pub exif: Option<Vec<u8>>,
+    /// Attached to every output format, rewritten for the output (see
+    /// [`crate::imageops::xmp`]).
+    pub xmp: Option<Vec<u8>>,
     /// Written to PNG outputs; the other formats have no place for them, and a warning says
     /// when that changes how viewers show the colours.
     pub png_colour: PngColour,
@@ -153,18 +155,20 @@ impl EncodeOptions {
             grayscale: false,
             icc_profile: None,
             exif: None,
+            xmp: None,
             png_colour: PngColour::default(),
         }
     }
 
     /// Options that preserve `source`'s bit depth, grayness, colour space (ICC profile and
-    /// PNG colour chunks) and EXIF metadata.
+    /// PNG colour chunks) and EXIF and XMP metadata.
     pub fn matching(format: OutputFormat, source: &DecodedImage) -> Self {
         Self {
             sixteen_bit: source.sixteen_bit,
             grayscale: source.grayscale,
             icc_profile: source.icc_profile.clone(),
             exif: source.exif.clone(),
+            xmp: source.xmp.clone(),
             png_colour: source.png_colour,
             ..Self::new(format)
         }
@@ -302,10 +306,7 @@ impl<'a> Encoded<'a> {
                 png::EncodingError::IoError(e) => ImageError::IoError(e),
                 e => encoding_error(ImageFormat::Png, e),
             }),
-            OutputFormat::Jpeg => self.encode_with(JpegEncoder::new_with_quality(
-                w,
-                self.opts.quality.clamp(1, 100),
-            )),
+            OutputFormat::Jpeg => self.encode_jpeg(w),
             OutputFormat::Webp => self.encode_webp(w).map_err(|e| match e {
                 WebpError::Io(e) => ImageError::IoError(e),
                 e => encoding_error(ImageFormat::WebP, e),
@@ -345,7 +346,20 @@ impl<'a> Encoded<'a> {
         ))
     }
 
-    fn encode_with(&self, mut enc: impl ImageEncoder) -> ImageResult<()> {
+    /// The XMP packet to embed, rewritten for the output; one that cannot be is left out.
+    pub(super) fn xmp(&self) -> Option<Vec<u8>> {
+        let packet = self.opts.xmp.as_ref()?;
+        let rewritten = crate::imageops::xmp::for_output(packet, self.width, self.height);
+        if rewritten.is_none() {
+            tracing::warn!(
+                "{}: leaving out XMP metadata that is not well-formed XML",
+                self.path.display()
+            );
+        }
+        rewritten
+    }
+
+    pub(super) fn encode_with(&self, mut enc: impl ImageEncoder) -> ImageResult<()> {
         if let Some(icc) = self.icc_profile() {
             enc.set_icc_profile(icc.clone())
                 .map_err(ImageError::Unsupported)?;
@@ -613,6 +627,50 @@ mod tests {
         let opts = EncodeOptions::matching(OutputFormat::Tiff, &source);
         encode_file(&tiff, &big, None, &opts).unwrap();
         assert!(decode_file(&tiff, &limits()).is_ok());
+    }
+
+    /// Every output format carries the XMP packet, rewritten for the output; a JPEG leaves
+    /// out one too large for its segment and still writes the image.
+    #[test]
+    fn xmp_is_kept_rewritten_for_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let packet = |padding: usize| {
+            format!(
+                r#"<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" tiff:Orientation="6" tiff:ImageWidth="8" tiff:ImageLength="16"><dc:subject><rdf:Bag><rdf:li>harbour</rdf:li></rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>{}<?xpacket end="w"?>"#,
+                " ".repeat(padding)
+            )
+            .into_bytes()
+        };
+        let big = gradient(32, 16);
+        for format in [
+            OutputFormat::Png,
+            OutputFormat::Jpeg,
+            OutputFormat::Webp,
+            OutputFormat::Tiff,
+        ] {
+            let out = dir.path().join(format!("xmp.{}", format.extension()));
+            let opts = EncodeOptions {
+                xmp: Some(packet(0)),
+                ..EncodeOptions::new(format)
+            };
+            encode_file(&out, &big, None, &opts).unwrap();
+            let xmp = decode_file(&out, &limits()).unwrap().xmp;
+            let want = crate::imageops::xmp::for_output(&packet(0), 16, 32).unwrap();
+            assert_eq!(xmp.as_deref(), Some(&want[..]), "{format}");
+            let text = String::from_utf8(want).unwrap();
+            assert!(
+                text.contains(r#"tiff:Orientation="1" tiff:ImageWidth="16" tiff:ImageLength="32""#)
+            );
+            assert!(text.contains("<rdf:li>harbour</rdf:li>"));
+        }
+        let huge = EncodeOptions {
+            xmp: Some(packet(70_000)),
+            ..EncodeOptions::new(OutputFormat::Jpeg)
+        };
+        let out = dir.path().join("huge.jpg");
+        encode_file(&out, &big, None, &huge).unwrap();
+        let d = decode_file(&out, &limits()).unwrap();
+        assert_eq!((d.xmp, d.rgb.width), (None, 16));
     }
 
     #[test]

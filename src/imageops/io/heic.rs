@@ -368,7 +368,7 @@ mod tests {
         assert!(checked > n / 2, "{checked} of {n}");
     }
 
-    /// The ICC profile and Exif are kept, the Exif with its orientation reset: HEIF
+    /// The ICC profile, Exif and XMP are kept, the Exif with its orientation reset: HEIF
     /// readers turn images by `irot`/`imir` only, so this file, with Exif orientation 6
     /// and no `irot`, is not turned. An H.273 description that is not sRGB's goes to PNG's
     /// cICP.
@@ -385,6 +385,11 @@ mod tests {
         assert!(exif.starts_with(b"MM\0*"));
         assert_eq!(crate::imageops::exif::upright(exif.clone()), Some(exif));
         assert_eq!((d.rgb.width, d.rgb.height), (37, 23));
+        let xmp = String::from_utf8(d.xmp.unwrap()).unwrap();
+        assert!(
+            xmp.contains(r#"xmp:CreatorTool="infdit fixtures""#),
+            "{xmp}"
+        );
         let cicp = heic("nclx_pq").png_colour.cicp.unwrap();
         assert_eq!((cicp.color_primaries, cicp.transfer_function), (9, 16));
         assert_eq!(heic("rgb8_444").png_colour, Default::default());

@@ -1,11 +1,17 @@
-//! JPEG: what a file's markers tell before it is decoded, and the decoder that reads it.
+//! JPEG: what a file's markers tell before it is decoded, the decoder that reads it, and
+//! the XMP segment added to what the image crate's encoder writes.
 //!
 //! The image crate's decoder (zune-jpeg) reads the common files; the markers settle what
 //! it would get wrong. Variants no decoder here reads are refused by name, sampling
 //! layouts it garbles are read by jpeg-decoder, and the EXIF segment used is the first,
 //! as other readers take it (the image crate keeps the last).
 
-use std::io::Cursor;
+use std::io::{Cursor, Write};
+
+use image::codecs::jpeg::JpegEncoder;
+
+use super::encode::Encoded;
+use crate::imageops::xmp;
 
 use image::error::DecodingError;
 use image::{ColorType, ImageDecoder, ImageError, ImageFormat, ImageResult, Limits};
@@ -21,6 +27,8 @@ pub(super) struct JpegFacts<'a> {
     /// The contents of the first EXIF segment (APP1 `Exif\0\0`) before the first scan:
     /// TIFF data.
     exif: Option<&'a [u8]>,
+    /// The first XMP packet (APP1 with the XMP namespace) before the first scan.
+    xmp: Option<&'a [u8]>,
 }
 
 /// The first frame header (SOFn).
@@ -40,6 +48,7 @@ impl<'a> JpegFacts<'a> {
             complete: false,
             frame: None,
             exif: None,
+            xmp: None,
         };
         let mut header = true;
         for (marker, contents) in Markers::new(data) {
@@ -49,8 +58,13 @@ impl<'a> JpegFacts<'a> {
                     break;
                 }
                 SOS => header = false,
-                APP1 if header && facts.exif.is_none() => {
-                    facts.exif = contents.strip_prefix(b"Exif\0\0");
+                APP1 if header => {
+                    if facts.exif.is_none() {
+                        facts.exif = contents.strip_prefix(b"Exif\0\0");
+                    }
+                    if facts.xmp.is_none() {
+                        facts.xmp = contents.strip_prefix(xmp::JPEG_SIGNATURE);
+                    }
                 }
                 // SOF0–SOF15, less DHT, JPG and DAC, which share the range.
                 0xC0..=0xCF
@@ -192,10 +206,11 @@ impl<'a> Iterator for Markers<'a> {
 
 /// A JPEG decoder for the image crate's pipeline: zune-jpeg (through the image crate) or,
 /// for the sampling layouts it garbles, jpeg-decoder; either way with the first EXIF
-/// segment, which also gives the orientation.
+/// segment, which also gives the orientation, and the first XMP packet.
 pub(super) struct JpegDecoder<'a> {
     backend: Backend<'a>,
     exif: Option<Vec<u8>>,
+    xmp: Option<Vec<u8>>,
 }
 
 enum Backend<'a> {
@@ -223,6 +238,7 @@ impl<'a> JpegDecoder<'a> {
         Ok(Self {
             backend,
             exif: facts.exif.map(<[u8]>::to_vec),
+            xmp: facts.xmp.map(<[u8]>::to_vec),
         })
     }
 }
@@ -255,6 +271,10 @@ impl ImageDecoder for JpegDecoder<'_> {
 
     fn exif_metadata(&mut self) -> ImageResult<Option<Vec<u8>>> {
         Ok(self.exif.clone())
+    }
+
+    fn xmp_metadata(&mut self) -> ImageResult<Option<Vec<u8>>> {
+        Ok(self.xmp.clone())
     }
 
     fn set_limits(&mut self, limits: Limits) -> ImageResult<()> {
@@ -293,6 +313,46 @@ impl ImageDecoder for JpegDecoder<'_> {
         (*self).read_image(buf)
     }
 }
+
+impl Encoded<'_> {
+    /// JPEG at the options' quality, with the XMP packet in an APP1 segment after the
+    /// encoder's own APPn segments (JFIF, Exif, ICC), where readers look for it.
+    pub(super) fn encode_jpeg(&self, mut w: impl Write) -> ImageResult<()> {
+        let quality = self.opts.quality.clamp(1, 100);
+        let Some(xmp) = self.xmp().filter(|xmp| {
+            let fits = xmp.len() <= MAX_XMP;
+            if !fits {
+                tracing::warn!(
+                    "{}: leaving out the XMP metadata: {} bytes, more than a JPEG segment holds",
+                    self.path.display(),
+                    xmp.len()
+                );
+            }
+            fits
+        }) else {
+            return self.encode_with(JpegEncoder::new_with_quality(w, quality));
+        };
+        let mut file = Vec::new();
+        self.encode_with(JpegEncoder::new_with_quality(&mut file, quality))?;
+        let mut at = 2;
+        while file.get(at) == Some(&0xFF) && file.get(at + 1).is_some_and(|m| m >> 4 == 0xE) {
+            at += 2 + usize::from(u16::from_be_bytes([file[at + 2], file[at + 3]]));
+        }
+        let length = u16::try_from(2 + xmp::JPEG_SIGNATURE.len() + xmp.len())
+            .expect("the packet's size was checked");
+        w.write_all(&file[..at])?;
+        w.write_all(&[0xFF, APP1])?;
+        w.write_all(&length.to_be_bytes())?;
+        w.write_all(xmp::JPEG_SIGNATURE)?;
+        w.write_all(&xmp)?;
+        w.write_all(&file[at..])?;
+        Ok(())
+    }
+}
+
+/// The largest XMP packet one APP1 segment holds (its length field counts itself and the
+/// signature too).
+const MAX_XMP: usize = u16::MAX as usize - 2 - xmp::JPEG_SIGNATURE.len();
 
 #[cfg(test)]
 mod tests {
@@ -333,6 +393,7 @@ mod tests {
                 sampling: sampling.to_vec(),
             }),
             exif: None,
+            xmp: None,
         }
     }
 

@@ -3,8 +3,8 @@
 //! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI and JPEG XL files into
 //! [`Planar`] images in `[0, 1]`, upright (orientation applied), with alpha split off and
 //! 16-bit precision kept, and reports what the caller needs to write a faithful result back:
-//! bit depth, grayness, the colour space (ICC profile, PNG colour chunks) and the EXIF
-//! metadata. Encoding writes PNG, JPEG, WebP or TIFF atomically, so an interrupted or failed
+//! bit depth, grayness, the colour space (ICC profile, PNG colour chunks) and the EXIF and
+//! XMP metadata. Encoding writes PNG, JPEG, WebP or TIFF atomically, so an interrupted or failed
 //! run never leaves a truncated output file behind.
 
 use std::fmt;
@@ -58,6 +58,8 @@ pub struct DecodedImage {
     pub png_colour: PngColour,
     /// The EXIF metadata (PNG, JPEG, WebP), orientation reset since it has been applied.
     pub exif: Option<Vec<u8>>,
+    /// The XMP packet, well-formed XML as read (rewritten for the output when written).
+    pub xmp: Option<Vec<u8>>,
     /// The format detected from the file's contents (not its extension).
     pub format: InputFormat,
 }

@@ -14,6 +14,7 @@ use png::{
 
 use super::encode::{Encoded, OutputFormat};
 use super::DecodeLimits;
+use crate::imageops::xmp;
 
 /// A PNG's colour-space chunks other than iCCP, whose ICC profile travels on its own since
 /// other formats hold one too. The model works on the encoded values, so the chunks that
@@ -216,6 +217,12 @@ impl Encoded<'_> {
         info.bit_depth = bit_depth;
         info.icc_profile = icc.map(|icc| Cow::Borrowed(&icc[..]));
         info.exif_metadata = self.exif().map(Cow::Owned);
+        if let Some(xmp) = self.xmp() {
+            // XMP is UTF-8 (checked when it was rewritten).
+            let text = String::from_utf8_lossy(&xmp).into_owned();
+            info.utf8_text
+                .push(png::text_metadata::ITXtChunk::new(xmp::PNG_KEYWORD, text));
+        }
         info.srgb = colour.srgb.filter(|_| icc.is_none());
         info.source_gamma = colour.gamma;
         info.source_chromaticities = colour.chromaticities;

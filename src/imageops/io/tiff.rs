@@ -103,6 +103,7 @@ pub(super) fn decode_tiff(
         icc_profile: None,
         png_colour: Default::default(),
         exif: None,
+        xmp: None,
         format: InputFormat::Tiff,
     })
 }
@@ -215,6 +216,7 @@ impl ColourMap {
             icc_profile: None,
             png_colour: Default::default(),
             exif: None,
+            xmp: None,
             format: InputFormat::Tiff,
         })
     }
@@ -465,6 +467,9 @@ impl YCbCr {
     }
 }
 
+/// The TIFF tag of an XMP packet.
+const XML_PACKET: u16 = 700;
+
 /// What the image crate's TIFF decoder gets wrong, read with the tiff crate.
 #[derive(Default)]
 pub(super) struct TiffFacts {
@@ -475,6 +480,9 @@ pub(super) struct TiffFacts {
     /// The ICC profile, which the image crate does not read from TIFF (the tag's type is
     /// UNDEFINED, not BYTE).
     pub(super) icc_profile: Option<Vec<u8>>,
+    /// The XMP packet (XMLPacket tag), which the image crate does not read where its type
+    /// is UNDEFINED either.
+    pub(super) xmp: Option<Vec<u8>>,
     /// More pages follow the first.
     pub(super) pages: bool,
     /// The extra sample is associated (premultiplied) alpha, which the image crate
@@ -524,16 +532,20 @@ impl TiffFacts {
                     f.iter()
                         .all(|&f| SampleFormat::from_u16(f) == Some(SampleFormat::IEEEFP))
                 });
-                let icc_profile = d
-                    .find_tag(Tag::IccProfile)
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.into_u8_vec().ok());
+                let mut bytes = |tag| {
+                    d.find_tag(tag)
+                        .ok()
+                        .flatten()
+                        .and_then(|v| v.into_u8_vec().ok())
+                };
+                let icc_profile = bytes(Tag::IccProfile);
+                let xmp = bytes(Tag::Unknown(XML_PACKET));
                 let extra = d.find_tag_unsigned_vec::<u16>(Tag::ExtraSamples);
                 Self {
                     wide_integer_samples: bits.ok().flatten().is_some_and(|b| b.contains(&32))
                         && !float,
                     icc_profile,
+                    xmp,
                     pages: d.more_images(),
                     associated_alpha: extra.ok().flatten().is_some_and(|e| e.first() == Some(&1)),
                     orientation: d
@@ -624,6 +636,11 @@ impl Encoded<'_> {
         }
         if let Some(icc) = self.icc_profile() {
             image.encoder().write_tag(Tag::IccProfile, &icc[..])?;
+        }
+        if let Some(xmp) = self.xmp() {
+            image
+                .encoder()
+                .write_tag(Tag::Unknown(XML_PACKET), &xmp[..])?;
         }
         image.write_data(samples)
     }
@@ -908,6 +925,37 @@ mod tests {
             assert_eq!(d.icc_profile, icc);
             assert_eq!(d.rgb.plane(1), [0.2, 0.8]);
         }
+    }
+
+    /// The XMP packet is read whether the tag's type is BYTE or UNDEFINED, as writers differ.
+    #[test]
+    fn xmp_packet_is_read_as_bytes_or_undefined() {
+        let xmp = br#"<x:xmpmeta xmlns:x="adobe:ns:meta/"/>"#;
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        let mut image = enc
+            .new_image::<tiff::encoder::colortype::Gray8>(2, 1)
+            .unwrap();
+        image
+            .encoder()
+            .write_tag(tiff::tags::Tag::Unknown(XML_PACKET), &xmp[..])
+            .unwrap();
+        image.write_data(&[51, 204]).unwrap();
+        let mut file = buf.into_inner();
+        assert_eq!(
+            decode_bytes(&file, &limits()).unwrap().xmp.as_deref(),
+            Some(&xmp[..])
+        );
+        // The entry: tag 700, type 1 (BYTE), little-endian.
+        let entry = file
+            .windows(4)
+            .position(|w| w == [0xBC, 0x02, 1, 0])
+            .unwrap();
+        file[entry + 2] = 7;
+        assert_eq!(
+            decode_bytes(&file, &limits()).unwrap().xmp.as_deref(),
+            Some(&xmp[..])
+        );
     }
 
     /// Palette indices, and gray samples, of 1, 2 or 4 bits come packed from the high bit

@@ -69,20 +69,21 @@ impl Encoded<'_> {
             .encode_advanced(&config)
             .map_err(|e| WebpError::Encoder(format!("{e:?}")))?;
         let icc = self.icc_profile().map(Vec::as_slice);
-        let exif = self.exif();
-        w.write_all(&with_metadata(&file, icc, exif.as_deref())?)?;
+        let (exif, xmp) = (self.exif(), self.xmp());
+        w.write_all(&with_metadata(&file, icc, exif.as_deref(), xmp.as_deref())?)?;
         Ok(())
     }
 }
 
-/// `file`, a WebP file of one image, with an ICC profile and Exif added in the extended
-/// format's order: `VP8X`, `ICCP`, the image's chunks, `EXIF`.
+/// `file`, a WebP file of one image, with an ICC profile, Exif and XMP added in the extended
+/// format's order: `VP8X`, `ICCP`, the image's chunks, `EXIF`, `XMP `.
 fn with_metadata(
     file: &[u8],
     icc: Option<&[u8]>,
     exif: Option<&[u8]>,
+    xmp: Option<&[u8]>,
 ) -> Result<Vec<u8>, WebpError> {
-    if icc.is_none() && exif.is_none() {
+    if icc.is_none() && exif.is_none() && xmp.is_none() {
         return Ok(file.to_vec());
     }
     let bad = || WebpError::Encoder("its output is not a WebP file".into());
@@ -112,7 +113,10 @@ fn with_metadata(
         .find_map(|&(kind, p)| frame_info(&kind, p))
         .ok_or_else(bad)?;
     let alpha = alpha || chunks.iter().any(|(kind, _)| kind == b"ALPH");
-    let flags = u8::from(icc.is_some()) << 5 | u8::from(alpha) << 4 | u8::from(exif.is_some()) << 3;
+    let flags = u8::from(icc.is_some()) << 5
+        | u8::from(alpha) << 4
+        | u8::from(exif.is_some()) << 3
+        | u8::from(xmp.is_some()) << 2;
     let mut header = vec![flags, 0, 0, 0];
     header.extend_from_slice(&(width - 1).to_le_bytes()[..3]);
     header.extend_from_slice(&(height - 1).to_le_bytes()[..3]);
@@ -134,6 +138,9 @@ fn with_metadata(
     }
     if let Some(exif) = exif {
         push(b"EXIF", exif);
+    }
+    if let Some(xmp) = xmp {
+        push(b"XMP ", xmp);
     }
     let size = u32::try_from(body.len()).map_err(|_| bad())?;
     let mut out = b"RIFF".to_vec();
@@ -189,7 +196,7 @@ mod tests {
     }
 
     /// Odd-sized metadata is padded, the header gives the canvas and the flags, and the
-    /// image crate reads the file with its profile and Exif.
+    /// image crate reads the file with its profile and XMP.
     #[test]
     fn metadata_goes_into_the_extended_container() {
         let samples: Vec<u8> = (0..5 * 3 * 4).map(|i| (i * 9 % 256) as u8).collect();
@@ -201,7 +208,8 @@ mod tests {
             };
             let plain = encoder.encode_simple(lossless, 90.0).unwrap();
             let (icc, exif) = (vec![7u8; 133], b"II*\0\x08\0\0\0\0\0\0\0\0".to_vec());
-            let file = with_metadata(&plain, Some(&icc), Some(&exif)).unwrap();
+            let xmp = b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>".to_vec();
+            let file = with_metadata(&plain, Some(&icc), Some(&exif), Some(&xmp)).unwrap();
             let found = chunks(&file);
             let kinds: Vec<&[u8; 4]> = found.iter().map(|(k, _)| k).collect();
             let frame: &[u8; 4] = if lossless { b"VP8L" } else { b"VP8 " };
@@ -209,20 +217,28 @@ mod tests {
             if alpha && !lossless {
                 want.push(b"ALPH");
             }
-            want.extend([frame, b"EXIF"]);
+            want.extend([frame, b"EXIF", b"XMP "]);
             assert_eq!(kinds, want, "lossless {lossless}, alpha {alpha}");
             let header = &found[0].1;
-            assert_eq!(header[0], 0x20 | 0x08 | if alpha { 0x10 } else { 0 });
+            assert_eq!(header[0], 0x20 | 0x08 | 0x04 | if alpha { 0x10 } else { 0 });
             assert_eq!(&header[4..], &[4, 0, 0, 2, 0, 0]);
-            assert_eq!((&found[1].1, &found.last().unwrap().1), (&icc, &exif));
+            let n = found.len();
+            assert_eq!(
+                (&found[1].1, &found[n - 2].1, &found[n - 1].1),
+                (&icc, &exif, &xmp)
+            );
             let mut decoder =
                 image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(&file)).unwrap();
             use image::ImageDecoder;
             assert_eq!(decoder.dimensions(), (5, 3));
             assert_eq!(decoder.icc_profile().unwrap(), Some(icc));
+            assert_eq!(decoder.xmp_metadata().unwrap(), Some(xmp));
         }
         // Without metadata the file is libwebp's own.
         let plain = webp::Encoder::from_rgb(&samples[..45], 5, 3).encode(90.0);
-        assert_eq!(with_metadata(&plain, None, None).unwrap(), plain.to_vec());
+        assert_eq!(
+            with_metadata(&plain, None, None, None).unwrap(),
+            plain.to_vec()
+        );
     }
 }

@@ -373,6 +373,8 @@ type PropertyRefs = Vec<(usize, bool)>;
 pub(super) struct Item {
     pub id: u32,
     pub kind: FourCc,
+    /// A `mime` item's content type (XMP is `application/rdf+xml`).
+    pub content_type: Option<String>,
     location: Option<Location>,
     properties: PropertyRefs,
 }
@@ -504,9 +506,16 @@ impl<'a> Heif<'a> {
             let id = r.item_id(version > 2)?;
             r.u16()?;
             let kind = r.fourcc()?;
+            let content_type = (&kind == b"mime").then(|| {
+                // item_name, then content_type: null-terminated strings.
+                let mut strings = r.data.split(|&b| b == 0);
+                strings.next();
+                String::from_utf8_lossy(strings.next().unwrap_or_default()).into_owned()
+            });
             self.items.push(Item {
                 id,
                 kind,
+                content_type,
                 location: None,
                 properties: Vec::new(),
             });

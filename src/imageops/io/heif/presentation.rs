@@ -1,7 +1,9 @@
 //! What a HEIF file's properties say about showing its primary image, whichever codec
 //! stores the pixels (AV1 in AVIF, HEVC in HEIC): the clean aperture, rotation and mirror,
-//! the colour description and HDR levels, and the Exif item. Both formats are read
+//! the colour description and HDR levels, and the Exif and XMP items. Both formats are read
 //! through the one `image` crate decoder here, [`HeifDecoder`].
+
+use std::borrow::Cow;
 
 use image::error::{DecodingError, ImageFormatHint, UnsupportedError, UnsupportedErrorKind};
 use image::metadata::Orientation;
@@ -32,6 +34,8 @@ pub(in crate::imageops::io) struct Presentation {
     mastering: Option<MasteringDisplay>,
     /// The TIFF-headed Exif data of the first `Exif` item describing the primary one.
     pub exif: Option<Vec<u8>>,
+    /// The XMP packet of the first XMP item describing the primary one.
+    pub xmp: Option<Vec<u8>>,
 }
 
 impl Presentation {
@@ -48,6 +52,7 @@ impl Presentation {
             light: None,
             mastering: None,
             exif: find_exif(heif, heif.primary),
+            xmp: find_xmp(heif, heif.primary),
         };
         for (p, essential) in heif.properties(heif.primary)? {
             match p {
@@ -145,6 +150,16 @@ impl Presentation {
             ..PngColour::default()
         }
     }
+}
+
+/// The XMP packet of the first `mime` item of type `application/rdf+xml` describing item
+/// `id`.
+fn find_xmp(heif: &Heif, id: u32) -> Option<Vec<u8>> {
+    let xmp = heif.references_to(id, b"cdsc").into_iter().find(|&e| {
+        heif.item(e)
+            .is_ok_and(|i| i.content_type.as_deref() == Some("application/rdf+xml"))
+    })?;
+    heif.data(xmp).ok().map(Cow::into_owned)
 }
 
 /// The TIFF-headed Exif data of the first `Exif` item describing item `id`.
@@ -299,6 +314,10 @@ impl<C: Codec> ImageDecoder for HeifDecoder<C> {
 
     fn exif_metadata(&mut self) -> ImageResult<Option<Vec<u8>>> {
         Ok(self.0.presentation().exif.clone())
+    }
+
+    fn xmp_metadata(&mut self) -> ImageResult<Option<Vec<u8>>> {
+        Ok(self.0.presentation().xmp.clone())
     }
 
     fn orientation(&mut self) -> ImageResult<Orientation> {
