@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the colour-mapped and YCbCr TIFF decoding fixtures.
+"""Writes the colour-mapped, YCbCr, planar and ZSTD/WebP-compressed TIFF decoding fixtures.
 
 Needs `pip install numpy pillow tifffile imagecodecs` and libtiff (loaded with ctypes). Each
 TIFF comes with a PNG of what it should decode to: what libtiff's RGBA interface
@@ -31,6 +31,10 @@ Outputs (tests/fixtures/formats/):
   tiled_planar_rgb8.tif, ….png    37×23 8-bit RGB, plane by plane in 16×16 tiles (the edge
                                   tiles stick out), uncompressed (tifffile)
   tiled_planar_rgba16.tif, ….png  the same in 16-bit RGBA, Deflate-compressed
+  zstd_rgb16.tif, ….png           37×23 16-bit RGB, ZSTD with the horizontal predictor, strips
+                                  of 8 rows (tifffile with imagecodecs' zstd)
+  webp_rgb8.tif, ….png            37×23 8-bit RGB, each strip a lossless WebP (libwebp through
+  webp_rgba8.tif, ….png           imagecodecs), without and with alpha; the PNGs hold the samples
   ycbcr.tif, ycbcr.png            uncompressed YCbCr, 1×1, Rec. 709 YCbCrCoefficients and a
                                   studio-range ReferenceBlackWhite (16–235, 128±112); the PNG
                                   is 16-bit RGB from the TIFF 6 formulas in double precision.
@@ -310,11 +314,34 @@ def tiled_planar():
         save(name + ".png", imagecodecs.png_encode(samples))
 
 
+def compressed():
+    h, w = 23, 37
+    y, x = np.mgrid[0:h, 0:w]
+    rgba = np.stack([x * 1700 + 300, y * 2800 + 7, (x + y) * 1000 + 11, 65535 - x * y * 70], -1)
+    rgba = rgba.astype(np.uint16)
+    lossless_webp = {"compressionargs": {"level": 101}}
+    for name, samples, compression, options in [
+        ("zstd_rgb16", rgba[..., :3], "zstd", {"predictor": True}),
+        ("webp_rgb8", (rgba[..., :3] >> 8).astype(np.uint8), "webp", lossless_webp),
+        ("webp_rgba8", (rgba >> 8).astype(np.uint8), "webp", {**lossless_webp, "extrasamples": [2]}),
+    ]:
+        samples = np.ascontiguousarray(samples)
+        path = os.path.join(OUT, name + ".tif")
+        tifffile.imwrite(
+            path, samples, photometric="rgb", compression=compression, rowsperstrip=8, **options
+        )
+        with tifffile.TiffFile(path) as t:
+            assert t.pages[0].compression in (50000, 50001)
+            assert np.array_equal(t.asarray(), samples)
+        save(name + ".png", imagecodecs.png_encode(samples))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     palettes()
     planar()
     tiled_planar()
+    compressed()
     ycbcr()
 
 

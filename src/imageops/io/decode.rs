@@ -171,6 +171,18 @@ fn decode_image_crate(
         (_, Some(facts)) => facts.animated.then_some("animated PNG"),
         _ => several_images(format, &mut reader),
     };
+    if let Some(compression) = tiff
+        .as_ref()
+        .and_then(|f| f.unsupported_compression.as_ref())
+    {
+        return Err(ImageIoError::Unsupported {
+            path: path.into(),
+            detail: format!(
+                "TIFF with {compression} is not supported; convert it to PNG, or to an \
+                 uncompressed, LZW, Deflate or ZSTD TIFF"
+            ),
+        });
+    }
     if tiff.as_ref().is_some_and(|f| f.wide_integer_samples) {
         return Err(ImageIoError::Unsupported {
             path: path.into(),

@@ -467,6 +467,25 @@ impl YCbCr {
     }
 }
 
+/// The name of compression scheme `value` where the tiff crate does not decode it: all
+/// but none, LZW, JPEG, Deflate, PackBits, CCITT Group 4, ZSTD and WebP.
+fn unsupported_compression(value: u16) -> Option<String> {
+    let name = match value {
+        1 | 4 | 5 | 7 | 8 | 32773 | 32946 | 50000 | 50001 => return None,
+        2 => "CCITT modified Huffman (RLE)",
+        3 => "CCITT Group 3 fax",
+        6 => "old-style JPEG",
+        32809 => "ThunderScan",
+        34676 | 34677 => "SGI LogLuv",
+        34712 => "JPEG 2000",
+        34887 | 34892 => "DNG JPEG",
+        34925 => "LZMA",
+        52546 => "JPEG XL",
+        other => return Some(format!("compression scheme {other}")),
+    };
+    Some(format!("{name} compression"))
+}
+
 /// The TIFF tag of an XMP packet.
 const XML_PACKET: u16 = 700;
 
@@ -477,6 +496,8 @@ pub(super) struct TiffFacts {
     /// SampleFormat tag (which means unsigned integers) for floats and decodes them to
     /// black, so these files are refused instead.
     pub(super) wide_integer_samples: bool,
+    /// The name of a compression scheme the tiff crate does not decode.
+    pub(super) unsupported_compression: Option<String>,
     /// The ICC profile, which the image crate does not read from TIFF (the tag's type is
     /// UNDEFINED, not BYTE).
     pub(super) icc_profile: Option<Vec<u8>>,
@@ -544,6 +565,11 @@ impl TiffFacts {
                 Self {
                     wide_integer_samples: bits.ok().flatten().is_some_and(|b| b.contains(&32))
                         && !float,
+                    unsupported_compression: d
+                        .find_tag_unsigned::<u16>(Tag::Compression)
+                        .ok()
+                        .flatten()
+                        .and_then(unsupported_compression),
                     icc_profile,
                     xmp,
                     pages: d.more_images(),
@@ -1090,6 +1116,41 @@ mod tests {
         );
     }
 
+    /// ZSTD (here with the horizontal predictor on 16-bit samples) and lossless WebP
+    /// strips decode to the samples written.
+    #[test]
+    fn zstd_and_webp_compressed_tiffs_decode() {
+        for name in ["zstd_rgb16", "webp_rgb8", "webp_rgba8"] {
+            let d = decode_file(&format_fixture(&format!("{name}.tif")), &limits()).unwrap();
+            let want = decode_file(&format_fixture(&format!("{name}.png")), &limits()).unwrap();
+            assert_eq!((d.rgb, d.alpha), (want.rgb, want.alpha), "{name}");
+            assert_eq!(d.sixteen_bit, want.sixteen_bit, "{name}");
+        }
+    }
+
+    /// A compression scheme no decoder here reads is refused by name before decoding.
+    #[test]
+    fn other_compressions_are_refused_by_name() {
+        use tiff::tags::Tag;
+        for (value, name) in [
+            (3u16, "TIFF with CCITT Group 3 fax compression"),
+            (34925, "TIFF with LZMA compression"),
+            (4242, "TIFF with compression scheme 4242"),
+        ] {
+            let mut buf = Cursor::new(Vec::new());
+            let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+            let mut image = enc
+                .new_image::<tiff::encoder::colortype::Gray8>(2, 1)
+                .unwrap();
+            image.encoder().write_tag(Tag::Compression, value).unwrap();
+            image.write_data(&[51, 204]).unwrap();
+            let e = decode_bytes(buf.get_ref(), &limits())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("{name} is not supported")), "{e}");
+        }
+    }
+
     /// Damage anywhere in a palette, JPEG-compressed or tiled planar TIFF gives an error or
     /// an image, never a panic.
     #[test]
@@ -1102,6 +1163,8 @@ mod tests {
             "ycbcr_jpeg_tables.tif",
             "tiled_planar_rgb8.tif",
             "tiled_planar_rgba16.tif",
+            "zstd_rgb16.tif",
+            "webp_rgba8.tif",
         ] {
             let bytes = std::fs::read(format_fixture(name)).unwrap();
             for _ in 0..200 {
