@@ -9,12 +9,11 @@
 use std::io::{Cursor, Write};
 
 use image::codecs::jpeg::JpegEncoder;
+use image::error::DecodingError;
+use image::{ColorType, ImageDecoder, ImageError, ImageFormat, ImageResult, Limits};
 
 use super::encode::Encoded;
 use crate::imageops::xmp;
-
-use image::error::DecodingError;
-use image::{ColorType, ImageDecoder, ImageError, ImageFormat, ImageResult, Limits};
 
 /// What a JPEG stream's markers tell.
 pub(super) struct JpegFacts<'a> {
