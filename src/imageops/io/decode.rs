@@ -233,7 +233,10 @@ fn decode_image_crate(
         };
         if let Some(facts) = tiff {
             decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
-            decoded.xmp = facts.xmp;
+            decoded.xmp = match facts.orientation {
+                Some(_) => facts.xmp.map(upright_xmp),
+                None => facts.xmp,
+            };
             if let Some(alpha) = decoded.alpha.as_ref().filter(|_| facts.associated_alpha) {
                 unpremultiply(&mut decoded.rgb, alpha);
             }
@@ -329,8 +332,15 @@ fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoEr
     Ok(data)
 }
 
+/// An XMP packet whose file's orientation decoding has applied, with its orientation
+/// upright; one that is not XMP is left for the check that names it.
+fn upright_xmp(packet: Vec<u8>) -> Vec<u8> {
+    crate::imageops::xmp::upright(&packet).unwrap_or(packet)
+}
+
 /// The number of frames of a JPEG XL file, once it is known to hold all of them, and its
-/// XMP packet (the first `xml ` box), which jxl-oxide's decoder does not pass on.
+/// XMP packet (the first `xml ` box), which jxl-oxide's decoder does not pass on, upright
+/// where the decoder turns the image.
 /// jxl-oxide renders whatever part of a frame has arrived (progressive decoding), so a
 /// half-downloaded file would otherwise be upscaled with its missing part made up.
 /// Loading only parses; pixels are decoded later.
@@ -342,6 +352,9 @@ fn jxl_frames(data: &[u8], limits: &DecodeLimits) -> Result<(usize, Option<Vec<u
         .map_err(one_line)?;
     if image.is_loading_done() {
         let xml = match image.aux_boxes().first_xml() {
+            jxl_oxide::AuxBoxData::Data(xml) if image.image_header().metadata.orientation != 1 => {
+                Some(upright_xmp(xml.to_vec()))
+            }
             jxl_oxide::AuxBoxData::Data(xml) => Some(xml.to_vec()),
             _ => None,
         };
@@ -432,6 +445,11 @@ fn decode_with(
             tracing::warn!("{}: ignoring unreadable XMP metadata: {e}", path.display());
             None
         })
+    };
+    let xmp = if orientation == image::metadata::Orientation::NoTransforms {
+        xmp
+    } else {
+        xmp.map(upright_xmp)
     };
 
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;

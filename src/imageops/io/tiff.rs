@@ -663,7 +663,12 @@ impl Encoded<'_> {
         if let Some(icc) = self.icc_profile() {
             image.encoder().write_tag(Tag::IccProfile, &icc[..])?;
         }
-        if let Some(xmp) = self.xmp() {
+        if let Some(mut xmp) = self.xmp() {
+            // An even length keeps the values after it on word boundaries, as TIFF asks;
+            // white space after the packet is allowed.
+            if xmp.len() % 2 == 1 {
+                xmp.push(b'\n');
+            }
             image
                 .encoder()
                 .write_tag(Tag::Unknown(XML_PACKET), &xmp[..])?;
