@@ -486,6 +486,23 @@ fn unsupported_compression(value: u16) -> Option<String> {
     Some(format!("{name} compression"))
 }
 
+/// Bytes written with TIFF's UNDEFINED type, which the ICC profile tag takes (the tiff
+/// crate writes a byte slice as BYTE, which readers such as exiftool flag).
+struct Undefined<'a>(&'a [u8]);
+
+impl tiff::encoder::TiffValue for Undefined<'_> {
+    const BYTE_LEN: u8 = 1;
+    const FIELD_TYPE: tiff::tags::Type = tiff::tags::Type::UNDEFINED;
+
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.0)
+    }
+}
+
 /// The TIFF tag of an XMP packet.
 const XML_PACKET: u16 = 700;
 
@@ -661,7 +678,7 @@ impl Encoded<'_> {
             image.encoder().write_tag(Tag::ExtraSamples, &[2u16][..])?;
         }
         if let Some(icc) = self.icc_profile() {
-            image.encoder().write_tag(Tag::IccProfile, &icc[..])?;
+            image.encoder().write_tag(Tag::IccProfile, Undefined(icc))?;
         }
         if let Some(mut xmp) = self.xmp() {
             // An even length keeps the values after it on word boundaries, as TIFF asks;
@@ -956,6 +973,26 @@ mod tests {
             assert_eq!(d.icc_profile, icc);
             assert_eq!(d.rgb.plane(1), [0.2, 0.8]);
         }
+    }
+
+    /// The ICC profile is written with the type its tag takes, UNDEFINED, and read back.
+    #[test]
+    fn icc_profile_is_written_as_undefined() {
+        let icc = icc_profile(b"RGB ");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("icc.tif");
+        let opts = EncodeOptions {
+            icc_profile: Some(icc.clone()),
+            ..EncodeOptions::new(OutputFormat::Tiff)
+        };
+        encode_file(&path, &gradient(2, 3), None, &opts).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        // The entry: tag 34675, type 7 (UNDEFINED), little-endian.
+        assert!(file.windows(4).any(|w| w == [0x73, 0x87, 7, 0]));
+        assert_eq!(
+            decode_bytes(&file, &limits()).unwrap().icc_profile,
+            Some(icc)
+        );
     }
 
     /// The XMP packet is read whether the tag's type is BYTE or UNDEFINED, as writers differ.
