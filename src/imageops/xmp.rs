@@ -166,26 +166,20 @@ fn rewrite(packet: &[u8], edit: Edit) -> Option<Vec<u8>> {
         }
         match event {
             Event::Eof => break,
-            Event::Start(_) if skipping > 0 => {
+            // A property left out, and everything in it: checked, not written.
+            Event::Start(e) if skipping > 0 || matches!(fate, Fate::LeaveOut) => {
+                attributes(&reader, &e, None)?;
                 depth += 1;
                 skipping += 1;
+            }
+            Event::Empty(e) if skipping > 0 || matches!(fate, Fate::LeaveOut) => {
+                attributes(&reader, &e, None)?;
             }
             Event::End(_) if skipping > 0 => {
                 depth -= 1;
                 skipping -= 1;
             }
-            Event::Empty(e) if skipping > 0 => {
-                attributes(&reader, &e, None)?;
-            }
             _ if skipping > 0 => {}
-            Event::Start(e) if matches!(fate, Fate::LeaveOut) => {
-                attributes(&reader, &e, None)?;
-                depth += 1;
-                skipping = 1;
-            }
-            Event::Empty(e) if matches!(fate, Fate::LeaveOut) => {
-                attributes(&reader, &e, None)?;
-            }
             Event::Start(e) => {
                 depth += 1;
                 if let Fate::Set(value) = fate {
