@@ -243,6 +243,7 @@ fn decode_image_crate(
         }
         if let Some(facts) = png {
             decoded.png_colour = facts.colour;
+            decoded.xmp = decoded.xmp.or(facts.trailing_xmp);
         }
         decoded
     };

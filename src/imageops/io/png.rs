@@ -164,12 +164,15 @@ fn describe(c: CodingIndependentCodePoints) -> String {
 }
 
 /// What the image crate's PNG decoder does not tell, read with the png crate from the
-/// chunks before the image data.
+/// chunks before the image data, and an XMP packet after it.
 #[derive(Default)]
 pub(super) struct PngFacts {
     pub(super) colour: PngColour,
     /// Animation frames (APNG) follow the first image.
     pub(super) animated: bool,
+    /// The XMP packet of an iTXt chunk after the image data, where the PNG specification
+    /// lets text go too; the image crate's decoder reads only the chunks before it.
+    pub(super) trailing_xmp: Option<Vec<u8>>,
 }
 
 impl PngFacts {
@@ -180,16 +183,73 @@ impl PngFacts {
         let mut decoder = png::Decoder::new_with_limits(&mut *reader, png::Limits { bytes });
         decoder.set_ignore_text_chunk(true);
         decoder.set_ignore_iccp_chunk(true);
-        let facts = decoder.read_info().map_or_else(
+        let mut facts = decoder.read_info().map_or_else(
             |_| Self::default(),
             |r| Self {
                 colour: PngColour::from_info(r.info()),
                 animated: r.info().animation_control.is_some(),
+                trailing_xmp: None,
             },
         );
+        facts.trailing_xmp = trailing_xmp(reader, limits);
         let _ = reader.seek(io::SeekFrom::Start(0));
         facts
     }
+}
+
+/// The XMP iTXt chunk after the image data, if any: the chunks are walked by their
+/// lengths (the image data is skipped, not read), and the one found is parsed by the png
+/// crate as the text of a PNG made of the file's header and that chunk.
+fn trailing_xmp(reader: &mut (impl BufRead + Seek), limits: &DecodeLimits) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let keyword = [xmp::PNG_KEYWORD.as_bytes(), b"\0"].concat();
+    reader.seek(io::SeekFrom::Start(8)).ok()?;
+    let mut header = None;
+    let mut after_image = false;
+    loop {
+        let mut head = [0u8; 8];
+        reader.read_exact(&mut head).ok()?;
+        let length = u64::from(u32::from_be_bytes(head[..4].try_into().ok()?));
+        let kind = &head[4..];
+        if kind == b"IEND" {
+            return None;
+        }
+        if kind == b"IHDR" || (kind == b"iTXt" && after_image) {
+            if length > limits.max_alloc {
+                return None;
+            }
+            // Read as it comes, so that a length the file does not hold allocates nothing.
+            let mut chunk = head.to_vec();
+            let read = reader
+                .by_ref()
+                .take(length + 4)
+                .read_to_end(&mut chunk)
+                .ok()?;
+            if read as u64 != length + 4 {
+                return None;
+            }
+            if kind == b"IHDR" {
+                header = Some(chunk);
+            } else if chunk[8..].starts_with(&keyword) {
+                return itxt_text(header.as_deref()?, &chunk);
+            }
+        } else {
+            after_image |= kind == b"IDAT";
+            reader.seek(io::SeekFrom::Current(length as i64 + 4)).ok()?;
+        }
+    }
+}
+
+/// The text of the iTXt `chunk` (length, type, data and CRC), read by the png crate from
+/// a PNG of the `header` chunk, that chunk and an empty image-data chunk.
+fn itxt_text(header: &[u8], chunk: &[u8]) -> Option<Vec<u8>> {
+    // An IDAT chunk of no bytes, with its CRC.
+    const EMPTY_IDAT: [u8; 12] = [0, 0, 0, 0, b'I', b'D', b'A', b'T', 0x35, 0xAF, 0x06, 0x1E];
+    let file = [&b"\x89PNG\r\n\x1a\n"[..], header, chunk, &EMPTY_IDAT].concat();
+    let reader = png::Decoder::new(io::Cursor::new(file)).read_info().ok()?;
+    let mut text = reader.info().utf8_text.first()?.clone();
+    text.decompress_text().ok()?;
+    text.get_text().ok().map(String::into_bytes)
 }
 
 impl Encoded<'_> {
@@ -274,6 +334,37 @@ mod tests {
     use png::chunk::{cHRM, gAMA, sRGB};
     use std::io::Cursor;
     use std::path::Path;
+
+    /// An XMP iTXt chunk after the image data is read as one before it is, and a packet
+    /// before it wins over one after.
+    #[test]
+    fn xmp_after_the_image_data_is_read() {
+        let packet = "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"/>";
+        let itxt =
+            |text: &str| [xmp::PNG_KEYWORD.as_bytes(), b"\0\0\0\0\0", text.as_bytes()].concat();
+        let file = |before: Option<&str>| {
+            let mut out = Vec::new();
+            let mut encoder = png::Encoder::new(&mut out, 2, 1);
+            encoder.set_color(png::ColorType::Grayscale);
+            let mut writer = encoder.write_header().unwrap();
+            if let Some(text) = before {
+                writer
+                    .write_chunk(ChunkType(*b"iTXt"), &itxt(text))
+                    .unwrap();
+            }
+            writer.write_image_data(&[0, 255]).unwrap();
+            writer
+                .write_chunk(ChunkType(*b"iTXt"), &itxt(packet))
+                .unwrap();
+            writer.finish().unwrap();
+            out
+        };
+        let d = decode_bytes(&file(None), &limits()).unwrap();
+        assert_eq!(d.xmp.as_deref(), Some(packet.as_bytes()));
+        let first = "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\" x:xmptk=\"first\"/>";
+        let d = decode_bytes(&file(Some(first)), &limits()).unwrap();
+        assert_eq!(d.xmp.as_deref(), Some(first.as_bytes()));
+    }
 
     /// A 3×2 RGB PNG from the png crate, with an ICC profile if given, and `chunks` (their
     /// contents written out here, by the specification) before its image data.
