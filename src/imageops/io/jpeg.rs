@@ -333,9 +333,11 @@ impl Encoded<'_> {
         };
         let mut file = Vec::new();
         self.encode_with(JpegEncoder::new_with_quality(&mut file, quality))?;
-        let mut at = 2;
-        while file.get(at) == Some(&0xFF) && file.get(at + 1).is_some_and(|m| m >> 4 == 0xE) {
-            at += 2 + usize::from(u16::from_be_bytes([file[at + 2], file[at + 3]]));
+        // Past the APPn segments that open the stream.
+        let mut markers = Markers::new(&file);
+        let mut at = markers.at;
+        while let Some((0xE0..=0xEF, _)) = markers.next() {
+            at = markers.at;
         }
         let length = u16::try_from(2 + xmp::JPEG_SIGNATURE.len() + xmp.len())
             .expect("the packet's size was checked");
