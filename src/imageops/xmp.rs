@@ -56,6 +56,11 @@ const STORAGE: [&[u8]; 9] = [
     b"NativeDigest",
 ];
 
+/// Whether the packet is well-formed XMP that [`upright`] and [`for_output`] can rewrite.
+pub fn is_well_formed(packet: &[u8]) -> bool {
+    rewrite(packet, Edit::Upright).is_some()
+}
+
 /// The packet with its orientation set to upright, for a decoder that has turned the
 /// pixels by the file's orientation; `None` where it is not a well-formed XMP packet.
 pub fn upright(packet: &[u8]) -> Option<Vec<u8>> {
@@ -420,7 +425,9 @@ mod tests {
             b"<a/> junk",
         ] {
             assert!(
-                for_output(broken, 1, 1).is_none() && upright(broken).is_none(),
+                for_output(broken, 1, 1).is_none()
+                    && upright(broken).is_none()
+                    && !is_well_formed(broken),
                 "{}",
                 String::from_utf8_lossy(broken)
             );

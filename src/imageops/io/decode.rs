@@ -113,7 +113,7 @@ fn detect_and_decode(
         tracing::warn!("{}: {what}: only the first image is read", path.display());
     }
     decoded.xmp = decoded.xmp.filter(|packet| {
-        let usable = crate::imageops::xmp::for_output(packet, 1, 1).is_some();
+        let usable = crate::imageops::xmp::is_well_formed(packet);
         if !usable {
             tracing::warn!(
                 "{}: ignoring XMP metadata that is not well-formed XML",
