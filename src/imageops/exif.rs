@@ -6,6 +6,8 @@
 
 use image::metadata::Orientation;
 
+use super::density::Density;
+
 /// A decoded file's EXIF chunk (TIFF layout, as the `image` crate reads and writes it)
 /// with its orientation reset to upright, whatever value it had: the pixels are written as
 /// decoded, turned by a valid orientation and left as stored otherwise. A thumbnail stored
@@ -48,8 +50,33 @@ pub fn with_dimensions(mut chunk: Vec<u8>, width: u32, height: u32) -> Vec<u8> {
     chunk
 }
 
+/// The image's physical density, from the first IFD's XResolution, YResolution and
+/// ResolutionUnit tags.
+pub fn density(chunk: &[u8]) -> Option<Density> {
+    let tiff = Tiff::new(chunk)?;
+    let ifd0 = tiff.u32_at(chunk, 4)?;
+    let rational = |tag| {
+        let e = tiff.find(chunk, ifd0, tag)?;
+        if tiff.u16_at(chunk, e + 2)? != RATIONAL || tiff.u32_at(chunk, e + 4)? != 1 {
+            return None;
+        }
+        let at = tiff.u32_at(chunk, e + 8)?;
+        let (n, d) = (
+            tiff.u32_at(chunk, at)?,
+            tiff.u32_at(chunk, at.checked_add(4)?)?,
+        );
+        Some(n as f64 / d as f64)
+    };
+    let unit = tiff
+        .find(chunk, ifd0, 0x0128)
+        .filter(|&e| tiff.u16_at(chunk, e + 2) == Some(SHORT))
+        .and_then(|e| tiff.u16_at(chunk, e + 8));
+    Density::from_tiff(rational(0x011A)?, rational(0x011B), unit)
+}
+
 const SHORT: u16 = 3;
 const LONG: u16 = 4;
+const RATIONAL: u16 = 5;
 const ORIENTATION: u16 = 0x0112;
 
 /// The byte order of a TIFF structure.
@@ -282,6 +309,42 @@ mod tests {
 
     /// A chunk that is not TIFF data (no TIFF header, or the first IFD outside it or over
     /// the header) is left out; one that is, however damaged past that, is kept.
+    /// A one-pixel TIFF whose first IFD holds a resolution, as EXIF does.
+    fn with_resolution(unit: tiff::tags::ResolutionUnit, x: (u32, u32)) -> Vec<u8> {
+        let mut file = std::io::Cursor::new(Vec::new());
+        let mut tiff = tiff::encoder::TiffEncoder::new(&mut file).unwrap();
+        let mut image = tiff
+            .new_image::<tiff::encoder::colortype::Gray8>(1, 1)
+            .unwrap();
+        image.resolution(unit, tiff::encoder::Rational { n: x.0, d: x.1 });
+        image.write_data(&[0]).unwrap();
+        file.into_inner()
+    }
+
+    #[test]
+    fn the_density_is_read_from_the_first_ifd() {
+        use tiff::tags::ResolutionUnit;
+        let d = density(&with_resolution(ResolutionUnit::Centimeter, (11811, 100))).unwrap();
+        assert_eq!((d.x, d.y), (118.11, 118.11));
+        assert_eq!(d.unit, super::super::density::DensityUnit::Centimetre);
+        let d = density(&with_resolution(ResolutionUnit::Inch, (300, 1))).unwrap();
+        assert_eq!(
+            (d.x, d.unit),
+            (300.0, super::super::density::DensityUnit::Inch)
+        );
+        // What the tiff crate writes by default: 1/1 without a unit, which says nothing.
+        assert_eq!(
+            density(&with_resolution(ResolutionUnit::None, (1, 1))),
+            None
+        );
+        assert_eq!(
+            density(&with_resolution(ResolutionUnit::Inch, (300, 0))),
+            None
+        );
+        assert_eq!(density(&chunk(true)), None);
+        assert_eq!(density(b"II*\0\xff\xff\xff\xff"), None);
+    }
+
     #[test]
     fn chunks_that_are_not_tiff_data_are_left_out() {
         let junk = b"Exif\0\0not a tiff".to_vec();

@@ -2,6 +2,7 @@
 //! and decoding/encoding of files.
 
 pub mod bleed;
+pub mod density;
 pub mod exif;
 pub mod io;
 pub mod resize;

@@ -6,12 +6,15 @@ use std::io::{self, BufRead, BufReader, Cursor, Seek};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 
 use super::avif::AvifDecoder;
 use super::encode::icc_describes;
-use super::format::{input_format_names, is_colour_mapped, several_images, InputFormat};
+use super::format::{
+    bmp_density, input_format_names, is_colour_mapped, several_images, InputFormat,
+};
 use super::heic::HeicDecoder;
 use super::heif::{Codec, HeifDecoder, HeifError};
 use super::jpeg::{JpegDecoder, JpegFacts};
@@ -19,6 +22,7 @@ use super::planes::{image_to_planes, is_deep, is_gray, unpremultiply};
 use super::png::PngFacts;
 use super::tiff::{decode_tiff, TiffFacts};
 use super::{one_line, DecodeLimits, DecodedImage, ImageIoError};
+use crate::imageops::density::Density;
 use crate::imageops::Planar;
 
 /// Decodes an image file. The format is detected from the contents, so a misnamed file
@@ -104,7 +108,7 @@ fn detect_and_decode(
             // The decoder has already turned the image upright by the codestream's
             // orientation, which is the one JPEG XL readers obey; an EXIF orientation in
             // the file is not applied again.
-            let mut decoded = decode_with(decoder, format, false, path, limits)?;
+            let mut decoded = decode_with(decoder, format, false, None, path, limits)?;
             decoded.xmp = xml;
             (decoded, (frames > 1).then_some("animated JPEG XL"))
         }
@@ -150,7 +154,7 @@ fn decode_heif<C: Codec>(
     let png_colour = codec.presentation().png_colour();
     // The decoder's orientation is the file's rotation and mirroring (`irot`, `imir`),
     // not its Exif one.
-    let mut decoded = decode_with(HeifDecoder(codec), format, true, path, limits)?;
+    let mut decoded = decode_with(HeifDecoder(codec), format, true, None, path, limits)?;
     decoded.png_colour = png_colour;
     Ok((decoded, sequence))
 }
@@ -190,9 +194,15 @@ fn decode_image_crate(
                 .into(),
         });
     }
+    let head = reader.fill_buf().map_err(ImageIoError::read(path))?;
     let colour_mapped =
-        is_colour_mapped(format, reader.fill_buf().map_err(ImageIoError::read(path))?)
-            || tiff.as_ref().is_some_and(|f| f.colour_mapped);
+        is_colour_mapped(format, head) || tiff.as_ref().is_some_and(|f| f.colour_mapped);
+    let density = match (&tiff, &png) {
+        (Some(facts), _) => facts.density,
+        (_, Some(facts)) => facts.density,
+        _ if format == InputFormat::Bmp => bmp_density(head),
+        _ => None,
+    };
     let mut decoded = if matches!(format, InputFormat::Jpeg | InputFormat::Gif) {
         decode_in_memory(reader, format, image_format, path, limits)?
     } else {
@@ -205,7 +215,7 @@ fn decode_image_crate(
             reader_for(&mut reader, image_format, limits)
                 .into_decoder()
                 .map_err(|e| ImageIoError::from_decode(path, e))
-                .and_then(|decoder| decode_with(decoder, format, true, path, limits))
+                .and_then(|decoder| decode_with(decoder, format, true, density, path, limits))
         };
         let mut decoded = match (decoded, &tiff) {
             // The image crate maps only some TIFF layouts (not gray+alpha, float gray,
@@ -223,9 +233,11 @@ fn decode_image_crate(
                              convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
                         ),
                     })?;
+                decoded.density = density;
                 if let Some(t) = facts.orientation {
                     decoded.rgb = decoded.rgb.dihedral(t);
                     decoded.alpha = decoded.alpha.map(|a| a.dihedral(t));
+                    decoded.density = decoded.density.map(|d| d.turned(t.transpose));
                 }
                 decoded
             }
@@ -276,7 +288,7 @@ fn decode_in_memory(
     let decoder = reader_for(Cursor::new(&data[..]), image_format, limits)
         .into_decoder()
         .map_err(|e| ImageIoError::from_decode(path, e))?;
-    let mut decoded = decode_with(decoder, format, true, path, limits)?;
+    let mut decoded = decode_with(decoder, format, true, None, path, limits)?;
     // The GIF decoder gives RGBA even where no colour is transparent; such an alpha plane
     // says nothing and would only make the output bigger.
     if decoded
@@ -322,7 +334,14 @@ fn decode_jpeg(
     let err = |e| ImageIoError::from_decode(path, e);
     let mut decoder = JpegDecoder::new(data, &facts).map_err(err)?;
     decoder.set_limits(limits.for_decoder()).map_err(err)?;
-    decode_with(decoder, InputFormat::Jpeg, true, path, limits)
+    decode_with(
+        decoder,
+        InputFormat::Jpeg,
+        true,
+        facts.density,
+        path,
+        limits,
+    )
 }
 
 fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoError> {
@@ -371,6 +390,7 @@ fn decode_with(
     mut decoder: impl ImageDecoder,
     format: InputFormat,
     orient: bool,
+    density: Option<Density>,
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, ImageIoError> {
@@ -379,7 +399,7 @@ fn decode_with(
     let orientation = if orient {
         decoder.orientation().map_err(err)?
     } else {
-        image::metadata::Orientation::NoTransforms
+        Orientation::NoTransforms
     };
     // Not every decoder enforces the limits itself, so check them here before any pixel
     // buffer exists. Rotations copy the decoded buffer once more.
@@ -397,7 +417,7 @@ fn decode_with(
         let (mw, mh) = (limits.max_width, limits.max_height);
         return Err(too_large(format!("{w}x{h} exceeds the {mw}x{mh} limit")));
     }
-    let copies = if orientation == image::metadata::Orientation::NoTransforms {
+    let copies = if orientation == Orientation::NoTransforms {
         1
     } else {
         2
@@ -447,11 +467,21 @@ fn decode_with(
             None
         })
     };
-    let xmp = if orientation == image::metadata::Orientation::NoTransforms {
+    let xmp = if orientation == Orientation::NoTransforms {
         xmp
     } else {
         xmp.map(upright_xmp)
     };
+    let transposed = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let density = density
+        .or_else(|| exif.as_deref().and_then(crate::imageops::exif::density))
+        .map(|d| d.turned(transposed));
 
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);
@@ -466,6 +496,7 @@ fn decode_with(
         png_colour: Default::default(),
         exif,
         xmp,
+        density,
         format,
     })
 }

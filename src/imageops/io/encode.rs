@@ -10,6 +10,7 @@ use image::{ExtendedColorType, ImageEncoder, ImageError, ImageFormat, ImageResul
 use super::planes::{quantise_planes, with_alpha};
 use super::webp::WebpError;
 use super::{DecodedImage, ImageIoError, PngColour};
+use crate::imageops::density::Density;
 use crate::imageops::Planar;
 
 /// Output file formats.
@@ -121,7 +122,7 @@ impl fmt::Display for OutputFormat {
 }
 
 /// How [`encode_file`] writes an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EncodeOptions {
     pub format: OutputFormat,
     /// JPEG and WebP quality, 1–100; ignored by PNG and TIFF (lossless) and lossless WebP.
@@ -142,6 +143,9 @@ pub struct EncodeOptions {
     /// Written to PNG outputs; the other formats have no place for them, and a warning says
     /// when that changes how viewers show the colours.
     pub png_colour: PngColour,
+    /// Written as PNG pHYs, JFIF density and TIFF resolution tags; WebP has no place for
+    /// it beside the EXIF tags.
+    pub density: Option<Density>,
 }
 
 impl EncodeOptions {
@@ -157,11 +161,12 @@ impl EncodeOptions {
             exif: None,
             xmp: None,
             png_colour: PngColour::default(),
+            density: None,
         }
     }
 
     /// Options that preserve `source`'s bit depth, grayness, colour space (ICC profile and
-    /// PNG colour chunks) and EXIF and XMP metadata.
+    /// PNG colour chunks), EXIF and XMP metadata and physical density.
     pub fn matching(format: OutputFormat, source: &DecodedImage) -> Self {
         Self {
             sixteen_bit: source.sixteen_bit,
@@ -170,6 +175,7 @@ impl EncodeOptions {
             exif: source.exif.clone(),
             xmp: source.xmp.clone(),
             png_colour: source.png_colour,
+            density: source.density,
             ..Self::new(format)
         }
     }
@@ -627,6 +633,101 @@ mod tests {
         let opts = EncodeOptions::matching(OutputFormat::Tiff, &source);
         encode_file(&tiff, &big, None, &opts).unwrap();
         assert!(decode_file(&tiff, &limits()).is_ok());
+    }
+
+    /// A density's pixels per inch and whether it has a unit at all, to compare densities
+    /// that formats record in different units.
+    fn per_inch(d: Option<Density>) -> Option<(f64, f64, bool)> {
+        use crate::imageops::density::DensityUnit;
+        let d = d?;
+        let scale = match d.unit {
+            DensityUnit::Inch | DensityUnit::None => 1.0,
+            DensityUnit::Centimetre => 2.54,
+            DensityUnit::Metre => 0.0254,
+        };
+        let round = |v: f64| (v * scale * 100.0).round() / 100.0;
+        Some((round(d.x), round(d.y), d.unit != DensityUnit::None))
+    }
+
+    /// The physical density is written where each format records it (PNG pHYs, JFIF,
+    /// TIFF tags) and read back the same; WebP has no place for it.
+    #[test]
+    fn density_is_kept_where_the_format_records_it() {
+        use crate::imageops::density::DensityUnit;
+        let img = gradient(8, 16);
+        for (x, y, unit) in [
+            (300.0, 300.0, DensityUnit::Inch),
+            (11811.0, 11811.0, DensityUnit::Metre),
+            (40.0, 20.0, DensityUnit::Centimetre),
+            (2.0, 1.0, DensityUnit::None),
+        ] {
+            let density = Density::new(x, y, unit);
+            for format in ALL {
+                let opts = EncodeOptions {
+                    density,
+                    ..EncodeOptions::new(format)
+                };
+                let file = encode_bytes(Path::new("d"), &img, None, &opts).unwrap();
+                let d = decode_bytes(&file, &limits()).unwrap();
+                let expected = if format == OutputFormat::Webp {
+                    None
+                } else {
+                    per_inch(density)
+                };
+                assert_eq!(per_inch(d.density), expected, "{format} {x}x{y} {unit:?}");
+                assert_eq!(EncodeOptions::matching(format, &d).density, d.density);
+            }
+        }
+    }
+
+    /// The density is turned with the image, comes from EXIF where the format records
+    /// none, and from a BMP's header.
+    #[test]
+    fn density_follows_orientation_exif_and_bmp_headers() {
+        use crate::imageops::density::DensityUnit;
+        let img = gradient(8, 16);
+        let opts = EncodeOptions {
+            density: Density::new(300.0, 150.0, DensityUnit::Inch),
+            ..EncodeOptions::new(OutputFormat::Jpeg)
+        };
+        let jpeg = encode_bytes(Path::new("d.jpg"), &img, None, &opts).unwrap();
+        let upright = decode_bytes(&jpeg, &limits()).unwrap().density;
+        assert_eq!(per_inch(upright), Some((300.0, 150.0, true)));
+        let turned = decode_bytes(&with_exif_orientation(&jpeg, 6), &limits()).unwrap();
+        assert_eq!(per_inch(turned.density), Some((150.0, 300.0, true)));
+
+        // EXIF resolution (a TIFF structure, as the EXIF chunk is) in a PNG without pHYs.
+        let exif = encode_bytes(
+            Path::new("e.tif"),
+            &img,
+            None,
+            &opts_with(OutputFormat::Tiff, 240.0),
+        )
+        .unwrap();
+        let png = EncodeOptions {
+            exif: Some(exif),
+            ..EncodeOptions::new(OutputFormat::Png)
+        };
+        let png = encode_bytes(Path::new("e.png"), &img, None, &png).unwrap();
+        let d = decode_bytes(&png, &limits()).unwrap().density;
+        assert_eq!(per_inch(d), Some((240.0, 240.0, true)));
+
+        let mut bmp = Vec::new();
+        image::RgbImage::new(4, 3)
+            .write_to(&mut Cursor::new(&mut bmp), ImageFormat::Bmp)
+            .unwrap();
+        assert_eq!(decode_bytes(&bmp, &limits()).unwrap().density, None);
+        bmp[38..42].copy_from_slice(&11811i32.to_le_bytes());
+        bmp[42..46].copy_from_slice(&5906i32.to_le_bytes());
+        let d = decode_bytes(&bmp, &limits()).unwrap().density;
+        assert_eq!(per_inch(d), Some((300.0, 150.01, true)));
+    }
+
+    fn opts_with(format: OutputFormat, dpi: f64) -> EncodeOptions {
+        EncodeOptions {
+            density: Density::new(dpi, dpi, crate::imageops::density::DensityUnit::Inch),
+            ..EncodeOptions::new(format)
+        }
     }
 
     /// Every output format carries the XMP packet, rewritten for the output (an

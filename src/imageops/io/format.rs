@@ -14,6 +14,7 @@ use super::encode::OutputFormat;
 use super::heic::HeicDecoder;
 use super::heif::{brands, HeifDecoder};
 use super::jpeg::{JpegDecoder, JpegFacts};
+use crate::imageops::density::{Density, DensityUnit};
 
 /// An accepted input format. Multi-frame GIFs are read as their first frame. Formats the
 /// `image` crate knows beyond these (EXR, HDR, ...) are refused rather than half-supported:
@@ -294,6 +295,20 @@ pub(super) fn is_colour_mapped(format: InputFormat, head: &[u8]) -> bool {
         InputFormat::Tga => matches!(head.get(2), Some(1 | 9)),
         _ => false,
     }
+}
+
+/// A BMP's density: the info header's pixels per metre across and down, at 38 and 42
+/// (the OS/2 header, 12 bytes long, has none; 0 means unknown).
+pub(super) fn bmp_density(head: &[u8]) -> Option<Density> {
+    let field = |at: usize| -> Option<f64> {
+        let b: [u8; 4] = head.get(at..at + 4)?.try_into().ok()?;
+        Some(f64::from(i32::from_le_bytes(b)))
+    };
+    let header_len = u32::from_le_bytes(head.get(14..18)?.try_into().ok()?);
+    if header_len < 40 {
+        return None;
+    }
+    Density::new(field(38)?, field(42)?, DensityUnit::Metre)
 }
 
 /// What the file holds beyond its first image (animation frames), named for a warning:

@@ -13,6 +13,7 @@ use image::error::DecodingError;
 use image::{ColorType, ImageDecoder, ImageError, ImageFormat, ImageResult, Limits};
 
 use super::encode::Encoded;
+use crate::imageops::density::Density;
 use crate::imageops::xmp;
 
 /// What a JPEG stream's markers tell.
@@ -28,6 +29,8 @@ pub(super) struct JpegFacts<'a> {
     exif: Option<&'a [u8]>,
     /// The first XMP packet (APP1 with the XMP namespace) before the first scan.
     xmp: Option<&'a [u8]>,
+    /// The density of the first JFIF segment (APP0 `JFIF\0`) before the first scan.
+    pub density: Option<Density>,
 }
 
 /// The first frame header (SOFn).
@@ -48,8 +51,10 @@ impl<'a> JpegFacts<'a> {
             frame: None,
             exif: None,
             xmp: None,
+            density: None,
         };
         let mut header = true;
+        let mut jfif = false;
         for (marker, contents) in Markers::new(data) {
             match marker {
                 EOI => {
@@ -57,6 +62,15 @@ impl<'a> JpegFacts<'a> {
                     break;
                 }
                 SOS => header = false,
+                APP0 if header && !jfif => {
+                    if let Some(&[_, _, units, x0, x1, y0, y1, ..]) =
+                        contents.strip_prefix(b"JFIF\0")
+                    {
+                        let (x, y) = (u16::from_be_bytes([x0, x1]), u16::from_be_bytes([y0, y1]));
+                        facts.density = Density::from_jfif(units, x, y);
+                        jfif = true;
+                    }
+                }
                 APP1 if header => {
                     if facts.exif.is_none() {
                         facts.exif = contents.strip_prefix(b"Exif\0\0");
@@ -152,6 +166,7 @@ impl Frame {
     }
 }
 
+const APP0: u8 = 0xE0;
 const APP1: u8 = 0xE1;
 const SOS: u8 = 0xDA;
 const EOI: u8 = 0xD9;
@@ -317,7 +332,6 @@ impl Encoded<'_> {
     /// JPEG at the options' quality, with the XMP packet in an APP1 segment after the
     /// encoder's own APPn segments (JFIF, Exif, ICC), where readers look for it.
     pub(super) fn encode_jpeg(&self, mut w: impl Write) -> ImageResult<()> {
-        let quality = self.opts.quality.clamp(1, 100);
         let Some(xmp) = self.xmp().filter(|xmp| {
             let fits = xmp.len() <= MAX_XMP;
             if !fits {
@@ -329,10 +343,10 @@ impl Encoded<'_> {
             }
             fits
         }) else {
-            return self.encode_with(JpegEncoder::new_with_quality(w, quality));
+            return self.encode_with(self.jpeg_encoder(w));
         };
         let mut file = Vec::new();
-        self.encode_with(JpegEncoder::new_with_quality(&mut file, quality))?;
+        self.encode_with(self.jpeg_encoder(&mut file))?;
         // Past the APPn segments that open the stream.
         let mut markers = Markers::new(&file);
         let mut at = markers.at;
@@ -348,6 +362,25 @@ impl Encoded<'_> {
         w.write_all(&xmp)?;
         w.write_all(&file[at..])?;
         Ok(())
+    }
+
+    /// The image crate's encoder at the options' quality, its JFIF segment giving the
+    /// options' density (1:1 without a unit where there is none).
+    fn jpeg_encoder<W: Write>(&self, w: W) -> JpegEncoder<W> {
+        use image::codecs::jpeg::{PixelDensity, PixelDensityUnit};
+        let mut encoder = JpegEncoder::new_with_quality(w, self.opts.quality.clamp(1, 100));
+        if let Some((units, x, y)) = self.opts.density.and_then(|d| d.to_jfif()) {
+            let unit = match units {
+                1 => PixelDensityUnit::Inches,
+                2 => PixelDensityUnit::Centimeters,
+                _ => PixelDensityUnit::PixelAspectRatio,
+            };
+            encoder.set_pixel_density(PixelDensity {
+                density: (x, y),
+                unit,
+            });
+        }
+        encoder
     }
 }
 
@@ -395,6 +428,7 @@ mod tests {
             }),
             exif: None,
             xmp: None,
+            density: None,
         }
     }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use image::ImageError;
 
+use super::density::Density;
 use super::Planar;
 
 mod avif;
@@ -60,6 +61,9 @@ pub struct DecodedImage {
     pub exif: Option<Vec<u8>>,
     /// The XMP packet, well-formed XML as read (rewritten for the output when written).
     pub xmp: Option<Vec<u8>>,
+    /// The physical pixel density, upright: the format's own (PNG pHYs, JFIF, TIFF tags,
+    /// BMP header), else the EXIF one.
+    pub density: Option<Density>,
     /// The format detected from the file's contents (not its extension).
     pub format: InputFormat,
 }

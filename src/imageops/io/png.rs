@@ -14,6 +14,7 @@ use png::{
 
 use super::encode::{Encoded, OutputFormat};
 use super::DecodeLimits;
+use crate::imageops::density::{Density, DensityUnit};
 use crate::imageops::xmp;
 
 /// A PNG's colour-space chunks other than iCCP, whose ICC profile travels on its own since
@@ -173,6 +174,8 @@ pub(super) struct PngFacts {
     /// The XMP packet of an iTXt chunk after the image data, where the PNG specification
     /// lets text go too; the image crate's decoder reads only the chunks before it.
     pub(super) trailing_xmp: Option<Vec<u8>>,
+    /// The pHYs chunk.
+    pub(super) density: Option<Density>,
 }
 
 impl PngFacts {
@@ -189,6 +192,13 @@ impl PngFacts {
                 colour: PngColour::from_info(r.info()),
                 animated: r.info().animation_control.is_some(),
                 trailing_xmp: None,
+                density: r.info().pixel_dims.and_then(|d| {
+                    let unit = match d.unit {
+                        png::Unit::Meter => DensityUnit::Metre,
+                        png::Unit::Unspecified => DensityUnit::None,
+                    };
+                    Density::new(f64::from(d.xppu), f64::from(d.yppu), unit)
+                }),
             },
         );
         facts.trailing_xmp = trailing_xmp(reader, limits);
@@ -286,6 +296,15 @@ impl Encoded<'_> {
         info.srgb = colour.srgb.filter(|_| icc.is_none());
         info.source_gamma = colour.gamma;
         info.source_chromaticities = colour.chromaticities;
+        info.pixel_dims = self.opts.density.map(|d| {
+            let (per_metre, xppu, yppu) = d.to_png();
+            let unit = if per_metre {
+                png::Unit::Meter
+            } else {
+                png::Unit::Unspecified
+            };
+            png::PixelDimensions { xppu, yppu, unit }
+        });
         let mut encoder = png::Encoder::with_info(w, info)?;
         encoder.set_compression(png::Compression::Fast);
         encoder.set_filter(png::Filter::Adaptive);

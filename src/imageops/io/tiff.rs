@@ -9,6 +9,7 @@ use super::encode::Encoded;
 use super::format::InputFormat;
 use super::planes::{split, ycbcr_to_rgb};
 use super::{DecodeLimits, DecodedImage};
+use crate::imageops::density::Density;
 use crate::imageops::{Dihedral, Planar};
 
 /// Decodes a TIFF with the tiff crate: gray, gray+alpha, RGB and RGBA in 8 or 16 bits
@@ -104,6 +105,7 @@ pub(super) fn decode_tiff(
         png_colour: Default::default(),
         exif: None,
         xmp: None,
+        density: None,
         format: InputFormat::Tiff,
     })
 }
@@ -217,6 +219,7 @@ impl ColourMap {
             png_colour: Default::default(),
             exif: None,
             xmp: None,
+            density: None,
             format: InputFormat::Tiff,
         })
     }
@@ -531,6 +534,8 @@ pub(super) struct TiffFacts {
     pub(super) orientation: Option<Dihedral>,
     /// The samples are indices into a colour map (PhotometricInterpretation 3).
     pub(super) colour_mapped: bool,
+    /// The resolution tags, as stored (not turned by the orientation).
+    pub(super) density: Option<Density>,
     /// Several samples per pixel, stored plane by plane in tiles: the tiff crate's
     /// whole-image read (which the image crate uses) takes the edge tiles of every plane
     /// after the first for whole ones and panics, so [`decode_tiff`] reads them tile by tile.
@@ -601,6 +606,7 @@ impl TiffFacts {
                         .ok()
                         .flatten()
                         == Some(3),
+                    density: density(&mut d),
                     tiled_planar: is_tiled(&mut d) && is_planar(&mut d),
                 }
             },
@@ -608,6 +614,22 @@ impl TiffFacts {
         let _ = reader.seek(io::SeekFrom::Start(0));
         facts
     }
+}
+
+/// The XResolution, YResolution and ResolutionUnit tags of the decoder's current IFD.
+fn density<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Option<Density> {
+    use tiff::decoder::ifd::Value;
+    use tiff::tags::Tag;
+    let mut resolution = |tag| match d.find_tag(tag).ok()?? {
+        Value::Rational(n, d) => Some(f64::from(n) / f64::from(d)),
+        _ => None,
+    };
+    let (x, y) = (resolution(Tag::XResolution)?, resolution(Tag::YResolution));
+    let unit = d
+        .find_tag_unsigned::<u16>(Tag::ResolutionUnit)
+        .ok()
+        .flatten();
+    Density::from_tiff(x, y, unit)
 }
 
 /// `$name`: a colour type the tiff crate's encoder lacks, `$samples` samples of `$bits`-bit
@@ -679,6 +701,15 @@ impl Encoded<'_> {
         }
         if let Some(icc) = self.icc_profile() {
             image.encoder().write_tag(Tag::IccProfile, Undefined(icc))?;
+        }
+        if let Some(density) = self.opts.density {
+            // These replace the encoder's default of 1/1 without a unit.
+            use tiff::encoder::Rational;
+            let (unit, (xn, xd), (yn, yd)) = density.to_tiff();
+            let encoder = image.encoder();
+            encoder.write_tag(Tag::ResolutionUnit, unit)?;
+            encoder.write_tag(Tag::XResolution, Rational { n: xn, d: xd })?;
+            encoder.write_tag(Tag::YResolution, Rational { n: yn, d: yd })?;
         }
         if let Some(mut xmp) = self.xmp() {
             // An even length keeps the values after it on word boundaries, as TIFF asks;
