@@ -7,6 +7,7 @@
 
 use image::{ColorType, DynamicImage, GrayImage, ImageBuffer, ImageFormat, Rgb, RgbImage, Rgba};
 use infdit::config::ModelConfig;
+use infdit::imageops::density::DensityUnit;
 use infdit::imageops::io::{decode_file, DecodeLimits};
 use infdit::imageops::resize::resize_bicubic;
 use std::path::{Path, PathBuf};
@@ -1062,13 +1063,31 @@ fn exif_rotated_jpeg_comes_out_upright() {
 
 /// A photo's XMP reaches every output format with its orientation upright and its
 /// dimensions the output's; `--no-metadata` leaves it out, and a packet that is not XML is
-/// left out with a warning naming the file.
+/// left out with a warning naming the file. The density is turned with the image and kept
+/// where the format records it, with or without metadata.
 #[test]
-fn xmp_is_kept_upright_with_the_output_size() {
+fn xmp_and_density_are_kept_upright_with_the_output_size() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let plain = dir.path().join("plain.jpg");
     save(gradient(24, 12), &plain, ImageFormat::Jpeg);
+    // A JFIF density of 300 × 150 dpi, which the EXIF orientation below turns to 150 × 300.
+    let mut jfif = std::fs::read(&plain).unwrap();
+    assert_eq!(&jfif[6..11], b"JFIF\0");
+    jfif[13] = 1;
+    jfif[14..16].copy_from_slice(&300u16.to_be_bytes());
+    jfif[16..18].copy_from_slice(&150u16.to_be_bytes());
+    std::fs::write(&plain, jfif).unwrap();
+    let dpi = |d: &infdit::imageops::io::DecodedImage| {
+        d.density.map(|d| {
+            let per_inch = match d.unit {
+                DensityUnit::Metre => 0.0254,
+                _ => 1.0,
+            };
+            ((d.x * per_inch).round(), (d.y * per_inch).round())
+        })
+    };
+    let density = |format| (format != "webp").then_some((150.0, 300.0));
     let with_xmp = |packet: &str| {
         let jpeg = with_exif_orientation(&std::fs::read(&plain).unwrap(), 6);
         let signature = b"http://ns.adobe.com/xap/1.0/\0";
@@ -1089,6 +1108,7 @@ fn xmp_is_kept_upright_with_the_output_size() {
         upscale_ok(&model, &[s(&src), "-o", s(&out)]);
         let d = decode_file(&out, &DecodeLimits::default()).unwrap();
         assert_eq!((d.rgb.width, d.rgb.height), (48, 96), "{format}");
+        assert_eq!(dpi(&d), density(format), "{format}");
         let xmp = String::from_utf8(d.xmp.expect("XMP is kept")).unwrap();
         for want in [
             r#"tiff:Orientation="1""#,
@@ -1103,6 +1123,7 @@ fn xmp_is_kept_upright_with_the_output_size() {
             &[s(&src), "-o", s(&out), "--overwrite", "--no-metadata"],
         );
         let d = decode_file(&out, &DecodeLimits::default()).unwrap();
+        assert_eq!(dpi(&d), density(format), "{format}: kept without metadata");
         assert_eq!((d.xmp, d.exif), (None, None), "{format}");
     }
     let broken = dir.path().join("broken_xmp.jpg");
