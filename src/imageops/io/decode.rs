@@ -245,6 +245,7 @@ fn decode_image_crate(
         };
         if let Some(facts) = tiff {
             decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
+            decoded.exif = decoded.exif.or(facts.exif);
             decoded.xmp = match facts.orientation {
                 Some(_) => facts.xmp.map(upright_xmp),
                 None => facts.xmp,

@@ -135,7 +135,9 @@ pub struct EncodeOptions {
     pub grayscale: bool,
     /// Attached to the output unchanged.
     pub icc_profile: Option<Vec<u8>>,
-    /// Attached to PNG, JPEG and WebP outputs with the pixel dimensions set to the output's.
+    /// Attached with the pixel dimensions set to the output's: as a chunk to PNG, JPEG and
+    /// WebP outputs, as the TIFF's own tags and directories to TIFF outputs (see
+    /// [`crate::imageops::exif::ExifTags`]).
     pub exif: Option<Vec<u8>>,
     /// Attached to every output format, rewritten for the output (see
     /// [`crate::imageops::xmp`]).

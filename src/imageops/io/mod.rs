@@ -57,7 +57,9 @@ pub struct DecodedImage {
     pub icc_profile: Option<Vec<u8>>,
     /// A PNG's sRGB, gAMA, cHRM, cICP, mDCV and cLLI chunks, for the same reason.
     pub png_colour: PngColour,
-    /// The EXIF metadata (PNG, JPEG, WebP), orientation reset since it has been applied.
+    /// The EXIF metadata as a chunk of TIFF data, as PNG, JPEG, WebP, JPEG XL and HEIF files
+    /// hold it (a TIFF's own EXIF tags are gathered into one); orientation reset, since it
+    /// has been applied.
     pub exif: Option<Vec<u8>>,
     /// The XMP packet, well-formed XML as read (rewritten for the output when written).
     pub xmp: Option<Vec<u8>>,

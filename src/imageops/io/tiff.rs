@@ -10,6 +10,7 @@ use super::format::InputFormat;
 use super::planes::{split, ycbcr_to_rgb};
 use super::{DecodeLimits, DecodedImage};
 use crate::imageops::density::Density;
+use crate::imageops::exif::{ExifTags, Field, DESCRIPTIVE};
 use crate::imageops::{Dihedral, Planar};
 
 /// Decodes a TIFF with the tiff crate: gray, gray+alpha, RGB and RGBA in 8 or 16 bits
@@ -536,6 +537,10 @@ pub(super) struct TiffFacts {
     pub(super) colour_mapped: bool,
     /// The resolution tags, as stored (not turned by the orientation).
     pub(super) density: Option<Density>,
+    /// The camera, date and GPS tags of the first directory and its Exif and GPS
+    /// directories, as an EXIF chunk (classic TIFF only), which the image crate does not
+    /// read.
+    pub(super) exif: Option<Vec<u8>>,
     /// Several samples per pixel, stored plane by plane in tiles: the tiff crate's
     /// whole-image read (which the image crate uses) takes the edge tiles of every plane
     /// after the first for whole ones and panics, so [`decode_tiff`] reads them tile by tile.
@@ -607,12 +612,14 @@ impl TiffFacts {
                         .flatten()
                         == Some(3),
                     density: density(&mut d),
+                    exif: None,
                     tiled_planar: is_tiled(&mut d) && is_planar(&mut d),
                 }
             },
         );
+        let exif = ExifTags::from_file(reader).map(|tags| tags.to_chunk());
         let _ = reader.seek(io::SeekFrom::Start(0));
-        facts
+        Self { exif, ..facts }
     }
 }
 
@@ -630,6 +637,27 @@ fn density<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Option<Density>
         .ok()
         .flatten();
     Density::from_tiff(x, y, unit)
+}
+
+/// Adds EXIF fields, in the machine's byte order, to a directory being written.
+fn add_fields<'a, W: Write + Seek>(
+    directory: &mut tiff::encoder::DirectoryEncoder<'_, W, tiff::encoder::TiffKindStandard>,
+    fields: impl Iterator<Item = &'a Field>,
+) -> tiff::TiffResult<()> {
+    let mut entries = tiff::Directory::empty();
+    for f in fields {
+        let Some(kind) = tiff::tags::Type::from_u16(f.kind) else {
+            continue;
+        };
+        let entry = directory.write_entry_bytes(kind, &f.data)?;
+        if f.data.len() > 4 && f.data.len() % 2 == 1 {
+            // Values start on word boundaries, as TIFF asks.
+            directory.write_data(&[0u8][..])?;
+        }
+        entries.extend([(tiff::tags::Tag::from_u16_exhaustive(f.tag), entry)]);
+    }
+    directory.extend_from(&entries);
+    Ok(())
 }
 
 /// `$name`: a colour type the tiff crate's encoder lacks, `$samples` samples of `$bits`-bit
@@ -693,7 +721,33 @@ impl Encoded<'_> {
         [C::Inner]: tiff::encoder::TiffValue,
     {
         use tiff::tags::Tag;
+        // The tiff crate writes in the machine's byte order.
+        let exif = self
+            .exif()
+            .and_then(|chunk| ExifTags::from_chunk(&chunk))
+            .map(|tags| tags.in_byte_order(cfg!(target_endian = "big")));
+        let mut pointers = Vec::new();
+        if let Some(tags) = &exif {
+            for (tag, fields) in [
+                (Tag::ExifDirectory, &tags.exif),
+                (Tag::GpsDirectory, &tags.gps),
+            ] {
+                if !fields.is_empty() {
+                    let mut directory = tiff.extra_directory()?;
+                    add_fields(&mut directory, fields.iter())?;
+                    pointers.push((tag, directory.finish_with_offsets()?.offset));
+                }
+            }
+        }
         let mut image = tiff.new_image::<C>(self.width, self.height)?;
+        if let Some(tags) = &exif {
+            // The resolution is written from the density below.
+            let described = tags.image.iter().filter(|f| DESCRIPTIVE.contains(&f.tag));
+            add_fields(image.encoder(), described)?;
+        }
+        for (tag, offset) in pointers {
+            image.encoder().write_tag(tag, offset)?;
+        }
         // Gray+alpha or RGBA: the samples quantise_planes gives end in alpha.
         if self.color.channel_count().is_multiple_of(2) {
             // 2: unassociated alpha, which is what is written (colour not premultiplied).
@@ -734,6 +788,91 @@ mod tests {
     };
     use std::fs::File;
     use std::io::Cursor;
+
+    /// A photo's EXIF tags reach a TIFF output's own directories (in the machine's byte
+    /// order, values on word boundaries), and a TIFF's reach the EXIF chunk of other formats.
+    #[test]
+    fn exif_moves_between_chunks_and_tiff_directories() {
+        use crate::imageops::exif::Field;
+        use tiff::tags::Tag;
+        let field = |tag, kind, data: &[u8]| Field {
+            tag,
+            kind,
+            data: data.to_vec(),
+        };
+        let tags = ExifTags {
+            big_endian: true,
+            image: vec![
+                field(0x010F, 2, b"Maker\0"),
+                field(0x0110, 2, b"Model 1\0"),
+                field(0x011A, 5, &[0, 0, 0, 72, 0, 0, 0, 1]),
+            ],
+            exif: vec![
+                field(0x829A, 5, &[0, 0, 0, 1, 0, 0, 0, 125]),
+                field(0x8827, 3, &[0, 200]),
+                field(0xA002, 4, &[0, 0, 0, 8]),
+            ],
+            gps: vec![field(
+                0x0002,
+                5,
+                &[
+                    0, 0, 0, 48, 0, 0, 0, 1, 0, 0, 0, 51, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1,
+                ],
+            )],
+        };
+        let img = gradient(6, 10);
+        let opts = EncodeOptions {
+            exif: Some(tags.to_chunk()),
+            ..EncodeOptions::new(OutputFormat::Tiff)
+        };
+        let file =
+            crate::imageops::io::encode_bytes(std::path::Path::new("e.tif"), &img, None, &opts)
+                .unwrap();
+        let mut d = tiff::decoder::Decoder::new(Cursor::new(&file)).unwrap();
+        assert_eq!(
+            d.get_tag(Tag::Make).unwrap().into_string().unwrap(),
+            "Maker"
+        );
+        assert_eq!(
+            d.get_tag(Tag::Model).unwrap().into_string().unwrap(),
+            "Model 1"
+        );
+        // The resolution comes from the density, which these options do not give.
+        assert!(matches!(
+            d.get_tag(Tag::XResolution).unwrap(),
+            tiff::decoder::ifd::Value::Rational(1, 1)
+        ));
+        let read = ExifTags::from_file(&mut Cursor::new(&file)).unwrap();
+        let native = tags.clone().in_byte_order(cfg!(target_endian = "big"));
+        assert_eq!(read.image[..2], native.image[..2]);
+        assert_eq!(read.gps, native.gps);
+        // PixelXDimension is the output's width.
+        assert_eq!(read.exif[..2], native.exif[..2]);
+        assert_eq!(read.exif[2].data, 10u32.to_ne_bytes());
+        for f in read.image.iter().chain(&read.exif).chain(&read.gps) {
+            assert_eq!(f.data.len() % 2, 0, "word-aligned values follow {f:?}");
+        }
+
+        // And back: the TIFF's tags, as the EXIF chunk of a PNG.
+        let decoded = decode_bytes(&file, &limits()).unwrap();
+        let png = EncodeOptions::matching(OutputFormat::Png, &decoded);
+        let png =
+            crate::imageops::io::encode_bytes(std::path::Path::new("e.png"), &img, None, &png)
+                .unwrap();
+        let chunk = decode_bytes(&png, &limits()).unwrap().exif.unwrap();
+        let again = ExifTags::from_chunk(&chunk).unwrap();
+        assert_eq!((again.exif, again.gps), (read.exif, read.gps));
+        assert_eq!(again.image[..2], read.image[..2]);
+        // A TIFF without such tags has no EXIF.
+        let plain = crate::imageops::io::encode_bytes(
+            std::path::Path::new("p.tif"),
+            &img,
+            None,
+            &EncodeOptions::new(OutputFormat::Tiff),
+        )
+        .unwrap();
+        assert_eq!(decode_bytes(&plain, &limits()).unwrap().exif, None);
+    }
 
     /// TIFF alpha is written as such (ExtraSamples: unassociated), and premultiplied
     /// (associated) alpha is divided out on reading.

@@ -8,6 +8,10 @@ use image::metadata::Orientation;
 
 use super::density::Density;
 
+mod tags;
+
+pub use tags::{ExifTags, Field, DESCRIPTIVE, RESOLUTION};
+
 /// A decoded file's EXIF chunk (TIFF layout, as the `image` crate reads and writes it)
 /// with its orientation reset to upright, whatever value it had: the pixels are written as
 /// decoded, turned by a valid orientation and left as stored otherwise. A thumbnail stored
@@ -42,7 +46,7 @@ pub fn with_dimensions(mut chunk: Vec<u8>, width: u32, height: u32) -> Vec<u8> {
     };
     tiff.set_sizes(&mut chunk, ifd0, (0x0100, 0x0101), width, height);
     if let Some(exif_ifd) = tiff
-        .find(&chunk, ifd0, 0x8769)
+        .find(&chunk, ifd0, tags::EXIF_IFD)
         .and_then(|e| tiff.u32_at(&chunk, e + 8))
     {
         tiff.set_sizes(&mut chunk, exif_ifd, (0xA002, 0xA003), width, height);
@@ -326,11 +330,11 @@ mod tests {
         use tiff::tags::ResolutionUnit;
         let d = density(&with_resolution(ResolutionUnit::Centimeter, (11811, 100))).unwrap();
         assert_eq!((d.x, d.y), (118.11, 118.11));
-        assert_eq!(d.unit, super::super::density::DensityUnit::Centimetre);
+        assert_eq!(d.unit, crate::imageops::density::DensityUnit::Centimetre);
         let d = density(&with_resolution(ResolutionUnit::Inch, (300, 1))).unwrap();
         assert_eq!(
             (d.x, d.unit),
-            (300.0, super::super::density::DensityUnit::Inch)
+            (300.0, crate::imageops::density::DensityUnit::Inch)
         );
         // What the tiff crate writes by default: 1/1 without a unit, which says nothing.
         assert_eq!(

@@ -1,0 +1,331 @@
+//! EXIF tags apart from the TIFF structure that holds them, to move them between an EXIF
+//! chunk and a TIFF file's own directories: a TIFF input's camera, date and GPS tags reach
+//! the other formats' EXIF chunks, and an EXIF chunk reaches a TIFF output's directories.
+//! Moving the tags moves their values, so a value whose meaning depends on where it lies in
+//! the source (the maker note, whose inner offsets count from there) is left out.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use super::Tiff;
+
+/// One directory entry: its tag, type and value bytes, in the structure's byte order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub tag: u16,
+    pub kind: u16,
+    pub data: Vec<u8>,
+}
+
+/// The tags that describe a photo, by the directory they belong in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExifTags {
+    pub big_endian: bool,
+    /// The first directory's tags of [`DESCRIPTIVE`] and [`RESOLUTION`].
+    pub image: Vec<Field>,
+    /// The Exif directory (exposure, lens, dates), less the interoperability pointer, the
+    /// maker note and the tags about the source's compression.
+    pub exif: Vec<Field>,
+    /// The GPS directory.
+    pub gps: Vec<Field>,
+}
+
+/// The first directory's tags that describe the photo rather than how its pixels are
+/// stored: ImageDescription, Make, Model, Software, DateTime, Artist, HostComputer,
+/// Copyright.
+pub const DESCRIPTIVE: [u16; 8] = [
+    0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x013C, 0x8298,
+];
+/// XResolution, YResolution, ResolutionUnit: the physical density, which TIFF files keep
+/// among their own tags (see [`crate::imageops::density`]).
+pub const RESOLUTION: [u16; 3] = [0x011A, 0x011B, 0x0128];
+
+pub(super) const EXIF_IFD: u16 = 0x8769;
+const GPS_IFD: u16 = 0x8825;
+const INTEROP_IFD: u16 = 0xA005;
+const MAKER_NOTE: u16 = 0x927C;
+/// ComponentsConfiguration and CompressedBitsPerPixel, which describe the source's JPEG
+/// compression.
+const COMPONENTS: u16 = 0x9101;
+const COMPRESSED_BITS: u16 = 0x9102;
+
+/// Bounds on a value's size and a directory's entries, so that a damaged file cannot make
+/// us allocate much.
+const MAX_VALUE: usize = 1 << 20;
+const MAX_ENTRIES: usize = 1024;
+
+impl Field {
+    /// The number of values, as the entry's count field gives it.
+    pub fn count(&self) -> u32 {
+        let size = type_size(self.kind).unwrap_or(1);
+        u32::try_from(self.data.len() / size).unwrap_or(u32::MAX)
+    }
+}
+
+impl ExifTags {
+    /// The tags of an EXIF chunk (a TIFF structure in memory).
+    pub fn from_chunk(chunk: &[u8]) -> Option<Self> {
+        Self::read(|at, len| Some(chunk.get(at..at.checked_add(len)?)?.to_vec()))
+    }
+
+    /// The tags of a classic (not Big) TIFF file's first directory and its Exif and GPS
+    /// directories. Leaves `file` wherever the last read did.
+    pub fn from_file(file: &mut (impl Read + Seek)) -> Option<Self> {
+        Self::read(|at, len| {
+            file.seek(SeekFrom::Start(u64::try_from(at).ok()?)).ok()?;
+            let mut bytes = vec![0; len];
+            file.read_exact(&mut bytes).ok()?;
+            Some(bytes)
+        })
+    }
+
+    /// `None` where there is nothing but the resolution, which TIFF writers put in every
+    /// file whatever the photo.
+    fn read(mut read_at: impl FnMut(usize, usize) -> Option<Vec<u8>>) -> Option<Self> {
+        let head = read_at(0, 8)?;
+        let t = Tiff::new(&head)?;
+        let first = directory(&t, &mut read_at, t.u32_at(&head, 4)?);
+        let pointer = |fields: &[Field], tag| {
+            let f = fields.iter().find(|f| f.tag == tag && f.data.len() == 4)?;
+            t.u32_at(&f.data, 0)
+        };
+        let mut sub = |tag, skip: &[u16]| {
+            let mut fields = pointer(&first, tag)
+                .map(|at| directory(&t, &mut read_at, at))
+                .unwrap_or_default();
+            fields.retain(|f| !skip.contains(&f.tag));
+            fields
+        };
+        let exif = sub(
+            EXIF_IFD,
+            &[INTEROP_IFD, MAKER_NOTE, COMPONENTS, COMPRESSED_BITS],
+        );
+        let gps = sub(GPS_IFD, &[]);
+        let image: Vec<Field> = first
+            .into_iter()
+            .filter(|f| DESCRIPTIVE.contains(&f.tag) || RESOLUTION.contains(&f.tag))
+            .collect();
+        let describes = image.iter().any(|f| DESCRIPTIVE.contains(&f.tag));
+        (describes || !exif.is_empty() || !gps.is_empty()).then_some(Self {
+            big_endian: t.big_endian,
+            image,
+            exif,
+            gps,
+        })
+    }
+
+    /// The tags in the byte order `big_endian`.
+    pub fn in_byte_order(mut self, big_endian: bool) -> Self {
+        if big_endian != self.big_endian {
+            for f in self.fields_mut() {
+                let width = element_width(f.kind);
+                for element in f.data.chunks_exact_mut(width) {
+                    element.reverse();
+                }
+            }
+            self.big_endian = big_endian;
+        }
+        self
+    }
+
+    fn fields_mut(&mut self) -> impl Iterator<Item = &mut Field> {
+        self.image
+            .iter_mut()
+            .chain(&mut self.exif)
+            .chain(&mut self.gps)
+    }
+
+    /// An EXIF chunk holding the tags: the first directory, then the Exif and GPS
+    /// directories it points to, then the values too long for their entries.
+    pub fn to_chunk(&self) -> Vec<u8> {
+        let t = Tiff {
+            big_endian: self.big_endian,
+        };
+        let size = |n: usize| 2 + 12 * n + 4;
+        let subs = [(EXIF_IFD, &self.exif), (GPS_IFD, &self.gps)];
+        let subs: Vec<_> = subs.into_iter().filter(|(_, f)| !f.is_empty()).collect();
+        let mut at = 8 + size(self.image.len() + subs.len());
+        let mut first = self.image.clone();
+        let mut directories = Vec::new();
+        for (tag, fields) in &subs {
+            first.push(Field {
+                tag: *tag,
+                kind: LONG,
+                data: t.word32(at as u32).to_vec(),
+            });
+            directories.push((*fields).clone());
+            at += size(fields.len());
+        }
+        directories.insert(0, first);
+        let mut chunk = if self.big_endian {
+            b"MM\0\x2a".to_vec()
+        } else {
+            b"II\x2a\0".to_vec()
+        };
+        chunk.extend(t.word32(8));
+        let mut values = Vec::new();
+        for fields in &mut directories {
+            fields.sort_by_key(|f| f.tag);
+            chunk.extend(t.word16(fields.len() as u16));
+            for f in fields.iter() {
+                chunk.extend(t.word16(f.tag));
+                chunk.extend(t.word16(f.kind));
+                chunk.extend(t.word32(f.count()));
+                if f.data.len() <= 4 {
+                    let mut field = [0; 4];
+                    field[..f.data.len()].copy_from_slice(&f.data);
+                    chunk.extend(field);
+                } else {
+                    chunk.extend(t.word32((at + values.len()) as u32));
+                    values.extend(&f.data);
+                    if values.len() % 2 == 1 {
+                        values.push(0);
+                    }
+                }
+            }
+            chunk.extend(t.word32(0));
+        }
+        chunk.extend(values);
+        chunk
+    }
+}
+
+const LONG: u16 = 4;
+
+/// The directory at `at`: its entries of known types with their values (those that lie
+/// outside the structure, are too large or hold nothing are passed over).
+fn directory(
+    t: &Tiff,
+    read_at: &mut impl FnMut(usize, usize) -> Option<Vec<u8>>,
+    at: usize,
+) -> Vec<Field> {
+    let Some(count) = read_at(at, 2).and_then(|b| t.u16_at(&b, 0)) else {
+        return Vec::new();
+    };
+    let count = usize::from(count).min(MAX_ENTRIES);
+    let Some(entries) = read_at(at + 2, 12 * count) else {
+        return Vec::new();
+    };
+    let mut fields = Vec::new();
+    for e in entries.chunks_exact(12) {
+        let (Some(tag), Some(kind), Some(n)) = (t.u16_at(e, 0), t.u16_at(e, 2), t.u32_at(e, 4))
+        else {
+            continue;
+        };
+        let Some(len) = type_size(kind).and_then(|s| s.checked_mul(n)) else {
+            continue;
+        };
+        let data = match len {
+            0 => None,
+            1..=4 => Some(e[8..8 + len].to_vec()),
+            5..=MAX_VALUE => t.u32_at(e, 8).and_then(|offset| read_at(offset, len)),
+            _ => None,
+        };
+        if let Some(data) = data {
+            fields.push(Field { tag, kind, data });
+        }
+    }
+    fields
+}
+
+/// The size of one value of TIFF type `kind`.
+fn type_size(kind: u16) -> Option<usize> {
+    match kind {
+        1 | 2 | 6 | 7 => Some(1),
+        3 | 8 => Some(2),
+        4 | 9 | 11 | 13 => Some(4),
+        5 | 10 | 12 => Some(8),
+        _ => None,
+    }
+}
+
+/// The width of the numbers a value of type `kind` is made of, which a change of byte
+/// order reverses: a RATIONAL is two LONGs.
+fn element_width(kind: u16) -> usize {
+    match kind {
+        5 | 10 => 4,
+        _ => type_size(kind).unwrap_or(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(tag: u16, kind: u16, data: &[u8]) -> Field {
+        Field {
+            tag,
+            kind,
+            data: data.to_vec(),
+        }
+    }
+
+    /// Camera tags, a long and a short value, a rational, and a GPS directory.
+    fn sample() -> ExifTags {
+        ExifTags {
+            big_endian: true,
+            image: vec![
+                field(0x010F, 2, b"Camera Maker\0"),
+                field(0x011A, 5, &[0, 0, 1, 44, 0, 0, 0, 1]),
+            ],
+            exif: vec![
+                field(0x829A, 5, &[0, 0, 0, 1, 0, 0, 0, 125]),
+                field(0x8827, 3, &[0, 200]),
+                field(0x9003, 2, b"2026:11:28 10:00:00\0"),
+            ],
+            gps: vec![field(0x0000, 1, &[2, 3, 0, 0])],
+        }
+    }
+
+    #[test]
+    fn tags_survive_a_chunk_in_both_byte_orders() {
+        let tags = sample();
+        assert_eq!(ExifTags::from_chunk(&tags.to_chunk()), Some(tags.clone()));
+        let little = tags.clone().in_byte_order(false);
+        assert_eq!(little.exif[1].data, [200, 0]);
+        assert_eq!(little.image[1].data, [44, 1, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(little.exif[2].data, tags.exif[2].data, "text is not turned");
+        assert_eq!(
+            ExifTags::from_chunk(&little.to_chunk()),
+            Some(little.clone())
+        );
+        assert_eq!(little.in_byte_order(true), tags);
+        // The chunk is one the rest of the EXIF handling reads.
+        let d = crate::imageops::exif::density(&sample().to_chunk()).unwrap();
+        assert_eq!(d.x, 300.0);
+    }
+
+    #[test]
+    fn structure_and_location_dependent_tags_are_left_out() {
+        let mut tags = sample();
+        tags.exif.push(field(MAKER_NOTE, 7, b"opaque maker data"));
+        tags.exif.push(field(INTEROP_IFD, LONG, &[0, 0, 0, 8]));
+        tags.image.push(field(0x0112, 3, &[0, 6]));
+        let read = ExifTags::from_chunk(&tags.to_chunk()).unwrap();
+        assert_eq!(read, sample());
+        // Only a resolution, as every TIFF writer puts there, is nothing to carry.
+        let bare = ExifTags {
+            image: vec![field(0x011A, 5, &[0, 0, 0, 1, 0, 0, 0, 1])],
+            exif: vec![],
+            gps: vec![],
+            ..sample()
+        };
+        assert_eq!(ExifTags::from_chunk(&bare.to_chunk()), None);
+    }
+
+    #[test]
+    fn damaged_structures_give_what_can_be_read() {
+        let chunk = sample().to_chunk();
+        for cut in 0..chunk.len() {
+            let _ = ExifTags::from_chunk(&chunk[..cut]);
+        }
+        // A value pointing past the end is passed over; the rest is kept.
+        let mut tags = sample();
+        tags.exif.truncate(1);
+        let mut chunk = tags.to_chunk();
+        let end = chunk.len();
+        chunk.truncate(end - 4);
+        let read = ExifTags::from_chunk(&chunk).unwrap();
+        assert!(read.exif.is_empty() && read.image.len() == 2);
+        assert_eq!(ExifTags::from_chunk(b"II*\0\xff\xff\xff\xff"), None);
+    }
+}
