@@ -1064,7 +1064,7 @@ fn exif_rotated_jpeg_comes_out_upright() {
 /// A photo's XMP reaches every output format with its orientation upright and its
 /// dimensions the output's; `--no-metadata` leaves it out, and a packet that is not XML is
 /// left out with a warning naming the file. The density is turned with the image and kept
-/// where the format records it, with or without metadata.
+/// where the format records it, with or without metadata; JPEG and TIFF keep IPTC.
 #[test]
 fn xmp_and_density_are_kept_upright_with_the_output_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -1088,6 +1088,22 @@ fn xmp_and_density_are_kept_upright_with_the_output_size() {
         })
     };
     let density = |format| (format != "webp").then_some((150.0, 300.0));
+    // An IPTC caption, in Photoshop's image resources.
+    let iptc = [&[0x1C, 2, 120, 0, 7][..], b"Harbour"].concat();
+    let app13 = |record: &[u8]| {
+        let size = (record.len() as u32).to_be_bytes();
+        let contents = [
+            b"Photoshop 3.0\0" as &[u8],
+            b"8BIM\x04\x04\0\0",
+            &size,
+            record,
+        ]
+        .concat();
+        let mut segment = vec![0xFF, 0xED];
+        segment.extend((2 + contents.len() as u16).to_be_bytes());
+        segment.extend(contents);
+        segment
+    };
     let with_xmp = |packet: &str| {
         let jpeg = with_exif_orientation(&std::fs::read(&plain).unwrap(), 6);
         let signature = b"http://ns.adobe.com/xap/1.0/\0";
@@ -1097,6 +1113,7 @@ fn xmp_and_density_are_kept_upright_with_the_output_size() {
         out.extend(length.to_be_bytes());
         out.extend(signature);
         out.extend(packet.as_bytes());
+        out.extend(app13(&iptc));
         out.extend(&jpeg[2..]);
         out
     };
@@ -1109,6 +1126,12 @@ fn xmp_and_density_are_kept_upright_with_the_output_size() {
         let d = decode_file(&out, &DecodeLimits::default()).unwrap();
         assert_eq!((d.rgb.width, d.rgb.height), (48, 96), "{format}");
         assert_eq!(dpi(&d), density(format), "{format}");
+        let kept = d.iptc.map(|i| i.record);
+        assert_eq!(
+            kept,
+            matches!(format, "jpg" | "tiff").then(|| iptc.clone()),
+            "{format}"
+        );
         let xmp = String::from_utf8(d.xmp.expect("XMP is kept")).unwrap();
         for want in [
             r#"tiff:Orientation="1""#,
@@ -1124,7 +1147,7 @@ fn xmp_and_density_are_kept_upright_with_the_output_size() {
         );
         let d = decode_file(&out, &DecodeLimits::default()).unwrap();
         assert_eq!(dpi(&d), density(format), "{format}: kept without metadata");
-        assert_eq!((d.xmp, d.exif), (None, None), "{format}");
+        assert_eq!((d.xmp, d.exif, d.iptc), (None, None, None), "{format}");
     }
     let broken = dir.path().join("broken_xmp.jpg");
     std::fs::write(&broken, with_xmp("<x:xmpmeta><rdf:RDF>")).unwrap();

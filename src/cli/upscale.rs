@@ -113,8 +113,8 @@ pub struct UpscaleArgs {
     /// Write WebP losslessly (larger files; PNG and TIFF always are lossless, JPEG never).
     #[arg(long)]
     pub lossless: bool,
-    /// Do not copy the input's EXIF and XMP metadata (camera, date, location, keywords, …)
-    /// to the output.
+    /// Do not copy the input's EXIF, XMP and IPTC metadata (camera, date, location,
+    /// keywords, captions, …) to the output.
     #[arg(long, visible_alias = "no-metadata")]
     pub no_exif: bool,
     /// Replace existing outputs (default: skip them).
@@ -666,6 +666,7 @@ impl UpscaleArgs {
         if self.no_exif {
             opts.exif = None;
             opts.xmp = None;
+            opts.iptc = None;
         }
         if stdout {
             let bytes = encode_bytes(Path::new("<stdout>"), &rgb, alpha.as_ref(), &opts)?;

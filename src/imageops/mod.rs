@@ -5,6 +5,7 @@ pub mod bleed;
 pub mod density;
 pub mod exif;
 pub mod io;
+pub mod iptc;
 pub mod resize;
 pub mod xmp;
 

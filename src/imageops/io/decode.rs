@@ -246,6 +246,7 @@ fn decode_image_crate(
         if let Some(facts) = tiff {
             decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
             decoded.exif = decoded.exif.or(facts.exif);
+            decoded.iptc = facts.iptc;
             decoded.xmp = match facts.orientation {
                 Some(_) => facts.xmp.map(upright_xmp),
                 None => facts.xmp,
@@ -335,14 +336,18 @@ fn decode_jpeg(
     let err = |e| ImageIoError::from_decode(path, e);
     let mut decoder = JpegDecoder::new(data, &facts).map_err(err)?;
     decoder.set_limits(limits.for_decoder()).map_err(err)?;
-    decode_with(
+    let decoded = decode_with(
         decoder,
         InputFormat::Jpeg,
         true,
         facts.density,
         path,
         limits,
-    )
+    )?;
+    Ok(DecodedImage {
+        iptc: facts.iptc(),
+        ..decoded
+    })
 }
 
 fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoError> {
@@ -497,6 +502,7 @@ fn decode_with(
         png_colour: Default::default(),
         exif,
         xmp,
+        iptc: None,
         density,
         format,
     })

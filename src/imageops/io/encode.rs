@@ -11,6 +11,7 @@ use super::planes::{quantise_planes, with_alpha};
 use super::webp::WebpError;
 use super::{DecodedImage, ImageIoError, PngColour};
 use crate::imageops::density::Density;
+use crate::imageops::iptc::Iptc;
 use crate::imageops::Planar;
 
 /// Output file formats.
@@ -145,6 +146,9 @@ pub struct EncodeOptions {
     /// Written to PNG outputs; the other formats have no place for them, and a warning says
     /// when that changes how viewers show the colours.
     pub png_colour: PngColour,
+    /// Attached unchanged to JPEG (APP13) and TIFF (IPTC tag) outputs; PNG and WebP have
+    /// no standard place for it.
+    pub iptc: Option<Iptc>,
     /// Written as PNG pHYs, JFIF density and TIFF resolution tags; WebP has no place for
     /// it beside the EXIF tags.
     pub density: Option<Density>,
@@ -163,12 +167,13 @@ impl EncodeOptions {
             exif: None,
             xmp: None,
             png_colour: PngColour::default(),
+            iptc: None,
             density: None,
         }
     }
 
     /// Options that preserve `source`'s bit depth, grayness, colour space (ICC profile and
-    /// PNG colour chunks), EXIF and XMP metadata and physical density.
+    /// PNG colour chunks), EXIF, XMP and IPTC metadata and physical density.
     pub fn matching(format: OutputFormat, source: &DecodedImage) -> Self {
         Self {
             sixteen_bit: source.sixteen_bit,
@@ -177,6 +182,7 @@ impl EncodeOptions {
             exif: source.exif.clone(),
             xmp: source.xmp.clone(),
             png_colour: source.png_colour,
+            iptc: source.iptc.clone(),
             density: source.density,
             ..Self::new(format)
         }
@@ -410,6 +416,7 @@ mod tests {
         gradient, icc_profile, limits, ramp, with_exif_orientation,
     };
     use crate::imageops::io::{decode_bytes, decode_file};
+    use crate::imageops::iptc::Iptc;
     use std::path::PathBuf;
 
     const ALL: [OutputFormat; 4] = [
@@ -729,6 +736,35 @@ mod tests {
         EncodeOptions {
             density: Density::new(dpi, dpi, crate::imageops::density::DensityUnit::Inch),
             ..EncodeOptions::new(format)
+        }
+    }
+
+    /// JPEG and TIFF outputs carry the IPTC record unchanged (a JPEG its digest too); PNG
+    /// and WebP have no standard place for it.
+    #[test]
+    fn iptc_is_kept_by_jpeg_and_tiff() {
+        let mut record = vec![0x1C, 2, 120, 0, 7];
+        record.extend(b"Harbour");
+        let iptc = Iptc {
+            record,
+            digest: Some(vec![9; 16]),
+        };
+        for format in ALL {
+            let opts = EncodeOptions {
+                iptc: Some(iptc.clone()),
+                ..EncodeOptions::new(format)
+            };
+            let file = encode_bytes(Path::new("i"), &gradient(8, 8), None, &opts).unwrap();
+            let d = decode_bytes(&file, &limits()).unwrap();
+            let expected = match format {
+                OutputFormat::Jpeg => Some(iptc.clone()),
+                OutputFormat::Tiff => Some(Iptc {
+                    digest: None,
+                    ..iptc.clone()
+                }),
+                _ => None,
+            };
+            assert_eq!(d.iptc, expected, "{format}");
         }
     }
 

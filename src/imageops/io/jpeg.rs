@@ -14,6 +14,7 @@ use image::{ColorType, ImageDecoder, ImageError, ImageFormat, ImageResult, Limit
 
 use super::encode::Encoded;
 use crate::imageops::density::Density;
+use crate::imageops::iptc::{self, Iptc};
 use crate::imageops::xmp;
 
 /// What a JPEG stream's markers tell.
@@ -29,6 +30,8 @@ pub(super) struct JpegFacts<'a> {
     exif: Option<&'a [u8]>,
     /// The first XMP packet (APP1 with the XMP namespace) before the first scan.
     xmp: Option<&'a [u8]>,
+    /// The Photoshop image resources of the APP13 segments before the first scan, joined.
+    photoshop: Vec<u8>,
     /// The density of the first JFIF segment (APP0 `JFIF\0`) before the first scan.
     pub density: Option<Density>,
 }
@@ -51,6 +54,7 @@ impl<'a> JpegFacts<'a> {
             frame: None,
             exif: None,
             xmp: None,
+            photoshop: Vec::new(),
             density: None,
         };
         let mut header = true;
@@ -62,6 +66,11 @@ impl<'a> JpegFacts<'a> {
                     break;
                 }
                 SOS => header = false,
+                APP13 if header => {
+                    if let Some(resources) = contents.strip_prefix(iptc::JPEG_SIGNATURE) {
+                        facts.photoshop.extend(resources);
+                    }
+                }
                 APP0 if header && !jfif => {
                     if let Some(&[_, _, units, x0, x1, y0, y1, ..]) =
                         contents.strip_prefix(b"JFIF\0")
@@ -89,6 +98,11 @@ impl<'a> JpegFacts<'a> {
             }
         }
         facts
+    }
+
+    /// The IPTC-IIM record among the Photoshop image resources, if any.
+    pub fn iptc(&self) -> Option<Iptc> {
+        Iptc::from_resources(&self.photoshop)
     }
 
     /// Why no decoder here reads the image, for the variants refused: coding processes
@@ -168,6 +182,7 @@ impl Frame {
 
 const APP0: u8 = 0xE0;
 const APP1: u8 = 0xE1;
+const APP13: u8 = 0xED;
 const SOS: u8 = 0xDA;
 const EOI: u8 = 0xD9;
 
@@ -329,22 +344,21 @@ impl ImageDecoder for JpegDecoder<'_> {
 }
 
 impl Encoded<'_> {
-    /// JPEG at the options' quality, with the XMP packet in an APP1 segment after the
-    /// encoder's own APPn segments (JFIF, Exif, ICC), where readers look for it.
+    /// JPEG at the options' quality, with the XMP packet (APP1) and the IPTC record
+    /// (APP13) after the encoder's own APPn segments (JFIF, Exif, ICC), where readers look
+    /// for them.
     pub(super) fn encode_jpeg(&self, mut w: impl Write) -> ImageResult<()> {
-        let Some(xmp) = self.xmp().filter(|xmp| {
-            let fits = xmp.len() <= MAX_XMP;
-            if !fits {
-                tracing::warn!(
-                    "{}: leaving out the XMP metadata: {} bytes, more than a JPEG segment holds",
-                    self.path.display(),
-                    xmp.len()
-                );
-            }
-            fits
-        }) else {
+        let xmp = self
+            .xmp()
+            .and_then(|xmp| self.segment(APP1, xmp::JPEG_SIGNATURE, &xmp, "XMP metadata"));
+        let iptc = self.opts.iptc.as_ref().and_then(|iptc| {
+            let resources = iptc.to_resources();
+            self.segment(APP13, iptc::JPEG_SIGNATURE, &resources, "IPTC metadata")
+        });
+        let segments: Vec<Vec<u8>> = xmp.into_iter().chain(iptc).collect();
+        if segments.is_empty() {
             return self.encode_with(self.jpeg_encoder(w));
-        };
+        }
         let mut file = Vec::new();
         self.encode_with(self.jpeg_encoder(&mut file))?;
         // Past the APPn segments that open the stream.
@@ -353,15 +367,31 @@ impl Encoded<'_> {
         while let Some((0xE0..=0xEF, _)) = markers.next() {
             at = markers.at;
         }
-        let length = u16::try_from(2 + xmp::JPEG_SIGNATURE.len() + xmp.len())
-            .expect("the packet's size was checked");
         w.write_all(&file[..at])?;
-        w.write_all(&[0xFF, APP1])?;
-        w.write_all(&length.to_be_bytes())?;
-        w.write_all(xmp::JPEG_SIGNATURE)?;
-        w.write_all(&xmp)?;
+        for segment in segments {
+            w.write_all(&segment)?;
+        }
         w.write_all(&file[at..])?;
         Ok(())
+    }
+
+    /// The segment `marker` with `signature` and `payload`; `None`, with a warning, where
+    /// `what` is too large for one segment (64 KB).
+    fn segment(&self, marker: u8, signature: &[u8], payload: &[u8], what: &str) -> Option<Vec<u8>> {
+        let length = u16::try_from(2 + signature.len() + payload.len()).ok();
+        let Some(length) = length else {
+            tracing::warn!(
+                "{}: leaving out the {what}: {} bytes, more than a JPEG segment holds",
+                self.path.display(),
+                payload.len()
+            );
+            return None;
+        };
+        let mut segment = vec![0xFF, marker];
+        segment.extend(length.to_be_bytes());
+        segment.extend(signature);
+        segment.extend(payload);
+        Some(segment)
     }
 
     /// The image crate's encoder at the options' quality, its JFIF segment giving the
@@ -383,10 +413,6 @@ impl Encoded<'_> {
         encoder
     }
 }
-
-/// The largest XMP packet one APP1 segment holds (its length field counts itself and the
-/// signature too).
-const MAX_XMP: usize = u16::MAX as usize - 2 - xmp::JPEG_SIGNATURE.len();
 
 #[cfg(test)]
 mod tests {
@@ -428,6 +454,7 @@ mod tests {
             }),
             exif: None,
             xmp: None,
+            photoshop: Vec::new(),
             density: None,
         }
     }

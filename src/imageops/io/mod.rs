@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use image::ImageError;
 
 use super::density::Density;
+use super::iptc::Iptc;
 use super::Planar;
 
 mod avif;
@@ -63,6 +64,8 @@ pub struct DecodedImage {
     pub exif: Option<Vec<u8>>,
     /// The XMP packet, well-formed XML as read (rewritten for the output when written).
     pub xmp: Option<Vec<u8>>,
+    /// The IPTC-IIM record (JPEG, TIFF).
+    pub iptc: Option<Iptc>,
     /// The physical pixel density, upright: the format's own (PNG pHYs, JFIF, TIFF tags,
     /// BMP header), else the EXIF one.
     pub density: Option<Density>,

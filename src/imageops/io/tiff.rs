@@ -11,6 +11,7 @@ use super::planes::{split, ycbcr_to_rgb};
 use super::{DecodeLimits, DecodedImage};
 use crate::imageops::density::Density;
 use crate::imageops::exif::{ExifTags, Field, DESCRIPTIVE};
+use crate::imageops::iptc::Iptc;
 use crate::imageops::{Dihedral, Planar};
 
 /// Decodes a TIFF with the tiff crate: gray, gray+alpha, RGB and RGBA in 8 or 16 bits
@@ -106,6 +107,7 @@ pub(super) fn decode_tiff(
         png_colour: Default::default(),
         exif: None,
         xmp: None,
+        iptc: None,
         density: None,
         format: InputFormat::Tiff,
     })
@@ -220,6 +222,7 @@ impl ColourMap {
             png_colour: Default::default(),
             exif: None,
             xmp: None,
+            iptc: None,
             density: None,
             format: InputFormat::Tiff,
         })
@@ -541,6 +544,8 @@ pub(super) struct TiffFacts {
     /// directories, as an EXIF chunk (classic TIFF only), which the image crate does not
     /// read.
     pub(super) exif: Option<Vec<u8>>,
+    /// The IPTC-IIM record, which the image crate does not read either.
+    pub(super) iptc: Option<Iptc>,
     /// Several samples per pixel, stored plane by plane in tiles: the tiff crate's
     /// whole-image read (which the image crate uses) takes the edge tiles of every plane
     /// after the first for whole ones and panics, so [`decode_tiff`] reads them tile by tile.
@@ -613,6 +618,7 @@ impl TiffFacts {
                         == Some(3),
                     density: density(&mut d),
                     exif: None,
+                    iptc: iptc(&mut d),
                     tiled_planar: is_tiled(&mut d) && is_planar(&mut d),
                 }
             },
@@ -658,6 +664,41 @@ fn add_fields<'a, W: Write + Seek>(
     }
     directory.extend_from(&entries);
     Ok(())
+}
+
+/// The TIFF tags of an IPTC-IIM record and of Photoshop's image resources.
+const IPTC: u16 = 33723;
+const PHOTOSHOP: u16 = 34377;
+
+/// The IPTC-IIM record of the decoder's current IFD: the IPTC tag's (which writers type
+/// LONG, BYTE or UNDEFINED), else the one among the Photoshop tag's image resources.
+fn iptc<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Option<Iptc> {
+    use tiff::tags::{ByteOrder, Tag};
+    let big_endian = d.byte_order() == ByteOrder::BigEndian;
+    let mut find = |tag| d.find_tag(Tag::Unknown(tag)).ok().flatten();
+    let record = find(IPTC).and_then(|v| match v.clone().into_u8_vec() {
+        Ok(bytes) => Some(bytes),
+        // LONGs hold the record's bytes in the file's order.
+        Err(_) => Some(
+            v.into_u32_vec()
+                .ok()?
+                .into_iter()
+                .flat_map(|v| {
+                    if big_endian {
+                        v.to_be_bytes()
+                    } else {
+                        v.to_le_bytes()
+                    }
+                })
+                .collect(),
+        ),
+    });
+    record
+        .and_then(|record| Iptc::from_record(&record))
+        .or_else(|| {
+            let resources = find(PHOTOSHOP)?.into_u8_vec().ok()?;
+            Iptc::from_resources(&resources)
+        })
 }
 
 /// `$name`: a colour type the tiff crate's encoder lacks, `$samples` samples of `$bits`-bit
@@ -775,6 +816,20 @@ impl Encoded<'_> {
                 .encoder()
                 .write_tag(Tag::Unknown(XML_PACKET), &xmp[..])?;
         }
+        if let Some(iptc) = &self.opts.iptc {
+            // Typed LONG, as Photoshop writes it and expects it: the record's bytes in order,
+            // padded with zeros to whole LONGs, in the file's (the machine's) byte order.
+            let longs: Vec<u32> = iptc
+                .record
+                .chunks(4)
+                .map(|b| {
+                    let mut word = [0; 4];
+                    word[..b.len()].copy_from_slice(b);
+                    u32::from_ne_bytes(word)
+                })
+                .collect();
+            image.encoder().write_tag(Tag::Unknown(IPTC), &longs[..])?;
+        }
         image.write_data(samples)
     }
 }
@@ -872,6 +927,66 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decode_bytes(&plain, &limits()).unwrap().exif, None);
+    }
+
+    /// The IPTC record is read from the IPTC tag whatever type its writer gave it, and
+    /// from the Photoshop tag's image resources.
+    #[test]
+    fn iptc_is_read_from_either_tag() {
+        use tiff::tags::Tag;
+        let mut record = vec![0x1C, 2, 25, 0, 5];
+        record.extend(b"boats");
+        let iptc = Iptc {
+            record: record.clone(),
+            digest: None,
+        };
+        let tiff_with = |write: &dyn Fn(
+            &mut tiff::encoder::DirectoryEncoder<
+                '_,
+                &mut Cursor<Vec<u8>>,
+                tiff::encoder::TiffKindStandard,
+            >,
+        )| {
+            let mut file = Cursor::new(Vec::new());
+            let mut tiff = tiff::encoder::TiffEncoder::new(&mut file).unwrap();
+            let mut image = tiff
+                .new_image::<tiff::encoder::colortype::Gray8>(1, 1)
+                .unwrap();
+            write(image.encoder());
+            image.write_data(&[0]).unwrap();
+            decode_bytes(file.get_ref(), &limits()).unwrap().iptc
+        };
+        let mut padded = record.clone();
+        padded.extend([0; 2]);
+        let longs: Vec<u32> = padded
+            .chunks(4)
+            .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            tiff_with(&|e| e.write_tag(Tag::Unknown(IPTC), &longs[..]).unwrap()),
+            Some(iptc.clone())
+        );
+        assert_eq!(
+            tiff_with(&|e| e.write_tag(Tag::Unknown(IPTC), &record[..]).unwrap()),
+            Some(iptc.clone())
+        );
+        assert_eq!(
+            tiff_with(&|e| e.write_tag(Tag::Unknown(IPTC), Undefined(&record)).unwrap()),
+            Some(iptc.clone())
+        );
+        let resources = iptc.to_resources();
+        assert_eq!(
+            tiff_with(&|e| e
+                .write_tag(Tag::Unknown(PHOTOSHOP), &resources[..])
+                .unwrap()),
+            Some(iptc.clone())
+        );
+        assert_eq!(
+            tiff_with(&|e| e
+                .write_tag(Tag::Unknown(IPTC), &b"not a record"[..])
+                .unwrap()),
+            None
+        );
     }
 
     /// TIFF alpha is written as such (ExtraSamples: unassociated), and premultiplied
