@@ -47,6 +47,21 @@ impl Density {
         }
     }
 
+    /// The density per inch; `None` for an aspect ratio only.
+    pub fn in_inches(self) -> Option<Self> {
+        let scale = match self.unit {
+            DensityUnit::None => return None,
+            DensityUnit::Inch => 1.0,
+            DensityUnit::Centimetre => 100.0 * INCH,
+            DensityUnit::Metre => INCH,
+        };
+        Some(Self {
+            x: self.x * scale,
+            y: self.y * scale,
+            unit: DensityUnit::Inch,
+        })
+    }
+
     /// From TIFF or EXIF tags: XResolution, YResolution (XResolution where absent) and
     /// ResolutionUnit (1 none, 2 inch, 3 centimetre; inch where absent, as TIFF defines).
     pub fn from_tiff(x: f64, y: Option<f64>, unit: Option<u16>) -> Option<Self> {
@@ -101,17 +116,24 @@ impl Density {
         Some((units, whole(self.x)?, whole(self.y)?))
     }
 
-    /// PNG's pHYs: pixels per metre (`true`) or, without a unit, the aspect ratio.
-    pub fn to_png(self) -> (bool, u32, u32) {
+    /// PNG's pHYs: pixels per metre (`true`) or, without a unit, the aspect ratio. `None`
+    /// where a value rounds outside PNG's range (1 to 2³¹ − 1).
+    pub fn to_png(self) -> Option<(bool, u32, u32)> {
         let scale = match self.unit {
             DensityUnit::None => 1.0,
             DensityUnit::Inch => 1.0 / INCH,
             DensityUnit::Centimetre => 100.0,
             DensityUnit::Metre => 1.0,
         };
-        // `as` saturates; a density is at least 1 per unit written.
-        let whole = |v: f64| ((v * scale).round() as u32).max(1);
-        (self.unit != DensityUnit::None, whole(self.x), whole(self.y))
+        let whole = |v: f64| {
+            let v = (v * scale).round();
+            (1.0..=f64::from(i32::MAX)).contains(&v).then_some(v as u32)
+        };
+        Some((
+            self.unit != DensityUnit::None,
+            whole(self.x)?,
+            whole(self.y)?,
+        ))
     }
 }
 
@@ -161,20 +183,20 @@ mod tests {
     #[test]
     fn densities_cross_formats_without_drift() {
         let inch = Density::new(300.0, 300.0, DensityUnit::Inch).unwrap();
-        assert_eq!(inch.to_png(), (true, 11811, 11811));
+        assert_eq!(inch.to_png(), Some((true, 11811, 11811)));
         assert_eq!(inch.to_jfif(), Some((1, 300, 300)));
         // PNG's 11811 px/m is 299.9994 dpi: JFIF gets 300 dpi, TIFF 118.11 px/cm exactly.
         let png = Density::new(11811.0, 11811.0, DensityUnit::Metre).unwrap();
         assert_eq!(png.to_jfif(), Some((1, 300, 300)));
         assert_eq!(png.to_tiff(), (3, (11811, 100), (11811, 100)));
-        assert_eq!(png.to_png(), (true, 11811, 11811));
+        assert_eq!(png.to_png(), Some((true, 11811, 11811)));
         let per_cm = Density::new(4000.0, 2000.0, DensityUnit::Metre).unwrap();
         assert_eq!(per_cm.to_jfif(), Some((2, 40, 20)));
         let cm = Density::from_tiff(118.11, None, Some(3)).unwrap();
-        assert_eq!(cm.to_png(), (true, 11811, 11811));
+        assert_eq!(cm.to_png(), Some((true, 11811, 11811)));
         assert_eq!(cm.to_tiff(), (3, (11811, 100), (11811, 100)));
         let aspect = Density::from_jfif(0, 2, 1).unwrap();
-        assert_eq!(aspect.to_png(), (false, 2, 1));
+        assert_eq!(aspect.to_png(), Some((false, 2, 1)));
         assert_eq!(aspect.to_tiff(), (1, (2, 1), (1, 1)));
         assert_eq!(
             Density::new(72.5, 72.5, DensityUnit::Inch)
@@ -189,10 +211,10 @@ mod tests {
         let huge = Density::new(1e12, 1e12, DensityUnit::Inch).unwrap();
         assert_eq!(huge.to_jfif(), None);
         assert_eq!(huge.to_tiff().1, (u32::MAX, 1));
-        assert_eq!(huge.to_png().1, u32::MAX);
+        assert_eq!(huge.to_png(), None);
         let tiny = Density::new(0.001, 0.001, DensityUnit::Inch).unwrap();
         assert_eq!(tiny.to_jfif(), None);
-        assert_eq!(tiny.to_png().1, 1);
+        assert_eq!(tiny.to_png(), None);
         assert_eq!(tiny.to_tiff().1, (1, 1000));
     }
 

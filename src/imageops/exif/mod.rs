@@ -10,7 +10,7 @@ use super::density::Density;
 
 mod tags;
 
-pub use tags::{ExifTags, Field, DESCRIPTIVE, RESOLUTION};
+pub use tags::{ExifTags, Field, DESCRIPTIVE};
 
 /// A decoded file's EXIF chunk (TIFF layout, as the `image` crate reads and writes it)
 /// with its orientation reset to upright, whatever value it had: the pixels are written as
@@ -54,6 +54,47 @@ pub fn with_dimensions(mut chunk: Vec<u8>, width: u32, height: u32) -> Vec<u8> {
     chunk
 }
 
+/// The chunk with the first IFD's XResolution and YResolution (and ResolutionUnit) set to
+/// `density`, where it has them: the density is written to the output's own fields too,
+/// turned with the image, and the two should agree. Without a ResolutionUnit tag (inches,
+/// by default) the density is written per inch; as an aspect ratio only, not at all.
+pub fn with_density(mut chunk: Vec<u8>, density: Density) -> Vec<u8> {
+    let Some(tiff) = Tiff::new(&chunk) else {
+        return chunk;
+    };
+    let Some(ifd0) = tiff.u32_at(&chunk, 4) else {
+        return chunk;
+    };
+    let unit_entry = tiff
+        .find(&chunk, ifd0, RESOLUTION_UNIT)
+        .filter(|&e| tiff.u16_at(&chunk, e + 2) == Some(SHORT));
+    let density = match unit_entry {
+        Some(_) => density,
+        None => match density.in_inches() {
+            Some(d) => d,
+            None => return chunk,
+        },
+    };
+    let (unit, x, y) = density.to_tiff();
+    let value_at = |tag| {
+        let e = tiff.find(&chunk, ifd0, tag)?;
+        let single = tiff.u16_at(&chunk, e + 2)? == RATIONAL && tiff.u32_at(&chunk, e + 4)? == 1;
+        let at = tiff.u32_at(&chunk, e + 8).filter(|_| single)?;
+        (at.checked_add(8)? <= chunk.len()).then_some(at)
+    };
+    let (Some(x_at), Some(y_at)) = (value_at(X_RESOLUTION), value_at(Y_RESOLUTION)) else {
+        return chunk;
+    };
+    for (at, (n, d)) in [(x_at, x), (y_at, y)] {
+        chunk[at..at + 4].copy_from_slice(&tiff.word32(n));
+        chunk[at + 4..at + 8].copy_from_slice(&tiff.word32(d));
+    }
+    if let Some(e) = unit_entry {
+        tiff.set_single(&mut chunk, e, SHORT, tiff.short_field(unit));
+    }
+    chunk
+}
+
 /// The image's physical density, from the first IFD's XResolution, YResolution and
 /// ResolutionUnit tags.
 pub fn density(chunk: &[u8]) -> Option<Density> {
@@ -72,15 +113,18 @@ pub fn density(chunk: &[u8]) -> Option<Density> {
         Some(n as f64 / d as f64)
     };
     let unit = tiff
-        .find(chunk, ifd0, 0x0128)
+        .find(chunk, ifd0, RESOLUTION_UNIT)
         .filter(|&e| tiff.u16_at(chunk, e + 2) == Some(SHORT))
         .and_then(|e| tiff.u16_at(chunk, e + 8));
-    Density::from_tiff(rational(0x011A)?, rational(0x011B), unit)
+    Density::from_tiff(rational(X_RESOLUTION)?, rational(Y_RESOLUTION), unit)
 }
 
 const SHORT: u16 = 3;
 const LONG: u16 = 4;
 const RATIONAL: u16 = 5;
+const X_RESOLUTION: u16 = 0x011A;
+const Y_RESOLUTION: u16 = 0x011B;
+const RESOLUTION_UNIT: u16 = 0x0128;
 const ORIENTATION: u16 = 0x0112;
 
 /// The byte order of a TIFF structure.
@@ -347,6 +391,31 @@ mod tests {
         );
         assert_eq!(density(&chunk(true)), None);
         assert_eq!(density(b"II*\0\xff\xff\xff\xff"), None);
+    }
+
+    /// The resolution tags are set to the output's density, in the chunk's unit.
+    #[test]
+    fn the_density_is_written_where_the_chunk_has_resolution_tags() {
+        use crate::imageops::density::DensityUnit;
+        use tiff::tags::ResolutionUnit;
+        let stored = with_resolution(ResolutionUnit::Inch, (300, 1));
+        let turned = Density::new(150.0, 300.0, DensityUnit::Inch).unwrap();
+        assert_eq!(density(&with_density(stored.clone(), turned)), Some(turned));
+        let cm = Density::new(40.0, 40.0, DensityUnit::Centimetre).unwrap();
+        assert_eq!(density(&with_density(stored.clone(), cm)), Some(cm));
+        // Aspect ratios are written only where a ResolutionUnit tag can say so.
+        let aspect = Density::new(2.0, 1.0, DensityUnit::None).unwrap();
+        assert_eq!(density(&with_density(stored.clone(), aspect)), Some(aspect));
+        let mut no_unit = stored.clone();
+        let ifd0 = Tiff::new(&no_unit).unwrap().u32_at(&no_unit, 4).unwrap();
+        let t = Tiff { big_endian: false };
+        let unit = t.find(&no_unit, ifd0, RESOLUTION_UNIT).unwrap();
+        no_unit[unit..unit + 2].copy_from_slice(&t.word16(0x0129));
+        assert_eq!(with_density(no_unit.clone(), aspect), no_unit);
+        let per_inch = density(&with_density(no_unit, cm)).unwrap();
+        assert_eq!((per_inch.x, per_inch.unit), (101.6, DensityUnit::Inch));
+        // A chunk without resolution tags is left as it is.
+        assert_eq!(with_density(chunk(false), turned), chunk(false));
     }
 
     #[test]

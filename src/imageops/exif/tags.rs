@@ -6,7 +6,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use super::Tiff;
+use super::{Tiff, RESOLUTION_UNIT, X_RESOLUTION, Y_RESOLUTION};
 
 /// One directory entry: its tag, type and value bytes, in the structure's byte order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,16 +37,19 @@ pub const DESCRIPTIVE: [u16; 8] = [
 ];
 /// XResolution, YResolution, ResolutionUnit: the physical density, which TIFF files keep
 /// among their own tags (see [`crate::imageops::density`]).
-pub const RESOLUTION: [u16; 3] = [0x011A, 0x011B, 0x0128];
+pub const RESOLUTION: [u16; 3] = [X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT];
 
 pub(super) const EXIF_IFD: u16 = 0x8769;
 const GPS_IFD: u16 = 0x8825;
 const INTEROP_IFD: u16 = 0xA005;
 const MAKER_NOTE: u16 = 0x927C;
+/// The Exif directory's tags that are not moved: pointers, the maker note, and
 /// ComponentsConfiguration and CompressedBitsPerPixel, which describe the source's JPEG
 /// compression.
-const COMPONENTS: u16 = 0x9101;
-const COMPRESSED_BITS: u16 = 0x9102;
+const LEFT_OUT: [u16; 6] = [EXIF_IFD, GPS_IFD, INTEROP_IFD, MAKER_NOTE, 0x9101, 0x9102];
+/// The tags whose text may be UTF-16 in the structure's byte order, after an 8-byte
+/// character code: UserComment, GPSProcessingMethod, GPSAreaInformation.
+const CODED_TEXT: [u16; 3] = [0x9286, 0x001B, 0x001C];
 
 /// Bounds on a value's size and a directory's entries, so that a damaged file cannot make
 /// us allocate much.
@@ -83,23 +86,27 @@ impl ExifTags {
     fn read(mut read_at: impl FnMut(usize, usize) -> Option<Vec<u8>>) -> Option<Self> {
         let head = read_at(0, 8)?;
         let t = Tiff::new(&head)?;
-        let first = directory(&t, &mut read_at, t.u32_at(&head, 4)?);
-        let pointer = |fields: &[Field], tag| {
-            let f = fields.iter().find(|f| f.tag == tag && f.data.len() == 4)?;
+        let ifd0 = t.u32_at(&head, 4)?;
+        let first = directory(&t, &mut read_at, ifd0);
+        let pointer = |tag| {
+            let f = first.iter().find(|f| f.tag == tag && f.data.len() == 4)?;
             t.u32_at(&f.data, 0)
         };
-        let mut sub = |tag, skip: &[u16]| {
-            let mut fields = pointer(&first, tag)
+        // A damaged file may point both at one directory, or back at the first.
+        let (exif_at, gps_at) = (pointer(EXIF_IFD), pointer(GPS_IFD));
+        let gps_at = gps_at.filter(|&at| at != ifd0 && Some(at) != exif_at);
+        let exif_at = exif_at.filter(|&at| at != ifd0);
+        let mut sub = |at: Option<usize>, keep: &dyn Fn(u16) -> bool| {
+            let mut fields = at
                 .map(|at| directory(&t, &mut read_at, at))
                 .unwrap_or_default();
-            fields.retain(|f| !skip.contains(&f.tag));
+            fields.retain(|f| keep(f.tag));
             fields
         };
-        let exif = sub(
-            EXIF_IFD,
-            &[INTEROP_IFD, MAKER_NOTE, COMPONENTS, COMPRESSED_BITS],
-        );
-        let gps = sub(GPS_IFD, &[]);
+        // Exif tags lie at 0x8000 and above, GPS tags below 0x100: what else a directory
+        // holds belongs elsewhere.
+        let exif = sub(exif_at, &|tag| tag >= 0x8000 && !LEFT_OUT.contains(&tag));
+        let gps = sub(gps_at, &|tag| tag < 0x100);
         let image: Vec<Field> = first
             .into_iter()
             .filter(|f| DESCRIPTIVE.contains(&f.tag) || RESOLUTION.contains(&f.tag))
@@ -120,6 +127,11 @@ impl ExifTags {
                 let width = element_width(f.kind);
                 for element in f.data.chunks_exact_mut(width) {
                     element.reverse();
+                }
+                if CODED_TEXT.contains(&f.tag) && f.data.starts_with(b"UNICODE\0") {
+                    for unit in f.data[8..].chunks_exact_mut(2) {
+                        unit.reverse();
+                    }
                 }
             }
             self.big_endian = big_endian;
@@ -310,6 +322,35 @@ mod tests {
             ..sample()
         };
         assert_eq!(ExifTags::from_chunk(&bare.to_chunk()), None);
+    }
+
+    /// Directories that point back at the first or at each other, and pointers or tags of
+    /// the wrong directory, are not moved.
+    #[test]
+    fn looped_and_misplaced_directories_are_left_out() {
+        let mut chunk = sample().to_chunk();
+        let t = Tiff { big_endian: true };
+        let entry = |chunk: &[u8], tag: u16| {
+            let ifd0 = t.u32_at(chunk, 4).unwrap();
+            t.entries(chunk, ifd0)
+                .find(|&e| t.u16_at(chunk, e) == Some(tag))
+                .unwrap()
+        };
+        let (exif, gps) = (entry(&chunk, EXIF_IFD), entry(&chunk, GPS_IFD));
+        let exif_at = chunk[exif + 8..exif + 12].to_vec();
+        chunk[gps + 8..gps + 12].copy_from_slice(&exif_at);
+        let read = ExifTags::from_chunk(&chunk).unwrap();
+        assert_eq!((read.exif, read.gps), (sample().exif, vec![]));
+        chunk[exif + 8..exif + 12].copy_from_slice(&t.word32(8));
+        chunk[gps + 8..gps + 12].copy_from_slice(&t.word32(8));
+        let read = ExifTags::from_chunk(&chunk).unwrap();
+        assert_eq!((read.exif, read.gps), (vec![], vec![]));
+        // Tags of other directories inside the Exif and GPS ones.
+        let mut tags = sample();
+        tags.exif.push(field(GPS_IFD, LONG, &[0, 0, 0, 8]));
+        tags.exif.push(field(0x0111, LONG, &[0, 0, 0, 8]));
+        tags.gps.push(field(0x8298, 2, b"(c)\0"));
+        assert_eq!(ExifTags::from_chunk(&tags.to_chunk()), Some(sample()));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::{BufWriter, Cursor, Seek, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-use image::{ExtendedColorType, ImageEncoder, ImageError, ImageFormat, ImageResult};
+use image::{ExtendedColorType, ImageError, ImageFormat};
 
 use super::planes::{quantise_planes, with_alpha};
 use super::webp::WebpError;
@@ -350,14 +350,14 @@ impl<'a> Encoded<'a> {
             .filter(|icc| icc_describes(icc, gray))
     }
 
-    /// The EXIF metadata to embed, its pixel dimensions set to the output's.
+    /// The EXIF metadata to embed, its pixel dimensions and density set to the output's.
     pub(super) fn exif(&self) -> Option<Vec<u8>> {
-        let exif = self.opts.exif.clone()?;
-        Some(crate::imageops::exif::with_dimensions(
-            exif,
-            self.width,
-            self.height,
-        ))
+        use crate::imageops::exif::{with_density, with_dimensions};
+        let exif = with_dimensions(self.opts.exif.clone()?, self.width, self.height);
+        Some(match self.opts.density {
+            Some(density) => with_density(exif, density),
+            None => exif,
+        })
     }
 
     /// The XMP packet to embed, rewritten for the output; one that cannot be is left out.
@@ -371,18 +371,6 @@ impl<'a> Encoded<'a> {
             );
         }
         rewritten
-    }
-
-    pub(super) fn encode_with(&self, mut enc: impl ImageEncoder) -> ImageResult<()> {
-        if let Some(icc) = self.icc_profile() {
-            enc.set_icc_profile(icc.clone())
-                .map_err(ImageError::Unsupported)?;
-        }
-        if let Some(exif) = self.exif() {
-            // An encoder that cannot carry EXIF still writes the image, which matters more.
-            let _ = enc.set_exif_metadata(exif);
-        }
-        enc.write_image(&self.buf, self.width, self.height, self.color)
     }
 }
 
@@ -736,6 +724,34 @@ mod tests {
         EncodeOptions {
             density: Density::new(dpi, dpi, crate::imageops::density::DensityUnit::Inch),
             ..EncodeOptions::new(format)
+        }
+    }
+
+    /// An EXIF chunk too large for a JPEG segment is left out of a JPEG, which is still
+    /// written whole; the other formats keep it.
+    #[test]
+    fn exif_too_large_for_jpeg_is_left_out() {
+        use crate::imageops::exif::{ExifTags, Field};
+        let description = Field {
+            tag: 0x010E,
+            kind: 2,
+            data: vec![b'x'; 70_000],
+        };
+        let exif = ExifTags {
+            big_endian: false,
+            image: vec![description],
+            exif: vec![],
+            gps: vec![],
+        }
+        .to_chunk();
+        for format in [OutputFormat::Jpeg, OutputFormat::Png] {
+            let opts = EncodeOptions {
+                exif: Some(exif.clone()),
+                ..EncodeOptions::new(format)
+            };
+            let file = encode_bytes(Path::new("x"), &gradient(8, 8), None, &opts).unwrap();
+            let d = decode_bytes(&file, &limits()).unwrap();
+            assert_eq!(d.exif.is_some(), format == OutputFormat::Png, "{format}");
         }
     }
 

@@ -10,7 +10,7 @@ use std::io::{Cursor, Write};
 
 use image::codecs::jpeg::JpegEncoder;
 use image::error::DecodingError;
-use image::{ColorType, ImageDecoder, ImageError, ImageFormat, ImageResult, Limits};
+use image::{ColorType, ImageDecoder, ImageEncoder, ImageError, ImageFormat, ImageResult, Limits};
 
 use super::encode::Encoded;
 use crate::imageops::density::Density;
@@ -82,7 +82,7 @@ impl<'a> JpegFacts<'a> {
                 }
                 APP1 if header => {
                     if facts.exif.is_none() {
-                        facts.exif = contents.strip_prefix(b"Exif\0\0");
+                        facts.exif = contents.strip_prefix(EXIF_SIGNATURE);
                     }
                     if facts.xmp.is_none() {
                         facts.xmp = contents.strip_prefix(xmp::JPEG_SIGNATURE);
@@ -180,6 +180,8 @@ impl Frame {
     }
 }
 
+/// The signature that opens an APP1 segment of EXIF data.
+const EXIF_SIGNATURE: &[u8] = b"Exif\0\0";
 const APP0: u8 = 0xE0;
 const APP1: u8 = 0xE1;
 const APP13: u8 = 0xED;
@@ -357,10 +359,10 @@ impl Encoded<'_> {
         });
         let segments: Vec<Vec<u8>> = xmp.into_iter().chain(iptc).collect();
         if segments.is_empty() {
-            return self.encode_with(self.jpeg_encoder(w));
+            return self.write_jpeg(w);
         }
         let mut file = Vec::new();
-        self.encode_with(self.jpeg_encoder(&mut file))?;
+        self.write_jpeg(&mut file)?;
         // Past the APPn segments that open the stream.
         let mut markers = Markers::new(&file);
         let mut at = markers.at;
@@ -375,23 +377,52 @@ impl Encoded<'_> {
         Ok(())
     }
 
+    /// The image through the image crate's encoder, with the ICC profile (which it splits
+    /// over segments as ICC defines) and the EXIF chunk (which it does not: one too large
+    /// for a segment is left out, with a warning).
+    fn write_jpeg(&self, w: impl Write) -> ImageResult<()> {
+        let mut encoder = self.jpeg_encoder(w);
+        if let Some(icc) = self.icc_profile() {
+            encoder
+                .set_icc_profile(icc.clone())
+                .map_err(ImageError::Unsupported)?;
+        }
+        let exif = self
+            .exif()
+            .filter(|exif| self.fits_segment(EXIF_SIGNATURE.len() + exif.len(), "EXIF metadata"));
+        if let Some(exif) = exif {
+            encoder
+                .set_exif_metadata(exif)
+                .map_err(ImageError::Unsupported)?;
+        }
+        encoder.write_image(&self.buf, self.width, self.height, self.color)
+    }
+
     /// The segment `marker` with `signature` and `payload`; `None`, with a warning, where
-    /// `what` is too large for one segment (64 KB).
+    /// `what` is too large for one segment.
     fn segment(&self, marker: u8, signature: &[u8], payload: &[u8], what: &str) -> Option<Vec<u8>> {
-        let length = u16::try_from(2 + signature.len() + payload.len()).ok();
-        let Some(length) = length else {
-            tracing::warn!(
-                "{}: leaving out the {what}: {} bytes, more than a JPEG segment holds",
-                self.path.display(),
-                payload.len()
-            );
+        let contents = signature.len() + payload.len();
+        if !self.fits_segment(contents, what) {
             return None;
-        };
+        }
         let mut segment = vec![0xFF, marker];
-        segment.extend(length.to_be_bytes());
+        segment.extend((2 + contents as u16).to_be_bytes());
         segment.extend(signature);
         segment.extend(payload);
         Some(segment)
+    }
+
+    /// Whether `contents` bytes fit in one segment (its length field counts itself too);
+    /// warns that `what` is left out where they do not.
+    fn fits_segment(&self, contents: usize, what: &str) -> bool {
+        let fits = contents <= usize::from(u16::MAX) - 2;
+        if !fits {
+            tracing::warn!(
+                "{}: leaving out the {what}: {contents} bytes, more than a JPEG segment holds",
+                self.path.display(),
+            );
+        }
+        fits
     }
 
     /// The image crate's encoder at the options' quality, its JFIF segment giving the

@@ -296,8 +296,8 @@ impl Encoded<'_> {
         info.srgb = colour.srgb.filter(|_| icc.is_none());
         info.source_gamma = colour.gamma;
         info.source_chromaticities = colour.chromaticities;
-        info.pixel_dims = self.opts.density.map(|d| {
-            let (per_metre, xppu, yppu) = d.to_png();
+        let density = self.opts.density.and_then(|d| d.to_png());
+        info.pixel_dims = density.map(|(per_metre, xppu, yppu)| {
             let unit = if per_metre {
                 png::Unit::Meter
             } else {

@@ -633,9 +633,12 @@ impl TiffFacts {
 fn density<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Option<Density> {
     use tiff::decoder::ifd::Value;
     use tiff::tags::Tag;
+    // RATIONAL, as TIFF defines it; some writers use other numeric types.
     let mut resolution = |tag| match d.find_tag(tag).ok()?? {
         Value::Rational(n, d) => Some(f64::from(n) / f64::from(d)),
-        _ => None,
+        Value::Double(v) => Some(v),
+        Value::Float(v) => Some(f64::from(v)),
+        v => v.into_u32().ok().map(f64::from),
     };
     let (x, y) = (resolution(Tag::XResolution)?, resolution(Tag::YResolution));
     let unit = d
@@ -773,9 +776,14 @@ impl Encoded<'_> {
                 (Tag::ExifDirectory, &tags.exif),
                 (Tag::GpsDirectory, &tags.gps),
             ] {
+                // PixelXDimension and PixelYDimension are for compressed data, not TIFF's.
+                let fields: Vec<&Field> = fields
+                    .iter()
+                    .filter(|f| !matches!(f.tag, 0xA002 | 0xA003))
+                    .collect();
                 if !fields.is_empty() {
                     let mut directory = tiff.extra_directory()?;
-                    add_fields(&mut directory, fields.iter())?;
+                    add_fields(&mut directory, fields.into_iter())?;
                     pointers.push((tag, directory.finish_with_offsets()?.offset));
                 }
             }
@@ -865,6 +873,7 @@ mod tests {
             exif: vec![
                 field(0x829A, 5, &[0, 0, 0, 1, 0, 0, 0, 125]),
                 field(0x8827, 3, &[0, 200]),
+                field(0x9286, 7, b"UNICODE\0\0h\0i"),
                 field(0xA002, 4, &[0, 0, 0, 8]),
             ],
             gps: vec![field(
@@ -901,9 +910,14 @@ mod tests {
         let native = tags.clone().in_byte_order(cfg!(target_endian = "big"));
         assert_eq!(read.image[..2], native.image[..2]);
         assert_eq!(read.gps, native.gps);
-        // PixelXDimension is the output's width.
-        assert_eq!(read.exif[..2], native.exif[..2]);
-        assert_eq!(read.exif[2].data, 10u32.to_ne_bytes());
+        // PixelXDimension, which is for compressed data, is left out of TIFF.
+        assert_eq!(read.exif[..], native.exif[..3]);
+        let text: Vec<u8> = "hi".encode_utf16().flat_map(u16::to_ne_bytes).collect();
+        let comment = [&b"UNICODE\0"[..], &text].concat();
+        assert_eq!(
+            read.exif[2].data, comment,
+            "UTF-16 text in the file's byte order"
+        );
         for f in read.image.iter().chain(&read.exif).chain(&read.gps) {
             assert_eq!(f.data.len() % 2, 0, "word-aligned values follow {f:?}");
         }
@@ -933,60 +947,30 @@ mod tests {
     /// from the Photoshop tag's image resources.
     #[test]
     fn iptc_is_read_from_either_tag() {
-        use tiff::tags::Tag;
-        let mut record = vec![0x1C, 2, 25, 0, 5];
-        record.extend(b"boats");
+        let record = [&[0x1C, 2, 25, 0, 5][..], b"boats"].concat();
         let iptc = Iptc {
             record: record.clone(),
             digest: None,
         };
-        let tiff_with = |write: &dyn Fn(
-            &mut tiff::encoder::DirectoryEncoder<
-                '_,
-                &mut Cursor<Vec<u8>>,
-                tiff::encoder::TiffKindStandard,
-            >,
-        )| {
+        let tiff_with = |tag, kind, data: &[u8]| {
             let mut file = Cursor::new(Vec::new());
             let mut tiff = tiff::encoder::TiffEncoder::new(&mut file).unwrap();
             let mut image = tiff
                 .new_image::<tiff::encoder::colortype::Gray8>(1, 1)
                 .unwrap();
-            write(image.encoder());
+            let data = data.to_vec();
+            add_fields(image.encoder(), [Field { tag, kind, data }].iter()).unwrap();
             image.write_data(&[0]).unwrap();
             decode_bytes(file.get_ref(), &limits()).unwrap().iptc
         };
-        let mut padded = record.clone();
-        padded.extend([0; 2]);
-        let longs: Vec<u32> = padded
-            .chunks(4)
-            .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
-            .collect();
-        assert_eq!(
-            tiff_with(&|e| e.write_tag(Tag::Unknown(IPTC), &longs[..]).unwrap()),
-            Some(iptc.clone())
-        );
-        assert_eq!(
-            tiff_with(&|e| e.write_tag(Tag::Unknown(IPTC), &record[..]).unwrap()),
-            Some(iptc.clone())
-        );
-        assert_eq!(
-            tiff_with(&|e| e.write_tag(Tag::Unknown(IPTC), Undefined(&record)).unwrap()),
-            Some(iptc.clone())
-        );
+        let (byte, long, undefined) = (1, 4, 7);
+        let padded = [&record[..], &[0, 0]].concat();
+        assert_eq!(tiff_with(IPTC, long, &padded), Some(iptc.clone()));
+        assert_eq!(tiff_with(IPTC, byte, &record), Some(iptc.clone()));
+        assert_eq!(tiff_with(IPTC, undefined, &record), Some(iptc.clone()));
         let resources = iptc.to_resources();
-        assert_eq!(
-            tiff_with(&|e| e
-                .write_tag(Tag::Unknown(PHOTOSHOP), &resources[..])
-                .unwrap()),
-            Some(iptc.clone())
-        );
-        assert_eq!(
-            tiff_with(&|e| e
-                .write_tag(Tag::Unknown(IPTC), &b"not a record"[..])
-                .unwrap()),
-            None
-        );
+        assert_eq!(tiff_with(PHOTOSHOP, byte, &resources), Some(iptc));
+        assert_eq!(tiff_with(IPTC, undefined, b"not a record"), None);
     }
 
     /// TIFF alpha is written as such (ExtraSamples: unassociated), and premultiplied
