@@ -540,6 +540,61 @@ fn webp_output_is_lossy_at_the_quality_or_lossless() {
     assert!(!out("wide.webp").exists());
 }
 
+/// `--depth` sets the bits per sample of PNG and TIFF outputs; JPEG and WebP stay 8-bit
+/// (an error where the command names them, a warning where the input's format decides).
+#[test]
+fn depth_sets_the_output_bits_per_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let input = dir.path().join("in.png");
+    save(gradient(24, 16), &input, ImageFormat::Png);
+    let out = |name: &str| dir.path().join(name);
+    let deep = |name: &str| {
+        decode_file(&out(name), &DecodeLimits::default())
+            .unwrap()
+            .sixteen_bit
+    };
+    upscale_ok(&model, &[s(&input), "-o", s(&out("d8.png"))]);
+    upscale_ok(
+        &model,
+        &[s(&input), "-o", s(&out("d16.png")), "--depth", "16"],
+    );
+    upscale_ok(
+        &model,
+        &[s(&input), "-o", s(&out("d16.tiff")), "--depth", "16"],
+    );
+    assert!(!deep("d8.png") && deep("d16.png") && deep("d16.tiff"));
+    // The same image, in finer levels.
+    let (coarse, fine) = (read(&out("d8.png")).1, read(&out("d16.png")).1);
+    assert_eq!(fine.to_rgb8(), coarse.to_rgb8());
+    upscale_ok(
+        &model,
+        &[
+            s(&out("d16.png")),
+            "-o",
+            s(&out("back.png")),
+            "--depth",
+            "8",
+            "--scale",
+            "2",
+        ],
+    );
+    assert!(!deep("back.png"));
+    let err = upscale_fails(
+        &model,
+        &[s(&input), "-o", s(&out("x.jpg")), "--depth", "16"],
+    );
+    assert!(err.contains("JPEG output is always 8-bit"), "{err}");
+    let jpeg = out("photo.jpg");
+    save(gradient(24, 16), &jpeg, ImageFormat::Jpeg);
+    let done = stderr(&upscale_ok(&model, &[s(&jpeg), "--depth", "16"]));
+    assert!(
+        done.contains("--depth 16 applies to PNG and TIFF"),
+        "{done}"
+    );
+    assert!(out("photo_x4.jpg").is_file());
+}
+
 /// A colour-mapped TIFF (which the tiff crate reads only as indices) is upscaled in its
 /// colours, or in gray where its map is gray, and written as TIFF again.
 #[test]

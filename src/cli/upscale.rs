@@ -113,6 +113,11 @@ pub struct UpscaleArgs {
     /// Write WebP losslessly (larger files; PNG and TIFF always are lossless, JPEG never).
     #[arg(long)]
     pub lossless: bool,
+    /// Bits per sample of PNG and TIFF outputs (default: the input's, 16 for 16-bit and
+    /// floating-point inputs, else 8). 16 keeps the model's finer output levels; JPEG and
+    /// WebP are always 8-bit.
+    #[arg(long, value_enum)]
+    pub depth: Option<Depth>,
     /// Do not copy the input's EXIF, XMP and IPTC metadata (camera, date, location,
     /// keywords, captions, …) to the output.
     #[arg(long, visible_alias = "no-metadata")]
@@ -148,6 +153,15 @@ enum Outcome {
     Skipped(PathBuf),
 }
 
+/// Bits per sample of the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Depth {
+    #[value(name = "8")]
+    Eight,
+    #[value(name = "16")]
+    Sixteen,
+}
+
 impl UpscaleArgs {
     /// Options for scoring an upscaler (`infdit eval --baseline`).
     pub(super) fn for_eval(flags: &super::eval::UpscaleFlags) -> Self {
@@ -172,6 +186,7 @@ impl UpscaleArgs {
             format: None,
             quality: 95,
             lossless: false,
+            depth: None,
             no_exif: false,
             overwrite: false,
             recursive: false,
@@ -236,6 +251,12 @@ impl UpscaleArgs {
         });
         if self.lossless && named_format == Some(OutputFormat::Jpeg) {
             bail!("--lossless: JPEG output is always lossy (write PNG, TIFF or WebP)");
+        }
+        if let Some(format) = named_format.filter(|f| self.ignores_depth(*f)) {
+            bail!(
+                "--depth 16: {} output is always 8-bit (write PNG or TIFF)",
+                format.name()
+            );
         }
         if self.to_stdout() {
             if !self.one_named_file() {
@@ -476,6 +497,11 @@ impl UpscaleArgs {
         matches!(self.inputs.as_slice(), [one] if is_stdio(one) || one.exists() && !one.is_dir())
     }
 
+    /// Whether `--depth 16` was asked for and `format` cannot store it.
+    fn ignores_depth(&self, format: OutputFormat) -> bool {
+        self.depth == Some(Depth::Sixteen) && !format.supports_sixteen_bit()
+    }
+
     fn to_stdout(&self) -> bool {
         self.output.as_deref().is_some_and(is_stdio)
     }
@@ -593,6 +619,15 @@ impl UpscaleArgs {
                 )
             });
         }
+        if self.ignores_depth(out_format) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "--depth 16 applies to PNG and TIFF: {} outputs are 8-bit",
+                    out_format.name()
+                )
+            });
+        }
         let stdout = is_stdio(&out);
         if !stdout {
             crate::fsutil::check_replaceable(&out, input, inputs)?;
@@ -663,6 +698,9 @@ impl UpscaleArgs {
         let mut opts = EncodeOptions::matching(out_format, &img);
         opts.quality = self.quality;
         opts.lossless = self.lossless;
+        if let Some(depth) = self.depth {
+            opts.sixteen_bit = depth == Depth::Sixteen;
+        }
         if self.no_exif {
             opts.exif = None;
             opts.xmp = None;
