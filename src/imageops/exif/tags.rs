@@ -57,6 +57,14 @@ const MAX_VALUE: usize = 1 << 20;
 const MAX_ENTRIES: usize = 1024;
 
 impl Field {
+    pub fn new(tag: u16, kind: u16, data: &[u8]) -> Self {
+        Self {
+            tag,
+            kind,
+            data: data.to_vec(),
+        }
+    }
+
     /// The number of values, as the entry's count field gives it.
     pub fn count(&self) -> u32 {
         let size = type_size(self.kind).unwrap_or(1);
@@ -263,28 +271,20 @@ fn element_width(kind: u16) -> usize {
 mod tests {
     use super::*;
 
-    fn field(tag: u16, kind: u16, data: &[u8]) -> Field {
-        Field {
-            tag,
-            kind,
-            data: data.to_vec(),
-        }
-    }
-
     /// Camera tags, a long and a short value, a rational, and a GPS directory.
     fn sample() -> ExifTags {
         ExifTags {
             big_endian: true,
             image: vec![
-                field(0x010F, 2, b"Camera Maker\0"),
-                field(0x011A, 5, &[0, 0, 1, 44, 0, 0, 0, 1]),
+                Field::new(0x010F, 2, b"Camera Maker\0"),
+                Field::new(0x011A, 5, &[0, 0, 1, 44, 0, 0, 0, 1]),
             ],
             exif: vec![
-                field(0x829A, 5, &[0, 0, 0, 1, 0, 0, 0, 125]),
-                field(0x8827, 3, &[0, 200]),
-                field(0x9003, 2, b"2026:11:28 10:00:00\0"),
+                Field::new(0x829A, 5, &[0, 0, 0, 1, 0, 0, 0, 125]),
+                Field::new(0x8827, 3, &[0, 200]),
+                Field::new(0x9003, 2, b"2026:11:28 10:00:00\0"),
             ],
-            gps: vec![field(0x0000, 1, &[2, 3, 0, 0])],
+            gps: vec![Field::new(0x0000, 1, &[2, 3, 0, 0])],
         }
     }
 
@@ -309,14 +309,15 @@ mod tests {
     #[test]
     fn structure_and_location_dependent_tags_are_left_out() {
         let mut tags = sample();
-        tags.exif.push(field(MAKER_NOTE, 7, b"opaque maker data"));
-        tags.exif.push(field(INTEROP_IFD, LONG, &[0, 0, 0, 8]));
-        tags.image.push(field(0x0112, 3, &[0, 6]));
+        tags.exif
+            .push(Field::new(MAKER_NOTE, 7, b"opaque maker data"));
+        tags.exif.push(Field::new(INTEROP_IFD, LONG, &[0, 0, 0, 8]));
+        tags.image.push(Field::new(0x0112, 3, &[0, 6]));
         let read = ExifTags::from_chunk(&tags.to_chunk()).unwrap();
         assert_eq!(read, sample());
         // Only a resolution, as every TIFF writer puts there, is nothing to carry.
         let bare = ExifTags {
-            image: vec![field(0x011A, 5, &[0, 0, 0, 1, 0, 0, 0, 1])],
+            image: vec![Field::new(0x011A, 5, &[0, 0, 0, 1, 0, 0, 0, 1])],
             exif: vec![],
             gps: vec![],
             ..sample()
@@ -347,9 +348,9 @@ mod tests {
         assert_eq!((read.exif, read.gps), (vec![], vec![]));
         // Tags of other directories inside the Exif and GPS ones.
         let mut tags = sample();
-        tags.exif.push(field(GPS_IFD, LONG, &[0, 0, 0, 8]));
-        tags.exif.push(field(0x0111, LONG, &[0, 0, 0, 8]));
-        tags.gps.push(field(0x8298, 2, b"(c)\0"));
+        tags.exif.push(Field::new(GPS_IFD, LONG, &[0, 0, 0, 8]));
+        tags.exif.push(Field::new(0x0111, LONG, &[0, 0, 0, 8]));
+        tags.gps.push(Field::new(0x8298, 2, b"(c)\0"));
         assert_eq!(ExifTags::from_chunk(&tags.to_chunk()), Some(sample()));
     }
 

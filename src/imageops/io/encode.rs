@@ -732,11 +732,7 @@ mod tests {
     #[test]
     fn exif_too_large_for_jpeg_is_left_out() {
         use crate::imageops::exif::{ExifTags, Field};
-        let description = Field {
-            tag: 0x010E,
-            kind: 2,
-            data: vec![b'x'; 70_000],
-        };
+        let description = Field::new(0x010E, 2, &[b'x'; 70_000]);
         let exif = ExifTags {
             big_endian: false,
             image: vec![description],

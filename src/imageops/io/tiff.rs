@@ -868,25 +868,20 @@ mod tests {
     fn exif_moves_between_chunks_and_tiff_directories() {
         use crate::imageops::exif::Field;
         use tiff::tags::Tag;
-        let field = |tag, kind, data: &[u8]| Field {
-            tag,
-            kind,
-            data: data.to_vec(),
-        };
         let tags = ExifTags {
             big_endian: true,
             image: vec![
-                field(0x010F, 2, b"Maker\0"),
-                field(0x0110, 2, b"Model 1\0"),
-                field(0x011A, 5, &[0, 0, 0, 72, 0, 0, 0, 1]),
+                Field::new(0x010F, 2, b"Maker\0"),
+                Field::new(0x0110, 2, b"Model 1\0"),
+                Field::new(0x011A, 5, &[0, 0, 0, 72, 0, 0, 0, 1]),
             ],
             exif: vec![
-                field(0x829A, 5, &[0, 0, 0, 1, 0, 0, 0, 125]),
-                field(0x8827, 3, &[0, 200]),
-                field(0x9286, 7, b"UNICODE\0\0h\0i"),
-                field(0xA002, 4, &[0, 0, 0, 8]),
+                Field::new(0x829A, 5, &[0, 0, 0, 1, 0, 0, 0, 125]),
+                Field::new(0x8827, 3, &[0, 200]),
+                Field::new(0x9286, 7, b"UNICODE\0\0h\0i"),
+                Field::new(0xA002, 4, &[0, 0, 0, 8]),
             ],
-            gps: vec![field(
+            gps: vec![Field::new(
                 0x0002,
                 5,
                 &[
@@ -996,8 +991,7 @@ mod tests {
             let mut image = tiff
                 .new_image::<tiff::encoder::colortype::Gray8>(1, 1)
                 .unwrap();
-            let data = data.to_vec();
-            add_fields(image.encoder(), [Field { tag, kind, data }].iter()).unwrap();
+            add_fields(image.encoder(), [Field::new(tag, kind, data)].iter()).unwrap();
             image.write_data(&[0]).unwrap();
             decode_bytes(file.get_ref(), &limits()).unwrap().iptc
         };
