@@ -732,7 +732,27 @@ impl Encoded<'_> {
     /// stays so rather than becoming RGBA, which would drop a gray profile: libtiff-based
     /// readers take it, though Pillow (which has no 16-bit gray+alpha mode) opens only
     /// the 8-bit kind.
-    pub(super) fn encode_tiff(&self, w: impl Write + Seek) -> tiff::TiffResult<()> {
+    pub(super) fn encode_tiff(&self, mut w: impl Write) -> tiff::TiffResult<()> {
+        // The tiff crate writes the image's directory right after the strips, which LZW
+        // leaves at an odd offset half the time; TIFF asks for a word boundary, so such a
+        // file is written again with one byte more before the strips.
+        let file = self.tiff_file(false)?;
+        let ifd: [u8; 4] = file[4..8].try_into().expect("a TIFF header");
+        let ifd = match &file[..2] {
+            b"MM" => u32::from_be_bytes(ifd),
+            _ => u32::from_le_bytes(ifd),
+        };
+        let file = if ifd % 2 == 1 {
+            self.tiff_file(true)?
+        } else {
+            file
+        };
+        w.write_all(&file)?;
+        Ok(())
+    }
+
+    /// The TIFF file, with a byte before the strips where `pad`.
+    fn tiff_file(&self, pad: bool) -> tiff::TiffResult<Vec<u8>> {
         use tiff::encoder::colortype::{Gray16, Gray8, RGB16, RGB8, RGBA16, RGBA8};
         use tiff::encoder::{Compression, Predictor};
         // LZW, which every TIFF reader takes, after horizontal differencing (the tiff crate
@@ -742,7 +762,8 @@ impl Encoded<'_> {
             ExtendedColorType::La8 | ExtendedColorType::La16 => Predictor::None,
             _ => Predictor::Horizontal,
         };
-        let mut tiff = tiff::encoder::TiffEncoder::new(w)?
+        let mut file = Cursor::new(Vec::new());
+        let mut tiff = tiff::encoder::TiffEncoder::new(&mut file)?
             .with_compression(Compression::Lzw)
             .with_predictor(predictor);
         let wide = || -> Vec<u16> {
@@ -751,23 +772,26 @@ impl Encoded<'_> {
                 .map(|b| u16::from_ne_bytes([b[0], b[1]]))
                 .collect()
         };
+        let t = &mut tiff;
         match self.color {
-            ExtendedColorType::L8 => self.tiff_image::<Gray8, _>(&mut tiff, &self.buf),
-            ExtendedColorType::La8 => self.tiff_image::<GrayAlpha8, _>(&mut tiff, &self.buf),
-            ExtendedColorType::Rgb8 => self.tiff_image::<RGB8, _>(&mut tiff, &self.buf),
-            ExtendedColorType::Rgba8 => self.tiff_image::<RGBA8, _>(&mut tiff, &self.buf),
-            ExtendedColorType::L16 => self.tiff_image::<Gray16, _>(&mut tiff, &wide()),
-            ExtendedColorType::La16 => self.tiff_image::<GrayAlpha16, _>(&mut tiff, &wide()),
-            ExtendedColorType::Rgb16 => self.tiff_image::<RGB16, _>(&mut tiff, &wide()),
-            ExtendedColorType::Rgba16 => self.tiff_image::<RGBA16, _>(&mut tiff, &wide()),
+            ExtendedColorType::L8 => self.tiff_image::<Gray8, _>(t, &self.buf, pad),
+            ExtendedColorType::La8 => self.tiff_image::<GrayAlpha8, _>(t, &self.buf, pad),
+            ExtendedColorType::Rgb8 => self.tiff_image::<RGB8, _>(t, &self.buf, pad),
+            ExtendedColorType::Rgba8 => self.tiff_image::<RGBA8, _>(t, &self.buf, pad),
+            ExtendedColorType::L16 => self.tiff_image::<Gray16, _>(t, &wide(), pad),
+            ExtendedColorType::La16 => self.tiff_image::<GrayAlpha16, _>(t, &wide(), pad),
+            ExtendedColorType::Rgb16 => self.tiff_image::<RGB16, _>(t, &wide(), pad),
+            ExtendedColorType::Rgba16 => self.tiff_image::<RGBA16, _>(t, &wide(), pad),
             other => unreachable!("quantise_planes gives no {other:?}"),
-        }
+        }?;
+        Ok(file.into_inner())
     }
 
     fn tiff_image<C, W>(
         &self,
         tiff: &mut tiff::encoder::TiffEncoder<W>,
         samples: &[C::Inner],
+        pad: bool,
     ) -> tiff::TiffResult<()>
     where
         C: tiff::encoder::colortype::ColorType,
@@ -847,6 +871,9 @@ impl Encoded<'_> {
                 })
                 .collect();
             image.encoder().write_tag(Tag::Unknown(IPTC), &longs[..])?;
+        }
+        if pad {
+            image.encoder().write_data(&[0u8][..])?;
         }
         image.write_data(samples)
     }
@@ -949,10 +976,28 @@ mod tests {
     }
 
     /// TIFF outputs are LZW-compressed after horizontal differencing, except gray+alpha
-    /// (which the tiff crate cannot difference), and read back exactly.
+    /// (which the tiff crate cannot difference), and read back exactly; the image's
+    /// directory lies on a word boundary whatever the compressed data's length.
     #[test]
     fn tiff_output_is_lzw_compressed_losslessly() {
         use tiff::tags::Tag;
+        // Widths whose compressed data ends at odd and even offsets.
+        for w in 1..16 {
+            let img = gradient(3, w);
+            let opts = EncodeOptions::new(OutputFormat::Tiff);
+            let file =
+                crate::imageops::io::encode_bytes(std::path::Path::new("w.tif"), &img, None, &opts)
+                    .unwrap();
+            let ifd = u32::from_le_bytes(file[4..8].try_into().unwrap());
+            assert_eq!(ifd % 2, 0, "width {w}");
+            assert!(
+                decode_bytes(&file, &limits())
+                    .unwrap()
+                    .rgb
+                    .max_abs_diff(&img)
+                    < 1e-6
+            );
+        }
         let (img, alpha) = (gradient(6, 10), ramp(6, 10, 1));
         for (grayscale, predictor) in [(false, 2), (true, 1)] {
             for sixteen_bit in [false, true] {
