@@ -623,8 +623,7 @@ impl UpscaleArgs {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(
-                    "--depth 16 applies to PNG and TIFF: {} outputs are 8-bit",
-                    out_format.name()
+                    "--depth 16 applies to PNG and TIFF: JPEG and WebP outputs are 8-bit"
                 )
             });
         }

@@ -22,33 +22,26 @@ const DIGEST_RESOURCE: u16 = 0x0425;
 
 impl Iptc {
     /// From Photoshop image resources (a JPEG's APP13 segments past their signature,
-    /// joined; a TIFF's Photoshop tag). `None` without a well-formed IIM record.
+    /// joined). `None` without a well-formed IIM record.
     pub fn from_resources(resources: &[u8]) -> Option<Self> {
-        let (mut record, mut digest) = (None, None);
-        for (id, data) in Resources(resources) {
-            match id {
-                IIM_RESOURCE if record.is_none() => record = Some(data),
-                DIGEST_RESOURCE if digest.is_none() && data.len() == 16 => digest = Some(data),
-                _ => {}
-            }
-        }
-        let mut iptc = Self::from_record(record?)?;
-        iptc.digest = digest.map(<[u8]>::to_vec);
-        Some(iptc)
+        Self::from_tiff(None, Some(resources))
     }
 
-    /// From a bare IIM record (a TIFF's IPTC tag), which may be padded with zeros.
-    /// `None` where it is empty or not a sequence of datasets.
-    pub fn from_record(record: &[u8]) -> Option<Self> {
-        let end = record.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        let record = if is_iim(record) {
-            record
-        } else {
-            &record[..end]
+    /// From a TIFF's IPTC tag (a bare record) and Photoshop tag (image resources): the
+    /// record of the first, else the one among the second, with the digest of the second.
+    pub fn from_tiff(record: Option<&[u8]>, resources: Option<&[u8]>) -> Option<Self> {
+        let resource = |id| {
+            let mut found = Resources(resources?).filter(|&(i, _)| i == id);
+            found.next().map(|(_, data)| data)
         };
-        (!record.is_empty() && is_iim(record)).then(|| Self {
+        let record = record
+            .filter(|r| is_record(r))
+            .or_else(|| resource(IIM_RESOURCE).filter(|r| is_record(r)))?;
+        Some(Self {
             record: record.to_vec(),
-            digest: None,
+            digest: resource(DIGEST_RESOURCE)
+                .filter(|d| d.len() == 16)
+                .map(<[u8]>::to_vec),
         })
     }
 
@@ -71,6 +64,13 @@ impl Iptc {
         }
         out
     }
+}
+
+/// Whether `record` holds IIM datasets, each whole, and maybe zeros after them, which
+/// writers pad with (kept as they are: the digest is of the padded record).
+fn is_record(record: &[u8]) -> bool {
+    let end = record.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    end > 0 && (is_iim(record) || is_iim(&record[..end]))
 }
 
 /// Whether `record` is a sequence of IIM datasets, each whole.
@@ -101,26 +101,43 @@ fn is_iim(mut record: &[u8]) -> bool {
     true
 }
 
-/// The (id, data) of each Photoshop image resource: `8BIM`, id, a Pascal name padded to
-/// an even length, a size and the data, padded to an even length. Ends where the data
-/// stops being resources.
+/// The (id, data) of each of Photoshop's own image resources: a signature, id, a Pascal
+/// name padded to an even length, a size and the data, padded to an even length. Those
+/// of other signatures (`MeSa`, `PHUT`, …) are passed over; ends where the data stops
+/// being resources.
 struct Resources<'a>(&'a [u8]);
 
 impl<'a> Iterator for Resources<'a> {
     type Item = (u16, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let [b'8', b'B', b'I', b'M', i0, i1, name_len, rest @ ..] = self.0 else {
+        loop {
+            let (signature, id, data) = self.next_any()?;
+            if signature == b"8BIM" {
+                return Some((id, data));
+            }
+        }
+    }
+}
+
+impl<'a> Resources<'a> {
+    /// The next resource, whatever its signature.
+    fn next_any(&mut self) -> Option<(&'a [u8], u16, &'a [u8])> {
+        let [s0, s1, s2, s3, i0, i1, name_len, rest @ ..] = self.0 else {
             return None;
         };
+        if ![s0, s1, s2, s3].iter().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
         // The name's length byte and the name make an even count.
         let name = usize::from(*name_len) | 1;
         let rest = rest.get(name..)?;
         let size = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
         let size = usize::try_from(size).ok()?;
         let data = rest.get(4..4usize.checked_add(size)?)?;
-        self.0 = rest.get(4 + size + size % 2..).unwrap_or_default();
-        Some((u16::from_be_bytes([*i0, *i1]), data))
+        let (whole, rest) = (self.0, rest.get(4 + size + size % 2..).unwrap_or_default());
+        self.0 = rest;
+        Some((&whole[..4], u16::from_be_bytes([*i0, *i1]), data))
     }
 }
 
@@ -153,27 +170,29 @@ mod tests {
             Iptc::from_resources(&iptc.to_resources()),
             Some(iptc.clone())
         );
-        // Other resources around it (a named one, odd sizes) are passed over.
+        // Other resources around it (a named one, odd sizes, another signature's) are
+        // passed over.
         let mut resources = b"8BIM\x03\xed\x03abc\0\0\0\x03xyz\0".to_vec();
+        resources.extend(b"MeSa\x04\x04\0\0\0\0\0\x02\x1c\x02");
         resources.extend(iptc.to_resources());
         assert_eq!(Iptc::from_resources(&resources), Some(iptc));
     }
 
     #[test]
-    fn records_are_checked_and_unpadded() {
-        let mut padded = record();
-        padded.extend([0, 0, 0]);
-        assert_eq!(Iptc::from_record(&padded).unwrap().record, record());
-        let mut extended = vec![0x1C, 2, 120, 0x80, 2, 0, 3];
-        extended.extend(b"abc");
-        assert!(Iptc::from_record(&extended).is_some());
+    fn records_are_checked_and_kept_as_read() {
+        let from_tag = |record: &[u8]| Iptc::from_tiff(Some(record), None);
+        // Zero padding is kept: a digest beside the record is of the padded bytes.
+        let padded = [&record()[..], &[0, 0, 0]].concat();
+        assert_eq!(from_tag(&padded).unwrap().record, padded);
+        let extended = [&[0x1C, 2, 120, 0x80, 2, 0, 3][..], b"abc"].concat();
+        assert!(from_tag(&extended).is_some());
         for broken in [
             &b"not iim"[..],
             &[0x1C, 2, 120, 0, 9, b'x'],
             &[0, 0, 0],
             &[],
         ] {
-            assert_eq!(Iptc::from_record(broken), None, "{broken:?}");
+            assert_eq!(from_tag(broken), None, "{broken:?}");
         }
         let cut = Iptc {
             record: record(),
@@ -183,5 +202,29 @@ mod tests {
         for end in 0..cut.len() - 1 {
             assert_eq!(Iptc::from_resources(&cut[..end]), None, "cut at {end}");
         }
+    }
+
+    /// A TIFF's record comes from its IPTC tag, else from its Photoshop tag's resources,
+    /// and its digest from those resources either way; a broken record in the IPTC tag
+    /// gives way to the resources'.
+    #[test]
+    fn tiff_records_and_digests_come_from_either_tag() {
+        let with_digest = Iptc {
+            record: record(),
+            digest: Some(vec![3; 16]),
+        };
+        let resources = with_digest.to_resources();
+        let other = [&[0x1C, 2, 25, 0, 1][..], b"x"].concat();
+        let from_both = Iptc::from_tiff(Some(&other), Some(&resources)).unwrap();
+        assert_eq!(
+            (from_both.record, from_both.digest),
+            (other, with_digest.digest.clone())
+        );
+        assert_eq!(
+            Iptc::from_tiff(Some(b"junk"), Some(&resources)),
+            Some(with_digest.clone())
+        );
+        assert_eq!(Iptc::from_tiff(None, Some(&resources)), Some(with_digest));
+        assert_eq!(Iptc::from_tiff(None, None), None);
     }
 }

@@ -679,29 +679,31 @@ fn iptc<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Option<Iptc> {
     use tiff::tags::{ByteOrder, Tag};
     let big_endian = d.byte_order() == ByteOrder::BigEndian;
     let mut find = |tag| d.find_tag(Tag::Unknown(tag)).ok().flatten();
-    let record = find(IPTC).and_then(|v| match v.clone().into_u8_vec() {
-        Ok(bytes) => Some(bytes),
-        // LONGs hold the record's bytes in the file's order.
-        Err(_) => Some(
-            v.into_u32_vec()
-                .ok()?
-                .into_iter()
-                .flat_map(|v| {
-                    if big_endian {
-                        v.to_be_bytes()
-                    } else {
-                        v.to_le_bytes()
-                    }
-                })
-                .collect(),
-        ),
+    let record = find(IPTC).and_then(|v| {
+        use tiff::decoder::ifd::Value;
+        let long = |v: &Value| matches!(v, Value::Unsigned(_));
+        match v {
+            // LONGs hold the record's bytes in the file's order.
+            Value::List(ref items) if items.first().is_some_and(long) => Some(
+                v.into_u32_vec()
+                    .ok()?
+                    .into_iter()
+                    .flat_map(|v| {
+                        if big_endian {
+                            v.to_be_bytes()
+                        } else {
+                            v.to_le_bytes()
+                        }
+                    })
+                    .collect(),
+            ),
+            v => v.into_u8_vec().ok(),
+        }
     });
-    record
-        .and_then(|record| Iptc::from_record(&record))
-        .or_else(|| {
-            let resources = find(PHOTOSHOP)?.into_u8_vec().ok()?;
-            Iptc::from_resources(&resources)
-        })
+    // The tiff crate reads BYTE values up to 1 MiB; LONGs are held to the same.
+    let record = record.filter(|r| r.len() <= 1 << 20);
+    let resources = find(PHOTOSHOP).and_then(|v| v.into_u8_vec().ok());
+    Iptc::from_tiff(record.as_deref(), resources.as_deref())
 }
 
 /// `$name`: a colour type the tiff crate's encoder lacks, `$samples` samples of `$bits`-bit
@@ -1042,7 +1044,11 @@ mod tests {
         };
         let (byte, long, undefined) = (1, 4, 7);
         let padded = [&record[..], &[0, 0]].concat();
-        assert_eq!(tiff_with(IPTC, long, &padded), Some(iptc.clone()));
+        let whole_longs = Iptc {
+            record: padded.clone(),
+            digest: None,
+        };
+        assert_eq!(tiff_with(IPTC, long, &padded), Some(whole_longs));
         assert_eq!(tiff_with(IPTC, byte, &record), Some(iptc.clone()));
         assert_eq!(tiff_with(IPTC, undefined, &record), Some(iptc.clone()));
         let resources = iptc.to_resources();
