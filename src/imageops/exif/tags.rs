@@ -20,7 +20,7 @@ pub struct Field {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExifTags {
     pub big_endian: bool,
-    /// The first directory's tags of [`DESCRIPTIVE`] and [`RESOLUTION`].
+    /// The first directory's tags of [`DESCRIPTIVE`] and the resolution tags.
     pub image: Vec<Field>,
     /// The Exif directory (exposure, lens, dates), less the interoperability pointer, the
     /// maker note and the tags about the source's compression.
@@ -37,7 +37,7 @@ pub const DESCRIPTIVE: [u16; 8] = [
 ];
 /// XResolution, YResolution, ResolutionUnit: the physical density, which TIFF files keep
 /// among their own tags (see [`crate::imageops::density`]).
-pub const RESOLUTION: [u16; 3] = [X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT];
+const RESOLUTION: [u16; 3] = [X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT];
 
 pub(super) const EXIF_IFD: u16 = 0x8769;
 const GPS_IFD: u16 = 0x8825;
