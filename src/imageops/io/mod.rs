@@ -1,11 +1,12 @@
 //! Decoding and encoding image files.
 //!
-//! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI, JPEG XL, AVIF and HEIC files into
-//! [`Planar`] images in `[0, 1]`, upright (orientation applied), with alpha split off and
-//! 16-bit precision kept, and reports what the caller needs to write a faithful result back:
-//! bit depth, grayness, the colour space (ICC profile, PNG colour chunks), the physical
-//! density and the EXIF and XMP metadata. Encoding writes PNG, JPEG, WebP or TIFF atomically, so an interrupted or failed
-//! run never leaves a truncated output file behind.
+//! Decoding turns PNG, JPEG, WebP, TIFF, BMP, GIF, TGA, PNM, QOI, JPEG XL, AVIF and HEIC
+//! files into [`Planar`] images in `[0, 1]`, upright (orientation applied), with alpha split
+//! off and 16-bit precision kept, and reports what the caller needs to write a faithful
+//! result back: bit depth, grayness, the colour space (ICC profile, PNG colour chunks), the
+//! physical density and the EXIF, XMP and IPTC metadata. Encoding writes PNG, JPEG, WebP or
+//! TIFF atomically, so an interrupted or failed run never leaves a truncated output file
+//! behind.
 
 use std::fmt;
 use std::io;
