@@ -13,7 +13,7 @@ use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 use super::avif::AvifDecoder;
 use super::encode::icc_describes;
 use super::format::{
-    bmp_density, input_format_names, is_colour_mapped, several_images, InputFormat,
+    bmp_density, input_format_names, is_colour_mapped, quarter_turn, several_images, InputFormat,
 };
 use super::heic::HeicDecoder;
 use super::heif::{Codec, HeifDecoder, HeifError};
@@ -478,16 +478,9 @@ fn decode_with(
     } else {
         xmp.map(upright_xmp)
     };
-    let transposed = matches!(
-        orientation,
-        Orientation::Rotate90
-            | Orientation::Rotate270
-            | Orientation::Rotate90FlipH
-            | Orientation::Rotate270FlipH
-    );
     let density = density
         .or_else(|| exif.as_deref().and_then(crate::imageops::exif::density))
-        .map(|d| d.turned(transposed));
+        .map(|d| d.turned(quarter_turn(orientation)));
 
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);

@@ -195,6 +195,12 @@ pub fn image_files(dir: &Path, recursive: bool) -> anyhow::Result<Vec<PathBuf>> 
     Ok(out)
 }
 
+/// Whether orientation `o` turns the image by a quarter, trading its width for its height.
+pub(super) fn quarter_turn(o: image::metadata::Orientation) -> bool {
+    use image::metadata::Orientation::*;
+    matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
+}
+
 /// What a file's first bytes tell before it is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peek {
@@ -209,11 +215,7 @@ pub struct Peek {
 pub fn peek(bytes: &[u8], name: &Path) -> Option<Peek> {
     fn upright_size(mut decoder: impl ImageDecoder) -> (u32, u32) {
         let (w, h) = decoder.dimensions();
-        let turned = decoder.orientation().ok().is_some_and(|o| {
-            use image::metadata::Orientation::*;
-            matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
-        });
-        if turned {
+        if decoder.orientation().ok().is_some_and(quarter_turn) {
             (w, h)
         } else {
             (h, w)
