@@ -65,9 +65,7 @@ pub fn with_density(mut chunk: Vec<u8>, density: Density) -> Vec<u8> {
     let Some(ifd0) = tiff.u32_at(&chunk, 4) else {
         return chunk;
     };
-    let unit_entry = tiff
-        .find(&chunk, ifd0, RESOLUTION_UNIT)
-        .filter(|&e| tiff.u16_at(&chunk, e + 2) == Some(SHORT));
+    let unit_entry = tiff.short_entry(&chunk, ifd0, RESOLUTION_UNIT);
     let density = match unit_entry {
         Some(_) => density,
         None => match density.in_inches() {
@@ -76,12 +74,7 @@ pub fn with_density(mut chunk: Vec<u8>, density: Density) -> Vec<u8> {
         },
     };
     let (unit, x, y) = density.to_tiff();
-    let value_at = |tag| {
-        let e = tiff.find(&chunk, ifd0, tag)?;
-        let single = tiff.u16_at(&chunk, e + 2)? == RATIONAL && tiff.u32_at(&chunk, e + 4)? == 1;
-        let at = tiff.u32_at(&chunk, e + 8).filter(|_| single)?;
-        (at.checked_add(8)? <= chunk.len()).then_some(at)
-    };
+    let value_at = |tag| tiff.rational_at(&chunk, ifd0, tag);
     let (Some(x_at), Some(y_at)) = (value_at(X_RESOLUTION), value_at(Y_RESOLUTION)) else {
         return chunk;
     };
@@ -101,20 +94,11 @@ pub fn density(chunk: &[u8]) -> Option<Density> {
     let tiff = Tiff::new(chunk)?;
     let ifd0 = tiff.u32_at(chunk, 4)?;
     let rational = |tag| {
-        let e = tiff.find(chunk, ifd0, tag)?;
-        if tiff.u16_at(chunk, e + 2)? != RATIONAL || tiff.u32_at(chunk, e + 4)? != 1 {
-            return None;
-        }
-        let at = tiff.u32_at(chunk, e + 8)?;
-        let (n, d) = (
-            tiff.u32_at(chunk, at)?,
-            tiff.u32_at(chunk, at.checked_add(4)?)?,
-        );
-        Some(n as f64 / d as f64)
+        let at = tiff.rational_at(chunk, ifd0, tag)?;
+        Some(tiff.u32_at(chunk, at)? as f64 / tiff.u32_at(chunk, at + 4)? as f64)
     };
     let unit = tiff
-        .find(chunk, ifd0, RESOLUTION_UNIT)
-        .filter(|&e| tiff.u16_at(chunk, e + 2) == Some(SHORT))
+        .short_entry(chunk, ifd0, RESOLUTION_UNIT)
         .and_then(|e| tiff.u16_at(chunk, e + 8));
     Density::from_tiff(rational(X_RESOLUTION)?, rational(Y_RESOLUTION), unit)
 }
@@ -174,6 +158,32 @@ impl Tiff {
     fn find(&self, chunk: &[u8], ifd: usize, tag: u16) -> Option<usize> {
         self.entries(chunk, ifd)
             .find(|&e| self.u16_at(chunk, e) == Some(tag))
+    }
+
+    /// The entry for `tag` in the IFD at `ifd`, where its type is SHORT.
+    fn short_entry(&self, chunk: &[u8], ifd: usize, tag: u16) -> Option<usize> {
+        self.find(chunk, ifd, tag)
+            .filter(|&e| self.u16_at(chunk, e + 2) == Some(SHORT))
+    }
+
+    /// Where the 8-byte value of `tag` lies, for a single RATIONAL in the IFD at `ifd`
+    /// whose value is inside the chunk.
+    fn rational_at(&self, chunk: &[u8], ifd: usize, tag: u16) -> Option<usize> {
+        let e = self.find(chunk, ifd, tag)?;
+        let single = self.u16_at(chunk, e + 2)? == RATIONAL && self.u32_at(chunk, e + 4)? == 1;
+        let at = self.u32_at(chunk, e + 8).filter(|_| single)?;
+        (at.checked_add(8)? <= chunk.len()).then_some(at)
+    }
+
+    /// A TIFF header in this byte order, pointing at a first IFD right after it.
+    fn header(&self) -> Vec<u8> {
+        let mut header = if self.big_endian {
+            b"MM\0\x2a".to_vec()
+        } else {
+            b"II\x2a\0".to_vec()
+        };
+        header.extend(self.word32(8));
+        header
     }
 
     /// Ends the IFD chain after the first IFD (at `ifd0`), leaving out IFD1, which holds
@@ -248,23 +258,14 @@ mod tests {
     /// the Exif IFD with PixelXDimension (SHORT) and PixelYDimension (LONG).
     fn chunk(big_endian: bool) -> Vec<u8> {
         let t = Tiff { big_endian };
-        let mut c = if big_endian {
-            b"MM\0\x2a".to_vec()
-        } else {
-            b"II\x2a\0".to_vec()
-        };
+        let mut c = t.header();
         let entry = |c: &mut Vec<u8>, tag: u16, kind: u16, value: [u8; 4]| {
             c.extend(t.word16(tag));
             c.extend(t.word16(kind));
             c.extend(t.word32(1));
             c.extend(value);
         };
-        let short = |v: u16| {
-            let mut f = [0; 4];
-            f[..2].copy_from_slice(&t.word16(v));
-            f
-        };
-        c.extend(t.word32(8));
+        let short = |v| t.short_field(v);
         c.extend(t.word16(3));
         entry(&mut c, 0x0100, SHORT, short(240));
         entry(&mut c, 0x0112, SHORT, short(6));

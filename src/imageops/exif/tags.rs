@@ -167,21 +167,12 @@ impl ExifTags {
         let mut first = self.image.clone();
         let mut directories = Vec::new();
         for (tag, fields) in &subs {
-            first.push(Field {
-                tag: *tag,
-                kind: LONG,
-                data: t.word32(at as u32).to_vec(),
-            });
+            first.push(Field::new(*tag, LONG, &t.word32(at as u32)));
             directories.push((*fields).clone());
             at += size(fields.len());
         }
         directories.insert(0, first);
-        let mut chunk = if self.big_endian {
-            b"MM\0\x2a".to_vec()
-        } else {
-            b"II\x2a\0".to_vec()
-        };
-        chunk.extend(t.word32(8));
+        let mut chunk = t.header();
         let mut values = Vec::new();
         for fields in &mut directories {
             fields.sort_by_key(|f| f.tag);
