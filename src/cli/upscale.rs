@@ -9,8 +9,9 @@ use crate::engine::Order;
 use crate::fsutil::{first_missing_dir, remove_empty_dirs};
 use crate::imageops::io::{
     check_writable, decode_file, decode_named_bytes, encode_bytes, encode_file, peek, peek_file,
-    DecodeLimits, EncodeOptions, InputFormat, OutputFormat,
+    DecodeLimits, DecodedImage, EncodeOptions, InputFormat, OutputFormat,
 };
+use crate::imageops::Planar;
 use crate::model::InfDit;
 use crate::pipeline::{BatchChoice, OutputSize, SamplingDefaults, UpscaleOptions, Upscaler};
 use crate::sampler::{SamplerConfig, SamplerKind};
@@ -208,16 +209,7 @@ impl UpscaleArgs {
     pub fn run(self) -> Result<std::process::ExitCode> {
         let (mut inputs, mut failures, earlier) =
             collect(&self.inputs, self.output.as_deref(), self.recursive);
-        // The same file named twice, however spelt, is upscaled once.
-        let mut seen = HashSet::new();
-        let before = inputs.len();
-        inputs.retain(|i| seen.insert(i.path.canonicalize().unwrap_or_else(|_| i.path.clone())));
-        let listed_twice = before - inputs.len();
-        if listed_twice > 0 && !self.quiet {
-            eprintln!(
-                "note: {listed_twice} input(s) name a file already listed (another spelling or a link to it) and are upscaled once"
-            );
-        }
+        let seen = self.drop_repeated(&mut inputs);
         if earlier > 0 && !self.quiet {
             eprintln!(
                 "note: passing over {earlier} earlier result(s) (NAME_x4 and the like beside NAME); name them one by one to upscale them"
@@ -225,7 +217,7 @@ impl UpscaleArgs {
         }
         // Files named or found, readable or not: a summary line only when there are several.
         let listed = inputs.len() + failures.len();
-        if inputs.is_empty() && failures.is_empty() {
+        if listed == 0 {
             let named: Vec<_> = self
                 .inputs
                 .iter()
@@ -233,44 +225,7 @@ impl UpscaleArgs {
                 .collect();
             bail!("no images found in {}", named.join(", "));
         }
-        if let Some(out) = self.output.as_deref().filter(|o| !is_stdio(o)) {
-            let names_a_file =
-                out.is_file() || !out.is_dir() && OutputFormat::from_path(out).is_some();
-            if names_a_file && !self.one_named_file() {
-                bail!(
-                    "-o {} names a file, but a directory, a pattern or several inputs need an output directory",
-                    out.display()
-                );
-            }
-        }
-        let named_format = self.format.or_else(|| {
-            self.output
-                .as_deref()
-                .filter(|o| !is_stdio(o))
-                .and_then(OutputFormat::from_path)
-        });
-        if self.lossless && named_format == Some(OutputFormat::Jpeg) {
-            bail!("--lossless: JPEG output is always lossy (write PNG, TIFF or WebP)");
-        }
-        if let Some(format) = named_format.filter(|f| self.ignores_depth(*f)) {
-            bail!(
-                "--depth 16: {} output is always 8-bit (write PNG or TIFF)",
-                format.name()
-            );
-        }
-        if self.to_stdout() {
-            if !self.one_named_file() {
-                bail!("-o - writes one image: give exactly one input file");
-            }
-            if self.progress == ProgressMode::Json && !self.quiet {
-                bail!("--progress json writes to standard output, which -o - takes for the image");
-            }
-            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                bail!(
-                    "-o - would write the image to the terminal: redirect or pipe standard output"
-                );
-            }
-        }
+        self.check_output_flags()?;
         // An output directory this run creates (with the parents it creates) is removed
         // again if no image lands in it.
         let new_output_dir = self
@@ -353,7 +308,25 @@ impl UpscaleArgs {
         if let Some(dir) = new_output_dir.filter(|_| written == 0) {
             remove_empty_dirs(&dir);
         }
-        for (file, err) in &failures {
+        let summary = (listed > 1).then(|| {
+            format!(
+                "{written} upscaled, {skipped} skipped, {} failed",
+                failures.len()
+            )
+        });
+        Ok(self.finish(&failures, summary, json))
+    }
+
+    /// Reports the files that failed (after the progress bars are gone, so no line is
+    /// lost among them), the stage profile and the summary; the exit code says whether
+    /// any file failed.
+    fn finish(
+        &self,
+        failures: &[(String, String)],
+        summary: Option<String>,
+        json: bool,
+    ) -> std::process::ExitCode {
+        for (file, err) in failures {
             if json {
                 emit("error", file, serde_json::json!({ "error": err }));
             }
@@ -366,17 +339,71 @@ impl UpscaleArgs {
         if let Some(table) = crate::profile::report() {
             eprintln!("{table}");
         }
-        if listed > 1 && !self.quiet {
-            eprintln!(
-                "{written} upscaled, {skipped} skipped, {} failed",
-                failures.len()
-            );
+        if let Some(summary) = summary.filter(|_| !self.quiet) {
+            eprintln!("{summary}");
         }
-        Ok(if failures.is_empty() {
+        if failures.is_empty() {
             std::process::ExitCode::SUCCESS
         } else {
             std::process::ExitCode::FAILURE
-        })
+        }
+    }
+
+    /// Drops the inputs that name a file already listed, however spelt (another path, a
+    /// link to it): each file is upscaled once. Returns the files listed, canonical.
+    fn drop_repeated(&self, inputs: &mut Vec<Input>) -> HashSet<PathBuf> {
+        let mut seen = HashSet::new();
+        let before = inputs.len();
+        inputs.retain(|i| seen.insert(i.path.canonicalize().unwrap_or_else(|_| i.path.clone())));
+        let listed_twice = before - inputs.len();
+        if listed_twice > 0 && !self.quiet {
+            eprintln!(
+                "note: {listed_twice} input(s) name a file already listed (another spelling or a link to it) and are upscaled once"
+            );
+        }
+        seen
+    }
+
+    /// Refuses, before the model is loaded, output flags that contradict each other or
+    /// the inputs.
+    fn check_output_flags(&self) -> Result<()> {
+        let named_output = self.output.as_deref().filter(|o| !is_stdio(o));
+        if let Some(out) = named_output {
+            let names_a_file =
+                out.is_file() || !out.is_dir() && OutputFormat::from_path(out).is_some();
+            if names_a_file && !self.one_named_file() {
+                bail!(
+                    "-o {} names a file, but a directory, a pattern or several inputs need an output directory",
+                    out.display()
+                );
+            }
+        }
+        let named_format = self
+            .format
+            .or_else(|| named_output.and_then(OutputFormat::from_path));
+        if self.lossless && named_format == Some(OutputFormat::Jpeg) {
+            bail!("--lossless: JPEG output is always lossy (write PNG, TIFF or WebP)");
+        }
+        if let Some(format) = named_format.filter(|f| self.ignores_depth(*f)) {
+            bail!(
+                "--depth 16: {} output is always 8-bit (write PNG or TIFF)",
+                format.name()
+            );
+        }
+        if self.to_stdout() {
+            if !self.one_named_file() {
+                bail!("-o - writes one image: give exactly one input file");
+            }
+            if self.progress == ProgressMode::Json && !self.quiet {
+                bail!("--progress json writes to standard output, which -o - takes for the image");
+            }
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!(
+                    "-o - would write the image to the terminal: redirect or pipe standard output"
+                );
+            }
+        }
+        Ok(())
     }
 
     fn say(
@@ -589,18 +616,7 @@ impl UpscaleArgs {
             max_height: self.max_input_side,
             ..DecodeLimits::default()
         };
-        // Standard input, and streams named as files (`<(…)`, a named pipe), can be read
-        // only once: they are read into memory, where the format is sniffed and decoded.
-        let piped = if is_stdio(input) {
-            let name = Path::new("<stdin>");
-            Some((read_stream(std::io::stdin().lock(), name, &limits)?, name))
-        } else if std::fs::metadata(input).is_ok_and(|m| !m.is_file()) {
-            let file = std::fs::File::open(input)
-                .with_context(|| format!("cannot read {}", input.display()))?;
-            Some((read_stream(file, input, &limits)?, input.as_path()))
-        } else {
-            None
-        };
+        let piped = read_if_stream(input, &limits)?;
         // The output name needs the source format, and the size check below the size:
         // both come from the header, before decoding.
         let peeked = match &piped {
@@ -608,25 +624,7 @@ impl UpscaleArgs {
             None => peek_file(input),
         };
         let (out, out_format) = self.output_path(item, peeked.map(|p| p.format))?;
-        // A JPEG output named on the command line is refused with --lossless (see `run`);
-        // one that follows a JPEG input is written lossy, with one warning a run.
-        if self.lossless && out_format == OutputFormat::Jpeg {
-            static WARNED: std::sync::Once = std::sync::Once::new();
-            WARNED.call_once(|| {
-                tracing::warn!(
-                    "--lossless applies to WebP: JPEG outputs are written at --quality {}",
-                    self.quality
-                )
-            });
-        }
-        if self.ignores_depth(out_format) {
-            static WARNED: std::sync::Once = std::sync::Once::new();
-            WARNED.call_once(|| {
-                tracing::warn!(
-                    "--depth 16 applies to PNG and TIFF: JPEG and WebP outputs are 8-bit"
-                )
-            });
-        }
+        self.warn_unused_flags(out_format);
         let stdout = is_stdio(&out);
         if !stdout {
             crate::fsutil::check_replaceable(&out, input, inputs)?;
@@ -667,44 +665,8 @@ impl UpscaleArgs {
             out.display()
         );
         check_output_size(up, (img.rgb.height, img.rgb.width), out_format)?;
-        let total = up.work(img.rgb.height, img.rgb.width)?;
-        let bar = multi.add(ProgressBar::new(total as u64));
-        bar.set_style(super::bar_style(
-            "{prefix:>8} [{bar:30}] {pos}/{len} blocks {rate} ETA {eta} {msg}",
-        ));
-        bar.set_prefix("image");
-        bar.set_message(
-            input
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        let mut last_json = Instant::now() - Duration::from_secs(1);
-        let name = input.display().to_string();
-        // Alpha is upscaled even for a format that cannot keep it (JPEG): the encoder then
-        // composites the result over white.
-        let result = up.upscale_planes(&img.rgb, img.alpha.as_ref(), &mut |p| {
-            bar.set_position(p.done as u64);
-            if json && (last_json.elapsed() >= Duration::from_millis(250) || p.done == p.total) {
-                last_json = Instant::now();
-                let counts = serde_json::json!({ "done": p.done, "total": p.total });
-                emit("progress", &name, counts);
-            }
-        });
-        bar.finish_and_clear();
-        multi.remove(&bar);
-        let (rgb, alpha) = result?;
-        let mut opts = EncodeOptions::matching(out_format, &img);
-        opts.quality = self.quality;
-        opts.lossless = self.lossless;
-        if let Some(depth) = self.depth {
-            opts.sixteen_bit = depth == Depth::Sixteen;
-        }
-        if self.no_exif {
-            opts.exif = None;
-            opts.xmp = None;
-            opts.iptc = None;
-        }
+        let (rgb, alpha) = upscale_with_progress(up, &img, input, multi, json)?;
+        let opts = self.encode_options(out_format, &img);
         if stdout {
             let bytes = encode_bytes(Path::new("<stdout>"), &rgb, alpha.as_ref(), &opts)?;
             let mut w = std::io::stdout().lock();
@@ -716,6 +678,105 @@ impl UpscaleArgs {
         }
         Ok(Outcome::Written(out))
     }
+
+    /// Warns once a run about a flag an output's format does not use. (Where the format
+    /// is named on the command line, `check_output_flags` refuses the pair instead.)
+    fn warn_unused_flags(&self, format: OutputFormat) {
+        if self.lossless && format == OutputFormat::Jpeg {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "--lossless applies to WebP: JPEG outputs are written at --quality {}",
+                    self.quality
+                )
+            });
+        }
+        if self.ignores_depth(format) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "--depth 16 applies to PNG and TIFF: JPEG and WebP outputs are 8-bit"
+                )
+            });
+        }
+    }
+
+    /// How the result of `img` is written as `format`: what the source keeps (depth,
+    /// colour, metadata) as the flags amend it.
+    fn encode_options(&self, format: OutputFormat, img: &DecodedImage) -> EncodeOptions {
+        let mut opts = EncodeOptions::matching(format, img);
+        opts.quality = self.quality;
+        opts.lossless = self.lossless;
+        if let Some(depth) = self.depth {
+            opts.sixteen_bit = depth == Depth::Sixteen;
+        }
+        if self.no_exif {
+            opts.exif = None;
+            opts.xmp = None;
+            opts.iptc = None;
+        }
+        opts
+    }
+}
+
+/// Standard input, and streams named as files (`<(…)`, a named pipe), can be read only
+/// once: they are read into memory (with the name to report them by), where the format is
+/// sniffed and decoded. A regular file gives `None`: it is read where it lies.
+fn read_if_stream<'a>(
+    input: &'a Path,
+    limits: &DecodeLimits,
+) -> Result<Option<(Vec<u8>, &'a Path)>> {
+    if is_stdio(input) {
+        let name = Path::new("<stdin>");
+        return Ok(Some((
+            read_stream(std::io::stdin().lock(), name, limits)?,
+            name,
+        )));
+    }
+    if std::fs::metadata(input).is_ok_and(|m| !m.is_file()) {
+        let file = std::fs::File::open(input)
+            .with_context(|| format!("cannot read {}", input.display()))?;
+        return Ok(Some((read_stream(file, input, limits)?, input)));
+    }
+    Ok(None)
+}
+
+/// Upscales `img` while a progress bar (and, with `json`, progress lines at most four a
+/// second) follows its blocks.
+fn upscale_with_progress(
+    up: &Upscaler,
+    img: &DecodedImage,
+    input: &Path,
+    multi: &MultiProgress,
+    json: bool,
+) -> Result<(Planar, Option<Planar>)> {
+    let total = up.work(img.rgb.height, img.rgb.width)?;
+    let bar = multi.add(ProgressBar::new(total as u64));
+    bar.set_style(super::bar_style(
+        "{prefix:>8} [{bar:30}] {pos}/{len} blocks {rate} ETA {eta} {msg}",
+    ));
+    bar.set_prefix("image");
+    bar.set_message(
+        input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    let mut last_json = Instant::now() - Duration::from_secs(1);
+    let name = input.display().to_string();
+    // Alpha is upscaled even for a format that cannot keep it (JPEG): the encoder then
+    // composites the result over white.
+    let result = up.upscale_planes(&img.rgb, img.alpha.as_ref(), &mut |p| {
+        bar.set_position(p.done as u64);
+        if json && (last_json.elapsed() >= Duration::from_millis(250) || p.done == p.total) {
+            last_json = Instant::now();
+            let counts = serde_json::json!({ "done": p.done, "total": p.total });
+            emit("progress", &name, counts);
+        }
+    });
+    bar.finish_and_clear();
+    multi.remove(&bar);
+    result
 }
 
 /// Refuses, before any work, an output larger than its format stores (WebP's 16383 px a
