@@ -18,9 +18,9 @@ use super::format::{
 use super::heic::HeicDecoder;
 use super::heif::{Codec, HeifDecoder, HeifError};
 use super::jpeg::{JpegDecoder, JpegFacts};
-use super::planes::{image_to_planes, is_deep, is_gray, unpremultiply};
+use super::planes::{image_to_planes, is_deep, is_gray};
 use super::png::PngFacts;
-use super::tiff::{decode_tiff, TiffFacts};
+use super::tiff::TiffFacts;
 use super::{one_line, DecodeLimits, DecodedImage, ImageIoError};
 use crate::imageops::density::Density;
 use crate::imageops::Planar;
@@ -175,23 +175,10 @@ fn decode_image_crate(
         (_, Some(facts)) => facts.animated.then_some("animated PNG"),
         _ => several_images(format, &mut reader),
     };
-    if let Some(compression) = tiff
-        .as_ref()
-        .and_then(|f| f.unsupported_compression.as_ref())
-    {
+    if let Some(detail) = tiff.as_ref().and_then(TiffFacts::refusal) {
         return Err(ImageIoError::Unsupported {
             path: path.into(),
-            detail: format!(
-                "TIFF with {compression} is not supported; convert it to PNG, or to an \
-                 uncompressed, LZW, Deflate or ZSTD TIFF"
-            ),
-        });
-    }
-    if tiff.as_ref().is_some_and(|f| f.wide_integer_samples) {
-        return Err(ImageIoError::Unsupported {
-            path: path.into(),
-            detail: "TIFF with 32-bit integer samples (convert it to 16-bit or floating point)"
-                .into(),
+            detail,
         });
     }
     let head = reader.fill_buf().map_err(ImageIoError::read(path))?;
@@ -225,35 +212,20 @@ fn decode_image_crate(
                 reader
                     .seek(io::SeekFrom::Start(0))
                     .map_err(ImageIoError::read(path))?;
-                let mut decoded =
-                    decode_tiff(reader, limits).map_err(|why| ImageIoError::Unsupported {
+                facts
+                    .decode(reader, density, limits)
+                    .map_err(|why| ImageIoError::Unsupported {
                         path: path.into(),
                         detail: format!(
                             "a TIFF layout this decoder does not read ({detail}; {why}); \
                              convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
                         ),
-                    })?;
-                decoded.density = density;
-                if let Some(t) = facts.orientation {
-                    decoded.rgb = decoded.rgb.dihedral(t);
-                    decoded.alpha = decoded.alpha.map(|a| a.dihedral(t));
-                    decoded.density = decoded.density.map(|d| d.turned(t.transpose));
-                }
-                decoded
+                    })?
             }
             (decoded, _) => decoded?,
         };
         if let Some(facts) = tiff {
-            decoded.icc_profile = decoded.icc_profile.or(facts.icc_profile);
-            decoded.exif = decoded.exif.or(facts.exif);
-            decoded.iptc = facts.iptc;
-            decoded.xmp = match facts.orientation {
-                Some(_) => facts.xmp.map(upright_xmp),
-                None => facts.xmp,
-            };
-            if let Some(alpha) = decoded.alpha.as_ref().filter(|_| facts.associated_alpha) {
-                unpremultiply(&mut decoded.rgb, alpha);
-            }
+            facts.amend(&mut decoded);
         }
         if let Some(facts) = png {
             decoded.png_colour = facts.colour;
@@ -360,7 +332,7 @@ fn read_all(mut reader: impl io::Read, path: &Path) -> Result<Vec<u8>, ImageIoEr
 
 /// An XMP packet whose file's orientation decoding has applied, with its orientation
 /// upright; one that is not XMP is left for the check that names it.
-fn upright_xmp(packet: Vec<u8>) -> Vec<u8> {
+pub(super) fn upright_xmp(packet: Vec<u8>) -> Vec<u8> {
     crate::imageops::xmp::upright(&packet).unwrap_or(packet)
 }
 

@@ -5,9 +5,10 @@ use std::io::{self, BufRead, Cursor, Read, Seek, Write};
 
 use image::ExtendedColorType;
 
+use super::decode::upright_xmp;
 use super::encode::Encoded;
 use super::format::InputFormat;
-use super::planes::{split, ycbcr_to_rgb};
+use super::planes::{split, unpremultiply, ycbcr_to_rgb};
 use super::{DecodeLimits, DecodedImage};
 use crate::imageops::density::Density;
 use crate::imageops::exif::{ExifTags, Field, DESCRIPTIVE};
@@ -18,7 +19,7 @@ use crate::imageops::{Dihedral, Planar};
 /// or floats, gray in 2 or 4 bits, YCbCr (JPEG-compressed above all) and colour-mapped, in
 /// whatever compression it reads. For the layouts the image crate refuses; the reason is
 /// returned for anything else.
-pub(super) fn decode_tiff(
+fn decode_tiff(
     mut reader: impl Read + Seek,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, String> {
@@ -626,6 +627,54 @@ impl TiffFacts {
         let exif = ExifTags::from_file(reader).map(|tags| tags.to_chunk());
         let _ = reader.seek(io::SeekFrom::Start(0));
         Self { exif, ..facts }
+    }
+}
+
+impl TiffFacts {
+    /// Why the file is refused before any decoding, if it is.
+    pub(super) fn refusal(&self) -> Option<String> {
+        if let Some(compression) = &self.unsupported_compression {
+            return Some(format!(
+                "TIFF with {compression} is not supported; convert it to PNG, or to an \
+                 uncompressed, LZW, Deflate or ZSTD TIFF"
+            ));
+        }
+        self.wide_integer_samples.then(|| {
+            "TIFF with 32-bit integer samples (convert it to 16-bit or floating point)".into()
+        })
+    }
+
+    /// Decodes a layout the image crate does not read with [`decode_tiff`], and turns it
+    /// upright as the image crate would have, `density` with it.
+    pub(super) fn decode(
+        &self,
+        reader: impl BufRead + Seek,
+        density: Option<Density>,
+        limits: &DecodeLimits,
+    ) -> Result<DecodedImage, String> {
+        let mut decoded = decode_tiff(reader, limits)?;
+        decoded.density = density;
+        if let Some(t) = self.orientation {
+            decoded.rgb = decoded.rgb.dihedral(t);
+            decoded.alpha = decoded.alpha.map(|a| a.dihedral(t));
+            decoded.density = decoded.density.map(|d| d.turned(t.transpose));
+        }
+        Ok(decoded)
+    }
+
+    /// Completes a decoded image with what only these facts know: the metadata the image
+    /// crate misses, and straight alpha where the file's is premultiplied.
+    pub(super) fn amend(self, decoded: &mut DecodedImage) {
+        decoded.icc_profile = decoded.icc_profile.take().or(self.icc_profile);
+        decoded.exif = decoded.exif.take().or(self.exif);
+        decoded.iptc = self.iptc;
+        decoded.xmp = match self.orientation {
+            Some(_) => self.xmp.map(upright_xmp),
+            None => self.xmp,
+        };
+        if let Some(alpha) = decoded.alpha.as_ref().filter(|_| self.associated_alpha) {
+            unpremultiply(&mut decoded.rgb, alpha);
+        }
     }
 }
 
