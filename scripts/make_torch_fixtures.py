@@ -13,6 +13,11 @@ Outputs (tests/fixtures/pickles/):
                             saved with pickle_protocol=5
   forged_storage_size.pt    a tensor whose pickle claims a 2^31-element storage
   forged_view_size.pt       a tensor whose pickle claims a 2^40-element zero-stride view
+  big_endian.pt             f32, f16 and f64 tensors as a big-endian machine saves them
+  nested_state_dict.pt      a state dict under model_state_dict, beside an optimizer state
+                            and an EMA copy in a list
+  legacy_protocol4.pt       the pre-1.6 (not zip) format, pickle protocol 4
+  float8.pt                 a float8_e4m3fn tensor beside a float32 one
 """
 import argparse
 import collections
@@ -57,22 +62,31 @@ save(
 save({"a": base}, "protocol4.pt", pickle_protocol=4)
 
 
-def forge(name, edits):
-    """A copy of a saved 7-element tensor whose pickle claims other sizes (what a damaged
-    or hostile file may claim): `edits` replaces byte strings of the pickle."""
+def rewrite(name, edit):
+    """Rewrites every member of the saved archive `name` with edit(member name, bytes)."""
     import zipfile
 
-    save({"w": torch.arange(7, dtype=torch.float32)}, name)
     path = os.path.join(OUT, name)
     with zipfile.ZipFile(path) as z:
         entries = [(i, z.read(i)) for i in z.infolist()]
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         for info, data in entries:
-            if info.filename.endswith("data.pkl"):
-                for old, new in edits:
-                    assert data.count(old) == 1, old
-                    data = data.replace(old, new)
-            z.writestr(info, data)
+            z.writestr(info, edit(info.filename, data))
+
+
+def forge(name, edits):
+    """A copy of a saved 7-element tensor whose pickle claims other sizes (what a damaged
+    or hostile file may claim): `edits` replaces byte strings of the pickle."""
+
+    def edit(member, data):
+        if member.endswith("data.pkl"):
+            for old, new in edits:
+                assert data.count(old) == 1, old
+                data = data.replace(old, new)
+        return data
+
+    save({"w": torch.arange(7, dtype=torch.float32)}, name)
+    rewrite(name, edit)
 
 
 # The storage claims 2^31-1 elements and the view a stride of 2 (so it is read whole).
@@ -103,3 +117,46 @@ save(
     "protocol5_deepspeed.pt",
     pickle_protocol=5,
 )
+
+
+# As a big-endian machine saves it: the byte order record says so and every storage holds
+# its values most significant byte first (torch assigns the storages 0, 1, 2 in order).
+big = {"a": base, "h": base[0].half(), "d": base[1].double()}
+save(big, "big_endian.pt")
+sizes = {"0": 4, "1": 2, "2": 8}
+
+
+def swap(member, data):
+    if member.endswith("/byteorder"):
+        return b"big"
+    key = member.rsplit("/", 1)[-1]
+    if "/data/" in member and key in sizes:
+        n = sizes[key]
+        return b"".join(data[i : i + n][::-1] for i in range(0, len(data), n))
+    return data
+
+
+rewrite("big_endian.pt", swap)
+loaded = torch.load(os.path.join(OUT, "big_endian.pt"))
+assert all(torch.equal(loaded[k], v) for k, v in big.items())
+
+# A training script's checkpoint: the state dict under a key of its own, beside an
+# optimizer state (tensors under integer keys) and an EMA copy in a list.
+save(
+    {
+        "epoch": 3,
+        "model_state_dict": {"a": base, "b": torch.linspace(-1, 1, 5)},
+        "optimizer_state_dict": {
+            "state": {0: {"exp_avg": base}},
+            "param_groups": [{"lr": 0.1, "params": [0]}],
+        },
+        "ema": [{"a": base}],
+    },
+    "nested_state_dict.pt",
+)
+
+# The pre-1.6 format, with a newer pickle protocol (its magic number is then framed).
+save({"a": base}, "legacy_protocol4.pt", _use_new_zipfile_serialization=False, pickle_protocol=4)
+
+# A float8 tensor, which torch saves with _rebuild_tensor_v3 and an untyped storage.
+save({"a": base, "f8": base.to(torch.float8_e4m3fn)}, "float8.pt")

@@ -103,13 +103,16 @@ impl ModelConfig {
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let cfg =
-            Self::deserialize(&json).with_context(|| format!("parsing {}", path.display()))?;
-        cfg.validate()
-            .and_then(|()| check_variant(&json, &cfg))
-            .with_context(|| format!("invalid model config {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("invalid model config {}", path.display()))
+    }
+
+    /// Parses and checks a config (infdit's own or the reference layout), wherever its
+    /// text was kept: a `config.json` or a weights file's metadata get the same checks.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let json: serde_json::Value = serde_json::from_str(text)?;
+        let cfg = Self::deserialize(&json)?;
+        cfg.validate()?;
+        check_variant(&json, &cfg)?;
         Ok(cfg)
     }
 
@@ -126,6 +129,21 @@ impl ModelConfig {
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             bail!("{name} must be positive, not 0");
+        }
+        // Far beyond any trained model (the released one has 28 layers of 1280), and
+        // small enough that the tables and lists sized by them fit in memory.
+        let limits = [
+            ("num_layers", self.num_layers, 1024),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("mlp_inner_size", self.mlp_inner_size, 1 << 18),
+            ("vector_dim", self.vector_dim, 1 << 16),
+            ("time_embed_channels", self.time_embed_channels, 1 << 16),
+            ("image_block_size_px", self.image_block_size_px, 4096),
+            ("rope_table_size", self.rope_table_size, 1 << 20),
+            ("rope_position_modulus", self.rope_position_modulus, 1 << 20),
+        ];
+        if let Some((name, v, max)) = limits.iter().find(|(_, v, max)| v > max) {
+            bail!("{name} = {v} is beyond any Inf-DiT model (at most {max})");
         }
         let positive = |v: f64| v.is_finite() && v > 0.0;
         ensure!(
@@ -184,6 +202,16 @@ impl ModelConfig {
             self.time_embed_channels.is_multiple_of(2),
             "time_embed_channels must be even"
         );
+        if let Some(max) = self.max_image_side() {
+            ensure!(
+                max >= self.image_block_size_px,
+                "rope_table_size {} has positions for {max} px, less than one {} px block \
+                 (the rope_position_modulus {} needs a table at least as large)",
+                self.rope_table_size,
+                self.image_block_size_px,
+                self.rope_position_modulus
+            );
+        }
         Ok(())
     }
 
@@ -424,6 +452,43 @@ mod tests {
             let e = format!("{:#}", ModelConfig::from_json_file(&path).unwrap_err());
             assert!(e.contains("must be positive"), "{key}: {e}");
         }
+    }
+
+    /// Sizes far past any model are refused before tables or key lists are built for them.
+    #[test]
+    fn absurd_sizes_are_refused() {
+        for (cfg, needle) in [
+            (
+                ModelConfig {
+                    num_layers: 100_000,
+                    ..ModelConfig::minimal()
+                },
+                "num_layers = 100000 is beyond",
+            ),
+            (
+                ModelConfig {
+                    rope_table_size: 1_000_000_000,
+                    rope_position_modulus: 1_000_000_000,
+                    ..ModelConfig::minimal()
+                },
+                "rope_table_size = 1000000000 is beyond",
+            ),
+        ] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    /// A position table smaller than one block could run no image at all.
+    #[test]
+    fn a_table_smaller_than_a_block_is_refused() {
+        let cfg = ModelConfig {
+            rope_table_size: 4,
+            rope_position_modulus: 64,
+            ..ModelConfig::minimal()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("less than one 32 px block"), "{e}");
     }
 
     #[test]

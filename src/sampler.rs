@@ -26,6 +26,9 @@ pub enum SamplerKind {
 /// where σ² leaves f32's range and the preconditioning turns to NaN.
 pub const MAX_SIGMA: f32 = 1e4;
 
+/// The most sampler steps taken; the schedule is allocated up front.
+pub const MAX_STEPS: usize = 10_000;
+
 #[derive(Debug, Clone, Copy)]
 pub struct SamplerConfig {
     pub kind: SamplerKind,
@@ -55,6 +58,12 @@ impl SamplerConfig {
         if self.steps == 0 {
             anyhow::bail!("the number of steps must be at least 1");
         }
+        if self.steps > MAX_STEPS {
+            anyhow::bail!(
+                "{} steps are beyond {MAX_STEPS}: past a few hundred, more steps change nothing",
+                self.steps
+            );
+        }
         let positive = |v: f32| v.is_finite() && v > 0.0;
         if !positive(self.sigma_max) || !positive(self.sigma_min) || !positive(self.rho) {
             anyhow::bail!(
@@ -73,9 +82,8 @@ impl SamplerConfig {
         }
         if self.sigma_max > MAX_SIGMA {
             anyhow::bail!(
-                "σ_max {} is beyond {MAX_SIGMA}, where the noise swamps any image (the default is {})",
-                self.sigma_max,
-                Self::default().sigma_max
+                "σ_max {} is beyond {MAX_SIGMA}, where the noise swamps any image",
+                self.sigma_max
             );
         }
         Ok(())
@@ -158,6 +166,10 @@ mod tests {
         assert!(ok.validate().is_ok());
         for bad in [
             SamplerConfig { steps: 0, ..ok },
+            SamplerConfig {
+                steps: 100_000_000_000,
+                ..ok
+            },
             SamplerConfig {
                 sigma_max: 0.0,
                 ..ok

@@ -64,6 +64,36 @@ fn legacy_pytorch_format_is_named() {
     std::fs::write(&path, bytes).unwrap();
     let err = format!("{:#}", Checkpoint::open(&path).err().unwrap());
     assert!(err.contains("legacy format"), "{err}");
+    // torch.save's own, with pickle protocol 4, whose magic number sits in a frame.
+    let err = format!(
+        "{:#}",
+        Checkpoint::open(&fixture("pickles/legacy_protocol4.pt"))
+            .err()
+            .unwrap()
+    );
+    assert!(err.contains("legacy format"), "{err}");
+}
+
+/// A checkpoint saved on a big-endian machine says so in its archive; its values are
+/// swapped as they are read, for every element size.
+#[test]
+fn big_endian_checkpoints_load_as_their_values() {
+    let ck = Checkpoint::open(&fixture("pickles/big_endian.pt")).unwrap();
+    let arange: Vec<f32> = (0..24).map(|i| i as f32).collect();
+    assert_eq!(values(&ck, "a"), (vec![4, 6], arange.clone()));
+    assert_eq!(ck.tensors["h"].dtype(), candle_core::DType::F16);
+    assert_eq!(values(&ck, "h"), (vec![6], arange[..6].to_vec()));
+    assert_eq!(ck.tensors["d"].dtype(), candle_core::DType::F64);
+    assert_eq!(values(&ck, "d"), (vec![6], arange[6..12].to_vec()));
+}
+
+/// A training script's own key for the state dict is found: the dict with the most
+/// tensors, wherever it is nested (here beside an optimizer state and an EMA copy).
+#[test]
+fn a_state_dict_under_another_key_is_found() {
+    let ck = Checkpoint::open(&fixture("pickles/nested_state_dict.pt")).unwrap();
+    assert_eq!(ck.shapes().into_keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(values(&ck, "b"), (vec![5], vec![-1.0, -0.5, 0.0, 0.5, 1.0]));
 }
 
 #[test]
@@ -264,6 +294,14 @@ fn pickle_protocols_4_and_5_load() {
 /// Tensors whose storage type candle cannot read are named, not dropped unseen.
 #[test]
 fn unreadable_tensors_are_named() {
+    let ck = Checkpoint::open(&fixture("pickles/float8.pt")).unwrap();
+    assert_eq!(ck.shapes().into_keys().collect::<Vec<_>>(), ["a"]);
+    assert!(
+        ck.unreadable["f8"].contains("float8_e4m3fn"),
+        "{:?}",
+        ck.unreadable
+    );
+
     let ck = Checkpoint::open(&fixture("pickles/int_and_bool.pt")).unwrap();
     assert_eq!(ck.shapes().into_keys().collect::<Vec<_>>(), ["weight"]);
     let unreadable: Vec<_> = ck.unreadable.iter().collect();
@@ -323,10 +361,30 @@ fn a_broken_stored_config_matters_only_without_config_json() {
     infdit::fsutil::save_safetensors_with_metadata(&path, &reference().tensors, Some(metadata))
         .unwrap();
     let err = format!("{:#}", ModelSource::open(&path).err().unwrap());
-    assert!(err.contains("unreadable stored model config"), "{err}");
+    assert!(err.contains("invalid stored model config"), "{err}");
     std::fs::copy(fixture("tiny/config.json"), dir.path().join("config.json")).unwrap();
     let cfg = ModelConfig::from_json_file(&fixture("tiny/config.json")).unwrap();
     assert_eq!(ModelSource::open(&path).unwrap().config, cfg);
+}
+
+/// A stored config gets the checks a config.json gets: one that records a variant of
+/// the model infdit does not implement is refused, not run as the released model.
+#[test]
+fn a_stored_config_of_another_variant_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny/config.json")).unwrap())
+            .unwrap();
+    json["qk_ln"] = false.into();
+    let metadata = std::collections::HashMap::from([(
+        infdit::checkpoint::CONFIG_METADATA_KEY.to_string(),
+        json.to_string(),
+    )]);
+    infdit::fsutil::save_safetensors_with_metadata(&path, &reference().tensors, Some(metadata))
+        .unwrap();
+    let err = format!("{:#}", ModelSource::open(&path).err().unwrap());
+    assert!(err.contains("qk_ln = false is not supported"), "{err}");
 }
 
 /// Integer tensors would be cast into meaningless weights.

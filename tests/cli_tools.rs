@@ -419,6 +419,35 @@ fn convert_refuses_to_drop_unreadable_tensors() {
     assert!(!out.exists());
 }
 
+/// convert writes nothing --model would refuse: values a smaller dtype cannot hold, or
+/// NaN already in the input.
+#[test]
+fn convert_refuses_values_that_do_not_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
+    let cpu = &candle_core::Device::Cpu;
+    let save = |values: &[f32]| {
+        let t = candle_core::Tensor::new(values, cpu).unwrap();
+        infdit::fsutil::save_safetensors(&input, &[("w".to_string(), t)].into()).unwrap();
+    };
+    save(&[1.0, 1e5]);
+    let err = fails(&["convert", s(&input), s(&out), "--dtype", "f16"]);
+    assert!(err.contains("beyond the range of F16: w"), "{err}");
+    assert!(!out.exists());
+    let o = infdit(&["convert", s(&input), s(&out), "--dtype", "bf16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    save(&[1.0, f32::NAN]);
+    let err = fails(&["convert", s(&input), s(&out), "--overwrite"]);
+    assert!(
+        err.contains("NaN or infinite values in 1 tensor(s): w"),
+        "{err}"
+    );
+}
+
 /// convert takes a model directory, as inspect and --model do.
 #[test]
 fn convert_reads_a_model_directory() {
@@ -590,6 +619,13 @@ fn inspect_fails_for_what_upscale_refuses() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("not an Inf-DiT denoiser checkpoint"));
     let o = infdit(&["inspect", s(&common::fixture("tiny"))]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // A model conditioned on CLIP, with no CLIP weights of its own: upscale needs --clip,
+    // which inspect says without failing (the flag supplies them).
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("upscale needs --clip FILE"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 
     // Sampling settings upscale refuses, and weights that make every output NaN.
     let model = dir.path().join("model");

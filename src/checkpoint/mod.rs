@@ -134,11 +134,17 @@ impl Checkpoint {
             }
         }
         if !problems.is_empty() {
+            // A config far from the weights would list every tensor.
+            const SHOWN: usize = 40;
+            let total = problems.len();
+            if total > SHOWN {
+                problems.truncate(SHOWN);
+                problems.push(format!("… and {} more", total - SHOWN));
+            }
             bail!(
-                "{} does not match the model config ({} problem{}):\n  {}",
+                "{} does not match the model config ({total} problem{}):\n  {}",
                 self.path.display(),
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" },
+                if total == 1 { "" } else { "s" },
                 problems.join("\n  ")
             );
         }
@@ -340,12 +346,19 @@ pub fn is_zip_file(path: &Path) -> Result<bool> {
 }
 
 /// Whether the file opens with the magic number of PyTorch's pre-zip `torch.save` format:
-/// protocol-2 pickle of the long 0x1950a86a20f9469cfc6c.
+/// a pickle (protocol 2 to 5; from 4 on, in a frame) of the long 0x1950a86a20f9469cfc6c.
 fn is_legacy_torch_file(path: &Path) -> Result<bool> {
-    const MAGIC: [u8; 14] = [
-        0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+    const MAGIC: [u8; 12] = [
+        0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
     ];
-    Ok(file_head(path, MAGIC.len())? == MAGIC)
+    const FRAME: u8 = 0x95;
+    let head = file_head(path, 2 + 9 + MAGIC.len())?;
+    let body = match head.as_slice() {
+        [0x80, 2..=3, body @ ..] => body,
+        [0x80, 4..=5, FRAME, rest @ ..] => rest.get(8..).unwrap_or_default(),
+        _ => return Ok(false),
+    };
+    Ok(body.starts_with(&MAGIC))
 }
 
 /// What a file that does not read as safetensors is instead, when that is plain: the
@@ -473,9 +486,7 @@ pub fn embedded_config(path: &Path) -> Result<Option<ModelConfig>> {
     let Some(text) = embedded_metadata(path, CONFIG_METADATA_KEY)? else {
         return Ok(None);
     };
-    let cfg: ModelConfig = serde_json::from_str(&text)
-        .with_context(|| format!("{}: unreadable stored model config", path.display()))?;
-    cfg.validate()
+    let cfg = ModelConfig::from_json(&text)
         .with_context(|| format!("{}: invalid stored model config", path.display()))?;
     Ok(Some(cfg))
 }

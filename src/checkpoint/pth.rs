@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::pickle::{Object, Stack, TensorInfo};
 use candle_core::{Device, Tensor};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -24,12 +24,75 @@ pub struct PthTensors {
     archive: Archive,
     infos: HashMap<String, TensorInfo>,
     unreadable: BTreeMap<String, String>,
+    /// The tensors stored big-endian (saved on such a machine).
+    big_endian: HashSet<String>,
+}
+
+/// The tensors of one state dict found in the pickles, before any is read.
+#[derive(Clone, Default)]
+struct StateDict {
+    infos: HashMap<String, TensorInfo>,
+    unreadable: BTreeMap<String, String>,
+    big_endian: HashSet<String>,
+}
+
+impl StateDict {
+    /// The tensors among the `entries` of each pickle, whose storages lie under `dir` in
+    /// the byte order given.
+    fn collect<'a>(
+        found: impl IntoIterator<Item = (&'a PathBuf, bool, &'a [(Object, Object)])>,
+    ) -> Self {
+        let mut dict = Self::default();
+        for (dir, big_endian, entries) in found {
+            for (name, value) in entries.iter().cloned() {
+                let label = match &name {
+                    Object::Unicode(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                if let Some(dtype) = unread_dtype(&value) {
+                    dict.unreadable.insert(
+                        label,
+                        format!("stored as {dtype}, a dtype infdit does not read"),
+                    );
+                    continue;
+                }
+                match value.into_tensor_info(name, dir) {
+                    Ok(Some(info)) => {
+                        if big_endian {
+                            dict.big_endian.insert(info.name.clone());
+                        }
+                        dict.infos.insert(info.name.clone(), info);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        dict.unreadable.insert(label, e.to_string());
+                    }
+                }
+            }
+        }
+        dict
+    }
+
+    fn is_empty(&self) -> bool {
+        self.infos.is_empty() && self.unreadable.is_empty()
+    }
+
+    fn into_pth(self, path: &Path, archive: Archive) -> PthTensors {
+        PthTensors {
+            path: path.to_path_buf(),
+            archive,
+            infos: self.infos,
+            unreadable: self.unreadable,
+            big_endian: self.big_endian,
+        }
+    }
 }
 
 impl PthTensors {
     /// Opens the state dict of `path`: the dict under the first of `keys` that holds
-    /// tensors in the pickle's top-level dict, else the top level itself; `None` when
-    /// neither holds any. Each pickle in the archive is parsed once, whatever the keys.
+    /// tensors in the pickle's top-level dict, else the top level itself, else the dict
+    /// nested anywhere (under other keys, in lists) that holds the most tensors; `None`
+    /// when none holds any. Each pickle in the archive is parsed once, whatever the keys.
     pub fn open(path: &Path, keys: &[&str]) -> Result<Option<Self>> {
         let mut archive = open_archive(path)?;
         let names = archive
@@ -41,42 +104,48 @@ impl PthTensors {
             .filter(|n| n.ends_with("data.pkl"))
             .map(|name| {
                 let dir = PathBuf::from(name.trim_end_matches(".pkl"));
-                Ok((dir, read_pickle_object(&mut archive, name)?))
+                let big_endian = is_big_endian(&mut archive, &dir)?;
+                Ok((dir, big_endian, read_pickle_object(&mut archive, name)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        for key in keys.iter().copied().map(Some).chain([None]) {
-            let mut infos = HashMap::new();
-            let mut unreadable = BTreeMap::new();
-            for (dir, root) in &roots {
-                let Some(entries) = state_dict(root, key) else {
-                    continue;
-                };
-                for (name, value) in entries.iter().cloned() {
-                    let label = match &name {
-                        Object::Unicode(s) => s.clone(),
-                        other => format!("{other:?}"),
-                    };
-                    match value.into_tensor_info(name, dir) {
-                        Ok(Some(info)) => {
-                            infos.insert(info.name.clone(), info);
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            unreadable.insert(label, e.to_string());
-                        }
-                    }
-                }
-            }
-            if !infos.is_empty() || !unreadable.is_empty() {
-                return Ok(Some(Self {
-                    path: path.to_path_buf(),
-                    archive,
-                    infos,
-                    unreadable,
-                }));
+        let known = keys.iter().copied().map(Some).chain([None]);
+        for key in known {
+            let found = roots
+                .iter()
+                .filter_map(|(dir, big, root)| Some((dir, *big, state_dict(root, key)?)));
+            let tensors = StateDict::collect(found);
+            if !tensors.is_empty() {
+                return Ok(Some(tensors.into_pth(path, archive)));
             }
         }
-        Ok(None)
+        // The dict with the most tensors wherever it is nested, e.g. under
+        // `model_state_dict` beside an optimizer's state.
+        let mut nested: Vec<(String, StateDict)> = Vec::new();
+        for (dir, big, root) in &roots {
+            let mut found = Vec::new();
+            nested_dicts(root, String::new(), 0, &mut found);
+            for (at, entries) in found {
+                let tensors = StateDict::collect([(dir, *big, entries)]);
+                if !tensors.is_empty() {
+                    nested.push((at, tensors));
+                }
+            }
+        }
+        nested.sort_by_key(|(_, t)| std::cmp::Reverse(t.infos.len() + t.unreadable.len()));
+        let Some((at, tensors)) = nested.first().cloned() else {
+            return Ok(None);
+        };
+        let others: Vec<&str> = nested[1..].iter().map(|(at, _)| at.as_str()).collect();
+        if others.is_empty() {
+            tracing::info!("{}: reading the tensors under {at}", path.display());
+        } else {
+            tracing::warn!(
+                "{}: reading the tensors under {at}, the most of any entry (also found under {})",
+                path.display(),
+                others.join(", ")
+            );
+        }
+        Ok(Some(tensors.into_pth(path, archive)))
     }
 
     pub fn tensor_infos(&self) -> &HashMap<String, TensorInfo> {
@@ -94,7 +163,8 @@ impl PthTensors {
             return Ok(None);
         };
         let path = &self.path;
-        read_tensor(&mut self.archive, info)
+        let big_endian = self.big_endian.contains(name);
+        read_tensor(&mut self.archive, info, big_endian)
             .map(Some)
             .with_context(|| {
                 format!(
@@ -161,9 +231,81 @@ fn state_dict<'a>(root: &'a Object, key: Option<&str>) -> Option<&'a [(Object, O
     }
 }
 
+/// Whether the storages of the pickle `dir` (`archive/data`) are big-endian, as its
+/// archive's `byteorder` record says (PyTorch writes it since 1.13; older files are
+/// little-endian).
+fn is_big_endian(archive: &mut Archive, dir: &Path) -> Result<bool> {
+    let record = dir.with_file_name("byteorder");
+    let Ok(mut entry) = archive.by_name(&record.to_string_lossy()) else {
+        return Ok(false);
+    };
+    let mut order = String::new();
+    (&mut entry).take(16).read_to_string(&mut order)?;
+    match order.trim() {
+        "little" => Ok(false),
+        "big" => Ok(true),
+        other => bail!("its byte order record says {other:?}, neither little nor big"),
+    }
+}
+
+/// The dtype of a tensor saved with `_rebuild_tensor_v3`, which PyTorch uses for the
+/// dtypes that have no storage class of their own (float8, uint16, …) and candle's
+/// reader passes over as if the entry were no tensor.
+fn unread_dtype(value: &Object) -> Option<String> {
+    let Object::Reduce { callable, args } = value else {
+        return None;
+    };
+    let (Object::Class { class_name, .. }, Object::Tuple(args)) = (&**callable, &**args) else {
+        return None;
+    };
+    match class_name.as_str() {
+        "_rebuild_tensor_v3" => match args.get(6) {
+            Some(Object::Class { class_name, .. }) => Some(class_name.clone()),
+            _ => Some("an unknown dtype".into()),
+        },
+        "_rebuild_parameter" => unread_dtype(args.first()?),
+        _ => None,
+    }
+}
+
+/// The dicts nested in `obj` (in dicts, lists and tuples; at most four levels down), with
+/// where each is (`['ema']`, `[0]`), for a state dict under a key no framework list names.
+fn nested_dicts<'a>(
+    obj: &'a Object,
+    at: String,
+    depth: usize,
+    out: &mut Vec<(String, &'a [(Object, Object)])>,
+) {
+    const MAX_DEPTH: usize = 4;
+    if depth > MAX_DEPTH {
+        return;
+    }
+    match obj {
+        Object::Dict(entries) => {
+            if depth > 0 {
+                out.push((at.clone(), entries));
+            }
+            for (key, value) in entries {
+                let key = match key {
+                    Object::Unicode(s) => format!("{s:?}"),
+                    other => format!("{other:?}"),
+                };
+                nested_dicts(value, format!("{at}[{key}]"), depth + 1, out);
+            }
+        }
+        Object::List(items) | Object::Tuple(items) => {
+            for (i, item) in items.iter().enumerate() {
+                nested_dicts(item, format!("{at}[{i}]"), depth + 1, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Reads one tensor. A view saved as is (a slice, a transpose, an expand) keeps its whole
 /// storage and strides in the file: the storage is read and the view's elements gathered.
-fn read_tensor(archive: &mut Archive, info: &TensorInfo) -> Result<Tensor> {
+/// A big-endian storage is swapped into the little-endian order candle reads.
+fn read_tensor(archive: &mut Archive, info: &TensorInfo, big_endian: bool) -> Result<Tensor> {
     let layout = &info.layout;
     let elem = info.dtype.size_in_bytes();
     // candle's TensorInfo keeps the storage offset in bytes.
@@ -194,6 +336,11 @@ fn read_tensor(archive: &mut Archive, info: &TensorInfo) -> Result<Tensor> {
             "its storage ends after {} of {needed_bytes} bytes",
             bytes.len()
         );
+    }
+    if big_endian {
+        for value in bytes.chunks_exact_mut(elem) {
+            value.reverse();
+        }
     }
     let cpu = &Device::Cpu;
     if contiguous {

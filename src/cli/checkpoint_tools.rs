@@ -1,7 +1,10 @@
 //! `infdit inspect` and `infdit convert`.
 
 use super::DTypeArg;
-use crate::checkpoint::{expected_shapes, is_ignored_key, weights_path, Checkpoint, ConfigSource};
+use crate::checkpoint::{
+    expected_shapes, is_ignored_key, non_finite, weights_path, Checkpoint, ConfigSource,
+};
+use crate::clip::ClipLocation;
 use crate::pipeline::SamplingDefaults;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -112,6 +115,9 @@ impl InspectArgs {
                         false
                     }
                 };
+                if cfg.vector_dim > 0 {
+                    report_clip(&ck);
+                }
                 weights_usable & report_sampling(&path)
             }
             Err(e) => {
@@ -128,6 +134,16 @@ impl InspectArgs {
             std::process::ExitCode::FAILURE
         })
     }
+}
+
+/// Prints where the CLIP weights a conditioned model needs come from.
+fn report_clip(ck: &Checkpoint) {
+    let found = match ClipLocation::find(ck) {
+        Some(ClipLocation::Checkpoint) => "in the checkpoint".to_string(),
+        Some(ClipLocation::Beside(p)) => format!("beside it, {}", p.display()),
+        None => "none in the checkpoint or beside it: upscale needs --clip FILE".into(),
+    };
+    println!("CLIP image encoder weights: {found}");
 }
 
 /// Prints the sampling settings the model carries; false where they are unusable.
@@ -231,6 +247,22 @@ impl ConvertArgs {
                 Ok((k.clone(), t))
             })
             .collect::<Result<_>>()?;
+        let broken = non_finite(tensors.iter().map(|(k, t)| (k.as_str(), t)))?;
+        if !broken.is_empty() {
+            let list = broken.join(", ");
+            if ck.non_finite(broken.iter().map(String::as_str))?.is_empty() {
+                bail!(
+                    "{} tensor(s) hold values beyond the range of {:?}: {list}; convert to bf16 or f32 instead",
+                    broken.len(),
+                    dtype.unwrap_or(DType::F32)
+                );
+            }
+            bail!(
+                "{}: NaN or infinite values in {} tensor(s): {list}; the weights are broken (a diverged training run?)",
+                input.display(),
+                broken.len()
+            );
+        }
         // The config and sampling settings travel inside the file where they are known,
         // so the result loads as the same model wherever it is put; not a config that
         // would only be inferred from the shapes (storing a guess would hide that it is

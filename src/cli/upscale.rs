@@ -3,7 +3,7 @@
 use super::inputs::{collect, is_stdio, Input, STDIO};
 use super::{parse_device, DTypeArg};
 use crate::checkpoint::ModelSource;
-use crate::clip::{load_clip_file, ClipEncoder, ClipWeights};
+use crate::clip::{load_clip_file, ClipEncoder, ClipLocation, ClipWeights};
 use crate::engine::memory::parse_size;
 use crate::engine::Order;
 use crate::fsutil::{first_missing_dir, remove_empty_dirs};
@@ -486,23 +486,14 @@ impl UpscaleArgs {
         if let Some(p) = &self.clip {
             return Ok(Some(load_clip_file(p, None, device, dtype)?));
         }
-        if src
-            .checkpoint
-            .tensors
-            .keys()
-            .any(|k| k.starts_with("image_encoder.model.visual."))
-        {
-            let w = ClipWeights::from_tensors(src.checkpoint.tensors.clone())?;
-            return Ok(Some(ClipEncoder::from_weights(None, w, device, dtype)?));
-        }
-        let dir = src.dir();
-        for name in crate::clip::FILES_BESIDE_MODEL {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Ok(Some(load_clip_file(&p, None, device, dtype)?));
+        Ok(match ClipLocation::find(&src.checkpoint) {
+            Some(ClipLocation::Checkpoint) => {
+                let w = ClipWeights::from_tensors(src.checkpoint.tensors.clone())?;
+                Some(ClipEncoder::from_weights(None, w, device, dtype)?)
             }
-        }
-        Ok(None)
+            Some(ClipLocation::Beside(p)) => Some(load_clip_file(&p, None, device, dtype)?),
+            None => None,
+        })
     }
 
     /// The output size the flags ask for.

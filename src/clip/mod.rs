@@ -29,6 +29,34 @@ pub const FILES_BESIDE_MODEL: [&str; 3] = [
     "open_clip_pytorch_model.bin",
 ];
 
+/// Where a model's own CLIP weights are, when no file is named for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClipLocation {
+    /// In the model's checkpoint, as the released one keeps them (`image_encoder.model.visual.*`).
+    Checkpoint,
+    /// In a file beside the model's weights named as in [`FILES_BESIDE_MODEL`].
+    Beside(std::path::PathBuf),
+}
+
+impl ClipLocation {
+    /// The CLIP weights that go with the model in `checkpoint`, if any are there.
+    pub fn find(checkpoint: &crate::checkpoint::Checkpoint) -> Option<Self> {
+        if checkpoint
+            .tensors
+            .keys()
+            .any(|k| k.starts_with("image_encoder.model.visual."))
+        {
+            return Some(Self::Checkpoint);
+        }
+        let dir = checkpoint.path.parent().unwrap_or(std::path::Path::new(""));
+        FILES_BESIDE_MODEL
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|p| p.is_file())
+            .map(Self::Beside)
+    }
+}
+
 /// open_clip's `OPENAI_DATASET_MEAN`.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// open_clip's `OPENAI_DATASET_STD`. The digits are open_clip's; like torch, they are
