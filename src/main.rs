@@ -85,7 +85,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             let text = infdit::cli::error_text(&e);
             eprintln!("error: {}", infdit::cli::printable(&text, true));
-            std::process::ExitCode::FAILURE
+            infdit::cli::failure_status(&e)
         }
     }
 }

@@ -642,13 +642,15 @@ fn every_input_format_in_and_every_output_format_out() {
         ("i.qoi", ImageFormat::Qoi),
         ("j.JPG", ImageFormat::Jpeg),
         ("k.tif", ImageFormat::Tiff),
+        ("l.jfif", ImageFormat::Jpeg),
     ];
     for (name, format) in sources {
         save(img.clone(), &inputs.join(name), format);
     }
 
     // A directory in: each output keeps its input's format (BMP, GIF, TGA, PNM and QOI,
-    // which are not written, become PNG), and its spelling of the extension, and is
+    // which are not written, become PNG), and its spelling of the extension (`.JPG`,
+    // `.jfif`), and is
     // exactly 4× the input.
     let out = dir.path().join("out");
     upscale_ok(&model, &[s(&inputs), "-o", s(&out)]);
@@ -664,6 +666,7 @@ fn every_input_format_in_and_every_output_format_out() {
         ("i_x4.png", ImageFormat::Png),
         ("j_x4.JPG", ImageFormat::Jpeg),
         ("k_x4.tif", ImageFormat::Tiff),
+        ("l_x4.jfif", ImageFormat::Jpeg),
     ];
     assert_eq!(
         listing(&out),
@@ -1995,11 +1998,47 @@ fn unusable_outputs_are_refused_up_front() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert_eq!(err.matches("error:").count(), 1, "{err}");
     }
+    let err = upscale_fails(&model, &[s(&a), "-o", "z.bmp"]);
+    assert!(err.contains("BMP is an input format only"), "{err}");
     assert_eq!(listing(dir.path()), ["a.png", "b.png", "model"]);
     // A name without an extension takes the input's format.
     let bare = dir.path().join("bare");
     upscale_ok(&model, &[s(&a), "-o", s(&bare)]);
     assert_eq!(read(&bare).0, ImageFormat::Png);
+    // One file named twice is one input: -o names its output file.
+    let twice = dir.path().join("twice.png");
+    let dotted = format!("{}/./a.png", dir.path().display());
+    upscale_ok(&model, &[s(&a), &dotted, "-o", s(&twice)]);
+    assert_eq!(read(&twice).0, ImageFormat::Png);
+}
+
+/// Flags that cannot be carried out as given are usage errors, exit status 2 as for what
+/// the argument parser refuses, so scripts tell them from files that failed (status 1);
+/// nothing is written.
+#[test]
+fn usage_errors_exit_with_status_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    save(gradient(20, 12), &a, ImageFormat::Png);
+    save(gradient(20, 12), &b, ImageFormat::Png);
+    for (args, needle) in [
+        (vec![s(&a), "--scale", "17"], "at most 16"),
+        (vec![s(&a), "--self-ensemble", "3"], "not 1, 2, 4 or 8"),
+        (vec![s(&a), "--steps", "100000000000"], "beyond 10000"),
+        (vec![s(&a), "--max-memory", "lots"], "invalid size"),
+        (vec![s(&a), "-o", "x.jpg", "--lossless"], "always lossy"),
+        (vec![s(&a), s(&b), "-o", "-"], "writes one image"),
+    ] {
+        let out = upscale(&model, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(listing(dir.path()), ["a.png", "b.png", "model"]);
+    // A file that fails is status 1.
+    let bad = dir.path().join("bad.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    assert_eq!(upscale(&model, &[s(&bad)]).status.code(), Some(1));
 }
 
 /// File names need not be UTF-8 on Unix: such a name is read when named, found by a

@@ -80,16 +80,16 @@ pub struct UpscaleFlags {
     #[arg(long)]
     pub(super) clip: Option<PathBuf>,
     /// With --baseline bicubic: sampler steps (default: the model's recommendation).
-    #[arg(long)]
+    #[arg(long, value_parser = super::steps_value)]
     pub(super) steps: Option<usize>,
     /// With --baseline bicubic: the starting noise level.
-    #[arg(long)]
+    #[arg(long, value_parser = super::sigma_max_value)]
     pub(super) sigma_max: Option<f32>,
     /// With --baseline bicubic.
     #[arg(long, value_enum)]
     pub(super) sampler: Option<crate::sampler::SamplerKind>,
     /// With --baseline bicubic: average over this many flips/rotations (1, 2, 4 or 8).
-    #[arg(long)]
+    #[arg(long, value_parser = super::self_ensemble_value)]
     pub(super) self_ensemble: Option<usize>,
     /// With --baseline: the seed of the noise (default 0).
     #[arg(long)]

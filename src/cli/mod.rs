@@ -91,6 +91,72 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
+// Parsers that check a flag's value as the pipeline will, so that a value out of range is
+// refused as a usage error, named by its flag, before anything is loaded or read.
+
+/// `--scale`: above 1 and at most 16.
+fn scale_value(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    crate::pipeline::OutputSize::Scale(v)
+        .validate()
+        .map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+/// `--steps`: 1 to [`crate::sampler::MAX_STEPS`].
+fn steps_value(s: &str) -> Result<usize, String> {
+    let steps: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
+    let cfg = crate::sampler::SamplerConfig {
+        steps,
+        ..Default::default()
+    };
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(steps)
+}
+
+/// `--sigma-max`: a noise level the sampler can start from.
+fn sigma_max_value(s: &str) -> Result<f32, String> {
+    let sigma_max: f32 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    let cfg = crate::sampler::SamplerConfig {
+        sigma_max,
+        ..Default::default()
+    };
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(sigma_max)
+}
+
+/// `--self-ensemble`: 1, 2, 4 or 8.
+fn self_ensemble_value(s: &str) -> Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
+    crate::pipeline::check_self_ensemble(n).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+/// `--max-memory`: a size such as `8G` or `512M`.
+fn memory_value(s: &str) -> Result<u64, String> {
+    crate::engine::memory::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// A command line that cannot be carried out as given (flags that contradict each other
+/// or the inputs): exit status 2, like the values the flag parsers refuse.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A [`UsageError`] saying `msg`.
+pub(super) fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// The exit status for a command that failed with `e`: 2 for a usage error, else 1.
+pub fn failure_status(e: &anyhow::Error) -> std::process::ExitCode {
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 /// `e` and its causes on one line, `outer: inner: …`, each cause once: some error types
 /// print their cause in their own message and also report it as their source.
 pub fn error_text(e: &anyhow::Error) -> String {

@@ -1,10 +1,9 @@
 //! `infdit upscale`: files, directories and globs in, upscaled images out.
 
 use super::inputs::{collect, is_stdio, Input, STDIO};
-use super::{parse_device, DTypeArg};
+use super::{parse_device, usage, DTypeArg};
 use crate::checkpoint::ModelSource;
 use crate::clip::{load_clip_file, ClipEncoder, ClipLocation, ClipWeights};
-use crate::engine::memory::parse_size;
 use crate::engine::Order;
 use crate::fsutil::{first_missing_dir, remove_empty_dirs};
 use crate::imageops::io::{
@@ -57,7 +56,7 @@ pub struct UpscaleArgs {
     /// Upscaling factor above 1 and at most 16 (default 4). 2, 4, 8 and 16 are the model's
     /// own (passes of at most its trained ratio, chained); others are reduced from the next
     /// of those with the antialiased bicubic kernel.
-    #[arg(long, conflicts_with_all = ["width", "height"])]
+    #[arg(long, conflicts_with_all = ["width", "height"], value_parser = super::scale_value)]
     pub scale: Option<f64>,
     /// Output width in pixels; the height follows the aspect ratio (with --height: the
     /// largest size inside WIDTH×HEIGHT).
@@ -67,16 +66,16 @@ pub struct UpscaleArgs {
     #[arg(long, value_parser = super::at_least_one())]
     pub height: Option<usize>,
     /// Sampler steps (default: the model's recommendation; 20 for the released model).
-    #[arg(long)]
+    #[arg(long, value_parser = super::steps_value)]
     pub steps: Option<usize>,
     #[arg(long, value_enum)]
     pub sampler: Option<SamplerKind>,
     /// Starting noise level σ_max (default: the model's recommendation; 40 for the released model).
-    #[arg(long)]
+    #[arg(long, value_parser = super::sigma_max_value)]
     pub sigma_max: Option<f32>,
     /// Average the upscales of this many flips/rotations of the input (1, 2, 4 or 8; each
     /// costs a full upscale). Default: the model's recommendation; 1 for the released model.
-    #[arg(long)]
+    #[arg(long, value_parser = super::self_ensemble_value)]
     pub self_ensemble: Option<usize>,
     /// Seed of the initial noise; the same seed and options give the same output.
     #[arg(long, default_value_t = 0)]
@@ -91,8 +90,8 @@ pub struct UpscaleArgs {
     pub clip: Option<PathBuf>,
     /// Memory budget that sets how many blocks run together, e.g. 8G (default: 80% of
     /// free RAM on the CPU; 8G on a GPU, less on a card with less free memory).
-    #[arg(long)]
-    pub max_memory: Option<String>,
+    #[arg(long, value_parser = super::memory_value)]
+    pub max_memory: Option<u64>,
     /// Blocks per forward (overrides --max-memory).
     #[arg(long, value_parser = super::at_least_one())]
     pub block_batch: Option<usize>,
@@ -206,10 +205,17 @@ impl UpscaleArgs {
         self.load_upscaler(&device, dtype)
     }
 
-    pub fn run(self) -> Result<std::process::ExitCode> {
+    pub fn run(mut self) -> Result<std::process::ExitCode> {
+        let named_again = self.drop_repeated_args();
         let (mut inputs, mut failures, earlier) =
             collect(&self.inputs, self.output.as_deref(), self.recursive);
-        let seen = self.drop_repeated(&mut inputs);
+        let (seen, found_again) = drop_repeated(&mut inputs);
+        let listed_twice = named_again + found_again;
+        if listed_twice > 0 && !self.quiet {
+            eprintln!(
+                "note: {listed_twice} input(s) name a file already listed (another spelling or a link to it) and are upscaled once"
+            );
+        }
         if earlier > 0 && !self.quiet {
             eprintln!(
                 "note: passing over {earlier} earlier result(s) (NAME_x4 and the like beside NAME); name them one by one to upscale them"
@@ -349,19 +355,22 @@ impl UpscaleArgs {
         }
     }
 
-    /// Drops the inputs that name a file already listed, however spelt (another path, a
-    /// link to it): each file is upscaled once. Returns the files listed, canonical.
-    fn drop_repeated(&self, inputs: &mut Vec<Input>) -> HashSet<PathBuf> {
+    /// Drops the files named again on the command line, however spelt (`a.png ./a.png`,
+    /// `- -`), so that what `-o` names does not depend on the repetition; returns how many.
+    /// What directories and patterns find is deduplicated once found ([`drop_repeated`]).
+    fn drop_repeated_args(&mut self) -> usize {
         let mut seen = HashSet::new();
-        let before = inputs.len();
-        inputs.retain(|i| seen.insert(i.path.canonicalize().unwrap_or_else(|_| i.path.clone())));
-        let listed_twice = before - inputs.len();
-        if listed_twice > 0 && !self.quiet {
-            eprintln!(
-                "note: {listed_twice} input(s) name a file already listed (another spelling or a link to it) and are upscaled once"
-            );
-        }
-        seen
+        let before = self.inputs.len();
+        self.inputs.retain(|i| {
+            if is_stdio(i) {
+                seen.insert(i.clone())
+            } else if i.exists() && !i.is_dir() {
+                seen.insert(i.canonicalize().unwrap_or_else(|_| i.clone()))
+            } else {
+                true
+            }
+        });
+        before - self.inputs.len()
     }
 
     /// Refuses, before the model is loaded, output flags that contradict each other or
@@ -372,35 +381,39 @@ impl UpscaleArgs {
             let names_a_file =
                 out.is_file() || !out.is_dir() && OutputFormat::from_path(out).is_some();
             if names_a_file && !self.one_named_file() {
-                bail!(
+                return Err(usage(format!(
                     "-o {} names a file, but a directory, a pattern or several inputs need an output directory",
                     out.display()
-                );
+                )));
             }
         }
         let named_format = self
             .format
             .or_else(|| named_output.and_then(OutputFormat::from_path));
         if self.lossless && named_format == Some(OutputFormat::Jpeg) {
-            bail!("--lossless: JPEG output is always lossy (write PNG, TIFF or WebP)");
+            return Err(usage(
+                "--lossless: JPEG output is always lossy (write PNG, TIFF or WebP)",
+            ));
         }
         if let Some(format) = named_format.filter(|f| self.ignores_depth(*f)) {
-            bail!(
+            return Err(usage(format!(
                 "--depth 16: {} output is always 8-bit (write PNG or TIFF)",
                 format.name()
-            );
+            )));
         }
         if self.to_stdout() {
             if !self.one_named_file() {
-                bail!("-o - writes one image: give exactly one input file");
+                return Err(usage("-o - writes one image: give exactly one input file"));
             }
             if self.progress == ProgressMode::Json && !self.quiet {
-                bail!("--progress json writes to standard output, which -o - takes for the image");
+                return Err(usage(
+                    "--progress json writes to standard output, which -o - takes for the image",
+                ));
             }
             if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                bail!(
-                    "-o - would write the image to the terminal: redirect or pipe standard output"
-                );
+                return Err(usage(
+                    "-o - would write the image to the terminal: redirect or pipe standard output",
+                ));
             }
         }
         Ok(())
@@ -460,9 +473,9 @@ impl UpscaleArgs {
             sigma_max: self.sigma_max.unwrap_or(defaults.sigma_max),
             ..SamplerConfig::default()
         };
-        let batch = match (self.block_batch, &self.max_memory) {
+        let batch = match (self.block_batch, self.max_memory) {
             (Some(b), _) => Some(BatchChoice::Fixed(b)),
-            (None, Some(m)) => Some(BatchChoice::Budget(parse_size(m)?)),
+            (None, Some(m)) => Some(BatchChoice::Budget(m)),
             (None, None) => None,
         };
         let opts = UpscaleOptions {
@@ -574,7 +587,16 @@ impl UpscaleArgs {
                     }
                     (Some(f), _) | (None, Some(f)) => f,
                     (None, None) if out.extension().is_none() => by_source,
-                    (None, None) => bail!("cannot tell the output format from {}: use .png, .jpg, .webp or .tiff, or --format", out.display()),
+                    (None, None) => match InputFormat::from_path(out) {
+                        Some(read) => bail!(
+                            "cannot write {}: {read} is an input format only; use .png, .jpg, .webp or .tiff",
+                            out.display()
+                        ),
+                        None => bail!(
+                            "cannot tell the output format from {}: use .png, .jpg, .webp or .tiff, or --format",
+                            out.display()
+                        ),
+                    },
                 };
                 Ok((out.clone(), format))
             }
@@ -768,6 +790,17 @@ fn upscale_with_progress(
     bar.finish_and_clear();
     multi.remove(&bar);
     result
+}
+
+/// Drops the inputs that name a file already listed, however spelt (another path, a link
+/// to it): each file is upscaled once. Returns the files listed, canonical, and how many
+/// were dropped.
+fn drop_repeated(inputs: &mut Vec<Input>) -> (HashSet<PathBuf>, usize) {
+    let mut seen = HashSet::new();
+    let before = inputs.len();
+    inputs.retain(|i| seen.insert(i.path.canonicalize().unwrap_or_else(|_| i.path.clone())));
+    let dropped = before - inputs.len();
+    (seen, dropped)
 }
 
 /// Refuses, before any work, an output larger than its format stores (WebP's 16383 px a

@@ -163,6 +163,15 @@ pub fn initial_noise(seed: u64, channels: usize, height: usize, width: usize) ->
     Planar::new(channels, height, width, data)
 }
 
+/// Refuses a self-ensemble size other than the dihedral subgroups' 1, 2, 4 and 8.
+pub fn check_self_ensemble(n: usize) -> Result<()> {
+    ensure!(
+        matches!(n, 1 | 2 | 4 | 8),
+        "self-ensemble size {n} is not 1, 2, 4 or 8"
+    );
+    Ok(())
+}
+
 /// Upscales images with one loaded model.
 pub struct Upscaler {
     model: InfDit,
@@ -189,12 +198,7 @@ impl Upscaler {
             );
         }
         opts.sampler.validate()?;
-        if ![1, 2, 4, 8].contains(&opts.self_ensemble) {
-            bail!(
-                "self-ensemble size {} is not 1, 2, 4 or 8",
-                opts.self_ensemble
-            );
-        }
+        check_self_ensemble(opts.self_ensemble)?;
         if model.config().vector_dim > 0 && clip.is_none() {
             bail!(
                 "this model is conditioned on a CLIP image embedding ({}-d) but no CLIP weights were given: \

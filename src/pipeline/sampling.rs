@@ -40,10 +40,7 @@ impl SamplingDefaults {
             ..SamplerConfig::default()
         }
         .validate()?;
-        ensure!(
-            matches!(defaults.self_ensemble, 1 | 2 | 4 | 8),
-            "self_ensemble must be 1, 2, 4 or 8"
-        );
+        super::check_self_ensemble(defaults.self_ensemble)?;
         Ok(defaults)
     }
 

@@ -30,7 +30,7 @@ impl OutputFormat {
     pub fn from_extension(ext: &str) -> Option<Self> {
         match ext.to_ascii_lowercase().as_str() {
             "png" => Some(Self::Png),
-            "jpg" | "jpeg" => Some(Self::Jpeg),
+            "jpg" | "jpeg" | "jfif" => Some(Self::Jpeg),
             "webp" => Some(Self::Webp),
             "tif" | "tiff" => Some(Self::Tiff),
             _ => None,
