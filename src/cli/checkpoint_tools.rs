@@ -27,6 +27,9 @@ impl InspectArgs {
         let path = weights_path(&self.checkpoint)?;
         let ck = Checkpoint::open(&path)?;
         let shapes = ck.shapes();
+        let config = ck.config_and_source(&path.with_file_name("config.json"));
+        // The denoiser's own tensors, where the config is known.
+        let expected = config.as_ref().ok().map(|(cfg, _)| expected_shapes(cfg));
         let mut groups: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
         let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
         for (name, t) in &ck.tensors {
@@ -38,6 +41,8 @@ impl InspectArgs {
                 "RoPE buffers (recomputed)"
             } else if is_ignored_key(name) {
                 "unused by the forward pass"
+            } else if expected.as_ref().is_some_and(|e| !e.contains_key(name)) {
+                "unexpected (ignored)"
             } else {
                 "denoiser"
             };
@@ -66,7 +71,7 @@ impl InspectArgs {
                 println!("  {name:<70} {shape:?} {:?}", ck.tensors[name].dtype());
             }
         }
-        let usable = match ck.config_and_source(&path.with_file_name("config.json")) {
+        let usable = match config {
             Ok((cfg, source)) => {
                 let preset = if cfg == crate::config::ModelConfig::released() {
                     ", the released Inf-DiT"
