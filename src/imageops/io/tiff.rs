@@ -16,7 +16,8 @@ use crate::imageops::iptc::Iptc;
 use crate::imageops::{Dihedral, Planar};
 
 /// Decodes a TIFF with the tiff crate: gray, gray+alpha, RGB and RGBA in 8 or 16 bits
-/// or floats, gray in 2 or 4 bits, YCbCr (JPEG-compressed above all) and colour-mapped, in
+/// or floats, gray in 2 or 4 bits, CMYK with alpha in 8 or 16 bits, YCbCr
+/// (JPEG-compressed above all) and colour-mapped, in
 /// whatever compression it reads. For the layouts the image crate refuses; the reason is
 /// returned for anything else.
 fn decode_tiff(
@@ -48,6 +49,7 @@ fn decode_tiff(
         (ColorType::RGB(b), _) => (3, b, false),
         (ColorType::RGBA(b), _) => (4, b, false),
         (ColorType::YCbCr(8), _) => (3, 8, false),
+        (ColorType::CMYKA(b @ (8 | 16)), _) => (5, b, false),
         // Gray or RGB with one extra sample, taken as alpha.
         (
             ColorType::Multiband {
@@ -83,6 +85,10 @@ fn decode_tiff(
     if planar {
         samples = interleave(samples, channels, h * w)?;
     }
+    if channels == 5 {
+        samples = cmyka_to_rgba(samples)?;
+    }
+    let channels = channels.min(4);
     let planes = |v: &[f32], max| split(v, channels, h, w, max);
     // The tiff crate has already inverted WhiteIsZero samples.
     let (rgb, alpha) = match samples {
@@ -112,6 +118,29 @@ fn decode_tiff(
         density: None,
         format: InputFormat::Tiff,
     })
+}
+
+/// CMYK samples with alpha as RGBA, by the naive conversion the image crate applies to
+/// CMYK without it, `(1 − c)(1 − k)` and so on: the inks' profile is not applied (a CMYK
+/// ICC profile is not kept on RGB output either).
+fn cmyka_to_rgba(
+    samples: tiff::decoder::DecodingResult,
+) -> Result<tiff::decoder::DecodingResult, String> {
+    use tiff::decoder::DecodingResult as R;
+    fn go<T: Copy + Into<f32>>(v: &[T], max: f32) -> Vec<f32> {
+        v.chunks_exact(5)
+            .flat_map(|p| {
+                let [c, m, y, k, a] = [0, 1, 2, 3, 4].map(|i| p[i].into() / max);
+                let white = 1.0 - k;
+                [(1.0 - c) * white, (1.0 - m) * white, (1.0 - y) * white, a]
+            })
+            .collect()
+    }
+    match samples {
+        R::U8(v) => Ok(R::F32(go(&v, 255.0))),
+        R::U16(v) => Ok(R::F32(go(&v, 65535.0))),
+        _ => Err("CMYK with alpha in other than 8 or 16 bits".into()),
+    }
 }
 
 /// The tiff crate's decoder for the TIFF `reader` holds, within `limits`.
@@ -1204,6 +1233,28 @@ mod tests {
         let e = decode_bytes(&integers, &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("32-bit integer samples"), "{e}");
+    }
+
+    /// CMYK with alpha, which the image crate does not read, comes out as RGB by its CMYK
+    /// conversion, with the alpha kept.
+    #[test]
+    fn cmyk_with_alpha_decodes() {
+        use tiff::encoder::{colortype, TiffEncoder};
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = TiffEncoder::new(&mut buf).unwrap();
+        let mut image = enc.new_image::<colortype::CMYKA8>(2, 1).unwrap();
+        image
+            .encoder()
+            .write_tag(tiff::tags::Tag::ExtraSamples, &[2u16][..])
+            .unwrap();
+        // Magenta ink at full alpha; cyan and half black, a fifth opaque.
+        image
+            .write_data(&[0, 255, 0, 0, 255, 255, 0, 0, 102, 51])
+            .unwrap();
+        let d = decode_bytes(buf.get_ref(), &limits()).unwrap();
+        assert!(!d.grayscale && !d.sixteen_bit);
+        assert_eq!(d.rgb.data, [1.0, 0.0, 0.0, 0.6, 1.0, 0.6]);
+        assert_eq!(d.alpha.unwrap().data, [1.0, 0.2]);
     }
 
     /// Gray with alpha, and BigTIFF, which the image crate does not read, are read with the
