@@ -103,26 +103,29 @@ fn scale_value(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A sampler setting, checked as the sampler checks it with the others at their defaults.
+fn sampler_value<T: std::str::FromStr + Copy>(
+    s: &str,
+    set: fn(&mut crate::sampler::SamplerConfig, T),
+) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let v: T = s.trim().parse().map_err(|e| format!("{e}"))?;
+    let mut cfg = crate::sampler::SamplerConfig::default();
+    set(&mut cfg, v);
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
 /// `--steps`: 1 to [`crate::sampler::MAX_STEPS`].
 fn steps_value(s: &str) -> Result<usize, String> {
-    let steps: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
-    let cfg = crate::sampler::SamplerConfig {
-        steps,
-        ..Default::default()
-    };
-    cfg.validate().map_err(|e| e.to_string())?;
-    Ok(steps)
+    sampler_value(s, |cfg, v| cfg.steps = v)
 }
 
 /// `--sigma-max`: a noise level the sampler can start from.
 fn sigma_max_value(s: &str) -> Result<f32, String> {
-    let sigma_max: f32 = s.trim().parse().map_err(|e| format!("{e}"))?;
-    let cfg = crate::sampler::SamplerConfig {
-        sigma_max,
-        ..Default::default()
-    };
-    cfg.validate().map_err(|e| e.to_string())?;
-    Ok(sigma_max)
+    sampler_value(s, |cfg, v| cfg.sigma_max = v)
 }
 
 /// `--self-ensemble`: 1, 2, 4 or 8.

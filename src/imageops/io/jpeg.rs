@@ -94,6 +94,9 @@ impl<'a> JpegFacts<'a> {
                 {
                     facts.frame = Frame::read(marker - 0xC0, contents);
                 }
+                SOF55 if header && facts.frame.is_none() => {
+                    facts.frame = Frame::read(55, contents);
+                }
                 _ => {}
             }
         }
@@ -118,6 +121,7 @@ impl<'a> JpegFacts<'a> {
             9 | 10 => "arithmetic-coded JPEG".into(),
             11 => "lossless arithmetic-coded JPEG".into(),
             13..=15 => "hierarchical arithmetic-coded JPEG".into(),
+            55 => "JPEG-LS".into(),
             _ if frame.precision != 8 => format!("{}-bit JPEG", frame.precision),
             _ if self.odd_sampling() && frame.sampling.len() != 3 => format!(
                 "{}-component JPEG with sampling factors {}",
@@ -187,6 +191,8 @@ const APP1: u8 = 0xE1;
 const APP13: u8 = 0xED;
 const SOS: u8 = 0xDA;
 const EOI: u8 = 0xD9;
+/// JPEG-LS's start of frame (ITU-T T.87).
+const SOF55: u8 = 0xF7;
 
 /// The markers of a JPEG stream after SOI, each with its segment's contents (past the
 /// length), up to the end-of-image marker. Segments are skipped by their length (so an
