@@ -317,17 +317,59 @@ pub fn safetensors_writer(
     metadata: Option<HashMap<String, String>>,
 ) -> Writer<'_> {
     Box::new(move |tmp| {
-        Ok(safetensors::serialize_to_file(
-            tensors.iter(),
-            metadata,
-            tmp,
-        )?)
+        safetensors::serialize_to_file(tensors.iter(), metadata, tmp)?;
+        sort_safetensors_header(tmp)
     })
+}
+
+/// Rewrites the JSON header of the safetensors file at `path` with its keys sorted, in
+/// place (it keeps its length). The safetensors crate writes the metadata in hash-map
+/// order, so the same tensors and metadata would otherwise give files that differ from
+/// one run to the next.
+fn sort_safetensors_header(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let len = usize::try_from(u64::from_le_bytes(len))?;
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header)?;
+    // serde_json's maps are ordered by key.
+    let sorted = serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&header)?)?;
+    if sorted.len() == header.trim_ascii_end().len() {
+        header[..sorted.len()].copy_from_slice(&sorted);
+        file.seek(SeekFrom::Start(8))?;
+        file.write_all(&header)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same tensors and metadata give the same bytes, whatever the hash order, and the
+    /// file reads back whole.
+    #[test]
+    fn safetensors_files_are_reproducible() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = candle_core::Tensor::new(&[1f32, 2.0], &candle_core::Device::Cpu).unwrap();
+        let tensors: HashMap<_, _> = [("b".to_string(), t.clone()), ("a".to_string(), t)].into();
+        let metadata: HashMap<_, _> = (0..16).map(|i| (format!("k{i}"), "v".repeat(i))).collect();
+        let files: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let path = dir.path().join(format!("{i}.safetensors"));
+                save_safetensors_with_metadata(&path, &tensors, Some(metadata.clone())).unwrap();
+                let loaded = candle_core::safetensors::load(&path, &candle_core::Device::Cpu);
+                assert_eq!(loaded.unwrap().len(), 2);
+                std::fs::read(&path).unwrap()
+            })
+            .collect();
+        assert!(files.windows(2).all(|w| w[0] == w[1]));
+    }
 
     #[test]
     fn failed_write_leaves_nothing_behind() {

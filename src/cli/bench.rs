@@ -407,6 +407,35 @@ pub struct AttentionResult {
 }
 
 impl AttentionArgs {
+    /// Refuses a shape whose tensors do not fit in the memory available, before any is
+    /// made: q, k and v in f32 and in the dtype timed, the output, and the whole score
+    /// tensor of the composed attention it is compared with.
+    fn check_memory(&self) -> Result<()> {
+        let (n, h, tq, tk, d) = (
+            self.blocks as u64,
+            self.heads as u64,
+            self.queries as u64,
+            self.keys as u64,
+            self.head_dim as u64,
+        );
+        let bytes = (|| {
+            let qkvo = n.checked_mul(h)?.checked_mul(tq.checked_mul(2)? + tk * 2)?;
+            let tensors = qkvo.checked_mul(d)?.checked_mul(2)?;
+            let scores = n.checked_mul(h)?.checked_mul(tq)?.checked_mul(tk)?;
+            tensors.checked_add(scores)?.checked_mul(4)
+        })();
+        let available = crate::engine::memory::available_memory();
+        match (bytes, available) {
+            (None, _) => bail!("this attention shape has more elements than memory can address"),
+            (Some(b), Some(a)) if b > a => bail!(
+                "this attention shape needs about {} of memory but {} is available",
+                format_size(b),
+                format_size(a)
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn run(self) -> Result<AttentionResult> {
         use crate::model::attention::attend;
         use crate::model::ops::{attention, attention_composed, fused_attention};
@@ -420,6 +449,7 @@ impl AttentionArgs {
             self.keys,
             self.head_dim,
         );
+        self.check_memory()?;
         let q = Tensor::randn(0f32, 1.0, (n, h, tq, d), &device)?;
         let k = Tensor::randn(0f32, 1.0, (n, h, tk, d), &device)?;
         let v = Tensor::randn(0f32, 1.0, (n, h, tk, d), &device)?;

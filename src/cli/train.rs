@@ -157,11 +157,18 @@ impl TrainArgs {
         };
         let source = opts.data.as_ref().expect("set above");
         let data = PhotoDataset::open(&source.photos, source.manifest.as_deref());
-        let data = match self.data.is_none() && self.resume.is_some() {
-            true => data.context(
-                "the photo folder and manifest are the resumed run's (give --data or --manifest for others)",
-            )?,
-            false => data?,
+        // Name what the resumed run supplied, where the error may lie in it.
+        let kept = match (self.resume.is_some(), &self.data, &self.manifest) {
+            (false, _, _) | (true, Some(_), Some(_)) => None,
+            (true, None, None) => Some("the photo folder and manifest are"),
+            (true, None, Some(_)) => Some("the photo folder is"),
+            (true, Some(_), None) => Some("the manifest is"),
+        };
+        let data = match kept {
+            Some(what) => data.with_context(|| {
+                format!("{what} the resumed run's (give --data or --manifest for others)")
+            })?,
+            None => data?,
         };
         tracing::info!(
             "{} photos under {}: {} for training, {} held out{}",

@@ -11,6 +11,7 @@ use crate::imageops::resize::resize_bicubic;
 use crate::imageops::Planar;
 use crate::model::{BlockBatch, InfDit, KvCache, Precond};
 use crate::profile::stage;
+use crate::sampler::MAX_SIGMA;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
@@ -150,8 +151,21 @@ impl TrainOptions {
                 n("min_lr", &self.min_learning_rate) + " must be a finite number, 0 or more",
             ),
             (
-                self.p_std.is_finite() && self.p_std >= 0.0 && self.p_mean.is_finite(),
-                n("p_std", &self.p_std) + " must not be negative (and --p-mean finite)",
+                self.p_mean.abs() <= MAX_SIGMA.ln() as f64,
+                n("p_mean", &self.p_mean)
+                    + &format!(
+                        " must lie within ±{:.1}: it is the mean log σ, and σ past {MAX_SIGMA} is noise no sampler starts from",
+                        MAX_SIGMA.ln()
+                    ),
+            ),
+            (
+                self.p_std.is_finite() && self.p_std >= 0.0,
+                n("p_std", &self.p_std) + " must be a finite number, 0 or more",
+            ),
+            (
+                self.data_workers <= MAX_DATA_WORKERS,
+                n("data_workers", &self.data_workers)
+                    + &format!(" must be at most {MAX_DATA_WORKERS}"),
             ),
             (
                 unit(self.lr_dropout),
@@ -196,13 +210,15 @@ impl TrainOptions {
     }
 
     /// The learning rate of step `step` (0-based): linear warm-up, constant, then the
-    /// optional cosine decay.
+    /// optional cosine decay, which leaves the rate at step `decay_start` (counted from 1,
+    /// as `loss.csv` and `--steps` count) and reaches `min_learning_rate` at the last.
     pub fn learning_rate_at(&self, step: usize) -> f64 {
-        let warm = ((step + 1) as f64 / self.warmup_steps.max(1) as f64).min(1.0);
+        let n = step + 1;
+        let warm = (n as f64 / self.warmup_steps.max(1) as f64).min(1.0);
         let base = self.learning_rate * warm;
         match self.decay_start {
-            Some(start) if step >= start && self.steps > start => {
-                let t = ((step - start) as f64 / (self.steps - start) as f64).min(1.0);
+            Some(start) if n >= start && self.steps > start => {
+                let t = ((n - start) as f64 / (self.steps - start) as f64).min(1.0);
                 let cos = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
                 self.min_learning_rate + (base - self.min_learning_rate) * cos
             }
@@ -220,6 +236,10 @@ struct TrainState {
 
 /// The files of a save, in the order they are renamed into place (see [`Trainer::save`]).
 const CONFIG_FILE: &str = "config.json";
+
+/// The most threads preparing examples: far more than any machine's cores, and each
+/// holds a decoded photo.
+pub const MAX_DATA_WORKERS: usize = 256;
 const RAW_FILE: &str = "raw_weights.safetensors";
 const EMA_FILE: &str = "weights.safetensors";
 const STATE_FILE: &str = "train_state.json";
@@ -340,7 +360,8 @@ fn make_example(
         (lr, up)
     };
     let log_sigma = Normal::new(opts.p_mean, opts.p_std)?.sample(rng);
-    let sigma = (log_sigma.exp() as f32).max(1e-3);
+    // The tail of a wide distribution would reach σ whose square leaves f32's range.
+    let sigma = (log_sigma.exp() as f32).clamp(1e-3, MAX_SIGMA);
     let x = noised(&target, sigma, rng);
     // Random RoPE offsets so the model sees the whole position table (`--random-position`).
     let tokens = h.max(w) / cfg.patch_size;
@@ -838,6 +859,18 @@ mod tests {
                 ..Default::default()
             },
             TrainOptions {
+                p_mean: f64::NAN,
+                ..Default::default()
+            },
+            TrainOptions {
+                p_mean: 30.0,
+                ..Default::default()
+            },
+            TrainOptions {
+                data_workers: 1_000_000,
+                ..Default::default()
+            },
+            TrainOptions {
                 bicubic_prob: 1.5,
                 ..Default::default()
             },
@@ -1238,10 +1271,12 @@ mod tests {
         assert_eq!(o.learning_rate_at(999), 1e-3);
         o.decay_start = Some(600);
         o.min_learning_rate = 1e-4;
+        // Step 600 (index 599) still at the full rate, step 800 halfway down, the last
+        // step (1000) at the floor.
+        assert_eq!(o.learning_rate_at(598), 1e-3);
         assert_eq!(o.learning_rate_at(599), 1e-3);
-        assert_eq!(o.learning_rate_at(600), 1e-3);
-        assert!((o.learning_rate_at(800) - 5.5e-4).abs() < 1e-12);
-        assert!(o.learning_rate_at(999) > 1e-4 && o.learning_rate_at(999) < 1.01e-4);
-        assert!((o.learning_rate_at(1000) - 1e-4).abs() < 1e-15);
+        assert!(o.learning_rate_at(600) < 1e-3);
+        assert!((o.learning_rate_at(799) - 5.5e-4).abs() < 1e-12);
+        assert!((o.learning_rate_at(999) - 1e-4).abs() < 1e-15);
     }
 }
