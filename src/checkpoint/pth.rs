@@ -22,17 +22,15 @@ const MAX_VIEW_REPEAT: usize = 64;
 pub struct PthTensors {
     path: PathBuf,
     archive: Archive,
-    infos: HashMap<String, TensorInfo>,
-    unreadable: BTreeMap<String, String>,
-    /// The tensors stored big-endian (saved on such a machine).
-    big_endian: HashSet<String>,
+    dict: StateDict,
 }
 
 /// The tensors of one state dict found in the pickles, before any is read.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct StateDict {
     infos: HashMap<String, TensorInfo>,
     unreadable: BTreeMap<String, String>,
+    /// The tensors stored big-endian (saved on such a machine).
     big_endian: HashSet<String>,
 }
 
@@ -81,9 +79,7 @@ impl StateDict {
         PthTensors {
             path: path.to_path_buf(),
             archive,
-            infos: self.infos,
-            unreadable: self.unreadable,
-            big_endian: self.big_endian,
+            dict: self,
         }
     }
 }
@@ -132,10 +128,11 @@ impl PthTensors {
             }
         }
         nested.sort_by_key(|(_, t)| std::cmp::Reverse(t.infos.len() + t.unreadable.len()));
-        let Some((at, tensors)) = nested.first().cloned() else {
+        if nested.is_empty() {
             return Ok(None);
-        };
-        let others: Vec<&str> = nested[1..].iter().map(|(at, _)| at.as_str()).collect();
+        }
+        let (at, tensors) = nested.remove(0);
+        let others: Vec<&str> = nested.iter().map(|(at, _)| at.as_str()).collect();
         if others.is_empty() {
             tracing::info!("{}: reading the tensors under {at}", path.display());
         } else {
@@ -149,21 +146,21 @@ impl PthTensors {
     }
 
     pub fn tensor_infos(&self) -> &HashMap<String, TensorInfo> {
-        &self.infos
+        &self.dict.infos
     }
 
     /// Tensors in the state dict that cannot be read (e.g. int32 or bool storage), with why.
     pub fn unreadable(&self) -> &BTreeMap<String, String> {
-        &self.unreadable
+        &self.dict.unreadable
     }
 
     /// Reads tensor `name` onto the CPU in its stored dtype; `None` if there is none.
     pub fn get(&mut self, name: &str) -> Result<Option<Tensor>> {
-        let Some(info) = self.infos.get(name) else {
+        let Some(info) = self.dict.infos.get(name) else {
             return Ok(None);
         };
         let path = &self.path;
-        let big_endian = self.big_endian.contains(name);
+        let big_endian = self.dict.big_endian.contains(name);
         read_tensor(&mut self.archive, info, big_endian)
             .map(Some)
             .with_context(|| {
