@@ -13,7 +13,8 @@ use jxl_oxide::{integration::JxlDecoder, AllocTracker, JxlImage};
 use super::avif::AvifDecoder;
 use super::encode::icc_describes;
 use super::format::{
-    bmp_density, input_format_names, is_colour_mapped, quarter_turn, several_images, InputFormat,
+    bmp_density, camera_raw_extension, camera_raw_refusal, input_format_names, is_colour_mapped,
+    quarter_turn, several_images, InputFormat,
 };
 use super::heic::HeicDecoder;
 use super::heif::{Codec, HeifDecoder, HeifError};
@@ -73,6 +74,12 @@ fn detect_and_decode(
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, ImageIoError> {
+    if let Some(kind) = camera_raw_extension(path) {
+        return Err(ImageIoError::Unsupported {
+            path: path.into(),
+            detail: camera_raw_refusal(&kind),
+        });
+    }
     let head = reader.fill_buf().map_err(ImageIoError::read(path))?;
     let Some(format) = InputFormat::detect(head, path) else {
         let what = match image::guess_format(head) {

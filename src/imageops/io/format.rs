@@ -161,6 +161,31 @@ pub fn input_format_names() -> String {
     InputFormat::ALL.map(InputFormat::name).join(", ")
 }
 
+/// The extensions of camera raw formats. Most are TIFF containers whose first image is a
+/// small preview (the photo itself is undeveloped sensor data elsewhere in the file), the
+/// rest formats of their own; no raw developer is built in.
+const CAMERA_RAW_EXTENSIONS: [&str; 25] = [
+    "3fr", "arw", "cr2", "cr3", "crw", "dcr", "dng", "erf", "iiq", "kdc", "mef", "mos", "mrw",
+    "nef", "nrw", "orf", "pef", "raf", "raw", "rw2", "rwl", "sr2", "srf", "srw", "x3f",
+];
+
+/// The camera raw format `path`'s extension names (`NEF`), if any.
+pub fn camera_raw_extension(path: &Path) -> Option<String> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    CAMERA_RAW_EXTENSIONS
+        .contains(&ext.as_str())
+        .then(|| ext.to_ascii_uppercase())
+}
+
+/// Why a camera raw file of the format `kind` is refused, and what to do instead.
+pub fn camera_raw_refusal(kind: &str) -> String {
+    format!(
+        "a camera raw file ({kind}), whose photo is undeveloped sensor data; develop it to \
+         TIFF, PNG or JPEG with a raw converter (darktable, RawTherapee, the camera maker's \
+         software) and upscale that"
+    )
+}
+
 /// Whether `path`'s extension names an input format (for directory listings).
 pub fn has_input_extension(path: &Path) -> bool {
     InputFormat::from_path(path).is_some()
@@ -339,6 +364,20 @@ pub(super) fn several_images(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn camera_raw_is_told_by_its_extension() {
+        assert_eq!(
+            camera_raw_extension(Path::new("a/IMG_1.CR2")).as_deref(),
+            Some("CR2")
+        );
+        assert_eq!(
+            camera_raw_extension(Path::new("x.nef")).as_deref(),
+            Some("NEF")
+        );
+        assert_eq!(camera_raw_extension(Path::new("x.tif")), None);
+        assert_eq!(camera_raw_extension(Path::new("raw")), None);
+    }
     use crate::imageops::io::test_support::{gradient, limits};
     use crate::imageops::io::{decode_file, encode_file, EncodeOptions};
 

@@ -577,6 +577,13 @@ pub(super) struct TiffFacts {
     pub(super) exif: Option<Vec<u8>>,
     /// The IPTC-IIM record, which the image crate does not read either.
     pub(super) iptc: Option<Iptc>,
+    /// The camera raw format the file is, told by its content (the DNGVersion tag or the
+    /// CR2 signature): its first image is not the photo.
+    pub(super) camera_raw: Option<&'static str>,
+    /// The first image is marked as a reduced-resolution one (NewSubFileType bit 0) and
+    /// sub-images (SubIFDs) lie beside it: a preview, as other makers' raw files keep it,
+    /// with the full image elsewhere.
+    pub(super) preview_first: bool,
     /// Several samples per pixel, stored plane by plane in tiles: the tiff crate's
     /// whole-image read (which the image crate uses) takes the edge tiles of every plane
     /// after the first for whole ones and panics, so [`decode_tiff`] reads them tile by tile.
@@ -651,18 +658,44 @@ impl TiffFacts {
                     exif: None,
                     iptc: iptc(&mut d),
                     tiled_planar: is_tiled(&mut d) && is_planar(&mut d),
+                    camera_raw: d
+                        .find_tag(Tag::Unknown(DNG_VERSION))
+                        .ok()
+                        .flatten()
+                        .map(|_| "DNG"),
+                    preview_first: preview_first(&mut d),
                 }
             },
         );
         let exif = ExifTags::from_file(reader).map(|tags| tags.to_chunk());
+        let mut head = [0u8; 10];
+        let cr2 = reader.seek(io::SeekFrom::Start(0)).is_ok()
+            && reader.read_exact(&mut head).is_ok()
+            && &head[8..] == b"CR";
         let _ = reader.seek(io::SeekFrom::Start(0));
-        Self { exif, ..facts }
+        let camera_raw = facts.camera_raw.or(cr2.then_some("CR2"));
+        Self {
+            exif,
+            camera_raw,
+            ..facts
+        }
     }
 }
 
 impl TiffFacts {
     /// Why the file is refused before any decoding, if it is.
     pub(super) fn refusal(&self) -> Option<String> {
+        if let Some(kind) = self.camera_raw {
+            return Some(super::format::camera_raw_refusal(kind));
+        }
+        if self.preview_first {
+            return Some(
+                "TIFF whose first image is a reduced-resolution preview, the full image lying \
+                 in a sub-image (as camera raw files keep it); develop or export it to TIFF, \
+                 PNG or JPEG and upscale that"
+                    .into(),
+            );
+        }
         if let Some(compression) = &self.unsupported_compression {
             return Some(format!(
                 "TIFF with {compression} is not supported; convert it to PNG, or to an \
@@ -706,6 +739,21 @@ impl TiffFacts {
             unpremultiply(&mut decoded.rgb, alpha);
         }
     }
+}
+
+/// The tag that makes a TIFF a DNG.
+const DNG_VERSION: u16 = 50706;
+
+/// Whether the first directory is a reduced-resolution image (NewSubFileType bit 0) with
+/// sub-images (SubIFDs) beside it.
+fn preview_first<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> bool {
+    use tiff::tags::Tag;
+    let reduced = d
+        .find_tag_unsigned::<u32>(Tag::NewSubfileType)
+        .ok()
+        .flatten()
+        .is_some_and(|v| v & 1 == 1);
+    reduced && d.find_tag(Tag::SubIfd).ok().flatten().is_some()
 }
 
 /// The XResolution, YResolution and ResolutionUnit tags of the decoder's current IFD.
@@ -1234,6 +1282,39 @@ mod tests {
         let e = decode_bytes(&integers, &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("32-bit integer samples"), "{e}");
+    }
+
+    /// A camera raw file's first image is its preview, not the photo: such files are
+    /// refused, told by their content whatever their name.
+    #[test]
+    fn camera_raw_files_are_refused() {
+        use tiff::encoder::{colortype, TiffEncoder};
+        use tiff::tags::Tag;
+        let tiff = |tags: &[(Tag, u32)]| {
+            let mut buf = Cursor::new(Vec::new());
+            let mut enc = TiffEncoder::new(&mut buf).unwrap();
+            let mut image = enc.new_image::<colortype::RGB8>(2, 1).unwrap();
+            for &(tag, value) in tags {
+                image.encoder().write_tag(tag, value).unwrap();
+            }
+            image.write_data(&[0; 6]).unwrap();
+            buf.into_inner()
+        };
+        let refused = |file: &[u8]| match decode_bytes(file, &limits()) {
+            Err(ImageIoError::Unsupported { detail, .. }) => detail,
+            other => panic!("{:?}", other.map(|d| d.format)),
+        };
+        let dng = tiff(&[(Tag::Unknown(DNG_VERSION), 0x0104_0000)]);
+        assert!(refused(&dng).contains("camera raw file (DNG)"));
+        let preview = tiff(&[(Tag::NewSubfileType, 1), (Tag::SubIfd, 8)]);
+        assert!(refused(&preview).contains("reduced-resolution preview"));
+        // Canon's signature after the TIFF header.
+        let mut cr2 = tiff(&[]);
+        cr2[8..10].copy_from_slice(b"CR");
+        assert!(refused(&cr2).contains("camera raw file (CR2)"));
+        // A reduced-resolution image alone, or sub-images alone, are ordinary.
+        decode_bytes(&tiff(&[(Tag::NewSubfileType, 1)]), &limits()).unwrap();
+        decode_bytes(&tiff(&[(Tag::SubIfd, 8)]), &limits()).unwrap();
     }
 
     /// CMYK with alpha, which the image crate does not read, comes out as RGB by its CMYK
