@@ -82,9 +82,10 @@ fn detect_and_decode(
     }
     let head = reader.fill_buf().map_err(ImageIoError::read(path))?;
     let Some(format) = InputFormat::detect(head, path) else {
-        let what = match image::guess_format(head) {
-            Ok(f) => format!("{f:?}"),
-            Err(_) => "unrecognised contents".into(),
+        let what = match (image::guess_format(head), unread_format(head)) {
+            (Ok(f), _) => format!("{f:?}"),
+            (_, Some(name)) => name.into(),
+            _ => "unrecognised contents".into(),
         };
         let detail = format!("{what} (supported: {})", input_format_names());
         return Err(ImageIoError::Unsupported {
@@ -134,6 +135,24 @@ fn detect_and_decode(
         usable
     });
     Ok(decoded)
+}
+
+/// The name of a format that is not read, told by its signature in `head`, for the
+/// refusal: image formats people try (JPEG 2000, Photoshop, GIMP) and documents.
+fn unread_format(head: &[u8]) -> Option<&'static str> {
+    const SIGNATURES: [(&[u8], &str); 6] = [
+        (b"\0\0\0\x0cjP  \r\n\x87\n", "JPEG 2000"),
+        (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"),
+        (b"8BPS", "Photoshop document (PSD)"),
+        (b"gimp xcf", "GIMP image (XCF)"),
+        (b"%PDF-", "PDF document"),
+        (b"FUJIFILMCCD-RAW", "Fujifilm camera raw (RAF)"),
+    ];
+    if let Some((_, name)) = SIGNATURES.iter().find(|(sig, _)| head.starts_with(sig)) {
+        return Some(name);
+    }
+    let text = String::from_utf8_lossy(&head[..head.len().min(512)]);
+    text.contains("<svg").then_some("SVG drawing")
 }
 
 /// Decodes a HEIF file (AVIF, HEIC) its codec has parsed; also names the image sequence
@@ -498,6 +517,26 @@ mod tests {
         })
     }
 
+    /// Formats people try that are not read are named in the refusal.
+    #[test]
+    fn unread_formats_are_named() {
+        for (head, name) in [
+            (
+                &b"\0\0\0\x0cjP  \r\n\x87\n\0\0\0\x14ftypjp2 "[..],
+                "JPEG 2000",
+            ),
+            (b"8BPS\0\x01\0\0\0\0\0\0\0\x03", "Photoshop document"),
+            (b"%PDF-1.7\n", "PDF document"),
+            (
+                b"<?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\"/>",
+                "SVG",
+            ),
+        ] {
+            let e = decode_bytes(head, &limits()).unwrap_err();
+            assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+            assert!(e.to_string().contains(name), "{e}");
+        }
+    }
     #[test]
     fn every_input_format_decodes() {
         let dir = tempfile::tempdir().unwrap();
