@@ -238,15 +238,15 @@ fn decode_image_crate(
                 reader
                     .seek(io::SeekFrom::Start(0))
                     .map_err(ImageIoError::read(path))?;
-                facts
-                    .decode(reader, density, limits)
-                    .map_err(|why| ImageIoError::Unsupported {
+                facts.decode(&mut reader, density, limits).map_err(|why| {
+                    ImageIoError::Unsupported {
                         path: path.into(),
                         detail: format!(
                             "a TIFF layout this decoder does not read ({detail}; {why}); \
                              convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
                         ),
-                    })?
+                    }
+                })?
             }
             (decoded, _) => decoded?,
         };
@@ -256,6 +256,14 @@ fn decode_image_crate(
         if let Some(facts) = png {
             decoded.png_colour = facts.colour;
             decoded.xmp = decoded.xmp.or(facts.trailing_xmp);
+        }
+        if format == InputFormat::Tga && decoded.alpha.is_none() {
+            reader
+                .seek(io::SeekFrom::Start(0))
+                .map_err(ImageIoError::read(path))?;
+            let file = read_all(&mut reader, path)?;
+            decoded.alpha = super::tga::one_bit_alpha(&file)
+                .filter(|a| (a.height, a.width) == (decoded.rgb.height, decoded.rgb.width));
         }
         decoded
     };

@@ -29,6 +29,7 @@ mod planes;
 mod png;
 #[cfg(test)]
 mod test_support;
+mod tga;
 mod tiff;
 mod webp;
 
