@@ -88,6 +88,24 @@ pub fn with_density(mut chunk: Vec<u8>, density: Density) -> Vec<u8> {
     chunk
 }
 
+/// An EXIF chunk holding only the resolution tags, for a format whose one place for the
+/// density is EXIF (WebP) when the source had no EXIF to carry it.
+pub fn of_density(density: Density) -> Vec<u8> {
+    let (unit, x, y) = density.to_tiff();
+    let rational = |(n, d): (u32, u32)| [n.to_le_bytes(), d.to_le_bytes()].concat();
+    ExifTags {
+        big_endian: false,
+        image: vec![
+            Field::new(X_RESOLUTION, RATIONAL, &rational(x)),
+            Field::new(Y_RESOLUTION, RATIONAL, &rational(y)),
+            Field::new(RESOLUTION_UNIT, SHORT, &unit.to_le_bytes()),
+        ],
+        exif: Vec::new(),
+        gps: Vec::new(),
+    }
+    .to_chunk()
+}
+
 /// The image's physical density, from the first IFD's XResolution, YResolution and
 /// ResolutionUnit tags.
 pub fn density(chunk: &[u8]) -> Option<Density> {

@@ -647,7 +647,7 @@ mod tests {
     }
 
     /// The physical density is written where each format records it (PNG pHYs, JFIF,
-    /// TIFF tags) and read back the same; WebP has no place for it.
+    /// TIFF tags, and in WebP an EXIF chunk of its own) and read back the same.
     #[test]
     fn density_is_kept_where_the_format_records_it() {
         use crate::imageops::density::DensityUnit;
@@ -666,12 +666,11 @@ mod tests {
                 };
                 let file = encode_bytes(Path::new("d"), &img, None, &opts).unwrap();
                 let d = decode_bytes(&file, &limits()).unwrap();
-                let expected = if format == OutputFormat::Webp {
-                    None
-                } else {
-                    per_inch(density)
-                };
-                assert_eq!(per_inch(d.density), expected, "{format} {x}x{y} {unit:?}");
+                assert_eq!(
+                    per_inch(d.density),
+                    per_inch(density),
+                    "{format} {x}x{y} {unit:?}"
+                );
                 assert_eq!(EncodeOptions::matching(format, &d).density, d.density);
             }
         }

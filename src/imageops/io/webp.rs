@@ -69,7 +69,12 @@ impl Encoded<'_> {
             .encode_advanced(&config)
             .map_err(|e| WebpError::Encoder(format!("{e:?}")))?;
         let icc = self.icc_profile().map(Vec::as_slice);
-        let (exif, xmp) = (self.exif(), self.xmp());
+        // EXIF is WebP's only place for the density: a source without EXIF gets one that
+        // holds just that.
+        let exif = self
+            .exif()
+            .or_else(|| self.opts.density.map(crate::imageops::exif::of_density));
+        let xmp = self.xmp();
         w.write_all(&with_metadata(&file, icc, exif.as_deref(), xmp.as_deref())?)?;
         Ok(())
     }
