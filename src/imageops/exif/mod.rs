@@ -78,9 +78,8 @@ pub fn with_density(mut chunk: Vec<u8>, density: Density) -> Vec<u8> {
     let (Some(x_at), Some(y_at)) = (value_at(X_RESOLUTION), value_at(Y_RESOLUTION)) else {
         return chunk;
     };
-    for (at, (n, d)) in [(x_at, x), (y_at, y)] {
-        chunk[at..at + 4].copy_from_slice(&tiff.word32(n));
-        chunk[at + 4..at + 8].copy_from_slice(&tiff.word32(d));
+    for (at, value) in [(x_at, x), (y_at, y)] {
+        chunk[at..at + 8].copy_from_slice(&tiff.rational(value));
     }
     if let Some(e) = unit_entry {
         tiff.set_single(&mut chunk, e, SHORT, tiff.short_field(unit));
@@ -92,13 +91,13 @@ pub fn with_density(mut chunk: Vec<u8>, density: Density) -> Vec<u8> {
 /// density is EXIF (WebP) when the source had no EXIF to carry it.
 pub fn of_density(density: Density) -> Vec<u8> {
     let (unit, x, y) = density.to_tiff();
-    let rational = |(n, d): (u32, u32)| [n.to_le_bytes(), d.to_le_bytes()].concat();
+    let t = Tiff { big_endian: false };
     ExifTags {
-        big_endian: false,
+        big_endian: t.big_endian,
         image: vec![
-            Field::new(X_RESOLUTION, RATIONAL, &rational(x)),
-            Field::new(Y_RESOLUTION, RATIONAL, &rational(y)),
-            Field::new(RESOLUTION_UNIT, SHORT, &unit.to_le_bytes()),
+            Field::new(X_RESOLUTION, RATIONAL, &t.rational(x)),
+            Field::new(Y_RESOLUTION, RATIONAL, &t.rational(y)),
+            Field::new(RESOLUTION_UNIT, SHORT, &t.word16(unit)),
         ],
         exif: Vec::new(),
         gps: Vec::new(),
@@ -265,6 +264,14 @@ impl Tiff {
         } else {
             v.to_le_bytes()
         }
+    }
+
+    /// A RATIONAL value, numerator then denominator.
+    fn rational(&self, (n, d): (u32, u32)) -> [u8; 8] {
+        let mut value = [0; 8];
+        value[..4].copy_from_slice(&self.word32(n));
+        value[4..].copy_from_slice(&self.word32(d));
+        value
     }
 }
 
