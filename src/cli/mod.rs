@@ -94,45 +94,51 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
 // Parsers that check a flag's value as the pipeline will, so that a value out of range is
 // refused as a usage error, named by its flag, before anything is loaded or read.
 
-/// `--scale`: above 1 and at most 16.
-fn scale_value(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
-    crate::pipeline::OutputSize::Scale(v)
-        .validate()
-        .map_err(|e| e.to_string())?;
-    Ok(v)
-}
-
-/// A sampler setting, checked as the sampler checks it with the others at their defaults.
-fn sampler_value<T: std::str::FromStr + Copy>(
+/// A flag's value parsed, then checked by `check`.
+fn checked_value<T: std::str::FromStr + Copy>(
     s: &str,
-    set: fn(&mut crate::sampler::SamplerConfig, T),
+    check: impl Fn(T) -> anyhow::Result<()>,
 ) -> Result<T, String>
 where
     T::Err: std::fmt::Display,
 {
     let v: T = s.trim().parse().map_err(|e| format!("{e}"))?;
-    let mut cfg = crate::sampler::SamplerConfig::default();
-    set(&mut cfg, v);
-    cfg.validate().map_err(|e| e.to_string())?;
+    check(v).map_err(|e| e.to_string())?;
     Ok(v)
 }
 
-/// `--steps`: 1 to [`crate::sampler::MAX_STEPS`].
+/// `--scale`: above 1 and at most 16.
+fn scale_value(s: &str) -> Result<f64, String> {
+    checked_value(s, |v| crate::pipeline::OutputSize::Scale(v).validate())
+}
+
+/// `--steps`: 1 to [`crate::sampler::MAX_STEPS`], checked as the sampler checks it.
 fn steps_value(s: &str) -> Result<usize, String> {
-    sampler_value(s, |cfg, v| cfg.steps = v)
+    use crate::sampler::SamplerConfig;
+    checked_value(s, |steps| {
+        SamplerConfig {
+            steps,
+            ..SamplerConfig::default()
+        }
+        .validate()
+    })
 }
 
 /// `--sigma-max`: a noise level the sampler can start from.
 fn sigma_max_value(s: &str) -> Result<f32, String> {
-    sampler_value(s, |cfg, v| cfg.sigma_max = v)
+    use crate::sampler::SamplerConfig;
+    checked_value(s, |sigma_max| {
+        SamplerConfig {
+            sigma_max,
+            ..SamplerConfig::default()
+        }
+        .validate()
+    })
 }
 
 /// `--self-ensemble`: 1, 2, 4 or 8.
 fn self_ensemble_value(s: &str) -> Result<usize, String> {
-    let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
-    crate::pipeline::check_self_ensemble(n).map_err(|e| e.to_string())?;
-    Ok(n)
+    checked_value(s, crate::pipeline::check_self_ensemble)
 }
 
 /// `--max-memory`: a size such as `8G` or `512M`.
