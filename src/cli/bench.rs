@@ -419,7 +419,8 @@ impl AttentionArgs {
             self.head_dim as u64,
         );
         let bytes = (|| {
-            let qkvo = n.checked_mul(h)?.checked_mul(tq.checked_mul(2)? + tk * 2)?;
+            let rows = tq.checked_add(tk)?.checked_mul(2)?;
+            let qkvo = n.checked_mul(h)?.checked_mul(rows)?;
             let tensors = qkvo.checked_mul(d)?.checked_mul(2)?;
             let scores = n.checked_mul(h)?.checked_mul(tq)?.checked_mul(tk)?;
             tensors.checked_add(scores)?.checked_mul(4)
