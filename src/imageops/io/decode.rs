@@ -210,6 +210,7 @@ fn decode_image_crate(
     let head = reader.fill_buf().map_err(ImageIoError::read(path))?;
     let colour_mapped =
         is_colour_mapped(format, head) || tiff.as_ref().is_some_and(|f| f.colour_mapped);
+    let tga_alpha = format == InputFormat::Tga && super::tga::declares_one_bit_alpha(head);
     let density = match (&tiff, &png) {
         (Some(facts), _) => facts.density,
         (_, Some(facts)) => facts.density,
@@ -257,7 +258,7 @@ fn decode_image_crate(
             decoded.png_colour = facts.colour;
             decoded.xmp = decoded.xmp.or(facts.trailing_xmp);
         }
-        if format == InputFormat::Tga && decoded.alpha.is_none() {
+        if tga_alpha && decoded.alpha.is_none() {
             reader
                 .seek(io::SeekFrom::Start(0))
                 .map_err(ImageIoError::read(path))?;

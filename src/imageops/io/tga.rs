@@ -12,12 +12,12 @@ const TRUECOLOUR_RLE: u8 = 10;
 /// upright as the image crate returns the colours; `None` for any other TGA, and where the
 /// bit says nothing (every pixel alike: writers that declare the bit often leave it unset).
 pub(super) fn one_bit_alpha(file: &[u8]) -> Option<Planar> {
-    let header = file.get(..18)?;
-    let word = |i: usize| usize::from(u16::from_le_bytes([header[i], header[i + 1]]));
-    let (id_len, image_type, bits, descriptor) = (header[0], header[2], header[16], header[17]);
-    if !matches!(image_type, TRUECOLOUR | TRUECOLOUR_RLE) || bits != 16 || descriptor & 0x0F != 1 {
+    if !declares_one_bit_alpha(file) {
         return None;
     }
+    let header = &file[..18];
+    let word = |i: usize| usize::from(u16::from_le_bytes([header[i], header[i + 1]]));
+    let (id_len, image_type, descriptor) = (header[0], header[2], header[17]);
     let (width, height) = (word(12), word(14));
     let map_bytes = if header[1] == 1 {
         word(5) * usize::from(header[7]).div_ceil(8)
@@ -43,6 +43,16 @@ pub(super) fn one_bit_alpha(file: &[u8]) -> Option<Planar> {
         })
         .collect();
     Some(Planar::new(1, height, width, data))
+}
+
+/// Whether `head`, a TGA file's first bytes, declares 16-bit truecolour pixels with one
+/// alpha bit: the files [`one_bit_alpha`] reads, told before the whole file is.
+pub(super) fn declares_one_bit_alpha(head: &[u8]) -> bool {
+    let Some(header) = head.get(..18) else {
+        return false;
+    };
+    let (image_type, bits, descriptor) = (header[2], header[16], header[17]);
+    matches!(image_type, TRUECOLOUR | TRUECOLOUR_RLE) && bits == 16 && descriptor & 0x0F == 1
 }
 
 /// `count` 16-bit pixels from `data`, run-length decoded if `rle`; `None` if it ends early.
