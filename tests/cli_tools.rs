@@ -1,5 +1,6 @@
 //! The tool subcommands (`eval`, `bench`, `convert`, `inspect`, `train`) refuse what they
-//! cannot do with a message, never a panic, and report failures in their exit status.
+//! cannot do with a message, never a panic, and report failures in their exit status: 2
+//! for a command line that cannot be carried out as given, 1 for what fails on the way.
 
 mod common;
 use std::path::Path;
@@ -21,6 +22,14 @@ fn stderr(o: &Output) -> String {
 fn fails(args: &[&str]) -> String {
     let o = infdit(args);
     assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+    stderr(&o)
+}
+
+/// Runs `args`, a command line that cannot be carried out as given, which must fail with
+/// exit status 2 before doing anything, and returns the standard error.
+fn misused(args: &[&str]) -> String {
+    let o = infdit(args);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     stderr(&o)
 }
 
@@ -83,7 +92,7 @@ fn eval_refuses_settings_it_cannot_score() {
             "--steps, --self-ensemble have no effect with --baseline denoiser",
         ),
     ] {
-        let err = fails(&[&["eval", "--hr", s(&hr)][..], args].concat());
+        let err = misused(&[&["eval", "--hr", s(&hr)][..], args].concat());
         assert!(
             err.starts_with(&format!("error: {flag}")),
             "{args:?}: {err}"
@@ -174,7 +183,7 @@ fn eval_pairs_images_by_the_names_upscale_writes() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("h0_b.png"));
 
     // One upscaled file is the upscale of one HR image.
-    let err = fails(&["eval", "--hr", s(&hr), "--sr", s(&lr.join("h0_b_x4.png"))]);
+    let err = misused(&["eval", "--hr", s(&hr), "--sr", s(&lr.join("h0_b_x4.png"))]);
     assert!(err.contains("is one image but --hr"), "{err}");
     let one = infdit(&[
         "eval",
@@ -192,20 +201,25 @@ fn bench_engine_checks_its_arguments_and_fails_when_a_case_fails() {
     let weights = dir.path().join("weights.safetensors");
     std::fs::write(&weights, b"\x08\0\0\0\0\0\0\0{}\xff\xfe").unwrap();
     let unwritable = dir.path().join("missing").join("bench.json");
-    for (args, says) in [
-        (&["--sizes", "abc"][..], "--sizes"),
-        (&["--sizes", "100"], "--sizes"),
-        (&["--max-memory", "abc"], "--max-memory"),
-        (&["--config", "nonexistent.json"], "--config takes"),
-        (&["--config", s(&weights)], "not a weights file"),
-        (&["--batches", "0"], "--batches"),
-        (&["--json", s(&unwritable)], "--json"),
-        (&["--json", s(dir.path())], "is a folder"),
-        // Not built, or no such card: one error, not one per case.
-        (&["--device", "cuda:999"], "cuda"),
+    // Exit status 2 for a value the command line gets wrong, 1 for a file that fails.
+    for (args, says, status) in [
+        (&["--sizes", "abc"][..], "--sizes", 2),
+        (&["--sizes", "100"], "--sizes", 2),
+        (&["--max-memory", "abc"], "--max-memory", 2),
+        (&["--config", "nonexistent.json"], "--config takes", 1),
+        (&["--config", s(&weights)], "not a weights file", 1),
+        (&["--batches", "0"], "--batches", 2),
+        (&["--json", s(&unwritable)], "--json", 1),
+        (&["--json", s(dir.path())], "is a folder", 2),
+        // Not built (a usage error), or no such card: one error, not one per case.
+        (
+            &["--device", "cuda:999"],
+            "cuda",
+            if cfg!(feature = "cuda") { 1 } else { 2 },
+        ),
     ] {
         let o = infdit(&[&["bench", "engine", "--sizes", "128"][..], args].concat());
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(status), "{args:?}: {}", stderr(&o));
         assert!(
             o.stdout.is_empty(),
             "{args:?}: checked before any case runs"
@@ -244,7 +258,7 @@ fn bench_ops_checks_its_shapes_before_timing() {
         (&["--tokens", "2049", "--hidden", "64"], "--tokens 2049"),
     ] {
         let o = infdit(&[&["bench", "ops"][..], args].concat());
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(o.stdout.is_empty(), "{args:?}: checked before any op runs");
         assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
     }
@@ -294,7 +308,7 @@ fn convert_writes_safetensors_files_with_ordinary_permissions() {
     let input = common::fixture("tiny/weights.safetensors");
     for out in ["-", "out.bin", "out"] {
         let target = dir.path().join(out);
-        let err = fails(&[
+        let err = misused(&[
             "convert",
             s(&input),
             if out == "-" { out } else { s(&target) },
@@ -329,7 +343,7 @@ fn convert_replaces_only_what_it_is_told_to() {
     let before = std::fs::read(&input).unwrap();
     let out = dir.path().join("out.safetensors");
     std::fs::write(&out, b"keep").unwrap();
-    let err = fails(&["convert", s(&input), s(&out)]);
+    let err = misused(&["convert", s(&input), s(&out)]);
     assert!(err.contains("pass --overwrite"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep");
     for extra in [&[][..], &["--overwrite"]] {
@@ -505,8 +519,15 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
         let common = ["train", "-q", "--data", s(&photos), "--out", s(&out)];
         infdit(&[&common[..], extra].concat())
     };
-    let err = stderr(&run(&["--steps", "0"]));
+    let o = run(&["--steps", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
     assert!(err.contains("--steps 0 must be at least 1"), "{err}");
+    for (flag, value) in [("--lr", "-1"), ("--sigma-data", "0"), ("--device", "gpu")] {
+        let o = run(&["--steps", "1", &format!("{flag}={value}")]);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag.trim_start_matches('-')), "{flag}: {}", stderr(&o));
+    }
     let missing = dir.path().join("missing");
     for flag in ["--resume", "--manifest"] {
         let o = if flag == "--resume" {
@@ -543,7 +564,7 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
     assert!(stderr(&o).contains("already at step 4"), "{}", stderr(&o));
     // A new run does not overwrite a saved one, or a model.
     let o = run(&["--steps", "2"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(
         err.contains("holds a model or a saved training run"),
@@ -554,7 +575,7 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
     let weights = model.join("weights.safetensors");
     std::fs::copy(common::fixture("tiny/weights.safetensors"), &weights).unwrap();
     let o = infdit(&["train", "-q", "--data", s(&photos), "--out", s(&model)]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("holds a model"), "{}", stderr(&o));
 
     // With none usable the run fails, naming a photo and the cause, and logs nothing.

@@ -2,7 +2,7 @@
 //! engine, for a config with random weights. Each case runs in a child process so its
 //! peak RSS is its own.
 
-use super::{at_least_one, parse_device, DTypeArg};
+use super::{as_usage, at_least_one, parse_device, usage, DTypeArg};
 use crate::config::ModelConfig;
 use crate::engine::memory::{format_size, parse_size, peak_rss};
 use crate::engine::{Batching, Conditioning, Engine, EngineOptions, Order, Positions};
@@ -169,7 +169,7 @@ impl OpsArgs {
     fn run(self) -> Result<()> {
         use crate::model::ops::{modulate, LayerNorm};
         use candle_core::{DType, Module, Tensor};
-        self.validate()?;
+        self.validate().map_err(as_usage)?;
         let device = parse_device(&self.device)?;
         let dtype: DType = self.dtype.into();
         let (n, d) = (self.tokens, self.hidden);
@@ -574,10 +574,12 @@ fn parse_wh(s: &str) -> Result<(usize, usize)> {
 
 /// A bench image size (`N` or `WxH`): whole blocks of `cfg`.
 fn case_size(s: &str, cfg: &ModelConfig) -> Result<(usize, usize)> {
-    let (w, h) = parse_wh(s)?;
+    let (w, h) = parse_wh(s).map_err(as_usage)?;
     let b = cfg.image_block_size_px;
     if w == 0 || h == 0 || !w.is_multiple_of(b) || !h.is_multiple_of(b) {
-        bail!("invalid size `{s}`: bench sizes must be positive multiples of {b} px");
+        return Err(usage(format!(
+            "invalid size `{s}`: bench sizes must be positive multiples of {b} px"
+        )));
     }
     Ok((w, h))
 }
@@ -596,7 +598,9 @@ fn parse_batch(b: &str) -> Result<BatchArg> {
         "auto" => Ok(BatchArg::Auto),
         _ => match b.parse::<usize>() {
             Ok(n) if n >= 1 => Ok(BatchArg::Blocks(n)),
-            _ => bail!("invalid batch `{b}` (expected a positive number, full or auto)"),
+            _ => Err(usage(format!(
+                "invalid batch `{b}` (expected a positive number, full or auto)"
+            ))),
         },
     }
 }
@@ -631,7 +635,9 @@ impl EngineBenchArgs {
         let c = &self.common;
         // Arguments every case shares are checked once, here, rather than failing each case.
         let cfg = load_config(&c.config)?;
-        parse_size(&c.max_memory).context("--max-memory")?;
+        parse_size(&c.max_memory)
+            .context("--max-memory")
+            .map_err(as_usage)?;
         let sizes = self
             .sizes
             .iter()
@@ -644,7 +650,7 @@ impl EngineBenchArgs {
         parse_device(&c.device)?;
         // Created now so that a path that cannot be written fails before the cases run.
         let json = match &self.json {
-            Some(p) if p.is_dir() => bail!("--json {} is a folder", p.display()),
+            Some(p) if p.is_dir() => return Err(usage(format!("--json {} is a folder", p.display()))),
             Some(p) => Some((
                 p,
                 temp_beside(p).with_context(|| format!("--json {}", p.display()))?,

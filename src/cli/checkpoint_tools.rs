@@ -1,6 +1,6 @@
 //! `infdit inspect` and `infdit convert`.
 
-use super::DTypeArg;
+use super::{as_usage, usage, DTypeArg};
 use crate::checkpoint::{
     expected_shapes, is_ignored_key, non_finite, weights_path, Checkpoint, ConfigSource,
 };
@@ -215,14 +215,14 @@ fn check_output_name(output: &Path) -> Result<()> {
 
 impl ConvertArgs {
     pub fn run(self) -> Result<()> {
-        check_output_name(&self.output)?;
+        check_output_name(&self.output).map_err(as_usage)?;
         let input = weights_path(&self.input)?;
         crate::fsutil::check_replaceable(&self.output, &input, &Default::default())?;
         if self.output.exists() && !self.overwrite {
-            bail!(
+            return Err(usage(format!(
                 "{} exists; pass --overwrite to replace it",
                 self.output.display()
-            );
+            )));
         }
         let ck = Checkpoint::open(&input)?;
         // Writing the rest would pass for a complete conversion.

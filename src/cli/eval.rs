@@ -1,5 +1,6 @@
 //! `infdit eval`: PSNR and SSIM on the Y channel (4-px border shaved), per image and mean.
 
+use super::{as_usage, usage};
 use crate::eval::{psnr_y, ssim_y, DEFAULT_SHAVE};
 use crate::imageops::io::{decode_rgb, image_files};
 use crate::imageops::resize::resize_bicubic;
@@ -256,7 +257,7 @@ impl EvalArgs {
     }
 
     pub fn run(self) -> Result<std::process::ExitCode> {
-        self.validate()?;
+        self.validate().map_err(as_usage)?;
         let hr_files = images_in(&self.hr)?;
         if hr_files.is_empty() {
             bail!("no images in {}", self.hr.display());
@@ -306,18 +307,18 @@ impl EvalArgs {
                 header = vec!["sr".into()];
                 let sr_files = images_in(sr)?;
                 if sr.is_file() && hr_files.len() > 1 {
-                    bail!(
+                    return Err(usage(format!(
                         "--sr {} is one image but --hr {} holds {}: give --sr the folder of upscaled images",
                         sr.display(),
                         self.hr.display(),
                         hr_files.len()
-                    );
+                    )));
                 }
                 for f in &hr_files {
                     record(f, self.sr_scores(f, sr, &sr_files));
                 }
             }
-            (None, None) => bail!("give --sr or --baseline"),
+            (None, None) => return Err(usage("give --sr or --baseline")),
         }
         if !rows.is_empty() {
             print_table(&header, &rows);

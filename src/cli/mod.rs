@@ -8,7 +8,7 @@ mod parity;
 mod train;
 mod upscale;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 use std::borrow::Cow;
@@ -157,6 +157,11 @@ pub(super) fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
 }
 
+/// `e`, a check of the command line that reports with `bail!`, as a [`UsageError`].
+pub(super) fn as_usage(e: anyhow::Error) -> anyhow::Error {
+    usage(error_text(&e))
+}
+
 /// The exit status for a command that failed with `e`: 2 for a usage error, else 1.
 pub fn failure_status(e: &anyhow::Error) -> std::process::ExitCode {
     if e.chain().any(|c| c.is::<UsageError>()) {
@@ -244,14 +249,18 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cuda" => (CUDA, Device::new_cuda(0)),
         _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => (CUDA, Device::new_cuda(i)),
-            _ => bail!("unknown device `{s}` (expected cpu, cuda, cuda:N or metal)"),
+            _ => {
+                return Err(usage(format!(
+                    "unknown device `{s}` (expected cpu, cuda, cuda:N or metal)"
+                )))
+            }
         },
     };
     if !built {
-        bail!(
+        return Err(usage(format!(
             "this infdit was built without {feature} support: rebuild with \
              `cargo build --release --features {feature}` (README: GPUs)"
-        );
+        )));
     }
     device.with_context(|| format!("cannot open device `{s}`"))
 }

@@ -1,6 +1,6 @@
 //! `infdit train`: trains a model on photos with the EDM objective.
 
-use super::parse_device;
+use super::{as_usage, parse_device, usage};
 use crate::checkpoint::ModelSource;
 use crate::config::ModelConfig;
 use crate::fsutil::same_path;
@@ -8,7 +8,7 @@ use crate::train::data::PhotoDataset;
 use crate::train::trainer::{
     saved_options, small_config, DataSource, Start, TrainOptions, Trainer,
 };
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Args;
 use indicatif::ProgressBar;
@@ -115,10 +115,10 @@ impl TrainArgs {
             .iter()
             .any(|f| self.out.join(f).is_file());
         if holds_model && !resumes_out {
-            bail!(
+            return Err(usage(format!(
                 "{} holds a model or a saved training run: continue it with --resume {0}, or choose another --out",
                 self.out.display()
-            );
+            )));
         }
         let mut opts = match &self.resume {
             Some(dir) => saved_options(dir)?,
@@ -133,6 +133,7 @@ impl TrainArgs {
             })* };
         }
         set!(steps <- steps, batch_size <- batch_size, crop_px <- crop, learning_rate <- lr, seed <- seed, save_every <- save_every, min_learning_rate <- min_lr, decay_start <- decay_start, data_workers <- data_workers, p_mean <- p_mean, p_std <- p_std, lr_dropout <- lr_dropout, bicubic_prob <- bicubic_prob);
+        opts.validate().map_err(as_usage)?;
         opts.data = Some(self.data_source(opts.data.take())?);
         let init = self.init.as_deref().map(ModelSource::open).transpose()?;
         let mut cfg = match (&self.config, &self.resume, &init) {
@@ -143,7 +144,9 @@ impl TrainArgs {
         };
         cfg.residual |= self.residual;
         if let Some(sd) = self.sigma_data {
-            ensure!(sd > 0.0, "--sigma-data must be positive");
+            if sd.is_nan() || sd <= 0.0 {
+                return Err(usage("--sigma-data must be positive"));
+            }
             cfg.sigma_data = sd;
         }
         let start = match (&self.resume, &init) {
