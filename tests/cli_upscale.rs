@@ -1963,7 +1963,9 @@ fn standard_input_and_output() {
         ),
     ] {
         let out = run(&args, input);
-        assert!(!out.status.success());
+        // A usage error, except the stream that is no image.
+        let status = if needle.starts_with("<stdin>") { 1 } else { 2 };
+        assert_eq!(out.status.code(), Some(status), "{args:?}");
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
         assert!(out.stdout.is_empty());
     }
@@ -2002,20 +2004,28 @@ fn unusable_outputs_are_refused_up_front() {
     save(gradient(20, 12), &b, ImageFormat::Png);
     let missing = dir.path().join("missing/x.png");
     let single = dir.path().join("single.png");
-    for (args, needle) in [
-        (vec![s(&a), "-o", s(&missing)], "cannot create a file in"),
-        (vec![s(&a), s(&b), "-o", s(&single)], "names a file"),
+    let absent = dir.path().join("absent.png");
+    // Exit status 2 for flags that contradict each other or the inputs, 1 for a path
+    // that fails.
+    for (args, needle, status) in [
+        (vec![s(&a), "-o", s(&missing)], "cannot create a file in", 1),
+        (vec![s(&a), s(&b), "-o", s(&single)], "names a file", 2),
         (
             vec![s(&a), "-o", s(&single), "--format", "jpg"],
             "does not match",
+            2,
         ),
+        (vec![s(&a), "-o", "z.xyz"], "cannot tell the output format", 2),
+        (vec![s(&a), "-o", "z.bmp"], "BMP is an input format only", 2),
+        // A mistyped input is named as missing, not taken for a pattern.
+        (vec![s(&absent), "-o", s(&single)], "no such file", 1),
     ] {
-        let err = upscale_fails(&model, &args);
+        let out = upscale(&model, &args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(status), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
         assert_eq!(err.matches("error:").count(), 1, "{err}");
     }
-    let err = upscale_fails(&model, &[s(&a), "-o", "z.bmp"]);
-    assert!(err.contains("BMP is an input format only"), "{err}");
     assert_eq!(listing(dir.path()), ["a.png", "b.png", "model"]);
     // A name without an extension takes the input's format.
     let bare = dir.path().join("bare");

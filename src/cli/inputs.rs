@@ -35,6 +35,12 @@ impl Input {
     }
 }
 
+/// Whether `path` is a glob pattern. A name that is not UTF-8 is a file name, never a
+/// pattern.
+pub fn is_pattern(path: &Path) -> bool {
+    path.to_str().is_some_and(|p| p.contains(['*', '?', '[']))
+}
+
 /// Expands files, directories and globs; unreadable entries become failures. Also
 /// returns how many earlier results the expansions passed over. A scan never enters
 /// the output directory `output` (this command's results), unless it is the scan's
@@ -52,8 +58,7 @@ pub fn collect(
         .and_then(|o| o.canonicalize().ok())
         .filter(|o| o.is_dir());
     for path in args {
-        // A name that is not UTF-8 is a file name, never a pattern.
-        let pattern = path.to_str().filter(|p| p.contains(['*', '?', '[']));
+        let pattern = path.to_str().filter(|_| is_pattern(path));
         let found = if is_stdio(path) || (path.exists() && !path.is_dir()) {
             files.push(Input::named(path.clone()));
             continue;

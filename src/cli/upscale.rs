@@ -1,6 +1,6 @@
 //! `infdit upscale`: files, directories and globs in, upscaled images out.
 
-use super::inputs::{collect, is_stdio, Input, STDIO};
+use super::inputs::{collect, is_pattern, is_stdio, Input, STDIO};
 use super::{parse_device, usage, DTypeArg};
 use crate::checkpoint::ModelSource;
 use crate::clip::{load_clip_file, ClipEncoder, ClipLocation, ClipWeights};
@@ -387,6 +387,16 @@ impl UpscaleArgs {
                 )));
             }
         }
+        if let Some(out) = self.output_file() {
+            // Only the errors matter here; the source's format is not known yet.
+            self.output_file_format(out, OutputFormat::Png)
+                .map_err(super::as_usage)?;
+        }
+        if self.output.is_none() && self.inputs.iter().any(|i| is_stdio(i)) {
+            return Err(usage(
+                "an image from standard input needs -o (a file, or - for standard output)",
+            ));
+        }
         let named_format = self
             .format
             .or_else(|| named_output.and_then(OutputFormat::from_path));
@@ -524,8 +534,50 @@ impl UpscaleArgs {
     /// Whether the inputs are one file named directly, the one case where `-o` names a
     /// file; a directory or pattern input makes `-o` a directory even when it finds one image.
     fn one_named_file(&self) -> bool {
-        // A device or a named pipe counts as a file: it gives one image.
-        matches!(self.inputs.as_slice(), [one] if is_stdio(one) || one.exists() && !one.is_dir())
+        // A device or a named pipe counts as a file: it gives one image. So does a missing
+        // name that is no pattern: the run reports it missing.
+        matches!(self.inputs.as_slice(), [one] if is_stdio(one)
+            || !one.is_dir() && (one.exists() || !is_pattern(one)))
+    }
+
+    /// `-o`, where it names the output file of the one input.
+    fn output_file(&self) -> Option<&Path> {
+        self.output.as_deref().filter(|out| {
+            !is_stdio(out)
+                && self.one_named_file()
+                && !out.is_dir()
+                && !out.to_string_lossy().ends_with(std::path::MAIN_SEPARATOR)
+        })
+    }
+
+    /// The format of the output file `out` (see [`Self::output_file`]): `--format`, else
+    /// the name's, else, for a name without an extension, `by_source`.
+    fn output_file_format(&self, out: &Path, by_source: OutputFormat) -> Result<OutputFormat> {
+        let named_format = OutputFormat::from_path(out);
+        Ok(match (self.format, named_format) {
+            // Also an image extension that is not written (`.bmp`).
+            (Some(f), named)
+                if named.is_some_and(|n| n != f)
+                    || named.is_none() && InputFormat::from_path(out).is_some() =>
+            {
+                bail!(
+                    "--format {f} does not match the name {}: change one of them",
+                    out.display()
+                )
+            }
+            (Some(f), _) | (None, Some(f)) => f,
+            (None, None) if out.extension().is_none() => by_source,
+            (None, None) => match InputFormat::from_path(out) {
+                Some(read) => bail!(
+                    "cannot write {}: {read} is an input format only; use .png, .jpg, .webp or .tiff",
+                    out.display()
+                ),
+                None => bail!(
+                    "cannot tell the output format from {}: use .png, .jpg, .webp or .tiff, or --format",
+                    out.display()
+                ),
+            },
+        })
     }
 
     /// Whether `--depth 16` was asked for and `format` cannot store it.
@@ -564,42 +616,10 @@ impl UpscaleArgs {
         if self.to_stdout() {
             return Ok((PathBuf::from(STDIO), self.format.unwrap_or(by_source)));
         }
-        if is_stdio(input) && self.output.is_none() {
-            bail!("an image from standard input needs -o (a file, or - for standard output)");
+        if let Some(out) = self.output_file() {
+            return Ok((out.to_path_buf(), self.output_file_format(out, by_source)?));
         }
         match &self.output {
-            Some(out)
-                if self.one_named_file()
-                    && !out.is_dir()
-                    && !out.to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) =>
-            {
-                let named_format = OutputFormat::from_path(out);
-                let format = match (self.format, named_format) {
-                    // Also an image extension that is not written (`.bmp`).
-                    (Some(f), named)
-                        if named.is_some_and(|n| n != f)
-                            || named.is_none() && InputFormat::from_path(out).is_some() =>
-                    {
-                        bail!(
-                            "--format {f} does not match the name {}: change one of them",
-                            out.display()
-                        )
-                    }
-                    (Some(f), _) | (None, Some(f)) => f,
-                    (None, None) if out.extension().is_none() => by_source,
-                    (None, None) => match InputFormat::from_path(out) {
-                        Some(read) => bail!(
-                            "cannot write {}: {read} is an input format only; use .png, .jpg, .webp or .tiff",
-                            out.display()
-                        ),
-                        None => bail!(
-                            "cannot tell the output format from {}: use .png, .jpg, .webp or .tiff, or --format",
-                            out.display()
-                        ),
-                    },
-                };
-                Ok((out.clone(), format))
-            }
             Some(dir) => {
                 let dir = &dir.join(&item.subdir);
                 std::fs::create_dir_all(dir)
