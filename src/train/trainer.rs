@@ -193,10 +193,21 @@ impl TrainOptions {
                     n("decay_start", &start),
                     n("steps", &self.steps)
                 );
+                // A floor the resumed run kept is moot where its decay ends; one given
+                // now says the user expects a decay to it.
+                let kept_floor_unused =
+                    start == self.steps && self.inherited.contains(&"min_lr");
                 ensure!(
-                    start == self.steps || self.min_learning_rate <= self.learning_rate,
+                    kept_floor_unused || self.min_learning_rate <= self.learning_rate,
                     "{} is above {}: the decay would raise the learning rate",
                     n("min_lr", &self.min_learning_rate),
+                    n("lr", &self.learning_rate)
+                );
+                ensure!(
+                    start == self.steps || start >= self.warmup_steps,
+                    "{} is inside the {}-step warm-up, where the rate is still below {}: start the decay at step {1} or later",
+                    n("decay_start", &start),
+                    self.warmup_steps,
                     n("lr", &self.learning_rate)
                 );
             }
@@ -907,8 +918,9 @@ mod tests {
         }
     }
 
-    /// A decay starting at the last step keeps the rate constant, whatever the floor: how
-    /// a resumed run ends the decay it kept.
+    /// A decay starting at the last step keeps the rate constant, whatever floor the
+    /// resumed run kept: how a resumed run ends the decay it kept. A floor given anew must
+    /// not exceed the rate, and a decay may not start inside the warm-up.
     #[test]
     fn schedules_are_checked_against_each_other() {
         let opts = TrainOptions {
@@ -916,10 +928,44 @@ mod tests {
             decay_start: Some(100),
             learning_rate: 1e-4,
             min_learning_rate: 1e-3,
+            inherited: vec!["min_lr"],
             ..Default::default()
         };
         opts.validate().unwrap();
         assert_eq!(opts.learning_rate_at(99), 1e-4);
+        let e = TrainOptions {
+            inherited: Vec::new(),
+            ..opts.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "--min-lr 0.001 is above --lr 0.0001: the decay would raise the learning rate"
+        );
+        let e = TrainOptions {
+            steps: 300,
+            decay_start: Some(60),
+            min_learning_rate: 0.0,
+            ..opts.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--decay-start 60 is inside the 100-step warm-up"),
+            "{e}"
+        );
+        TrainOptions {
+            steps: 300,
+            decay_start: Some(100),
+            min_learning_rate: 0.0,
+            ..opts.clone()
+        }
+        .validate()
+        .unwrap();
+        // A kept floor that a decay would go to is refused too.
         let e = TrainOptions {
             decay_start: Some(50),
             ..opts.clone()
@@ -929,7 +975,7 @@ mod tests {
         .to_string();
         assert_eq!(
             e,
-            "--min-lr 0.001 is above --lr 0.0001: the decay would raise the learning rate"
+            "--min-lr 0.001 (the resumed run's, from its train_state.json) is above --lr 0.0001: the decay would raise the learning rate"
         );
         let e = TrainOptions {
             decay_start: Some(101),

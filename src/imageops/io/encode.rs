@@ -26,11 +26,12 @@ pub enum OutputFormat {
 }
 
 impl OutputFormat {
-    /// Recognises `png`, `jpg`/`jpeg`, `webp`, `tif`/`tiff` in any case, without the dot.
+    /// Recognises `png`, `jpg`/`jpeg`/`jpe`/`jif`/`jfif`, `webp`, `tif`/`tiff` in any case,
+    /// without the dot.
     pub fn from_extension(ext: &str) -> Option<Self> {
         match ext.to_ascii_lowercase().as_str() {
             "png" => Some(Self::Png),
-            "jpg" | "jpeg" | "jfif" => Some(Self::Jpeg),
+            "jpg" | "jpeg" | "jpe" | "jif" | "jfif" => Some(Self::Jpeg),
             "webp" => Some(Self::Webp),
             "tif" | "tiff" => Some(Self::Tiff),
             _ => None,
@@ -99,7 +100,7 @@ impl clap::ValueEnum for OutputFormat {
         use clap::builder::PossibleValue;
         Some(match self {
             Self::Png => PossibleValue::new("png"),
-            Self::Jpeg => PossibleValue::new("jpeg").alias("jpg"),
+            Self::Jpeg => PossibleValue::new("jpg").alias("jpeg"),
             Self::Webp => PossibleValue::new("webp"),
             Self::Tiff => PossibleValue::new("tiff").alias("tif"),
         })
@@ -111,7 +112,7 @@ impl FromStr for OutputFormat {
 
     fn from_str(s: &str) -> Result<Self, String> {
         Self::from_extension(s.trim_start_matches('.')).ok_or_else(|| {
-            format!("unknown output format '{s}' (expected png, jpeg, webp or tiff)")
+            format!("unknown output format '{s}' (expected png, jpg, webp or tiff)")
         })
     }
 }

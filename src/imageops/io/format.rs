@@ -92,6 +92,12 @@ impl InputFormat {
         {
             return Some(Self::Heic);
         }
+        // Spellings the image crate does not know.
+        let ext = match ext.to_ascii_lowercase().as_str() {
+            "jpe" | "jif" => "jpg",
+            "dib" => "bmp",
+            _ => ext,
+        };
         ImageFormat::from_extension(ext).and_then(Self::from_image_format)
     }
 
@@ -377,6 +383,21 @@ mod tests {
         );
         assert_eq!(camera_raw_extension(Path::new("x.tif")), None);
         assert_eq!(camera_raw_extension(Path::new("raw")), None);
+    }
+
+    #[test]
+    fn less_common_spellings_name_their_formats() {
+        for (name, format) in [
+            ("a.JPE", InputFormat::Jpeg),
+            ("a.jif", InputFormat::Jpeg),
+            ("a.jfif", InputFormat::Jpeg),
+            ("a.dib", InputFormat::Bmp),
+            ("a.PPM", InputFormat::Pnm),
+            ("a.hif", InputFormat::Heic),
+        ] {
+            assert_eq!(InputFormat::from_path(Path::new(name)), Some(format), "{name}");
+        }
+        assert_eq!(InputFormat::from_path(Path::new("a.jpx")), None);
     }
     use crate::imageops::io::test_support::{gradient, limits};
     use crate::imageops::io::{decode_file, encode_file, EncodeOptions};
