@@ -84,8 +84,8 @@ pub struct UpscaleArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// CLIP ViT-L/14 weights for models conditioned on an image embedding (open_clip or
-    /// Hugging Face layout). Default: from the checkpoint, or clip.safetensors /
-    /// open_clip_pytorch_model.bin beside the model.
+    /// Hugging Face layout). Default: from the checkpoint, or clip.safetensors,
+    /// open_clip_model.safetensors or open_clip_pytorch_model.bin beside the model.
     #[arg(long)]
     pub clip: Option<PathBuf>,
     /// Memory budget that sets how many blocks run together, e.g. 8G (default: 80% of

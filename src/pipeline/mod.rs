@@ -204,8 +204,9 @@ impl Upscaler {
                 "this model is conditioned on a CLIP image embedding ({}-d) but no CLIP weights were given: \
                  pass --clip with open_clip ViT-L-14 weights (laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K, \
                  open_clip_pytorch_model.bin or model.safetensors on the Hugging Face hub), or place them \
-                 beside the model as clip.safetensors",
-                model.config().vector_dim
+                 beside the model as {}",
+                model.config().vector_dim,
+                crate::clip::FILES_BESIDE_MODEL.join(", ")
             );
         }
         if let Some(clip) = clip.as_ref().filter(|_| model.config().vector_dim > 0) {
