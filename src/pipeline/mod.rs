@@ -1,6 +1,25 @@
 //! The upscaling pipeline: LR image in, upscaled image out, through padding, the exact
 //! bicubic conditioning, the image-condition vector, the sampler and the block engine.
-//! The CLI and other programs share this one path through [`Upscaler`].
+//! The CLI and other programs share this one path through [`Upscaler`]:
+//!
+//! ```
+//! use candle_core::{DType, Device};
+//! use infdit::pipeline::{OutputSize, UpscaleOptions, Upscaler};
+//!
+//! // The built-in model with its recommended sampler settings, at twice the size.
+//! let (model, defaults) = infdit::default_model::load(DType::F32, &Device::Cpu)?;
+//! let options = UpscaleOptions {
+//!     size: OutputSize::Scale(2.0),
+//!     ..defaults.options()
+//! };
+//! let upscaler = Upscaler::new(model, None, options)?;
+//! let photo = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(40, 30, |x, y| {
+//!     image::Rgb([(x * 6) as u8, (y * 8) as u8, 128])
+//! }));
+//! let big = upscaler.upscale(&photo, &mut |p| eprintln!("{}/{} blocks", p.done, p.total))?;
+//! assert_eq!((big.width(), big.height()), (80, 60));
+//! # anyhow::Ok(())
+//! ```
 
 use crate::clip::ClipEncoder;
 use crate::engine::memory::{

@@ -33,13 +33,7 @@ impl SamplingDefaults {
             "expected a JSON object of settings, such as {{\"steps\": 20}}"
         );
         let defaults: Self = serde_json::from_value(value)?;
-        SamplerConfig {
-            kind: defaults.sampler,
-            steps: defaults.steps,
-            sigma_max: defaults.sigma_max,
-            ..SamplerConfig::default()
-        }
-        .validate()?;
+        defaults.sampler().validate()?;
         super::check_self_ensemble(defaults.self_ensemble)?;
         Ok(defaults)
     }
@@ -77,6 +71,25 @@ impl SamplingDefaults {
                 })
             })
             .transpose()
+    }
+
+    /// The sampler these settings describe.
+    pub fn sampler(&self) -> SamplerConfig {
+        SamplerConfig {
+            kind: self.sampler,
+            steps: self.steps,
+            sigma_max: self.sigma_max,
+            ..SamplerConfig::default()
+        }
+    }
+
+    /// Upscale options with these settings, the others at their defaults.
+    pub fn options(&self) -> UpscaleOptions {
+        UpscaleOptions {
+            sampler: self.sampler(),
+            self_ensemble: self.self_ensemble,
+            ..UpscaleOptions::default()
+        }
     }
 
     /// The settings as `sampling.json` text.
