@@ -32,13 +32,23 @@ pub fn parse_size(s: &str) -> Result<u64> {
 }
 
 pub fn format_size(bytes: u64) -> String {
-    let gib = bytes as f64 / (1u64 << 30) as f64;
-    if gib >= 1.0 {
-        format!("{gib:.1} GiB")
+    format_rounded(bytes, f64::round)
+}
+
+/// [`format_size`] rounded up, for a least size: a budget of the figure shown suffices.
+pub fn format_size_up(bytes: u64) -> String {
+    format_rounded(bytes, f64::ceil)
+}
+
+/// `bytes` in GiB to a tenth, else in whole MiB or KiB, rounded by `round`.
+fn format_rounded(bytes: u64, round: fn(f64) -> f64) -> String {
+    let in_unit = |shift: u32| bytes as f64 / (1u64 << shift) as f64;
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", round(in_unit(30) * 10.0) / 10.0)
     } else if bytes >= 1 << 20 {
-        format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+        format!("{} MiB", round(in_unit(20)))
     } else if bytes >= 1 << 10 {
-        format!("{:.0} KiB", bytes as f64 / 1024.0)
+        format!("{} KiB", round(in_unit(10)))
     } else {
         format!("{bytes} B")
     }
@@ -180,7 +190,7 @@ impl<'a> MemoryModel<'a> {
             bail!(
                 "a {width}×{height} model pass (the image padded to whole {}-px blocks) needs at least {} (weights {}, K/V cache {}, activations {}, images {}, runtime {}) but the memory budget is {}; raise --max-memory",
                 self.cfg.image_block_size_px,
-                format_size(one.total()),
+                format_size_up(one.total()),
                 format_size(one.weights),
                 format_size(one.cache),
                 format_size(one.activations),
@@ -199,7 +209,9 @@ impl<'a> MemoryModel<'a> {
                 break;
             }
         }
-        Ok(best)
+        // As many forwards, all of one size: a smaller peak, and no odd-sized last batch
+        // whose allocations the allocator cannot reuse.
+        Ok(blocks.div_ceil(blocks.div_ceil(best).max(1)).max(1))
     }
 }
 
@@ -322,6 +334,31 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("-1G").is_err());
+    }
+
+    #[test]
+    fn least_sizes_round_up() {
+        let just_over = (68 << 20) + (1 << 18);
+        assert_eq!(format_size(just_over), "68 MiB");
+        assert_eq!(format_size_up(just_over), "69 MiB");
+        assert_eq!(format_size_up(68 << 20), "68 MiB");
+        assert_eq!(format_size_up((3 << 29) + 1), "1.6 GiB");
+        assert_eq!(format_size(3 << 29), "1.5 GiB");
+        assert_eq!(format_size(1000), "1000 B");
+    }
+
+    /// A budget between two batch sizes that take as many forwards gets the smaller: a
+    /// 3×4-block image with room for 9 blocks runs two batches of 6, not 9 and 3.
+    #[test]
+    fn batches_are_evened_out() {
+        let cfg = ModelConfig::minimal();
+        let mm = MemoryModel::new(&cfg, DType::F32, &candle_core::Device::Cpu);
+        let s = cfg.image_block_size_px;
+        let (h, w) = (3 * s, 4 * s);
+        let budget = mm.estimate(h, w, Order::Auto, 9).total();
+        assert_eq!(mm.choose_batch(h, w, Order::Auto, budget, 64).unwrap(), 6);
+        assert_eq!(mm.choose_batch(h, w, Order::Auto, budget, 5).unwrap(), 4);
+        assert_eq!(mm.choose_batch(h, w, Order::Auto, u64::MAX, 64).unwrap(), 12);
     }
 
     #[test]
