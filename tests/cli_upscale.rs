@@ -1991,6 +1991,35 @@ fn standard_input_and_output() {
         stderr(&out)
     );
     assert!(feeder.join().unwrap() < 256, "the whole stream was read");
+
+    // An endless stream after a valid signature is refused once it holds more than an
+    // image within --max-input-side can take, not read on to the decoder's 4 GiB.
+    let mut child = upscale_command(
+        &model,
+        &["-", "-o", s(&named), "--overwrite", "--max-input-side", "16"],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let zeros = vec![0u8; 1 << 20];
+        let signed = stdin.write_all(b"\x89PNG\r\n\x1a\n").is_ok();
+        signed as usize
+            + (0..256)
+                .take_while(|_| stdin.write_all(&zeros).is_ok())
+                .count()
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("holds more than 64 MiB, more than an image within --max-input-side takes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(feeder.join().unwrap() < 100, "read past the bound");
 }
 
 /// Output paths that cannot work are refused before any upscaling, once, with nothing

@@ -841,10 +841,14 @@ fn check_output_size(
 }
 
 /// Reads an image from a stream (standard input, a pipe) that comes from `name`. Its first
-/// bytes must open an accepted format, and it may not be larger than the decoder's memory
-/// budget: endless or non-image input is refused as it arrives instead of filling memory.
+/// bytes must open an accepted format, and it may not be larger than an image within the
+/// decoding limits can be, nor than half the memory free: endless or non-image input is
+/// refused as it arrives instead of filling memory.
 fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
     const HEAD: u64 = 64;
+    let cap = limits.max_encoded_bytes().min(
+        crate::engine::memory::available_memory().map_or(u64::MAX, |free| (free / 2).max(HEAD)),
+    );
     let mut bytes = Vec::new();
     let mut read = |bytes: &mut Vec<u8>, n: u64| {
         (&mut stream)
@@ -857,12 +861,19 @@ fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Res
         // The decoder words the refusal.
         decode_named_bytes(&bytes, name, limits)?;
     }
-    read(&mut bytes, limits.max_alloc.saturating_sub(HEAD) + 1)?;
-    if bytes.len() as u64 > limits.max_alloc {
+    read(&mut bytes, cap.saturating_sub(HEAD) + 1)?;
+    if bytes.len() as u64 > cap {
+        let bound = if cap < limits.max_encoded_bytes() {
+            "half the memory free"
+        } else if cap < limits.max_alloc {
+            "an image within --max-input-side takes"
+        } else {
+            "an image within the decoding limits takes"
+        };
         bail!(
-            "{} holds more than {} bytes, more than an image within the decoding limits",
+            "{} holds more than {}, more than {bound}",
             name.display(),
-            limits.max_alloc
+            crate::engine::memory::format_size(cap),
         );
     }
     Ok(bytes)

@@ -81,6 +81,12 @@ fn detect_and_decode(
         });
     }
     let head = reader.fill_buf().map_err(ImageIoError::read(path))?;
+    if head.is_empty() {
+        return Err(ImageIoError::Corrupt {
+            path: path.into(),
+            detail: "it is empty (0 bytes)".into(),
+        });
+    }
     let Some(format) = InputFormat::detect(head, path) else {
         let what = match (image::guess_format(head), unread_format(head)) {
             (Ok(f), _) => format!("{f:?}"),
@@ -801,7 +807,13 @@ mod tests {
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("garbage.png"), "{e}");
         let e = decode_bytes(b"", &limits()).unwrap_err();
-        assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().ends_with("it is empty (0 bytes)"), "{e}");
+        // A chunk before the header is named by its four letters, not as a structure.
+        let early = [&b"\x89PNG\r\n\x1a\n\0\0\0\0abCD"[..], &[0; 8]].concat();
+        let e = decode_bytes(&early, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("'abCD'"), "{e}");
+        assert!(!e.to_string().contains("ChunkType"), "{e}");
         // A recognised but unsupported format.
         let e = decode_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n", &limits()).unwrap_err();
         assert!(matches!(e, ImageIoError::Unsupported { .. }), "{e}");

@@ -99,6 +99,15 @@ impl Default for DecodeLimits {
 }
 
 impl DecodeLimits {
+    /// The most bytes an encoded image within these limits is taken to hold: twice its
+    /// pixels raw at 16-bit RGBA (no format's worst case comes near) and 64 MiB of
+    /// metadata, within `max_alloc`. A stream, which must be read whole before it is
+    /// decoded, is refused past it.
+    pub fn max_encoded_bytes(&self) -> u64 {
+        let raw = u64::from(self.max_width) * u64::from(self.max_height) * 8;
+        (2 * raw + (64 << 20)).min(self.max_alloc)
+    }
+
     /// The allocation bound for a decoder, which enforces it while decoding. The sizes are
     /// checked here, right after the header is read, where the message can name them.
     fn for_decoder(&self) -> image::Limits {
@@ -209,5 +218,24 @@ fn decoding_cause(e: &image::error::DecodingError) -> &(dyn std::error::Error + 
 
 /// Some decoder messages end in a newline; ours are single lines.
 fn one_line(e: impl fmt::Display) -> String {
-    e.to_string().trim().replace('\n', "; ")
+    plain_chunk_types(e.to_string().trim()).replace('\n', "; ")
+}
+
+/// `text` with the png crate's chunk types (printed as their Debug structure, `ChunkType
+/// { type: IDAT, critical: true, … }`) as their four letters, `'IDAT'`.
+fn plain_chunk_types(text: &str) -> String {
+    const OPEN: &str = "ChunkType { type: ";
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        let (Some(name_end), Some(close)) = (after.find(", critical:"), after.find(" }")) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&format!("'{}'", &after[..name_end]));
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    out
 }
