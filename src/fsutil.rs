@@ -94,6 +94,7 @@ impl Drop for PartFile {
 /// output.
 pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
     let mut b = tempfile::Builder::new();
+    b.prefix(".infdit-").suffix(".part");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -154,13 +155,24 @@ fn settle(path: &Path, wanted: std::fs::Permissions) -> io::Result<()> {
     placed.sync_all()
 }
 
-/// Syncs `tmp` and renames it to `path`, with the permissions `tmp` was created with.
+/// The permissions of a file written to `path`: those of the file it replaces, so that a
+/// private file stays private, else `created`, a plainly created file's.
+fn permissions_for(path: &Path, created: std::fs::Permissions) -> std::fs::Permissions {
+    std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map_or(created, |replaced| replaced.permissions())
+}
+
+/// Syncs `tmp` and renames it to `path`, with the permissions of the file it replaces,
+/// else those `tmp` was created with.
 pub fn commit(tmp: PartFile, path: &Path) -> io::Result<()> {
     let tmp = tmp.into_listed();
     let listed = tmp.path().to_path_buf();
     // Listed until renamed: an interrupt during the (slow) sync still removes it.
     let placed = (|| {
-        settle(tmp.path(), tmp.as_file().metadata()?.permissions())?;
+        let created = tmp.as_file().metadata()?.permissions();
+        settle(tmp.path(), permissions_for(path, created))?;
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
     })();
@@ -208,7 +220,7 @@ pub fn write_all_atomically(files: Vec<(PathBuf, Writer<'_>)>) -> Result<()> {
                 .with_context(context)?
                 .permissions();
             write(&tmp).with_context(context)?;
-            settle(&tmp, created).with_context(context)?;
+            settle(&tmp, permissions_for(&path, created)).with_context(context)?;
         }
         for (dir, path) in &staged {
             std::fs::rename(dir.path().join("file"), path)
@@ -386,7 +398,7 @@ mod tests {
     }
 
     /// Outputs get the permissions of a plainly created file (0666 less the umask), also
-    /// where the writer replaced the temporary file and where an output is replaced.
+    /// where the writer replaced the temporary file; a replaced file's are kept.
     #[cfg(unix)]
     #[test]
     fn outputs_get_the_permissions_of_a_created_file() {
@@ -405,10 +417,19 @@ mod tests {
         .collect();
         save_safetensors(&target, &tensors).unwrap();
         assert_eq!(mode(&target), mode(&plain));
-        // Replaced in place: a private file becomes an ordinary one too.
+        // Replaced in place: a private file stays private.
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
         save_safetensors(&target, &tensors).unwrap();
-        assert_eq!(mode(&target), mode(&plain));
+        assert_eq!(mode(&target), 0o600);
+        let image = dir.path().join("i.png");
+        std::fs::write(&image, b"old").unwrap();
+        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let tmp = temp_beside(&image).unwrap();
+        let name = tmp.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".infdit-") && name.ends_with(".part"), "{name}");
+        commit(tmp, &image).unwrap();
+        assert_eq!(mode(&image), 0o640);
+        std::fs::remove_file(&image).unwrap();
         let other = dir.path().join("other.bin");
         write_atomically(&other, |tmp| Ok(std::fs::write(tmp, b"x")?)).unwrap();
         assert_eq!(mode(&other), mode(&plain));
