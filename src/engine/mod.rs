@@ -29,6 +29,17 @@ pub enum Order {
     ColumnMajor,
 }
 
+impl Order {
+    /// The same walk over a transposed image: its rows are the columns here.
+    pub fn transposed(self) -> Self {
+        match self {
+            Self::Auto => Self::Auto,
+            Self::RowMajor => Self::ColumnMajor,
+            Self::ColumnMajor => Self::RowMajor,
+        }
+    }
+}
+
 /// How many blocks go through the network together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Batching {

@@ -316,9 +316,9 @@ impl Upscaler {
         }
         let transposed = Dihedral::first(self.opts.self_ensemble).any(|t| t.transpose);
         for (h, w) in sizes {
-            self.batch_size(h, w)?;
+            self.batch_size(h, w, self.opts.order)?;
             if transposed {
-                self.batch_size(w, h)?;
+                self.batch_size(w, h, self.opts.order.transposed())?;
             }
         }
         Ok(())
@@ -375,7 +375,7 @@ impl Upscaler {
                 .into_iter()
                 .enumerate()
             {
-                img = self.pass(&img, s, k as u64, &mut |b| {
+                img = self.pass(&img, s, k as u64, self.order_in(t), &mut |b| {
                     done += b;
                     progress(Progress { done, total });
                 })?;
@@ -398,18 +398,30 @@ impl Upscaler {
         })
     }
 
-    /// One pass of a factor dividing the model's ratio on a [-1, 1] image; the result is
-    /// clamped to [-1, 1], as an image written between two passes would be.
+    /// The block order for the image turned by `t`: the order asked for, as it walks the
+    /// image itself, so that a transposed orientation keeps its cache across the same side.
+    fn order_in(&self, t: Dihedral) -> Order {
+        if t.transpose {
+            self.opts.order.transposed()
+        } else {
+            self.opts.order
+        }
+    }
+
+    /// One pass of a factor dividing the model's ratio on a [-1, 1] image, walked in
+    /// `order`; the result is clamped to [-1, 1], as an image written between two passes
+    /// would be.
     fn pass(
         &self,
         lr: &Planar,
         scale: usize,
         pass: u64,
+        order: Order,
         on_blocks: &mut dyn FnMut(usize),
     ) -> Result<Planar> {
         let cond = self.conditioning(lr, scale)?;
         let (hh, hw) = (cond.concat_lr.height, cond.concat_lr.width);
-        let engine = self.engine(hh, hw)?;
+        let engine = self.engine(hh, hw, order)?;
         let channels = self.model.config().out_channels;
         let noise = initial_noise(self.opts.seed.wrapping_add(pass), channels, hh, hw);
         let out = sample(
@@ -493,12 +505,12 @@ impl Upscaler {
         })
     }
 
-    fn engine(&self, height: usize, width: usize) -> Result<Engine<'_>> {
-        let batch = self.batch_size(height, width)?;
+    fn engine(&self, height: usize, width: usize, order: Order) -> Result<Engine<'_>> {
+        let batch = self.batch_size(height, width, order)?;
         tracing::debug!(
             "{width}×{height} pass: {} blocks per forward, order {:?}, {:?} {:?}",
             batch,
-            self.opts.order,
+            order,
             self.model.device(),
             self.model.dtype()
         );
@@ -507,7 +519,7 @@ impl Upscaler {
             &self.model,
             EngineOptions {
                 batching,
-                order: self.opts.order,
+                order,
             },
         ))
     }
@@ -533,18 +545,18 @@ impl Upscaler {
         let mut x = self.diffused(to_model_range(start.clone()), &cond);
         x.zip_assign(&noise, |a, n| a + sigma * n);
         let out = self
-            .engine(hh, hw)?
+            .engine(hh, hw, self.opts.order)?
             .denoise(&x, sigma, &cond, &mut |_| {})?;
         Ok(output_image(self.image(out, &cond)))
     }
 
-    fn batch_size(&self, height: usize, width: usize) -> Result<usize> {
+    fn batch_size(&self, height: usize, width: usize, order: Order) -> Result<usize> {
         const GPU_DEFAULT_BUDGET: u64 = 8 << 30;
         let mm = MemoryModel::new(self.model.config(), self.model.dtype(), self.model.device());
         match self.opts.batch {
             Some(BatchChoice::Fixed(b)) => Ok(b.max(1)),
             Some(BatchChoice::Budget(bytes)) => {
-                mm.choose_batch(height, width, self.opts.order, bytes, 64)
+                mm.choose_batch(height, width, order, bytes, 64)
             }
             None => {
                 let budget = match self.model.device() {
@@ -552,7 +564,7 @@ impl Upscaler {
                     // 8 GiB, or less on a card with less free: what the process holds
                     // already (weights, runtime) plus 90% of what is free.
                     device => {
-                        let held = mm.estimate(height, width, self.opts.order, 1);
+                        let held = mm.estimate(height, width, order, 1);
                         device_free_memory(device).map_or(GPU_DEFAULT_BUDGET, |free| {
                             GPU_DEFAULT_BUDGET.min(held.weights + held.runtime + free / 10 * 9)
                         })
@@ -564,7 +576,7 @@ impl Upscaler {
                 } else {
                     64
                 };
-                mm.choose_batch(height, width, self.opts.order, budget, cap)
+                mm.choose_batch(height, width, order, budget, cap)
             }
         }
     }
@@ -647,6 +659,36 @@ mod tests {
         let out = up.upscale(&rgba, &mut |_| {}).unwrap();
         assert_eq!((out.width(), out.height()), (27, 15));
         assert!(out.as_rgba8().unwrap().pixels().all(|p| p[3] == 128));
+    }
+
+    /// An order asked for walks every self-ensemble orientation the same way over the
+    /// image: a transposed one is walked with rows and columns swapped, so it needs no
+    /// more memory than the image itself.
+    #[test]
+    fn transposed_orientations_keep_the_order_asked_for() {
+        let cfg = crate::config::ModelConfig::minimal();
+        let (block, m) = (cfg.image_block_size_px, cfg.image_block_size_px / cfg.sr_scale);
+        let (h, w) = (2 * block, 8 * block);
+        let mm = MemoryModel::new(&cfg, DType::F32, &Device::Cpu);
+        let budget = mm.estimate(h, w, Order::ColumnMajor, 1).total();
+        assert!(mm.estimate(w, h, Order::ColumnMajor, 1).total() > budget);
+        let upscaler = |order| {
+            let opts = UpscaleOptions {
+                order,
+                self_ensemble: 8,
+                batch: Some(BatchChoice::Budget(budget)),
+                ..Default::default()
+            };
+            let model = InfDit::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+            Upscaler::new(model, None, opts).unwrap()
+        };
+        upscaler(Order::ColumnMajor)
+            .check_memory(2 * m, 8 * m)
+            .unwrap();
+        // Along the long side the cache spans it, in every orientation.
+        assert!(upscaler(Order::RowMajor)
+            .check_memory(2 * m, 8 * m)
+            .is_err());
     }
 
     #[test]
