@@ -24,11 +24,12 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("invalid size `{s}` (e.g. 8G, 512M)"))?;
-    // Also refuses NaN.
-    if v.is_nan() || v <= 0.0 {
-        bail!("invalid size `{s}`: must be positive");
+    let bytes = v * mult as f64;
+    // Also refuses NaN, infinity and what rounds down to no byte at all.
+    if bytes.is_nan() || bytes < 1.0 || bytes >= u64::MAX as f64 {
+        bail!("invalid size `{s}`: must be at least 1 byte and finite");
     }
-    Ok((v * mult as f64) as u64)
+    Ok(bytes as u64)
 }
 
 pub fn format_size(bytes: u64) -> String {
@@ -334,6 +335,9 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("-1G").is_err());
+        for bad in ["0.5", "inf", "1e400", "nan", "0"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
