@@ -425,8 +425,16 @@ mod tests {
         std::fs::write(&image, b"old").unwrap();
         std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o640)).unwrap();
         let tmp = temp_beside(&image).unwrap();
-        let name = tmp.path().file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with(".infdit-") && name.ends_with(".part"), "{name}");
+        let name = tmp
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name.starts_with(".infdit-") && name.ends_with(".part"),
+            "{name}"
+        );
         commit(tmp, &image).unwrap();
         assert_eq!(mode(&image), 0o640);
         std::fs::remove_file(&image).unwrap();

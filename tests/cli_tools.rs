@@ -526,7 +526,11 @@ fn train_refuses_what_it_cannot_do_and_names_the_files() {
     for (flag, value) in [("--lr", "-1"), ("--sigma-data", "0"), ("--device", "gpu")] {
         let o = run(&["--steps", "1", &format!("{flag}={value}")]);
         assert_eq!(o.status.code(), Some(2), "{flag}: {}", stderr(&o));
-        assert!(stderr(&o).contains(flag.trim_start_matches('-')), "{flag}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(flag.trim_start_matches('-')),
+            "{flag}: {}",
+            stderr(&o)
+        );
     }
     let missing = dir.path().join("missing");
     for flag in ["--resume", "--manifest"] {

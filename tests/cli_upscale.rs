@@ -1996,7 +1996,14 @@ fn standard_input_and_output() {
     // image within --max-input-side can take, not read on to the decoder's 4 GiB.
     let mut child = upscale_command(
         &model,
-        &["-", "-o", s(&named), "--overwrite", "--max-input-side", "16"],
+        &[
+            "-",
+            "-o",
+            s(&named),
+            "--overwrite",
+            "--max-input-side",
+            "16",
+        ],
     )
     .stdin(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
@@ -2015,7 +2022,8 @@ fn standard_input_and_output() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("holds more than 64 MiB, more than an image within --max-input-side takes"),
+        stderr(&out)
+            .contains("holds more than 64 MiB, more than an image within --max-input-side takes"),
         "{}",
         stderr(&out)
     );
@@ -2044,7 +2052,11 @@ fn unusable_outputs_are_refused_up_front() {
             "does not match",
             2,
         ),
-        (vec![s(&a), "-o", "z.xyz"], "cannot tell the output format", 2),
+        (
+            vec![s(&a), "-o", "z.xyz"],
+            "cannot tell the output format",
+            2,
+        ),
         (vec![s(&a), "-o", "z.bmp"], "BMP is an input format only", 2),
         // A mistyped input is named as missing, not taken for a pattern.
         (vec![s(&absent), "-o", s(&single)], "no such file", 1),

@@ -650,7 +650,9 @@ impl EngineBenchArgs {
         parse_device(&c.device)?;
         // Created now so that a path that cannot be written fails before the cases run.
         let json = match &self.json {
-            Some(p) if p.is_dir() => return Err(usage(format!("--json {} is a folder", p.display()))),
+            Some(p) if p.is_dir() => {
+                return Err(usage(format!("--json {} is a folder", p.display())))
+            }
             Some(p) => Some((
                 p,
                 temp_beside(p).with_context(|| format!("--json {}", p.display()))?,

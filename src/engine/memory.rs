@@ -362,7 +362,10 @@ mod tests {
         let budget = mm.estimate(h, w, Order::Auto, 9).total();
         assert_eq!(mm.choose_batch(h, w, Order::Auto, budget, 64).unwrap(), 6);
         assert_eq!(mm.choose_batch(h, w, Order::Auto, budget, 5).unwrap(), 4);
-        assert_eq!(mm.choose_batch(h, w, Order::Auto, u64::MAX, 64).unwrap(), 12);
+        assert_eq!(
+            mm.choose_batch(h, w, Order::Auto, u64::MAX, 64).unwrap(),
+            12
+        );
     }
 
     #[test]

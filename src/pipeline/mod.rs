@@ -515,13 +515,7 @@ impl Upscaler {
             self.model.dtype()
         );
         let batching = Batching::Blocks(batch);
-        Ok(Engine::new(
-            &self.model,
-            EngineOptions {
-                batching,
-                order,
-            },
-        ))
+        Ok(Engine::new(&self.model, EngineOptions { batching, order }))
     }
 
     /// One denoiser evaluation D(start + σ·noise, σ) for the LR image `lr`, with `start` at
@@ -555,9 +549,7 @@ impl Upscaler {
         let mm = MemoryModel::new(self.model.config(), self.model.dtype(), self.model.device());
         match self.opts.batch {
             Some(BatchChoice::Fixed(b)) => Ok(b.max(1)),
-            Some(BatchChoice::Budget(bytes)) => {
-                mm.choose_batch(height, width, order, bytes, 64)
-            }
+            Some(BatchChoice::Budget(bytes)) => mm.choose_batch(height, width, order, bytes, 64),
             None => {
                 let budget = match self.model.device() {
                     Device::Cpu => available_memory().map_or(4 << 30, |m| m / 10 * 8),
@@ -667,7 +659,10 @@ mod tests {
     #[test]
     fn transposed_orientations_keep_the_order_asked_for() {
         let cfg = crate::config::ModelConfig::minimal();
-        let (block, m) = (cfg.image_block_size_px, cfg.image_block_size_px / cfg.sr_scale);
+        let (block, m) = (
+            cfg.image_block_size_px,
+            cfg.image_block_size_px / cfg.sr_scale,
+        );
         let (h, w) = (2 * block, 8 * block);
         let mm = MemoryModel::new(&cfg, DType::F32, &Device::Cpu);
         let budget = mm.estimate(h, w, Order::ColumnMajor, 1).total();

@@ -195,8 +195,7 @@ impl TrainOptions {
                 );
                 // A floor the resumed run kept is moot where its decay ends; one given
                 // now says the user expects a decay to it.
-                let kept_floor_unused =
-                    start == self.steps && self.inherited.contains(&"min_lr");
+                let kept_floor_unused = start == self.steps && self.inherited.contains(&"min_lr");
                 ensure!(
                     kept_floor_unused || self.min_learning_rate <= self.learning_rate,
                     "{} is above {}: the decay would raise the learning rate",

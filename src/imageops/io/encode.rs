@@ -111,9 +111,8 @@ impl FromStr for OutputFormat {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::from_extension(s.trim_start_matches('.')).ok_or_else(|| {
-            format!("unknown output format '{s}' (expected png, jpg, webp or tiff)")
-        })
+        Self::from_extension(s.trim_start_matches('.'))
+            .ok_or_else(|| format!("unknown output format '{s}' (expected png, jpg, webp or tiff)"))
     }
 }
 

@@ -395,7 +395,11 @@ mod tests {
             ("a.PPM", InputFormat::Pnm),
             ("a.hif", InputFormat::Heic),
         ] {
-            assert_eq!(InputFormat::from_path(Path::new(name)), Some(format), "{name}");
+            assert_eq!(
+                InputFormat::from_path(Path::new(name)),
+                Some(format),
+                "{name}"
+            );
         }
         assert_eq!(InputFormat::from_path(Path::new("a.jpx")), None);
     }
