@@ -1971,7 +1971,39 @@ fn standard_input_and_output() {
     }
 
     // A stream that is no image is refused from its first bytes, not read to its end.
-    let mut child = upscale_command(&model, &["-", "-o", s(&named), "--overwrite"])
+    let (out, fed) = upscale_endless(&model, &["-", "-o", s(&named), "--overwrite"], b"");
+    assert!(
+        stderr(&out).contains("unrecognised contents"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(fed < 256, "the whole stream was read");
+
+    // An endless stream after a valid signature is refused once it holds more than an
+    // image within --max-input-side can take, not read on to the decoder's 4 GiB.
+    let args = [
+        "-",
+        "-o",
+        s(&named),
+        "--overwrite",
+        "--max-input-side",
+        "16",
+    ];
+    let (out, fed) = upscale_endless(&model, &args, b"\x89PNG\r\n\x1a\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out)
+            .contains("holds more than 64 MiB, more than an image within --max-input-side takes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(fed < 100, "read past the bound");
+}
+
+/// Runs `upscale` with `args` on a standard input of `head` and then up to 256 MiB of
+/// zeros; returns its output and how many MiB of the zeros it took.
+fn upscale_endless(model: &Path, args: &[&str], head: &'static [u8]) -> (Output, usize) {
+    let mut child = upscale_command(model, args)
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1980,54 +2012,15 @@ fn standard_input_and_output() {
     let feeder = std::thread::spawn(move || {
         use std::io::Write;
         let zeros = vec![0u8; 1 << 20];
+        if stdin.write_all(head).is_err() {
+            return 0;
+        }
         (0..256)
             .take_while(|_| stdin.write_all(&zeros).is_ok())
             .count()
     });
     let out = child.wait_with_output().unwrap();
-    assert!(
-        stderr(&out).contains("unrecognised contents"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(feeder.join().unwrap() < 256, "the whole stream was read");
-
-    // An endless stream after a valid signature is refused once it holds more than an
-    // image within --max-input-side can take, not read on to the decoder's 4 GiB.
-    let mut child = upscale_command(
-        &model,
-        &[
-            "-",
-            "-o",
-            s(&named),
-            "--overwrite",
-            "--max-input-side",
-            "16",
-        ],
-    )
-    .stdin(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || {
-        use std::io::Write;
-        let zeros = vec![0u8; 1 << 20];
-        let signed = stdin.write_all(b"\x89PNG\r\n\x1a\n").is_ok();
-        signed as usize
-            + (0..256)
-                .take_while(|_| stdin.write_all(&zeros).is_ok())
-                .count()
-    });
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out)
-            .contains("holds more than 64 MiB, more than an image within --max-input-side takes"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(feeder.join().unwrap() < 100, "read past the bound");
+    (out, feeder.join().unwrap())
 }
 
 /// Output paths that cannot work are refused before any upscaling, once, with nothing
