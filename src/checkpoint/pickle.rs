@@ -83,6 +83,190 @@ pub(super) fn to_protocol_2(pickle: &[u8]) -> Result<Cow<'_, [u8]>> {
     }
 }
 
+/// The most objects reading a pickle may build, memo copies included. candle's reader
+/// copies a memoised object at every fetch, so a few hundred bytes of shared references
+/// would otherwise expand to billions of objects; a checkpoint of 10,000 tensors builds
+/// about a million.
+const MAX_OBJECTS: u64 = 1 << 22;
+
+/// The deepest nesting of objects. Checkpoints nest a few levels; candle builds and drops
+/// objects recursively, and a million levels overflow the stack.
+const MAX_DEPTH: u32 = 1000;
+
+/// An entry of [`check_expansion`]'s stack: the size and depth of the object candle's
+/// reader would hold there, or a mark.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    Mark,
+    Object { objects: u64, depth: u32 },
+}
+
+impl Shape {
+    /// The object made of `parts` (a mark counts for nothing).
+    fn holding(parts: &[Shape]) -> Shape {
+        parts.iter().fold(
+            Shape::Object {
+                objects: 1,
+                depth: 1,
+            },
+            |whole, part| whole.with(*part),
+        )
+    }
+
+    /// How many objects it holds, itself included.
+    fn objects(self) -> u64 {
+        match self {
+            Shape::Mark => 0,
+            Shape::Object { objects, .. } => objects,
+        }
+    }
+
+    /// `self` with `part` put into it.
+    fn with(self, part: Shape) -> Shape {
+        match (self, part) {
+            (
+                Shape::Object { objects, depth },
+                Shape::Object {
+                    objects: more,
+                    depth: below,
+                },
+            ) => Shape::Object {
+                objects: objects.saturating_add(more),
+                depth: depth.max(below.saturating_add(1)),
+            },
+            (whole, _) => whole,
+        }
+    }
+}
+
+/// What an opcode does to [`check_expansion`]'s stack.
+enum Step {
+    /// Pushes an object made of these (popped) parts.
+    Make(Vec<Shape>),
+    /// Puts these (popped) parts into the object below them.
+    Fill(Vec<Shape>),
+    /// Pushes a copy of the object memoised under this index.
+    Copy(u32),
+    /// Memoises a copy of the top of the stack under this index.
+    Memoise(u32),
+    Mark,
+}
+
+/// Refuses a protocol-2 `pickle` (as [`to_protocol_2`] gives it) whose reading would build
+/// more than [`MAX_OBJECTS`] objects or nest them deeper than [`MAX_DEPTH`]. It follows
+/// the opcodes as candle's reader does, with each object's size and depth in its place.
+/// What the reader itself refuses (an unknown opcode, an empty stack) ends the check: the
+/// reader words those errors.
+pub(super) fn check_expansion(pickle: &[u8]) -> Result<()> {
+    let mut stack: Vec<Shape> = Vec::new();
+    let mut memo: HashMap<u32, Shape> = HashMap::new();
+    let mut built: u64 = 0;
+    let mut pos = 0;
+    while let Some(step) = next_step(pickle, &mut pos, &mut stack) {
+        // The new top of the stack, and how many objects the reader creates for it (the
+        // parts of a new object are moved into it, a memoised one is copied whole).
+        let (shape, created) = match step {
+            Step::Mark => (Shape::Mark, 0),
+            Step::Make(parts) => (Shape::holding(&parts), 1),
+            Step::Fill(parts) => {
+                let Some(whole) = stack.pop() else {
+                    return Ok(());
+                };
+                (parts.into_iter().fold(whole, Shape::with), 0)
+            }
+            Step::Copy(id) => {
+                let Some(&shape) = memo.get(&id) else {
+                    return Ok(());
+                };
+                (shape, shape.objects())
+            }
+            Step::Memoise(id) => {
+                let Some(&top) = stack.last() else {
+                    return Ok(());
+                };
+                memo.insert(id, top);
+                built = built.saturating_add(top.objects());
+                continue;
+            }
+        };
+        if let Shape::Object { depth, .. } = shape {
+            if depth > MAX_DEPTH {
+                bail!("the pickle nests objects more than {MAX_DEPTH} deep, far deeper than any checkpoint");
+            }
+        }
+        built = built.saturating_add(created);
+        if built > MAX_OBJECTS {
+            bail!(
+                "the pickle expands to more than {MAX_OBJECTS} objects (shared references copied), far more than any checkpoint holds"
+            );
+        }
+        stack.push(shape);
+    }
+    Ok(())
+}
+
+/// The next opcode of `pickle` at `pos` as a [`Step`], with the parts it takes popped
+/// from `stack`; `None` at the end, or where candle's reader would fail.
+fn next_step(pickle: &[u8], pos: &mut usize, stack: &mut Vec<Shape>) -> Option<Step> {
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let bytes = pickle.get(*pos..pos.checked_add(n)?)?;
+        *pos += n;
+        Some(bytes)
+    };
+    let le = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .rev()
+            .fold(0u32, |v, &b| (v << 8) | u32::from(b))
+    };
+    let pop = |stack: &mut Vec<Shape>, n: usize| Some(stack.split_off(stack.len().checked_sub(n)?));
+    let leaf = Some(Step::Make(Vec::new()));
+    let op = take(1)?[0];
+    match op {
+        PROTO | b'K' => take(1).and(leaf),
+        b'M' => take(2).and(leaf),
+        b'J' => take(4).and(leaf),
+        b'G' => take(8).and(leaf),
+        BINUNICODE => {
+            let len = le(take(4)?);
+            take(len as usize).and(leaf)
+        }
+        LONG1 => {
+            let len = take(1)?[0];
+            take(len as usize).and(leaf)
+        }
+        GLOBAL => {
+            for _ in 0..2 {
+                let end = pickle.get(*pos..)?.iter().position(|&b| b == b'\n')?;
+                *pos += end + 1;
+            }
+            leaf
+        }
+        b'N' | 0x88 | 0x89 | b')' | EMPTY_LIST | b'}' => leaf,
+        b'(' => Some(Step::Mark),
+        b'Q' | 0x85 => pop(stack, 1).map(Step::Make),
+        0x86 | b'R' | b'b' | 0x81 => pop(stack, 2).map(Step::Make),
+        0x87 => pop(stack, 3).map(Step::Make),
+        TUPLE | b'd' | APPENDS | b'u' => {
+            let mark = stack.iter().rposition(|s| *s == Shape::Mark)?;
+            let parts = stack.split_off(mark + 1);
+            stack.pop();
+            Some(if matches!(op, APPENDS | b'u') {
+                Step::Fill(parts)
+            } else {
+                Step::Make(parts)
+            })
+        }
+        b'a' => pop(stack, 1).map(Step::Fill),
+        b's' => pop(stack, 2).map(Step::Fill),
+        BINGET => Some(Step::Copy(le(take(1)?))),
+        LONG_BINGET => Some(Step::Copy(le(take(4)?))),
+        BINPUT => Some(Step::Memoise(le(take(1)?))),
+        LONG_BINPUT => Some(Step::Memoise(le(take(4)?))),
+        _ => None,
+    }
+}
+
 struct Rewrite<'a> {
     input: &'a [u8],
     pos: usize,
@@ -183,7 +367,16 @@ impl<'a> Rewrite<'a> {
                     let index = self.take_uint(if op == BINGET { 1 } else { 4 })?;
                     let index = u32::try_from(index)?;
                     match self.memo.get(&index) {
-                        Some(Some(text)) => self.push_string(text.clone()),
+                        Some(Some(text)) => {
+                            // Each fetch writes the string again: a long one fetched
+                            // over and over would fill memory.
+                            if self.out.len() + text.len() > 8 * self.input.len() + (64 << 20) {
+                                bail!(
+                                    "the pickle's shared strings expand past any checkpoint's size"
+                                );
+                            }
+                            self.push_string(text.clone())
+                        }
                         Some(None) => {
                             self.emit(&[LONG_BINGET]);
                             self.out.extend_from_slice(&index.to_le_bytes());
@@ -271,6 +464,38 @@ impl<'a> Rewrite<'a> {
 mod tests {
     use super::*;
     use candle_core::pickle::{Object, Stack};
+
+    /// Shared references that the reader would copy into 2^40 objects, and nesting a
+    /// million deep, are refused before the reader runs; a plain pickle passes.
+    #[test]
+    fn expanding_and_deep_pickles_are_refused() {
+        let mut dag = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..40 {
+            dag.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        dag.push(STOP);
+        let e = check_expansion(&dag).unwrap_err().to_string();
+        assert!(e.contains("expands to more than"), "{e}");
+        let deep = [&b"\x80\x02N"[..], &[0x85; 1_000_000], b"."].concat();
+        let e = check_expansion(&deep).unwrap_err().to_string();
+        assert!(e.contains("nests objects more than 1000 deep"), "{e}");
+        let shallow = [&b"\x80\x02N"[..], &[0x85; 100], b"."].concat();
+        check_expansion(&shallow).unwrap();
+        assert!(read(&shallow).is_ok());
+        // Shared references within the bound are read as ever.
+        let small = [&dag[..3 + 10 * 7], b"."].concat();
+        check_expansion(&small).unwrap();
+        assert!(read(&small).is_ok());
+        // A long memoised string fetched again and again, in a protocol-4 pickle.
+        let long = 1usize << 20;
+        let mut strings = [&b"\x80\x04("[..], b"X", &(long as u32).to_le_bytes()].concat();
+        strings.extend(std::iter::repeat_n(b'a', long));
+        strings.push(MEMOIZE);
+        strings.extend(std::iter::repeat_n([BINGET, 0], 100).flatten());
+        strings.extend_from_slice(b"l.");
+        let e = read(&strings).unwrap_err();
+        assert!(format!("{e:#}").contains("shared strings expand"), "{e:#}");
+    }
 
     fn read(pickle: &[u8]) -> Result<Object> {
         let bytes = to_protocol_2(pickle)?;

@@ -45,7 +45,7 @@ impl StateDict {
             for (name, value) in entries.iter().cloned() {
                 let label = match &name {
                     Object::Unicode(s) => s.clone(),
-                    other => format!("{other:?}"),
+                    other => key_label(other),
                 };
                 if let Some(dtype) = unread_dtype(&value) {
                     dict.unreadable.insert(
@@ -63,7 +63,7 @@ impl StateDict {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        dict.unreadable.insert(label, e.to_string());
+                        dict.unreadable.insert(label, plain_pickle_error(e));
                     }
                 }
             }
@@ -188,14 +188,40 @@ fn open_archive(path: &Path) -> Result<Archive> {
     Ok(zip::ZipArchive::with_config(config, BufReader::new(file))?)
 }
 
+/// An error of candle's pickle reader without the objects it prints as Debug structures
+/// (`expected a list, got Reduce { callable: Class { … } … }`): the kind is what a reader
+/// can use.
+fn plain_pickle_error(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    match text.find(['{', '(']) {
+        Some(at) => text[..at].trim_end().to_string(),
+        None => text,
+    }
+}
+
+/// A state dict key as Python would write it.
+fn key_label(key: &Object) -> String {
+    match key {
+        Object::Unicode(s) => format!("{s:?}"),
+        Object::Int(i) => i.to_string(),
+        Object::Long(i) => i.to_string(),
+        other => format!("a {}", plain_pickle_error(format!("{other:?}"))),
+    }
+}
+
 /// The object a `data.pkl` in the archive unpickles to.
 fn read_pickle_object(archive: &mut Archive, name: &str) -> Result<Object> {
     let mut bytes = Vec::new();
     archive.by_name(name)?.read_to_end(&mut bytes)?;
     let bytes = super::pickle::to_protocol_2(&bytes)?;
+    super::pickle::check_expansion(&bytes)?;
     let mut stack = Stack::empty();
-    stack.read_loop(&mut &bytes[..])?;
-    Ok(stack.finalize()?)
+    stack
+        .read_loop(&mut &bytes[..])
+        .map_err(|e| anyhow::anyhow!("{}", plain_pickle_error(e)))?;
+    stack
+        .finalize()
+        .map_err(|e| anyhow::anyhow!("{}", plain_pickle_error(e)))
 }
 
 /// The dict of name → value holding the tensors: the root object (a TorchScript module's
@@ -283,11 +309,7 @@ fn nested_dicts<'a>(
                 out.push((at.clone(), entries));
             }
             for (key, value) in entries {
-                let key = match key {
-                    Object::Unicode(s) => format!("{s:?}"),
-                    other => format!("{other:?}"),
-                };
-                nested_dicts(value, format!("{at}[{key}]"), depth + 1, out);
+                nested_dicts(value, format!("{at}[{}]", key_label(key)), depth + 1, out);
             }
         }
         Object::List(items) | Object::Tuple(items) => {
