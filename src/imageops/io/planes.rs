@@ -31,7 +31,7 @@ pub fn image_to_planes(img: &DynamicImage) -> (Planar, Option<Planar>) {
 
 /// `channels` is 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA); luma is copied into all three colour
 /// planes. Samples are divided by `max` directly from their integer values, so 16-bit data
-/// keeps all of its precision.
+/// keeps all of its precision, and clamped to [0, 1], NaN taken as 0.
 pub(super) fn split<T: Copy + Into<f32>>(
     raw: &[T],
     channels: usize,
@@ -43,7 +43,16 @@ pub(super) fn split<T: Copy + Into<f32>>(
     let colour = if channels >= 3 { 3 } else { 1 };
     let mut rgb = vec![0.0; 3 * n];
     let mut alpha = channels.is_multiple_of(2).then(|| vec![0.0; n]);
-    let norm = |v: T| (v.into() / max).clamp(0.0, 1.0);
+    // Floating-point samples may be NaN (no data, in some files): black, as clamping
+    // gives infinities the nearest end.
+    let norm = |v: T| {
+        let x = v.into() / max;
+        if x.is_nan() {
+            0.0
+        } else {
+            x.clamp(0.0, 1.0)
+        }
+    };
     for (i, px) in raw.chunks_exact(channels).enumerate() {
         for c in 0..3 {
             rgb[c * n + i] = norm(px[c.min(colour - 1)]);
@@ -213,6 +222,19 @@ pub fn from_model_range(p: Planar) -> Planar {
 mod tests {
     use super::*;
     use crate::imageops::io::test_support::gradient;
+
+    #[test]
+    fn float_samples_are_clamped_and_nan_is_black() {
+        let (rgb, alpha) = split(
+            &[f32::NAN, f32::INFINITY, -f32::INFINITY, 0.5],
+            4,
+            1,
+            1,
+            1.0,
+        );
+        assert_eq!(rgb.data, [0.0, 1.0, 0.0]);
+        assert_eq!(alpha.unwrap().data, [0.5]);
+    }
 
     #[test]
     fn quantisation_rounds_and_clamps() {
