@@ -89,6 +89,14 @@ fn detect_and_decode(
     }
     let Some(format) = InputFormat::detect(head, path) else {
         let what = match (image::guess_format(head), unread_format(head)) {
+            // The image crate's guess looks only for the brand: the box around it is
+            // broken, or it would have been read.
+            (Ok(ImageFormat::Avif), _) => {
+                return Err(ImageIoError::Corrupt {
+                    path: path.into(),
+                    detail: "an AVIF whose file-type box is damaged".into(),
+                })
+            }
             (Ok(f), _) => format!("{f:?}"),
             (_, Some(name)) => name.into(),
             _ => "unrecognised contents".into(),
@@ -241,19 +249,26 @@ fn decode_image_crate(
             // The image crate maps only some TIFF layouts (not gray+alpha, float gray,
             // palette, JPEG-compressed YCbCr) and cannot read tiled planar ones; the tiff
             // crate reads more of them.
-            (Err(ImageIoError::Unsupported { detail, .. }), Some(facts)) => {
+            // Its refusal names the layout better than the image crate's.
+            (Err(ImageIoError::Unsupported { .. }), Some(facts)) => {
                 reader
                     .seek(io::SeekFrom::Start(0))
                     .map_err(ImageIoError::read(path))?;
-                facts.decode(&mut reader, density, limits).map_err(|why| {
-                    ImageIoError::Unsupported {
-                        path: path.into(),
-                        detail: format!(
-                            "a TIFF layout this decoder does not read ({detail}; {why}); \
-                             convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
-                        ),
-                    }
-                })?
+                facts
+                    .decode(&mut reader, density, limits)
+                    .map_err(|why| match why {
+                        super::tiff::Failure::Corrupt(detail) => ImageIoError::Corrupt {
+                            path: path.into(),
+                            detail,
+                        },
+                        super::tiff::Failure::Unsupported(layout) => ImageIoError::Unsupported {
+                            path: path.into(),
+                            detail: format!(
+                                "a TIFF layout this decoder does not read ({layout}); \
+                                 convert it to PNG, or to an 8- or 16-bit RGB or grayscale TIFF"
+                            ),
+                        },
+                    })?
             }
             (decoded, _) => decoded?,
         };

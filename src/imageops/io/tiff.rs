@@ -20,10 +20,70 @@ use crate::imageops::{Dihedral, Planar};
 /// (JPEG-compressed above all) and colour-mapped, in
 /// whatever compression it reads. For the layouts the image crate refuses; the reason is
 /// returned for anything else.
+/// Why the tiff crate's path could not read a file.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// A layout it does not read, named.
+    Unsupported(String),
+    /// Data that is damaged or cut short.
+    Corrupt(String),
+}
+
+impl From<String> for Failure {
+    fn from(layout: String) -> Self {
+        Self::Unsupported(layout)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(layout: &str) -> Self {
+        Self::Unsupported(layout.into())
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Self::Corrupt(match e.kind() {
+            io::ErrorKind::UnexpectedEof => "the data ends early".into(),
+            _ => e.to_string(),
+        })
+    }
+}
+
+impl From<tiff::TiffError> for Failure {
+    fn from(e: tiff::TiffError) -> Self {
+        match e {
+            tiff::TiffError::UnsupportedError(e) => Self::Unsupported(e.to_string()),
+            tiff::TiffError::IoError(e) => e.into(),
+            other => Self::Corrupt(other.to_string()),
+        }
+    }
+}
+
+/// A colour type as the refusal names it (the tiff crate's Debug form is a structure).
+fn colour_type_name(colour: tiff::ColorType) -> String {
+    use tiff::ColorType as C;
+    match colour {
+        C::Multiband {
+            bit_depth,
+            num_samples,
+        } => format!("{num_samples} samples of {bit_depth} bits with no colour model"),
+        C::Gray(b) => format!("{b}-bit gray"),
+        C::GrayA(b) => format!("{b}-bit gray with alpha"),
+        C::RGB(b) => format!("{b}-bit RGB"),
+        C::RGBA(b) => format!("{b}-bit RGBA"),
+        C::CMYK(b) => format!("{b}-bit CMYK"),
+        C::CMYKA(b) => format!("{b}-bit CMYK with alpha"),
+        C::YCbCr(b) => format!("{b}-bit YCbCr"),
+        C::Palette(b) => format!("{b}-bit palette"),
+        other => format!("colour type {other:?}"),
+    }
+}
+
 fn decode_tiff(
     mut reader: impl Read + Seek,
     limits: &DecodeLimits,
-) -> Result<DecodedImage, String> {
+) -> Result<DecodedImage, Failure> {
     use tiff::decoder::DecodingResult;
     use tiff::tags::Tag;
     use tiff::ColorType;
@@ -38,12 +98,11 @@ fn decode_tiff(
         let mut file = Vec::new();
         reader
             .seek(io::SeekFrom::Start(0))
-            .and_then(|_| reader.read_to_end(&mut file))
-            .map_err(|e| e.to_string())?;
+            .and_then(|_| reader.read_to_end(&mut file))?;
         set_photometric(&mut file, 1)?;
         return map.decode(open(Cursor::new(file), limits)?);
     }
-    let (channels, bits, gray) = match (d.colortype().map_err(|e| e.to_string())?, photometric) {
+    let (channels, bits, gray) = match (d.colortype()?, photometric) {
         (ColorType::Gray(b), _) => (1, b, true),
         (ColorType::GrayA(b), _) => (2, b, true),
         (ColorType::RGB(b), _) => (3, b, false),
@@ -65,13 +124,13 @@ fn decode_tiff(
             },
             Some(2),
         ) => (4, bit_depth, false),
-        (other, _) => return Err(format!("colour type {other:?}")),
+        (other, _) => return Err(colour_type_name(other).into()),
     };
     let ycbcr = match photometric {
         Some(6) => Some(YCbCr::read(&mut d)?),
         _ => None,
     };
-    let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
+    let (w, h) = d.dimensions()?;
     let (h, w) = (h as usize, w as usize);
     let planar = is_planar(&mut d);
     let mut samples = DecodingResult::U8(Vec::new());
@@ -79,8 +138,7 @@ fn decode_tiff(
         samples = read_tiled_planes(&mut d, channels, (h, w), limits)?;
     } else {
         // All planes of a planar image (`read_image` reads only the first).
-        d.read_image_to_buffer(&mut samples)
-            .map_err(|e| e.to_string())?;
+        d.read_image_to_buffer(&mut samples)?;
     }
     if planar {
         samples = interleave(samples, channels, h * w)?;
@@ -125,7 +183,7 @@ fn decode_tiff(
 /// ICC profile is not kept on RGB output either).
 fn cmyka_to_rgba(
     samples: tiff::decoder::DecodingResult,
-) -> Result<tiff::decoder::DecodingResult, String> {
+) -> Result<tiff::decoder::DecodingResult, Failure> {
     use tiff::decoder::DecodingResult as R;
     fn go<T: Copy + Into<f32>>(v: &[T], max: f32) -> Vec<f32> {
         v.chunks_exact(5)
@@ -147,17 +205,15 @@ fn cmyka_to_rgba(
 fn open<R: Read + Seek>(
     reader: R,
     limits: &DecodeLimits,
-) -> Result<tiff::decoder::Decoder<R>, String> {
+) -> Result<tiff::decoder::Decoder<R>, Failure> {
     let budget = usize::try_from(limits.max_alloc).unwrap_or(usize::MAX);
     let mut tiff_limits = tiff::decoder::Limits::default();
     tiff_limits.decoding_buffer_size = budget;
     tiff_limits.intermediate_buffer_size = budget;
-    let mut d = tiff::decoder::Decoder::new(reader)
-        .map_err(|e| e.to_string())?
-        .with_limits(tiff_limits);
-    let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
+    let mut d = tiff::decoder::Decoder::new(reader)?.with_limits(tiff_limits);
+    let (w, h) = d.dimensions()?;
     if w == 0 || h == 0 || w > limits.max_width || h > limits.max_height {
-        return Err(format!("a {w}x{h} image"));
+        return Err(format!("a {w}x{h} image").into());
     }
     Ok(d)
 }
@@ -183,11 +239,10 @@ struct ColourMap {
 
 impl ColourMap {
     /// Reads and checks the map of the image `d` is at.
-    fn read<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Result<Self, String> {
+    fn read<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Result<Self, Failure> {
         use tiff::tags::Tag;
         let tag = |d: &mut tiff::decoder::Decoder<R>, tag| {
-            d.find_tag_unsigned_vec::<u16>(tag)
-                .map_err(|e| e.to_string())
+            d.find_tag_unsigned_vec::<u16>(tag).map_err(Failure::from)
         };
         if tag(d, Tag::SamplesPerPixel)?.is_some_and(|n| n != [1]) {
             return Err("palette with extra samples (alpha)".into());
@@ -195,7 +250,7 @@ impl ColourMap {
         let bits = match tag(d, Tag::BitsPerSample)?.as_deref() {
             None => 1,
             Some(&[b @ (1 | 2 | 4 | 8)]) => b as u8,
-            Some(b) => return Err(format!("palette with {b:?}-bit indices")),
+            Some(b) => return Err(format!("palette with {b:?}-bit indices").into()),
         };
         let entries = tag(d, Tag::ColorMap)?.ok_or("palette without a ColorMap")?;
         if entries.len() != 3 << bits {
@@ -203,7 +258,8 @@ impl ColourMap {
                 "a ColorMap of {} entries for {bits}-bit indices (expected {})",
                 entries.len(),
                 3 << bits
-            ));
+            )
+            .into());
         }
         Ok(Self { bits, entries })
     }
@@ -218,11 +274,11 @@ impl ColourMap {
     fn decode<R: Read + Seek>(
         &self,
         mut d: tiff::decoder::Decoder<R>,
-    ) -> Result<DecodedImage, String> {
+    ) -> Result<DecodedImage, Failure> {
         use tiff::decoder::DecodingResult;
-        let (w, h) = d.dimensions().map_err(|e| e.to_string())?;
+        let (w, h) = d.dimensions()?;
         let (h, w) = (h as usize, w as usize);
-        let DecodingResult::U8(packed) = d.read_image().map_err(|e| e.to_string())? else {
+        let DecodingResult::U8(packed) = d.read_image()? else {
             return Err("palette indices that are not unsigned integers".into());
         };
         let indices = unpack(&packed, self.bits, w);
@@ -285,7 +341,7 @@ fn read_tiled_planes<R: Read + Seek>(
     channels: usize,
     (h, w): (usize, usize),
     limits: &DecodeLimits,
-) -> Result<tiff::decoder::DecodingResult, String> {
+) -> Result<tiff::decoder::DecodingResult, Failure> {
     use tiff::decoder::DecodingResult as R;
     let (tw, th) = d.chunk_dimensions();
     let (tw, th) = (tw as usize, th as usize);
@@ -299,8 +355,8 @@ fn read_tiled_planes<R: Read + Seek>(
     }
     let mut out: Option<R> = None;
     for i in 0..channels * across * down {
-        let index = u32::try_from(i).map_err(|_| "too many tiles".to_string())?;
-        let tile = d.read_chunk(index).map_err(|e| e.to_string())?;
+        let index = u32::try_from(i).map_err(|_| "too many tiles")?;
+        let tile = d.read_chunk(index)?;
         let stride = d.chunk_data_dimensions(index).0 as usize;
         let (plane, j) = (i / (across * down), i % (across * down));
         let (x, y) = (j % across * tw, j / across * th);
@@ -319,7 +375,7 @@ fn read_tiled_planes<R: Read + Seek>(
             tile: &[T],
             (at, w): (usize, usize),
             (rows, cols, stride): (usize, usize, usize),
-        ) -> Result<(), String> {
+        ) -> Result<(), Failure> {
             if stride < cols || tile.len() < (rows - 1) * stride + cols {
                 return Err("a tile is smaller than its place in the image".into());
             }
@@ -347,9 +403,9 @@ fn interleave(
     samples: tiff::decoder::DecodingResult,
     channels: usize,
     n: usize,
-) -> Result<tiff::decoder::DecodingResult, String> {
+) -> Result<tiff::decoder::DecodingResult, Failure> {
     use tiff::decoder::DecodingResult as R;
-    fn go<T: Copy>(v: Vec<T>, channels: usize, n: usize) -> Result<Vec<T>, String> {
+    fn go<T: Copy>(v: Vec<T>, channels: usize, n: usize) -> Result<Vec<T>, Failure> {
         // The crate reads only the first plane when all of them exceed its buffer limit.
         if v.len() != channels * n {
             return Err("planar samples beyond the decoding limits".into());
@@ -372,7 +428,7 @@ fn interleave(
 /// Sets the first image's PhotometricInterpretation in the TIFF `file` to `value`. With 1
 /// (BlackIsZero) the tiff crate, which refuses colour-mapped images, reads a palette image's
 /// indices as gray samples, uncompressed and unpacked as any gray image's.
-fn set_photometric(file: &mut [u8], value: u8) -> Result<(), String> {
+fn set_photometric(file: &mut [u8], value: u8) -> Result<(), Failure> {
     const PHOTOMETRIC: u64 = 262;
     let little = match file.get(..2) {
         Some(b"II") => true,
@@ -395,7 +451,7 @@ fn set_photometric(file: &mut [u8], value: u8) -> Result<(), String> {
         Some(43) => (uint(file, 8, 8), 8, 20, 12),
         _ => return Err("not a TIFF header".into()),
     };
-    let damaged = || "a damaged first image directory".to_string();
+    let damaged = || Failure::Corrupt("a damaged first image directory".into());
     let ifd = ifd.ok_or_else(damaged)?;
     let count = uint(file, ifd, count_len).ok_or_else(damaged)?;
     for k in 0..count {
@@ -431,7 +487,7 @@ struct YCbCr {
 
 impl YCbCr {
     /// Reads the conversion's tags (with their defaults) from the image `d` is at.
-    fn read<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Result<Self, String> {
+    fn read<R: Read + Seek>(d: &mut tiff::decoder::Decoder<R>) -> Result<Self, Failure> {
         use tiff::decoder::ifd::Value;
         use tiff::tags::{CompressionMethod, Tag};
         let compression = d.find_tag_unsigned::<u16>(Tag::Compression);
@@ -442,16 +498,14 @@ impl YCbCr {
         if !jpeg && subsampling != [1, 1] {
             return Err(format!(
                 "YCbCr with {subsampling:?} chroma subsampling and no JPEG compression"
-            ));
+            )
+            .into());
         }
         if d.find_tag(Tag::ExtraSamples).ok().flatten().is_some() {
             return Err("YCbCr with extra samples (alpha)".into());
         }
-        let mut reals = |tag, default: &[f32]| -> Result<Vec<f32>, String> {
-            let Some(v) = d
-                .find_tag(Tag::from_u16_exhaustive(tag))
-                .map_err(|e| e.to_string())?
-            else {
+        let mut reals = |tag, default: &[f32]| -> Result<Vec<f32>, Failure> {
+            let Some(v) = d.find_tag(Tag::from_u16_exhaustive(tag))? else {
                 return Ok(default.to_vec());
             };
             let values = match v {
@@ -469,7 +523,7 @@ impl YCbCr {
                 .map(real)
                 .collect::<Option<Vec<_>>>()
                 .filter(|v| v.len() == default.len())
-                .ok_or_else(|| format!("an unreadable tag {tag}"))
+                .ok_or_else(|| format!("an unreadable tag {tag}").into())
         };
         let luma = reals(529, &[0.299, 0.587, 0.114])?;
         let black_white = reals(532, &[0.0, 255.0, 128.0, 255.0, 128.0, 255.0])?;
@@ -714,7 +768,7 @@ impl TiffFacts {
         reader: impl BufRead + Seek,
         density: Option<Density>,
         limits: &DecodeLimits,
-    ) -> Result<DecodedImage, String> {
+    ) -> Result<DecodedImage, Failure> {
         let mut decoded = decode_tiff(reader, limits)?;
         decoded.density = density;
         if let Some(t) = self.orientation {
@@ -1610,7 +1664,10 @@ mod tests {
             }
         }
         let e = set_photometric(&mut b"II*\0\x08\0\0\0\0\0".to_vec(), 1).unwrap_err();
-        assert!(e.contains("damaged"), "{e}");
+        assert!(
+            matches!(&e, Failure::Corrupt(why) if why.contains("damaged")),
+            "{e:?}"
+        );
     }
 
     /// A colour map in the 0–255 range (against the spec's 0–65535) is read as 8-bit
@@ -1729,6 +1786,16 @@ mod tests {
 
     /// Damage anywhere in a palette, JPEG-compressed or tiled planar TIFF gives an error or
     /// an image, never a panic.
+    /// Damaged data in a layout the tiff crate reads is reported as damaged, not as a
+    /// layout to convert.
+    #[test]
+    fn damaged_tiled_planar_data_is_corrupt_not_unsupported() {
+        let bytes = std::fs::read(format_fixture("tiled_planar_rgba16.tif")).unwrap();
+        let cut = &bytes[..bytes.len() - 400];
+        let e = decode_bytes(cut, &limits()).unwrap_err();
+        assert!(matches!(e, ImageIoError::Corrupt { .. }), "{e}");
+    }
+
     #[test]
     fn damaged_palette_ycbcr_and_tiled_planar_tiffs_do_not_panic() {
         use rand::{Rng, SeedableRng};
