@@ -33,6 +33,30 @@ fn pytorch_state_dict_and_deepspeed_checkpoints_load() {
 /// Written by torch.save itself (torch 2.11): a DeepSpeed-style dict in bf16, with the
 /// objects such files carry besides tensors (an argparse Namespace, a set, torch.Size
 /// shapes, an OrderedDict), which must be passed over, not executed.
+/// An archive whose entries were compressed (re-zipped by hand; PyTorch stores them)
+/// loads the same.
+#[test]
+fn a_recompressed_pytorch_archive_loads() {
+    use std::io::{Read, Write};
+    let source = std::fs::File::open(fixture("pickles/tiny_state_dict.pt")).unwrap();
+    let mut archive = zip::ZipArchive::new(source).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deflated.pt");
+    let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        out.start_file(entry.name().unwrap().into_owned(), deflated)
+            .unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    out.finish().unwrap();
+    assert_same_tensors(&Checkpoint::open(&path).unwrap(), &reference());
+}
+
 #[test]
 fn a_checkpoint_written_by_pytorch_in_bf16_loads() {
     let want = reference();
