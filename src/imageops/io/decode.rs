@@ -898,6 +898,30 @@ mod tests {
         assert!(e.to_string().contains("failed on damaged data"), "{e}");
     }
 
+    /// Decoder messages are given as plain single lines.
+    #[test]
+    fn decoder_messages_read_as_plain_lines() {
+        use crate::imageops::io::one_line;
+        assert_eq!(
+            one_line("\"Found a marker with invalid length:1\\n\""),
+            "Found a marker with invalid length:1"
+        );
+        assert_eq!(one_line("two\nlines\n"), "two; lines");
+        assert_eq!(
+            one_line("ChunkType { type: abCD, critical: false, private: true } chunk appeared"),
+            "'abCD' chunk appeared"
+        );
+        // A file cut short, wherever the decoder notices it.
+        let e = ImageIoError::from_decode(
+            Path::new("a.png"),
+            image::ImageError::IoError(io::ErrorKind::UnexpectedEof.into()),
+        );
+        assert_eq!(
+            e.to_string(),
+            "a.png: corrupt or truncated image data: the data ends early"
+        );
+    }
+
     /// A decoder's own message is given, not the image crate's (nested) wrapping of it.
     #[test]
     fn decoding_errors_give_the_decoders_message() {

@@ -142,7 +142,10 @@ impl ImageIoError {
         match e {
             ImageError::Limits(e) => Self::TooLarge {
                 path,
-                detail: one_line(e),
+                detail: format!(
+                    "{} (what its header declares needs more than the decoding budget)",
+                    one_line(e)
+                ),
             },
             // What a decoder here refuses reads as "AVIF with …", as when parsing refuses it.
             ImageError::Unsupported(e) => Self::Unsupported {
@@ -163,6 +166,12 @@ impl ImageIoError {
                 ) =>
             {
                 Self::Read { path, cause }
+            }
+            ImageError::IoError(cause) if cause.kind() == io::ErrorKind::UnexpectedEof => {
+                Self::Corrupt {
+                    path,
+                    detail: "the data ends early".into(),
+                }
             }
             // JPEG variants that the decoder reports as decoding errors are refused
             // before it runs (see jpeg::JpegFacts::unsupported).
@@ -216,9 +225,16 @@ fn decoding_cause(e: &image::error::DecodingError) -> &(dyn std::error::Error + 
     cause
 }
 
-/// Some decoder messages end in a newline; ours are single lines.
+/// Some decoder messages end in a newline, and some are Debug-quoted strings (`"… \n"`);
+/// ours are plain single lines.
 fn one_line(e: impl fmt::Display) -> String {
-    plain_chunk_types(e.to_string().trim()).replace('\n', "; ")
+    let text = e.to_string();
+    let text = text.trim();
+    let text = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\\n", "\n").replace("\\\"", "\""),
+        None => text.to_string(),
+    };
+    plain_chunk_types(text.trim()).replace('\n', "; ")
 }
 
 /// `text` with the png crate's chunk types (printed as their Debug structure, `ChunkType
