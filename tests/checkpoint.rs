@@ -444,7 +444,8 @@ fn clip_weights_beside_the_model_are_not_the_model() {
     assert!(err.to_string().contains("several weights files"), "{err}");
 }
 
-/// A config or an image given where the weights are wanted is named as what it is.
+/// A config, an image or a bare pickle given where the weights are wanted is named as
+/// what it is.
 #[test]
 fn a_config_or_an_image_is_not_taken_for_weights() {
     for (file, needle) in [
@@ -454,4 +455,9 @@ fn a_config_or_an_image_is_not_taken_for_weights() {
         let err = Checkpoint::open(&fixture(file)).err().unwrap().to_string();
         assert!(err.contains(needle), "{err}");
     }
+    let dir = tempfile::tempdir().unwrap();
+    let pickle = dir.path().join("state.pkl");
+    std::fs::write(&pickle, b"\x80\x04\x95\x05\0\0\0\0\0\0\0}\x94.").unwrap();
+    let err = Checkpoint::open(&pickle).err().unwrap().to_string();
+    assert!(err.contains("is a bare pickle"), "{err}");
 }

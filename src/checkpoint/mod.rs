@@ -369,6 +369,11 @@ fn not_weights(path: &Path) -> Option<&'static str> {
         Some("a JSON file, not model weights: give the model's folder or its weights file")
     } else if crate::imageops::io::InputFormat::detect(&head, path).is_some() {
         Some("an image, not model weights")
+    } else if matches!(head[..], [0x80, 2..=5, ..]) {
+        Some(
+            "a bare pickle, not a checkpoint infdit reads: it reads the zip archives torch.save \
+             writes and safetensors files",
+        )
     } else {
         None
     }
