@@ -337,7 +337,9 @@ fn read_tensor(archive: &mut Archive, info: &TensorInfo, big_endian: bool) -> Re
     };
     // The sizes come from the pickle: they are checked against the stored entry before
     // anything is allocated for them.
-    let mut entry = archive.by_name(&info.path)?;
+    let mut entry = archive
+        .by_name(&info.path)
+        .with_context(|| format!("its storage {} is not in the archive", info.path))?;
     let stored = entry.size();
     let needed_bytes = needed
         .and_then(|n| n.checked_mul(elem))
