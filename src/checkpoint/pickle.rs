@@ -89,35 +89,48 @@ pub(super) fn to_protocol_2(pickle: &[u8]) -> Result<Cow<'_, [u8]>> {
 /// about a million.
 const MAX_OBJECTS: u64 = 1 << 22;
 
+/// The most bytes of strings reading a pickle may copy, beyond its own size: memoised
+/// strings are copied at every fetch too.
+const MAX_COPIED_BYTES: u64 = 64 << 20;
+
 /// The deepest nesting of objects. Checkpoints nest a few levels; candle builds and drops
 /// objects recursively, and a million levels overflow the stack.
 const MAX_DEPTH: u32 = 1000;
 
-/// An entry of [`check_expansion`]'s stack: the size and depth of the object candle's
-/// reader would hold there, or a mark.
+/// An entry of [`check_expansion`]'s stack: the size (objects and string bytes) and depth
+/// of the object candle's reader would hold there, or a mark.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Shape {
     Mark,
-    Object { objects: u64, depth: u32 },
+    Object {
+        objects: u64,
+        bytes: u64,
+        depth: u32,
+    },
 }
 
 impl Shape {
-    /// The object made of `parts` (a mark counts for nothing).
-    fn holding(parts: &[Shape]) -> Shape {
-        parts.iter().fold(
-            Shape::Object {
-                objects: 1,
-                depth: 1,
-            },
-            |whole, part| whole.with(*part),
-        )
+    /// A string of `bytes` bytes, or (0) another object that holds none.
+    fn leaf(bytes: u64) -> Shape {
+        Shape::Object {
+            objects: 1,
+            bytes,
+            depth: 1,
+        }
     }
 
-    /// How many objects it holds, itself included.
-    fn objects(self) -> u64 {
+    /// The object made of `parts` (a mark counts for nothing).
+    fn holding(parts: &[Shape]) -> Shape {
+        parts
+            .iter()
+            .fold(Shape::leaf(0), |whole, part| whole.with(*part))
+    }
+
+    /// How many objects and string bytes it holds, itself included.
+    fn size(self) -> (u64, u64) {
         match self {
-            Shape::Mark => 0,
-            Shape::Object { objects, .. } => objects,
+            Shape::Mark => (0, 0),
+            Shape::Object { objects, bytes, .. } => (objects, bytes),
         }
     }
 
@@ -125,13 +138,19 @@ impl Shape {
     fn with(self, part: Shape) -> Shape {
         match (self, part) {
             (
-                Shape::Object { objects, depth },
+                Shape::Object {
+                    objects,
+                    bytes,
+                    depth,
+                },
                 Shape::Object {
                     objects: more,
+                    bytes: more_bytes,
                     depth: below,
                 },
             ) => Shape::Object {
                 objects: objects.saturating_add(more),
+                bytes: bytes.saturating_add(more_bytes),
                 depth: depth.max(below.saturating_add(1)),
             },
             (whole, _) => whole,
@@ -141,6 +160,8 @@ impl Shape {
 
 /// What an opcode does to [`check_expansion`]'s stack.
 enum Step {
+    /// Pushes a string of this many bytes, or (0) another object without parts.
+    Leaf(u64),
     /// Pushes an object made of these (popped) parts.
     Make(Vec<Shape>),
     /// Puts these (popped) parts into the object below them.
@@ -160,33 +181,36 @@ enum Step {
 pub(super) fn check_expansion(pickle: &[u8]) -> Result<()> {
     let mut stack: Vec<Shape> = Vec::new();
     let mut memo: HashMap<u32, Shape> = HashMap::new();
-    let mut built: u64 = 0;
+    // Objects and string bytes the reader creates.
+    let (mut objects, mut bytes) = (0u64, 0u64);
+    let max_bytes = (pickle.len() as u64).saturating_add(MAX_COPIED_BYTES);
     let mut pos = 0;
     while let Some(step) = next_step(pickle, &mut pos, &mut stack) {
-        // The new top of the stack, and how many objects the reader creates for it (the
-        // parts of a new object are moved into it, a memoised one is copied whole).
+        // The new top of the stack, and what the reader creates for it: the parts of a
+        // new object are moved into it, a memoised one is copied whole.
+        let memoised = matches!(step, Step::Memoise(_));
         let (shape, created) = match step {
-            Step::Mark => (Shape::Mark, 0),
-            Step::Make(parts) => (Shape::holding(&parts), 1),
+            Step::Mark => (Shape::Mark, (0, 0)),
+            Step::Leaf(len) => (Shape::leaf(len), (1, len)),
+            Step::Make(parts) => (Shape::holding(&parts), (1, 0)),
             Step::Fill(parts) => {
                 let Some(whole) = stack.pop() else {
                     return Ok(());
                 };
-                (parts.into_iter().fold(whole, Shape::with), 0)
+                (parts.into_iter().fold(whole, Shape::with), (0, 0))
             }
             Step::Copy(id) => {
                 let Some(&shape) = memo.get(&id) else {
                     return Ok(());
                 };
-                (shape, shape.objects())
+                (shape, shape.size())
             }
             Step::Memoise(id) => {
                 let Some(&top) = stack.last() else {
                     return Ok(());
                 };
                 memo.insert(id, top);
-                built = built.saturating_add(top.objects());
-                continue;
+                (top, top.size())
             }
         };
         if let Shape::Object { depth, .. } = shape {
@@ -194,13 +218,22 @@ pub(super) fn check_expansion(pickle: &[u8]) -> Result<()> {
                 bail!("the pickle nests objects more than {MAX_DEPTH} deep, far deeper than any checkpoint");
             }
         }
-        built = built.saturating_add(created);
-        if built > MAX_OBJECTS {
+        objects = objects.saturating_add(created.0);
+        bytes = bytes.saturating_add(created.1);
+        if objects > MAX_OBJECTS || bytes > max_bytes {
             bail!(
-                "the pickle expands to more than {MAX_OBJECTS} objects (shared references copied), far more than any checkpoint holds"
+                "the pickle expands to more than {} (shared references copied), far more than any checkpoint holds",
+                if objects > MAX_OBJECTS {
+                    format!("{MAX_OBJECTS} objects")
+                } else {
+                    format!("{max_bytes} bytes of strings")
+                }
             );
         }
-        stack.push(shape);
+        // A memoised object stays where it is; the memo holds the copy.
+        if !memoised {
+            stack.push(shape);
+        }
     }
     Ok(())
 }
@@ -220,7 +253,7 @@ fn next_step(pickle: &[u8], pos: &mut usize, stack: &mut Vec<Shape>) -> Option<S
             .fold(0u32, |v, &b| (v << 8) | u32::from(b))
     };
     let pop = |stack: &mut Vec<Shape>, n: usize| Some(stack.split_off(stack.len().checked_sub(n)?));
-    let leaf = Some(Step::Make(Vec::new()));
+    let leaf = Some(Step::Leaf(0));
     let op = take(1)?[0];
     match op {
         PROTO | b'K' => take(1).and(leaf),
@@ -229,7 +262,7 @@ fn next_step(pickle: &[u8], pos: &mut usize, stack: &mut Vec<Shape>) -> Option<S
         b'G' => take(8).and(leaf),
         BINUNICODE => {
             let len = le(take(4)?);
-            take(len as usize).and(leaf)
+            take(len as usize).map(|_| Step::Leaf(u64::from(len)))
         }
         LONG1 => {
             let len = take(1)?[0];
@@ -495,6 +528,14 @@ mod tests {
         strings.extend_from_slice(b"l.");
         let e = read(&strings).unwrap_err();
         assert!(format!("{e:#}").contains("shared strings expand"), "{e:#}");
+        // The same in protocol 2, which goes to the reader as it is.
+        let mut strings = [&b"\x80\x02("[..], b"X", &(long as u32).to_le_bytes()].concat();
+        strings.extend(std::iter::repeat_n(b'a', long));
+        strings.extend_from_slice(b"q\x00");
+        strings.extend(std::iter::repeat_n([BINGET, 0], 100).flatten());
+        strings.extend_from_slice(b"l.");
+        let e = check_expansion(&strings).unwrap_err().to_string();
+        assert!(e.contains("bytes of strings"), "{e}");
     }
 
     fn read(pickle: &[u8]) -> Result<Object> {
