@@ -93,8 +93,7 @@ impl Drop for PartFile {
 /// would (0666 less the umask) rather than tempfile's private 0600, since it becomes the
 /// output.
 pub fn temp_beside(path: &Path) -> io::Result<PartFile> {
-    let mut b = tempfile::Builder::new();
-    b.prefix(".infdit-").suffix(".part");
+    let mut b = part_builder();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -113,6 +112,14 @@ pub fn scratch_file() -> io::Result<PartFile> {
         |f| f.path(),
     )?;
     Ok(PartFile(Some(file)))
+}
+
+/// A builder of the temporary entries beside outputs, named `.infdit-*.part` so that one a
+/// killed run leaves is recognisable.
+fn part_builder<'a, 'b>() -> tempfile::Builder<'a, 'b> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".infdit-").suffix(".part");
+    b
 }
 
 /// The directory a file at `path` is in (`.` for a bare name).
@@ -204,12 +211,7 @@ pub fn write_all_atomically(files: Vec<(PathBuf, Writer<'_>)>) -> Result<()> {
             let context = || format!("writing {}", path.display());
             let dir = create_listed(
                 dir_of(&path),
-                |dir| {
-                    tempfile::Builder::new()
-                        .prefix(".infdit-")
-                        .suffix(".part")
-                        .tempdir_in(dir)
-                },
+                |dir| part_builder().tempdir_in(dir),
                 |d| d.path(),
             )
             .with_context(context)?;
