@@ -215,13 +215,10 @@ fn read_pickle_object(archive: &mut Archive, name: &str) -> Result<Object> {
     archive.by_name(name)?.read_to_end(&mut bytes)?;
     let bytes = super::pickle::to_protocol_2(&bytes)?;
     super::pickle::check_expansion(&bytes)?;
+    let plain = |e: candle_core::Error| anyhow::anyhow!("{}", plain_pickle_error(e));
     let mut stack = Stack::empty();
-    stack
-        .read_loop(&mut &bytes[..])
-        .map_err(|e| anyhow::anyhow!("{}", plain_pickle_error(e)))?;
-    stack
-        .finalize()
-        .map_err(|e| anyhow::anyhow!("{}", plain_pickle_error(e)))
+    stack.read_loop(&mut &bytes[..]).map_err(plain)?;
+    stack.finalize().map_err(plain)
 }
 
 /// The dict of name → value holding the tensors: the root object (a TorchScript module's

@@ -846,7 +846,8 @@ fn check_output_size(
 /// refused as it arrives instead of filling memory.
 fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
     const HEAD: u64 = 64;
-    let cap = limits.max_encoded_bytes().min(
+    let encoded = limits.max_encoded_bytes();
+    let cap = encoded.min(
         crate::engine::memory::available_memory().map_or(u64::MAX, |free| (free / 2).max(HEAD)),
     );
     let mut bytes = Vec::new();
@@ -863,7 +864,7 @@ fn read_stream(mut stream: impl Read, name: &Path, limits: &DecodeLimits) -> Res
     }
     read(&mut bytes, cap.saturating_sub(HEAD) + 1)?;
     if bytes.len() as u64 > cap {
-        let bound = if cap < limits.max_encoded_bytes() {
+        let bound = if cap < encoded {
             "half the memory free"
         } else if cap < limits.max_alloc {
             "an image within --max-input-side takes"

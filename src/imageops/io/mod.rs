@@ -170,7 +170,7 @@ impl ImageIoError {
             ImageError::IoError(cause) if cause.kind() == io::ErrorKind::UnexpectedEof => {
                 Self::Corrupt {
                     path,
-                    detail: "the data ends early".into(),
+                    detail: ENDS_EARLY.into(),
                 }
             }
             // JPEG variants that the decoder reports as decoding errors are refused
@@ -224,6 +224,9 @@ fn decoding_cause(e: &image::error::DecodingError) -> &(dyn std::error::Error + 
     }
     cause
 }
+
+/// What a file cut short is said to be, wherever a decoder notices it.
+const ENDS_EARLY: &str = "the data ends early";
 
 /// Some decoder messages end in a newline, and some are Debug-quoted strings (`"… \n"`);
 /// ours are plain single lines.

@@ -44,7 +44,7 @@ impl From<&str> for Failure {
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Self {
         Self::Corrupt(match e.kind() {
-            io::ErrorKind::UnexpectedEof => "the data ends early".into(),
+            io::ErrorKind::UnexpectedEof => super::ENDS_EARLY.into(),
             _ => e.to_string(),
         })
     }
